@@ -1,0 +1,83 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Layers (A → B means A imports B); see DESIGN.md.
+//   caucus → Gateway → HTTPServer → Platform → CPlatform
+//                    → PeerClient → CCurl
+//          → StandaloneConsensus → WriteAheadLog → Platform
+//          → KeyValueStore → Consensus
+//   RaftCore is pure (standard library only); Simulation drives it.
+let package = Package(
+  name: "Caucus",
+  products: [
+    .library(name: "Consensus", targets: ["Consensus"]),
+    .library(name: "KeyValueStore", targets: ["KeyValueStore"]),
+    .library(name: "StandaloneConsensus", targets: ["StandaloneConsensus"]),
+    .library(name: "WriteAheadLog", targets: ["WriteAheadLog"]),
+    .library(name: "HTTPServer", targets: ["HTTPServer"]),
+    .library(name: "Gateway", targets: ["Gateway"]),
+    .library(name: "RaftCore", targets: ["RaftCore"]),
+    .executable(name: "caucus", targets: ["caucus"]),
+    .executable(name: "caucus-sim", targets: ["caucus-sim"]),
+    .executable(name: "consensus-example", targets: ["ConsensusExample"]),
+  ],
+  dependencies: [
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+  ],
+  targets: [
+    // C is quarantined behind these two header-only modules.
+    .systemLibrary(name: "CPlatform", path: "Sources/CPlatform"),
+    .systemLibrary(
+      name: "CCurl", path: "Sources/CCurl", pkgConfig: "libcurl",
+      providers: [.apt(["libcurl4-openssl-dev"])]),
+
+    .target(name: "Platform", dependencies: ["CPlatform"]),
+    .target(name: "HTTPServer", dependencies: ["Platform"]),
+    .target(name: "PeerClient", dependencies: ["CCurl", "Platform"]),
+    .target(name: "Consensus"),
+    .target(name: "KeyValueStore", dependencies: ["Consensus"]),
+    .target(name: "WriteAheadLog", dependencies: ["Platform"]),
+    .target(
+      name: "StandaloneConsensus",
+      dependencies: ["Consensus", "WriteAheadLog", "Platform", .product(name: "Logging", package: "swift-log")]),
+    .target(
+      name: "Gateway",
+      dependencies: [
+        "Consensus", "HTTPServer", "KeyValueStore", "PeerClient", "Platform",
+        .product(name: "Logging", package: "swift-log"),
+      ]),
+    .target(name: "RaftCore"),
+    .target(name: "Simulation", dependencies: ["RaftCore"]),
+    .executableTarget(
+      name: "caucus",
+      dependencies: [
+        "Consensus", "Gateway", "HTTPServer", "KeyValueStore", "StandaloneConsensus", "Platform",
+        "PeerClient",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Logging", package: "swift-log"),
+      ]),
+    .executableTarget(
+      name: "caucus-sim",
+      dependencies: ["Simulation", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+    .executableTarget(
+      name: "ConsensusExample",
+      dependencies: ["Consensus", "StandaloneConsensus"]),
+
+    .testTarget(name: "PlatformTests", dependencies: ["Platform"]),
+    .testTarget(name: "HTTPServerTests", dependencies: ["HTTPServer", "Platform"]),
+    .testTarget(name: "ConsensusTests", dependencies: ["Consensus"]),
+    .testTarget(name: "KeyValueStoreTests", dependencies: ["KeyValueStore", "Consensus"]),
+    .testTarget(name: "WriteAheadLogTests", dependencies: ["WriteAheadLog", "Platform"]),
+    .testTarget(
+      name: "StandaloneConsensusTests",
+      dependencies: ["StandaloneConsensus", "Consensus", "KeyValueStore", "WriteAheadLog", "Platform"]),
+    .testTarget(
+      name: "GatewayTests",
+      dependencies: ["Gateway", "HTTPServer", "Consensus", "KeyValueStore", "StandaloneConsensus", "Platform"]),
+    .testTarget(name: "RaftCoreTests", dependencies: ["RaftCore"]),
+    .testTarget(name: "SimulationTests", dependencies: ["Simulation", "RaftCore"]),
+    .testTarget(name: "IntegrationTests", dependencies: ["Platform"]),
+  ],
+  swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,164 @@
+/// How fresh a read must be.
+public enum ReadConsistency: String, Sendable, CaseIterable {
+  /// Reflects every write acknowledged before the read started (ReadIndex under Raft).
+  case linearizable
+  /// Served by a leader holding a lease; linearizable unless clocks misbehave.
+  case lease
+  /// Served from this replica's applied state, possibly behind.
+  case stale
+}
+
+public struct ReadOptions: Sendable, Equatable {
+  public var consistency: ReadConsistency
+  /// Stale reads wait until the applied index reaches this (bounded by `waitMs`).
+  public var minIndex: UInt64
+  /// How long a read may wait for `minIndex` or a read index before `timeout`.
+  public var waitMs: UInt32
+
+  public init(consistency: ReadConsistency = .linearizable, minIndex: UInt64 = 0, waitMs: UInt32 = 5_000) {
+    self.consistency = consistency
+    self.minIndex = minIndex
+    self.waitMs = waitMs
+  }
+}
+
+public struct WriteResult: Sendable, Equatable {
+  /// The log index of the entry that carried the write.
+  public let index: UInt64
+  /// What the state machine's `apply` returned.
+  public let response: [UInt8]
+
+  public init(index: UInt64, response: [UInt8]) {
+    self.index = index
+    self.response = response
+  }
+}
+
+public struct ReadResult: Sendable, Equatable {
+  /// The applied index the read observed.
+  public let index: UInt64
+  /// What the state machine's `query` returned.
+  public let response: [UInt8]
+
+  public init(index: UInt64, response: [UInt8]) {
+    self.index = index
+    self.response = response
+  }
+}
+
+public struct SnapshotInfo: Sendable, Equatable {
+  public let index: UInt64
+  public let term: UInt64
+  public let bytes: UInt64
+
+  public init(index: UInt64, term: UInt64, bytes: UInt64) {
+    self.index = index
+    self.term = term
+    self.bytes = bytes
+  }
+}
+
+public enum GroupRole: String, Sendable {
+  case leader, follower, candidate, learner
+}
+
+public enum PeerReplicationState: String, Sendable {
+  case probe, replicate, snapshot
+}
+
+public struct PeerStatus: Sendable, Equatable {
+  public var peer: Peer
+  public var learner: Bool
+  public var matchIndex: UInt64
+  public var nextIndex: UInt64
+  public var lag: UInt64
+  /// Milliseconds since the leader last heard from this peer; nil when unknown or self.
+  public var lastContactMs: UInt64?
+  public var state: PeerReplicationState
+  public var snapshotBytesSent: UInt64?
+  public var snapshotBytesTotal: UInt64?
+
+  public init(
+    peer: Peer, learner: Bool = false, matchIndex: UInt64, nextIndex: UInt64, lag: UInt64,
+    lastContactMs: UInt64? = nil, state: PeerReplicationState = .replicate
+  ) {
+    self.peer = peer
+    self.learner = learner
+    self.matchIndex = matchIndex
+    self.nextIndex = nextIndex
+    self.lag = lag
+    self.lastContactMs = lastContactMs
+    self.state = state
+  }
+}
+
+public struct GroupStatus: Sendable, Equatable {
+  public var id: GroupID
+  public var protocolName: String
+  public var role: GroupRole
+  public var leader: Peer?
+  public var term: UInt64
+  public var commitIndex: UInt64
+  public var appliedIndex: UInt64
+  public var snapshotIndex: UInt64
+  public var logEntries: UInt64
+  public var logBytes: UInt64
+  public var peers: [PeerStatus]
+
+  public init(
+    id: GroupID, protocolName: String, role: GroupRole, leader: Peer?, term: UInt64, commitIndex: UInt64,
+    appliedIndex: UInt64, snapshotIndex: UInt64, logEntries: UInt64, logBytes: UInt64, peers: [PeerStatus]
+  ) {
+    self.id = id
+    self.protocolName = protocolName
+    self.role = role
+    self.leader = leader
+    self.term = term
+    self.commitIndex = commitIndex
+    self.appliedIndex = appliedIndex
+    self.snapshotIndex = snapshotIndex
+    self.logEntries = logEntries
+    self.logBytes = logBytes
+    self.peers = peers
+  }
+}
+
+/// The consensus layer (IoTDB's `IConsensus`): one interface over pluggable protocols, many groups
+/// per node. Calls that may touch the disk or the network complete later through a completion,
+/// called exactly once from any thread, so that no caller's event loop ever blocks.
+public protocol ConsensusEngine: AnyObject, Sendable {
+  /// The canonical protocol name (`standalone`, `raft`).
+  var protocolName: String { get }
+  /// This node.
+  var localPeer: Peer { get }
+
+  /// Recovers storage and starts serving. Throws when storage cannot be recovered.
+  func start() throws
+  /// Stops accepting work, finishes what is in flight, syncs, and stops. Idempotent.
+  func stop()
+
+  func write(_ group: GroupID, command: [UInt8], completion: @escaping ConsensusCompletion<WriteResult>)
+  func read(
+    _ group: GroupID, query: [UInt8], options: ReadOptions, completion: @escaping ConsensusCompletion<ReadResult>)
+
+  /// Creates this node's replica of `group` with the given initial peers.
+  func createPeer(_ group: GroupID, peers: [Peer], completion: @escaping ConsensusCompletion<Void>)
+  /// Removes this node's replica of `group` and its data.
+  func deletePeer(_ group: GroupID, completion: @escaping ConsensusCompletion<Void>)
+  func addPeer(_ group: GroupID, peer: Peer, completion: @escaping ConsensusCompletion<Void>)
+  func removePeer(_ group: GroupID, node: NodeID, completion: @escaping ConsensusCompletion<Void>)
+  func changePeer(_ group: GroupID, peers: [Peer], completion: @escaping ConsensusCompletion<Void>)
+  func transferLeader(_ group: GroupID, to node: NodeID, completion: @escaping ConsensusCompletion<Void>)
+  func triggerSnapshot(_ group: GroupID, completion: @escaping ConsensusCompletion<SnapshotInfo>)
+
+  func isLeader(_ group: GroupID) -> Bool
+  func leader(_ group: GroupID) -> Peer?
+  func allGroupIDs() -> [GroupID]
+  func status(_ group: GroupID) -> GroupStatus?
+
+  /// Whether storage has been recovered and the engine serves requests.
+  var isReady: Bool { get }
+
+  /// The engine's own metrics in Prometheus text exposition format (lines ending in "\n").
+  func prometheusMetrics() -> String
+}

@@ -1,0 +1,113 @@
+/// The consensus group types of the design Caucus implements (IoTDB's `TConsensusGroupType`).
+public enum GroupType: UInt8, CaseIterable, Sendable, CustomStringConvertible {
+  case dataRegion = 1
+  case schemaRegion = 2
+  case partitionRegion = 3
+
+  public var name: String {
+    switch self {
+    case .dataRegion: return "DataRegion"
+    case .schemaRegion: return "SchemaRegion"
+    case .partitionRegion: return "PartitionRegion"
+    }
+  }
+
+  public var description: String { name }
+
+  public init?(name: some StringProtocol) {
+    guard let match = GroupType.allCases.first(where: { $0.name == name }) else { return nil }
+    self = match
+  }
+}
+
+/// A consensus group id, written `DataRegion-1`: a type and a non-negative number.
+public struct GroupID: Hashable, Comparable, Sendable, CustomStringConvertible, LosslessStringConvertible {
+  public let type: GroupType
+  public let number: UInt32
+
+  public init(_ type: GroupType, _ number: UInt32) {
+    self.type = type
+    self.number = number
+  }
+
+  /// Parses `<GroupType>-<n>`; `n` is decimal digits only (no sign, no spaces), at most UInt32.
+  public init?(_ text: String) {
+    guard let dash = text.lastIndex(of: "-") else { return nil }
+    guard let type = GroupType(name: text[..<dash]) else { return nil }
+    let digits = text[text.index(after: dash)...]
+    guard !digits.isEmpty, digits.count <= 10, digits.allSatisfy({ $0.isASCII && $0.isNumber }) else {
+      return nil
+    }
+    guard let number = UInt32(digits) else { return nil }
+    self.init(type, number)
+  }
+
+  public var description: String { "\(type.name)-\(number)" }
+
+  /// A fixed-width form for on-disk and wire formats: type in the high 32 bits, number below.
+  public var packed: UInt64 { UInt64(type.rawValue) << 32 | UInt64(number) }
+
+  public init?(packed: UInt64) {
+    guard packed >> 40 == 0, let type = GroupType(rawValue: UInt8(truncatingIfNeeded: packed >> 32)) else {
+      return nil
+    }
+    self.init(type, UInt32(truncatingIfNeeded: packed))
+  }
+
+  public static func < (lhs: GroupID, rhs: GroupID) -> Bool {
+    (lhs.type.rawValue, lhs.number) < (rhs.type.rawValue, rhs.number)
+  }
+}
+
+/// A node id: a positive integer, unique in the cluster.
+public struct NodeID: Hashable, Comparable, Sendable, CustomStringConvertible {
+  public let rawValue: UInt64
+
+  public init(_ rawValue: UInt64) {
+    precondition(rawValue > 0, "node ids are positive")
+    self.rawValue = rawValue
+  }
+
+  public init?(parsing text: some StringProtocol) {
+    guard let value = UInt64(text), value > 0 else { return nil }
+    self.rawValue = value
+  }
+
+  public var description: String { String(rawValue) }
+  public static func < (lhs: NodeID, rhs: NodeID) -> Bool { lhs.rawValue < rhs.rawValue }
+}
+
+/// `host:port` of a node's consensus (node-to-node) or client address.
+public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
+  public let host: String
+  public let port: UInt16
+
+  public init(host: String, port: UInt16) {
+    self.host = host
+    self.port = port
+  }
+
+  /// Parses `host:port`; the host is non-empty, the port 1...65535.
+  public init?(parsing text: some StringProtocol) {
+    guard let colon = text.lastIndex(of: ":") else { return nil }
+    let host = String(text[..<colon])
+    guard !host.isEmpty, host.utf8.count <= 255, let port = UInt16(text[text.index(after: colon)...]), port > 0
+    else { return nil }
+    self.init(host: host, port: port)
+  }
+
+  public var description: String { "\(host):\(port)" }
+}
+
+/// A member of a group: a node at its consensus endpoint.
+public struct Peer: Hashable, Sendable, CustomStringConvertible {
+  public let node: NodeID
+  public let endpoint: Endpoint
+
+  public init(node: NodeID, endpoint: Endpoint) {
+    self.node = node
+    self.endpoint = endpoint
+  }
+
+  public var description: String { "\(node)@\(endpoint)" }
+}

@@ -1,0 +1,1 @@
+print("caucus-sim: not built yet")

@@ -1,0 +1,1 @@
+print("caucus: not built yet")
