@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 
 extern int accept4(int sockfd, struct sockaddr *addr, socklen_t *addrlen, int flags);
+extern int pthread_setname_np(pthread_t thread, const char *name);
 
 static inline int caucus_errno(void) { return errno; }
 #endif

@@ -1,3 +1,4 @@
+import CPlatform
 import Glibc
 
 /// Starts a detached-from-Swift-concurrency OS thread that runs `body` once. Joinable through the
@@ -15,7 +16,7 @@ public final class OSThread: @unchecked Sendable {
       return nil
     }, box)
     precondition(result == 0, "pthread_create failed: \(result)")
-    _ = name.withCString { pthread_setname_np(thread, String(name.prefix(15))) }
+    _ = pthread_setname_np(thread, String(name.prefix(15)))
   }
 
   /// Waits for the thread to finish. Call at most once.
