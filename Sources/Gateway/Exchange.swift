@@ -202,18 +202,21 @@ func requestPrecondition(_ request: HTTPRequest) throws(GatewayError) -> KVPreco
     var text = Substring(ifMatch.trimmingSpaces)
     if text.hasPrefix("W/") { text = text.dropFirst(2) }
     if text.count >= 2, text.first == "\"", text.last == "\"" { text = text.dropFirst().dropLast() }
-    guard let revision = UInt64(text), revision > 0 else {
+    guard let revision = UInt64(text) else {
       throw .badRequest("If-Match must be a revision in quotes, e.g. If-Match: \"42\"")
     }
-    return .revisionEquals(revision)
+    // Revision 0 names a key that does not exist, as `ifRevision: 0` does.
+    return revision == 0 ? .absent : .revisionEquals(revision)
   }
   return .none
 }
 
 func idempotencyKey(_ request: HTTPRequest) throws(GatewayError) -> String? {
   guard let key = request.header("idempotency-key") else { return nil }
-  guard !key.isEmpty, key.utf8.count <= KVLimits.idempotencyKeyBytesMax else {
-    throw .badRequest("Idempotency-Key must be 1 to \(KVLimits.idempotencyKeyBytesMax) bytes")
+  guard !key.isEmpty, key.utf8.count <= GatewayLimits.idempotencyKeyBytesMax,
+    key.utf8.allSatisfy({ (0x21...0x7E).contains($0) })
+  else {
+    throw .badRequest("Idempotency-Key must be 1 to \(GatewayLimits.idempotencyKeyBytesMax) printable ASCII characters")
   }
   return key
 }

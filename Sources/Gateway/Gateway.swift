@@ -288,7 +288,7 @@ public final class Gateway: HTTPHandler {
     let precondition = try requestPrecondition(exchange.request)
     let command = KVCommand(
       operations: [.put(key: key, value: value, precondition: precondition)], idempotencyKey: try idempotencyKey(exchange.request))
-    submit(group, command, exchange, route: route) { index, results in
+    submit(group, command, exchange, route: route, etag: true) { index, results in
       guard case .put(let revision) = results.first else { return nil }
       var writer = JSONWriter(capacity: 96 + key.count)
       writer.beginObject()
@@ -383,7 +383,7 @@ public final class Gateway: HTTPHandler {
   /// Proposes `command` and answers with `render(index, results)`; preconditions and rejections
   /// become 412 / 400. `render` returns nil if the results do not fit the command (a bug: 500).
   private func submit(
-    _ group: GroupID, _ command: KVCommand, _ exchange: Exchange, route: String,
+    _ group: GroupID, _ command: KVCommand, _ exchange: Exchange, route: String, etag: Bool = false,
     render: @escaping @Sendable (UInt64, [KVOperationResult]) -> [UInt8]?
   ) {
     engine.write(group, command: KVCodec.encode(command)) { [self] result in
@@ -404,6 +404,7 @@ public final class Gateway: HTTPHandler {
             exchange.fail(.internal("the state machine's results do not match the command"), route: route)
             return
           }
+          if etag, case .put(let revision) = results.first { headers.append(("ETag", "\"\(revision)\"")) }
           exchange.respond(json: body, headers: headers, route: route)
         case .preconditionFailed(let operationIndex, let key, let currentRevision):
           var writer = JSONWriter()
@@ -453,7 +454,7 @@ public final class Gateway: HTTPHandler {
     let options = try readOptions(query)
     let prefix = Array((query["prefix"] ?? "").utf8)
     let after = query["after"].map { Array($0.utf8) }
-    let limit = try parseCount(query["limit"], name: "limit", default: 100, max: KVLimits.listLimitMax)
+    let limit = try parseCount(query["limit"], name: "limit", default: 100, max: GatewayLimits.listItemsMax)
     read(group, [.list(prefix: prefix, after: after, limit: limit)], options, exchange, route: route) { [self] index, results in
       guard case .list(let items, let more) = results.first else { throw GatewayError.internal("the read answered the wrong shape") }
       var writer = JSONWriter()
@@ -512,8 +513,8 @@ public final class Gateway: HTTPHandler {
         }
         var limit = 100
         if let value = item["limit"] {
-          guard let number = value.unsignedIntegerValue, number >= 1, number <= UInt64(KVLimits.listLimitMax) else {
-            throw .badRequest("ops[\(position)].limit must be an integer from 1 to \(KVLimits.listLimitMax)")
+          guard let number = value.unsignedIntegerValue, number >= 1, number <= UInt64(GatewayLimits.listItemsMax) else {
+            throw .badRequest("ops[\(position)].limit must be an integer from 1 to \(GatewayLimits.listItemsMax)")
           }
           limit = Int(number)
         }
@@ -624,7 +625,9 @@ public final class Gateway: HTTPHandler {
           exchange.fail(.consensus(.groupNotFound(group)), route: route)
           return
         }
-        exchange.respond(json: statusDocument(status), status: 201, headers: groupHeaders(status), route: route)
+        exchange.respond(
+          json: statusDocument(status), status: 201,
+          headers: groupHeaders(status) + [("Location", "/v1/groups/\(group)")], route: route)
       }
     }
   }
@@ -879,6 +882,14 @@ public final class Gateway: HTTPHandler {
     if let leader = status.leader { headers.append(("X-Caucus-Leader", leader.node.description)) }
     return headers
   }
+}
+
+/// Limits the gateway enforces on requests, beyond the HTTP server's framing limits.
+public enum GatewayLimits {
+  /// Items one listing page may return (`limit`): bounds the response size and the time a read holds the group.
+  public static let listItemsMax = 1000
+  /// Length of an `Idempotency-Key` (printable ASCII): ids are remembered per group, so they are kept small.
+  public static let idempotencyKeyBytesMax = 128
 }
 
 let jsonContentType = (name: "Content-Type", value: "application/json; charset=utf-8")

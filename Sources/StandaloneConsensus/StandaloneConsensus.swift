@@ -324,7 +324,7 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
         id: group, protocolName: protocolName, role: .leader, leader: localPeer, term: 1, commitIndex: applied,
         appliedIndex: applied, snapshotIndex: replica.snapshotIndex, logEntries: replica.logEntries,
         logBytes: replica.logBytes,
-        peers: [PeerStatus(peer: localPeer, matchIndex: applied, nextIndex: applied + 1, lag: 0)])
+        peers: [PeerStatus(peer: localPeer, matchIndex: applied, nextIndex: applied + 1, lag: 0, lastContactMs: 0)])
     }
   }
 

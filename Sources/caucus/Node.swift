@@ -64,16 +64,8 @@ func runNode(_ settings: NodeSettings) -> Int32 {
   }
 
   if identity.firstStart {
-    let created = Locked<Result<Void, ConsensusError>?>(nil)
-    let done = ConditionLock()
-    engine.createPeer(defaultGroup, peers: [localPeer]) { result in
-      done.withLock {
-        created.withLock { $0 = result }
-        done.signal()
-      }
-    }
-    done.withLock { while created.withLock({ $0 }) == nil { done.wait() } }
-    if case .failure(let error) = created.withLock({ $0 })!, error != .groupAlreadyExists(defaultGroup) {
+    let created = waitForCompletion { engine.createPeer(defaultGroup, peers: [localPeer], completion: $0) }
+    if case .failure(let error) = created, error != .groupAlreadyExists(defaultGroup) {
       logger.critical("cannot create the default group", metadata: ["group": "\(defaultGroup)", "error": "\(error)"])
       engine.stop()
       return 1
