@@ -180,8 +180,8 @@ final class OrderedBytesMap<Value> {
     var start = 0
     if let lowerBound { start = node.search(lowerBound, strictlyAfter: strictlyAfter).index }
     if node.isLeaf {
-      for index in start..<node.keys.count where !body(node.keys[index], node.values[index]) {
-        return false
+      for index in start..<node.keys.count {
+        if !body(node.keys[index], node.values[index]) { return false }
       }
       return true
     }
