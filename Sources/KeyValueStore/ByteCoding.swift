@@ -84,13 +84,22 @@ struct ByteWriter {
 /// Reads what `ByteWriter` wrote, throwing `KVCodecError` on any shortfall or limit violation.
 struct ByteReader {
   let bytes: [UInt8]
-  private(set) var offset: Int = 0
+  private(set) var offset: Int
+  /// Reading stops here (exclusive): lets a caller parse part of a buffer without copying it.
+  let end: Int
 
   init(_ bytes: [UInt8]) {
-    self.bytes = bytes
+    self.init(bytes, range: 0..<bytes.count)
   }
 
-  var remaining: Int { bytes.count - offset }
+  init(_ bytes: [UInt8], range: Range<Int>) {
+    precondition(range.lowerBound >= 0 && range.upperBound <= bytes.count, "range outside the bytes")
+    self.bytes = bytes
+    self.offset = range.lowerBound
+    self.end = range.upperBound
+  }
+
+  var remaining: Int { end - offset }
 
   private func require(_ count: Int) throws(KVCodecError) {
     guard count <= remaining else { throw .truncated(offset: offset, needed: count - remaining) }

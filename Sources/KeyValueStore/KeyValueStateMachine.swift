@@ -246,7 +246,7 @@ public final class KeyValueStateMachine: StateMachine {
       throw KVCodecError.checksumMismatch(expected: stored, found: computed)
     }
 
-    var reader = ByteReader(Array(snapshot[1..<bodyEnd]))
+    var reader = ByteReader(snapshot, range: 1..<bodyEnd)
     let restoredIndex = try reader.readUInt64()
     let entryCount = try reader.readUInt64()
     guard entryCount <= UInt64(reader.remaining / KVCodec.entryBytesMin) else {

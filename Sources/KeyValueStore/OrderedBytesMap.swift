@@ -2,10 +2,17 @@
 /// Returns a negative number, zero or a positive number.
 @inline(__always)
 func compareBytes(_ left: KVBytes, _ right: KVBytes) -> Int {
-  left.withUnsafeBufferPointer { left in
-    right.withUnsafeBufferPointer { right in
+  left.withUnsafeBytes { left in
+    right.withUnsafeBytes { right in
       let common = Swift.min(left.count, right.count)
       var index = 0
+      // Eight bytes at a time: read big-endian, integer order is byte order.
+      while index + 8 <= common {
+        let a = UInt64(bigEndian: left.loadUnaligned(fromByteOffset: index, as: UInt64.self))
+        let b = UInt64(bigEndian: right.loadUnaligned(fromByteOffset: index, as: UInt64.self))
+        if a != b { return a < b ? -1 : 1 }
+        index += 8
+      }
       while index < common {
         let a = left[index]
         let b = right[index]

@@ -11,6 +11,23 @@ final class OrderedBytesMapTests: XCTestCase {
     XCTAssertEqual(compareBytes(b("abc"), b("abc")), 0)
     XCTAssertEqual(compareBytes([], []), 0)
     XCTAssertLessThan(compareBytes([], [0]), 0)
+    // Differences inside and after the first eight-byte word, and in the tail.
+    XCTAssertLessThan(compareBytes(b("user/1000000001"), b("user/1000000002")), 0)
+    XCTAssertGreaterThan(compareBytes([0, 0, 0, 0, 0, 0, 0, 0x80], [0, 0, 0, 0, 0, 0, 0, 0x7F]), 0)
+    XCTAssertLessThan(compareBytes([0x01] + [UInt8](repeating: 0xFF, count: 7), [0x02]), 0)
+  }
+
+  func testCompareBytesMatchesLexicographicOrderOnRandomPairs() {
+    var random = SplitMix64(seed: 0xC0FFEE)
+    for _ in 0..<20_000 {
+      let shared = random.bytes(count: random.below(20))
+      let alphabet: [UInt8] = [0x00, 0x01, 0x7F, 0x80, 0xFE, 0xFF]
+      let left = shared + (0..<random.below(12)).map { _ in alphabet[random.below(alphabet.count)] }
+      let right = shared + (0..<random.below(12)).map { _ in alphabet[random.below(alphabet.count)] }
+      let expected = left == right ? 0 : (bytesLess(left, right) ? -1 : 1)
+      XCTAssertEqual(compareBytes(left, right).signum(), expected, "\(left) vs \(right)")
+      XCTAssertEqual(compareBytes(right, left).signum(), -expected)
+    }
   }
 
   func testInsertGetUpdateRemove() {
