@@ -5,10 +5,7 @@ import XCTest
 
 extension KeyValueStateMachine {
   /// Applies a typed command through the byte interface and decodes the outcome.
-  func write(
-    _ index: UInt64, _ operations: [KVOperation], id: String? = nil,
-    file: StaticString = #filePath, line: UInt = #line
-  ) throws -> KVWriteOutcome {
+  func write(_ index: UInt64, _ operations: [KVOperation], id: String? = nil) throws -> KVWriteOutcome {
     let bytes = apply(
       index: index, command: KVCodec.encode(KVCommand(operations: operations, idempotencyKey: id)))
     return try KVCodec.decodeWriteOutcome(bytes)

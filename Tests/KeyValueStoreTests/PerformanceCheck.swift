@@ -6,14 +6,15 @@ import XCTest
 
 @testable import KeyValueStore
 
-/// Throughput figures, not timed assertions. Skipped unless CAUCUS_KV_PERF=1; run it optimized:
+/// Throughput figures, not timed assertions. Skipped unless CAUCUS_KV_PERF=1 (CAUCUS_KV_PERF_KEYS
+/// sets the key count, default 100k); run it optimized:
 ///   CAUCUS_KV_PERF=1 swift test -c release -Xswiftc -enable-testing --filter PerformanceCheck
 final class PerformanceCheck: XCTestCase {
   func testPutsThenGets() throws {
     guard ProcessInfoLite.environment("CAUCUS_KV_PERF") == "1" else {
       throw XCTSkip("set CAUCUS_KV_PERF=1 to run the performance check")
     }
-    let keyCount = 100_000
+    let keyCount = ProcessInfoLite.environment("CAUCUS_KV_PERF_KEYS").flatMap { Int($0) } ?? 100_000
     var random = SplitMix64(seed: 1)
     var keys = (0..<keyCount).map { b("user/\(1_000_000_000 + $0)") }
     for index in stride(from: keys.count - 1, to: 0, by: -1) {
