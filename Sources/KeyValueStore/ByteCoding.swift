@@ -93,7 +93,8 @@ struct ByteReader {
   }
 
   init(_ bytes: [UInt8], range: Range<Int>) {
-    precondition(range.lowerBound >= 0 && range.upperBound <= bytes.count, "range outside the bytes")
+    precondition(
+      range.lowerBound >= 0 && range.upperBound <= bytes.count, "range outside the bytes")
     self.bytes = bytes
     self.offset = range.lowerBound
     self.end = range.upperBound
@@ -136,7 +137,8 @@ struct ByteReader {
   }
 
   /// A count in `minimum...maximum`; the caller still checks items against the remaining bytes.
-  mutating func readCount(field: String, minimum: Int = 0, maximum: Int) throws(KVCodecError) -> Int {
+  mutating func readCount(field: String, minimum: Int = 0, maximum: Int) throws(KVCodecError) -> Int
+  {
     let value = try readUInt32()
     guard value >= minimum, value <= maximum else {
       throw .limitExceeded(
@@ -156,9 +158,13 @@ struct ByteReader {
     return Array(bytes[offset..<(offset + length)])
   }
 
-  mutating func readString(field: String, minimum: Int = 0, maximum: Int) throws(KVCodecError) -> String {
+  mutating func readString(field: String, minimum: Int = 0, maximum: Int) throws(KVCodecError)
+    -> String
+  {
     let raw = try readLengthPrefixed(field: field, minimum: minimum, maximum: maximum)
-    guard let string = String(validating: raw, as: UTF8.self) else { throw .invalidUTF8(field: field) }
+    guard let string = String(validating: raw, as: UTF8.self) else {
+      throw .invalidUTF8(field: field)
+    }
     return string
   }
 

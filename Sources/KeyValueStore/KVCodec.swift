@@ -225,7 +225,8 @@ public enum KVCodec {
           field: "prefix length", maximum: KVLimits.keyBytesMax)
         var after: KVBytes? = nil
         if try reader.readBool(field: "after flag") {
-          after = try reader.readLengthPrefixed(field: "after length", maximum: KVLimits.keyBytesMax)
+          after = try reader.readLengthPrefixed(
+            field: "after length", maximum: KVLimits.keyBytesMax)
         }
         let limit = try reader.readUInt64()
         guard limit <= UInt64(KVLimits.listLimitMax) else {
@@ -358,7 +359,9 @@ public enum KVCodec {
     }
   }
 
-  private static func readPrecondition(_ reader: inout ByteReader) throws(KVCodecError) -> KVPrecondition {
+  private static func readPrecondition(_ reader: inout ByteReader) throws(KVCodecError)
+    -> KVPrecondition
+  {
     let tag = try reader.readUInt8()
     switch tag {
     case PreconditionTag.none: return .none
@@ -377,7 +380,9 @@ public enum KVCodec {
     }
   }
 
-  private static func checkRange(_ field: String, _ value: Int, _ range: ClosedRange<Int>) throws(KVCodecError) {
+  private static func checkRange(_ field: String, _ value: Int, _ range: ClosedRange<Int>)
+    throws(KVCodecError)
+  {
     guard range.contains(value) else {
       throw .limitExceeded(
         field: field, value: UInt64(value), minimum: UInt64(range.lowerBound),

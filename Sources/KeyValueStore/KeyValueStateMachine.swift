@@ -121,7 +121,7 @@ public final class KeyValueStateMachine: StateMachine {
       start = prefix
       strictlyAfter = false
     }
-    entries.forEach(from: start, strictlyAfter: strictlyAfter) { key, stored in
+    entries.scan(from: start, strictlyAfter: strictlyAfter) { key, stored in
       // Keys with the prefix are contiguous: the first one without it ends the range.
       guard hasBytePrefix(key, prefix) else { return false }
       guard items.count < limit else {
@@ -182,7 +182,9 @@ public final class KeyValueStateMachine: StateMachine {
         results.append(.put(revision: index))
       case .delete(let key, _):
         let deleted = entries.removeValue(for: key) != nil
-        if deleted { history.record(KVChangeEvent(index: index, kind: .delete, key: key, value: [])) }
+        if deleted {
+          history.record(KVChangeEvent(index: index, kind: .delete, key: key, value: []))
+        }
         results.append(.delete(deleted: deleted))
       }
     }
@@ -206,7 +208,7 @@ public final class KeyValueStateMachine: StateMachine {
     writer.writeUInt64(lastAppliedIndex)
     writer.writeUInt64(UInt64(entries.count))
     var written = 0
-    entries.forEach { key, stored in
+    entries.scan { key, stored in
       writer.writeLengthPrefixed(key)
       writer.writeLengthPrefixed(stored.value)
       writer.writeUInt64(stored.revision)

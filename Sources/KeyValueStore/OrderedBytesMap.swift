@@ -171,7 +171,7 @@ final class OrderedBytesMap<Value> {
 
   /// Visits entries in ascending key order, starting at the first key ≥ `lowerBound` (> it when
   /// `strictlyAfter`; from the smallest key when `lowerBound` is nil), until `body` returns false.
-  func forEach(
+  func scan(
     from lowerBound: KVBytes? = nil, strictlyAfter: Bool = false,
     _ body: (KVBytes, Value) -> Bool
   ) {

@@ -7,8 +7,11 @@ final class ChangeHistoryTests: XCTestCase {
     let machine = KeyValueStateMachine()
     try machine.put(1, b("a/1"), b("x"))
     try machine.put(2, b("b/1"), b("y"))
-    _ = try machine.write(3, [.delete(key: b("a/1"), precondition: .none), .delete(key: b("a/none"), precondition: .none)])
-    _ = try machine.write(4, [.put(key: b("a/2"), value: b("z"), precondition: .revisionEquals(99))])
+    _ = try machine.write(
+      3,
+      [.delete(key: b("a/1"), precondition: .none), .delete(key: b("a/none"), precondition: .none)])
+    _ = try machine.write(
+      4, [.put(key: b("a/2"), value: b("z"), precondition: .revisionEquals(99))])
     let all = machine.changes(after: 0, prefix: [], limit: 100)
     XCTAssertNil(all.compactedBefore)
     XCTAssertEqual(

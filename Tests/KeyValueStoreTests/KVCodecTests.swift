@@ -34,7 +34,9 @@ final class KVCodecTests: XCTestCase {
 
   static let outcomes: [KVWriteOutcome] = [
     .applied([]),
-    .applied([.put(revision: 1), .delete(deleted: true), .delete(deleted: false), .put(revision: .max)]),
+    .applied([
+      .put(revision: 1), .delete(deleted: true), .delete(deleted: false), .put(revision: .max),
+    ]),
     .preconditionFailed(operationIndex: 0, key: binaryKey, currentRevision: nil),
     .preconditionFailed(operationIndex: 1023, key: [0xFF], currentRevision: 42),
     .rejected(""),
@@ -138,7 +140,8 @@ final class KVCodecTests: XCTestCase {
 
   func testForgedHugeLengthsThrow() {
     // version, no idempotency key, 1 op, put, no precondition, then the key length at 8.
-    var bytes = KVCodec.encode(KVCommand(operations: [.put(key: b("k"), value: b("v"), precondition: .none)]))
+    var bytes = KVCodec.encode(
+      KVCommand(operations: [.put(key: b("k"), value: b("v"), precondition: .none)]))
     XCTAssertEqual(Array(bytes[..<9]), [1, 0, 1, 0, 0, 0, 1, 0, 1])
     bytes.replaceSubrange(8..<12, with: [0xFF, 0xFF, 0xFF, 0xFF])
     XCTAssertThrowsError(try KVCodec.decodeCommand(bytes)) {
@@ -149,7 +152,8 @@ final class KVCodecTests: XCTestCase {
       XCTAssertEqual(value, UInt64(UInt32.max))
     }
     // A forged value length within no limit but beyond the input: truncated, not allocated.
-    var value = KVCodec.encode(KVCommand(operations: [.put(key: b("k"), value: b("v"), precondition: .none)]))
+    var value = KVCodec.encode(
+      KVCommand(operations: [.put(key: b("k"), value: b("v"), precondition: .none)]))
     XCTAssertEqual(Array(value[13..<17]), [1, 0, 0, 0])
     value.replaceSubrange(13..<17, with: [0xF0, 0xFF, 0xFF, 0xFF])
     XCTAssertThrowsError(try KVCodec.decodeCommand(value)) {
@@ -173,7 +177,8 @@ final class KVCodecTests: XCTestCase {
           repeating: .delete(key: b("k"), precondition: .none),
           count: KVLimits.operationsPerCommandMax + 1)),
       KVCommand(
-        operations: [], idempotencyKey: String(repeating: "i", count: KVLimits.idempotencyKeyBytesMax + 1)),
+        operations: [],
+        idempotencyKey: String(repeating: "i", count: KVLimits.idempotencyKeyBytesMax + 1)),
       KVCommand(operations: [], idempotencyKey: ""),
     ]
     for command in badCommands {
@@ -199,7 +204,8 @@ final class KVCodecTests: XCTestCase {
     let tooManyItems = Array(
       repeating: KVEntry(key: b("k"), value: [], revision: 1), count: KVLimits.listLimitMax + 1)
     XCTAssertThrowsError(
-      try KVCodec.decodeQueryResults(KVCodec.encode(results: [.list(items: tooManyItems, more: false)])))
+      try KVCodec.decodeQueryResults(
+        KVCodec.encode(results: [.list(items: tooManyItems, more: false)])))
   }
 
   func testUnknownVersionTagsAndFlagsThrow() {

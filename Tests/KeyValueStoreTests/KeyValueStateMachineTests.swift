@@ -5,7 +5,9 @@ import XCTest
 
 extension KeyValueStateMachine {
   /// Applies a typed command through the byte interface and decodes the outcome.
-  func write(_ index: UInt64, _ operations: [KVOperation], id: String? = nil) throws -> KVWriteOutcome {
+  func write(_ index: UInt64, _ operations: [KVOperation], id: String? = nil) throws
+    -> KVWriteOutcome
+  {
     let bytes = apply(
       index: index, command: KVCodec.encode(KVCommand(operations: operations, idempotencyKey: id)))
     return try KVCodec.decodeWriteOutcome(bytes)
@@ -21,7 +23,9 @@ extension KeyValueStateMachine {
     precondition(outcome == .applied([.put(revision: index)]), "test setup put failed: \(outcome)")
   }
 
-  func keys(prefix: KVBytes = [], after: KVBytes? = nil, limit: Int = KVLimits.listLimitMax) -> [KVBytes] {
+  func keys(prefix: KVBytes = [], after: KVBytes? = nil, limit: Int = KVLimits.listLimitMax)
+    -> [KVBytes]
+  {
     list(prefix: prefix, after: after, limit: limit).items.map(\.key)
   }
 }
@@ -162,7 +166,8 @@ final class KeyValueStateMachineTests: XCTestCase {
     }
     XCTAssertTrue(reason.contains("key length"), reason)
     XCTAssertEqual(machine.apply(index: 3, command: garbage), first)
-    guard case .rejected = try KVCodec.decodeWriteOutcome(machine.apply(index: 4, command: [])) else {
+    guard case .rejected = try KVCodec.decodeWriteOutcome(machine.apply(index: 4, command: []))
+    else {
       return XCTFail("expected a rejection of empty bytes")
     }
     XCTAssertEqual(machine.get(b("k")), KVEntry(key: b("k"), value: b("v"), revision: 1))
@@ -179,7 +184,9 @@ final class KeyValueStateMachineTests: XCTestCase {
   func testIdempotentReplayReturnsIdenticalBytesAndDoesNotApplyTwice() throws {
     let machine = KeyValueStateMachine()
     let command = KVCodec.encode(
-      KVCommand(operations: [.put(key: b("k"), value: b("v"), precondition: .none)], idempotencyKey: "req-1"))
+      KVCommand(
+        operations: [.put(key: b("k"), value: b("v"), precondition: .none)], idempotencyKey: "req-1"
+      ))
     let first = machine.apply(index: 1, command: command)
     XCTAssertEqual(try KVCodec.decodeWriteOutcome(first), .applied([.put(revision: 1)]))
     try machine.put(2, b("k"), b("changed"))
@@ -198,11 +205,13 @@ final class KeyValueStateMachineTests: XCTestCase {
     let machine = KeyValueStateMachine()
     let failed = try machine.write(
       1, [.put(key: b("k"), value: b("v"), precondition: .revisionEquals(1))], id: "cas")
-    XCTAssertEqual(failed, .preconditionFailed(operationIndex: 0, key: b("k"), currentRevision: nil))
+    XCTAssertEqual(
+      failed, .preconditionFailed(operationIndex: 0, key: b("k"), currentRevision: nil))
     try machine.put(2, b("k"), b("v"))
     // Retried after the state changed: still the original answer, still not applied.
     XCTAssertEqual(
-      try machine.write(3, [.put(key: b("k"), value: b("w"), precondition: .revisionEquals(2))], id: "cas"),
+      try machine.write(
+        3, [.put(key: b("k"), value: b("w"), precondition: .revisionEquals(2))], id: "cas"),
       failed)
     XCTAssertEqual(machine.get(b("k"))?.value, b("v"))
   }
@@ -236,7 +245,8 @@ final class KeyValueStateMachineTests: XCTestCase {
       firstOutcomes[id] = machine.apply(
         index: UInt64(offset + 1),
         command: KVCodec.encode(
-          KVCommand(operations: [.put(key: b(id), value: [], precondition: .none)], idempotencyKey: id)))
+          KVCommand(
+            operations: [.put(key: b(id), value: [], precondition: .none)], idempotencyKey: id)))
     }
     let restored = KeyValueStateMachine(idempotencyEntriesMax: 3)
     try restored.restore(snapshot: machine.takeSnapshot())
@@ -253,13 +263,16 @@ final class KeyValueStateMachineTests: XCTestCase {
     // A new id evicts the oldest, "a", exactly as on the original.
     _ = try restored.write(restored.lastAppliedIndex + 1, [], id: "d")
     XCTAssertEqual(
-      try restored.write(restored.lastAppliedIndex + 1, [.delete(key: b("a"), precondition: .none)], id: "a"),
+      try restored.write(
+        restored.lastAppliedIndex + 1, [.delete(key: b("a"), precondition: .none)], id: "a"),
       .applied([.delete(deleted: true)]))
     // A smaller table keeps only the newest ids of the snapshot.
     let small = KeyValueStateMachine(idempotencyEntriesMax: 1)
     try small.restore(snapshot: machine.takeSnapshot())
     XCTAssertEqual(small.idempotencyEntryCount, 1)
-    XCTAssertEqual(try small.write(10, [.delete(key: b("c"), precondition: .none)], id: "c"), .applied([.put(revision: 3)]))
+    XCTAssertEqual(
+      try small.write(10, [.delete(key: b("c"), precondition: .none)], id: "c"),
+      .applied([.put(revision: 3)]))
   }
 
   // MARK: Listing
@@ -316,12 +329,17 @@ final class KeyValueStateMachineTests: XCTestCase {
 
   func testListWithHighBytePrefixes() throws {
     let machine = try listingMachine()
-    XCTAssertEqual(machine.keys(prefix: [0xFF]), [[0xFF], [0xFF, 0x00], [0xFF, 0xFF], [0xFF, 0xFF, 0xFF]])
+    XCTAssertEqual(
+      machine.keys(prefix: [0xFF]), [[0xFF], [0xFF, 0x00], [0xFF, 0xFF], [0xFF, 0xFF, 0xFF]])
     XCTAssertEqual(machine.keys(prefix: [0xFF, 0xFF]), [[0xFF, 0xFF], [0xFF, 0xFF, 0xFF]])
-    XCTAssertEqual(machine.keys(prefix: [0xFF], after: [0xFF, 0x00]), [[0xFF, 0xFF], [0xFF, 0xFF, 0xFF]])
-    XCTAssertEqual(machine.keys(prefix: [0x61, 0xFF]), [[0x61, 0xFF], [0x61, 0xFF, 0x00], [0x61, 0xFF, 0xFF]])
+    XCTAssertEqual(
+      machine.keys(prefix: [0xFF], after: [0xFF, 0x00]), [[0xFF, 0xFF], [0xFF, 0xFF, 0xFF]])
+    XCTAssertEqual(
+      machine.keys(prefix: [0x61, 0xFF]), [[0x61, 0xFF], [0x61, 0xFF, 0x00], [0x61, 0xFF, 0xFF]])
     // "a" + 0xFF... sorts after "a0" and "a/…": the range ends before "b".
-    XCTAssertEqual(machine.keys(prefix: b("a"), after: b("a0")), [[0x61, 0xFF], [0x61, 0xFF, 0x00], [0x61, 0xFF, 0xFF]])
+    XCTAssertEqual(
+      machine.keys(prefix: b("a"), after: b("a0")),
+      [[0x61, 0xFF], [0x61, 0xFF, 0x00], [0x61, 0xFF, 0xFF]])
     XCTAssertEqual(machine.keys(prefix: [0x00]), [[0x00], [0x00, 0x00]])
     XCTAssertEqual(machine.keys(prefix: [0x00], after: [0x00]), [[0x00, 0x00]])
     XCTAssertEqual(machine.keys(prefix: [0xFF, 0xFF, 0xFF, 0xFF]), [])

@@ -42,7 +42,9 @@ final class ModelTests: XCTestCase {
       let matching = entries.keys
         .filter { key in key.starts(with: prefix) && (after.map { bytesLess($0, key) } ?? true) }
         .sorted(by: bytesLess)
-      let items = matching.prefix(limit).map { KVEntry(key: $0, value: entries[$0]!.value, revision: entries[$0]!.revision) }
+      let items = matching.prefix(limit).map {
+        KVEntry(key: $0, value: entries[$0]!.value, revision: entries[$0]!.revision)
+      }
       return (Array(items), matching.count > limit)
     }
   }
@@ -59,11 +61,15 @@ final class ModelTests: XCTestCase {
         operations.append(
           stream.random.below(3) == 0
             ? .delete(key: key, precondition: condition)
-            : .put(key: key, value: stream.random.bytes(count: stream.random.below(4)), precondition: condition))
+            : .put(
+              key: key, value: stream.random.bytes(count: stream.random.below(4)),
+              precondition: condition))
       }
       stream.recentRevisions.append(index)
       if stream.recentRevisions.count > 16 { stream.recentRevisions.removeFirst() }
-      XCTAssertEqual(try machine.write(index, operations), model.apply(index: index, operations), "index \(index)")
+      XCTAssertEqual(
+        try machine.write(index, operations), model.apply(index: index, operations),
+        "index \(index)")
       if index % 50 == 0 {
         XCTAssertEqual(machine.count, model.entries.count)
         let prefix = Array(stream.key().prefix(stream.random.below(3)))
@@ -71,7 +77,9 @@ final class ModelTests: XCTestCase {
         let limit = stream.random.below(20)
         let expected = model.list(prefix: prefix, after: after, limit: limit)
         let actual = machine.list(prefix: prefix, after: after, limit: limit)
-        XCTAssertEqual(actual.items, expected.items, "prefix \(prefix) after \(String(describing: after)) limit \(limit)")
+        XCTAssertEqual(
+          actual.items, expected.items,
+          "prefix \(prefix) after \(String(describing: after)) limit \(limit)")
         XCTAssertEqual(actual.more, expected.more)
       }
     }

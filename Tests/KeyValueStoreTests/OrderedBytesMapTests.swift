@@ -13,7 +13,8 @@ final class OrderedBytesMapTests: XCTestCase {
     XCTAssertLessThan(compareBytes([], [0]), 0)
     // Differences inside and after the first eight-byte word, and in the tail.
     XCTAssertLessThan(compareBytes(b("user/1000000001"), b("user/1000000002")), 0)
-    XCTAssertGreaterThan(compareBytes([0, 0, 0, 0, 0, 0, 0, 0x80], [0, 0, 0, 0, 0, 0, 0, 0x7F]), 0)
+    XCTAssertGreaterThan(
+      compareBytes([0, 0, 0, 0, 0, 0, 0, 0x80], [0, 0, 0, 0, 0, 0, 0, 0x7F]), 0)
     XCTAssertLessThan(compareBytes([0x01] + [UInt8](repeating: 0xFF, count: 7), [0x02]), 0)
   }
 
@@ -23,7 +24,8 @@ final class OrderedBytesMapTests: XCTestCase {
       let shared = random.bytes(count: random.below(20))
       let alphabet: [UInt8] = [0x00, 0x01, 0x7F, 0x80, 0xFE, 0xFF]
       let left = shared + (0..<random.below(12)).map { _ in alphabet[random.below(alphabet.count)] }
-      let right = shared + (0..<random.below(12)).map { _ in alphabet[random.below(alphabet.count)] }
+      let right =
+        shared + (0..<random.below(12)).map { _ in alphabet[random.below(alphabet.count)] }
       let expected = left == right ? 0 : (bytesLess(left, right) ? -1 : 1)
       XCTAssertEqual(compareBytes(left, right).signum(), expected, "\(left) vs \(right)")
       XCTAssertEqual(compareBytes(right, left).signum(), -expected)
@@ -79,7 +81,7 @@ final class OrderedBytesMapTests: XCTestCase {
         if step % 100 == 0 {
           map.checkInvariants()
           var scanned: [(KVBytes, UInt64)] = []
-          map.forEach { key, value in
+          map.scan { key, value in
             scanned.append((key, value))
             return true
           }
@@ -89,7 +91,7 @@ final class OrderedBytesMapTests: XCTestCase {
           let bound = (0..<random.below(3)).map { _ in alphabet[random.below(alphabet.count)] }
           for strictlyAfter in [false, true] {
             var seen: [KVBytes] = []
-            map.forEach(from: bound, strictlyAfter: strictlyAfter) { key, _ in
+            map.scan(from: bound, strictlyAfter: strictlyAfter) { key, _ in
               seen.append(key)
               return seen.count < 5
             }
@@ -131,7 +133,7 @@ final class OrderedBytesMapTests: XCTestCase {
     // 10k keys with ≥ 4 children per internal node: depth ≤ log4(10k) ≈ 6.6.
     XCTAssertLessThanOrEqual(depth, 7)
     var previous = -1
-    map.forEach { _, value in
+    map.scan { _, value in
       XCTAssertEqual(value, previous + 1)
       previous = value
       return true

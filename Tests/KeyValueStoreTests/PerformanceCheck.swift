@@ -1,10 +1,10 @@
 import XCTest
 
+@testable import KeyValueStore
+
 #if canImport(Glibc)
   import Glibc
 #endif
-
-@testable import KeyValueStore
 
 /// Throughput figures, not timed assertions. Skipped unless CAUCUS_KV_PERF=1 (CAUCUS_KV_PERF_KEYS
 /// sets the key count, default 100k); run it optimized:
@@ -66,7 +66,8 @@ final class PerformanceCheck: XCTestCase {
     XCTAssertEqual(restored.count, keyCount)
 
     func rate(_ count: Int, _ duration: Duration) -> Int {
-      let seconds = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+      let seconds =
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
       return Int(Double(count) / seconds)
     }
     print(

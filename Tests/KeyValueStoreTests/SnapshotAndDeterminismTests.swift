@@ -36,7 +36,8 @@ struct CommandStream {
         operations.append(.delete(key: key(), precondition: precondition()))
       } else {
         operations.append(
-          .put(key: key(), value: random.bytes(count: random.below(24)), precondition: precondition()))
+          .put(
+            key: key(), value: random.bytes(count: random.below(24)), precondition: precondition()))
       }
     }
     let id: String? = random.below(4) == 0 ? "id-\(random.below(300))" : nil
@@ -111,7 +112,8 @@ final class SnapshotAndDeterminismTests: XCTestCase {
     XCTAssertEqual(
       restored.list(prefix: [], after: nil, limit: 10).items,
       machine.list(prefix: [], after: nil, limit: 10).items)
-    XCTAssertEqual(restored.get([0x00, 0xFF]), KVEntry(key: [0x00, 0xFF], value: [0xFF, 0x00], revision: 3))
+    XCTAssertEqual(
+      restored.get([0x00, 0xFF]), KVEntry(key: [0x00, 0xFF], value: [0xFF, 0x00], revision: 3))
     // Empty state round-trips too.
     let empty = KeyValueStateMachine()
     try restored.restore(snapshot: empty.takeSnapshot())
@@ -178,35 +180,83 @@ final class SnapshotAndDeterminismTests: XCTestCase {
     XCTAssertNoThrow(try machine.restore(snapshot: valid))
     XCTAssertEqual(machine.count, 2)
     let broken: [(String, [UInt8])] = [
-      ("keys out of order", sealed { writer in
-        writer.writeUInt64(5); writer.writeUInt64(2)
-        entry(&writer, b("b"), 1); entry(&writer, b("a"), 1); writer.writeUInt64(0)
-      }),
-      ("duplicate key", sealed { writer in
-        writer.writeUInt64(5); writer.writeUInt64(2)
-        entry(&writer, b("a"), 1); entry(&writer, b("a"), 1); writer.writeUInt64(0)
-      }),
-      ("revision past the index", sealed { writer in
-        writer.writeUInt64(5); writer.writeUInt64(1); entry(&writer, b("a"), 6); writer.writeUInt64(0)
-      }),
-      ("revision zero", sealed { writer in
-        writer.writeUInt64(5); writer.writeUInt64(1); entry(&writer, b("a"), 0); writer.writeUInt64(0)
-      }),
-      ("huge entry count", sealed { writer in
-        writer.writeUInt64(5); writer.writeUInt64(UInt64.max); writer.writeUInt64(0)
-      }),
-      ("empty key", sealed { writer in
-        writer.writeUInt64(5); writer.writeUInt64(1); entry(&writer, [], 1); writer.writeUInt64(0)
-      }),
-      ("undecodable idempotency outcome", sealed { writer in
-        writer.writeUInt64(5); writer.writeUInt64(0); writer.writeUInt64(1)
-        writer.writeString("id"); writer.writeLengthPrefixed([1, 9])
-      }),
-      ("duplicate idempotency key", sealed { writer in
-        writer.writeUInt64(5); writer.writeUInt64(0); writer.writeUInt64(2)
-        writer.writeString("id"); writer.writeLengthPrefixed(KVCodec.encode(KVWriteOutcome.applied([])))
-        writer.writeString("id"); writer.writeLengthPrefixed(KVCodec.encode(KVWriteOutcome.applied([])))
-      }),
+      (
+        "keys out of order",
+        sealed { writer in
+          writer.writeUInt64(5)
+          writer.writeUInt64(2)
+          entry(&writer, b("b"), 1)
+          entry(&writer, b("a"), 1)
+          writer.writeUInt64(0)
+        }
+      ),
+      (
+        "duplicate key",
+        sealed { writer in
+          writer.writeUInt64(5)
+          writer.writeUInt64(2)
+          entry(&writer, b("a"), 1)
+          entry(&writer, b("a"), 1)
+          writer.writeUInt64(0)
+        }
+      ),
+      (
+        "revision past the index",
+        sealed { writer in
+          writer.writeUInt64(5)
+          writer.writeUInt64(1)
+          entry(&writer, b("a"), 6)
+          writer.writeUInt64(0)
+        }
+      ),
+      (
+        "revision zero",
+        sealed { writer in
+          writer.writeUInt64(5)
+          writer.writeUInt64(1)
+          entry(&writer, b("a"), 0)
+          writer.writeUInt64(0)
+        }
+      ),
+      (
+        "huge entry count",
+        sealed { writer in
+          writer.writeUInt64(5)
+          writer.writeUInt64(UInt64.max)
+          writer.writeUInt64(0)
+        }
+      ),
+      (
+        "empty key",
+        sealed { writer in
+          writer.writeUInt64(5)
+          writer.writeUInt64(1)
+          entry(&writer, [], 1)
+          writer.writeUInt64(0)
+        }
+      ),
+      (
+        "undecodable idempotency outcome",
+        sealed { writer in
+          writer.writeUInt64(5)
+          writer.writeUInt64(0)
+          writer.writeUInt64(1)
+          writer.writeString("id")
+          writer.writeLengthPrefixed([1, 9])
+        }
+      ),
+      (
+        "duplicate idempotency key",
+        sealed { writer in
+          writer.writeUInt64(5)
+          writer.writeUInt64(0)
+          writer.writeUInt64(2)
+          writer.writeString("id")
+          writer.writeLengthPrefixed(KVCodec.encode(KVWriteOutcome.applied([])))
+          writer.writeString("id")
+          writer.writeLengthPrefixed(KVCodec.encode(KVWriteOutcome.applied([])))
+        }
+      ),
     ]
     for (name, bytes) in broken {
       XCTAssertThrowsError(try machine.restore(snapshot: bytes), name)
