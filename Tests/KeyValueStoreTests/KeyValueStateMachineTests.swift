@@ -238,6 +238,17 @@ final class KeyValueStateMachineTests: XCTestCase {
     XCTAssertEqual(machine.idempotencyEntryCount, 3)
   }
 
+  func testZeroSizedIdempotencyTableRemembersNothing() throws {
+    let machine = KeyValueStateMachine(idempotencyEntriesMax: 0)
+    XCTAssertEqual(
+      try machine.write(1, [.put(key: b("k"), value: [], precondition: .none)], id: "x"),
+      .applied([.put(revision: 1)]))
+    XCTAssertEqual(
+      try machine.write(2, [.put(key: b("k"), value: [], precondition: .none)], id: "x"),
+      .applied([.put(revision: 2)]))
+    XCTAssertEqual(machine.idempotencyEntryCount, 0)
+  }
+
   func testIdempotencyTableSurvivesSnapshotAndRestoreInEvictionOrder() throws {
     let machine = KeyValueStateMachine(idempotencyEntriesMax: 3)
     var firstOutcomes: [String: [UInt8]] = [:]

@@ -75,6 +75,24 @@ final class SnapshotAndDeterminismTests: XCTestCase {
     first.checkInvariants()
   }
 
+  /// The change history is per replica: its bounds must not leak into the replicated state.
+  func testHistoryBoundsDoNotAffectSnapshots() {
+    var stream = CommandStream(seed: 0x5EED_0003)
+    let withHistory = KeyValueStateMachine(idempotencyEntriesMax: 64, historyEntriesMax: 50_000)
+    let withoutHistory = KeyValueStateMachine(idempotencyEntriesMax: 64, historyEntriesMax: 0)
+    for index in UInt64(1)...2_000 {
+      let command = stream.next(index: index)
+      XCTAssertEqual(
+        withHistory.apply(index: index, command: command),
+        withoutHistory.apply(index: index, command: command))
+    }
+    XCTAssertEqual(withHistory.takeSnapshot(), withoutHistory.takeSnapshot())
+    XCTAssertFalse(withHistory.changes(after: 0, prefix: [], limit: 10).events.isEmpty)
+    // Without history nothing before the last change is available, and nothing is missing after.
+    XCTAssertNotNil(withoutHistory.changes(after: 0, prefix: [], limit: 10).compactedBefore)
+    XCTAssertNil(withoutHistory.changes(after: 2_000, prefix: [], limit: 10).compactedBefore)
+  }
+
   func testRestoringAMidStreamSnapshotThenReplayingTheRestGivesIdenticalBytes() throws {
     var stream = CommandStream(seed: 0x5EED_0002)
     let commands = (1...UInt64(Self.streamLength)).map { stream.next(index: $0) }
