@@ -79,4 +79,9 @@ public enum KVLimits {
   public static let idempotencyKeyBytesMax = 256
   /// Default size of the idempotency table (oldest ids are forgotten first).
   public static let idempotencyEntriesDefault = 100_000
+  /// Default bounds of the in-memory change history behind watches (per group, per replica):
+  /// enough for a dashboard that polls every few seconds at thousands of writes per second,
+  /// while a group of large values cannot hold more than `historyBytesDefault` of them.
+  public static let historyEntriesDefault = 10_000
+  public static let historyBytesDefault = 16 << 20
 }
