@@ -209,7 +209,7 @@ public final class Gateway: HTTPHandler {
       route = "watch"
       guard rest.count == 3 else { throw .notFound }
       try allow("GET")
-      throw .notImplemented("watch is not available yet; poll GET /v1/groups/{group}/kv with minIndex instead")
+      try startWatch(group, exchange)
     case "peers":
       if rest.count == 3 {
         try allow("POST", "PUT")
@@ -589,6 +589,94 @@ public final class Gateway: HTTPHandler {
     }
   }
 
+  // MARK: Watch
+
+  /// A long poll: answers as soon as the group has changes with index > `fromIndex` under the
+  /// prefix, or at the timeout with no events. Each round is a read that waits (inside the engine,
+  /// not on the event loop) until the applied index passes the last index seen.
+  private func startWatch(_ group: GroupID, _ exchange: Exchange) throws(GatewayError) {
+    let query = exchange.query
+    let prefix = Array((query["prefix"] ?? "").utf8)
+    guard prefix.count <= KVLimits.keyBytesMax else { throw .invalidKey("the prefix is longer than \(KVLimits.keyBytesMax) bytes") }
+    let timeoutMs = try parseCount(query["timeoutMs"], name: "timeoutMs", default: GatewayLimits.watchTimeoutMsDefault, max: GatewayLimits.watchTimeoutMsMax)
+    let fromIndex: UInt64
+    if let text = query["fromIndex"] {
+      guard let value = UInt64(text) else { throw .badRequest("fromIndex must be a non-negative integer, not '\(text)'") }
+      fromIndex = value
+    } else {
+      guard let status = engine.status(group) else { throw .consensus(.groupNotFound(group)) }
+      fromIndex = status.appliedIndex
+    }
+    let deadline = MonotonicClock.nowNanoseconds() + UInt64(timeoutMs) * 1_000_000
+    pollWatch(group, prefix: prefix, from: fromIndex, deadline: deadline, exchange)
+  }
+
+  private func pollWatch(_ group: GroupID, prefix: KVBytes, from: UInt64, deadline: UInt64, _ exchange: Exchange) {
+    let now = MonotonicClock.nowNanoseconds()
+    guard now < deadline else {
+      respondWatch(group, events: [], index: max(from, engine.status(group)?.appliedIndex ?? from), exchange)
+      return
+    }
+    let waitMs = UInt32(min((deadline - now + 999_999) / 1_000_000, UInt64(UInt32.max)))
+    let limit = GatewayLimits.listItemsMax
+    let options = ReadOptions(consistency: .stale, minIndex: from + 1, waitMs: waitMs)
+    engine.read(group, query: KVCodec.encode(queries: [.changes(after: from, prefix: prefix, limit: limit)]), options: options) {
+      [self] result in
+      switch result {
+      case .failure(.timeout):
+        respondWatch(group, events: [], index: max(from, engine.status(group)?.appliedIndex ?? from), exchange)
+      case .failure(let error):
+        exchange.fail(.consensus(error), route: "watch", group: group)
+      case .success(let read):
+        guard let results = try? KVCodec.decodeQueryResults(read.response),
+          case .changes(let events, let compactedBefore) = results.first
+        else {
+          exchange.fail(.internal("the state machine did not answer the changes query"), route: "watch")
+          return
+        }
+        if let compactedBefore {
+          var writer = JSONWriter()
+          writer.beginObject()
+          writer.member("error", "compacted")
+          writer.member("message", "changes after index \(from) are no longer retained; re-read the keys and watch from index \(compactedBefore - 1)")
+          writer.member("oldestIndex", compactedBefore)
+          writer.endObject()
+          exchange.respond(HTTPResponse(status: 410, headers: leaderHeaders(group) + [jsonContentType], body: writer.bytes), route: "watch")
+        } else if events.isEmpty {
+          pollWatch(group, prefix: prefix, from: max(from, read.index), deadline: deadline, exchange)
+        } else {
+          // A full page resumes from its last event; otherwise everything up to the read index was seen.
+          let index = events.count >= limit ? events[events.count - 1].index : read.index
+          respondWatch(group, events: events, index: index, exchange)
+        }
+      }
+    }
+  }
+
+  private func respondWatch(_ group: GroupID, events: [KVChangeEvent], index: UInt64, _ exchange: Exchange) {
+    var writer = JSONWriter()
+    writer.beginObject()
+    writer.key("events")
+    writer.beginArray()
+    for event in events {
+      writer.beginObject()
+      writer.member("type", event.kind == .put ? "put" : "delete")
+      if event.kind == .put {
+        writeItemFields(&writer, KVEntry(key: event.key, value: event.value, revision: event.revision))
+      } else {
+        writeKey(&writer, event.key)
+        writer.member("revision", event.revision)
+      }
+      writer.endObject()
+    }
+    writer.endArray()
+    writer.member("index", index)
+    writer.endObject()
+    var headers = leaderHeaders(group)
+    headers.append(("X-Caucus-Index", String(index)))
+    exchange.respond(json: writer.bytes, headers: headers, route: "watch")
+  }
+
   private func readOptions(_ query: QueryParameters) throws(GatewayError) -> ReadOptions {
     var options = ReadOptions(waitMs: configuration.readWaitMsMax)
     if let text = query["consistency"] {
@@ -890,6 +978,10 @@ public enum GatewayLimits {
   public static let listItemsMax = 1000
   /// Length of an `Idempotency-Key` (printable ASCII): ids are remembered per group, so they are kept small.
   public static let idempotencyKeyBytesMax = 128
+  /// A watch answers with no events after this long unless the caller asks otherwise (`timeoutMs`).
+  public static let watchTimeoutMsDefault = 30_000
+  /// The longest a watch may be held open: bounds how long a connection and a read waiter are tied up.
+  public static let watchTimeoutMsMax = 60_000
 }
 
 let jsonContentType = (name: "Content-Type", value: "application/json; charset=utf-8")

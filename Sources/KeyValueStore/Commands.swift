@@ -63,11 +63,15 @@ public enum KVQuery: Sendable, Equatable {
   case get(key: KVBytes)
   /// Keys starting with `prefix`, strictly after `after` (when given), in order, at most `limit`.
   case list(prefix: KVBytes, after: KVBytes?, limit: Int)
+  /// Recent changes with index > `after` to keys starting with `prefix` (what a watch reports).
+  case changes(after: UInt64, prefix: KVBytes, limit: Int)
 }
 
 public enum KVQueryResult: Sendable, Equatable {
   case get(KVEntry?)
   case list(items: [KVEntry], more: Bool)
+  /// `compactedBefore` is set when changes after the asked index are no longer retained.
+  case changes(events: [KVChangeEvent], compactedBefore: UInt64?)
 }
 
 /// Limits the state machine enforces on every command it decodes.

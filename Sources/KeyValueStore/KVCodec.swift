@@ -20,9 +20,12 @@
 ///     query       = u8 tag: 1 get: bytes key (1...4096)
 ///                           2 list: bytes prefix (0...4096), optional bytes after (0...4096),
 ///                                   u64 limit (0...10000)
+///                           3 changes: u64 after, bytes prefix (0...4096), u64 limit (0...10000)
 ///     results     = version, u32 count (0...1024), result*count
 ///     result      = u8 tag: 1 get: optional entry
 ///                           2 list: u32 count (0...10000), entry*count, u8 more
+///                           3 changes: u32 count (0...10000), change*count, optional u64 compactedBefore
+///     change      = u8 kind (1 put, 2 delete), u64 index, bytes key, bytes value
 ///     entry       = bytes key, bytes value, u64 revision
 ///
 /// Encoding never fails; decoding checks every length against `KVLimits` and the bytes that remain,
@@ -204,6 +207,11 @@ public enum KVCodec {
         }
         // A negative limit becomes a huge one, which the decoder rejects rather than misreads.
         writer.writeUInt64(UInt64(bitPattern: Int64(limit)))
+      case .changes(let after, let prefix, let limit):
+        writer.writeUInt8(QueryTag.changes)
+        writer.writeUInt64(after)
+        writer.writeLengthPrefixed(prefix)
+        writer.writeUInt64(UInt64(bitPattern: Int64(limit)))
       }
     }
     return writer.bytes
@@ -234,6 +242,15 @@ public enum KVCodec {
             field: "list limit", value: limit, minimum: 0, maximum: UInt64(KVLimits.listLimitMax))
         }
         queries.append(.list(prefix: prefix, after: after, limit: Int(limit)))
+      case QueryTag.changes:
+        let after = try reader.readUInt64()
+        let prefix = try reader.readLengthPrefixed(field: "prefix length", maximum: KVLimits.keyBytesMax)
+        let limit = try reader.readUInt64()
+        guard limit <= UInt64(KVLimits.listLimitMax) else {
+          throw KVCodecError.limitExceeded(
+            field: "changes limit", value: limit, minimum: 0, maximum: UInt64(KVLimits.listLimitMax))
+        }
+        queries.append(.changes(after: after, prefix: prefix, limit: Int(limit)))
       default:
         throw KVCodecError.invalidTag(field: "query", value: tag)
       }
@@ -263,6 +280,21 @@ public enum KVCodec {
         writer.writeUInt32(UInt32(clamping: items.count))
         for item in items { write(item, to: &writer) }
         writer.writeBool(more)
+      case .changes(let events, let compactedBefore):
+        writer.writeUInt8(QueryTag.changes)
+        writer.writeUInt32(UInt32(clamping: events.count))
+        for event in events {
+          writer.writeUInt8(event.kind == .put ? ChangeTag.put : ChangeTag.delete)
+          writer.writeUInt64(event.index)
+          writer.writeLengthPrefixed(event.key)
+          writer.writeLengthPrefixed(event.value)
+        }
+        if let compactedBefore {
+          writer.writeBool(true)
+          writer.writeUInt64(compactedBefore)
+        } else {
+          writer.writeBool(false)
+        }
       }
     }
     return writer.bytes
@@ -288,6 +320,22 @@ public enum KVCodec {
         for _ in 0..<itemCount { items.append(try readEntry(&reader)) }
         let more = try reader.readBool(field: "more flag")
         results.append(.list(items: items, more: more))
+      case QueryTag.changes:
+        let eventCount = try reader.readCount(field: "change count", maximum: KVLimits.listLimitMax)
+        var events: [KVChangeEvent] = []
+        events.reserveCapacity(min(eventCount, reader.remaining / entryBytesMin))
+        for _ in 0..<eventCount {
+          let kindTag = try reader.readUInt8()
+          guard kindTag == ChangeTag.put || kindTag == ChangeTag.delete else {
+            throw KVCodecError.invalidTag(field: "change kind", value: kindTag)
+          }
+          let index = try reader.readUInt64()
+          let key = try readKey(&reader, field: "change key length")
+          let value = try reader.readLengthPrefixed(field: "change value length", maximum: Int(UInt32.max))
+          events.append(KVChangeEvent(index: index, kind: kindTag == ChangeTag.put ? .put : .delete, key: key, value: value))
+        }
+        let compactedBefore: UInt64? = try reader.readBool(field: "compacted flag") ? try reader.readUInt64() : nil
+        results.append(.changes(events: events, compactedBefore: compactedBefore))
       default:
         throw KVCodecError.invalidTag(field: "query result", value: tag)
       }
@@ -317,6 +365,12 @@ public enum KVCodec {
   enum QueryTag {
     static let get: UInt8 = 1
     static let list: UInt8 = 2
+    static let changes: UInt8 = 3
+  }
+
+  enum ChangeTag {
+    static let put: UInt8 = 1
+    static let delete: UInt8 = 2
   }
 
   enum PreconditionTag {

@@ -97,6 +97,9 @@ public final class KeyValueStateMachine: StateMachine {
     case .list(let prefix, let after, let limit):
       let page = list(prefix: prefix, after: after, limit: limit)
       return .list(items: page.items, more: page.more)
+    case .changes(let after, let prefix, let limit):
+      let found = changes(after: after, prefix: prefix, limit: limit)
+      return .changes(events: found.events, compactedBefore: found.compactedBefore)
     }
   }
 
