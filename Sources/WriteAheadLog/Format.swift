@@ -90,6 +90,8 @@ enum FrameFormat {
     case invalid(reason: String)
     /// CRC-valid but of a kind this build does not know: never a torn write.
     case unknownKind(UInt8)
+    /// CRC-valid, whole, but longer than recordBytesMax (the limit was lowered): never a torn write.
+    case oversized(length: UInt32)
   }
 
   /// Decodes the frame at `offset`, reading nothing at or past `end`.
@@ -106,16 +108,21 @@ enum FrameFormat {
     guard length >= UInt32(recordFixedBytes) else {
       return .invalid(reason: "record length \(length) is below the minimum \(recordFixedBytes)")
     }
-    guard length <= recordBytesMax else {
-      return .invalid(reason: "record length \(length) exceeds recordBytesMax \(recordBytesMax)")
-    }
     guard Int(length) <= remaining - headerBytes else {
+      if length > recordBytesMax {
+        return .invalid(reason: "record length \(length) exceeds recordBytesMax \(recordBytesMax)")
+      }
       return .invalid(reason: "incomplete record: length \(length), \(remaining - headerBytes) bytes present")
     }
     let recordStart = offset + headerBytes
     let recordEnd = recordStart + Int(length)
     let stored = readLittleEndian(bytes, at: offset + 4, as: UInt32.self)
     let computed = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: bytes[recordStart..<recordEnd]))
+    guard length <= recordBytesMax else {
+      // A whole, CRC-valid record over the limit was written, not torn: the limit was lowered.
+      if stored == computed { return .oversized(length: length) }
+      return .invalid(reason: "record length \(length) exceeds recordBytesMax \(recordBytesMax)")
+    }
     guard stored == computed else {
       return .invalid(reason: "CRC mismatch: stored \(hex8(stored)), computed \(hex8(computed))")
     }

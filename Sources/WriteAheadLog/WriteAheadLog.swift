@@ -49,7 +49,8 @@ import Platform
 /// start (`badMagic`, `badVersion`). A bad frame (short, impossible length, CRC mismatch) in the
 /// LAST segment after which no valid frame can be found at any byte offset is a torn tail from a
 /// crash: the file is truncated there and fsynced (reported in `recovery`). A bad frame in any other
-/// segment, or one followed by a valid frame, or a CRC-valid record of an unknown kind, refuses start
+/// segment, or one followed by a valid frame, or a CRC-valid record of an unknown kind or over
+/// `recordBytesMax` (the limit was lowered since it was written), refuses start
 /// with `WALError.corrupt` naming the file and offset: never silent loss. Records are not kept in
 /// memory; only, per segment, each group's highest `.entry` index (for `releaseSegments`).
 public final class WriteAheadLog {
@@ -218,6 +219,10 @@ public final class WriteAheadLog {
               file: segment.path, offset: UInt64(offset), reason: "\(reason) (changed while the log was open)")
           case let .unknownKind(kind):
             throw WALError.corrupt(file: segment.path, offset: UInt64(offset), reason: "unknown record kind \(kind)")
+          case let .oversized(length):
+            throw WALError.corrupt(
+              file: segment.path, offset: UInt64(offset),
+              reason: "record length \(length) exceeds recordBytesMax \(options.recordBytesMax)")
           }
         }
         precondition(offset == end, "frames end exactly at the segment's end")
@@ -569,6 +574,10 @@ public final class WriteAheadLog {
         offset = frame.next
       case let .unknownKind(kind):
         throw .corrupt(file: path, offset: UInt64(offset), reason: "unknown record kind \(kind) (CRC valid)")
+      case let .oversized(length):
+        throw .corrupt(
+          file: path, offset: UInt64(offset),
+          reason: "record length \(length) exceeds recordBytesMax \(recordBytesMax) (CRC valid: was the limit lowered?)")
       case let .invalid(reason):
         guard isLast else {
           throw .corrupt(file: path, offset: UInt64(offset), reason: "\(reason), in a sealed segment")
@@ -594,7 +603,7 @@ public final class WriteAheadLog {
     var candidate = offset + 1
     while candidate + FrameFormat.headerBytes + FrameFormat.recordFixedBytes <= end {
       switch FrameFormat.decode(raw, at: candidate, end: end, recordBytesMax: recordBytesMax) {
-      case .valid, .unknownKind: return candidate
+      case .valid, .unknownKind, .oversized: return candidate
       case .invalid: candidate += 1
       }
     }
