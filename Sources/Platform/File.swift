@@ -86,7 +86,8 @@ public final class File {
     var written = 0
     while written < bytes.count {
       let count = try syscall("pwrite", context: path) {
-        Glibc.pwrite(descriptor, base + written, bytes.count - written, off_t(offset) + off_t(written))
+        Glibc.pwrite(
+          descriptor, base + written, bytes.count - written, off_t(offset) + off_t(written))
       }
       // pwrite returns 0 only for a zero-length request; anything else would loop forever.
       precondition(count > 0, "\(path): pwrite wrote nothing")
@@ -121,7 +122,9 @@ public final class File {
   }
 
   /// Reads up to `buffer.count` bytes at `offset`; returns how many were read (0 at end of file).
-  public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(SystemError) -> Int {
+  public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64)
+    throws(SystemError) -> Int
+  {
     guard let base = buffer.baseAddress, buffer.count > 0 else { return 0 }
     var total = 0
     while total < buffer.count {
@@ -216,7 +219,9 @@ public enum FileSystem {
 
   /// rename(2): atomically replaces `destination`. Durable only after `syncDirectory`.
   public static func rename(_ source: String, to destination: String) throws(SystemError) {
-    try syscall("rename", context: "\(source) -> \(destination)") { Glibc.rename(source, destination) }
+    try syscall("rename", context: "\(source) -> \(destination)") {
+      Glibc.rename(source, destination)
+    }
   }
 
   /// unlink(2). Durable only after `syncDirectory`.
@@ -241,7 +246,9 @@ public enum FileSystem {
   /// mkdir -p. Returns true if it created the last component. Existing directories are fine;
   /// an existing non-directory fails with ENOTDIR.
   @discardableResult
-  public static func makeDirectories(_ path: String, permissions: mode_t = 0o755) throws(SystemError) -> Bool {
+  public static func makeDirectories(_ path: String, permissions: mode_t = 0o755)
+    throws(SystemError) -> Bool
+  {
     precondition(!path.isEmpty, "makeDirectories: empty path")
     let components = path.split(separator: "/", omittingEmptySubsequences: true)
     var prefix = path.hasPrefix("/") ? "/" : ""
@@ -254,7 +261,9 @@ public enum FileSystem {
       }
       let error = currentErrno()
       if error == EEXIST {
-        guard isDirectory(prefix) else { throw SystemError(call: "mkdir", errno: ENOTDIR, context: prefix) }
+        guard isDirectory(prefix) else {
+          throw SystemError(call: "mkdir", errno: ENOTDIR, context: prefix)
+        }
         createdLast = false
         continue
       }
@@ -279,7 +288,8 @@ public enum FileSystem {
         return names
       }
       let name = withUnsafePointer(to: &entry.pointee.d_name) { tuple in
-        tuple.withMemoryRebound(to: CChar.self, capacity: MemoryLayout.size(ofValue: tuple.pointee)) {
+        tuple.withMemoryRebound(to: CChar.self, capacity: MemoryLayout.size(ofValue: tuple.pointee))
+        {
           String(cString: $0)
         }
       }
@@ -306,10 +316,14 @@ public enum FileSystem {
   }
 
   /// Creates a fresh directory from a template ending in "XXXXXX" (mkdtemp) and returns its path.
-  public static func makeTemporaryDirectory(prefix: String = "/tmp/caucus-") throws(SystemError) -> String {
+  public static func makeTemporaryDirectory(prefix: String = "/tmp/caucus-") throws(SystemError)
+    -> String
+  {
     var template = Array((prefix + "XXXXXX").utf8CString)
     let result = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-    guard let result else { throw SystemError(call: "mkdtemp", errno: currentErrno(), context: prefix) }
+    guard let result else {
+      throw SystemError(call: "mkdtemp", errno: currentErrno(), context: prefix)
+    }
     return String(cString: result)
   }
 }

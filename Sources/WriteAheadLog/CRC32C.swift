@@ -26,7 +26,8 @@ public enum CRC32C {
 
   /// The CRC-32C of `bytes`, continuing from `crc` (the result of a previous call over the bytes
   /// before these; 0 to start).
-  public static func checksum(_ bytes: UnsafeRawBufferPointer, continuing crc: UInt32 = 0) -> UInt32 {
+  public static func checksum(_ bytes: UnsafeRawBufferPointer, continuing crc: UInt32 = 0) -> UInt32
+  {
     update(crc: crc, bytes)
   }
 
@@ -50,11 +51,13 @@ public enum CRC32C {
       let count = bytes.count
       // Eight bytes per step, little-endian load (unaligned loads are fine on every target).
       while count - offset >= 8 {
-        let word = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
+        let word =
+          UInt64(littleEndian: base.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
           ^ UInt64(crc)
         let low = UInt32(truncatingIfNeeded: word)
         let high = UInt32(truncatingIfNeeded: word >> 32)
-        crc = table[7 * 256 + Int(low & 0xFF)]
+        crc =
+          table[7 * 256 + Int(low & 0xFF)]
           ^ table[6 * 256 + Int((low >> 8) & 0xFF)]
           ^ table[5 * 256 + Int((low >> 16) & 0xFF)]
           ^ table[4 * 256 + Int(low >> 24)]

@@ -30,10 +30,14 @@ enum SegmentFormat {
   }
 
   /// Checks a segment header; throws naming the file.
-  static func checkHeader(_ bytes: UnsafeRawBufferPointer, file: String, sequence: UInt64) throws(WALError) {
+  static func checkHeader(_ bytes: UnsafeRawBufferPointer, file: String, sequence: UInt64)
+    throws(WALError)
+  {
     guard bytes.count >= headerBytes else {
       // Segments are created complete (temporary file, fsync, rename), so a short one was damaged.
-      throw .corrupt(file: file, offset: 0, reason: "segment header incomplete: \(bytes.count) of \(headerBytes) bytes")
+      throw .corrupt(
+        file: file, offset: 0,
+        reason: "segment header incomplete: \(bytes.count) of \(headerBytes) bytes")
     }
     guard bytes.prefix(magic.count).elementsEqual(magic) else { throw .badMagic(file: file) }
     let version = readLittleEndian(bytes, at: 8, as: UInt16.self)
@@ -43,7 +47,8 @@ enum SegmentFormat {
     }
     let found = readLittleEndian(bytes, at: 16, as: UInt64.self)
     guard found == sequence else {
-      throw .corrupt(file: file, offset: 16, reason: "header says segment \(found), file name says \(sequence)")
+      throw .corrupt(
+        file: file, offset: 16, reason: "header says segment \(found), file name says \(sequence)")
     }
   }
 }
@@ -55,20 +60,23 @@ enum FrameFormat {
   static let recordFixedBytes = 25
 
   /// Appends the frame of `record` to `buffer`. The caller checked the size against the limit.
+  /// Hot path (every record written): the fixed fields are stored in place, no per-field appends.
   static func encode(_ record: WALRecord, into buffer: inout [UInt8], recordBytesMax: UInt32) {
     let recordBytes = recordFixedBytes + record.payload.count
-    precondition(recordBytes <= Int(recordBytesMax), "record larger than recordBytesMax reached encode")
+    precondition(
+      recordBytes <= Int(recordBytesMax), "record larger than recordBytesMax reached encode")
     let start = buffer.count
-    appendLittleEndian(UInt32(recordBytes), to: &buffer)
-    appendLittleEndian(UInt32(0), to: &buffer)  // CRC, filled in below
-    buffer.append(record.kind.rawValue)
-    appendLittleEndian(record.group, to: &buffer)
-    appendLittleEndian(record.index, to: &buffer)
-    appendLittleEndian(record.term, to: &buffer)
+    buffer.append(contentsOf: repeatElement(0, count: headerBytes + recordFixedBytes))
     buffer.append(contentsOf: record.payload)
     precondition(buffer.count - start == headerBytes + recordBytes, "frame size")
     buffer.withUnsafeMutableBytes { raw in
-      let crc = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[(start + headerBytes)...]))
+      let body = start + headerBytes
+      raw.storeBytes(of: UInt32(recordBytes).littleEndian, toByteOffset: start, as: UInt32.self)
+      raw.storeBytes(of: record.kind.rawValue, toByteOffset: body, as: UInt8.self)
+      raw.storeBytes(of: record.group.littleEndian, toByteOffset: body + 1, as: UInt64.self)
+      raw.storeBytes(of: record.index.littleEndian, toByteOffset: body + 9, as: UInt64.self)
+      raw.storeBytes(of: record.term.littleEndian, toByteOffset: body + 17, as: UInt64.self)
+      let crc = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[body..<(body + recordBytes)]))
       raw.storeBytes(of: crc.littleEndian, toByteOffset: start + 4, as: UInt32.self)
     }
   }
@@ -112,7 +120,8 @@ enum FrameFormat {
       if length > recordBytesMax {
         return .invalid(reason: "record length \(length) exceeds recordBytesMax \(recordBytesMax)")
       }
-      return .invalid(reason: "incomplete record: length \(length), \(remaining - headerBytes) bytes present")
+      return .invalid(
+        reason: "incomplete record: length \(length), \(remaining - headerBytes) bytes present")
     }
     let recordStart = offset + headerBytes
     let recordEnd = recordStart + Int(length)
@@ -137,7 +146,8 @@ enum FrameFormat {
       next: recordEnd)
     // Read back: the frame is exactly header + length and lies inside the scanned range.
     precondition(frame.next - offset == headerBytes + Int(length), "decoded frame size")
-    precondition(frame.payload.count == Int(length) - recordFixedBytes && frame.next <= end, "decoded payload")
+    precondition(
+      frame.payload.count == Int(length) - recordFixedBytes && frame.next <= end, "decoded payload")
     return .valid(frame)
   }
 }
@@ -188,8 +198,11 @@ func appendLittleEndian<T: FixedWidthInteger>(_ value: T, to buffer: inout [UInt
 }
 
 @inline(__always)
-func readLittleEndian<T: FixedWidthInteger>(_ bytes: UnsafeRawBufferPointer, at offset: Int, as type: T.Type) -> T {
-  precondition(offset >= 0 && offset + MemoryLayout<T>.size <= bytes.count, "read outside the buffer")
+func readLittleEndian<T: FixedWidthInteger>(
+  _ bytes: UnsafeRawBufferPointer, at offset: Int, as type: T.Type
+) -> T {
+  precondition(
+    offset >= 0 && offset + MemoryLayout<T>.size <= bytes.count, "read outside the buffer")
   return T(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: T.self))
 }
 
@@ -207,7 +220,9 @@ func hex8(_ value: UInt32) -> String {
 func parseHex16(_ name: String, prefix: String, suffix: String) -> UInt64? {
   guard name.hasPrefix(prefix), name.hasSuffix(suffix) else { return nil }
   let digits = name.dropFirst(prefix.count).dropLast(suffix.count)
-  guard digits.count == 16, digits.allSatisfy({ ("0"..."9").contains($0) || ("a"..."f").contains($0) }) else {
+  guard digits.count == 16,
+    digits.allSatisfy({ ("0"..."9").contains($0) || ("a"..."f").contains($0) })
+  else {
     return nil
   }
   return UInt64(digits, radix: 16)

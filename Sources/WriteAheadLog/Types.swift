@@ -19,7 +19,8 @@ public struct WALOptions: Sendable, Equatable {
   public var snapshotBytesMax: UInt64 = 1 << 30
 
   public init(
-    segmentBytesMax: UInt64 = 64 << 20, recordBytesMax: UInt32 = 16 << 20, snapshotBytesMax: UInt64 = 1 << 30
+    segmentBytesMax: UInt64 = 64 << 20, recordBytesMax: UInt32 = 16 << 20,
+    snapshotBytesMax: UInt64 = 1 << 30
   ) {
     self.segmentBytesMax = segmentBytesMax
     self.recordBytesMax = recordBytesMax
@@ -33,21 +34,28 @@ public struct WALOptions: Sendable, Equatable {
 
   /// Throws `WALError.invalidOptions` naming the first bad field.
   public func validate() throws(WALError) {
-    let segmentBytesMin = UInt64(SegmentFormat.headerBytes + FrameFormat.headerBytes + FrameFormat.recordFixedBytes)
+    let segmentBytesMin = UInt64(
+      SegmentFormat.headerBytes + FrameFormat.headerBytes + FrameFormat.recordFixedBytes)
     guard segmentBytesMax >= segmentBytesMin else {
-      throw .invalidOptions("segmentBytesMax \(segmentBytesMax) is below the minimum \(segmentBytesMin)")
+      throw .invalidOptions(
+        "segmentBytesMax \(segmentBytesMax) is below the minimum \(segmentBytesMin)")
     }
     guard segmentBytesMax <= Self.segmentBytesLimit else {
-      throw .invalidOptions("segmentBytesMax \(segmentBytesMax) is above the limit \(Self.segmentBytesLimit)")
+      throw .invalidOptions(
+        "segmentBytesMax \(segmentBytesMax) is above the limit \(Self.segmentBytesLimit)")
     }
     guard recordBytesMax >= UInt32(FrameFormat.recordFixedBytes) else {
-      throw .invalidOptions("recordBytesMax \(recordBytesMax) is below the minimum \(FrameFormat.recordFixedBytes)")
+      throw .invalidOptions(
+        "recordBytesMax \(recordBytesMax) is below the minimum \(FrameFormat.recordFixedBytes)")
     }
     guard recordBytesMax <= Self.recordBytesLimit else {
-      throw .invalidOptions("recordBytesMax \(recordBytesMax) is above the limit \(Self.recordBytesLimit)")
+      throw .invalidOptions(
+        "recordBytesMax \(recordBytesMax) is above the limit \(Self.recordBytesLimit)")
     }
     guard snapshotBytesMax >= UInt64(SnapshotFormat.bodyFixedBytes) else {
-      throw .invalidOptions("snapshotBytesMax \(snapshotBytesMax) is below the minimum \(SnapshotFormat.bodyFixedBytes)")
+      throw .invalidOptions(
+        "snapshotBytesMax \(snapshotBytesMax) is below the minimum \(SnapshotFormat.bodyFixedBytes)"
+      )
     }
     guard snapshotBytesMax <= UInt64(Int.max) else {
       throw .invalidOptions("snapshotBytesMax \(snapshotBytesMax) is above the limit \(Int.max)")
@@ -76,7 +84,9 @@ public struct WALRecord: Sendable, Equatable {
   public var term: UInt64
   public var payload: [UInt8]
 
-  public init(kind: WALRecordKind, group: UInt64, index: UInt64, term: UInt64, payload: [UInt8] = []) {
+  public init(
+    kind: WALRecordKind, group: UInt64, index: UInt64, term: UInt64, payload: [UInt8] = []
+  ) {
     self.kind = kind
     self.group = group
     self.index = index
@@ -123,7 +133,8 @@ public struct WALStatistics: Sendable, Equatable {
   public var syncNanosecondsTotal: UInt64 = 0
   /// Cumulative counts per bucket (Prometheus `le`): entry i counts syncs that took at most
   /// `syncLatencyBucketBoundsSeconds[i]`; the last entry (`+Inf`) equals `syncs`.
-  public var syncLatencyBuckets: [UInt64] = .init(repeating: 0, count: syncLatencyBucketBoundsSeconds.count + 1)
+  public var syncLatencyBuckets: [UInt64] = .init(
+    repeating: 0, count: syncLatencyBucketBoundsSeconds.count + 1)
   /// Segment files now in the log (sealed ones plus the current one).
   public var segments: Int = 0
   /// Segment files deleted by `releaseSegments`.
@@ -189,27 +200,31 @@ public enum WALError: Error, CustomStringConvertible, Sendable, Equatable {
 
   public var description: String {
     switch self {
-    case let .corrupt(file, offset, reason):
+    case .corrupt(let file, let offset, let reason):
       return "write-ahead log corrupt: \(file) at offset \(offset): \(reason). Refusing to start: "
         + "restore the file from a replica or backup, or move it aside if its data is known to be elsewhere"
-    case let .io(error):
+    case .io(let error):
       return "write-ahead log I/O error: \(error)"
-    case let .recordTooLarge(group, index, bytes, limit):
-      return "write-ahead log record for group \(group) index \(index) is \(bytes) bytes; recordBytesMax is \(limit)"
-    case let .snapshotTooLarge(group, bytes, limit):
+    case .recordTooLarge(let group, let index, let bytes, let limit):
+      return
+        "write-ahead log record for group \(group) index \(index) is \(bytes) bytes; recordBytesMax is \(limit)"
+    case .snapshotTooLarge(let group, let bytes, let limit):
       return "snapshot for group \(group) is \(bytes) bytes; snapshotBytesMax is \(limit)"
-    case let .badMagic(file):
+    case .badMagic(let file):
       return "\(file) is not a Caucus write-ahead log file (wrong magic). Refusing to start"
-    case let .badVersion(file, found):
-      return "\(file) has format version \(found); this build reads version \(SegmentFormat.version). Refusing to start"
-    case let .invalidOptions(reason):
+    case .badVersion(let file, let found):
+      return
+        "\(file) has format version \(found); this build reads version \(SegmentFormat.version). Refusing to start"
+    case .invalidOptions(let reason):
       return "invalid write-ahead log options: \(reason)"
-    case let .locked(directory):
-      return "write-ahead log directory \(directory) is in use by another log (its LOCK file is held)"
+    case .locked(let directory):
+      return
+        "write-ahead log directory \(directory) is in use by another log (its LOCK file is held)"
     case .closed:
       return "write-ahead log is closed"
-    case let .unusable(reason):
-      return "write-ahead log is unusable after an earlier failure (\(reason)); reopen it to recover"
+    case .unusable(let reason):
+      return
+        "write-ahead log is unusable after an earlier failure (\(reason)); reopen it to recover"
     }
   }
 }

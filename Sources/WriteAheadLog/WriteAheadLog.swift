@@ -115,7 +115,8 @@ public final class WriteAheadLog {
     }
     guard locked else { throw .locked(directory: directory) }
     var recovery = WALRecovery()
-    var segments = try Self.recoverSegments(directory: directory, options: options, recovery: &recovery)
+    var segments = try Self.recoverSegments(
+      directory: directory, options: options, recovery: &recovery)
     precondition(!segments.isEmpty, "recovery leaves at least one segment")
     let last = segments.removeLast()
     self.sealed = segments.map(\.segment)
@@ -125,7 +126,9 @@ public final class WriteAheadLog {
     self.recovery = recovery
     counters.segments = sealed.count + 1
     for (position, segment) in sealed.enumerated() {
-      precondition(segment.sequence + UInt64(sealed.count - position) == current.sequence, "contiguous segments")
+      precondition(
+        segment.sequence + UInt64(sealed.count - position) == current.sequence,
+        "contiguous segments")
     }
   }
 
@@ -143,7 +146,8 @@ public final class WriteAheadLog {
     try checkOpen()
     for record in records where record.recordBytes > Int(options.recordBytesMax) {
       throw .recordTooLarge(
-        group: record.group, index: record.index, bytes: UInt64(record.recordBytes), limit: options.recordBytesMax)
+        group: record.group, index: record.index, bytes: UInt64(record.recordBytes),
+        limit: options.recordBytesMax)
     }
     guard !records.isEmpty else { return }
     precondition(frameBuffer.isEmpty, "frame buffer drained after every append")
@@ -152,7 +156,9 @@ public final class WriteAheadLog {
       for record in records {
         let frameBytes = UInt64(record.frameBytes)
         let segmentHasRecords = current.records + bufferedRecords > 0
-        if segmentHasRecords && current.bytes + UInt64(frameBuffer.count) + frameBytes > options.segmentBytesMax {
+        if segmentHasRecords
+          && current.bytes + UInt64(frameBuffer.count) + frameBytes > options.segmentBytesMax
+        {
           try writeFrameBuffer(records: bufferedRecords)
           bufferedRecords = 0
           try roll()
@@ -160,7 +166,8 @@ public final class WriteAheadLog {
         FrameFormat.encode(record, into: &frameBuffer, recordBytesMax: options.recordBytesMax)
         bufferedRecords += 1
         if record.kind == .entry {
-          current.entryIndexMax[record.group] = max(current.entryIndexMax[record.group] ?? 0, record.index)
+          current.entryIndexMax[record.group] = max(
+            current.entryIndexMax[record.group] ?? 0, record.index)
         }
       }
       try writeFrameBuffer(records: bufferedRecords)
@@ -200,7 +207,8 @@ public final class WriteAheadLog {
       guard bytes.count >= segment.bytes else {
         throw WALError.corrupt(
           file: segment.path, offset: UInt64(bytes.count),
-          reason: "segment shrank from \(segment.bytes) to \(bytes.count) bytes while the log was open")
+          reason:
+            "segment shrank from \(segment.bytes) to \(bytes.count) bytes while the log was open")
       }
       let end = Int(segment.bytes)
       var records: UInt64 = 0
@@ -208,18 +216,25 @@ public final class WriteAheadLog {
         try SegmentFormat.checkHeader(raw, file: segment.path, sequence: segment.sequence)
         var offset = SegmentFormat.headerBytes
         while offset < end {
-          switch FrameFormat.decode(raw, at: offset, end: end, recordBytesMax: options.recordBytesMax) {
-          case let .valid(frame):
+          switch FrameFormat.decode(
+            raw, at: offset, end: end, recordBytesMax: options.recordBytesMax)
+          {
+          case .valid(let frame):
             let payload = Array(UnsafeRawBufferPointer(rebasing: raw[frame.payload]))
-            try visit(WALRecord(kind: frame.kind, group: frame.group, index: frame.index, term: frame.term, payload: payload))
+            try visit(
+              WALRecord(
+                kind: frame.kind, group: frame.group, index: frame.index, term: frame.term,
+                payload: payload))
             records += 1
             offset = frame.next
-          case let .invalid(reason):
+          case .invalid(let reason):
             throw WALError.corrupt(
-              file: segment.path, offset: UInt64(offset), reason: "\(reason) (changed while the log was open)")
-          case let .unknownKind(kind):
-            throw WALError.corrupt(file: segment.path, offset: UInt64(offset), reason: "unknown record kind \(kind)")
-          case let .oversized(length):
+              file: segment.path, offset: UInt64(offset),
+              reason: "\(reason) (changed while the log was open)")
+          case .unknownKind(let kind):
+            throw WALError.corrupt(
+              file: segment.path, offset: UInt64(offset), reason: "unknown record kind \(kind)")
+          case .oversized(let length):
             throw WALError.corrupt(
               file: segment.path, offset: UInt64(offset),
               reason: "record length \(length) exceeds recordBytesMax \(options.recordBytesMax)")
@@ -230,7 +245,8 @@ public final class WriteAheadLog {
       guard records == segment.records else {
         throw WALError.corrupt(
           file: segment.path, offset: UInt64(end),
-          reason: "replay found \(records) records, recovery and appends counted \(segment.records)")
+          reason: "replay found \(records) records, recovery and appends counted \(segment.records)"
+        )
       }
     }
   }
@@ -311,12 +327,15 @@ public final class WriteAheadLog {
     try checkOpen()
     let bodyBytes = UInt64(SnapshotFormat.bodyFixedBytes + snapshot.data.count)
     guard bodyBytes <= options.snapshotBytesMax else {
-      throw .snapshotTooLarge(group: snapshot.group, bytes: bodyBytes, limit: options.snapshotBytesMax)
+      throw .snapshotTooLarge(
+        group: snapshot.group, bytes: bodyBytes, limit: options.snapshotBytesMax)
     }
     let path = snapshotPath(group: snapshot.group)
     let temporaryPath = path + SegmentFormat.temporarySuffix
     let prefix = SnapshotFormat.encodePrefix(snapshot)
-    precondition(prefix.count == SnapshotFormat.headerBytes + SnapshotFormat.bodyFixedBytes, "snapshot prefix size")
+    precondition(
+      prefix.count == SnapshotFormat.headerBytes + SnapshotFormat.bodyFixedBytes,
+      "snapshot prefix size")
     do throws(SystemError) {
       let file = try File.open(temporaryPath, mode: .writeCreateTruncate)
       try file.write(all: prefix, at: 0)
@@ -348,25 +367,31 @@ public final class WriteAheadLog {
     do {
       let size = try file.size()
       guard size >= UInt64(prefixBytes) else {
-        throw WALError.corrupt(file: path, offset: 0, reason: "snapshot file is \(size) bytes; the smallest is \(prefixBytes)")
+        throw WALError.corrupt(
+          file: path, offset: 0,
+          reason: "snapshot file is \(size) bytes; the smallest is \(prefixBytes)")
       }
       var prefix = [UInt8](repeating: 0, count: prefixBytes)
       let prefixRead = try prefix.withUnsafeMutableBytes { raw in
         Result { () throws(SystemError) in try file.read(into: raw, at: 0) }
       }.get()
-      let header = try Self.checkSnapshotHeader(prefix, count: prefixRead, fileSize: size, path: path, options: options)
+      let header = try Self.checkSnapshotHeader(
+        prefix, count: prefixRead, fileSize: size, path: path, options: options)
       var data = [UInt8](repeating: 0, count: Int(size) - prefixBytes)
       let dataRead = try data.withUnsafeMutableBytes { raw in
         Result { () throws(SystemError) in try file.read(into: raw, at: UInt64(prefixBytes)) }
       }.get()
       guard dataRead == data.count else {
-        throw WALError.corrupt(file: path, offset: UInt64(prefixBytes + dataRead), reason: "snapshot file shrank while read")
+        throw WALError.corrupt(
+          file: path, offset: UInt64(prefixBytes + dataRead),
+          reason: "snapshot file shrank while read")
       }
       let computed = data.withUnsafeBytes { dataBytes in
         prefix.withUnsafeBytes { prefixBytes in
           CRC32C.checksum(
             dataBytes,
-            continuing: CRC32C.checksum(UnsafeRawBufferPointer(rebasing: prefixBytes[SnapshotFormat.headerBytes...])))
+            continuing: CRC32C.checksum(
+              UnsafeRawBufferPointer(rebasing: prefixBytes[SnapshotFormat.headerBytes...])))
         }
       }
       guard computed == header.crc else {
@@ -376,7 +401,8 @@ public final class WriteAheadLog {
       }
       let snapshot = prefix.withUnsafeBytes { raw in
         WALSnapshot(
-          group: readLittleEndian(raw, at: 32, as: UInt64.self), index: readLittleEndian(raw, at: 40, as: UInt64.self),
+          group: readLittleEndian(raw, at: 32, as: UInt64.self),
+          index: readLittleEndian(raw, at: 40, as: UInt64.self),
           term: readLittleEndian(raw, at: 48, as: UInt64.self), data: data)
       }
       guard snapshot.group == group else {
@@ -400,7 +426,7 @@ public final class WriteAheadLog {
     do throws(SystemError) {
       do throws(SystemError) {
         try FileSystem.unlink(snapshotPath(group: group))
-      } catch where error.errno == ENOENT {
+      } catch  where error.errno == ENOENT {
         return
       }
       try FileSystem.syncDirectory(directory)
@@ -413,7 +439,8 @@ public final class WriteAheadLog {
   public func snapshotGroups() throws(WALError) -> [UInt64] {
     try checkOpen()
     do throws(SystemError) {
-      return try FileSystem.listDirectory(directory).compactMap(SnapshotFormat.group(fileName:)).sorted()
+      return try FileSystem.listDirectory(directory).compactMap(SnapshotFormat.group(fileName:))
+        .sorted()
     } catch {
       throw .io(error)
     }
@@ -425,7 +452,7 @@ public final class WriteAheadLog {
     switch state {
     case .open: return
     case .closed: throw .closed
-    case let .failed(reason): throw .unusable(reason: reason)
+    case .failed(let reason): throw .unusable(reason: reason)
     }
   }
 
@@ -464,7 +491,9 @@ public final class WriteAheadLog {
 
   /// Creates segment `sequence` complete (temporary file, header, fsync, rename, directory fsync)
   /// and opens it for appending.
-  private static func createSegment(directory: String, sequence: UInt64) throws(SystemError) -> (segment: Segment, file: File) {
+  private static func createSegment(directory: String, sequence: UInt64) throws(SystemError) -> (
+    segment: Segment, file: File
+  ) {
     let path = directory + "/" + SegmentFormat.fileName(sequence: sequence)
     let temporaryPath = path + SegmentFormat.temporarySuffix
     let temporary = try File.open(temporaryPath, mode: .writeCreateTruncate)
@@ -474,7 +503,9 @@ public final class WriteAheadLog {
     try FileSystem.rename(temporaryPath, to: path)
     try FileSystem.syncDirectory(directory)
     let file = try File.open(path, mode: .readWrite)
-    let segment = Segment(sequence: sequence, path: path, bytes: UInt64(SegmentFormat.headerBytes), records: 0, entryIndexMax: [:])
+    let segment = Segment(
+      sequence: sequence, path: path, bytes: UInt64(SegmentFormat.headerBytes), records: 0,
+      entryIndexMax: [:])
     return (segment, file)
   }
 
@@ -494,12 +525,16 @@ public final class WriteAheadLog {
           recovery.temporaryFilesRemoved.append(name)
         } else if let sequence = SegmentFormat.sequence(fileName: name) {
           sequences.append(sequence)
-        } else if name.hasPrefix(SegmentFormat.filePrefix) && name.hasSuffix(SegmentFormat.fileSuffix) {
+        } else if name.hasPrefix(SegmentFormat.filePrefix)
+          && name.hasSuffix(SegmentFormat.fileSuffix)
+        {
           throw WALError.corrupt(
-            file: directory + "/" + name, offset: 0, reason: "not a segment name (wal-<16 lowercase hex digits>.log)")
+            file: directory + "/" + name, offset: 0,
+            reason: "not a segment name (wal-<16 lowercase hex digits>.log)")
         }
         guard sequences.count <= segmentsMax else {
-          throw WALError.corrupt(file: directory, offset: 0, reason: "more than \(segmentsMax) segments")
+          throw WALError.corrupt(
+            file: directory, offset: 0, reason: "more than \(segmentsMax) segments")
         }
       }
       if !recovery.temporaryFilesRemoved.isEmpty { try FileSystem.syncDirectory(directory) }
@@ -523,7 +558,9 @@ public final class WriteAheadLog {
         let bytes = try file.readAll()
         let scan = try bytes.withUnsafeBytes { raw in
           Result { () throws(WALError) in
-            try scanSegment(raw, path: path, sequence: sequence, isLast: isLast, recordBytesMax: options.recordBytesMax)
+            try scanSegment(
+              raw, path: path, sequence: sequence, isLast: isLast,
+              recordBytesMax: options.recordBytesMax)
           }
         }.get()
         var segment = scan.segment
@@ -558,7 +595,8 @@ public final class WriteAheadLog {
   /// Checks one segment's header and frames. Returns its in-memory index and, for the last segment,
   /// where a torn tail starts; throws `corrupt` for damage that is not a torn tail.
   static func scanSegment(
-    _ raw: UnsafeRawBufferPointer, path: String, sequence: UInt64, isLast: Bool, recordBytesMax: UInt32
+    _ raw: UnsafeRawBufferPointer, path: String, sequence: UInt64, isLast: Bool,
+    recordBytesMax: UInt32
   ) throws(WALError) -> (segment: Segment, tornAt: (offset: UInt64, reason: String)?) {
     try SegmentFormat.checkHeader(raw, file: path, sequence: sequence)
     var segment = Segment(sequence: sequence, path: path, bytes: 0, records: 0, entryIndexMax: [:])
@@ -566,25 +604,32 @@ public final class WriteAheadLog {
     let end = raw.count
     while offset < end {
       switch FrameFormat.decode(raw, at: offset, end: end, recordBytesMax: recordBytesMax) {
-      case let .valid(frame):
+      case .valid(let frame):
         if frame.kind == .entry {
-          segment.entryIndexMax[frame.group] = max(segment.entryIndexMax[frame.group] ?? 0, frame.index)
+          segment.entryIndexMax[frame.group] = max(
+            segment.entryIndexMax[frame.group] ?? 0, frame.index)
         }
         segment.records += 1
         offset = frame.next
-      case let .unknownKind(kind):
-        throw .corrupt(file: path, offset: UInt64(offset), reason: "unknown record kind \(kind) (CRC valid)")
-      case let .oversized(length):
+      case .unknownKind(let kind):
+        throw .corrupt(
+          file: path, offset: UInt64(offset), reason: "unknown record kind \(kind) (CRC valid)")
+      case .oversized(let length):
         throw .corrupt(
           file: path, offset: UInt64(offset),
-          reason: "record length \(length) exceeds recordBytesMax \(recordBytesMax) (CRC valid: was the limit lowered?)")
-      case let .invalid(reason):
+          reason:
+            "record length \(length) exceeds recordBytesMax \(recordBytesMax) (CRC valid: was the limit lowered?)"
+        )
+      case .invalid(let reason):
         guard isLast else {
-          throw .corrupt(file: path, offset: UInt64(offset), reason: "\(reason), in a sealed segment")
-        }
-        if let valid = firstValidFrame(raw, after: offset, end: end, recordBytesMax: recordBytesMax) {
           throw .corrupt(
-            file: path, offset: UInt64(offset), reason: "\(reason), and a valid record follows at offset \(valid)")
+            file: path, offset: UInt64(offset), reason: "\(reason), in a sealed segment")
+        }
+        if let valid = firstValidFrame(raw, after: offset, end: end, recordBytesMax: recordBytesMax)
+        {
+          throw .corrupt(
+            file: path, offset: UInt64(offset),
+            reason: "\(reason), and a valid record follows at offset \(valid)")
         }
         segment.bytes = UInt64(offset)
         return (segment, (UInt64(offset), reason))
@@ -628,15 +673,19 @@ public final class WriteAheadLog {
     }
     guard magicMatches else { throw .badMagic(file: path) }
     guard version == SnapshotFormat.version else { throw .badVersion(file: path, found: version) }
-    guard reservedZero else { throw .corrupt(file: path, offset: 10, reason: "reserved header bytes are not zero") }
+    guard reservedZero else {
+      throw .corrupt(file: path, offset: 10, reason: "reserved header bytes are not zero")
+    }
     let bodyBytesInFile = fileSize - UInt64(SnapshotFormat.headerBytes)
     guard bodyBytes == bodyBytesInFile else {
       throw .corrupt(
-        file: path, offset: 16, reason: "body length \(bodyBytes), but \(bodyBytesInFile) bytes follow the header")
+        file: path, offset: 16,
+        reason: "body length \(bodyBytes), but \(bodyBytesInFile) bytes follow the header")
     }
     guard bodyBytes <= options.snapshotBytesMax else {
       throw .corrupt(
-        file: path, offset: 16, reason: "body length \(bodyBytes) exceeds snapshotBytesMax \(options.snapshotBytesMax)")
+        file: path, offset: 16,
+        reason: "body length \(bodyBytes) exceeds snapshotBytesMax \(options.snapshotBytesMax)")
     }
     return (bodyBytes, crc)
   }

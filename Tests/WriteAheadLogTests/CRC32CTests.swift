@@ -36,7 +36,9 @@ final class CRC32CTests: XCTestCase {
     for start in 0..<8 {
       for length in 0...80 {
         let slice = Array(bytes[start..<(start + length)])
-        XCTAssertEqual(CRC32C.checksum(bytes, range: start..<(start + length)), reference(slice), "start \(start) length \(length)")
+        XCTAssertEqual(
+          CRC32C.checksum(bytes, range: start..<(start + length)), reference(slice),
+          "start \(start) length \(length)")
       }
     }
   }

@@ -15,9 +15,14 @@ final class RecoveryTests: WALTestCase {
       var records: [WALRecord] = []
       for item in 0..<4 {
         let index = UInt64(batch * 2 + item / 2 + 1)
-        records.append(maker.entry(group: UInt64(item % 2 + 1), index: index, term: 3, payloadBytes: 80 + item * 10))
+        records.append(
+          maker.entry(
+            group: UInt64(item % 2 + 1), index: index, term: 3, payloadBytes: 80 + item * 10))
       }
-      if batch == 5 { records.append(WALRecord(kind: .hardState, group: 1, index: 0, term: 4, payload: [4, 0, 7])) }
+      if batch == 5 {
+        records.append(
+          WALRecord(kind: .hardState, group: 1, index: 0, term: 4, payload: [4, 0, 7]))
+      }
       try log.append(records)
       try log.sync()
       written += records
@@ -48,7 +53,8 @@ final class RecoveryTests: WALTestCase {
     XCTAssertEqual(try replayAll(log), [])
     let records = [
       WALRecord(kind: .groupCreated, group: 9, index: 0, term: 0),
-      WALRecord(kind: .groupDeleted, group: 9, index: UInt64.max, term: UInt64.max, payload: [0xFF]),
+      WALRecord(
+        kind: .groupDeleted, group: 9, index: UInt64.max, term: UInt64.max, payload: [0xFF]),
     ]
     try log.append(records)
     try log.append([])
@@ -118,7 +124,8 @@ final class RecoveryTests: WALTestCase {
 
       let reopened = try WriteAheadLog(directory: trial, options: options)
       XCTAssertNil(reopened.recovery.truncatedFile, "cut \(cut): second reopen finds a clean log")
-      XCTAssertEqual(try replayAll(reopened), Array(records.dropLast()) + [appendedLater], "cut \(cut)")
+      XCTAssertEqual(
+        try replayAll(reopened), Array(records.dropLast()) + [appendedLater], "cut \(cut)")
       try reopened.close()
       try FileSystem.removeTree(trial)
     }
@@ -170,7 +177,9 @@ final class RecoveryTests: WALTestCase {
     let options = WALOptions(segmentBytesMax: 300)
     var maker = RecordMaker(seed: 6)
     let log = try open(options)
-    for index in 1...10 { try log.append([maker.entry(group: 1, index: UInt64(index), payloadBytes: 50)]) }
+    for index in 1...10 {
+      try log.append([maker.entry(group: 1, index: UInt64(index), payloadBytes: 50)])
+    }
     try log.close()
     XCTAssertGreaterThanOrEqual(try segmentNames().count, 3)
     let path = segmentPath(1)
@@ -235,7 +244,13 @@ final class RecoveryTests: WALTestCase {
   func testMissingMiddleSegmentRefusesStart() throws {
     let options = WALOptions(segmentBytesMax: 200)
     let log = try open(options)
-    for index in 1...6 { try log.append([WALRecord(kind: .entry, group: 1, index: UInt64(index), term: 1, payload: [UInt8](repeating: 1, count: 100))]) }
+    for index in 1...6 {
+      try log.append([
+        WALRecord(
+          kind: .entry, group: 1, index: UInt64(index), term: 1,
+          payload: [UInt8](repeating: 1, count: 100))
+      ])
+    }
     try log.close()
     XCTAssertGreaterThanOrEqual(try segmentNames().count, 3)
     try FileSystem.unlink(segmentPath(2))
@@ -246,17 +261,22 @@ final class RecoveryTests: WALTestCase {
   func testUnknownRecordKindIsCorruptionEvenAtTheEnd() throws {
     try open().close()
     let path = segmentPath(1)
-    try Disk.write(path, try Disk.read(path) + Disk.frame(kind: 99, group: 1, index: 1, term: 1, payload: [1, 2]))
+    try Disk.write(
+      path,
+      try Disk.read(path) + Disk.frame(kind: 99, group: 1, index: 1, term: 1, payload: [1, 2]))
     assertCorrupt(file: path, offset: UInt64(segmentHeaderBytes)) { _ = try self.open() }
   }
 
   func testRecordOverLimitIsRefusedOnAppendBeforeAnythingIsWritten() throws {
     let options = WALOptions(recordBytesMax: 100)
     let log = try open(options)
-    let fits = WALRecord(kind: .entry, group: 1, index: 1, term: 1, payload: [UInt8](repeating: 0, count: 75))
-    let tooLarge = WALRecord(kind: .entry, group: 1, index: 2, term: 1, payload: [UInt8](repeating: 0, count: 76))
+    let fits = WALRecord(
+      kind: .entry, group: 1, index: 1, term: 1, payload: [UInt8](repeating: 0, count: 75))
+    let tooLarge = WALRecord(
+      kind: .entry, group: 1, index: 2, term: 1, payload: [UInt8](repeating: 0, count: 76))
     XCTAssertThrowsError(try log.append([fits, tooLarge])) { error in
-      XCTAssertEqual(error as? WALError, .recordTooLarge(group: 1, index: 2, bytes: 101, limit: 100))
+      XCTAssertEqual(
+        error as? WALError, .recordTooLarge(group: 1, index: 2, bytes: 101, limit: 100))
     }
     XCTAssertEqual(log.statistics.recordsAppended, 0)
     try log.append([fits])
@@ -268,17 +288,22 @@ final class RecoveryTests: WALTestCase {
   /// is whole and CRC-valid (the limit was lowered; cutting it would lose a written record).
   func testRecordOverLimitOnReadIsCorruption() throws {
     let small = WALRecord(kind: .entry, group: 1, index: 1, term: 1, payload: [1])
-    let large = WALRecord(kind: .entry, group: 1, index: 2, term: 1, payload: [UInt8](repeating: 2, count: 500))
+    let large = WALRecord(
+      kind: .entry, group: 1, index: 2, term: 1, payload: [UInt8](repeating: 2, count: 500))
     let log = try open(WALOptions(recordBytesMax: 1000))
     try log.append([small, large])
     try log.close()
     let largeOffset = UInt64(segmentHeaderBytes + small.frameBytes)
-    assertCorrupt(file: segmentPath(1), offset: largeOffset) { _ = try self.open(WALOptions(recordBytesMax: 100)) }
+    assertCorrupt(file: segmentPath(1), offset: largeOffset) {
+      _ = try self.open(WALOptions(recordBytesMax: 100))
+    }
 
     let again = try open(WALOptions(recordBytesMax: 1000))
     try again.append([small])
     try again.close()
-    assertCorrupt(file: segmentPath(1), offset: largeOffset) { _ = try self.open(WALOptions(recordBytesMax: 100)) }
+    assertCorrupt(file: segmentPath(1), offset: largeOffset) {
+      _ = try self.open(WALOptions(recordBytesMax: 100))
+    }
   }
 
   func testLeftoverTemporaryFilesAreRemoved() throws {
@@ -303,7 +328,8 @@ final class RecoveryTests: WALTestCase {
     let log = try open()
     try log.close()
     try log.close()
-    XCTAssertThrowsError(try log.append([WALRecord(kind: .entry, group: 1, index: 1, term: 1)])) { error in
+    XCTAssertThrowsError(try log.append([WALRecord(kind: .entry, group: 1, index: 1, term: 1)])) {
+      error in
       XCTAssertEqual(error as? WALError, .closed)
     }
     XCTAssertThrowsError(try log.sync())
@@ -314,7 +340,9 @@ final class RecoveryTests: WALTestCase {
     let nested = directory + "/x/y/wal"
     try WriteAheadLog(directory: nested).close()
     XCTAssertTrue(FileSystem.exists(nested + "/wal-0000000000000001.log"))
-    XCTAssertThrowsError(try WriteAheadLog(directory: nested, options: WALOptions(segmentBytesMax: 10)))
-    XCTAssertThrowsError(try WriteAheadLog(directory: nested, options: WALOptions(recordBytesMax: 3)))
+    XCTAssertThrowsError(
+      try WriteAheadLog(directory: nested, options: WALOptions(segmentBytesMax: 10)))
+    XCTAssertThrowsError(
+      try WriteAheadLog(directory: nested, options: WALOptions(recordBytesMax: 3)))
   }
 }

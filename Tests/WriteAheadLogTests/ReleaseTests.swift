@@ -8,7 +8,9 @@ final class ReleaseTests: WALTestCase {
   let options = WALOptions(segmentBytesMax: 364)
 
   private func record(_ kind: WALRecordKind, group: UInt64, index: UInt64) -> WALRecord {
-    WALRecord(kind: kind, group: group, index: index, term: 1, payload: [UInt8](repeating: UInt8(index & 0xFF), count: 50))
+    WALRecord(
+      kind: kind, group: group, index: index, term: 1,
+      payload: [UInt8](repeating: UInt8(index & 0xFF), count: 50))
   }
 
   /// Writes `segments` (4 records each, the last one becomes the current segment).
@@ -27,20 +29,30 @@ final class ReleaseTests: WALTestCase {
     let groupB: UInt64 = 2
     let segments: [[WALRecord]] = [
       // 1: A 1-2, B 1-2, plus a hard state with a large index (other kinds never block).
-      [record(.entry, group: groupA, index: 1), record(.entry, group: groupB, index: 1),
-       record(.entry, group: groupA, index: 2), record(.hardState, group: groupB, index: 999)],
+      [
+        record(.entry, group: groupA, index: 1), record(.entry, group: groupB, index: 1),
+        record(.entry, group: groupA, index: 2), record(.hardState, group: groupB, index: 999),
+      ],
       // 2: A 3-4, B 2-3
-      [record(.entry, group: groupA, index: 3), record(.entry, group: groupB, index: 2),
-       record(.entry, group: groupA, index: 4), record(.entry, group: groupB, index: 3)],
+      [
+        record(.entry, group: groupA, index: 3), record(.entry, group: groupB, index: 2),
+        record(.entry, group: groupA, index: 4), record(.entry, group: groupB, index: 3),
+      ],
       // 3: one entry of B beyond what will be covered: blocks itself and everything after.
-      [record(.entry, group: groupA, index: 5), record(.entry, group: groupB, index: 9),
-       record(.groupCreated, group: 3, index: 0), record(.entry, group: groupA, index: 6)],
+      [
+        record(.entry, group: groupA, index: 5), record(.entry, group: groupB, index: 9),
+        record(.groupCreated, group: 3, index: 0), record(.entry, group: groupA, index: 6),
+      ],
       // 4: covered, but after a blocked segment.
-      [record(.entry, group: groupA, index: 7), record(.entry, group: groupA, index: 8),
-       record(.entry, group: groupA, index: 9), record(.entry, group: groupA, index: 10)],
+      [
+        record(.entry, group: groupA, index: 7), record(.entry, group: groupA, index: 8),
+        record(.entry, group: groupA, index: 9), record(.entry, group: groupA, index: 10),
+      ],
       // 5: current.
-      [record(.entry, group: groupA, index: 11), record(.entry, group: groupB, index: 10),
-       record(.entry, group: groupA, index: 12), record(.entry, group: groupB, index: 11)],
+      [
+        record(.entry, group: groupA, index: 11), record(.entry, group: groupB, index: 10),
+        record(.entry, group: groupA, index: 12), record(.entry, group: groupB, index: 11),
+      ],
     ]
     let log = try writeSegments(segments)
     // Nothing covered: nothing released.
@@ -51,7 +63,9 @@ final class ReleaseTests: WALTestCase {
     XCTAssertTrue(FileSystem.exists(segmentPath(2)))
     // B covered up to 8: segment 3 (B 9) blocks, and so segment 4 stays although it is covered.
     XCTAssertEqual(try log.releaseSegments(coveredIndex: [groupA: 100, groupB: 8]), 1)
-    XCTAssertEqual(try segmentNames(), (3...5).map { segmentPath($0).split(separator: "/").last.map(String.init)! })
+    XCTAssertEqual(
+      try segmentNames(),
+      (3...5).map { segmentPath($0).split(separator: "/").last.map(String.init)! })
     XCTAssertEqual(log.statistics.segments, 3)
     XCTAssertEqual(log.statistics.segmentsReleased, 2)
     try log.sync()
@@ -73,7 +87,8 @@ final class ReleaseTests: WALTestCase {
     try more.append([record(.entry, group: groupA, index: 13)])
     XCTAssertEqual(more.statistics.segments, 2)
     try more.close()
-    XCTAssertEqual(try reopenAndReplay(options), segments[4] + [record(.entry, group: groupA, index: 13)])
+    XCTAssertEqual(
+      try reopenAndReplay(options), segments[4] + [record(.entry, group: groupA, index: 13)])
   }
 
   /// The per-segment index is rebuilt by recovery: release decisions after a reopen are the same.

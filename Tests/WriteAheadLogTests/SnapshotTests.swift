@@ -51,7 +51,7 @@ final class SnapshotTests: WALTestCase {
       try Disk.write(path, damaged)
       XCTAssertThrowsError(try log.loadSnapshot(group: 3), "offset \(offset)") { error in
         switch error as? WALError {
-        case let .corrupt(file, _, _), let .badMagic(file), let .badVersion(file, _):
+        case .corrupt(let file, _, _), .badMagic(let file), .badVersion(let file, _):
           XCTAssertEqual(file, path, "offset \(offset)")
         default:
           XCTFail("offset \(offset): unexpected \(error)")
@@ -76,7 +76,7 @@ final class SnapshotTests: WALTestCase {
     try log.writeSnapshot(WALSnapshot(group: 3, index: 1, term: 1, data: [1]))
     try FileSystem.rename(log.snapshotPath(group: 3), to: log.snapshotPath(group: 4))
     XCTAssertThrowsError(try log.loadSnapshot(group: 4)) { error in
-      guard case let .corrupt(file, _, _) = error as? WALError else { return XCTFail("\(error)") }
+      guard case .corrupt(let file, _, _) = error as? WALError else { return XCTFail("\(error)") }
       XCTAssertEqual(file, log.snapshotPath(group: 4))
     }
     try log.close()
@@ -84,10 +84,14 @@ final class SnapshotTests: WALTestCase {
 
   func testSnapshotOverLimitIsRefused() throws {
     let log = try open(WALOptions(snapshotBytesMax: 100))
-    XCTAssertThrowsError(try log.writeSnapshot(WALSnapshot(group: 1, index: 1, term: 1, data: [UInt8](repeating: 0, count: 77)))) { error in
+    XCTAssertThrowsError(
+      try log.writeSnapshot(
+        WALSnapshot(group: 1, index: 1, term: 1, data: [UInt8](repeating: 0, count: 77)))
+    ) { error in
       XCTAssertEqual(error as? WALError, .snapshotTooLarge(group: 1, bytes: 101, limit: 100))
     }
-    try log.writeSnapshot(WALSnapshot(group: 1, index: 1, term: 1, data: [UInt8](repeating: 0, count: 76)))
+    try log.writeSnapshot(
+      WALSnapshot(group: 1, index: 1, term: 1, data: [UInt8](repeating: 0, count: 76)))
     try log.close()
   }
 }

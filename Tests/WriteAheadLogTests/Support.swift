@@ -74,8 +74,11 @@ struct RecordMaker {
     (0..<bytes).map { _ in UInt8(truncatingIfNeeded: nextRandom()) }
   }
 
-  mutating func entry(group: UInt64, index: UInt64, term: UInt64 = 1, payloadBytes: Int) -> WALRecord {
-    WALRecord(kind: .entry, group: group, index: index, term: term, payload: payload(bytes: payloadBytes))
+  mutating func entry(group: UInt64, index: UInt64, term: UInt64 = 1, payloadBytes: Int)
+    -> WALRecord
+  {
+    WALRecord(
+      kind: .entry, group: group, index: index, term: term, payload: payload(bytes: payloadBytes))
   }
 }
 
@@ -102,9 +105,13 @@ enum Disk {
   }
 
   /// A frame as the log writes it, built independently of the log's own encoder.
-  static func frame(kind: UInt8, group: UInt64, index: UInt64, term: UInt64, payload: [UInt8]) -> [UInt8] {
+  static func frame(kind: UInt8, group: UInt64, index: UInt64, term: UInt64, payload: [UInt8])
+    -> [UInt8]
+  {
     var body: [UInt8] = [kind]
-    for value in [group, index, term] { withUnsafeBytes(of: value.littleEndian) { body.append(contentsOf: $0) } }
+    for value in [group, index, term] {
+      withUnsafeBytes(of: value.littleEndian) { body.append(contentsOf: $0) }
+    }
     body.append(contentsOf: payload)
     var frame: [UInt8] = []
     withUnsafeBytes(of: UInt32(body.count).littleEndian) { frame.append(contentsOf: $0) }
