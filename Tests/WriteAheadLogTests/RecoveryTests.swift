@@ -81,10 +81,22 @@ final class RecoveryTests: WALTestCase {
   /// Cut the file at every byte offset inside the last record: reopening keeps every earlier
   /// record, truncates the rest, and the log takes appends that survive another reopen.
   func testTornTailAtEveryByteOffsetOfTheLastRecord() throws {
+    // Two full segments (3 records each), then 3 records in the last one.
+    try checkTornTailAtEveryByteOffset(recordCount: 9)
+  }
+
+  /// The same when the torn record is the only one of the last segment: a cut can leave just
+  /// the segment header.
+  func testTornTailAtEveryByteOffsetOfALastSegmentsOnlyRecord() throws {
+    try checkTornTailAtEveryByteOffset(recordCount: 7)
+  }
+
+  private func checkTornTailAtEveryByteOffset(recordCount: Int) throws {
     let options = WALOptions(segmentBytesMax: 400)
     var maker = RecordMaker(seed: 3)
-    // Two full segments, then 3 records in the last one.
-    let records = (1...9).map { maker.entry(group: 7, index: UInt64($0), payloadBytes: 60) }
+    let records = (1...recordCount).map {
+      maker.entry(group: 7, index: UInt64($0), payloadBytes: 60)
+    }
     let appendedLater = maker.entry(group: 7, index: 100, payloadBytes: 17)
     let lastFrameBytes = UInt64(records.last!.frameBytes)
     var lastSegment = ""
