@@ -9,8 +9,10 @@ import Platform
 /// once (group commit); nothing is durable before `sync()` returns. On start it opens the log
 /// (recovery runs in `init`), `replay`s every surviving record, and loads the groups' snapshots.
 /// After a snapshot covers a group's entries, `releaseSegments` deletes the sealed segments that
-/// hold nothing else still needed. Released segments take every record kind with them: the engine
-/// must keep what it still needs of hard states and group records in a later segment or a snapshot.
+/// hold nothing else still needed. Released segments take every record kind with them: a group's
+/// latest `.hardState` (term, vote: Raft safety) and `.groupCreated` may be in one. So the engine,
+/// before releasing, appends the latest hard state and group record of every live group again and
+/// `sync()`s; those copies are in the current segment, which is never released.
 ///
 /// # Threads
 /// Not thread-safe, and not `Sendable`: one thread (the engine's loop) owns the log and makes every
@@ -255,6 +257,8 @@ public final class WriteAheadLog {
   /// record has `index <= coveredIndex[group]`; a group absent from `coveredIndex` counts as fully
   /// covered (deleted). Other record kinds never block release. Oldest first, so a crash midway
   /// leaves a contiguous suffix; the directory is fsynced at the end. Returns how many were deleted.
+  /// Hard states and group records in released segments are gone: re-append and sync the live
+  /// groups' latest ones first (see the type's documentation).
   @discardableResult
   public func releaseSegments(coveredIndex: [UInt64: UInt64]) throws(WALError) -> Int {
     try checkOpen()
