@@ -244,18 +244,22 @@ public enum FileSystem {
   }
 
   /// mkdir -p. Returns true if it created the last component. Existing directories are fine;
-  /// an existing non-directory fails with ENOTDIR.
+  /// an existing non-directory fails with ENOTDIR. With `durable`, the parent of every directory
+  /// it creates is fsynced, so the whole new path survives a crash (files made inside it later
+  /// need their own directory fsync).
   @discardableResult
-  public static func makeDirectories(_ path: String, permissions: mode_t = 0o755)
-    throws(SystemError) -> Bool
-  {
+  public static func makeDirectories(
+    _ path: String, permissions: mode_t = 0o755, durable: Bool = false
+  ) throws(SystemError) -> Bool {
     precondition(!path.isEmpty, "makeDirectories: empty path")
     let components = path.split(separator: "/", omittingEmptySubsequences: true)
     var prefix = path.hasPrefix("/") ? "/" : ""
     var createdLast = false
     for (position, component) in components.enumerated() {
+      let parent = prefix.isEmpty ? "." : prefix
       prefix += (prefix.isEmpty || prefix == "/" ? "" : "/") + component
       if Glibc.mkdir(prefix, permissions) == 0 {
+        if durable { try syncDirectory(parent) }
         createdLast = position == components.count - 1
         continue
       }

@@ -107,9 +107,7 @@ public final class WriteAheadLog {
     let lock: File
     let locked: Bool
     do throws(SystemError) {
-      if try FileSystem.makeDirectories(directory) {
-        try FileSystem.syncDirectory(Self.parentDirectory(of: directory))
-      }
+      try FileSystem.makeDirectories(directory, durable: true)
       lock = try File.open(directory + "/" + Self.lockFileName, mode: .readWriteCreate)
       locked = try lock.tryLockExclusive()
     } catch {
@@ -694,9 +692,4 @@ public final class WriteAheadLog {
     return (bodyBytes, crc)
   }
 
-  private static func parentDirectory(of path: String) -> String {
-    let trimmed = path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
-    guard let slash = trimmed.lastIndex(of: "/") else { return "." }
-    return slash == trimmed.startIndex ? "/" : String(trimmed[..<slash])
-  }
 }
