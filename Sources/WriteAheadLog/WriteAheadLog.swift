@@ -691,5 +691,4 @@ public final class WriteAheadLog {
     }
     return (bodyBytes, crc)
   }
-
 }
