@@ -1,5 +1,5 @@
 import Consensus
-import Glibc
+
 import HTTPServer
 import KeyValueStore
 import Synchronization
@@ -270,13 +270,3 @@ extension String {
   }
 }
 
-/// Reads a small text file such as /proc/self/statm; nil when it cannot.
-func readSmallFile(_ path: String) -> String? {
-  let descriptor = open(path, O_RDONLY)
-  guard descriptor >= 0 else { return nil }
-  defer { close(descriptor) }
-  var buffer = [UInt8](repeating: 0, count: 4096)
-  let count = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, 4096) }
-  guard count > 0 else { return nil }
-  return String(decoding: buffer[..<count], as: UTF8.self)
-}

@@ -1011,7 +1011,8 @@ func writeItemFields(_ writer: inout JSONWriter, _ entry: KVEntry) {
 }
 
 func residentSetBytes() -> UInt64? {
-  guard let text = readSmallFile("/proc/self/statm") else { return nil }
+  guard let bytes = try? FileSystem.readFile("/proc/self/statm") else { return nil }
+  let text = String(decoding: bytes, as: UTF8.self)
   let fields = text.split(separator: " ")
   guard fields.count > 1, let pages = UInt64(fields[1]) else { return nil }
   return pages * 4096

@@ -137,16 +137,23 @@ public final class File {
     return total
   }
 
-  /// Reads the whole file from offset 0 (its size as of the call).
+  /// Reads the whole file from offset 0 until end of file. Starts from the size fstat reports and
+  /// keeps reading past it, so files whose size is not known in advance (/proc) read whole too.
   public func readAll() throws(SystemError) -> [UInt8] {
     let size = try self.size()
     precondition(size <= UInt64(Int.max), "\(path): file too large to read into memory")
-    var result = [UInt8](repeating: 0, count: Int(size))
-    let count = try result.withUnsafeMutableBytes { raw in
-      Result { () throws(SystemError) in try read(into: raw, at: 0) }
-    }.get()
-    // The file shrank while we read (someone else truncated it): keep what was there.
-    if count < result.count { result.removeSubrange(count...) }
+    var result = [UInt8](repeating: 0, count: Int(size) + 4096)
+    var filled = 0
+    while true {
+      let count = try result.withUnsafeMutableBytes { raw in
+        let free = UnsafeMutableRawBufferPointer(rebasing: raw[filled...])
+        return Result { () throws(SystemError) in try read(into: free, at: UInt64(filled)) }
+      }.get()
+      if count == 0 { break }
+      filled += count
+      if filled == result.count { result.append(contentsOf: repeatElement(0, count: max(4096, result.count))) }
+    }
+    result.removeSubrange(filled...)
     return result
   }
 

@@ -344,9 +344,9 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
     text += "caucus_wal_fsyncs_total \(statistics.syncs)\n"
     text += "# HELP caucus_wal_fsync_duration_seconds Latency of write-ahead log fsyncs.\n"
     text += "# TYPE caucus_wal_fsync_duration_seconds histogram\n"
-    for (bound, count) in zip(WALStatistics.syncLatencyBucketBounds, statistics.syncLatencyBuckets) {
-      let label = bound.isInfinite ? "+Inf" : "\(bound)"
-      text += "caucus_wal_fsync_duration_seconds_bucket{le=\"\(label)\"} \(count)\n"
+    let bounds = WALStatistics.syncLatencyBucketBoundsSeconds.map { "\($0)" } + ["+Inf"]
+    for (bound, count) in zip(bounds, statistics.syncLatencyBuckets) {
+      text += "caucus_wal_fsync_duration_seconds_bucket{le=\"\(bound)\"} \(count)\n"
     }
     text += "caucus_wal_fsync_duration_seconds_sum \(Double(statistics.syncNanosecondsTotal) / 1e9)\n"
     text += "caucus_wal_fsync_duration_seconds_count \(statistics.syncs)\n"

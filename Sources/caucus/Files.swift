@@ -1,45 +1,20 @@
-import Glibc
+import Platform
 
-/// mkdir -p.
-func makeDirectories(_ path: String) throws {
-  var current = path.hasPrefix("/") ? "" : "."
-  for component in path.split(separator: "/") {
-    current += "/" + component
-    if mkdir(current, 0o755) != 0 && errno != EEXIST {
-      throw SettingsError(description: "cannot create \(current): \(String(cString: strerror(errno)))")
-    }
-  }
-}
-
+/// The file as text, or nil when it cannot be read (absent, unreadable).
 func readTextFile(_ path: String) -> String? {
-  guard let file = fopen(path, "r") else { return nil }
-  defer { fclose(file) }
-  var bytes: [UInt8] = []
-  var buffer = [UInt8](repeating: 0, count: 4096)
-  while true {
-    let count = fread(&buffer, 1, buffer.count, file)
-    if count == 0 { break }
-    bytes.append(contentsOf: buffer[..<count])
-  }
+  guard let bytes = try? FileSystem.readFile(path) else { return nil }
   return String(decoding: bytes, as: UTF8.self)
 }
 
-/// Write to a temporary file, fsync, rename over `path`, fsync the directory.
+/// Write to a temporary file, fsync, rename over `path`, fsync the directory: after a crash the
+/// file holds either the old text or the new, never a mix.
 func writeTextFileDurably(_ path: String, _ text: String) throws {
   let temporary = path + ".tmp"
-  let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-  guard descriptor >= 0 else { throw SettingsError(description: "cannot write \(temporary): \(String(cString: strerror(errno)))") }
-  let bytes = Array(text.utf8)
-  let written = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
-  let synced = fsync(descriptor)
-  close(descriptor)
-  guard written == bytes.count, synced == 0, rename(temporary, path) == 0 else {
-    throw SettingsError(description: "cannot write \(path): \(String(cString: strerror(errno)))")
-  }
+  let file = try File.open(temporary, mode: .writeCreateTruncate)
+  try file.write(all: Array(text.utf8))
+  try file.sync()
+  try file.close()
+  try FileSystem.rename(temporary, to: path)
   let directory = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-  let directoryDescriptor = open(directory.isEmpty ? "." : directory, O_RDONLY)
-  if directoryDescriptor >= 0 {
-    fsync(directoryDescriptor)
-    close(directoryDescriptor)
-  }
+  try FileSystem.syncDirectory(directory.isEmpty ? "." : directory)
 }

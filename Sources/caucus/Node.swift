@@ -122,7 +122,7 @@ struct NodeIdentity {
   let firstStart: Bool
 
   static func establish(directory: String, node: NodeID) throws -> NodeIdentity {
-    try makeDirectories(directory)
+    try FileSystem.makeDirectories(directory, durable: true)
     let path = directory + "/node-identity"
     if let text = readTextFile(path) {
       let fields = text.split(whereSeparator: { $0 == "\n" || $0 == "=" })

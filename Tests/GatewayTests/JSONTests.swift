@@ -22,9 +22,9 @@ final class JSONTests: XCTestCase {
   }
 
   func testRefusesNestingPastTheLimit() throws {
-    let deep = String(repeating: "[", count: JSONParser.depthMax) + String(repeating: "]", count: JSONParser.depthMax)
+    let deep = String(repeating: "[", count: JSONParser.depthMax + 1) + String(repeating: "]", count: JSONParser.depthMax + 1)
     XCTAssertThrowsError(try parse(deep))
-    let fine = String(repeating: "[", count: JSONParser.depthMax - 1) + String(repeating: "]", count: JSONParser.depthMax - 1)
+    let fine = String(repeating: "[", count: JSONParser.depthMax) + String(repeating: "]", count: JSONParser.depthMax)
     XCTAssertNoThrow(try parse(fine))
   }
 

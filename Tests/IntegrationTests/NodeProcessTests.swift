@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Platform
 import XCTest
 
 /// Real `caucus` processes on loopback, driven over HTTP.
@@ -26,25 +27,30 @@ final class NodeProcessTests: XCTestCase {
     try node.start()
     let clients = 32
     let writesPerClient = 60
-    let acknowledged = Mutex<[String: String]>([:])
-    let failures = Mutex<[String]>([])
-    DispatchQueue.concurrentPerform(iterations: clients) { client in
-      do {
-        let http = try HTTPClient(port: node.port)
-        for sequence in 0..<writesPerClient {
-          let key = "client-\(client)/\(sequence)"
-          let value = "value-\(client)-\(sequence)-\(String(repeating: "x", count: sequence % 7))"
-          let reply = try http.request("PUT", "/v1/groups/DataRegion-0/kv/\(key)", text: value)
-          guard reply.status == 200 else {
-            failures.withLock { $0.append("\(key): \(reply.status) \(reply.text)") }
-            continue
+    let acknowledged = Locked<[String: String]>([:])
+    let failures = Locked<[String]>([])
+    // 32 real threads (a dispatch pool would run only as many clients as there are cores).
+    let port = node.port
+    let threads = (0..<clients).map { client in
+      OSThread(name: "client-\(client)") {
+        do {
+          let http = try HTTPClient(port: port)
+          for sequence in 0..<writesPerClient {
+            let key = "client-\(client)/\(sequence)"
+            let value = "value-\(client)-\(sequence)-\(String(repeating: "x", count: sequence % 7))"
+            let reply = try http.request("PUT", "/v1/groups/DataRegion-0/kv/\(key)", text: value)
+            guard reply.status == 200 else {
+              failures.withLock { $0.append("\(key): \(reply.status) \(reply.text)") }
+              continue
+            }
+            acknowledged.withLock { $0[key] = value }
           }
-          acknowledged.withLock { $0[key] = value }
+        } catch {
+          failures.withLock { $0.append("client \(client): \(error)") }
         }
-      } catch {
-        failures.withLock { $0.append("client \(client): \(error)") }
       }
     }
+    for thread in threads { thread.join() }
     XCTAssertEqual(failures.withLock { $0 }, [])
     let written = acknowledged.withLock { $0 }
     XCTAssertEqual(written.count, clients * writesPerClient)
@@ -205,14 +211,3 @@ final class NodeProcessTests: XCTestCase {
   }
 }
 
-/// A tiny lock for test bookkeeping across DispatchQueue workers.
-final class Mutex<Value>: @unchecked Sendable {
-  private var value: Value
-  private let lock = NSLock()
-  init(_ value: Value) { self.value = value }
-  func withLock<T>(_ body: (inout Value) -> T) -> T {
-    lock.lock()
-    defer { lock.unlock() }
-    return body(&value)
-  }
-}

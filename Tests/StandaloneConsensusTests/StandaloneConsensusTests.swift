@@ -108,12 +108,16 @@ final class StandaloneConsensusTests: XCTestCase {
     let writesEach = 20
     let failures = Locked(0)
     let group = self.group
-    DispatchQueue.concurrentPerform(iterations: writers) { writer in
-      for sequence in 0..<writesEach {
-        let result = waitForCompletion { engine.write(group, command: Array("\(writer)-\(sequence)".utf8), completion: $0) }
-        if case .failure = result { failures.withLock { $0 += 1 } }
+    // Real threads, not a dispatch pool: on 2 cores a pool runs only 2 writers at once.
+    let threads = (0..<writers).map { writer in
+      OSThread(name: "writer-\(writer)") {
+        for sequence in 0..<writesEach {
+          let result = waitForCompletion { engine.write(group, command: Array("\(writer)-\(sequence)".utf8), completion: $0) }
+          if case .failure = result { failures.withLock { $0 += 1 } }
+        }
       }
     }
+    for thread in threads { thread.join() }
     XCTAssertEqual(failures.withLock { $0 }, 0)
     let syncs = metric(engine, "caucus_wal_fsyncs_total") - syncsBefore
     let writes = Double(writers * writesEach)
