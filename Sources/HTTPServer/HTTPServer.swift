@@ -89,8 +89,8 @@ public final class HTTPServer: Sendable {
   }
 
   deinit {
-    // A started server must be shut down before it goes away; the loop thread holds the handler.
-    lifecycle.withLock { state in precondition(state.thread == nil, "HTTPServer released while running: call shutdown()") }
+    // Releasing a running server stops it (without a grace period) rather than leaking its thread.
+    shutdown(gracePeriodMs: 0)
   }
 }
 
@@ -452,7 +452,7 @@ private final class EventLoop {
       if connection.headerDeadlineMs == nil {
         connection.headerDeadlineMs = MonotonicClock.nowMilliseconds() + UInt64(configuration.headerTimeoutMs)
       }
-    } else if connection.nextSequence > 0 || connection.closing {
+    } else if connection.parser.isReadingBody || connection.nextSequence > 0 || connection.closing {
       // (A new connection keeps its accept-time deadline until its first request head arrives.)
       connection.headerDeadlineMs = nil
     }
@@ -514,6 +514,10 @@ private final class EventLoop {
     for connection in Array(connections.values) {
       connection.closing = true
       connection.headerDeadlineMs = nil
+      // A request whose body is still arriving (after 100 Continue) will not be read: forget it.
+      if let last = connection.slots.indices.last, last >= connection.slotsHead, connection.slots[last].awaitingRequest {
+        connection.slots.removeLast()
+      }
       markDirty(connection)
     }
   }
@@ -596,8 +600,13 @@ private final class EventLoop {
           finishConnection(connection)
           return
         }
-        // Room again: parse pipelined requests that were waiting in the buffer.
-        if connection.parser.bufferedByteCount > 0 { processRequests(connection) }
+        // Room again: parse pipelined requests waiting in the buffer (or learn, after the
+        // client's end of stream, that none will come).
+        if connection.parser.bufferedByteCount > 0 || connection.peerClosed { processRequests(connection) }
+        if connection.closing && connection.outstandingCount == 0 && connection.outputOffset == connection.output.count {
+          finishConnection(connection)
+          return
+        }
       } else if !connection.closing && connection.parser.bufferedByteCount > 0 {
         processRequests(connection)
       }

@@ -187,6 +187,44 @@ final class HTTPServerTests: XCTestCase {
     XCTAssertEqual(try silent.readResponse()?.status, 408)
   }
 
+  func testHeaderTimeoutDoesNotCutASlowBodyOnANewConnection() throws {
+    let port = try start(EchoHandler()) { $0.headerTimeoutMs = 150 }
+    let client = try RawHTTPClient(port: port)
+    try client.send("PUT /slow-body HTTP/1.1\r\nContent-Length: 4\r\n\r\nab")
+    // Let the header deadline (measured from accept) pass: proving a timer does *not* fire takes
+    // time. The head was complete in time, so the slow body must not get a 408.
+    usleep(400_000)
+    try client.send("cd")
+    let response = try XCTUnwrap(try client.readResponse())
+    XCTAssertEqual(response.status, 200)
+    XCTAssertEqual(response.bodyText, "PUT /slow-body abcd")
+  }
+
+  func testHalfClosedClientGetsItsAnswersThenTheServerCloses() throws {
+    let handler = DeferredHandler()
+    let port = try start(handler) { $0.pipelinedRequestsMax = 1 }
+    let client = try RawHTTPClient(port: port)
+    try client.send("GET /h1 HTTP/1.1\r\n\r\nGET /h2 HTTP/1.1\r\n\r\n")
+    client.socket.shutdownWrite()
+    for index in 0..<2 {
+      XCTAssertTrue(waitUntil { handler.count == index + 1 })
+      handler.take(index).responder.respond(HTTPResponse(status: 200, body: Array("h\(index + 1)".utf8)))
+      XCTAssertEqual(try client.readResponse()?.bodyText, "h\(index + 1)")
+    }
+    XCTAssertTrue(client.waitUntilClosed(), "the server must close once the half-closed client has its answers")
+  }
+
+  func testHeadAnswersCarryNoBody() throws {
+    let port = try start(EchoHandler())
+    let client = try RawHTTPClient(port: port)
+    try client.send("HEAD /h HTTP/1.1\r\n\r\nGET /g HTTP/1.1\r\n\r\n")
+    // The HEAD answer announces the length it would have, without the bytes.
+    let head = try XCTUnwrap(try client.readResponse(toHead: true))
+    XCTAssertEqual(head.header("content-length"), "8")
+    XCTAssertEqual(head.body.count, 0)
+    XCTAssertEqual(try client.readResponse()?.bodyText, "GET /g ")
+  }
+
   func testIdleKeepAliveConnectionIsClosed() throws {
     let port = try start(EchoHandler()) { $0.idleTimeoutMs = 200 }
     let client = try RawHTTPClient(port: port)

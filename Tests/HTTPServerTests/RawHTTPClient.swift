@@ -50,9 +50,10 @@ final class RawHTTPClient {
   }
 
   /// The next response (a `100 Continue` counts as one); nil when the server closed first.
-  func readResponse() throws -> RawResponse? {
+  /// `toHead`: the answer to a HEAD request has no body whatever its Content-Length says.
+  func readResponse(toHead: Bool = false) throws -> RawResponse? {
     while true {
-      if let response = try takeResponse() { return response }
+      if let response = try takeResponse(toHead: toHead) { return response }
       if try !fill() { return nil }
     }
   }
@@ -68,7 +69,7 @@ final class RawHTTPClient {
     }
   }
 
-  private func takeResponse() throws -> RawResponse? {
+  private func takeResponse(toHead: Bool) throws -> RawResponse? {
     guard let headEnd = find([13, 10, 13, 10]) else { return nil }
     let head = String(decoding: buffer[0..<headEnd], as: UTF8.self)
     var lines = buffer[0..<headEnd].split(separator: 10).map { String(decoding: $0.filter { $0 != 13 }, as: UTF8.self) }
@@ -81,7 +82,7 @@ final class RawHTTPClient {
       guard let colon = line.firstIndex(of: ":") else { throw RawHTTPClientError.malformed(line) }
       headers.append((line[..<colon].lowercased(), String(line[line.index(after: colon)...].drop(while: { $0 == " " }))))
     }
-    let length = status < 200 ? 0 : Int(headers.first { $0.name == "content-length" }?.value ?? "0") ?? 0
+    let length = status < 200 || toHead ? 0 : Int(headers.first { $0.name == "content-length" }?.value ?? "0") ?? 0
     guard buffer.count >= headEnd + 4 + length else { return nil }
     let body = Array(buffer[(headEnd + 4)..<(headEnd + 4 + length)])
     buffer.removeFirst(headEnd + 4 + length)
