@@ -21,6 +21,7 @@ final class RawHTTPClient {
   let socket: Socket
   private var buffer: [UInt8] = []
   private var closedByPeer = false
+  private var chunk = [UInt8](repeating: 0, count: 256 * 1024)
 
   init(port: UInt16, timeoutMs: Int = 5_000) throws {
     socket = try Socket.connect(to: SocketAddress(host: "127.0.0.1", port: port), timeoutMs: timeoutMs)
@@ -32,7 +33,6 @@ final class RawHTTPClient {
   /// Reads more bytes into the buffer; false at end of stream (or reset). Throws on timeout.
   private func fill() throws -> Bool {
     if closedByPeer { return false }
-    var chunk = [UInt8](repeating: 0, count: 64 * 1024)
     let count: Int?
     do {
       count = try chunk.withUnsafeMutableBytes { try socket.receive(into: $0) }
