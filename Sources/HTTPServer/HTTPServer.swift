@@ -76,7 +76,8 @@ public final class HTTPServer: Sendable {
 
   /// Stops accepting, lets requests already handed to the handler be answered (for at most
   /// `gracePeriodMs`), closes every connection, and returns once the loop thread has exited.
-  /// Requests still arriving are dropped. Safe to call more than once and before `start()`.
+  /// Requests still arriving are dropped. Safe to call more than once and before `start()`;
+  /// never from a handler (the loop would wait for itself).
   public func shutdown(gracePeriodMs: Int = 5_000) {
     let thread: OSThread? = lifecycle.withLock { state in
       defer { state.thread = nil }
@@ -84,6 +85,8 @@ public final class HTTPServer: Sendable {
       return state.thread
     }
     guard let thread else { return }
+    let onLoopThread = mailbox.state.withLock { pthread_equal($0.loopThread, pthread_self()) != 0 }
+    precondition(!onLoopThread, "HTTPServer.shutdown() called from a handler on the loop thread would wait for itself")
     mailbox.requestShutdown(deadlineMs: MonotonicClock.nowMilliseconds() + UInt64(max(0, gracePeriodMs)))
     thread.join()
   }
@@ -542,6 +545,8 @@ private final class EventLoop {
   /// Serializes every answer that is next in request order, sends, and decides what comes next
   /// for the connection (more requests, close, linger).
   private func flush(_ connection: Connection) {
+    precondition(connection.slotsHead <= connection.slots.count, "slot head past the slots")
+    precondition(connection.outputOffset <= connection.output.count, "output offset past the output")
     if connection.outputOffset == connection.output.count {
       connection.output.removeAll(keepingCapacity: connection.output.capacity <= 256 * 1024)
       connection.outputOffset = 0
