@@ -193,6 +193,47 @@ final class HTTPRequestParserTests: XCTestCase {
     XCTAssertEqual(parser.parse(Array("GET / HTTP/1.1\r\n\r\n".utf8)).count, 0)
   }
 
+  func testRandomSplitsOfARandomPipelineGiveTheSameEvents() {
+    let seed: UInt64 = 0x5EED_CAFE
+    var random = SplitMix64(seed: seed)
+    var stream: [UInt8] = []
+    for index in 0..<40 {
+      let body = (0..<Int.random(in: 0...300, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) }
+      switch index % 4 {
+      case 0:
+        stream += Array("GET /g/\(index)?q=\(index) HTTP/1.1\r\nHost: h\r\nX-N: \(index)\r\n\r\n".utf8)
+      case 1:
+        stream += Array("PUT /p/\(index) HTTP/1.1\r\nContent-Length: \(body.count)\r\n\r\n".utf8) + body
+      case 2:
+        stream += Array("POST /c/\(index) HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".utf8)
+        var rest = body[...]
+        while !rest.isEmpty {
+          let size = min(rest.count, Int.random(in: 1...64, using: &random))
+          stream += Array("\(String(size, radix: 16));ext=\(index)\r\n".utf8) + rest.prefix(size) + [13, 10]
+          rest = rest.dropFirst(size)
+        }
+        stream += Array("0\r\nTrailer: t\r\n\r\n".utf8)
+      default:
+        stream += Array("PUT /e/\(index) HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: \(body.count + 1)\r\n\r\n".utf8) + body + [0]
+      }
+    }
+    var whole = HTTPRequestParser()
+    let expected = whole.parse(stream).map(Summary.init)
+    XCTAssertEqual(expected.filter { if case .request = $0 { return true } else { return false } }.count, 40)
+    for round in 0..<100 {
+      var parser = HTTPRequestParser()
+      var events: [Summary] = []
+      var index = 0
+      while index < stream.count {
+        let end = min(stream.count, index + Int.random(in: 1...700, using: &random))
+        events += parser.parse(Array(stream[index..<end])).map(Summary.init)
+        index = end
+      }
+      XCTAssertEqual(events, expected, "seed \(seed) round \(round)")
+      if events != expected { break }
+    }
+  }
+
   // MARK: Limits: exactly at the limit passes, one past fails
 
   func testRequestLineLimit() {
@@ -332,5 +373,18 @@ final class HTTPRequestParserTests: XCTestCase {
     HTTPResponse(status: 200, headers: [("X-A", "1"), ("content-length", "99")], body: Array("hi".utf8))
       .serialize(into: &output, close: true, keepAliveHTTP10: false, omitBody: false)
     XCTAssertEqual(String(decoding: output, as: UTF8.self), "HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+  }
+}
+
+/// A small seeded generator (SplitMix64) so a failing split can be replayed from its seed.
+struct SplitMix64: RandomNumberGenerator {
+  private var state: UInt64
+  init(seed: UInt64) { state = seed }
+  mutating func next() -> UInt64 {
+    state &+= 0x9E37_79B9_7F4A_7C15
+    var value = state
+    value = (value ^ (value >> 30)) &* 0xBF58_476D_1CE4_E5B9
+    value = (value ^ (value >> 27)) &* 0x94D0_49BB_1331_11EB
+    return value ^ (value >> 31)
   }
 }
