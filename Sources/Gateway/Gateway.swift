@@ -180,7 +180,7 @@ public final class Gateway: HTTPHandler {
         return
       }
       // Everything after `/kv/` is the key, `/` included.
-      let prefixLength = rest[0...2].reduce(0) { $0 + $1.utf8.count + 1 } + 1 + 1  // "/v1/groups/<g>/kv/"
+      let prefixLength = "/v1/".utf8.count + rest[0...2].reduce(0) { $0 + $1.utf8.count + 1 }  // "/v1/groups/<g>/kv/"
       let encodedKey = path.utf8.dropFirst(prefixLength)
       let key = try decodeKey(encodedKey)
       try allow("GET", "HEAD", "PUT", "DELETE")
@@ -391,16 +391,24 @@ public final class Gateway: HTTPHandler {
       case .failure(let error):
         exchange.fail(.consensus(error), route: route, group: group)
       case .success(let written):
-        let outcome: KVWriteOutcome
-        do { outcome = try KVCodec.decodeWriteOutcome(written.response) } catch {
+        let decoded: KVWriteOutcome
+        do { decoded = try KVCodec.decodeWriteOutcome(written.response) } catch {
           exchange.fail(.internal("the state machine answered with undecodable bytes: \(error)"), route: route)
           return
         }
         var headers = leaderHeaders(group)
-        headers.append(("X-Caucus-Index", String(written.index)))
+        var outcome = decoded
+        var index = written.index
+        if case .replayed(let originalIndex, let original) = outcome {
+          // A retry with a used Idempotency-Key: answer exactly as the first time, and say so.
+          outcome = original
+          index = originalIndex
+          headers.append(("Idempotent-Replayed", "true"))
+        }
+        headers.append(("X-Caucus-Index", String(index)))
         switch outcome {
         case .applied(let results):
-          guard let body = render(written.index, results) else {
+          guard let body = render(index, results) else {
             exchange.fail(.internal("the state machine's results do not match the command"), route: route)
             return
           }
@@ -415,11 +423,13 @@ public final class Gateway: HTTPHandler {
           writeKey(&writer, key)
           writer.key("currentRevision")
           if let currentRevision { writer.number(currentRevision) } else { writer.null() }
-          writer.member("index", written.index)
+          writer.member("index", index)
           writer.endObject()
           exchange.respond(HTTPResponse(status: 412, headers: headers + [jsonContentType], body: writer.bytes), route: route)
         case .rejected(let reason):
           exchange.fail(.badRequest(reason), route: route)
+        case .replayed:
+          exchange.fail(.internal("a replayed outcome wraps another replayed outcome"), route: route)
         }
       }
     }

@@ -16,6 +16,8 @@
 ///                              result = u8 tag (1 put: u64 revision | 2 delete: u8 deleted)
 ///                   2 preconditionFailed: u32 operationIndex, bytes key, optional u64 revision
 ///                   3 rejected: string reason
+///                   4 replayed: u64 originalIndex, bytes outcome (an applied or
+///                               preconditionFailed outcome, never another replayed one)
 ///     queries     = version, u32 count (0...1024), query*count
 ///     query       = u8 tag: 1 get: bytes key (1...4096)
 ///                           2 list: bytes prefix (0...4096), optional bytes after (0...4096),
@@ -142,6 +144,10 @@ public enum KVCodec {
     case .rejected(let reason):
       writer.writeUInt8(OutcomeTag.rejected)
       writer.writeString(reason)
+    case .replayed(let originalIndex, let original):
+      writer.writeUInt8(OutcomeTag.replayed)
+      writer.writeUInt64(originalIndex)
+      writer.writeLengthPrefixed(encode(original))
     }
     return writer.bytes
   }
@@ -178,6 +184,14 @@ public enum KVCodec {
     case OutcomeTag.rejected:
       outcome = .rejected(
         try reader.readString(field: "reason length", maximum: rejectionReasonBytesMax))
+    case OutcomeTag.replayed:
+      let originalIndex = try reader.readUInt64()
+      let original = try decodeWriteOutcome(try reader.readLengthPrefixed(field: "replayed outcome length"))
+      switch original {
+      case .applied, .preconditionFailed: break
+      case .rejected, .replayed: throw KVCodecError.invalidContent("a replayed outcome wraps an applied or failed one")
+      }
+      outcome = .replayed(originalIndex: originalIndex, outcome: original)
     default:
       throw KVCodecError.invalidTag(field: "outcome", value: tag)
     }
@@ -360,6 +374,7 @@ public enum KVCodec {
     static let applied: UInt8 = 1
     static let preconditionFailed: UInt8 = 2
     static let rejected: UInt8 = 3
+    static let replayed: UInt8 = 4
   }
 
   enum QueryTag {

@@ -47,7 +47,8 @@ public final class KeyValueStateMachine: StateMachine {
 
   /// Applies one encoded `KVCommand` and returns the encoded `KVWriteOutcome`:
   /// - undecodable bytes or a broken limit → `.rejected(reason)`, nothing changes;
-  /// - an idempotency key already remembered → the remembered outcome bytes, nothing changes;
+  /// - an idempotency key already remembered → `.replayed` with the first outcome and its index,
+///   nothing changes;
   /// - a failed precondition (all are checked against the state before the batch, before anything
   ///   is applied) → `.preconditionFailed` for the first failing operation, nothing changes;
   /// - otherwise every operation is applied in order (puts take revision `index`) → `.applied`.
@@ -70,11 +71,11 @@ public final class KeyValueStateMachine: StateMachine {
       return remembered
     }
     let outcome = execute(index: index, operations: decoded.operations)
-    let encoded = KVCodec.encode(outcome)
     if let key = decoded.idempotencyKey {
-      idempotency.remember(key, outcome: encoded)
+      // Remembered as the answer a retry gets: the first outcome and the index it was applied at.
+      idempotency.remember(key, outcome: KVCodec.encode(.replayed(originalIndex: index, outcome: outcome)))
     }
-    return encoded
+    return KVCodec.encode(outcome)
   }
 
   /// Answers encoded `[KVQuery]` with encoded `[KVQueryResult]`, one result per query, in order.

@@ -223,11 +223,11 @@ final class KVCodecTests: XCTestCase {
     XCTAssertThrowsError(try KVCodec.decodeCommand([1, 0, 1, 0, 0, 0, 1, 7])) {
       XCTAssertEqual($0 as? KVCodecError, .invalidTag(field: "precondition", value: 7))
     }
-    XCTAssertThrowsError(try KVCodec.decodeWriteOutcome([1, 4])) {
-      XCTAssertEqual($0 as? KVCodecError, .invalidTag(field: "outcome", value: 4))
+    XCTAssertThrowsError(try KVCodec.decodeWriteOutcome([1, 5])) {
+      XCTAssertEqual($0 as? KVCodecError, .invalidTag(field: "outcome", value: 5))
     }
-    XCTAssertThrowsError(try KVCodec.decodeQueries([1, 1, 0, 0, 0, 3])) {
-      XCTAssertEqual($0 as? KVCodecError, .invalidTag(field: "query", value: 3))
+    XCTAssertThrowsError(try KVCodec.decodeQueries([1, 1, 0, 0, 0, 4])) {
+      XCTAssertEqual($0 as? KVCodecError, .invalidTag(field: "query", value: 4))
     }
     XCTAssertThrowsError(try KVCodec.decodeQueryResults([1, 1, 0, 0, 0, 1, 2])) {
       XCTAssertEqual($0 as? KVCodecError, .invalidTag(field: "entry flag", value: 2))

@@ -181,7 +181,7 @@ final class KeyValueStateMachineTests: XCTestCase {
 
   // MARK: Idempotency
 
-  func testIdempotentReplayReturnsIdenticalBytesAndDoesNotApplyTwice() throws {
+  func testIdempotentReplayReturnsTheFirstOutcomeAndIndexAndDoesNotApplyTwice() throws {
     let machine = KeyValueStateMachine()
     let command = KVCodec.encode(
       KVCommand(
@@ -191,12 +191,14 @@ final class KeyValueStateMachineTests: XCTestCase {
     XCTAssertEqual(try KVCodec.decodeWriteOutcome(first), .applied([.put(revision: 1)]))
     try machine.put(2, b("k"), b("changed"))
     let replay = machine.apply(index: 3, command: command)
-    XCTAssertEqual(replay, first)
+    XCTAssertEqual(
+      try KVCodec.decodeWriteOutcome(replay),
+      .replayed(originalIndex: 1, outcome: try KVCodec.decodeWriteOutcome(first)))
     XCTAssertEqual(machine.get(b("k")), KVEntry(key: b("k"), value: b("changed"), revision: 2))
     // The id alone decides: a different command under the same id is not applied either.
     XCTAssertEqual(
       try machine.write(4, [.delete(key: b("k"), precondition: .none)], id: "req-1"),
-      .applied([.put(revision: 1)]))
+      .replayed(originalIndex: 1, outcome: .applied([.put(revision: 1)])))
     XCTAssertNotNil(machine.get(b("k")))
     XCTAssertEqual(machine.lastAppliedIndex, 4)
   }
@@ -212,7 +214,7 @@ final class KeyValueStateMachineTests: XCTestCase {
     XCTAssertEqual(
       try machine.write(
         3, [.put(key: b("k"), value: b("w"), precondition: .revisionEquals(2))], id: "cas"),
-      failed)
+      .replayed(originalIndex: 1, outcome: failed))
     XCTAssertEqual(machine.get(b("k"))?.value, b("v"))
   }
 
@@ -226,7 +228,7 @@ final class KeyValueStateMachineTests: XCTestCase {
     // "b" is still remembered: the replay is not applied (revision stays 2).
     XCTAssertEqual(
       try machine.write(5, [.put(key: b("key-b"), value: [], precondition: .none)], id: "b"),
-      .applied([.put(revision: 2)]))
+      .replayed(originalIndex: 2, outcome: .applied([.put(revision: 2)])))
     XCTAssertEqual(machine.get(b("key-b"))?.revision, 2)
     // A replay does not refresh "b"; "a" was evicted and applies anew, evicting "b".
     XCTAssertEqual(
@@ -268,7 +270,10 @@ final class KeyValueStateMachineTests: XCTestCase {
         index: restored.lastAppliedIndex + 1,
         command: KVCodec.encode(
           KVCommand(operations: [.delete(key: b(id), precondition: .none)], idempotencyKey: id)))
-      XCTAssertEqual(replay, firstOutcomes[id], id)
+      let first = try KVCodec.decodeWriteOutcome(firstOutcomes[id]!)
+      guard case .applied(let results) = first, case .put(let revision)? = results.first else { return XCTFail("\(first)") }
+      XCTAssertEqual(
+        try KVCodec.decodeWriteOutcome(replay), .replayed(originalIndex: revision, outcome: first), id)
     }
     XCTAssertEqual(restored.count, 3, "replays applied nothing")
     // A new id evicts the oldest, "a", exactly as on the original.
@@ -283,7 +288,7 @@ final class KeyValueStateMachineTests: XCTestCase {
     XCTAssertEqual(small.idempotencyEntryCount, 1)
     XCTAssertEqual(
       try small.write(10, [.delete(key: b("c"), precondition: .none)], id: "c"),
-      .applied([.put(revision: 3)]))
+      .replayed(originalIndex: 3, outcome: .applied([.put(revision: 3)])))
   }
 
   // MARK: Listing

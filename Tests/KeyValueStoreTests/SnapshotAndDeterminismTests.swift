@@ -62,6 +62,7 @@ final class SnapshotAndDeterminismTests: XCTestCase {
       case .applied?: outcomes["applied", default: 0] += 1
       case .preconditionFailed?: outcomes["preconditionFailed", default: 0] += 1
       case .rejected?: outcomes["rejected", default: 0] += 1
+      case .replayed?: outcomes["replayed", default: 0] += 1
       case nil: XCTFail("undecodable outcome at \(index)")
       }
     }
