@@ -211,3 +211,49 @@ final class NodeProcessTests: XCTestCase {
   }
 }
 
+
+final class WatchTests: XCTestCase {
+  func testAWatchAnswersWhenAWriteLandsUnderItsPrefixAndNotBefore() throws {
+    let directory = temporaryDirectory("watch")
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    let node = NodeProcess(dataDirectory: directory)
+    try node.start()
+    defer { _ = node.stop() }
+    let writer = try HTTPClient(port: node.port)
+    XCTAssertEqual(try writer.request("PUT", "/v1/groups/DataRegion-0/kv/other/1", text: "x").status, 200)
+    let from = try writer.request("GET", "/v1/groups/DataRegion-0").json["appliedIndex"] as! Int
+    let answer = Locked<HTTPReply?>(nil)
+    let port = node.port
+    let watcher = OSThread(name: "watcher") {
+      let reply = try? HTTPClient(port: port).request("GET", "/v1/groups/DataRegion-0/watch?prefix=jobs/&fromIndex=\(from)&timeoutMs=20000")
+      answer.withLock { $0 = reply }
+    }
+    // A write outside the prefix must not wake the watch.
+    XCTAssertEqual(try writer.request("PUT", "/v1/groups/DataRegion-0/kv/other/2", text: "y").status, 200)
+    XCTAssertEqual(try writer.request("PUT", "/v1/groups/DataRegion-0/kv/jobs/7", text: "queued").status, 200)
+    waitUntil("the watch to answer") { answer.withLock { $0 } != nil }
+    watcher.join()
+    let reply = try XCTUnwrap(answer.withLock { $0 })
+    XCTAssertEqual(reply.status, 200, reply.text)
+    let events = reply.json["events"] as? [[String: Any]] ?? []
+    XCTAssertEqual(events.count, 1, reply.text)
+    XCTAssertEqual(events.first?["key"] as? String, "jobs/7")
+    XCTAssertEqual(events.first?["value"] as? String, "queued")
+    XCTAssertEqual(events.first?["type"] as? String, "put")
+    XCTAssertEqual(reply.json["index"] as? Int, from + 2)
+  }
+
+  func testAWatchWithNothingToReportAnswersEmptyAtItsTimeout() throws {
+    let directory = temporaryDirectory("watch-timeout")
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    let node = NodeProcess(dataDirectory: directory)
+    try node.start()
+    defer { _ = node.stop() }
+    let started = Date()
+    let reply = try HTTPClient(port: node.port).request("GET", "/v1/groups/DataRegion-0/watch?timeoutMs=300")
+    XCTAssertEqual(reply.status, 200)
+    XCTAssertEqual((reply.json["events"] as? [Any])?.count, 0)
+    XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(started), 0.29, "it waited for the timeout")
+    XCTAssertEqual(try HTTPClient(port: node.port).request("GET", "/v1/groups/DataRegion-0/watch?timeoutMs=600001").status, 400)
+  }
+}
