@@ -1,6 +1,45 @@
 import CPlatform
 import Glibc
 import Platform
+import Synchronization
+
+/// Counters for operators (`/metrics`): a snapshot, read from any thread.
+public struct HTTPServerStatistics: Sendable, Equatable {
+  public var connectionsOpen: Int
+  public var connectionsAcceptedTotal: Int
+  /// Connections answered 503 and closed because `connectionsMax` was reached.
+  public var connectionsRefusedTotal: Int
+  /// Requests handed to the handler.
+  public var requestsTotal: Int
+  /// Requests the server answered itself with an error (malformed, over a limit, timed out).
+  public var requestErrorsTotal: Int
+  /// Answers given after their connection had closed (dropped).
+  public var responsesDroppedTotal: Int
+}
+
+/// The counters behind `HTTPServerStatistics`. Written by the loop thread, read by any thread.
+final class StatisticsCounters: Sendable {
+  let connectionsOpen = Atomic<Int>(0)
+  let connectionsAcceptedTotal = Atomic<Int>(0)
+  let connectionsRefusedTotal = Atomic<Int>(0)
+  let requestsTotal = Atomic<Int>(0)
+  let requestErrorsTotal = Atomic<Int>(0)
+  let responsesDroppedTotal = Atomic<Int>(0)
+
+  @inline(__always) static func increment(_ counter: borrowing Atomic<Int>, by amount: Int = 1) {
+    counter.wrappingAdd(amount, ordering: .relaxed)
+  }
+
+  var snapshot: HTTPServerStatistics {
+    HTTPServerStatistics(
+      connectionsOpen: connectionsOpen.load(ordering: .relaxed),
+      connectionsAcceptedTotal: connectionsAcceptedTotal.load(ordering: .relaxed),
+      connectionsRefusedTotal: connectionsRefusedTotal.load(ordering: .relaxed),
+      requestsTotal: requestsTotal.load(ordering: .relaxed),
+      requestErrorsTotal: requestErrorsTotal.load(ordering: .relaxed),
+      responsesDroppedTotal: responsesDroppedTotal.load(ordering: .relaxed))
+  }
+}
 
 /// A minimal HTTP/1.1 server on POSIX sockets: one epoll event loop on its own thread,
 /// non-blocking sockets, keep-alive, pipelining with answers in request order, Content-Length and
@@ -14,6 +53,7 @@ public final class HTTPServer: Sendable {
   public let configuration: HTTPServerConfiguration
   private let handler: any HTTPHandler
   private let mailbox: Mailbox
+  private let counters = StatisticsCounters()
   private let lifecycle = Locked(Lifecycle())
 
   private struct Lifecycle {
@@ -31,6 +71,9 @@ public final class HTTPServer: Sendable {
 
   /// The bound port once started.
   public var port: UInt16? { lifecycle.withLock { $0.port } }
+
+  /// Connection and request counters, for metrics.
+  public var statistics: HTTPServerStatistics { counters.snapshot }
 
   /// Validates the configuration, binds and listens (SO_REUSEADDR), starts the event-loop thread
   /// and returns the bound port (the kernel's choice when the configured port is 0). Call once.
@@ -50,11 +93,13 @@ public final class HTTPServer: Sendable {
     let configuration = configuration
     let handler = handler
     let mailbox = mailbox
+    let counters = counters
     let thread = OSThread(name: "http-loop") {
       let loop: EventLoop
       do {
         loop = try EventLoop(
-          listener: Socket(descriptor: listenerDescriptor), configuration: configuration, handler: handler, mailbox: mailbox)
+          listener: Socket(descriptor: listenerDescriptor), configuration: configuration, handler: handler, mailbox: mailbox,
+          counters: counters)
       } catch {
         _ = Glibc.close(listenerDescriptor)
         gate.open(.failure(error))
@@ -231,6 +276,7 @@ private final class EventLoop {
   private let configuration: HTTPServerConfiguration
   private let handler: any HTTPHandler
   private let mailbox: Mailbox
+  private let counters: StatisticsCounters
   private let limits: HTTPParserLimits
   private let epoll: Epoll
   private var listener: Socket?
@@ -245,8 +291,12 @@ private final class EventLoop {
   private var nextSweepMs: UInt64
   private let overloadedResponse: [UInt8]
 
-  init(listener: Socket, configuration: HTTPServerConfiguration, handler: any HTTPHandler, mailbox: Mailbox) throws {
+  init(
+    listener: Socket, configuration: HTTPServerConfiguration, handler: any HTTPHandler, mailbox: Mailbox,
+    counters: StatisticsCounters
+  ) throws {
     self.configuration = configuration
+    self.counters = counters
     self.handler = handler
     self.mailbox = mailbox
     self.limits = HTTPParserLimits(configuration)
@@ -351,6 +401,7 @@ private final class EventLoop {
       if connections.count >= configuration.connectionsMax || shutdownDeadlineMs != nil {
         _ = overloadedResponse.withUnsafeBytes { try? socket.send($0) }
         socket.close()
+        StatisticsCounters.increment(counters.connectionsRefusedTotal)
         continue
       }
       try? socket.setNoDelay()
@@ -367,6 +418,8 @@ private final class EventLoop {
         continue
       }
       connections[id] = connection
+      StatisticsCounters.increment(counters.connectionsAcceptedTotal)
+      StatisticsCounters.increment(counters.connectionsOpen)
     }
   }
 
@@ -438,6 +491,7 @@ private final class EventLoop {
         request.remoteAddress = connection.remoteAddress
         let mailbox = mailbox
         let connectionID = connection.id
+        StatisticsCounters.increment(counters.requestsTotal)
         handler.handle(
           request,
           responder: HTTPResponder { response in
@@ -463,6 +517,7 @@ private final class EventLoop {
 
   /// Queues an error answer after the earlier answers and stops reading the connection.
   private func answerWithError(_ connection: Connection, _ error: HTTPParseError) {
+    StatisticsCounters.increment(counters.requestErrorsTotal)
     // A slot opened by 100-continue whose body failed takes the error in its place.
     if let last = connection.slots.indices.last, last >= connection.slotsHead, connection.slots[last].awaitingRequest {
       connection.slots[last].awaitingRequest = false
@@ -492,7 +547,10 @@ private final class EventLoop {
       beginShutdown()
     }
     for completion in completions {
-      guard let connection = connections[completion.connectionID] else { continue }  // closed: dropped
+      guard let connection = connections[completion.connectionID] else {
+        StatisticsCounters.increment(counters.responsesDroppedTotal)  // its connection closed
+        continue
+      }
       guard connection.slotsHead < connection.slots.count else { continue }  // nothing outstanding
       let firstSequence = connection.slots[connection.slotsHead].sequence  // slots hold consecutive sequences
       guard completion.sequence >= firstSequence else { continue }
@@ -663,6 +721,7 @@ private final class EventLoop {
     connection.isClosed = true
     connection.socket.close()
     connections[connection.id] = nil
+    StatisticsCounters.increment(counters.connectionsOpen, by: -1)
   }
 
   // MARK: Timers

@@ -56,6 +56,14 @@ public final class Socket {
     descriptor = -1
   }
 
+  /// Closes abortively (SO_LINGER 0): the peer gets a reset instead of an end of stream.
+  public func closeWithReset() {
+    guard descriptor >= 0 else { return }
+    var option = linger(l_onoff: 1, l_linger: 0)
+    _ = setsockopt(descriptor, SOL_SOCKET, SO_LINGER, &option, socklen_t(MemoryLayout<linger>.size))
+    close()
+  }
+
   /// Gives up ownership: the caller closes the returned descriptor.
   public func release() -> Int32 {
     let fd = descriptor

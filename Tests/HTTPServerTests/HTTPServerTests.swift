@@ -244,6 +244,8 @@ final class HTTPServerTests: XCTestCase {
     XCTAssertEqual(refused.status, 503)
     XCTAssertTrue(refused.closes)
     XCTAssertTrue(third.waitUntilClosed())
+    XCTAssertEqual(servers[0].statistics.connectionsRefusedTotal, 1)
+    XCTAssertEqual(servers[0].statistics.connectionsOpen, 2)
     // Closing one makes room again.
     first.socket.close()
     XCTAssertTrue(waitUntil {
@@ -259,7 +261,10 @@ final class HTTPServerTests: XCTestCase {
     let gone = try RawHTTPClient(port: port)
     try gone.send("GET /gone HTTP/1.1\r\n\r\n")
     XCTAssertTrue(waitUntil { handler.count == 1 })
-    gone.socket.close()
+    // A reset, so the server knows the connection is gone (after a mere FIN it would still answer:
+    // the client may have only half-closed).
+    gone.socket.closeWithReset()
+    XCTAssertTrue(waitUntil { self.servers[0].statistics.connectionsOpen == 0 })
     // New connections, likely on the same descriptor number.
     let fresh = try RawHTTPClient(port: port)
     try fresh.send("GET /fresh HTTP/1.1\r\n\r\n")
@@ -267,6 +272,7 @@ final class HTTPServerTests: XCTestCase {
     handler.take(0).responder.respond(HTTPResponse(status: 200, body: Array("late".utf8)))
     handler.take(1).responder.respond(HTTPResponse(status: 200, body: Array("fresh".utf8)))
     XCTAssertEqual(try fresh.readResponse()?.bodyText, "fresh")
+    XCTAssertTrue(waitUntil { self.servers[0].statistics.responsesDroppedTotal == 1 })
     try fresh.send("GET /next HTTP/1.1\r\n\r\n")
     XCTAssertTrue(waitUntil { handler.count == 3 })
     handler.take(2).responder.respond(HTTPResponse(status: 201))
@@ -360,6 +366,10 @@ final class HTTPServerTests: XCTestCase {
       let next = try RawHTTPClient(port: port)
       XCTAssertEqual(try get(next, "/after").status, 200, "not serving after \(input.debugDescription)")
     }
+    let statistics = servers[0].statistics
+    XCTAssertEqual(statistics.requestErrorsTotal, cases.count)
+    XCTAssertEqual(statistics.requestsTotal, 2 * cases.count)
+    XCTAssertEqual(statistics.connectionsAcceptedTotal, 2 * cases.count)
   }
 
   func testLargeResponseIsSentWholeThroughBackpressure() throws {
