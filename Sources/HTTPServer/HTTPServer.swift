@@ -52,21 +52,21 @@ final class StatisticsCounters: Sendable {
 public final class HTTPServer: Sendable {
   public let configuration: HTTPServerConfiguration
   private let handler: any HTTPHandler
-  private let mailbox: Mailbox
+  /// One per event loop: answers travel back to the loop that owns their connection.
+  private let mailboxes: [Mailbox]
   private let counters = StatisticsCounters()
   private let lifecycle = Locked(Lifecycle())
 
   private struct Lifecycle {
-    var thread: OSThread? = nil
+    var threads: [OSThread] = []
     var port: UInt16? = nil
     var started = false
-    var stopped = false
   }
 
   public init(configuration: HTTPServerConfiguration = HTTPServerConfiguration(), handler: any HTTPHandler) {
     self.configuration = configuration
     self.handler = handler
-    self.mailbox = Mailbox()
+    self.mailboxes = (0..<min(64, max(1, configuration.eventLoopCount))).map { _ in Mailbox() }
   }
 
   /// The bound port once started.
@@ -75,8 +75,9 @@ public final class HTTPServer: Sendable {
   /// Connection and request counters, for metrics.
   public var statistics: HTTPServerStatistics { counters.snapshot }
 
-  /// Validates the configuration, binds and listens (SO_REUSEADDR), starts the event-loop thread
-  /// and returns the bound port (the kernel's choice when the configured port is 0). Call once.
+  /// Validates the configuration, binds and listens (SO_REUSEADDR), starts the event-loop
+  /// thread(s) and returns the bound port (the kernel's choice when the configured port is 0).
+  /// Call once.
   @discardableResult
   public func start() throws -> UInt16 {
     try configuration.validate()
@@ -88,56 +89,82 @@ public final class HTTPServer: Sendable {
     let listener = try Socket.listen(
       on: SocketAddress(host: configuration.host, port: configuration.port), backlog: configuration.listenBacklog)
     let port = try listener.localAddress().port
-    let listenerDescriptor = listener.release()
-    let gate = StartGate()
-    let configuration = configuration
-    let handler = handler
-    let mailbox = mailbox
-    let counters = counters
-    let thread = OSThread(name: "http-loop") {
-      let loop: EventLoop
-      do {
-        loop = try EventLoop(
-          listener: Socket(descriptor: listenerDescriptor), configuration: configuration, handler: handler, mailbox: mailbox,
-          counters: counters)
-      } catch {
-        _ = Glibc.close(listenerDescriptor)
-        gate.open(.failure(error))
-        return
+    // Every loop accepts from the same listening socket through its own descriptor (a dup), so
+    // each loop can close its own at shutdown; EPOLLEXCLUSIVE wakes one loop per connection.
+    var descriptors: [Int32] = []
+    do {
+      for _ in 1..<mailboxes.count {
+        let original = listener.descriptor
+        descriptors.append(try syscall("fcntl", context: "F_DUPFD_CLOEXEC") { fcntl(original, F_DUPFD_CLOEXEC, 0) })
       }
-      gate.open(.success(()))
-      loop.run()
-    }
-    if case .failure(let error) = gate.wait() {
-      thread.join()
+    } catch {
+      for descriptor in descriptors { _ = Glibc.close(descriptor) }
       throw error
     }
+    descriptors.insert(listener.release(), at: 0)
+
+    var threads: [OSThread] = []
+    var failure: (any Error)? = nil
+    for (index, mailbox) in mailboxes.enumerated() {
+      let gate = StartGate()
+      let descriptor = descriptors[index]
+      let (configuration, handler, counters) = (configuration, handler, counters)
+      let exclusiveAccept = mailboxes.count > 1
+      let thread = OSThread(name: "http-loop-\(index)") {
+        let loop: EventLoop
+        do {
+          loop = try EventLoop(
+            listener: Socket(descriptor: descriptor), exclusiveAccept: exclusiveAccept, configuration: configuration,
+            handler: handler, mailbox: mailbox, counters: counters)
+        } catch {
+          gate.open(.failure(error))
+          return
+        }
+        gate.open(.success(()))
+        loop.run()
+      }
+      threads.append(thread)
+      if case .failure(let error) = gate.wait() {
+        failure = error
+        for later in descriptors[(index + 1)...] { _ = Glibc.close(later) }
+        break
+      }
+    }
+    if let failure {
+      // Stop the loops that did start; the failed one has exited already.
+      for mailbox in mailboxes { mailbox.requestShutdown(deadlineMs: 0) }
+      for thread in threads { thread.join() }
+      throw failure
+    }
     lifecycle.withLock { state in
-      state.thread = thread
+      state.threads = threads
       state.port = port
     }
     return port
   }
 
   /// Stops accepting, lets requests already handed to the handler be answered (for at most
-  /// `gracePeriodMs`), closes every connection, and returns once the loop thread has exited.
+  /// `gracePeriodMs`), closes every connection, and returns once the loop threads have exited.
   /// Requests still arriving are dropped. Safe to call more than once and before `start()`;
   /// never from a handler (the loop would wait for itself).
   public func shutdown(gracePeriodMs: Int = 5_000) {
-    let thread: OSThread? = lifecycle.withLock { state in
-      defer { state.thread = nil }
-      state.stopped = true
-      return state.thread
+    let threads: [OSThread] = lifecycle.withLock { state in
+      defer { state.threads = [] }
+      return state.threads
     }
-    guard let thread else { return }
-    let onLoopThread = mailbox.state.withLock { pthread_equal($0.loopThread, pthread_self()) != 0 }
-    precondition(!onLoopThread, "HTTPServer.shutdown() called from a handler on the loop thread would wait for itself")
-    mailbox.requestShutdown(deadlineMs: MonotonicClock.nowMilliseconds() + UInt64(max(0, gracePeriodMs)))
-    thread.join()
+    guard !threads.isEmpty else { return }
+    let current = pthread_self()
+    for mailbox in mailboxes {
+      let onLoopThread = mailbox.state.withLock { pthread_equal($0.loopThread, current) != 0 }
+      precondition(!onLoopThread, "HTTPServer.shutdown() called from a handler on a loop thread would wait for itself")
+    }
+    let deadline = MonotonicClock.nowMilliseconds() + UInt64(max(0, gracePeriodMs))
+    for mailbox in mailboxes { mailbox.requestShutdown(deadlineMs: deadline) }
+    for thread in threads { thread.join() }
   }
 
   deinit {
-    // Releasing a running server stops it (without a grace period) rather than leaking its thread.
+    // Releasing a running server stops it (without a grace period) rather than leaking its threads.
     shutdown(gracePeriodMs: 0)
   }
 }
@@ -280,6 +307,7 @@ private final class EventLoop {
   private let limits: HTTPParserLimits
   private let epoll: Epoll
   private var listener: Socket?
+  private let listenerEvents: EpollEvents
   private var acceptPausedUntilMs: UInt64? = nil
   private var connections: [UInt64: Connection] = [:]
   private var nextConnectionID: UInt64 = 2
@@ -292,9 +320,10 @@ private final class EventLoop {
   private let overloadedResponse: [UInt8]
 
   init(
-    listener: Socket, configuration: HTTPServerConfiguration, handler: any HTTPHandler, mailbox: Mailbox,
-    counters: StatisticsCounters
+    listener: Socket, exclusiveAccept: Bool, configuration: HTTPServerConfiguration, handler: any HTTPHandler,
+    mailbox: Mailbox, counters: StatisticsCounters
   ) throws {
+    self.listenerEvents = exclusiveAccept ? [.readable, .exclusive] : .readable
     self.configuration = configuration
     self.counters = counters
     self.handler = handler
@@ -302,7 +331,7 @@ private final class EventLoop {
     self.limits = HTTPParserLimits(configuration)
     self.listener = listener
     epoll = try Epoll(eventsPerWaitMax: 256)
-    try epoll.add(listener.descriptor, events: .readable, token: Self.listenerToken)
+    try epoll.add(listener.descriptor, events: listenerEvents, token: Self.listenerToken)
     try epoll.add(mailbox.wake.descriptor, events: .readable, token: Self.wakeToken)
     readBuffer = .allocate(byteCount: configuration.readBufferBytes, alignment: 16)
     let shortest = min(configuration.headerTimeoutMs, configuration.idleTimeoutMs, configuration.lingerTimeoutMs)
@@ -390,15 +419,17 @@ private final class EventLoop {
         accepted = try listener.accept()
       } catch {
         if error.errno == EMFILE || error.errno == ENFILE || error.errno == ENOBUFS || error.errno == ENOMEM {
-          // Out of descriptors: stop accepting for a moment instead of spinning on a readable listener.
-          try? epoll.modify(listener.descriptor, events: [], token: Self.listenerToken)
+          // Out of descriptors: stop accepting for a moment instead of spinning on a readable
+          // listener (remove, not modify: EPOLLEXCLUSIVE registrations cannot be modified).
+          try? epoll.remove(listener.descriptor)
           acceptPausedUntilMs = MonotonicClock.nowMilliseconds() + 100
           return
         }
         continue  // ECONNABORTED and the like: that client is gone, the next may be fine
       }
       guard let (socket, address) = accepted else { return }
-      if connections.count >= configuration.connectionsMax || shutdownDeadlineMs != nil {
+      // The count is shared by every loop (exact with one loop, off by at most a few with more).
+      if counters.connectionsOpen.load(ordering: .relaxed) >= configuration.connectionsMax || shutdownDeadlineMs != nil {
         _ = overloadedResponse.withUnsafeBytes { try? socket.send($0) }
         socket.close()
         StatisticsCounters.increment(counters.connectionsRefusedTotal)
@@ -729,7 +760,7 @@ private final class EventLoop {
   private func sweep(nowMs: UInt64) {
     if let until = acceptPausedUntilMs, nowMs >= until, let listener {
       acceptPausedUntilMs = nil
-      try? epoll.modify(listener.descriptor, events: .readable, token: Self.listenerToken)
+      try? epoll.add(listener.descriptor, events: listenerEvents, token: Self.listenerToken)
     }
     let idleTimeoutMs = UInt64(configuration.idleTimeoutMs)
     for connection in Array(connections.values) {

@@ -10,6 +10,9 @@ public struct EpollEvents: OptionSet, Sendable, Hashable {
   public static let writable = EpollEvents(rawValue: EPOLLOUT.rawValue)
   /// The peer shut down its writing side (half-close).
   public static let readHangUp = EpollEvents(rawValue: EPOLLRDHUP.rawValue)
+  /// For a descriptor several epoll instances watch (a shared listener): wake only one of them.
+  /// Such a registration cannot be modified, only removed and added again.
+  public static let exclusive = EpollEvents(rawValue: EPOLLEXCLUSIVE.rawValue)
   /// Always reported, never requested.
   public static let hangUp = EpollEvents(rawValue: EPOLLHUP.rawValue)
   /// Always reported, never requested.

@@ -384,6 +384,37 @@ final class HTTPServerTests: XCTestCase {
     }
   }
 
+  func testSeveralEventLoopsServeManyConnectionsAndShutDown() throws {
+    let handler = DeferredHandler()
+    let server = HTTPServer(configuration: { var c = HTTPServerConfiguration(); c.eventLoopCount = 2; return c }(), handler: handler)
+    let port = try server.start()
+    let clients = try (0..<8).map { _ in try RawHTTPClient(port: port) }
+    for round in 0..<3 {
+      for (index, client) in clients.enumerated() {
+        try client.send("GET /c/\(index)/r/\(round)/a HTTP/1.1\r\n\r\nGET /c/\(index)/r/\(round)/b HTTP/1.1\r\n\r\n")
+      }
+      let expected = (round + 1) * clients.count * 2
+      XCTAssertTrue(waitUntil { handler.count == expected })
+      // Answer this round from another thread, last request first.
+      let first = expected - clients.count * 2
+      let answers = OSThread(name: "answers") {
+        for index in (first..<expected).reversed() {
+          let (request, responder) = handler.take(index)
+          responder.respond(HTTPResponse(status: 200, body: Array(request.target.utf8)))
+        }
+      }
+      answers.join()
+      for (index, client) in clients.enumerated() {
+        XCTAssertEqual(try client.readResponse()?.bodyText, "/c/\(index)/r/\(round)/a")
+        XCTAssertEqual(try client.readResponse()?.bodyText, "/c/\(index)/r/\(round)/b")
+      }
+    }
+    XCTAssertEqual(server.statistics.connectionsOpen, clients.count)
+    server.shutdown(gracePeriodMs: 1_000)
+    for client in clients { XCTAssertTrue(client.waitUntilClosed()) }
+    XCTAssertEqual(server.statistics.connectionsOpen, 0)
+  }
+
   func testStartReportsBindErrors() throws {
     let port = try start(EchoHandler())
     var configuration = HTTPServerConfiguration()
@@ -395,6 +426,9 @@ final class HTTPServerTests: XCTestCase {
     XCTAssertThrowsError(try HTTPServer(configuration: configuration, handler: EchoHandler()).start())
     configuration.host = "127.0.0.1"
     configuration.headerCountMax = 0
+    XCTAssertThrowsError(try HTTPServer(configuration: configuration, handler: EchoHandler()).start())
+    configuration.headerCountMax = 100
+    configuration.eventLoopCount = 0
     XCTAssertThrowsError(try HTTPServer(configuration: configuration, handler: EchoHandler()).start())
   }
 }
