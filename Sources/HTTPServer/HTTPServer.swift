@@ -549,14 +549,16 @@ private final class EventLoop {
   /// Queues an error answer after the earlier answers and stops reading the connection.
   private func answerWithError(_ connection: Connection, _ error: HTTPParseError) {
     StatisticsCounters.increment(counters.requestErrorsTotal)
+    let response = HTTPResponse.jsonError(error)
+    connection.heldResponseBytes += response.body.count
     // A slot opened by 100-continue whose body failed takes the error in its place.
     if let last = connection.slots.indices.last, last >= connection.slotsHead, connection.slots[last].awaitingRequest {
       connection.slots[last].awaitingRequest = false
-      connection.slots[last].response = .jsonError(error)
+      connection.slots[last].response = response
     } else {
       connection.slots.append(
         Connection.Slot(
-          sequence: connection.nextSequence, continuePending: false, awaitingRequest: false, response: .jsonError(error),
+          sequence: connection.nextSequence, continuePending: false, awaitingRequest: false, response: response,
           minorVersion: 1, isHeadMethod: false))
       connection.nextSequence += 1
     }
@@ -738,6 +740,12 @@ private final class EventLoop {
       if connection.outputOffset < connection.output.count { wanted.insert(.writable) }
     }
     if wanted != connection.registered {
+      if wanted.contains(.readable) && !connection.registered.contains(.readable) && connection.headerDeadlineMs != nil
+        && connection.nextSequence > 0
+      {
+        // Reading resumes after a pause (pipelining or output limits): the client was not slow.
+        connection.headerDeadlineMs = MonotonicClock.nowMilliseconds() + UInt64(configuration.headerTimeoutMs)
+      }
       do {
         try epoll.modify(connection.socket.descriptor, events: wanted, token: connection.id)
         connection.registered = wanted
@@ -768,7 +776,10 @@ private final class EventLoop {
         if nowMs >= linger { close(connection) }
         continue
       }
-      if let deadline = connection.headerDeadlineMs, nowMs >= deadline, !connection.closing {
+      // (Only while reading: a head cut short by our own pause is not the client's slowness.)
+      if let deadline = connection.headerDeadlineMs, nowMs >= deadline, !connection.closing,
+        connection.registered.contains(.readable)
+      {
         answerWithError(connection, .requestTimeout())
         continue
       }
