@@ -63,7 +63,9 @@ public final class HTTPServer: Sendable {
     var started = false
   }
 
-  public init(configuration: HTTPServerConfiguration = HTTPServerConfiguration(), handler: any HTTPHandler) {
+  public init(
+    configuration: HTTPServerConfiguration = HTTPServerConfiguration(), handler: any HTTPHandler
+  ) {
     self.configuration = configuration
     self.handler = handler
     self.mailboxes = (0..<min(64, max(1, configuration.eventLoopCount))).map { _ in Mailbox() }
@@ -82,12 +84,15 @@ public final class HTTPServer: Sendable {
   public func start() throws -> UInt16 {
     try configuration.validate()
     try lifecycle.withLock { state in
-      guard !state.started else { throw HTTPServerConfigurationError(message: "HTTPServer.start() called twice") }
+      guard !state.started else {
+        throw HTTPServerConfigurationError(message: "HTTPServer.start() called twice")
+      }
       state.started = true
     }
     ignoreBrokenPipeSignal()
     let listener = try Socket.listen(
-      on: SocketAddress(host: configuration.host, port: configuration.port), backlog: configuration.listenBacklog)
+      on: SocketAddress(host: configuration.host, port: configuration.port),
+      backlog: configuration.listenBacklog)
     let port = try listener.localAddress().port
     // Every loop accepts from the same listening socket through its own descriptor (a dup), so
     // each loop can close its own at shutdown; EPOLLEXCLUSIVE wakes one loop per connection.
@@ -95,7 +100,8 @@ public final class HTTPServer: Sendable {
     do {
       for _ in 1..<mailboxes.count {
         let original = listener.descriptor
-        descriptors.append(try syscall("fcntl", context: "F_DUPFD_CLOEXEC") { fcntl(original, F_DUPFD_CLOEXEC, 0) })
+        descriptors.append(
+          try syscall("fcntl", context: "F_DUPFD_CLOEXEC") { fcntl(original, F_DUPFD_CLOEXEC, 0) })
       }
     } catch {
       for descriptor in descriptors { _ = Glibc.close(descriptor) }
@@ -114,7 +120,8 @@ public final class HTTPServer: Sendable {
         let loop: EventLoop
         do {
           loop = try EventLoop(
-            listener: Socket(descriptor: descriptor), exclusiveAccept: exclusiveAccept, configuration: configuration,
+            listener: Socket(descriptor: descriptor), exclusiveAccept: exclusiveAccept,
+            configuration: configuration,
             handler: handler, mailbox: mailbox, counters: counters)
         } catch {
           gate.open(.failure(error))
@@ -156,7 +163,9 @@ public final class HTTPServer: Sendable {
     let current = pthread_self()
     for mailbox in mailboxes {
       let onLoopThread = mailbox.state.withLock { pthread_equal($0.loopThread, current) != 0 }
-      precondition(!onLoopThread, "HTTPServer.shutdown() called from a handler on a loop thread would wait for itself")
+      precondition(
+        !onLoopThread,
+        "HTTPServer.shutdown() called from a handler on a loop thread would wait for itself")
     }
     let deadline = MonotonicClock.nowMilliseconds() + UInt64(max(0, gracePeriodMs))
     for mailbox in mailboxes { mailbox.requestShutdown(deadlineMs: deadline) }
@@ -201,11 +210,13 @@ final class Mailbox: Sendable {
   }
 
   func post(_ completion: Completion) {
-    let self_ = pthread_self()
+    let callerThread = pthread_self()
     let mustWake = state.withLock { state -> Bool in
       if state.loopExited { return false }  // the server is gone: the answer is dropped
       state.completions.append(completion)
-      if state.loopThread != 0 && pthread_equal(state.loopThread, self_) != 0 { return false }
+      if state.loopThread != 0 && pthread_equal(state.loopThread, callerThread) != 0 {
+        return false
+      }
       if state.wakePending { return false }
       state.wakePending = true
       return true
@@ -281,7 +292,10 @@ private final class Connection {
   var isDirty = false
   var isClosed = false
 
-  init(id: UInt64, socket: Socket, remoteAddress: String, parser: HTTPRequestParser, nowMs: UInt64, headerTimeoutMs: Int) {
+  init(
+    id: UInt64, socket: Socket, remoteAddress: String, parser: HTTPRequestParser, nowMs: UInt64,
+    headerTimeoutMs: Int
+  ) {
     self.id = id
     self.socket = socket
     self.remoteAddress = remoteAddress
@@ -320,7 +334,8 @@ private final class EventLoop {
   private let overloadedResponse: [UInt8]
 
   init(
-    listener: Socket, exclusiveAccept: Bool, configuration: HTTPServerConfiguration, handler: any HTTPHandler,
+    listener: Socket, exclusiveAccept: Bool, configuration: HTTPServerConfiguration,
+    handler: any HTTPHandler,
     mailbox: Mailbox, counters: StatisticsCounters
   ) throws {
     self.listenerEvents = exclusiveAccept ? [.readable, .exclusive] : .readable
@@ -334,12 +349,16 @@ private final class EventLoop {
     try epoll.add(listener.descriptor, events: listenerEvents, token: Self.listenerToken)
     try epoll.add(mailbox.wake.descriptor, events: .readable, token: Self.wakeToken)
     readBuffer = .allocate(byteCount: configuration.readBufferBytes, alignment: 16)
-    let shortest = min(configuration.headerTimeoutMs, configuration.idleTimeoutMs, configuration.lingerTimeoutMs)
+    let shortest = min(
+      configuration.headerTimeoutMs, configuration.idleTimeoutMs, configuration.lingerTimeoutMs)
     sweepIntervalMs = UInt64(min(250, max(5, shortest / 4)))
     nextSweepMs = MonotonicClock.nowMilliseconds() + sweepIntervalMs
     var overloaded: [UInt8] = []
-    HTTPResponse.jsonError(status: 503, code: "too_many_connections", message: "The server has too many open connections; retry later.")
-      .serialize(into: &overloaded, close: true, keepAliveHTTP10: false, omitBody: false)
+    HTTPResponse.jsonError(
+      status: 503, code: "too_many_connections",
+      message: "The server has too many open connections; retry later."
+    )
+    .serialize(into: &overloaded, close: true, keepAliveHTTP10: false, omitBody: false)
     overloadedResponse = overloaded
     let thread = pthread_self()
     mailbox.state.withLock { $0.loopThread = thread }
@@ -353,7 +372,9 @@ private final class EventLoop {
     while true {
       let now = MonotonicClock.nowMilliseconds()
       var timeoutMs = nextSweepMs > now ? Int32(nextSweepMs - now) : 0
-      if let deadline = shutdownDeadlineMs { timeoutMs = min(timeoutMs, deadline > now ? Int32(deadline - now) : 0) }
+      if let deadline = shutdownDeadlineMs {
+        timeoutMs = min(timeoutMs, deadline > now ? Int32(deadline - now) : 0)
+      }
       epoll.wait(timeoutMs: timeoutMs) { event in handle(event) }
       // Answers given during the batch (same thread) or by other threads; flushing can parse
       // buffered pipelined requests whose answers come back here, hence the bounded repeat.
@@ -418,7 +439,9 @@ private final class EventLoop {
       do {
         accepted = try listener.accept()
       } catch {
-        if error.errno == EMFILE || error.errno == ENFILE || error.errno == ENOBUFS || error.errno == ENOMEM {
+        if error.errno == EMFILE || error.errno == ENFILE || error.errno == ENOBUFS
+          || error.errno == ENOMEM
+        {
           // Out of descriptors: stop accepting for a moment instead of spinning on a readable
           // listener (remove, not modify: EPOLLEXCLUSIVE registrations cannot be modified).
           try? epoll.remove(listener.descriptor)
@@ -429,7 +452,9 @@ private final class EventLoop {
       }
       guard let (socket, address) = accepted else { return }
       // The count is shared by every loop (exact with one loop, off by at most a few with more).
-      if counters.connectionsOpen.load(ordering: .relaxed) >= configuration.connectionsMax || shutdownDeadlineMs != nil {
+      if counters.connectionsOpen.load(ordering: .relaxed) >= configuration.connectionsMax
+        || shutdownDeadlineMs != nil
+      {
         _ = overloadedResponse.withUnsafeBytes { try? socket.send($0) }
         socket.close()
         StatisticsCounters.increment(counters.connectionsRefusedTotal)
@@ -440,7 +465,8 @@ private final class EventLoop {
       nextConnectionID += 1
       let now = MonotonicClock.nowMilliseconds()
       let connection = Connection(
-        id: id, socket: socket, remoteAddress: address.description, parser: HTTPRequestParser(limits: limits), nowMs: now,
+        id: id, socket: socket, remoteAddress: address.description,
+        parser: HTTPRequestParser(limits: limits), nowMs: now,
         headerTimeoutMs: configuration.headerTimeoutMs)
       do {
         try epoll.add(socket.descriptor, events: .readable, token: id)
@@ -486,7 +512,8 @@ private final class EventLoop {
   /// Turns buffered bytes into requests for the handler, while the connection has room.
   private func processRequests(_ connection: Connection) {
     while !connection.closing && connection.outstandingCount < configuration.pipelinedRequestsMax
-      && connection.unsentBytes + connection.heldResponseBytes < configuration.responseBufferBytesMax
+      && connection.unsentBytes + connection.heldResponseBytes
+        < configuration.responseBufferBytesMax
     {
       guard let event = connection.parser.next() else {
         if connection.peerClosed {
@@ -498,13 +525,16 @@ private final class EventLoop {
       case .continueExpected:
         connection.slots.append(
           Connection.Slot(
-            sequence: connection.nextSequence, continuePending: true, awaitingRequest: true, response: nil,
+            sequence: connection.nextSequence, continuePending: true, awaitingRequest: true,
+            response: nil,
             minorVersion: 1, isHeadMethod: false))
         connection.nextSequence += 1
         markDirty(connection)
       case .request(let parsed):
         let sequence: UInt64
-        if let last = connection.slots.indices.last, last >= connection.slotsHead, connection.slots[last].awaitingRequest {
+        if let last = connection.slots.indices.last, last >= connection.slotsHead,
+          connection.slots[last].awaitingRequest
+        {
           connection.slots[last].awaitingRequest = false
           connection.slots[last].minorVersion = parsed.minorVersion
           connection.slots[last].isHeadMethod = parsed.request.method == "HEAD"
@@ -526,7 +556,9 @@ private final class EventLoop {
         handler.handle(
           request,
           responder: HTTPResponder { response in
-            mailbox.post(Mailbox.Completion(connectionID: connectionID, sequence: sequence, response: response))
+            mailbox.post(
+              Mailbox.Completion(connectionID: connectionID, sequence: sequence, response: response)
+            )
           })
       case .failure(let error):
         answerWithError(connection, error)
@@ -538,7 +570,8 @@ private final class EventLoop {
   private func updateHeaderDeadline(_ connection: Connection) {
     if connection.parser.isReadingHead && !connection.closing {
       if connection.headerDeadlineMs == nil {
-        connection.headerDeadlineMs = MonotonicClock.nowMilliseconds() + UInt64(configuration.headerTimeoutMs)
+        connection.headerDeadlineMs =
+          MonotonicClock.nowMilliseconds() + UInt64(configuration.headerTimeoutMs)
       }
     } else if connection.parser.isReadingBody || connection.nextSequence > 0 || connection.closing {
       // (A new connection keeps its accept-time deadline until its first request head arrives.)
@@ -552,13 +585,16 @@ private final class EventLoop {
     let response = HTTPResponse.jsonError(error)
     connection.heldResponseBytes += response.body.count
     // A slot opened by 100-continue whose body failed takes the error in its place.
-    if let last = connection.slots.indices.last, last >= connection.slotsHead, connection.slots[last].awaitingRequest {
+    if let last = connection.slots.indices.last, last >= connection.slotsHead,
+      connection.slots[last].awaitingRequest
+    {
       connection.slots[last].awaitingRequest = false
       connection.slots[last].response = response
     } else {
       connection.slots.append(
         Connection.Slot(
-          sequence: connection.nextSequence, continuePending: false, awaitingRequest: false, response: response,
+          sequence: connection.nextSequence, continuePending: false, awaitingRequest: false,
+          response: response,
           minorVersion: 1, isHeadMethod: false))
       connection.nextSequence += 1
     }
@@ -573,7 +609,10 @@ private final class EventLoop {
     mailbox.state.withLock { state in
       swap(&state.completions, &completions)
       state.wakePending = false
-      if shutdownDeadlineMs == nil, let deadline = state.shutdownDeadlineMs { shutdownDeadlineMs = deadline; beginShutdownPending = true }
+      if shutdownDeadlineMs == nil, let deadline = state.shutdownDeadlineMs {
+        shutdownDeadlineMs = deadline
+        beginShutdownPending = true
+      }
     }
     if beginShutdownPending {
       beginShutdownPending = false
@@ -585,7 +624,8 @@ private final class EventLoop {
         continue
       }
       guard connection.slotsHead < connection.slots.count else { continue }  // nothing outstanding
-      let firstSequence = connection.slots[connection.slotsHead].sequence  // slots hold consecutive sequences
+      // Slots hold consecutive sequence numbers from the first unanswered one.
+      let firstSequence = connection.slots[connection.slotsHead].sequence
       guard completion.sequence >= firstSequence else { continue }
       let index = connection.slotsHead + Int(completion.sequence - firstSequence)
       guard index < connection.slots.count, connection.slots[index].sequence == completion.sequence,
@@ -609,7 +649,9 @@ private final class EventLoop {
       connection.closing = true
       connection.headerDeadlineMs = nil
       // A request whose body is still arriving (after 100 Continue) will not be read: forget it.
-      if let last = connection.slots.indices.last, last >= connection.slotsHead, connection.slots[last].awaitingRequest {
+      if let last = connection.slots.indices.last, last >= connection.slotsHead,
+        connection.slots[last].awaitingRequest
+      {
         connection.slots.removeLast()
       }
       markDirty(connection)
@@ -637,7 +679,8 @@ private final class EventLoop {
   /// for the connection (more requests, close, linger).
   private func flush(_ connection: Connection) {
     precondition(connection.slotsHead <= connection.slots.count, "slot head past the slots")
-    precondition(connection.outputOffset <= connection.output.count, "output offset past the output")
+    precondition(
+      connection.outputOffset <= connection.output.count, "output offset past the output")
     if connection.outputOffset == connection.output.count {
       connection.output.removeAll(keepingCapacity: connection.output.capacity <= 256 * 1024)
       connection.outputOffset = 0
@@ -654,7 +697,8 @@ private final class EventLoop {
       let isLast = connection.closing && slotIndex == connection.slots.count - 1
       let close = isLast || response.asksToClose
       response.serialize(
-        into: &connection.output, close: close, keepAliveHTTP10: slot.minorVersion == 0 && !close, omitBody: slot.isHeadMethod)
+        into: &connection.output, close: close, keepAliveHTTP10: slot.minorVersion == 0 && !close,
+        omitBody: slot.isHeadMethod)
       connection.slotsHead += 1
       if close {
         connection.closing = true
@@ -698,8 +742,12 @@ private final class EventLoop {
         }
         // Room again: parse pipelined requests waiting in the buffer (or learn, after the
         // client's end of stream, that none will come).
-        if connection.parser.bufferedByteCount > 0 || connection.peerClosed { processRequests(connection) }
-        if connection.closing && connection.outstandingCount == 0 && connection.outputOffset == connection.output.count {
+        if connection.parser.bufferedByteCount > 0 || connection.peerClosed {
+          processRequests(connection)
+        }
+        if connection.closing && connection.outstandingCount == 0
+          && connection.outputOffset == connection.output.count
+        {
           finishConnection(connection)
           return
         }
@@ -719,7 +767,8 @@ private final class EventLoop {
     }
     if connection.lingerDeadlineMs == nil {
       connection.socket.shutdownWrite()
-      connection.lingerDeadlineMs = MonotonicClock.nowMilliseconds() + UInt64(configuration.lingerTimeoutMs)
+      connection.lingerDeadlineMs =
+        MonotonicClock.nowMilliseconds() + UInt64(configuration.lingerTimeoutMs)
       connection.headerDeadlineMs = nil
     }
     updateInterest(connection)
@@ -733,18 +782,21 @@ private final class EventLoop {
     } else {
       if !connection.closing && !connection.peerClosed
         && connection.outstandingCount < configuration.pipelinedRequestsMax
-        && connection.unsentBytes + connection.heldResponseBytes < configuration.responseBufferBytesMax
+        && connection.unsentBytes + connection.heldResponseBytes
+          < configuration.responseBufferBytesMax
       {
         wanted.insert(.readable)
       }
       if connection.outputOffset < connection.output.count { wanted.insert(.writable) }
     }
     if wanted != connection.registered {
-      if wanted.contains(.readable) && !connection.registered.contains(.readable) && connection.headerDeadlineMs != nil
+      if wanted.contains(.readable) && !connection.registered.contains(.readable)
+        && connection.headerDeadlineMs != nil
         && connection.nextSequence > 0
       {
         // Reading resumes after a pause (pipelining or output limits): the client was not slow.
-        connection.headerDeadlineMs = MonotonicClock.nowMilliseconds() + UInt64(configuration.headerTimeoutMs)
+        connection.headerDeadlineMs =
+          MonotonicClock.nowMilliseconds() + UInt64(configuration.headerTimeoutMs)
       }
       do {
         try epoll.modify(connection.socket.descriptor, events: wanted, token: connection.id)

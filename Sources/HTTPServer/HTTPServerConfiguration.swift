@@ -56,7 +56,9 @@ public struct HTTPServerConfiguration: Sendable, Equatable {
   /// Checks every limit is positive and coherent; the message names the field and the value.
   public func validate() throws(HTTPServerConfigurationError) {
     func positive(_ name: String, _ value: Int) throws(HTTPServerConfigurationError) {
-      if value <= 0 { throw HTTPServerConfigurationError(message: "\(name) must be positive, got \(value)") }
+      if value <= 0 {
+        throw HTTPServerConfigurationError(message: "\(name) must be positive, got \(value)")
+      }
     }
     try positive("requestLineBytesMax", requestLineBytesMax)
     try positive("headerBytesMax", headerBytesMax)
@@ -71,8 +73,14 @@ public struct HTTPServerConfiguration: Sendable, Equatable {
     try positive("readBufferBytes", readBufferBytes)
     try positive("listenBacklog", Int(listenBacklog))
     try positive("eventLoopCount", eventLoopCount)
-    if eventLoopCount > 64 { throw HTTPServerConfigurationError(message: "eventLoopCount must be at most 64, got \(eventLoopCount)") }
-    if bodyBytesMax < 0 { throw HTTPServerConfigurationError(message: "bodyBytesMax must not be negative, got \(bodyBytesMax)") }
+    if eventLoopCount > 64 {
+      throw HTTPServerConfigurationError(
+        message: "eventLoopCount must be at most 64, got \(eventLoopCount)")
+    }
+    if bodyBytesMax < 0 {
+      throw HTTPServerConfigurationError(
+        message: "bodyBytesMax must not be negative, got \(bodyBytesMax)")
+    }
   }
 }
 
