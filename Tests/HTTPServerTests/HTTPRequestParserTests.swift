@@ -327,6 +327,43 @@ final class HTTPRequestParserTests: XCTestCase {
     }
   }
 
+  func testRandomMutationsNeverCrashAndSplitsAgree() {
+    let seed: UInt64 = 0xBAD_F00D
+    var random = SplitMix64(seed: seed)
+    let samples = [
+      "GET /a?b=c HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n\r\n",
+      "PUT /k HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhello",
+      "POST /w HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\nT: v\r\n\r\n",
+      "GET / HTTP/1.0\r\n\r\n",
+    ].map { Array($0.utf8) }
+    let interesting: [UInt8] = [0, 9, 10, 13, 32, 58, 59, 48, 102, 255, 65]
+    for round in 0..<2_000 {
+      var bytes = samples[Int.random(in: 0..<samples.count, using: &random)]
+      for _ in 0..<Int.random(in: 1...4, using: &random) {
+        let position = Int.random(in: 0..<bytes.count, using: &random)
+        switch Int.random(in: 0..<3, using: &random) {
+        case 0: bytes[position] = interesting.randomElement(using: &random)!
+        case 1: bytes.insert(interesting.randomElement(using: &random)!, at: position)
+        default: bytes.remove(at: position)
+        }
+      }
+      var whole = HTTPRequestParser(limits: smallLimits)
+      let expected = whole.parse(bytes).map(Summary.init)
+      var pieces = HTTPRequestParser(limits: smallLimits)
+      var events: [Summary] = []
+      var index = 0
+      while index < bytes.count {
+        let end = min(bytes.count, index + Int.random(in: 1...9, using: &random))
+        events += pieces.parse(Array(bytes[index..<end])).map(Summary.init)
+        index = end
+      }
+      XCTAssertEqual(
+        events, expected,
+        "seed \(seed) round \(round): \(String(decoding: bytes, as: UTF8.self).debugDescription)")
+      if events != expected { break }
+    }
+  }
+
   // MARK: Limits: exactly at the limit passes, one past fails
 
   func testRequestLineLimit() {

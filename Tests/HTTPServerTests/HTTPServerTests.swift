@@ -394,6 +394,25 @@ final class HTTPServerTests: XCTestCase {
     XCTAssertEqual(statistics.connectionsAcceptedTotal, 2 * cases.count)
   }
 
+  func testRandomGarbageConnectionsAllEndAndTheServerKeepsServing() throws {
+    let port = try start(EchoHandler()) {
+      $0.headerTimeoutMs = 300
+      $0.idleTimeoutMs = 300
+    }
+    let seed: UInt64 = 0x6A4B_A6E
+    var random = SplitMix64(seed: seed)
+    for round in 0..<20 {
+      let client = try RawHTTPClient(port: port)
+      let garbage = (0..<Int.random(in: 1...2_000, using: &random)).map { _ in
+        UInt8.random(in: 0...255, using: &random)
+      }
+      try client.send(garbage)
+      XCTAssertTrue(client.waitUntilClosed(), "seed \(seed) round \(round): connection never ended")
+    }
+    let client = try RawHTTPClient(port: port)
+    XCTAssertEqual(try get(client, "/alive").status, 200)
+  }
+
   func testLargeResponseIsSentWholeThroughBackpressure() throws {
     let size = 4 * 1024 * 1024 + 17
     let port = try start(BigResponseHandler(size: size))
