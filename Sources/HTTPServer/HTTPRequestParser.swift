@@ -21,23 +21,29 @@ public struct HTTPParseError: Error, Sendable, Equatable, CustomStringConvertibl
     HTTPParseError(status: 400, code: "bad_request", message: message)
   }
   static func uriTooLong(_ limit: Int) -> HTTPParseError {
-    HTTPParseError(status: 414, code: "uri_too_long", message: "The request line is longer than \(limit) bytes.")
+    HTTPParseError(
+      status: 414, code: "uri_too_long", message: "The request line is longer than \(limit) bytes.")
   }
   static func headersTooLarge(_ message: String) -> HTTPParseError {
     HTTPParseError(status: 431, code: "headers_too_large", message: message)
   }
   static func payloadTooLarge(_ limit: Int) -> HTTPParseError {
-    HTTPParseError(status: 413, code: "payload_too_large", message: "The request body is larger than \(limit) bytes.")
+    HTTPParseError(
+      status: 413, code: "payload_too_large",
+      message: "The request body is larger than \(limit) bytes.")
   }
   static func versionNotSupported() -> HTTPParseError {
-    HTTPParseError(status: 505, code: "http_version_not_supported", message: "Only HTTP/1.0 and HTTP/1.1 are supported.")
+    HTTPParseError(
+      status: 505, code: "http_version_not_supported",
+      message: "Only HTTP/1.0 and HTTP/1.1 are supported.")
   }
   static func notImplemented(_ message: String) -> HTTPParseError {
     HTTPParseError(status: 501, code: "not_implemented", message: message)
   }
   /// The request head did not arrive in time (raised by the server, not the parser).
   public static func requestTimeout() -> HTTPParseError {
-    HTTPParseError(status: 408, code: "request_timeout", message: "The request did not arrive in time.")
+    HTTPParseError(
+      status: 408, code: "request_timeout", message: "The request did not arrive in time.")
   }
 }
 
@@ -69,7 +75,10 @@ public struct HTTPParserLimits: Sendable, Equatable {
   public var bodyBytesMax: Int
   public var chunkLineBytesMax: Int
 
-  public init(requestLineBytesMax: Int, headerBytesMax: Int, headerCountMax: Int, bodyBytesMax: Int, chunkLineBytesMax: Int) {
+  public init(
+    requestLineBytesMax: Int, headerBytesMax: Int, headerCountMax: Int, bodyBytesMax: Int,
+    chunkLineBytesMax: Int
+  ) {
     self.requestLineBytesMax = requestLineBytesMax
     self.headerBytesMax = headerBytesMax
     self.headerCountMax = headerCountMax
@@ -79,7 +88,8 @@ public struct HTTPParserLimits: Sendable, Equatable {
 
   public init(_ configuration: HTTPServerConfiguration) {
     self.init(
-      requestLineBytesMax: configuration.requestLineBytesMax, headerBytesMax: configuration.headerBytesMax,
+      requestLineBytesMax: configuration.requestLineBytesMax,
+      headerBytesMax: configuration.headerBytesMax,
       headerCountMax: configuration.headerCountMax, bodyBytesMax: configuration.bodyBytesMax,
       chunkLineBytesMax: configuration.chunkLineBytesMax)
   }
@@ -135,7 +145,8 @@ public struct HTTPRequestParser: Sendable {
   private var body: [UInt8] = []
 
   public init(limits: HTTPParserLimits) {
-    precondition(limits.requestLineBytesMax > 0 && limits.headerBytesMax > 0 && limits.headerCountMax > 0)
+    precondition(
+      limits.requestLineBytesMax > 0 && limits.headerBytesMax > 0 && limits.headerCountMax > 0)
     precondition(limits.bodyBytesMax >= 0 && limits.chunkLineBytesMax > 0)
     self.limits = limits
   }
@@ -210,7 +221,9 @@ public struct HTTPRequestParser: Sendable {
       case .requestLine:
         guard let lineFeed = findLineFeed() else {
           // The line may still grow; one byte over the limit is allowed for its CR.
-          if buffer.count - position > limits.requestLineBytesMax + 1 { return fail(.uriTooLong(limits.requestLineBytesMax)) }
+          if buffer.count - position > limits.requestLineBytesMax + 1 {
+            return fail(.uriTooLong(limits.requestLineBytesMax))
+          }
           return nil
         }
         guard lineFeed > position, buffer[lineFeed - 1] == 13 else {
@@ -221,9 +234,13 @@ public struct HTTPRequestParser: Sendable {
           consume(through: lineFeed)
           continue
         }
-        if lineEnd - position > limits.requestLineBytesMax { return fail(.uriTooLong(limits.requestLineBytesMax)) }
+        if lineEnd - position > limits.requestLineBytesMax {
+          return fail(.uriTooLong(limits.requestLineBytesMax))
+        }
         let start = position
-        let parsed = buffer.withUnsafeBufferPointer { Self.parseRequestLine(UnsafeBufferPointer(rebasing: $0[start..<lineEnd])) }
+        let parsed = buffer.withUnsafeBufferPointer {
+          Self.parseRequestLine(UnsafeBufferPointer(rebasing: $0[start..<lineEnd]))
+        }
         switch parsed {
         case .failure(let error):
           return fail(error)
@@ -239,7 +256,9 @@ public struct HTTPRequestParser: Sendable {
         guard let lineFeed = findLineFeed() else {
           let pending = buffer.count - position
           if pending > 1 && headerBytes + pending + 1 > limits.headerBytesMax {
-            return fail(.headersTooLarge("The request headers are larger than \(limits.headerBytesMax) bytes."))
+            return fail(
+              .headersTooLarge(
+                "The request headers are larger than \(limits.headerBytesMax) bytes."))
           }
           return nil
         }
@@ -252,7 +271,9 @@ public struct HTTPRequestParser: Sendable {
           if let event = finishHead() { return event }
           continue
         }
-        if let error = addHeaderLine(end: lineEnd, lineFeed: lineFeed, isTrailer: false) { return fail(error) }
+        if let error = addHeaderLine(end: lineEnd, lineFeed: lineFeed, isTrailer: false) {
+          return fail(error)
+        }
         consume(through: lineFeed)
 
       case .body(let remaining, let isChunked):
@@ -275,7 +296,8 @@ public struct HTTPRequestParser: Sendable {
       case .chunkSize:
         guard let lineFeed = findLineFeed() else {
           if buffer.count - position > limits.chunkLineBytesMax + 1 {
-            return fail(.badRequest("A chunk-size line is longer than \(limits.chunkLineBytesMax) bytes."))
+            return fail(
+              .badRequest("A chunk-size line is longer than \(limits.chunkLineBytesMax) bytes."))
           }
           return nil
         }
@@ -284,11 +306,16 @@ public struct HTTPRequestParser: Sendable {
         }
         let lineEnd = lineFeed - 1
         if lineEnd - position > limits.chunkLineBytesMax {
-          return fail(.badRequest("A chunk-size line is longer than \(limits.chunkLineBytesMax) bytes."))
+          return fail(
+            .badRequest("A chunk-size line is longer than \(limits.chunkLineBytesMax) bytes."))
         }
         let start = position
-        let size = buffer.withUnsafeBufferPointer { Self.parseChunkSize(UnsafeBufferPointer(rebasing: $0[start..<lineEnd])) }
-        guard let size else { return fail(.badRequest("A chunk size is not a valid hexadecimal number.")) }
+        let size = buffer.withUnsafeBufferPointer {
+          Self.parseChunkSize(UnsafeBufferPointer(rebasing: $0[start..<lineEnd]))
+        }
+        guard let size else {
+          return fail(.badRequest("A chunk size is not a valid hexadecimal number."))
+        }
         consume(through: lineFeed)
         if size == 0 {
           headerBytes = 0
@@ -296,16 +323,22 @@ public struct HTTPRequestParser: Sendable {
           state = .trailers
           continue
         }
-        if size > limits.bodyBytesMax - body.count { return fail(.payloadTooLarge(limits.bodyBytesMax)) }
+        if size > limits.bodyBytesMax - body.count {
+          return fail(.payloadTooLarge(limits.bodyBytesMax))
+        }
         body.reserveCapacity(body.count + size)
         state = .body(remaining: size, chunked: true)
 
       case .chunkDataEnd:
         let available = buffer.count - position
         if available == 0 { return nil }
-        if buffer[position] != 13 { return fail(.badRequest("Chunk data must be followed by CRLF.")) }
+        if buffer[position] != 13 {
+          return fail(.badRequest("Chunk data must be followed by CRLF."))
+        }
         if available == 1 { return nil }
-        if buffer[position + 1] != 10 { return fail(.badRequest("Chunk data must be followed by CRLF.")) }
+        if buffer[position + 1] != 10 {
+          return fail(.badRequest("Chunk data must be followed by CRLF."))
+        }
         consume(through: position + 1)
         state = .chunkSize
 
@@ -313,7 +346,9 @@ public struct HTTPRequestParser: Sendable {
         guard let lineFeed = findLineFeed() else {
           let pending = buffer.count - position
           if pending > 1 && headerBytes + pending + 1 > limits.headerBytesMax {
-            return fail(.headersTooLarge("The request trailers are larger than \(limits.headerBytesMax) bytes."))
+            return fail(
+              .headersTooLarge(
+                "The request trailers are larger than \(limits.headerBytesMax) bytes."))
           }
           return nil
         }
@@ -325,7 +360,9 @@ public struct HTTPRequestParser: Sendable {
           consume(through: lineFeed)
           return completeRequest()
         }
-        if let error = addHeaderLine(end: lineEnd, lineFeed: lineFeed, isTrailer: true) { return fail(error) }
+        if let error = addHeaderLine(end: lineEnd, lineFeed: lineFeed, isTrailer: true) {
+          return fail(error)
+        }
         consume(through: lineFeed)
       }
     }
@@ -350,7 +387,9 @@ public struct HTTPRequestParser: Sendable {
     let count = buffer.count
     guard from < count else { return nil }
     let found: Int? = buffer.withUnsafeBufferPointer { pointer in
-      guard let base = pointer.baseAddress, let hit = memchr(base + from, 10, count - from) else { return nil }
+      guard let base = pointer.baseAddress, let hit = memchr(base + from, 10, count - from) else {
+        return nil
+      }
       return UnsafeRawPointer(hit) - UnsafeRawPointer(base)
     }
     if let found { return found }
@@ -368,14 +407,20 @@ public struct HTTPRequestParser: Sendable {
   private mutating func addHeaderLine(end: Int, lineFeed: Int, isTrailer: Bool) -> HTTPParseError? {
     headerBytes += lineFeed + 1 - position
     if headerBytes > limits.headerBytesMax {
-      return .headersTooLarge("The request \(isTrailer ? "trailers are" : "headers are") larger than \(limits.headerBytesMax) bytes.")
+      return .headersTooLarge(
+        "The request \(isTrailer ? "trailers are" : "headers are") larger than \(limits.headerBytesMax) bytes."
+      )
     }
     headerCount += 1
     if headerCount > limits.headerCountMax {
-      return .headersTooLarge("The request has more than \(limits.headerCountMax) \(isTrailer ? "trailer" : "header") lines.")
+      return .headersTooLarge(
+        "The request has more than \(limits.headerCountMax) \(isTrailer ? "trailer" : "header") lines."
+      )
     }
     let start = position
-    let parsed = buffer.withUnsafeBufferPointer { Self.parseHeaderLine(UnsafeBufferPointer(rebasing: $0[start..<end])) }
+    let parsed = buffer.withUnsafeBufferPointer {
+      Self.parseHeaderLine(UnsafeBufferPointer(rebasing: $0[start..<end]))
+    }
     let header: (name: String, value: String)
     switch parsed {
     case .failure(let error): return error
@@ -401,7 +446,11 @@ public struct HTTPRequestParser: Sendable {
     case "connection":
       for token in header.value.utf8.split(separator: UInt8(ascii: ",")) {
         let trimmed = Self.lowercased(String(decoding: token, as: UTF8.self).trimmingSpaces())
-        if trimmed == "close" { connectionClose = true } else if trimmed == "keep-alive" { connectionKeepAlive = true }
+        if trimmed == "close" {
+          connectionClose = true
+        } else if trimmed == "keep-alive" {
+          connectionKeepAlive = true
+        }
       }
     case "expect":
       if Self.lowercased(header.value) == "100-continue" { expectContinue = true }
@@ -422,9 +471,12 @@ public struct HTTPRequestParser: Sendable {
     }
     if let unsupported = transferEncodingUnsupported {
       let shown = unsupported.count > 40 ? String(unsupported.prefix(40)) + "…" : unsupported
-      return fail(.notImplemented("Transfer-Encoding '\(jsonSafe(shown))' is not supported; only 'chunked' is."))
+      return fail(
+        .notImplemented(
+          "Transfer-Encoding '\(jsonSafe(shown))' is not supported; only 'chunked' is."))
     }
-    let continueEvent: HTTPParserEvent? = expectContinue && minorVersion == 1 ? .continueExpected : nil
+    let continueEvent: HTTPParserEvent? =
+      expectContinue && minorVersion == 1 ? .continueExpected : nil
     if chunked {
       headerCount = 0
       state = .chunkSize
@@ -441,7 +493,8 @@ public struct HTTPRequestParser: Sendable {
   private mutating func completeRequest() -> HTTPParserEvent {
     let keepAlive = minorVersion == 1 ? !connectionClose : (connectionKeepAlive && !connectionClose)
     let request = HTTPRequest(method: method, target: target, headers: headers, body: body)
-    let event = HTTPParserEvent.request(HTTPParsedRequest(request: request, minorVersion: minorVersion, keepAlive: keepAlive))
+    let event = HTTPParserEvent.request(
+      HTTPParsedRequest(request: request, minorVersion: minorVersion, keepAlive: keepAlive))
     state = .requestLine
     headers = []
     headers.reserveCapacity(8)
@@ -466,12 +519,15 @@ public struct HTTPRequestParser: Sendable {
     var minorVersion: Int
   }
 
-  private static func parseRequestLine(_ line: UnsafeBufferPointer<UInt8>) -> Result<RequestLine, HTTPParseError> {
+  private static func parseRequestLine(_ line: UnsafeBufferPointer<UInt8>) -> Result<
+    RequestLine, HTTPParseError
+  > {
     var index = 0
     let count = line.count
     while index < count && isTokenByte(line[index]) { index += 1 }
     guard index > 0, index < count, line[index] == 32 else {
-      return .failure(.badRequest("The request line must be 'METHOD target HTTP/1.1' with a valid method token."))
+      return .failure(
+        .badRequest("The request line must be 'METHOD target HTTP/1.1' with a valid method token."))
     }
     let method = makeString(line, 0, index, lowercase: false)
     index += 1
@@ -484,28 +540,35 @@ public struct HTTPRequestParser: Sendable {
     index += 1
     // HTTP-version = "HTTP/" DIGIT "." DIGIT, and nothing after it.
     guard count - index == 8,
-      line[index] == 72, line[index + 1] == 84, line[index + 2] == 84, line[index + 3] == 80, line[index + 4] == 47,
+      line[index] == 72, line[index + 1] == 84, line[index + 2] == 84, line[index + 3] == 80,
+      line[index + 4] == 47,
       isDigit(line[index + 5]), line[index + 6] == 46, isDigit(line[index + 7])
     else {
-      return .failure(.badRequest("The request line must end with an HTTP version such as HTTP/1.1."))
+      return .failure(
+        .badRequest("The request line must end with an HTTP version such as HTTP/1.1."))
     }
     guard line[index + 5] == 49, line[index + 7] == 48 || line[index + 7] == 49 else {
       return .failure(.versionNotSupported())
     }
-    return .success(RequestLine(method: method, target: target, minorVersion: Int(line[index + 7] - 48)))
+    return .success(
+      RequestLine(method: method, target: target, minorVersion: Int(line[index + 7] - 48)))
   }
 
-  private static func parseHeaderLine(_ line: UnsafeBufferPointer<UInt8>) -> Result<(name: String, value: String), HTTPParseError> {
+  private static func parseHeaderLine(_ line: UnsafeBufferPointer<UInt8>) -> Result<
+    (name: String, value: String), HTTPParseError
+  > {
     let count = line.count
     if line[0] == 32 || line[0] == 9 {
-      return .failure(.badRequest("Folded header lines (starting with whitespace) are not accepted."))
+      return .failure(
+        .badRequest("Folded header lines (starting with whitespace) are not accepted."))
     }
     var index = 0
     while index < count && isTokenByte(line[index]) { index += 1 }
     guard index < count else { return .failure(.badRequest("A header line has no colon.")) }
     if line[index] != 58 {
       if line[index] == 32 || line[index] == 9 {
-        return .failure(.badRequest("Whitespace between a header name and the colon is not accepted."))
+        return .failure(
+          .badRequest("Whitespace between a header name and the colon is not accepted."))
       }
       if line[index] == 0 || line[index] == 13 {
         return .failure(.badRequest("A header contains a NUL or a bare CR."))
@@ -519,11 +582,19 @@ public struct HTTPRequestParser: Sendable {
     for position in valueStart..<count {
       let byte = line[position]
       if byte < 32 && byte != 9 || byte == 127 {
-        return .failure(.badRequest(byte == 0 || byte == 13 ? "A header contains a NUL or a bare CR." : "A header value contains a control byte."))
+        return .failure(
+          .badRequest(
+            byte == 0 || byte == 13
+              ? "A header contains a NUL or a bare CR." : "A header value contains a control byte.")
+        )
       }
     }
-    while valueStart < valueEnd && (line[valueStart] == 32 || line[valueStart] == 9) { valueStart += 1 }
-    while valueEnd > valueStart && (line[valueEnd - 1] == 32 || line[valueEnd - 1] == 9) { valueEnd -= 1 }
+    while valueStart < valueEnd && (line[valueStart] == 32 || line[valueStart] == 9) {
+      valueStart += 1
+    }
+    while valueEnd > valueStart && (line[valueEnd - 1] == 32 || line[valueEnd - 1] == 9) {
+      valueEnd -= 1
+    }
     return .success((name: name, value: makeString(line, valueStart, valueEnd, lowercase: false)))
   }
 
@@ -543,7 +614,8 @@ public struct HTTPRequestParser: Sendable {
     while rest < count && (line[rest] == 32 || line[rest] == 9) { rest += 1 }
     if rest == count { return rest == index ? size : nil }  // trailing whitespace without ';'
     guard line[rest] == 59 else { return nil }
-    for position in rest..<count where line[position] < 32 && line[position] != 9 || line[position] == 127 {
+    for position in rest..<count
+    where line[position] < 32 && line[position] != 9 || line[position] == 127 {
       return nil
     }
     return size
@@ -589,9 +661,13 @@ public struct HTTPRequestParser: Sendable {
   @inline(__always) static func isTargetByte(_ byte: UInt8) -> Bool { byte > 32 && byte != 127 }
 
   @inline(__always)
-  static func makeString(_ bytes: UnsafeBufferPointer<UInt8>, _ start: Int, _ end: Int, lowercase: Bool) -> String {
+  static func makeString(
+    _ bytes: UnsafeBufferPointer<UInt8>, _ start: Int, _ end: Int, lowercase: Bool
+  ) -> String {
     let count = end - start
-    if !lowercase { return String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self) }
+    if !lowercase {
+      return String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<end]), as: UTF8.self)
+    }
     return String(unsafeUninitializedCapacity: count) { output in
       for index in 0..<count {
         let byte = bytes[start + index]
@@ -603,7 +679,9 @@ public struct HTTPRequestParser: Sendable {
 
   static func lowercased(_ text: String) -> String {
     var bytes = Array(text.utf8)
-    for index in bytes.indices where bytes[index] >= 65 && bytes[index] <= 90 { bytes[index] |= 0x20 }
+    for index in bytes.indices where bytes[index] >= 65 && bytes[index] <= 90 {
+      bytes[index] |= 0x20
+    }
     return String(decoding: bytes, as: UTF8.self)
   }
 }

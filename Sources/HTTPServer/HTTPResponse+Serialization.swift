@@ -22,13 +22,27 @@ public enum JSONText {
     let hex: [UInt8] = Array("0123456789abcdef".utf8)
     for byte in text.utf8 {
       switch byte {
-      case 0x22: output.append(0x5C); output.append(0x22)
-      case 0x5C: output.append(0x5C); output.append(0x5C)
-      case 0x0A: output.append(0x5C); output.append(UInt8(ascii: "n"))
-      case 0x0D: output.append(0x5C); output.append(UInt8(ascii: "r"))
-      case 0x09: output.append(0x5C); output.append(UInt8(ascii: "t"))
-      case 0x08: output.append(0x5C); output.append(UInt8(ascii: "b"))
-      case 0x0C: output.append(0x5C); output.append(UInt8(ascii: "f"))
+      case 0x22:
+        output.append(0x5C)
+        output.append(0x22)
+      case 0x5C:
+        output.append(0x5C)
+        output.append(0x5C)
+      case 0x0A:
+        output.append(0x5C)
+        output.append(UInt8(ascii: "n"))
+      case 0x0D:
+        output.append(0x5C)
+        output.append(UInt8(ascii: "r"))
+      case 0x09:
+        output.append(0x5C)
+        output.append(UInt8(ascii: "t"))
+      case 0x08:
+        output.append(0x5C)
+        output.append(UInt8(ascii: "b"))
+      case 0x0C:
+        output.append(0x5C)
+        output.append(UInt8(ascii: "f"))
       case 0..<0x20:
         output.append(contentsOf: Array("\\u00".utf8))
         output.append(hex[Int(byte >> 4)])
@@ -49,10 +63,14 @@ extension HTTPResponse {
     status: Int, code: String, message: String, extraFields: [(name: String, json: String)] = [],
     headers: [(name: String, value: String)] = []
   ) -> HTTPResponse {
-    var body = "{\"error\":\"" + JSONText.escape(code) + "\",\"message\":\"" + JSONText.escape(message) + "\""
+    var body =
+      "{\"error\":\"" + JSONText.escape(code) + "\",\"message\":\"" + JSONText.escape(message)
+      + "\""
     for field in extraFields { body += ",\"" + JSONText.escape(field.name) + "\":" + field.json }
     body += "}"
-    return HTTPResponse(status: status, headers: [("Content-Type", jsonContentType)] + headers, body: Array(body.utf8))
+    return HTTPResponse(
+      status: status, headers: [("Content-Type", jsonContentType)] + headers, body: Array(body.utf8)
+    )
   }
 
   /// The JSON error answer for a request the parser refused (or a server-side timeout).
@@ -61,8 +79,12 @@ extension HTTPResponse {
   }
 
   /// A JSON answer with an already-encoded body.
-  public static func json(status: Int = 200, _ body: String, headers: [(name: String, value: String)] = []) -> HTTPResponse {
-    HTTPResponse(status: status, headers: [("Content-Type", jsonContentType)] + headers, body: Array(body.utf8))
+  public static func json(
+    status: Int = 200, _ body: String, headers: [(name: String, value: String)] = []
+  ) -> HTTPResponse {
+    HTTPResponse(
+      status: status, headers: [("Content-Type", jsonContentType)] + headers, body: Array(body.utf8)
+    )
   }
 
   /// The standard reason phrase for `status` ("" when unknown: the status line stays valid).
@@ -127,31 +149,37 @@ extension HTTPResponse {
     appendDecimal(status, to: &output)
     output.append(32)
     output.append(contentsOf: HTTPResponse.reasonPhrase(status).utf8)
-    output.append(13); output.append(10)
+    output.append(13)
+    output.append(10)
     for header in headers {
       let name = header.name
-      if HTTPResponse.equalsLowercase(name, "content-length") || HTTPResponse.equalsLowercase(name, "connection")
+      if HTTPResponse.equalsLowercase(name, "content-length")
+        || HTTPResponse.equalsLowercase(name, "connection")
         || HTTPResponse.equalsLowercase(name, "transfer-encoding")
       {
         continue
       }
       output.append(contentsOf: name.utf8)
-      output.append(58); output.append(32)
+      output.append(58)
+      output.append(32)
       output.append(contentsOf: header.value.utf8)
-      output.append(13); output.append(10)
+      output.append(13)
+      output.append(10)
     }
     // 1xx and 204 carry no Content-Length (RFC 9110 §8.6); every other answer does.
     if status >= 200 && status != 204 {
       appendASCII("Content-Length: ", to: &output)
       appendDecimal(body.count, to: &output)
-      output.append(13); output.append(10)
+      output.append(13)
+      output.append(10)
     }
     if close {
       appendASCII("Connection: close\r\n", to: &output)
     } else if keepAliveHTTP10 {
       appendASCII("Connection: keep-alive\r\n", to: &output)
     }
-    output.append(13); output.append(10)
+    output.append(13)
+    output.append(10)
     if !omitBody && status != 204 && status != 304 { output.append(contentsOf: body) }
   }
 
@@ -173,7 +201,8 @@ extension HTTPResponse {
 
 @inline(__always)
 func appendASCII(_ text: StaticString, to output: inout [UInt8]) {
-  output.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+  output.append(
+    contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
 }
 
 @inline(__always)
@@ -183,8 +212,12 @@ func appendDecimal(_ value: Int, to output: inout [UInt8]) {
     output.append(UInt8(48 + value))
     return
   }
-  var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
-    (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+  var digits:
+    (
+      UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+      UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8
+    ) =
+      (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
   var remaining = value
   var count = 0
   withUnsafeMutableBytes(of: &digits) { raw in

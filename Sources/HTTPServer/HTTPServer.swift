@@ -1,6 +1,45 @@
 import CPlatform
 import Glibc
 import Platform
+import Synchronization
+
+/// Counters for operators (`/metrics`): a snapshot, read from any thread.
+public struct HTTPServerStatistics: Sendable, Equatable {
+  public var connectionsOpen: Int
+  public var connectionsAcceptedTotal: Int
+  /// Connections answered 503 and closed because `connectionsMax` was reached.
+  public var connectionsRefusedTotal: Int
+  /// Requests handed to the handler.
+  public var requestsTotal: Int
+  /// Requests the server answered itself with an error (malformed, over a limit, timed out).
+  public var requestErrorsTotal: Int
+  /// Answers given after their connection had closed (dropped).
+  public var responsesDroppedTotal: Int
+}
+
+/// The counters behind `HTTPServerStatistics`. Written by the loop thread, read by any thread.
+final class StatisticsCounters: Sendable {
+  let connectionsOpen = Atomic<Int>(0)
+  let connectionsAcceptedTotal = Atomic<Int>(0)
+  let connectionsRefusedTotal = Atomic<Int>(0)
+  let requestsTotal = Atomic<Int>(0)
+  let requestErrorsTotal = Atomic<Int>(0)
+  let responsesDroppedTotal = Atomic<Int>(0)
+
+  @inline(__always) static func increment(_ counter: borrowing Atomic<Int>, by amount: Int = 1) {
+    counter.wrappingAdd(amount, ordering: .relaxed)
+  }
+
+  var snapshot: HTTPServerStatistics {
+    HTTPServerStatistics(
+      connectionsOpen: connectionsOpen.load(ordering: .relaxed),
+      connectionsAcceptedTotal: connectionsAcceptedTotal.load(ordering: .relaxed),
+      connectionsRefusedTotal: connectionsRefusedTotal.load(ordering: .relaxed),
+      requestsTotal: requestsTotal.load(ordering: .relaxed),
+      requestErrorsTotal: requestErrorsTotal.load(ordering: .relaxed),
+      responsesDroppedTotal: responsesDroppedTotal.load(ordering: .relaxed))
+  }
+}
 
 /// A minimal HTTP/1.1 server on POSIX sockets: one epoll event loop on its own thread,
 /// non-blocking sockets, keep-alive, pipelining with answers in request order, Content-Length and
@@ -13,86 +52,128 @@ import Platform
 public final class HTTPServer: Sendable {
   public let configuration: HTTPServerConfiguration
   private let handler: any HTTPHandler
-  private let mailbox: Mailbox
+  /// One per event loop: answers travel back to the loop that owns their connection.
+  private let mailboxes: [Mailbox]
+  private let counters = StatisticsCounters()
   private let lifecycle = Locked(Lifecycle())
 
   private struct Lifecycle {
-    var thread: OSThread? = nil
+    var threads: [OSThread] = []
     var port: UInt16? = nil
     var started = false
-    var stopped = false
   }
 
-  public init(configuration: HTTPServerConfiguration = HTTPServerConfiguration(), handler: any HTTPHandler) {
+  public init(
+    configuration: HTTPServerConfiguration = HTTPServerConfiguration(), handler: any HTTPHandler
+  ) {
     self.configuration = configuration
     self.handler = handler
-    self.mailbox = Mailbox()
+    self.mailboxes = (0..<min(64, max(1, configuration.eventLoopCount))).map { _ in Mailbox() }
   }
 
   /// The bound port once started.
   public var port: UInt16? { lifecycle.withLock { $0.port } }
 
-  /// Validates the configuration, binds and listens (SO_REUSEADDR), starts the event-loop thread
-  /// and returns the bound port (the kernel's choice when the configured port is 0). Call once.
+  /// Connection and request counters, for metrics.
+  public var statistics: HTTPServerStatistics { counters.snapshot }
+
+  /// Validates the configuration, binds and listens (SO_REUSEADDR), starts the event-loop
+  /// thread(s) and returns the bound port (the kernel's choice when the configured port is 0).
+  /// Call once.
   @discardableResult
   public func start() throws -> UInt16 {
     try configuration.validate()
     try lifecycle.withLock { state in
-      guard !state.started else { throw HTTPServerConfigurationError(message: "HTTPServer.start() called twice") }
+      guard !state.started else {
+        throw HTTPServerConfigurationError(message: "HTTPServer.start() called twice")
+      }
       state.started = true
     }
     ignoreBrokenPipeSignal()
     let listener = try Socket.listen(
-      on: SocketAddress(host: configuration.host, port: configuration.port), backlog: configuration.listenBacklog)
+      on: SocketAddress(host: configuration.host, port: configuration.port),
+      backlog: configuration.listenBacklog)
     let port = try listener.localAddress().port
-    let listenerDescriptor = listener.release()
-    let gate = StartGate()
-    let configuration = configuration
-    let handler = handler
-    let mailbox = mailbox
-    let thread = OSThread(name: "http-loop") {
-      let loop: EventLoop
-      do {
-        loop = try EventLoop(
-          listener: Socket(descriptor: listenerDescriptor), configuration: configuration, handler: handler, mailbox: mailbox)
-      } catch {
-        _ = Glibc.close(listenerDescriptor)
-        gate.open(.failure(error))
-        return
+    // Every loop accepts from the same listening socket through its own descriptor (a dup), so
+    // each loop can close its own at shutdown; EPOLLEXCLUSIVE wakes one loop per connection.
+    var descriptors: [Int32] = []
+    do {
+      for _ in 1..<mailboxes.count {
+        let original = listener.descriptor
+        descriptors.append(
+          try syscall("fcntl", context: "F_DUPFD_CLOEXEC") { fcntl(original, F_DUPFD_CLOEXEC, 0) })
       }
-      gate.open(.success(()))
-      loop.run()
-    }
-    if case .failure(let error) = gate.wait() {
-      thread.join()
+    } catch {
+      for descriptor in descriptors { _ = Glibc.close(descriptor) }
       throw error
     }
+    descriptors.insert(listener.release(), at: 0)
+
+    var threads: [OSThread] = []
+    var failure: (any Error)? = nil
+    for (index, mailbox) in mailboxes.enumerated() {
+      let gate = StartGate()
+      let descriptor = descriptors[index]
+      let (configuration, handler, counters) = (configuration, handler, counters)
+      let exclusiveAccept = mailboxes.count > 1
+      let thread = OSThread(name: "http-loop-\(index)") {
+        let loop: EventLoop
+        do {
+          loop = try EventLoop(
+            listener: Socket(descriptor: descriptor), exclusiveAccept: exclusiveAccept,
+            configuration: configuration,
+            handler: handler, mailbox: mailbox, counters: counters)
+        } catch {
+          gate.open(.failure(error))
+          return
+        }
+        gate.open(.success(()))
+        loop.run()
+      }
+      threads.append(thread)
+      if case .failure(let error) = gate.wait() {
+        failure = error
+        for later in descriptors[(index + 1)...] { _ = Glibc.close(later) }
+        break
+      }
+    }
+    if let failure {
+      // Stop the loops that did start; the failed one has exited already.
+      for mailbox in mailboxes { mailbox.requestShutdown(deadlineMs: 0) }
+      for thread in threads { thread.join() }
+      throw failure
+    }
     lifecycle.withLock { state in
-      state.thread = thread
+      state.threads = threads
       state.port = port
     }
     return port
   }
 
   /// Stops accepting, lets requests already handed to the handler be answered (for at most
-  /// `gracePeriodMs`), closes every connection, and returns once the loop thread has exited.
+  /// `gracePeriodMs`), closes every connection, and returns once the loop threads have exited.
   /// Requests still arriving are dropped. Safe to call more than once and before `start()`;
   /// never from a handler (the loop would wait for itself).
   public func shutdown(gracePeriodMs: Int = 5_000) {
-    let thread: OSThread? = lifecycle.withLock { state in
-      defer { state.thread = nil }
-      state.stopped = true
-      return state.thread
+    let threads: [OSThread] = lifecycle.withLock { state in
+      defer { state.threads = [] }
+      return state.threads
     }
-    guard let thread else { return }
-    let onLoopThread = mailbox.state.withLock { pthread_equal($0.loopThread, pthread_self()) != 0 }
-    precondition(!onLoopThread, "HTTPServer.shutdown() called from a handler on the loop thread would wait for itself")
-    mailbox.requestShutdown(deadlineMs: MonotonicClock.nowMilliseconds() + UInt64(max(0, gracePeriodMs)))
-    thread.join()
+    guard !threads.isEmpty else { return }
+    let current = pthread_self()
+    for mailbox in mailboxes {
+      let onLoopThread = mailbox.state.withLock { pthread_equal($0.loopThread, current) != 0 }
+      precondition(
+        !onLoopThread,
+        "HTTPServer.shutdown() called from a handler on a loop thread would wait for itself")
+    }
+    let deadline = MonotonicClock.nowMilliseconds() + UInt64(max(0, gracePeriodMs))
+    for mailbox in mailboxes { mailbox.requestShutdown(deadlineMs: deadline) }
+    for thread in threads { thread.join() }
   }
 
   deinit {
-    // Releasing a running server stops it (without a grace period) rather than leaking its thread.
+    // Releasing a running server stops it (without a grace period) rather than leaking its threads.
     shutdown(gracePeriodMs: 0)
   }
 }
@@ -129,11 +210,13 @@ final class Mailbox: Sendable {
   }
 
   func post(_ completion: Completion) {
-    let self_ = pthread_self()
+    let callerThread = pthread_self()
     let mustWake = state.withLock { state -> Bool in
       if state.loopExited { return false }  // the server is gone: the answer is dropped
       state.completions.append(completion)
-      if state.loopThread != 0 && pthread_equal(state.loopThread, self_) != 0 { return false }
+      if state.loopThread != 0 && pthread_equal(state.loopThread, callerThread) != 0 {
+        return false
+      }
       if state.wakePending { return false }
       state.wakePending = true
       return true
@@ -209,7 +292,10 @@ private final class Connection {
   var isDirty = false
   var isClosed = false
 
-  init(id: UInt64, socket: Socket, remoteAddress: String, parser: HTTPRequestParser, nowMs: UInt64, headerTimeoutMs: Int) {
+  init(
+    id: UInt64, socket: Socket, remoteAddress: String, parser: HTTPRequestParser, nowMs: UInt64,
+    headerTimeoutMs: Int
+  ) {
     self.id = id
     self.socket = socket
     self.remoteAddress = remoteAddress
@@ -231,9 +317,11 @@ private final class EventLoop {
   private let configuration: HTTPServerConfiguration
   private let handler: any HTTPHandler
   private let mailbox: Mailbox
+  private let counters: StatisticsCounters
   private let limits: HTTPParserLimits
   private let epoll: Epoll
   private var listener: Socket?
+  private let listenerEvents: EpollEvents
   private var acceptPausedUntilMs: UInt64? = nil
   private var connections: [UInt64: Connection] = [:]
   private var nextConnectionID: UInt64 = 2
@@ -245,22 +333,32 @@ private final class EventLoop {
   private var nextSweepMs: UInt64
   private let overloadedResponse: [UInt8]
 
-  init(listener: Socket, configuration: HTTPServerConfiguration, handler: any HTTPHandler, mailbox: Mailbox) throws {
+  init(
+    listener: Socket, exclusiveAccept: Bool, configuration: HTTPServerConfiguration,
+    handler: any HTTPHandler,
+    mailbox: Mailbox, counters: StatisticsCounters
+  ) throws {
+    self.listenerEvents = exclusiveAccept ? [.readable, .exclusive] : .readable
     self.configuration = configuration
+    self.counters = counters
     self.handler = handler
     self.mailbox = mailbox
     self.limits = HTTPParserLimits(configuration)
     self.listener = listener
     epoll = try Epoll(eventsPerWaitMax: 256)
-    try epoll.add(listener.descriptor, events: .readable, token: Self.listenerToken)
+    try epoll.add(listener.descriptor, events: listenerEvents, token: Self.listenerToken)
     try epoll.add(mailbox.wake.descriptor, events: .readable, token: Self.wakeToken)
     readBuffer = .allocate(byteCount: configuration.readBufferBytes, alignment: 16)
-    let shortest = min(configuration.headerTimeoutMs, configuration.idleTimeoutMs, configuration.lingerTimeoutMs)
+    let shortest = min(
+      configuration.headerTimeoutMs, configuration.idleTimeoutMs, configuration.lingerTimeoutMs)
     sweepIntervalMs = UInt64(min(250, max(5, shortest / 4)))
     nextSweepMs = MonotonicClock.nowMilliseconds() + sweepIntervalMs
     var overloaded: [UInt8] = []
-    HTTPResponse.jsonError(status: 503, code: "too_many_connections", message: "The server has too many open connections; retry later.")
-      .serialize(into: &overloaded, close: true, keepAliveHTTP10: false, omitBody: false)
+    HTTPResponse.jsonError(
+      status: 503, code: "too_many_connections",
+      message: "The server has too many open connections; retry later."
+    )
+    .serialize(into: &overloaded, close: true, keepAliveHTTP10: false, omitBody: false)
     overloadedResponse = overloaded
     let thread = pthread_self()
     mailbox.state.withLock { $0.loopThread = thread }
@@ -274,7 +372,9 @@ private final class EventLoop {
     while true {
       let now = MonotonicClock.nowMilliseconds()
       var timeoutMs = nextSweepMs > now ? Int32(nextSweepMs - now) : 0
-      if let deadline = shutdownDeadlineMs { timeoutMs = min(timeoutMs, deadline > now ? Int32(deadline - now) : 0) }
+      if let deadline = shutdownDeadlineMs {
+        timeoutMs = min(timeoutMs, deadline > now ? Int32(deadline - now) : 0)
+      }
       epoll.wait(timeoutMs: timeoutMs) { event in handle(event) }
       // Answers given during the batch (same thread) or by other threads; flushing can parse
       // buffered pipelined requests whose answers come back here, hence the bounded repeat.
@@ -339,18 +439,25 @@ private final class EventLoop {
       do {
         accepted = try listener.accept()
       } catch {
-        if error.errno == EMFILE || error.errno == ENFILE || error.errno == ENOBUFS || error.errno == ENOMEM {
-          // Out of descriptors: stop accepting for a moment instead of spinning on a readable listener.
-          try? epoll.modify(listener.descriptor, events: [], token: Self.listenerToken)
+        if error.errno == EMFILE || error.errno == ENFILE || error.errno == ENOBUFS
+          || error.errno == ENOMEM
+        {
+          // Out of descriptors: stop accepting for a moment instead of spinning on a readable
+          // listener (remove, not modify: EPOLLEXCLUSIVE registrations cannot be modified).
+          try? epoll.remove(listener.descriptor)
           acceptPausedUntilMs = MonotonicClock.nowMilliseconds() + 100
           return
         }
         continue  // ECONNABORTED and the like: that client is gone, the next may be fine
       }
       guard let (socket, address) = accepted else { return }
-      if connections.count >= configuration.connectionsMax || shutdownDeadlineMs != nil {
+      // The count is shared by every loop (exact with one loop, off by at most a few with more).
+      if counters.connectionsOpen.load(ordering: .relaxed) >= configuration.connectionsMax
+        || shutdownDeadlineMs != nil
+      {
         _ = overloadedResponse.withUnsafeBytes { try? socket.send($0) }
         socket.close()
+        StatisticsCounters.increment(counters.connectionsRefusedTotal)
         continue
       }
       try? socket.setNoDelay()
@@ -358,7 +465,8 @@ private final class EventLoop {
       nextConnectionID += 1
       let now = MonotonicClock.nowMilliseconds()
       let connection = Connection(
-        id: id, socket: socket, remoteAddress: address.description, parser: HTTPRequestParser(limits: limits), nowMs: now,
+        id: id, socket: socket, remoteAddress: address.description,
+        parser: HTTPRequestParser(limits: limits), nowMs: now,
         headerTimeoutMs: configuration.headerTimeoutMs)
       do {
         try epoll.add(socket.descriptor, events: .readable, token: id)
@@ -367,6 +475,8 @@ private final class EventLoop {
         continue
       }
       connections[id] = connection
+      StatisticsCounters.increment(counters.connectionsAcceptedTotal)
+      StatisticsCounters.increment(counters.connectionsOpen)
     }
   }
 
@@ -402,7 +512,8 @@ private final class EventLoop {
   /// Turns buffered bytes into requests for the handler, while the connection has room.
   private func processRequests(_ connection: Connection) {
     while !connection.closing && connection.outstandingCount < configuration.pipelinedRequestsMax
-      && connection.unsentBytes + connection.heldResponseBytes < configuration.responseBufferBytesMax
+      && connection.unsentBytes + connection.heldResponseBytes
+        < configuration.responseBufferBytesMax
     {
       guard let event = connection.parser.next() else {
         if connection.peerClosed {
@@ -414,13 +525,16 @@ private final class EventLoop {
       case .continueExpected:
         connection.slots.append(
           Connection.Slot(
-            sequence: connection.nextSequence, continuePending: true, awaitingRequest: true, response: nil,
+            sequence: connection.nextSequence, continuePending: true, awaitingRequest: true,
+            response: nil,
             minorVersion: 1, isHeadMethod: false))
         connection.nextSequence += 1
         markDirty(connection)
       case .request(let parsed):
         let sequence: UInt64
-        if let last = connection.slots.indices.last, last >= connection.slotsHead, connection.slots[last].awaitingRequest {
+        if let last = connection.slots.indices.last, last >= connection.slotsHead,
+          connection.slots[last].awaitingRequest
+        {
           connection.slots[last].awaitingRequest = false
           connection.slots[last].minorVersion = parsed.minorVersion
           connection.slots[last].isHeadMethod = parsed.request.method == "HEAD"
@@ -438,10 +552,13 @@ private final class EventLoop {
         request.remoteAddress = connection.remoteAddress
         let mailbox = mailbox
         let connectionID = connection.id
+        StatisticsCounters.increment(counters.requestsTotal)
         handler.handle(
           request,
           responder: HTTPResponder { response in
-            mailbox.post(Mailbox.Completion(connectionID: connectionID, sequence: sequence, response: response))
+            mailbox.post(
+              Mailbox.Completion(connectionID: connectionID, sequence: sequence, response: response)
+            )
           })
       case .failure(let error):
         answerWithError(connection, error)
@@ -453,7 +570,8 @@ private final class EventLoop {
   private func updateHeaderDeadline(_ connection: Connection) {
     if connection.parser.isReadingHead && !connection.closing {
       if connection.headerDeadlineMs == nil {
-        connection.headerDeadlineMs = MonotonicClock.nowMilliseconds() + UInt64(configuration.headerTimeoutMs)
+        connection.headerDeadlineMs =
+          MonotonicClock.nowMilliseconds() + UInt64(configuration.headerTimeoutMs)
       }
     } else if connection.parser.isReadingBody || connection.nextSequence > 0 || connection.closing {
       // (A new connection keeps its accept-time deadline until its first request head arrives.)
@@ -463,14 +581,20 @@ private final class EventLoop {
 
   /// Queues an error answer after the earlier answers and stops reading the connection.
   private func answerWithError(_ connection: Connection, _ error: HTTPParseError) {
+    StatisticsCounters.increment(counters.requestErrorsTotal)
+    let response = HTTPResponse.jsonError(error)
+    connection.heldResponseBytes += response.body.count
     // A slot opened by 100-continue whose body failed takes the error in its place.
-    if let last = connection.slots.indices.last, last >= connection.slotsHead, connection.slots[last].awaitingRequest {
+    if let last = connection.slots.indices.last, last >= connection.slotsHead,
+      connection.slots[last].awaitingRequest
+    {
       connection.slots[last].awaitingRequest = false
-      connection.slots[last].response = .jsonError(error)
+      connection.slots[last].response = response
     } else {
       connection.slots.append(
         Connection.Slot(
-          sequence: connection.nextSequence, continuePending: false, awaitingRequest: false, response: .jsonError(error),
+          sequence: connection.nextSequence, continuePending: false, awaitingRequest: false,
+          response: response,
           minorVersion: 1, isHeadMethod: false))
       connection.nextSequence += 1
     }
@@ -485,16 +609,23 @@ private final class EventLoop {
     mailbox.state.withLock { state in
       swap(&state.completions, &completions)
       state.wakePending = false
-      if shutdownDeadlineMs == nil, let deadline = state.shutdownDeadlineMs { shutdownDeadlineMs = deadline; beginShutdownPending = true }
+      if shutdownDeadlineMs == nil, let deadline = state.shutdownDeadlineMs {
+        shutdownDeadlineMs = deadline
+        beginShutdownPending = true
+      }
     }
     if beginShutdownPending {
       beginShutdownPending = false
       beginShutdown()
     }
     for completion in completions {
-      guard let connection = connections[completion.connectionID] else { continue }  // closed: dropped
+      guard let connection = connections[completion.connectionID] else {
+        StatisticsCounters.increment(counters.responsesDroppedTotal)  // its connection closed
+        continue
+      }
       guard connection.slotsHead < connection.slots.count else { continue }  // nothing outstanding
-      let firstSequence = connection.slots[connection.slotsHead].sequence  // slots hold consecutive sequences
+      // Slots hold consecutive sequence numbers from the first unanswered one.
+      let firstSequence = connection.slots[connection.slotsHead].sequence
       guard completion.sequence >= firstSequence else { continue }
       let index = connection.slotsHead + Int(completion.sequence - firstSequence)
       guard index < connection.slots.count, connection.slots[index].sequence == completion.sequence,
@@ -518,7 +649,9 @@ private final class EventLoop {
       connection.closing = true
       connection.headerDeadlineMs = nil
       // A request whose body is still arriving (after 100 Continue) will not be read: forget it.
-      if let last = connection.slots.indices.last, last >= connection.slotsHead, connection.slots[last].awaitingRequest {
+      if let last = connection.slots.indices.last, last >= connection.slotsHead,
+        connection.slots[last].awaitingRequest
+      {
         connection.slots.removeLast()
       }
       markDirty(connection)
@@ -546,7 +679,8 @@ private final class EventLoop {
   /// for the connection (more requests, close, linger).
   private func flush(_ connection: Connection) {
     precondition(connection.slotsHead <= connection.slots.count, "slot head past the slots")
-    precondition(connection.outputOffset <= connection.output.count, "output offset past the output")
+    precondition(
+      connection.outputOffset <= connection.output.count, "output offset past the output")
     if connection.outputOffset == connection.output.count {
       connection.output.removeAll(keepingCapacity: connection.output.capacity <= 256 * 1024)
       connection.outputOffset = 0
@@ -563,7 +697,8 @@ private final class EventLoop {
       let isLast = connection.closing && slotIndex == connection.slots.count - 1
       let close = isLast || response.asksToClose
       response.serialize(
-        into: &connection.output, close: close, keepAliveHTTP10: slot.minorVersion == 0 && !close, omitBody: slot.isHeadMethod)
+        into: &connection.output, close: close, keepAliveHTTP10: slot.minorVersion == 0 && !close,
+        omitBody: slot.isHeadMethod)
       connection.slotsHead += 1
       if close {
         connection.closing = true
@@ -607,8 +742,12 @@ private final class EventLoop {
         }
         // Room again: parse pipelined requests waiting in the buffer (or learn, after the
         // client's end of stream, that none will come).
-        if connection.parser.bufferedByteCount > 0 || connection.peerClosed { processRequests(connection) }
-        if connection.closing && connection.outstandingCount == 0 && connection.outputOffset == connection.output.count {
+        if connection.parser.bufferedByteCount > 0 || connection.peerClosed {
+          processRequests(connection)
+        }
+        if connection.closing && connection.outstandingCount == 0
+          && connection.outputOffset == connection.output.count
+        {
           finishConnection(connection)
           return
         }
@@ -628,7 +767,8 @@ private final class EventLoop {
     }
     if connection.lingerDeadlineMs == nil {
       connection.socket.shutdownWrite()
-      connection.lingerDeadlineMs = MonotonicClock.nowMilliseconds() + UInt64(configuration.lingerTimeoutMs)
+      connection.lingerDeadlineMs =
+        MonotonicClock.nowMilliseconds() + UInt64(configuration.lingerTimeoutMs)
       connection.headerDeadlineMs = nil
     }
     updateInterest(connection)
@@ -642,13 +782,22 @@ private final class EventLoop {
     } else {
       if !connection.closing && !connection.peerClosed
         && connection.outstandingCount < configuration.pipelinedRequestsMax
-        && connection.unsentBytes + connection.heldResponseBytes < configuration.responseBufferBytesMax
+        && connection.unsentBytes + connection.heldResponseBytes
+          < configuration.responseBufferBytesMax
       {
         wanted.insert(.readable)
       }
       if connection.outputOffset < connection.output.count { wanted.insert(.writable) }
     }
     if wanted != connection.registered {
+      if wanted.contains(.readable) && !connection.registered.contains(.readable)
+        && connection.headerDeadlineMs != nil
+        && connection.nextSequence > 0
+      {
+        // Reading resumes after a pause (pipelining or output limits): the client was not slow.
+        connection.headerDeadlineMs =
+          MonotonicClock.nowMilliseconds() + UInt64(configuration.headerTimeoutMs)
+      }
       do {
         try epoll.modify(connection.socket.descriptor, events: wanted, token: connection.id)
         connection.registered = wanted
@@ -663,6 +812,7 @@ private final class EventLoop {
     connection.isClosed = true
     connection.socket.close()
     connections[connection.id] = nil
+    StatisticsCounters.increment(counters.connectionsOpen, by: -1)
   }
 
   // MARK: Timers
@@ -670,7 +820,7 @@ private final class EventLoop {
   private func sweep(nowMs: UInt64) {
     if let until = acceptPausedUntilMs, nowMs >= until, let listener {
       acceptPausedUntilMs = nil
-      try? epoll.modify(listener.descriptor, events: .readable, token: Self.listenerToken)
+      try? epoll.add(listener.descriptor, events: listenerEvents, token: Self.listenerToken)
     }
     let idleTimeoutMs = UInt64(configuration.idleTimeoutMs)
     for connection in Array(connections.values) {
@@ -678,7 +828,10 @@ private final class EventLoop {
         if nowMs >= linger { close(connection) }
         continue
       }
-      if let deadline = connection.headerDeadlineMs, nowMs >= deadline, !connection.closing {
+      // (Only while reading: a head cut short by our own pause is not the client's slowness.)
+      if let deadline = connection.headerDeadlineMs, nowMs >= deadline, !connection.closing,
+        connection.registered.contains(.readable)
+      {
         answerWithError(connection, .requestTimeout())
         continue
       }

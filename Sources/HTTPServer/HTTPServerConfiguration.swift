@@ -44,6 +44,10 @@ public struct HTTPServerConfiguration: Sendable, Equatable {
   /// discards what the client still sends for at most this long before closing, so the client
   /// reads the error instead of a connection reset.
   public var lingerTimeoutMs: Int = 2_000
+  /// Event-loop threads, each with its own epoll and connections (accepts are spread among
+  /// them). One by default: on 2 cores the load generator, the consensus thread and one loop
+  /// already fill the machine; more helps when handlers do real work on the loop. At most 64.
+  public var eventLoopCount: Int = 1
   /// Bytes read from a socket per recv(2) (one reusable buffer per event loop).
   public var readBufferBytes: Int = 64 * 1024
 
@@ -52,7 +56,9 @@ public struct HTTPServerConfiguration: Sendable, Equatable {
   /// Checks every limit is positive and coherent; the message names the field and the value.
   public func validate() throws(HTTPServerConfigurationError) {
     func positive(_ name: String, _ value: Int) throws(HTTPServerConfigurationError) {
-      if value <= 0 { throw HTTPServerConfigurationError(message: "\(name) must be positive, got \(value)") }
+      if value <= 0 {
+        throw HTTPServerConfigurationError(message: "\(name) must be positive, got \(value)")
+      }
     }
     try positive("requestLineBytesMax", requestLineBytesMax)
     try positive("headerBytesMax", headerBytesMax)
@@ -66,7 +72,15 @@ public struct HTTPServerConfiguration: Sendable, Equatable {
     try positive("lingerTimeoutMs", lingerTimeoutMs)
     try positive("readBufferBytes", readBufferBytes)
     try positive("listenBacklog", Int(listenBacklog))
-    if bodyBytesMax < 0 { throw HTTPServerConfigurationError(message: "bodyBytesMax must not be negative, got \(bodyBytesMax)") }
+    try positive("eventLoopCount", eventLoopCount)
+    if eventLoopCount > 64 {
+      throw HTTPServerConfigurationError(
+        message: "eventLoopCount must be at most 64, got \(eventLoopCount)")
+    }
+    if bodyBytesMax < 0 {
+      throw HTTPServerConfigurationError(
+        message: "bodyBytesMax must not be negative, got \(bodyBytesMax)")
+    }
   }
 }
 

@@ -10,6 +10,9 @@ public struct EpollEvents: OptionSet, Sendable, Hashable {
   public static let writable = EpollEvents(rawValue: EPOLLOUT.rawValue)
   /// The peer shut down its writing side (half-close).
   public static let readHangUp = EpollEvents(rawValue: EPOLLRDHUP.rawValue)
+  /// For a descriptor several epoll instances watch (a shared listener): wake only one of them.
+  /// Such a registration cannot be modified, only removed and added again.
+  public static let exclusive = EpollEvents(rawValue: EPOLLEXCLUSIVE.rawValue)
   /// Always reported, never requested.
   public static let hangUp = EpollEvents(rawValue: EPOLLHUP.rawValue)
   /// Always reported, never requested.
@@ -32,7 +35,8 @@ public final class Epoll {
   public let eventsPerWaitMax: Int
 
   public init(eventsPerWaitMax: Int = 256) throws(SystemError) {
-    precondition(eventsPerWaitMax > 0 && eventsPerWaitMax <= 65_536, "eventsPerWaitMax out of range")
+    precondition(
+      eventsPerWaitMax > 0 && eventsPerWaitMax <= 65_536, "eventsPerWaitMax out of range")
     descriptor = try syscall("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
     self.eventsPerWaitMax = eventsPerWaitMax
     buffer = .allocate(capacity: eventsPerWaitMax)
@@ -55,14 +59,20 @@ public final class Epoll {
   /// when the descriptor might be shared (dup'ed).
   public func remove(_ fd: Int32) throws(SystemError) {
     var event = epoll_event()
-    try syscall("epoll_ctl", context: "DEL fd \(fd)") { epoll_ctl(descriptor, EPOLL_CTL_DEL, fd, &event) }
+    try syscall("epoll_ctl", context: "DEL fd \(fd)") {
+      epoll_ctl(descriptor, EPOLL_CTL_DEL, fd, &event)
+    }
   }
 
-  private func control(_ operation: Int32, _ fd: Int32, _ events: EpollEvents, _ token: UInt64) throws(SystemError) {
+  private func control(_ operation: Int32, _ fd: Int32, _ events: EpollEvents, _ token: UInt64)
+    throws(SystemError)
+  {
     var event = epoll_event()
     event.events = events.rawValue
     event.data.u64 = token
-    try syscall("epoll_ctl", context: "op \(operation) fd \(fd)") { epoll_ctl(descriptor, operation, fd, &event) }
+    try syscall("epoll_ctl", context: "op \(operation) fd \(fd)") {
+      epoll_ctl(descriptor, operation, fd, &event)
+    }
   }
 
   /// Waits up to `timeoutMs` (-1: forever, 0: poll) and calls `body` for every ready registration.

@@ -20,7 +20,8 @@ public final class EventFD: Sendable {
   public func signal() {
     var one: UInt64 = 1
     let written = Glibc.write(descriptor, &one, MemoryLayout<UInt64>.size)
-    precondition(written == MemoryLayout<UInt64>.size || currentErrno() == EAGAIN, "eventfd write failed")
+    precondition(
+      written == MemoryLayout<UInt64>.size || currentErrno() == EAGAIN, "eventfd write failed")
   }
 
   /// Resets the counter to zero; returns how many signals it had collected (0 when none).

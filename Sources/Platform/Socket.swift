@@ -29,7 +29,8 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
     var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
     let converted = inet_ntop(AF_INET, &copy, &text, socklen_t(text.count))
     precondition(converted != nil, "inet_ntop of an IPv4 address cannot fail")
-    host = String(decoding: text.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    host = String(
+      decoding: text.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     port = UInt16(bigEndian: address.sin_port)
   }
 }
@@ -56,6 +57,14 @@ public final class Socket {
     descriptor = -1
   }
 
+  /// Closes abortively (SO_LINGER 0): the peer gets a reset instead of an end of stream.
+  public func closeWithReset() {
+    guard descriptor >= 0 else { return }
+    var option = linger(l_onoff: 1, l_linger: 0)
+    _ = setsockopt(descriptor, SOL_SOCKET, SO_LINGER, &option, socklen_t(MemoryLayout<linger>.size))
+    close()
+  }
+
   /// Gives up ownership: the caller closes the returned descriptor.
   public func release() -> Int32 {
     let fd = descriptor
@@ -67,16 +76,26 @@ public final class Socket {
 
   /// A listening, non-blocking, close-on-exec socket bound to `address` with SO_REUSEADDR.
   /// Port 0 picks a free port: read it back with `localAddress()`.
-  public static func listen(on address: SocketAddress, backlog: Int32 = 1024) throws(SystemError) -> Socket {
+  public static func listen(on address: SocketAddress, backlog: Int32 = 1024) throws(SystemError)
+    -> Socket
+  {
     guard var socketAddress = address.ipv4() else {
-      throw SystemError(call: "inet_pton", errno: EINVAL, context: "'\(address.host)' is not an IPv4 address")
+      throw SystemError(
+        call: "inet_pton", errno: EINVAL, context: "'\(address.host)' is not an IPv4 address")
     }
-    let fd = try syscall("socket") { Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+    let fd = try syscall("socket") {
+      Glibc.socket(
+        AF_INET,
+        Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue),
+        0)
+    }
     let socket = Socket(descriptor: fd)
     try socket.setOption(SOL_SOCKET, SO_REUSEADDR, 1)
     try withUnsafePointer(to: &socketAddress) { (pointer) throws(SystemError) in
       try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { (raw) throws(SystemError) in
-        _ = try syscall("bind", context: "\(address)") { Glibc.bind(fd, raw, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        _ = try syscall("bind", context: "\(address)") {
+          Glibc.bind(fd, raw, socklen_t(MemoryLayout<sockaddr_in>.size))
+        }
       }
     }
     try syscall("listen", context: "\(address)") { Glibc.listen(fd, backlog) }
@@ -84,15 +103,22 @@ public final class Socket {
   }
 
   /// A blocking connection to `address`. `timeoutMs` bounds every later send/receive (0: none).
-  public static func connect(to address: SocketAddress, timeoutMs: Int = 0) throws(SystemError) -> Socket {
+  public static func connect(to address: SocketAddress, timeoutMs: Int = 0) throws(SystemError)
+    -> Socket
+  {
     guard var socketAddress = address.ipv4() else {
-      throw SystemError(call: "inet_pton", errno: EINVAL, context: "'\(address.host)' is not an IPv4 address")
+      throw SystemError(
+        call: "inet_pton", errno: EINVAL, context: "'\(address.host)' is not an IPv4 address")
     }
-    let fd = try syscall("socket") { Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+    let fd = try syscall("socket") {
+      Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    }
     let socket = Socket(descriptor: fd)
     try withUnsafePointer(to: &socketAddress) { (pointer) throws(SystemError) in
       try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { (raw) throws(SystemError) in
-        _ = try syscall("connect", context: "\(address)") { Glibc.connect(fd, raw, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        _ = try syscall("connect", context: "\(address)") {
+          Glibc.connect(fd, raw, socklen_t(MemoryLayout<sockaddr_in>.size))
+        }
       }
     }
     if timeoutMs > 0 { try socket.setTimeouts(milliseconds: timeoutMs) }
@@ -109,11 +135,13 @@ public final class Socket {
       fd = try withUnsafeMutablePointer(to: &peer) { (pointer) throws(SystemError) in
         try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { (raw) throws(SystemError) in
           try syscall("accept4") {
-            accept4(descriptor, raw, &length, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
+            accept4(
+              descriptor, raw, &length, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+            )
           }
         }
       }
-    } catch where error.errno == EAGAIN || error.errno == EWOULDBLOCK {
+    } catch  where error.errno == EAGAIN || error.errno == EWOULDBLOCK {
       return nil
     }
     return (Socket(descriptor: fd), SocketAddress(peer))
@@ -172,8 +200,10 @@ public final class Socket {
     guard bytes.count > 0 else { return 0 }
     let fd = descriptor
     do {
-      return try syscall("send") { Glibc.send(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL)) }
-    } catch where error.errno == EAGAIN || error.errno == EWOULDBLOCK {
+      return try syscall("send") {
+        Glibc.send(fd, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL))
+      }
+    } catch  where error.errno == EAGAIN || error.errno == EWOULDBLOCK {
       return nil
     }
   }
@@ -185,7 +215,7 @@ public final class Socket {
     let fd = descriptor
     do {
       return try syscall("recv") { Glibc.recv(fd, buffer.baseAddress, buffer.count, 0) }
-    } catch where error.errno == EAGAIN || error.errno == EWOULDBLOCK {
+    } catch  where error.errno == EAGAIN || error.errno == EWOULDBLOCK {
       return nil
     }
   }
@@ -195,10 +225,14 @@ public final class Socket {
     var offset = 0
     while offset < bytes.count {
       let result = bytes.withUnsafeBytes { raw in
-        Result { () throws(SystemError) in try send(UnsafeRawBufferPointer(rebasing: raw[offset...])) }
+        Result { () throws(SystemError) in
+          try send(UnsafeRawBufferPointer(rebasing: raw[offset...]))
+        }
       }
       let sent = try result.get()
-      guard let sent else { throw SystemError(call: "send", errno: ETIMEDOUT, context: "send timeout") }
+      guard let sent else {
+        throw SystemError(call: "send", errno: ETIMEDOUT, context: "send timeout")
+      }
       offset += sent
     }
   }

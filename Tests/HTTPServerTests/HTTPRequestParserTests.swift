@@ -5,7 +5,9 @@ import XCTest
 /// A comparable summary of a parser event.
 private enum Summary: Equatable, CustomStringConvertible {
   case continueExpected
-  case request(method: String, target: String, minorVersion: Int, keepAlive: Bool, headers: [String], body: [UInt8])
+  case request(
+    method: String, target: String, minorVersion: Int, keepAlive: Bool, headers: [String],
+    body: [UInt8])
   case failure(status: Int, code: String)
 
   init(_ event: HTTPParserEvent) {
@@ -14,8 +16,10 @@ private enum Summary: Equatable, CustomStringConvertible {
       self = .continueExpected
     case .request(let parsed):
       self = .request(
-        method: parsed.request.method, target: parsed.request.target, minorVersion: parsed.minorVersion,
-        keepAlive: parsed.keepAlive, headers: parsed.request.headers.map { "\($0.name): \($0.value)" },
+        method: parsed.request.method, target: parsed.request.target,
+        minorVersion: parsed.minorVersion,
+        keepAlive: parsed.keepAlive,
+        headers: parsed.request.headers.map { "\($0.name): \($0.value)" },
         body: parsed.request.body)
     case .failure(let error):
       self = .failure(status: error.status, code: error.code)
@@ -26,20 +30,24 @@ private enum Summary: Equatable, CustomStringConvertible {
     switch self {
     case .continueExpected: return "100-continue"
     case .request(let method, let target, let minor, let keepAlive, let headers, let body):
-      return "\(method) \(target) HTTP/1.\(minor) keepAlive=\(keepAlive) \(headers) body=\(String(decoding: body, as: UTF8.self).prefix(40))"
+      return
+        "\(method) \(target) HTTP/1.\(minor) keepAlive=\(keepAlive) \(headers) body=\(String(decoding: body, as: UTF8.self).prefix(40))"
     case .failure(let status, let code): return "failure \(status) \(code)"
     }
   }
 }
 
 private let smallLimits = HTTPParserLimits(
-  requestLineBytesMax: 64, headerBytesMax: 128, headerCountMax: 4, bodyBytesMax: 32, chunkLineBytesMax: 16)
+  requestLineBytesMax: 64, headerBytesMax: 128, headerCountMax: 4, bodyBytesMax: 32,
+  chunkLineBytesMax: 16)
 
 final class HTTPRequestParserTests: XCTestCase {
   /// Parses `text` all at once, byte by byte, and in 3-byte chunks; asserts the three agree and
   /// returns the events.
-  private func parse(_ text: String, limits: HTTPParserLimits = HTTPParserLimits(HTTPServerConfiguration()),
-                     file: StaticString = #filePath, line: UInt = #line) -> [Summary] {
+  private func parse(
+    _ text: String, limits: HTTPParserLimits = HTTPParserLimits(HTTPServerConfiguration()),
+    file: StaticString = #filePath, line: UInt = #line
+  ) -> [Summary] {
     let bytes = Array(text.utf8)
     var whole = HTTPRequestParser(limits: limits)
     let allAtOnce = whole.parse(bytes).map(Summary.init)
@@ -58,8 +66,10 @@ final class HTTPRequestParserTests: XCTestCase {
     return allAtOnce
   }
 
-  private func assertFailure(_ text: String, status: Int, code: String? = nil, limits: HTTPParserLimits = smallLimits,
-                             file: StaticString = #filePath, line: UInt = #line) {
+  private func assertFailure(
+    _ text: String, status: Int, code: String? = nil, limits: HTTPParserLimits = smallLimits,
+    file: StaticString = #filePath, line: UInt = #line
+  ) {
     let events = parse(text, limits: limits, file: file, line: line)
     guard case .failure(let gotStatus, let gotCode)? = events.last else {
       XCTFail("expected failure \(status), got \(events)", file: file, line: line)
@@ -69,8 +79,10 @@ final class HTTPRequestParserTests: XCTestCase {
     if let code { XCTAssertEqual(gotCode, code, file: file, line: line) }
   }
 
-  private func assertRequest(_ text: String, limits: HTTPParserLimits = smallLimits, file: StaticString = #filePath,
-                             line: UInt = #line) {
+  private func assertRequest(
+    _ text: String, limits: HTTPParserLimits = smallLimits, file: StaticString = #filePath,
+    line: UInt = #line
+  ) {
     let events = parse(text, limits: limits, file: file, line: line)
     guard events.count == 1, case .request = events[0] else {
       XCTFail("expected one request, got \(events)", file: file, line: line)
@@ -82,95 +94,163 @@ final class HTTPRequestParserTests: XCTestCase {
 
   func testGetWithoutBody() {
     let events = parse("GET /v1/groups?scope=cluster HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n")
-    XCTAssertEqual(events, [
-      .request(method: "GET", target: "/v1/groups?scope=cluster", minorVersion: 1, keepAlive: true,
-               headers: ["host: a", "accept: */*"], body: []),
-    ])
+    XCTAssertEqual(
+      events,
+      [
+        .request(
+          method: "GET", target: "/v1/groups?scope=cluster", minorVersion: 1, keepAlive: true,
+          headers: ["host: a", "accept: */*"], body: [])
+      ])
   }
 
   func testHeaderNamesAreLowercasedAndValuesTrimmed() {
     let events = parse("GET / HTTP/1.1\r\nX-Caucus-Hops:  2 \t\r\nCONTENT-TYPE:text/plain\r\n\r\n")
-    XCTAssertEqual(events, [
-      .request(method: "GET", target: "/", minorVersion: 1, keepAlive: true,
-               headers: ["x-caucus-hops: 2", "content-type: text/plain"], body: []),
-    ])
+    XCTAssertEqual(
+      events,
+      [
+        .request(
+          method: "GET", target: "/", minorVersion: 1, keepAlive: true,
+          headers: ["x-caucus-hops: 2", "content-type: text/plain"], body: [])
+      ])
   }
 
   func testContentLengthBody() {
-    let events = parse("PUT /v1/groups/DataRegion-1/kv/a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")
-    XCTAssertEqual(events, [
-      .request(method: "PUT", target: "/v1/groups/DataRegion-1/kv/a", minorVersion: 1, keepAlive: true,
-               headers: ["content-length: 5"], body: Array("hello".utf8)),
-    ])
+    let events = parse(
+      "PUT /v1/groups/DataRegion-1/kv/a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")
+    XCTAssertEqual(
+      events,
+      [
+        .request(
+          method: "PUT", target: "/v1/groups/DataRegion-1/kv/a", minorVersion: 1, keepAlive: true,
+          headers: ["content-length: 5"], body: Array("hello".utf8))
+      ])
   }
 
   func testBinaryBodyWithCRLFAndNULBytes() {
     var parser = HTTPRequestParser()
     let body: [UInt8] = [0, 13, 10, 13, 10, 255, 0]
-    let events = parser.parse(Array("POST /x HTTP/1.1\r\nContent-Length: 7\r\n\r\n".utf8) + body).map(Summary.init)
-    XCTAssertEqual(events, [.request(method: "POST", target: "/x", minorVersion: 1, keepAlive: true, headers: ["content-length: 7"], body: body)])
+    let events = parser.parse(Array("POST /x HTTP/1.1\r\nContent-Length: 7\r\n\r\n".utf8) + body)
+      .map(Summary.init)
+    XCTAssertEqual(
+      events,
+      [
+        .request(
+          method: "POST", target: "/x", minorVersion: 1, keepAlive: true,
+          headers: ["content-length: 7"], body: body)
+      ])
   }
 
   func testChunkedBodyWithExtensionsAndTrailers() {
-    let text = "POST /w HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    let text =
+      "POST /w HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
       + "5;name=value\r\nhello\r\n" + "1A ; x\r\n" + String(repeating: "z", count: 26) + "\r\n"
       + "0\r\nX-Checksum: 1\r\nX-Other: 2\r\n\r\n"
     let events = parse(text)
-    XCTAssertEqual(events, [
-      .request(method: "POST", target: "/w", minorVersion: 1, keepAlive: true, headers: ["transfer-encoding: chunked"],
-               body: Array(("hello" + String(repeating: "z", count: 26)).utf8)),
-    ])
+    XCTAssertEqual(
+      events,
+      [
+        .request(
+          method: "POST", target: "/w", minorVersion: 1, keepAlive: true,
+          headers: ["transfer-encoding: chunked"],
+          body: Array(("hello" + String(repeating: "z", count: 26)).utf8))
+      ])
   }
 
   func testChunkedEmptyBody() {
     let events = parse("POST /w HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n0\r\n\r\n")
-    XCTAssertEqual(events, [.request(method: "POST", target: "/w", minorVersion: 1, keepAlive: true, headers: ["transfer-encoding: Chunked"], body: [])])
+    XCTAssertEqual(
+      events,
+      [
+        .request(
+          method: "POST", target: "/w", minorVersion: 1, keepAlive: true,
+          headers: ["transfer-encoding: Chunked"], body: [])
+      ])
   }
 
   func testPipelinedRequestsInOneBuffer() {
-    let text = "GET /1 HTTP/1.1\r\n\r\n" + "PUT /2 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
-      + "POST /3 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n0\r\n\r\n" + "GET /4 HTTP/1.1\r\nConnection: close\r\n\r\n"
+    let text =
+      "GET /1 HTTP/1.1\r\n\r\n" + "PUT /2 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
+      + "POST /3 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n0\r\n\r\n"
+      + "GET /4 HTTP/1.1\r\nConnection: close\r\n\r\n"
     let events = parse(text)
-    XCTAssertEqual(events, [
-      .request(method: "GET", target: "/1", minorVersion: 1, keepAlive: true, headers: [], body: []),
-      .request(method: "PUT", target: "/2", minorVersion: 1, keepAlive: true, headers: ["content-length: 3"], body: Array("abc".utf8)),
-      .request(method: "POST", target: "/3", minorVersion: 1, keepAlive: true, headers: ["transfer-encoding: chunked"], body: Array("xy".utf8)),
-      .request(method: "GET", target: "/4", minorVersion: 1, keepAlive: false, headers: ["connection: close"], body: []),
-    ])
+    XCTAssertEqual(
+      events,
+      [
+        .request(
+          method: "GET", target: "/1", minorVersion: 1, keepAlive: true, headers: [], body: []),
+        .request(
+          method: "PUT", target: "/2", minorVersion: 1, keepAlive: true,
+          headers: ["content-length: 3"], body: Array("abc".utf8)),
+        .request(
+          method: "POST", target: "/3", minorVersion: 1, keepAlive: true,
+          headers: ["transfer-encoding: chunked"], body: Array("xy".utf8)),
+        .request(
+          method: "GET", target: "/4", minorVersion: 1, keepAlive: false,
+          headers: ["connection: close"], body: []),
+      ])
   }
 
   func testEmptyLinesBeforeARequestAreSkipped() {
     let events = parse("\r\n\r\nGET / HTTP/1.1\r\n\r\n")
-    XCTAssertEqual(events, [.request(method: "GET", target: "/", minorVersion: 1, keepAlive: true, headers: [], body: [])])
+    XCTAssertEqual(
+      events,
+      [
+        .request(
+          method: "GET", target: "/", minorVersion: 1, keepAlive: true, headers: [], body: [])
+      ])
   }
 
   func testHTTP10DefaultsToCloseUnlessKeepAlive() {
-    XCTAssertEqual(parse("GET / HTTP/1.0\r\n\r\n"), [.request(method: "GET", target: "/", minorVersion: 0, keepAlive: false, headers: [], body: [])])
-    XCTAssertEqual(parse("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"), [
-      .request(method: "GET", target: "/", minorVersion: 0, keepAlive: true, headers: ["connection: Keep-Alive"], body: []),
-    ])
-    XCTAssertEqual(parse("GET / HTTP/1.1\r\nConnection: upgrade, close\r\n\r\n"), [
-      .request(method: "GET", target: "/", minorVersion: 1, keepAlive: false, headers: ["connection: upgrade, close"], body: []),
-    ])
+    XCTAssertEqual(
+      parse("GET / HTTP/1.0\r\n\r\n"),
+      [
+        .request(
+          method: "GET", target: "/", minorVersion: 0, keepAlive: false, headers: [], body: [])
+      ])
+    XCTAssertEqual(
+      parse("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"),
+      [
+        .request(
+          method: "GET", target: "/", minorVersion: 0, keepAlive: true,
+          headers: ["connection: Keep-Alive"], body: [])
+      ])
+    XCTAssertEqual(
+      parse("GET / HTTP/1.1\r\nConnection: upgrade, close\r\n\r\n"),
+      [
+        .request(
+          method: "GET", target: "/", minorVersion: 1, keepAlive: false,
+          headers: ["connection: upgrade, close"], body: [])
+      ])
   }
 
   func testExpectContinueIsReportedBeforeTheBody() {
-    XCTAssertEqual(parse("PUT /k HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok"), [
-      .continueExpected,
-      .request(method: "PUT", target: "/k", minorVersion: 1, keepAlive: true, headers: ["expect: 100-continue", "content-length: 2"], body: Array("ok".utf8)),
-    ])
+    XCTAssertEqual(
+      parse("PUT /k HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok"),
+      [
+        .continueExpected,
+        .request(
+          method: "PUT", target: "/k", minorVersion: 1, keepAlive: true,
+          headers: ["expect: 100-continue", "content-length: 2"], body: Array("ok".utf8)),
+      ])
     // No body, nothing to continue.
-    XCTAssertEqual(parse("GET /k HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"), [
-      .request(method: "GET", target: "/k", minorVersion: 1, keepAlive: true, headers: ["expect: 100-continue"], body: []),
-    ])
+    XCTAssertEqual(
+      parse("GET /k HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"),
+      [
+        .request(
+          method: "GET", target: "/k", minorVersion: 1, keepAlive: true,
+          headers: ["expect: 100-continue"], body: [])
+      ])
     // Over the limit: refused before the body.
     var parser = HTTPRequestParser(limits: smallLimits)
-    let events = parser.parse(Array("PUT /k HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 33\r\n\r\n".utf8)).map(Summary.init)
+    let events = parser.parse(
+      Array("PUT /k HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 33\r\n\r\n".utf8)
+    ).map(Summary.init)
     XCTAssertEqual(events, [.failure(status: 413, code: "payload_too_large")])
   }
 
   func testIdenticalDuplicateContentLengthIsAccepted() {
-    XCTAssertEqual(parse("PUT /k HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok").count, 1)
+    XCTAssertEqual(
+      parse("PUT /k HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok").count, 1)
   }
 
   func testStateFlagsFollowTheRequest() {
@@ -188,7 +268,9 @@ final class HTTPRequestParserTests: XCTestCase {
 
   func testAFailedParserStaysFailed() {
     var parser = HTTPRequestParser()
-    XCTAssertEqual(parser.parse(Array("GET / HTTP/1.1\r\nBad Name: x\r\n\r\n".utf8)).map(Summary.init), [.failure(status: 400, code: "bad_request")])
+    XCTAssertEqual(
+      parser.parse(Array("GET / HTTP/1.1\r\nBad Name: x\r\n\r\n".utf8)).map(Summary.init),
+      [.failure(status: 400, code: "bad_request")])
     XCTAssertTrue(parser.hasFailed)
     XCTAssertEqual(parser.parse(Array("GET / HTTP/1.1\r\n\r\n".utf8)).count, 0)
   }
@@ -198,28 +280,39 @@ final class HTTPRequestParserTests: XCTestCase {
     var random = SplitMix64(seed: seed)
     var stream: [UInt8] = []
     for index in 0..<40 {
-      let body = (0..<Int.random(in: 0...300, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) }
+      let body = (0..<Int.random(in: 0...300, using: &random)).map { _ in
+        UInt8.random(in: 0...255, using: &random)
+      }
       switch index % 4 {
       case 0:
-        stream += Array("GET /g/\(index)?q=\(index) HTTP/1.1\r\nHost: h\r\nX-N: \(index)\r\n\r\n".utf8)
+        stream += Array(
+          "GET /g/\(index)?q=\(index) HTTP/1.1\r\nHost: h\r\nX-N: \(index)\r\n\r\n".utf8)
       case 1:
-        stream += Array("PUT /p/\(index) HTTP/1.1\r\nContent-Length: \(body.count)\r\n\r\n".utf8) + body
+        stream +=
+          Array("PUT /p/\(index) HTTP/1.1\r\nContent-Length: \(body.count)\r\n\r\n".utf8) + body
       case 2:
         stream += Array("POST /c/\(index) HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".utf8)
         var rest = body[...]
         while !rest.isEmpty {
           let size = min(rest.count, Int.random(in: 1...64, using: &random))
-          stream += Array("\(String(size, radix: 16));ext=\(index)\r\n".utf8) + rest.prefix(size) + [13, 10]
+          stream +=
+            Array("\(String(size, radix: 16));ext=\(index)\r\n".utf8) + rest.prefix(size) + [
+              13, 10,
+            ]
           rest = rest.dropFirst(size)
         }
         stream += Array("0\r\nTrailer: t\r\n\r\n".utf8)
       default:
-        stream += Array("PUT /e/\(index) HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: \(body.count + 1)\r\n\r\n".utf8) + body + [0]
+        stream +=
+          Array(
+            "PUT /e/\(index) HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: \(body.count + 1)\r\n\r\n"
+              .utf8) + body + [0]
       }
     }
     var whole = HTTPRequestParser()
     let expected = whole.parse(stream).map(Summary.init)
-    XCTAssertEqual(expected.filter { if case .request = $0 { return true } else { return false } }.count, 40)
+    XCTAssertEqual(
+      expected.filter { if case .request = $0 { return true } else { return false } }.count, 40)
     for round in 0..<100 {
       var parser = HTTPRequestParser()
       var events: [Summary] = []
@@ -230,6 +323,43 @@ final class HTTPRequestParserTests: XCTestCase {
         index = end
       }
       XCTAssertEqual(events, expected, "seed \(seed) round \(round)")
+      if events != expected { break }
+    }
+  }
+
+  func testRandomMutationsNeverCrashAndSplitsAgree() {
+    let seed: UInt64 = 0xBAD_F00D
+    var random = SplitMix64(seed: seed)
+    let samples = [
+      "GET /a?b=c HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n\r\n",
+      "PUT /k HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhello",
+      "POST /w HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\nT: v\r\n\r\n",
+      "GET / HTTP/1.0\r\n\r\n",
+    ].map { Array($0.utf8) }
+    let interesting: [UInt8] = [0, 9, 10, 13, 32, 58, 59, 48, 102, 255, 65]
+    for round in 0..<2_000 {
+      var bytes = samples[Int.random(in: 0..<samples.count, using: &random)]
+      for _ in 0..<Int.random(in: 1...4, using: &random) {
+        let position = Int.random(in: 0..<bytes.count, using: &random)
+        switch Int.random(in: 0..<3, using: &random) {
+        case 0: bytes[position] = interesting.randomElement(using: &random)!
+        case 1: bytes.insert(interesting.randomElement(using: &random)!, at: position)
+        default: bytes.remove(at: position)
+        }
+      }
+      var whole = HTTPRequestParser(limits: smallLimits)
+      let expected = whole.parse(bytes).map(Summary.init)
+      var pieces = HTTPRequestParser(limits: smallLimits)
+      var events: [Summary] = []
+      var index = 0
+      while index < bytes.count {
+        let end = min(bytes.count, index + Int.random(in: 1...9, using: &random))
+        events += pieces.parse(Array(bytes[index..<end])).map(Summary.init)
+        index = end
+      }
+      XCTAssertEqual(
+        events, expected,
+        "seed \(seed) round \(round): \(String(decoding: bytes, as: UTF8.self).debugDescription)")
       if events != expected { break }
     }
   }
@@ -245,7 +375,9 @@ final class HTTPRequestParserTests: XCTestCase {
     assertFailure(overLimit + "\r\n\r\n", status: 414, code: "uri_too_long")
     // Refused before the line ends.
     var parser = HTTPRequestParser(limits: smallLimits)
-    XCTAssertEqual(parser.parse(Array(("GET /" + String(repeating: "a", count: 200)).utf8)).map(Summary.init), [.failure(status: 414, code: "uri_too_long")])
+    XCTAssertEqual(
+      parser.parse(Array(("GET /" + String(repeating: "a", count: 200)).utf8)).map(Summary.init),
+      [.failure(status: 414, code: "uri_too_long")])
   }
 
   func testHeaderBytesLimit() {
@@ -254,31 +386,44 @@ final class HTTPRequestParserTests: XCTestCase {
     XCTAssertEqual(line30.utf8.count + 2, 32)
     let atLimit = "GET / HTTP/1.1\r\n" + String(repeating: line30 + "\r\n", count: 4) + "\r\n"
     assertRequest(atLimit)
-    let overLimit = "GET / HTTP/1.1\r\n" + String(repeating: line30 + "\r\n", count: 3) + line30 + "v\r\n\r\n"
+    let overLimit =
+      "GET / HTTP/1.1\r\n" + String(repeating: line30 + "\r\n", count: 3) + line30 + "v\r\n\r\n"
     assertFailure(overLimit, status: 431, code: "headers_too_large")
   }
 
   func testHeaderCountLimit() {
     assertRequest("GET / HTTP/1.1\r\n" + String(repeating: "A: 1\r\n", count: 4) + "\r\n")
-    assertFailure("GET / HTTP/1.1\r\n" + String(repeating: "A: 1\r\n", count: 5) + "\r\n", status: 431, code: "headers_too_large")
+    assertFailure(
+      "GET / HTTP/1.1\r\n" + String(repeating: "A: 1\r\n", count: 5) + "\r\n", status: 431,
+      code: "headers_too_large")
   }
 
   func testContentLengthBodyLimit() {
-    assertRequest("PUT / HTTP/1.1\r\nContent-Length: 32\r\n\r\n" + String(repeating: "b", count: 32))
-    assertFailure("PUT / HTTP/1.1\r\nContent-Length: 33\r\n\r\n" + String(repeating: "b", count: 33), status: 413, code: "payload_too_large")
+    assertRequest(
+      "PUT / HTTP/1.1\r\nContent-Length: 32\r\n\r\n" + String(repeating: "b", count: 32))
+    assertFailure(
+      "PUT / HTTP/1.1\r\nContent-Length: 33\r\n\r\n" + String(repeating: "b", count: 33),
+      status: 413, code: "payload_too_large")
   }
 
   func testChunkedBodyLimit() {
     let sixteen = String(repeating: "c", count: 16)
-    assertRequest("PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n\(sixteen)\r\n10\r\n\(sixteen)\r\n0\r\n\r\n")
-    assertFailure("PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n\(sixteen)\r\n11\r\n\(sixteen)c\r\n0\r\n\r\n",
-                  status: 413, code: "payload_too_large")
+    assertRequest(
+      "PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n\(sixteen)\r\n10\r\n\(sixteen)\r\n0\r\n\r\n"
+    )
+    assertFailure(
+      "PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n\(sixteen)\r\n11\r\n\(sixteen)c\r\n0\r\n\r\n",
+      status: 413, code: "payload_too_large")
   }
 
   func testChunkLineLimit() {
     // "1;" + 14 bytes = 16 = the limit.
-    assertRequest("PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;" + String(repeating: "e", count: 14) + "\r\nx\r\n0\r\n\r\n")
-    assertFailure("PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;" + String(repeating: "e", count: 15) + "\r\nx\r\n0\r\n\r\n", status: 400)
+    assertRequest(
+      "PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;" + String(repeating: "e", count: 14)
+        + "\r\nx\r\n0\r\n\r\n")
+    assertFailure(
+      "PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;" + String(repeating: "e", count: 15)
+        + "\r\nx\r\n0\r\n\r\n", status: 400)
   }
 
   func testTrailerLimits() {
@@ -290,9 +435,13 @@ final class HTTPRequestParserTests: XCTestCase {
   // MARK: Malformed framing and syntax
 
   func testAmbiguousFramingIsRefused() {
-    assertFailure("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", status: 400, code: "bad_request")
-    assertFailure("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", status: 400)
-    assertFailure("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", status: 400)
+    assertFailure(
+      "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", status: 400,
+      code: "bad_request")
+    assertFailure(
+      "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", status: 400)
+    assertFailure(
+      "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", status: 400)
   }
 
   func testBadContentLengthIsRefused() {
@@ -314,9 +463,12 @@ final class HTTPRequestParserTests: XCTestCase {
   }
 
   func testUnsupportedTransferEncodingIsNotImplemented() {
-    assertFailure("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", status: 501, code: "not_implemented")
+    assertFailure(
+      "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", status: 501, code: "not_implemented")
     assertFailure("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", status: 501)
-    assertFailure("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", status: 501)
+    assertFailure(
+      "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+      status: 501)
     assertFailure("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", status: 400)
   }
 
@@ -359,20 +511,26 @@ final class HTTPRequestParserTests: XCTestCase {
   }
 
   func testErrorResponsesAreJSON() {
-    let response = HTTPResponse.jsonError(status: 400, code: "bad_request", message: "Say \"hi\"\n\\ now.")
+    let response = HTTPResponse.jsonError(
+      status: 400, code: "bad_request", message: "Say \"hi\"\n\\ now.")
     XCTAssertEqual(response.status, 400)
     XCTAssertEqual(response.headers.first?.value, "application/json; charset=utf-8")
-    XCTAssertEqual(String(decoding: response.body, as: UTF8.self),
-                   #"{"error":"bad_request","message":"Say \"hi\"\n\\ now."}"#)
+    XCTAssertEqual(
+      String(decoding: response.body, as: UTF8.self),
+      #"{"error":"bad_request","message":"Say \"hi\"\n\\ now."}"#)
     XCTAssertEqual(JSONText.escape("a\u{1}b\tc"), "a\\u0001b\\tc")
     XCTAssertEqual(JSONText.escape("plain ü"), "plain ü")
   }
 
   func testResponseSerialization() {
     var output: [UInt8] = []
-    HTTPResponse(status: 200, headers: [("X-A", "1"), ("content-length", "99")], body: Array("hi".utf8))
-      .serialize(into: &output, close: true, keepAliveHTTP10: false, omitBody: false)
-    XCTAssertEqual(String(decoding: output, as: UTF8.self), "HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+    HTTPResponse(
+      status: 200, headers: [("X-A", "1"), ("content-length", "99")], body: Array("hi".utf8)
+    )
+    .serialize(into: &output, close: true, keepAliveHTTP10: false, omitBody: false)
+    XCTAssertEqual(
+      String(decoding: output, as: UTF8.self),
+      "HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
   }
 }
 

@@ -6,8 +6,10 @@ import XCTest
 /// Answers at once: `<METHOD> <target> <body>`.
 private struct EchoHandler: HTTPHandler {
   func handle(_ request: HTTPRequest, responder: HTTPResponder) {
-    let text = "\(request.method) \(request.target) " + String(decoding: request.body, as: UTF8.self)
-    responder.respond(HTTPResponse(status: 200, headers: [("Content-Type", "text/plain")], body: Array(text.utf8)))
+    let text =
+      "\(request.method) \(request.target) " + String(decoding: request.body, as: UTF8.self)
+    responder.respond(
+      HTTPResponse(status: 200, headers: [("Content-Type", "text/plain")], body: Array(text.utf8)))
   }
 }
 
@@ -20,7 +22,9 @@ private final class DeferredHandler: HTTPHandler {
     pending.withLock { $0.append((request, responder)) }
   }
 
-  func take(_ index: Int) -> (request: HTTPRequest, responder: HTTPResponder) { pending.withLock { $0[index] } }
+  func take(_ index: Int) -> (request: HTTPRequest, responder: HTTPResponder) {
+    pending.withLock { $0[index] }
+  }
 }
 
 private struct BigResponseHandler: HTTPHandler {
@@ -40,7 +44,9 @@ final class HTTPServerTests: XCTestCase {
     super.tearDown()
   }
 
-  private func start(_ handler: any HTTPHandler, _ configure: (inout HTTPServerConfiguration) -> Void = { _ in }) throws -> UInt16 {
+  private func start(
+    _ handler: any HTTPHandler, _ configure: (inout HTTPServerConfiguration) -> Void = { _ in }
+  ) throws -> UInt16 {
     var configuration = HTTPServerConfiguration()
     configure(&configuration)
     let server = HTTPServer(configuration: configuration, handler: handler)
@@ -48,9 +54,12 @@ final class HTTPServerTests: XCTestCase {
     return try server.start()
   }
 
-  private func get(_ client: RawHTTPClient, _ target: String, file: StaticString = #filePath, line: UInt = #line) throws -> RawResponse {
+  private func get(
+    _ client: RawHTTPClient, _ target: String, file: StaticString = #filePath, line: UInt = #line
+  ) throws -> RawResponse {
     try client.send("GET \(target) HTTP/1.1\r\nHost: test\r\n\r\n")
-    let response = try XCTUnwrap(try client.readResponse(), "no response to \(target)", file: file, line: line)
+    let response = try XCTUnwrap(
+      try client.readResponse(), "no response to \(target)", file: file, line: line)
     return response
   }
 
@@ -66,7 +75,9 @@ final class HTTPServerTests: XCTestCase {
     }
     try client.send("PUT /k HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")
     XCTAssertEqual(try client.readResponse()?.bodyText, "PUT /k hello")
-    try client.send("POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n")
+    try client.send(
+      "POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n"
+    )
     XCTAssertEqual(try client.readResponse()?.bodyText, "POST /c abcde")
   }
 
@@ -103,9 +114,10 @@ final class HTTPServerTests: XCTestCase {
     for index in (0..<count).reversed() {
       let (request, responder) = handler.take(index)
       let target = request.target
-      threads.append(OSThread(name: "answer-\(index)") {
-        responder.respond(HTTPResponse(status: 200, body: Array(target.utf8)))
-      })
+      threads.append(
+        OSThread(name: "answer-\(index)") {
+          responder.respond(HTTPResponse(status: 200, body: Array(target.utf8)))
+        })
       threads.last!.join()  // strictly reverse order
     }
     for index in 0..<count {
@@ -130,7 +142,8 @@ final class HTTPServerTests: XCTestCase {
     for next in 0..<5 {
       // Answer the pipelined requests as they reach the handler (skipping the probe at index 2).
       let index = next < 2 ? next : next + 1
-      XCTAssertTrue(waitUntil { handler.count > index }, "request \(next) never reached the handler")
+      XCTAssertTrue(
+        waitUntil { handler.count > index }, "request \(next) never reached the handler")
       let (request, responder) = handler.take(index)
       responder.respond(HTTPResponse(status: 200, body: Array(request.target.utf8)))
       XCTAssertEqual(try client.readResponse()?.bodyText, "/q/\(next)")
@@ -159,14 +172,17 @@ final class HTTPServerTests: XCTestCase {
     XCTAssertEqual(response.status, 413)
     XCTAssertTrue(response.closes)
     XCTAssertEqual(response.header("content-type"), "application/json; charset=utf-8")
-    XCTAssertTrue(response.bodyText.hasPrefix(#"{"error":"payload_too_large","message":""#), response.bodyText)
+    XCTAssertTrue(
+      response.bodyText.hasPrefix(#"{"error":"payload_too_large","message":""#), response.bodyText)
     XCTAssertTrue(client.waitUntilClosed())
   }
 
   func testOversizeBodyIs413AndClosed() throws {
     let port = try start(EchoHandler()) { $0.bodyBytesMax = 1024 }
     let client = try RawHTTPClient(port: port)
-    try client.send(Array("PUT /big HTTP/1.1\r\nContent-Length: 200000\r\n\r\n".utf8) + [UInt8](repeating: 65, count: 200_000))
+    try client.send(
+      Array("PUT /big HTTP/1.1\r\nContent-Length: 200000\r\n\r\n".utf8)
+        + [UInt8](repeating: 65, count: 200_000))
     let response = try XCTUnwrap(try client.readResponse())
     XCTAssertEqual(response.status, 413)
     XCTAssertTrue(response.closes)
@@ -209,10 +225,12 @@ final class HTTPServerTests: XCTestCase {
     client.socket.shutdownWrite()
     for index in 0..<2 {
       XCTAssertTrue(waitUntil { handler.count == index + 1 })
-      handler.take(index).responder.respond(HTTPResponse(status: 200, body: Array("h\(index + 1)".utf8)))
+      handler.take(index).responder.respond(
+        HTTPResponse(status: 200, body: Array("h\(index + 1)".utf8)))
       XCTAssertEqual(try client.readResponse()?.bodyText, "h\(index + 1)")
     }
-    XCTAssertTrue(client.waitUntilClosed(), "the server must close once the half-closed client has its answers")
+    XCTAssertTrue(
+      client.waitUntilClosed(), "the server must close once the half-closed client has its answers")
   }
 
   func testHeadAnswersCarryNoBody() throws {
@@ -244,12 +262,17 @@ final class HTTPServerTests: XCTestCase {
     XCTAssertEqual(refused.status, 503)
     XCTAssertTrue(refused.closes)
     XCTAssertTrue(third.waitUntilClosed())
+    XCTAssertEqual(servers[0].statistics.connectionsRefusedTotal, 1)
+    XCTAssertEqual(servers[0].statistics.connectionsOpen, 2)
     // Closing one makes room again.
     first.socket.close()
-    XCTAssertTrue(waitUntil {
-      guard let client = try? RawHTTPClient(port: port), let response = try? self.get(client, "/again") else { return false }
-      return response.status == 200
-    })
+    XCTAssertTrue(
+      waitUntil {
+        guard let client = try? RawHTTPClient(port: port),
+          let response = try? self.get(client, "/again")
+        else { return false }
+        return response.status == 200
+      })
     XCTAssertEqual(try get(second, "/still").status, 200)
   }
 
@@ -259,7 +282,10 @@ final class HTTPServerTests: XCTestCase {
     let gone = try RawHTTPClient(port: port)
     try gone.send("GET /gone HTTP/1.1\r\n\r\n")
     XCTAssertTrue(waitUntil { handler.count == 1 })
-    gone.socket.close()
+    // A reset, so the server knows the connection is gone (after a mere FIN it would still answer:
+    // the client may have only half-closed).
+    gone.socket.closeWithReset()
+    XCTAssertTrue(waitUntil { self.servers[0].statistics.connectionsOpen == 0 })
     // New connections, likely on the same descriptor number.
     let fresh = try RawHTTPClient(port: port)
     try fresh.send("GET /fresh HTTP/1.1\r\n\r\n")
@@ -267,6 +293,7 @@ final class HTTPServerTests: XCTestCase {
     handler.take(0).responder.respond(HTTPResponse(status: 200, body: Array("late".utf8)))
     handler.take(1).responder.respond(HTTPResponse(status: 200, body: Array("fresh".utf8)))
     XCTAssertEqual(try fresh.readResponse()?.bodyText, "fresh")
+    XCTAssertTrue(waitUntil { self.servers[0].statistics.responsesDroppedTotal == 1 })
     try fresh.send("GET /next HTTP/1.1\r\n\r\n")
     XCTAssertTrue(waitUntil { handler.count == 3 })
     handler.take(2).responder.respond(HTTPResponse(status: 201))
@@ -358,8 +385,32 @@ final class HTTPServerTests: XCTestCase {
       XCTAssertTrue(response.bodyText.hasPrefix(#"{"error":""#), response.bodyText)
       XCTAssertTrue(client.waitUntilClosed(), input.debugDescription)
       let next = try RawHTTPClient(port: port)
-      XCTAssertEqual(try get(next, "/after").status, 200, "not serving after \(input.debugDescription)")
+      XCTAssertEqual(
+        try get(next, "/after").status, 200, "not serving after \(input.debugDescription)")
     }
+    let statistics = servers[0].statistics
+    XCTAssertEqual(statistics.requestErrorsTotal, cases.count)
+    XCTAssertEqual(statistics.requestsTotal, 2 * cases.count)
+    XCTAssertEqual(statistics.connectionsAcceptedTotal, 2 * cases.count)
+  }
+
+  func testRandomGarbageConnectionsAllEndAndTheServerKeepsServing() throws {
+    let port = try start(EchoHandler()) {
+      $0.headerTimeoutMs = 300
+      $0.idleTimeoutMs = 300
+    }
+    let seed: UInt64 = 0x6A4B_A6E
+    var random = SplitMix64(seed: seed)
+    for round in 0..<20 {
+      let client = try RawHTTPClient(port: port)
+      let garbage = (0..<Int.random(in: 1...2_000, using: &random)).map { _ in
+        UInt8.random(in: 0...255, using: &random)
+      }
+      try client.send(garbage)
+      XCTAssertTrue(client.waitUntilClosed(), "seed \(seed) round \(round): connection never ended")
+    }
+    let client = try RawHTTPClient(port: port)
+    XCTAssertEqual(try get(client, "/alive").status, 200)
   }
 
   func testLargeResponseIsSentWholeThroughBackpressure() throws {
@@ -374,6 +425,44 @@ final class HTTPServerTests: XCTestCase {
     }
   }
 
+  func testSeveralEventLoopsServeManyConnectionsAndShutDown() throws {
+    let handler = DeferredHandler()
+    let server = HTTPServer(
+      configuration: {
+        var c = HTTPServerConfiguration()
+        c.eventLoopCount = 2
+        return c
+      }(), handler: handler)
+    let port = try server.start()
+    let clients = try (0..<8).map { _ in try RawHTTPClient(port: port) }
+    for round in 0..<3 {
+      for (index, client) in clients.enumerated() {
+        try client.send(
+          "GET /c/\(index)/r/\(round)/a HTTP/1.1\r\n\r\nGET /c/\(index)/r/\(round)/b HTTP/1.1\r\n\r\n"
+        )
+      }
+      let expected = (round + 1) * clients.count * 2
+      XCTAssertTrue(waitUntil { handler.count == expected })
+      // Answer this round from another thread, last request first.
+      let first = expected - clients.count * 2
+      let answers = OSThread(name: "answers") {
+        for index in (first..<expected).reversed() {
+          let (request, responder) = handler.take(index)
+          responder.respond(HTTPResponse(status: 200, body: Array(request.target.utf8)))
+        }
+      }
+      answers.join()
+      for (index, client) in clients.enumerated() {
+        XCTAssertEqual(try client.readResponse()?.bodyText, "/c/\(index)/r/\(round)/a")
+        XCTAssertEqual(try client.readResponse()?.bodyText, "/c/\(index)/r/\(round)/b")
+      }
+    }
+    XCTAssertEqual(server.statistics.connectionsOpen, clients.count)
+    server.shutdown(gracePeriodMs: 1_000)
+    for client in clients { XCTAssertTrue(client.waitUntilClosed()) }
+    XCTAssertEqual(server.statistics.connectionsOpen, 0)
+  }
+
   func testStartReportsBindErrors() throws {
     let port = try start(EchoHandler())
     var configuration = HTTPServerConfiguration()
@@ -382,9 +471,15 @@ final class HTTPServerTests: XCTestCase {
     XCTAssertThrowsError(try clash.start())
     configuration.port = 0
     configuration.host = "not-an-address"
-    XCTAssertThrowsError(try HTTPServer(configuration: configuration, handler: EchoHandler()).start())
+    XCTAssertThrowsError(
+      try HTTPServer(configuration: configuration, handler: EchoHandler()).start())
     configuration.host = "127.0.0.1"
     configuration.headerCountMax = 0
-    XCTAssertThrowsError(try HTTPServer(configuration: configuration, handler: EchoHandler()).start())
+    XCTAssertThrowsError(
+      try HTTPServer(configuration: configuration, handler: EchoHandler()).start())
+    configuration.headerCountMax = 100
+    configuration.eventLoopCount = 0
+    XCTAssertThrowsError(
+      try HTTPServer(configuration: configuration, handler: EchoHandler()).start())
   }
 }

@@ -13,7 +13,10 @@ struct RawResponse {
   var closes: Bool { header("connection")?.lowercased() == "close" }
 }
 
-enum RawHTTPClientError: Error { case timeout, malformed(String) }
+enum RawHTTPClientError: Error {
+  case timeout
+  case malformed(String)
+}
 
 /// A tiny blocking HTTP client that speaks raw bytes over a real socket, so tests control exactly
 /// what goes on the wire (pipelining, partial heads, malformed framing).
@@ -24,7 +27,8 @@ final class RawHTTPClient {
   private var chunk = [UInt8](repeating: 0, count: 256 * 1024)
 
   init(port: UInt16, timeoutMs: Int = 5_000) throws {
-    socket = try Socket.connect(to: SocketAddress(host: "127.0.0.1", port: port), timeoutMs: timeoutMs)
+    socket = try Socket.connect(
+      to: SocketAddress(host: "127.0.0.1", port: port), timeoutMs: timeoutMs)
   }
 
   func send(_ text: String) throws { try socket.sendAll(Array(text.utf8)) }
@@ -72,7 +76,9 @@ final class RawHTTPClient {
   private func takeResponse(toHead: Bool) throws -> RawResponse? {
     guard let headEnd = find([13, 10, 13, 10]) else { return nil }
     let head = String(decoding: buffer[0..<headEnd], as: UTF8.self)
-    var lines = buffer[0..<headEnd].split(separator: 10).map { String(decoding: $0.filter { $0 != 13 }, as: UTF8.self) }
+    var lines = buffer[0..<headEnd].split(separator: 10).map {
+      String(decoding: $0.filter { $0 != 13 }, as: UTF8.self)
+    }
     let statusLine = lines.removeFirst().split(separator: " ", maxSplits: 2)
     guard statusLine.count >= 2, statusLine[0] == "HTTP/1.1", let status = Int(statusLine[1]) else {
       throw RawHTTPClientError.malformed(head)
@@ -80,9 +86,15 @@ final class RawHTTPClient {
     var headers: [(name: String, value: String)] = []
     for line in lines {
       guard let colon = line.firstIndex(of: ":") else { throw RawHTTPClientError.malformed(line) }
-      headers.append((line[..<colon].lowercased(), String(line[line.index(after: colon)...].drop(while: { $0 == " " }))))
+      headers.append(
+        (
+          line[..<colon].lowercased(),
+          String(line[line.index(after: colon)...].drop(while: { $0 == " " }))
+        ))
     }
-    let length = status < 200 || toHead ? 0 : Int(headers.first { $0.name == "content-length" }?.value ?? "0") ?? 0
+    let length =
+      status < 200 || toHead
+      ? 0 : Int(headers.first { $0.name == "content-length" }?.value ?? "0") ?? 0
     guard buffer.count >= headEnd + 4 + length else { return nil }
     let body = Array(buffer[(headEnd + 4)..<(headEnd + 4 + length)])
     buffer.removeFirst(headEnd + 4 + length)

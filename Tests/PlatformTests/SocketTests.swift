@@ -39,7 +39,9 @@ final class SocketTests: XCTestCase {
     let count = try buffer.withUnsafeMutableBytes { try server.receive(into: $0) }
     XCTAssertEqual(count, 4)
     XCTAssertEqual(Array(buffer[0..<4]), Array("ping".utf8))
-    XCTAssertNil(try buffer.withUnsafeMutableBytes { try server.receive(into: $0) }, "non-blocking: would block")
+    XCTAssertNil(
+      try buffer.withUnsafeMutableBytes { try server.receive(into: $0) },
+      "non-blocking: would block")
 
     let sent = try Array("pong".utf8).withUnsafeBytes { try server.send($0) }
     XCTAssertEqual(sent, 4)
@@ -47,7 +49,9 @@ final class SocketTests: XCTestCase {
     XCTAssertEqual(received, 4)
 
     server.shutdownWrite()
-    XCTAssertEqual(try buffer.withUnsafeMutableBytes { try client.receive(into: $0) }, 0, "end of stream after shutdown")
+    XCTAssertEqual(
+      try buffer.withUnsafeMutableBytes { try client.receive(into: $0) }, 0,
+      "end of stream after shutdown")
     server.close()
     server.close()  // twice is harmless
     XCTAssertFalse(server.isOpen)
