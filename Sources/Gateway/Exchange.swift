@@ -23,15 +23,24 @@ enum GatewayError: Error {
 /// completion may run on any thread.
 final class Exchange: Sendable {
   let request: HTTPRequest
+  /// The target's path, still percent-encoded.
+  let path: Substring
+  /// The target's query parameters, decoded once.
+  let query: QueryParameters
   private let send: @Sendable (HTTPResponse, String) -> Void
   private let answered = Atomic<Bool>(false)
 
   init(request: HTTPRequest, send: @escaping @Sendable (HTTPResponse, String) -> Void) {
     self.request = request
+    if let mark = request.target.utf8.firstIndex(of: UInt8(ascii: "?")) {
+      path = request.target[..<mark]
+      query = QueryParameters(request.target[request.target.utf8.index(after: mark)...])
+    } else {
+      path = request.target[...]
+      query = QueryParameters("")
+    }
     self.send = send
   }
-
-  var query: QueryParameters { QueryParameters(request.query) }
 
   func respond(_ response: HTTPResponse, route: String) {
     let (exchanged, _) = answered.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing)
@@ -67,7 +76,7 @@ final class Exchange: Sendable {
     let status: Int
     switch gatewayError {
     case .notFound:
-      status = code(404, "not_found", "no route matches \(request.method) \(request.path)")
+      status = code(404, "not_found", "no route matches \(request.method) \(path)")
     case .methodNotAllowed(let allowed):
       headers.append(("Allow", allowed.joined(separator: ", ")))
       status = code(405, "method_not_allowed", "\(request.method) is not allowed here; allowed: \(allowed.joined(separator: ", "))")
@@ -133,11 +142,12 @@ final class Exchange: Sendable {
 
 /// The query string's parameters, percent-decoded (`+` stays `+`: RFC 3986, not HTML forms).
 /// A name given twice keeps its first value.
-struct QueryParameters {
+struct QueryParameters: Sendable {
   private var values: [(String, String)] = []
   private(set) var malformed: String?
 
   init(_ query: Substring) {
+    guard !query.isEmpty else { return }
     for pair in query.split(separator: "&") {
       let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
       guard let name = percentDecode(parts[0].utf8).flatMap({ String(validating: $0, as: UTF8.self) }),

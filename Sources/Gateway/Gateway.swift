@@ -44,7 +44,6 @@ public final class Gateway: HTTPHandler {
   public func handle(_ request: HTTPRequest, responder: HTTPResponder) {
     let started = MonotonicClock.nowNanoseconds()
     metrics.begin()
-    let path = request.path
     var route = "not_found"
     let exchange = Exchange(request: request) { [metrics, nodeHeader] response, routeName in
       var response = response
@@ -53,13 +52,45 @@ public final class Gateway: HTTPHandler {
       responder.respond(response)
     }
     do {
-      try dispatch(path: path, exchange: exchange, route: &route)
+      if try !dispatchKeyRoute(exchange, route: &route) {
+        try dispatch(path: exchange.path, exchange: exchange, route: &route)
+      }
     } catch {
       exchange.fail(error, route: route)
     }
   }
 
   // MARK: Routing
+
+  /// The hot path, `/v1/groups/<group>/kv/<key>`, matched on bytes without splitting the path.
+  /// Returns false when the path is anything else.
+  private func dispatchKeyRoute(_ exchange: Exchange, route: inout String) throws(GatewayError) -> Bool {
+    let path = exchange.path.utf8
+    let prefix = "/v1/groups/".utf8
+    guard path.starts(with: prefix) else { return false }
+    let groupStart = path.index(path.startIndex, offsetBy: prefix.count)
+    guard let slash = path[groupStart...].firstIndex(of: UInt8(ascii: "/")) else { return false }
+    let rest = path[path.index(after: slash)...]
+    guard rest.starts(with: "kv/".utf8) else { return false }
+    let method = exchange.request.method
+    switch method {
+    case "PUT": route = "kv_put"
+    case "DELETE": route = "kv_delete"
+    case "GET", "HEAD": route = "kv_get"
+    default: throw .methodNotAllowed(allowed: ["GET", "HEAD", "PUT", "DELETE"])
+    }
+    guard let group = GroupID(utf8: path[groupStart..<slash]) else {
+      throw .invalidGroupID(String(decoding: path[groupStart..<slash].prefix(200), as: UTF8.self))
+    }
+    try parseForward(exchange)
+    let key = try decodeKey(rest.dropFirst(3))
+    switch method {
+    case "PUT": try putKey(group, key, exchange, route: route)
+    case "DELETE": try deleteKey(group, key, exchange, route: route)
+    default: try getKey(group, key, exchange, route: route)
+    }
+    return true
+  }
 
   private func dispatch(path: Substring, exchange: Exchange, route: inout String) throws(GatewayError) {
     let method = exchange.request.method
@@ -179,22 +210,7 @@ public final class Gateway: HTTPHandler {
         try listKeys(group, exchange, route: route)
         return
       }
-      // Everything after `/kv/` is the key, `/` included.
-      let prefixLength = "/v1/".utf8.count + rest[0...2].reduce(0) { $0 + $1.utf8.count + 1 }  // "/v1/groups/<g>/kv/"
-      let encodedKey = path.utf8.dropFirst(prefixLength)
-      let key = try decodeKey(encodedKey)
-      try allow("GET", "HEAD", "PUT", "DELETE")
-      switch method {
-      case "PUT":
-        route = "kv_put"
-        try putKey(group, key, exchange, route: route)
-      case "DELETE":
-        route = "kv_delete"
-        try deleteKey(group, key, exchange, route: route)
-      default:
-        route = "kv_get"
-        try getKey(group, key, exchange, route: route)
-      }
+      throw .notFound  // `/kv/<key>` is served by dispatchKeyRoute
     case "write":
       route = "write"
       guard rest.count == 3 else { throw .notFound }

@@ -13,7 +13,7 @@ public final class GatewayMetrics: Sendable {
   }
 
   private struct State {
-    var requests: [String: UInt64] = [:]  // "route\u{0}status"
+    var requests: [String: [Int: UInt64]] = [:]  // route → status → count
     var latency: [String: Histogram] = [:]
     var inFlight = 0
   }
@@ -27,7 +27,7 @@ public final class GatewayMetrics: Sendable {
   public func record(route: String, status: Int, nanoseconds: UInt64) {
     state.withLock { state in
       state.inFlight -= 1
-      state.requests["\(route)\u{0}\(status)", default: 0] += 1
+      state.requests[route, default: [:]][status, default: 0] += 1
       var histogram = state.latency[route] ?? Histogram()
       let seconds = Double(nanoseconds) / 1e9
       if let bucket = GatewayMetrics.latencyBucketBounds.firstIndex(where: { seconds <= $0 }) {
@@ -43,9 +43,10 @@ public final class GatewayMetrics: Sendable {
     let snapshot = state.withLock { $0 }
     var text = "# HELP caucus_http_requests_total HTTP requests answered, by route and status.\n"
     text += "# TYPE caucus_http_requests_total counter\n"
-    for (key, count) in snapshot.requests.sorted(by: { $0.key < $1.key }) {
-      let parts = key.split(separator: "\u{0}")
-      text += "caucus_http_requests_total{route=\"\(parts[0])\",status=\"\(parts[1])\"} \(count)\n"
+    for (route, statuses) in snapshot.requests.sorted(by: { $0.key < $1.key }) {
+      for (status, count) in statuses.sorted(by: { $0.key < $1.key }) {
+        text += "caucus_http_requests_total{route=\"\(route)\",status=\"\(status)\"} \(count)\n"
+      }
     }
     text += "# HELP caucus_http_request_duration_seconds Time from a complete request to its answer, by route.\n"
     text += "# TYPE caucus_http_request_duration_seconds histogram\n"
