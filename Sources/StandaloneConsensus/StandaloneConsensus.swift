@@ -14,6 +14,15 @@ public struct StandaloneOptions: Sendable {
   /// A group is snapshotted after this many entries since its last snapshot, so the log can be
   /// released and restart replay stays short.
   public var snapshotEntriesThreshold: UInt64 = 100_000
+  /// Group commit: after the first write of a turn, while more writes keep arriving (at least one
+  /// per `groupCommitQuietMicros`), the commit thread waits up to this long for them, so one fsync
+  /// covers more writes. A lone writer never waits: a turn waits only after a turn with concurrent
+  /// writes. 0 disables the wait (fsync as soon as a write is queued).
+  public var groupCommitWindowMicros: UInt64 = 500
+  /// The gap in arrivals that ends the group-commit wait early.
+  public var groupCommitQuietMicros: UInt64 = 100
+  /// Writes queued at which the group-commit wait ends at once.
+  public var groupCommitWritesTarget = 64
   /// Stale reads waiting for `minIndex` to be applied, across all groups.
   public var readWaitersMax = 4_096
   public var wal = WALOptions()
@@ -34,6 +43,9 @@ public struct StandaloneOptions: Sendable {
     if let value = try number("batchWritesMax", 1...100_000) { batchWritesMax = Int(value) }
     if let value = try number("snapshotEntriesThreshold", 1...UInt64(UInt32.max)) { snapshotEntriesThreshold = value }
     if let value = try number("walSegmentBytes", 1 << 16...1 << 34) { wal.segmentBytesMax = value }
+    if let value = try number("groupCommitWindowMicros", 0...100_000) { groupCommitWindowMicros = value }
+    if let value = try number("groupCommitQuietMicros", 1...100_000) { groupCommitQuietMicros = value }
+    if let value = try number("groupCommitWritesTarget", 1...100_000) { groupCommitWritesTarget = Int(value) }
   }
 }
 
@@ -68,6 +80,8 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
   private var writesCommitted: UInt64 = 0
   private var batchesCommitted: UInt64 = 0
   private var commitThread: OSThread?
+  /// Writes in the commit thread's previous turn; only the commit thread touches it.
+  private var lastBatchWrites = 0
 
   private enum Phase { case created, running, stopping, stopped }
 
@@ -210,7 +224,7 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
       guard queuedWrites < options.pendingWritesMax else { return .overloaded(retryAfterMs: 100) }
       queue.append(.write(group, command, completion))
       queuedWrites += 1
-      if queue.count == 1 { state.signal() }
+      if queue.count == 1 || queuedWrites == options.groupCommitWritesTarget { state.signal() }
       return nil
     }
     if let refusal { completion(.failure(refusal)) }
@@ -396,6 +410,7 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
           state.wait()
         }
       }
+      gatherConcurrentWrites()
       let now = MonotonicClock.nowNanoseconds()
       var expired: [ReadWaiter] = []
       readWaiters.removeAll { waiter in
@@ -412,7 +427,21 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
       let batch = Array(queue[..<taken])
       queue.removeFirst(taken)
       queuedWrites -= writes
+      lastBatchWrites = writes
       return (batch, phase != .running, expired)
+    }
+  }
+
+  /// Must hold `state`. See `StandaloneOptions.groupCommitWindowMicros`.
+  private func gatherConcurrentWrites() {
+    guard lastBatchWrites > 1, queuedWrites > 0, options.groupCommitWindowMicros > 0 else { return }
+    let deadline = MonotonicClock.nowNanoseconds() + options.groupCommitWindowMicros * 1_000
+    while phase == .running && queuedWrites < options.groupCommitWritesTarget {
+      let now = MonotonicClock.nowNanoseconds()
+      guard now < deadline else { return }
+      let before = queuedWrites
+      state.wait(untilNanoseconds: min(deadline, now + options.groupCommitQuietMicros * 1_000))
+      if queuedWrites == before { return }
     }
   }
 

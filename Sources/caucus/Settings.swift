@@ -143,9 +143,12 @@ struct NodeSettings {
 }
 
 extension String {
+  /// Drops leading and trailing characters made only of scalars in `set` (a CRLF pair is one
+  /// Character in Swift, so membership is checked per scalar).
   func trimmingCharacters(in set: String) -> String {
-    let characters = Set(set)
-    return String(self.drop(while: { characters.contains($0) }).reversed().drop(while: { characters.contains($0) }).reversed())
+    let scalars = Set(set.unicodeScalars)
+    let isTrimmed = { (character: Character) in character.unicodeScalars.allSatisfy { scalars.contains($0) } }
+    return String(self.drop(while: isTrimmed).reversed().drop(while: isTrimmed).reversed())
   }
 
   var replacingDashes: String { String(self.map { $0 == "-" ? "_" : $0 }) }

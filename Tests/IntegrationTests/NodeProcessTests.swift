@@ -202,7 +202,9 @@ final class NodeProcessTests: XCTestCase {
     let directory = temporaryDirectory("properties")
     directories.append(directory)
     let path = directory + "/caucus.properties"
-    try (["# test"] + lines).joined(separator: "\n").write(toFile: path, atomically: true, encoding: .utf8)
+    // Windows line endings, a trailing newline, blanks and comments: all of them must parse.
+    try (["# test", "", "  ! also a comment"] + lines.map { "  \($0)  " } + [""]).joined(separator: "\r\n")
+      .write(toFile: path, atomically: true, encoding: .utf8)
     return path
   }
 
