@@ -485,15 +485,7 @@ public final class Gateway: HTTPHandler {
       guard case .list(let items, let more) = results.first else { throw GatewayError.internal("the read answered the wrong shape") }
       var writer = JSONWriter()
       writer.beginObject()
-      writer.key("items")
-      writer.beginArray()
-      for item in items {
-        writer.beginObject()
-        writeItemFields(&writer, item)
-        writer.endObject()
-      }
-      writer.endArray()
-      writer.member("more", more)
+      writeItems(&writer, items, more: more)
       writer.member("index", index)
       writer.endObject()
       var headers = leaderHeaders(group)
@@ -570,15 +562,7 @@ public final class Gateway: HTTPHandler {
           }
         case (.list, .list(let items, let more)):
           writer.member("op", "list")
-          writer.key("items")
-          writer.beginArray()
-          for item in items {
-            writer.beginObject()
-            writeItemFields(&writer, item)
-            writer.endObject()
-          }
-          writer.endArray()
-          writer.member("more", more)
+          writeItems(&writer, items, more: more)
         default:
           throw GatewayError.internal("the read answered the wrong shape")
         }
@@ -1021,6 +1005,19 @@ func writeKey(_ writer: inout JSONWriter, _ key: KVBytes) {
     writer.key("keyBase64")
     writer.string(utf8: Base64.encode(key))
   }
+}
+
+/// `"items": [...]` and `"more"` of a listing page.
+func writeItems(_ writer: inout JSONWriter, _ items: [KVEntry], more: Bool) {
+  writer.key("items")
+  writer.beginArray()
+  for item in items {
+    writer.beginObject()
+    writeItemFields(&writer, item)
+    writer.endObject()
+  }
+  writer.endArray()
+  writer.member("more", more)
 }
 
 /// `"key"`, `"value"` or `"valueBase64"`, `"revision"` of an item.
