@@ -994,7 +994,7 @@ public enum GatewayLimits {
   public static let watchTimeoutMsMax = 60_000
 }
 
-let jsonContentType = (name: "Content-Type", value: "application/json; charset=utf-8")
+let jsonContentType = (name: "Content-Type", value: HTTPResponse.jsonContentType)
 
 /// Writes `"key"` when the key is UTF-8, else `"keyBase64"`.
 func writeKey(_ writer: inout JSONWriter, _ key: KVBytes) {

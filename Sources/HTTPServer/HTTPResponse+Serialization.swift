@@ -1,76 +1,16 @@
-/// JSON helpers shared with the Gateway: error bodies per API.md.
-public enum JSONText {
-  /// `text` as a JSON string literal body (without the surrounding quotes): escapes `"`, `\`
-  /// and every control character; everything else (UTF-8) passes through.
-  public static func escape(_ text: String) -> String {
-    var needsEscape = false
-    for byte in text.utf8 where byte < 0x20 || byte == 0x22 || byte == 0x5C {
-      needsEscape = true
-      break
-    }
-    if !needsEscape { return text }
-    var output: [UInt8] = []
-    output.reserveCapacity(text.utf8.count + 16)
-    appendEscaped(text, to: &output)
-    return String(decoding: output, as: UTF8.self)
-  }
-
-  /// `text` as a quoted JSON string.
-  public static func quoted(_ text: String) -> String { "\"" + escape(text) + "\"" }
-
-  static func appendEscaped(_ text: String, to output: inout [UInt8]) {
-    let hex: [UInt8] = Array("0123456789abcdef".utf8)
-    for byte in text.utf8 {
-      switch byte {
-      case 0x22:
-        output.append(0x5C)
-        output.append(0x22)
-      case 0x5C:
-        output.append(0x5C)
-        output.append(0x5C)
-      case 0x0A:
-        output.append(0x5C)
-        output.append(UInt8(ascii: "n"))
-      case 0x0D:
-        output.append(0x5C)
-        output.append(UInt8(ascii: "r"))
-      case 0x09:
-        output.append(0x5C)
-        output.append(UInt8(ascii: "t"))
-      case 0x08:
-        output.append(0x5C)
-        output.append(UInt8(ascii: "b"))
-      case 0x0C:
-        output.append(0x5C)
-        output.append(UInt8(ascii: "f"))
-      case 0..<0x20:
-        output.append(contentsOf: Array("\\u00".utf8))
-        output.append(hex[Int(byte >> 4)])
-        output.append(hex[Int(byte & 0xF)])
-      default: output.append(byte)
-      }
-    }
-  }
-}
-
 extension HTTPResponse {
   public static let jsonContentType = "application/json; charset=utf-8"
 
-  /// A JSON error answer per API.md: `{"error":"<code>","message":"<sentence>"}`, plus
-  /// `extraFields` (already-encoded JSON values keyed by field name, in the given order), e.g.
-  /// `[("indeterminate", "true")]`.
+  /// A JSON error answer per API.md: `{"error":"<code>","message":"<sentence>"}`.
   public static func jsonError(
-    status: Int, code: String, message: String, extraFields: [(name: String, json: String)] = [],
-    headers: [(name: String, value: String)] = []
+    status: Int, code: String, message: String, headers: [(name: String, value: String)] = []
   ) -> HTTPResponse {
-    var body =
-      "{\"error\":\"" + JSONText.escape(code) + "\",\"message\":\"" + JSONText.escape(message)
-      + "\""
-    for field in extraFields { body += ",\"" + JSONText.escape(field.name) + "\":" + field.json }
-    body += "}"
-    return HTTPResponse(
-      status: status, headers: [("Content-Type", jsonContentType)] + headers, body: Array(body.utf8)
-    )
+    var writer = JSONWriter()
+    writer.beginObject()
+    writer.member("error", code)
+    writer.member("message", message)
+    writer.endObject()
+    return HTTPResponse(status: status, headers: [("Content-Type", jsonContentType)] + headers, body: writer.bytes)
   }
 
   /// The JSON error answer for a request the parser refused (or a server-side timeout).

@@ -1,4 +1,5 @@
 @testable import Gateway
+import HTTPServer
 import XCTest
 
 final class JSONTests: XCTestCase {

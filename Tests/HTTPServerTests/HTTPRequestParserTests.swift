@@ -518,8 +518,9 @@ final class HTTPRequestParserTests: XCTestCase {
     XCTAssertEqual(
       String(decoding: response.body, as: UTF8.self),
       #"{"error":"bad_request","message":"Say \"hi\"\n\\ now."}"#)
-    XCTAssertEqual(JSONText.escape("a\u{1}b\tc"), "a\\u0001b\\tc")
-    XCTAssertEqual(JSONText.escape("plain ü"), "plain ü")
+    var writer = JSONWriter()
+    writer.string("a\u{1}b\tc plain ü")
+    XCTAssertEqual(String(decoding: writer.bytes, as: UTF8.self), "\"a\\u0001b\\tc plain ü\"")
   }
 
   func testResponseSerialization() {
