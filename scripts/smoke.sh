@@ -85,6 +85,8 @@ call 200 -X PUT -H 'Idempotency-Key: order-17' "$g/kv/orders/17" -d paid
 first="$(cat "$body_file")"
 call 200 -X PUT -H 'Idempotency-Key: order-17' "$g/kv/orders/17" -d paid
 [ "$first" = "$(cat "$body_file")" ] || { echo "smoke: an idempotent retry answered differently" >&2; exit 1; }
+call 400 -X PUT -H 'Idempotency-Key: order-17' "$g/kv/orders/18" -d paid
+check '"different request" in b["message"]'
 call 200 "$g/watch?prefix=users/&fromIndex=0&timeoutMs=1000"
 check '[(e["type"], e["key"]) for e in b["events"]] == [("put","users/alice"),("put","users/bob"),("delete","users/bob")] and b["index"] >= 8'
 call 200 "$g/watch?prefix=nothing-here/&timeoutMs=200"

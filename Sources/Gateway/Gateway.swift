@@ -415,7 +415,7 @@ public final class Gateway: HTTPHandler {
         var headers = leaderHeaders(group)
         var outcome = decoded
         var index = written.index
-        if case .replayed(let originalIndex, let original) = outcome {
+        if case .replayed(let originalIndex, _, let original) = outcome {
           // A retry with a used Idempotency-Key: answer exactly as the first time, and say so.
           outcome = original
           index = originalIndex

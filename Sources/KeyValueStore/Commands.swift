@@ -44,9 +44,11 @@ public enum KVWriteOutcome: Sendable, Equatable {
   case preconditionFailed(operationIndex: Int, key: KVBytes, currentRevision: UInt64?)
   /// The command bytes could not be decoded or break a limit; nothing was applied.
   case rejected(String)
-  /// The command's idempotency key was already used: nothing was applied now, and `outcome` is
-  /// what the first command with that key got when it was applied at `originalIndex`.
-  indirect case replayed(originalIndex: UInt64, outcome: KVWriteOutcome)
+  /// The command's idempotency key was already used by the same operations: nothing was applied
+  /// now, and `outcome` is what the first command got when it was applied at `originalIndex`.
+  /// `commandDigest` identifies those operations (`KVCodec.digest(of:)`), so that a different
+  /// command reusing the key is refused instead of answered with another command's result.
+  indirect case replayed(originalIndex: UInt64, commandDigest: UInt64, outcome: KVWriteOutcome)
 }
 
 public struct KVEntry: Sendable, Equatable {

@@ -16,7 +16,7 @@
 ///                              result = u8 tag (1 put: u64 revision | 2 delete: u8 deleted)
 ///                   2 preconditionFailed: u32 operationIndex, bytes key, optional u64 revision
 ///                   3 rejected: string reason
-///                   4 replayed: u64 originalIndex, bytes outcome (an applied or
+///                   4 replayed: u64 originalIndex, u64 commandDigest, bytes outcome (an applied or
 ///                               preconditionFailed outcome, never another replayed one)
 ///     queries     = version, u32 count (0...1024), query*count
 ///     query       = u8 tag: 1 get: bytes key (1...4096)
@@ -117,6 +117,17 @@ public enum KVCodec {
     }
   }
 
+  /// A fingerprint of a command's operations (not its idempotency key): FNV-1a, 64 bits, over
+  /// their canonical encoding. Deterministic on every replica; used to tell a genuine retry from a
+  /// different command that reuses an idempotency key.
+  public static func digest(of operations: [KVOperation]) -> UInt64 {
+    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+    for byte in encode(KVCommand(operations: operations)) {
+      hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3
+    }
+    return hash
+  }
+
   // MARK: Outcomes
 
   public static func encode(_ outcome: KVWriteOutcome) -> [UInt8] {
@@ -144,9 +155,10 @@ public enum KVCodec {
     case .rejected(let reason):
       writer.writeUInt8(OutcomeTag.rejected)
       writer.writeString(reason)
-    case .replayed(let originalIndex, let original):
+    case .replayed(let originalIndex, let commandDigest, let original):
       writer.writeUInt8(OutcomeTag.replayed)
       writer.writeUInt64(originalIndex)
+      writer.writeUInt64(commandDigest)
       writer.writeLengthPrefixed(encode(original))
     }
     return writer.bytes
@@ -186,12 +198,13 @@ public enum KVCodec {
         try reader.readString(field: "reason length", maximum: rejectionReasonBytesMax))
     case OutcomeTag.replayed:
       let originalIndex = try reader.readUInt64()
+      let commandDigest = try reader.readUInt64()
       let original = try decodeWriteOutcome(try reader.readLengthPrefixed(field: "replayed outcome length"))
       switch original {
       case .applied, .preconditionFailed: break
       case .rejected, .replayed: throw KVCodecError.invalidContent("a replayed outcome wraps an applied or failed one")
       }
-      outcome = .replayed(originalIndex: originalIndex, outcome: original)
+      outcome = .replayed(originalIndex: originalIndex, commandDigest: commandDigest, outcome: original)
     default:
       throw KVCodecError.invalidTag(field: "outcome", value: tag)
     }

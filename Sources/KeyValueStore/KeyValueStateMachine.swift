@@ -47,8 +47,8 @@ public final class KeyValueStateMachine: StateMachine {
 
   /// Applies one encoded `KVCommand` and returns the encoded `KVWriteOutcome`:
   /// - undecodable bytes or a broken limit → `.rejected(reason)`, nothing changes;
-  /// - an idempotency key already remembered → `.replayed` with the first outcome and its index,
-///   nothing changes;
+  /// - an idempotency key already remembered for the same operations → `.replayed` with the first
+///   outcome and its index; for other operations → `.rejected`; nothing changes;
   /// - a failed precondition (all are checked against the state before the batch, before anything
   ///   is applied) → `.preconditionFailed` for the first failing operation, nothing changes;
   /// - otherwise every operation is applied in order (puts take revision `index`) → `.applied`.
@@ -67,13 +67,23 @@ public final class KeyValueStateMachine: StateMachine {
     } catch {
       return KVCodec.encode(KVWriteOutcome.rejected("invalid command: \(error)"))
     }
+    let digest = decoded.idempotencyKey == nil ? 0 : KVCodec.digest(of: decoded.operations)
     if let key = decoded.idempotencyKey, let remembered = idempotency.outcome(for: key) {
-      return remembered
+      // A retry of the same operations gets the first answer; other operations reusing the key
+      // are refused (and not remembered), never answered with another command's result.
+      if case .replayed(_, let rememberedDigest, _)? = try? KVCodec.decodeWriteOutcome(remembered),
+        rememberedDigest == digest
+      {
+        return remembered
+      }
+      return KVCodec.encode(KVWriteOutcome.rejected(
+        "the Idempotency-Key was first used for a different request; use a new key for a new request"))
     }
     let outcome = execute(index: index, operations: decoded.operations)
     if let key = decoded.idempotencyKey {
       // Remembered as the answer a retry gets: the first outcome and the index it was applied at.
-      idempotency.remember(key, outcome: KVCodec.encode(.replayed(originalIndex: index, outcome: outcome)))
+      idempotency.remember(
+        key, outcome: KVCodec.encode(.replayed(originalIndex: index, commandDigest: digest, outcome: outcome)))
     }
     return KVCodec.encode(outcome)
   }

@@ -191,14 +191,17 @@ final class KeyValueStateMachineTests: XCTestCase {
     XCTAssertEqual(try KVCodec.decodeWriteOutcome(first), .applied([.put(revision: 1)]))
     try machine.put(2, b("k"), b("changed"))
     let replay = machine.apply(index: 3, command: command)
+    let operations: [KVOperation] = [.put(key: b("k"), value: b("v"), precondition: .none)]
     XCTAssertEqual(
       try KVCodec.decodeWriteOutcome(replay),
-      .replayed(originalIndex: 1, outcome: try KVCodec.decodeWriteOutcome(first)))
+      .replayed(
+        originalIndex: 1, commandDigest: KVCodec.digest(of: operations), outcome: try KVCodec.decodeWriteOutcome(first)))
     XCTAssertEqual(machine.get(b("k")), KVEntry(key: b("k"), value: b("changed"), revision: 2))
-    // The id alone decides: a different command under the same id is not applied either.
-    XCTAssertEqual(
-      try machine.write(4, [.delete(key: b("k"), precondition: .none)], id: "req-1"),
-      .replayed(originalIndex: 1, outcome: .applied([.put(revision: 1)])))
+    // A different command reusing the id is refused and not applied.
+    guard case .rejected(let reason) = try machine.write(4, [.delete(key: b("k"), precondition: .none)], id: "req-1") else {
+      return XCTFail("a reused key with other operations must be refused")
+    }
+    XCTAssertTrue(reason.contains("different request"), reason)
     XCTAssertNotNil(machine.get(b("k")))
     XCTAssertEqual(machine.lastAppliedIndex, 4)
   }
@@ -211,10 +214,10 @@ final class KeyValueStateMachineTests: XCTestCase {
       failed, .preconditionFailed(operationIndex: 0, key: b("k"), currentRevision: nil))
     try machine.put(2, b("k"), b("v"))
     // Retried after the state changed: still the original answer, still not applied.
+    let operations: [KVOperation] = [.put(key: b("k"), value: b("v"), precondition: .revisionEquals(1))]
     XCTAssertEqual(
-      try machine.write(
-        3, [.put(key: b("k"), value: b("w"), precondition: .revisionEquals(2))], id: "cas"),
-      .replayed(originalIndex: 1, outcome: failed))
+      try machine.write(3, operations, id: "cas"),
+      .replayed(originalIndex: 1, commandDigest: KVCodec.digest(of: operations), outcome: failed))
     XCTAssertEqual(machine.get(b("k"))?.value, b("v"))
   }
 
@@ -228,7 +231,9 @@ final class KeyValueStateMachineTests: XCTestCase {
     // "b" is still remembered: the replay is not applied (revision stays 2).
     XCTAssertEqual(
       try machine.write(5, [.put(key: b("key-b"), value: [], precondition: .none)], id: "b"),
-      .replayed(originalIndex: 2, outcome: .applied([.put(revision: 2)])))
+      .replayed(
+        originalIndex: 2, commandDigest: KVCodec.digest(of: [.put(key: b("key-b"), value: [], precondition: .none)]),
+        outcome: .applied([.put(revision: 2)])))
     XCTAssertEqual(machine.get(b("key-b"))?.revision, 2)
     // A replay does not refresh "b"; "a" was evicted and applies anew, evicting "b".
     XCTAssertEqual(
@@ -269,13 +274,17 @@ final class KeyValueStateMachineTests: XCTestCase {
       let replay = restored.apply(
         index: restored.lastAppliedIndex + 1,
         command: KVCodec.encode(
-          KVCommand(operations: [.delete(key: b(id), precondition: .none)], idempotencyKey: id)))
+          KVCommand(operations: [.put(key: b(id), value: [], precondition: .none)], idempotencyKey: id)))
       let first = try KVCodec.decodeWriteOutcome(firstOutcomes[id]!)
       guard case .applied(let results) = first, case .put(let revision)? = results.first else { return XCTFail("\(first)") }
       XCTAssertEqual(
-        try KVCodec.decodeWriteOutcome(replay), .replayed(originalIndex: revision, outcome: first), id)
+        try KVCodec.decodeWriteOutcome(replay),
+        .replayed(
+          originalIndex: revision, commandDigest: KVCodec.digest(of: [.put(key: b(id), value: [], precondition: .none)]),
+          outcome: first), id)
     }
     XCTAssertEqual(restored.count, 3, "replays applied nothing")
+    XCTAssertEqual(restored.get(b("a"))?.revision, 1, "replays applied nothing")
     // A new id evicts the oldest, "a", exactly as on the original.
     _ = try restored.write(restored.lastAppliedIndex + 1, [], id: "d")
     XCTAssertEqual(
@@ -287,8 +296,10 @@ final class KeyValueStateMachineTests: XCTestCase {
     try small.restore(snapshot: machine.takeSnapshot())
     XCTAssertEqual(small.idempotencyEntryCount, 1)
     XCTAssertEqual(
-      try small.write(10, [.delete(key: b("c"), precondition: .none)], id: "c"),
-      .replayed(originalIndex: 3, outcome: .applied([.put(revision: 3)])))
+      try small.write(10, [.put(key: b("c"), value: [], precondition: .none)], id: "c"),
+      .replayed(
+        originalIndex: 3, commandDigest: KVCodec.digest(of: [.put(key: b("c"), value: [], precondition: .none)]),
+        outcome: .applied([.put(revision: 3)])))
   }
 
   // MARK: Listing
