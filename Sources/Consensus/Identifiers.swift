@@ -41,7 +41,8 @@ public struct GroupID: Hashable, Comparable, Sendable, CustomStringConvertible, 
     let name = text[..<dash]
     guard let type = GroupType.allCases.first(where: { $0.name.utf8.elementsEqual(name) }) else { return nil }
     let digits = text[text.index(after: dash)...]
-    guard !digits.isEmpty, digits.count <= 10 else { return nil }
+    // Canonical numbers only: `DataRegion-01` would name the same group as `DataRegion-1`.
+    guard !digits.isEmpty, digits.count <= 10, digits.count == 1 || digits.first != UInt8(ascii: "0") else { return nil }
     var number: UInt64 = 0
     for digit in digits {
       guard digit >= UInt8(ascii: "0") && digit <= UInt8(ascii: "9") else { return nil }

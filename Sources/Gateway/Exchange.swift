@@ -13,7 +13,7 @@ enum GatewayError: Error {
   case invalidGroupID(String)
   case invalidKey(String)
   case keyNotFound(KVBytes)
-  case payloadTooLarge(String)
+  case payloadTooLarge(String, limitBytes: Int)
   case notImplemented(String)
   case consensus(ConsensusError)
   case `internal`(String)
@@ -30,7 +30,10 @@ final class Exchange: Sendable {
   private let send: @Sendable (HTTPResponse, String) -> Void
   private let answered = Atomic<Bool>(false)
 
-  init(request: HTTPRequest, send: @escaping @Sendable (HTTPResponse, String) -> Void) {
+  let context: GatewayContext
+
+  init(request: HTTPRequest, context: GatewayContext, send: @escaping @Sendable (HTTPResponse, String) -> Void) {
+    self.context = context
     self.request = request
     if let mark = request.target.utf8.firstIndex(of: UInt8(ascii: "?")) {
       path = request.target[..<mark]
@@ -45,8 +48,6 @@ final class Exchange: Sendable {
   func respond(_ response: HTTPResponse, route: String) {
     let (exchanged, _) = answered.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing)
     precondition(exchanged, "a request is answered once")
-    var response = response
-    if request.method == "HEAD" { response.body = [] }
     send(response, route)
   }
 
@@ -91,8 +92,9 @@ final class Exchange: Sendable {
     case .keyNotFound(let key):
       status = code(404, "key_not_found", "the key does not exist")
       writeKey(&writer, key)
-    case .payloadTooLarge(let message):
+    case .payloadTooLarge(let message, let limitBytes):
       status = code(413, "payload_too_large", message)
+      writer.member("limitBytes", limitBytes)
     case .notImplemented(let message):
       status = code(501, "not_implemented", message)
     case .internal(let message):
@@ -110,6 +112,7 @@ final class Exchange: Sendable {
         if let leader {
           writer.beginObject()
           writer.member("id", leader.node.rawValue)
+          writer.member("url", context.clientURL(of: leader))
           writer.endObject()
         } else {
           writer.null()
@@ -122,7 +125,7 @@ final class Exchange: Sendable {
         status = code(503, "overloaded", error.description)
       case .timeout(let indeterminate):
         status = code(504, "timeout", error.description)
-        if indeterminate { writer.member("indeterminate", true) }
+        writer.member("indeterminate", indeterminate)
       case .notSupported(let message):
         status = code(400, "bad_request", message)
       case .shuttingDown:
@@ -135,8 +138,31 @@ final class Exchange: Sendable {
         status = code(400, "bad_request", message)
       }
     }
+    if let group {
+      writer.member("group", group.description)
+      headers.append(contentsOf: context.groupHeaders(group))
+    }
     writer.endObject()
     respond(HTTPResponse(status: status, headers: headers, body: writer.bytes), route: route)
+  }
+}
+
+/// What error answers need to know about the node: the engine (leader, index) and client URLs.
+struct GatewayContext: Sendable {
+  let engine: any ConsensusEngine
+  let localClientURL: String
+
+  /// `X-Caucus-Leader` when a leader is known, and `X-Caucus-Index` (the applied index).
+  func groupHeaders(_ group: GroupID) -> [(name: String, value: String)] {
+    guard let status = engine.status(group) else { return [] }
+    var headers: [(name: String, value: String)] = [("X-Caucus-Index", String(status.appliedIndex))]
+    if let leader = status.leader { headers.append(("X-Caucus-Leader", leader.node.description)) }
+    return headers
+  }
+
+  /// A peer's client URL. Standalone knows only its own; the cluster directory will know the rest.
+  func clientURL(of peer: Peer) -> String {
+    peer.node == engine.localPeer.node ? localClientURL : ""
   }
 }
 

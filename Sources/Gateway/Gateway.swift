@@ -34,10 +34,12 @@ public final class Gateway: HTTPHandler {
   public let metrics = GatewayMetrics()
   private let startedAtNanoseconds = MonotonicClock.nowNanoseconds()
   private let nodeHeader: (name: String, value: String)
+  private let context: GatewayContext
 
   public init(engine: any ConsensusEngine, configuration: GatewayConfiguration) {
     self.engine = engine
     self.configuration = configuration
+    self.context = GatewayContext(engine: engine, localClientURL: configuration.clientURL)
     self.nodeHeader = ("X-Caucus-Node", engine.localPeer.node.description)
   }
 
@@ -45,13 +47,17 @@ public final class Gateway: HTTPHandler {
     let started = MonotonicClock.nowNanoseconds()
     metrics.begin()
     var route = "not_found"
-    let exchange = Exchange(request: request) { [metrics, nodeHeader] response, routeName in
+    let exchange = Exchange(request: request, context: context) { [metrics, nodeHeader] response, routeName in
       var response = response
       response.headers.append(nodeHeader)
       metrics.record(route: routeName, status: response.status, nanoseconds: MonotonicClock.nowNanoseconds() &- started)
       responder.respond(response)
     }
-    do {
+    do throws(GatewayError) {
+      if let malformed = exchange.query.malformed {
+        throw GatewayError.badRequest(
+          "the query parameter '\(malformed.prefix(200))' has a malformed percent-escape or is not UTF-8")
+      }
       if try !dispatchKeyRoute(exchange, route: &route) {
         try dispatch(path: exchange.path, exchange: exchange, route: &route)
       }
@@ -184,6 +190,10 @@ public final class Gateway: HTTPHandler {
         try createGroup(exchange, route: route)
       } else {
         route = "groups_list"
+        if let scope = exchange.query["scope"], scope != "node" && scope != "cluster" {
+          throw .badRequest("scope must be node or cluster, not '\(scope)'")
+        }
+        // Standalone: this node's groups are the whole directory, so both scopes list the same.
         exchange.respond(json: groupsDocument(), route: route)
       }
       return
@@ -263,19 +273,20 @@ public final class Gateway: HTTPHandler {
         engine.transferLeader(group, to: NodeID(id)) { [self] result in
           switch result {
           case .failure(let error): exchange.fail(.consensus(error), route: "leader_transfer")
-          case .success: exchange.respond(json: leaderDocument(group), route: "leader_transfer")
+          case .success: exchange.respond(json: leaderDocument(group), headers: leaderHeaders(group), route: "leader_transfer")
           }
         }
       } else {
         route = "leader_get"
         guard engine.status(group) != nil else { throw .consensus(.groupNotFound(group)) }
-        exchange.respond(json: leaderDocument(group), route: route)
+        guard engine.leader(group) != nil else { throw .consensus(.noLeader(group)) }
+        exchange.respond(json: leaderDocument(group), headers: leaderHeaders(group), route: route)
       }
     case "snapshot":
       route = "snapshot"
       guard rest.count == 3 else { throw .notFound }
       try allow("POST")
-      engine.triggerSnapshot(group) { result in
+      engine.triggerSnapshot(group) { [self] result in
         switch result {
         case .failure(let error): exchange.fail(.consensus(error), route: "snapshot")
         case .success(let info):
@@ -286,7 +297,8 @@ public final class Gateway: HTTPHandler {
           writer.member("term", info.term)
           writer.member("bytes", info.bytes)
           writer.endObject()
-          exchange.respond(json: writer.bytes, route: "snapshot")
+          exchange.respond(
+            json: writer.bytes, headers: leaderHeaders(group) + [("X-Caucus-Index", String(info.index))], route: "snapshot")
         }
       }
     default:
@@ -299,7 +311,7 @@ public final class Gateway: HTTPHandler {
   private func putKey(_ group: GroupID, _ key: KVBytes, _ exchange: Exchange, route: String) throws(GatewayError) {
     let value = exchange.request.body
     guard value.count <= configuration.valueBytesMax else {
-      throw .payloadTooLarge("the value is \(value.count) bytes; the limit is \(configuration.valueBytesMax)")
+      throw .payloadTooLarge("the value is \(value.count) bytes; the limit is \(configuration.valueBytesMax)", limitBytes: configuration.valueBytesMax)
     }
     let precondition = try requestPrecondition(exchange.request)
     let command = KVCommand(
@@ -357,7 +369,9 @@ public final class Gateway: HTTPHandler {
         let value = try jsonValue(item, context: "ops[\(position)]")
         valueBytes += value.count
         guard value.count <= configuration.valueBytesMax else {
-          throw .payloadTooLarge("ops[\(position)] value is \(value.count) bytes; the limit is \(configuration.valueBytesMax)")
+          throw .payloadTooLarge(
+            "ops[\(position)] value is \(value.count) bytes; the limit is \(configuration.valueBytesMax)",
+            limitBytes: configuration.valueBytesMax)
         }
         operations.append(.put(key: key, value: value, precondition: precondition))
       case "delete":
@@ -478,8 +492,8 @@ public final class Gateway: HTTPHandler {
   private func listKeys(_ group: GroupID, _ exchange: Exchange, route: String) throws(GatewayError) {
     let query = exchange.query
     let options = try readOptions(query)
-    let prefix = Array((query["prefix"] ?? "").utf8)
-    let after = query["after"].map { Array($0.utf8) }
+    let prefix = try keyBound(query["prefix"], name: "prefix") ?? []
+    let after = try keyBound(query["after"], name: "after")
     let limit = try parseCount(query["limit"], name: "limit", default: 100, max: GatewayLimits.listItemsMax)
     read(group, [.list(prefix: prefix, after: after, limit: limit)], options, exchange, route: route) { [self] index, results in
       guard case .list(let items, let more) = results.first else { throw GatewayError.internal("the read answered the wrong shape") }
@@ -500,8 +514,8 @@ public final class Gateway: HTTPHandler {
     guard body.isObject, let items = body["ops"]?.arrayValue else {
       throw .badRequest("the body needs \"ops\": an array of {\"op\":\"get\"|\"list\", ...}")
     }
-    guard !items.isEmpty, items.count <= KVLimits.queriesPerReadMax else {
-      throw .badRequest("\"ops\" needs 1 to \(KVLimits.queriesPerReadMax) operations")
+    guard !items.isEmpty, items.count <= GatewayLimits.readOperationsMax else {
+      throw .badRequest("\"ops\" needs 1 to \(GatewayLimits.readOperationsMax) operations")
     }
     var options = ReadOptions()
     if let consistency = body["consistency"] {
@@ -523,11 +537,11 @@ public final class Gateway: HTTPHandler {
       case "list":
         let prefix = try item["prefix"].map { value throws(GatewayError) -> KVBytes in
           guard let text = value.stringValue else { throw .badRequest("ops[\(position)].prefix must be a string") }
-          return Array(text.utf8)
+          return try keyBound(text, name: "ops[\(position)].prefix")!
         } ?? []
         let after = try item["after"].map { value throws(GatewayError) -> KVBytes in
           guard let text = value.stringValue else { throw .badRequest("ops[\(position)].after must be a string") }
-          return Array(text.utf8)
+          return try keyBound(text, name: "ops[\(position)].after")!
         }
         var limit = 100
         if let value = item["limit"] {
@@ -606,12 +620,18 @@ public final class Gateway: HTTPHandler {
   /// not on the event loop) until the applied index passes the last index seen.
   private func startWatch(_ group: GroupID, _ exchange: Exchange) throws(GatewayError) {
     let query = exchange.query
-    let prefix = Array((query["prefix"] ?? "").utf8)
-    guard prefix.count <= KVLimits.keyBytesMax else { throw .invalidKey("the prefix is longer than \(KVLimits.keyBytesMax) bytes") }
-    let timeoutMs = try parseCount(query["timeoutMs"], name: "timeoutMs", default: GatewayLimits.watchTimeoutMsDefault, max: GatewayLimits.watchTimeoutMsMax)
+    let prefix = try keyBound(query["prefix"], name: "prefix") ?? []
+    var timeoutMs = GatewayLimits.watchTimeoutMsDefault
+    if let text = query["timeoutMs"] {
+      guard let value = UInt64(text) else { throw .badRequest("timeoutMs must be a non-negative integer, not '\(text)'") }
+      timeoutMs = Int(min(value, UInt64(GatewayLimits.watchTimeoutMsMax)))  // longer asks are clamped
+    }
     let fromIndex: UInt64
     if let text = query["fromIndex"] {
-      guard let value = UInt64(text) else { throw .badRequest("fromIndex must be a non-negative integer, not '\(text)'") }
+      // UInt64.max would leave no index to wait for.
+      guard let value = UInt64(text), value < UInt64.max else {
+        throw .badRequest("fromIndex must be an integer from 0 to \(UInt64.max - 1), not '\(text)'")
+      }
       fromIndex = value
     } else {
       guard let status = engine.status(group) else { throw .consensus(.groupNotFound(group)) }
@@ -955,7 +975,9 @@ public final class Gateway: HTTPHandler {
       writer.endArray()
     }
     writer.endObject()
-    exchange.respond(json: writer.bytes, status: reasons.isEmpty ? 200 : 503, route: route)
+    exchange.respond(
+      json: writer.bytes, status: reasons.isEmpty ? 200 : 503, headers: reasons.isEmpty ? [] : [("Retry-After", "1")],
+      route: route)
   }
 
   private func processMetrics() -> String {
@@ -990,8 +1012,12 @@ public enum GatewayLimits {
   public static let idempotencyKeyBytesMax = 128
   /// A watch answers with no events after this long unless the caller asks otherwise (`timeoutMs`).
   public static let watchTimeoutMsDefault = 30_000
-  /// The longest a watch may be held open: bounds how long a connection and a read waiter are tied up.
+  /// The longest a watch may be held open: bounds how long a connection and a read waiter are
+  /// tied up. Longer asks are clamped to it.
   public static let watchTimeoutMsMax = 60_000
+  /// Operations in one generic read: with list pages bounded in bytes by the state machine, this
+  /// bounds the size of one answer.
+  public static let readOperationsMax = 128
 }
 
 let jsonContentType = (name: "Content-Type", value: HTTPResponse.jsonContentType)
@@ -1005,6 +1031,16 @@ func writeKey(_ writer: inout JSONWriter, _ key: KVBytes) {
     writer.key("keyBase64")
     writer.string(utf8: Base64.encode(key))
   }
+}
+
+/// A key-like bound (`prefix`, `after`) from the query or a body: at most a key's length.
+func keyBound(_ text: String?, name: String) throws(GatewayError) -> KVBytes? {
+  guard let text else { return nil }
+  let bytes = Array(text.utf8)
+  guard bytes.count <= KVLimits.keyBytesMax else {
+    throw .invalidKey("\(name) is \(bytes.count) bytes; the limit is \(KVLimits.keyBytesMax)")
+  }
+  return bytes
 }
 
 /// `"items": [...]` and `"more"` of a listing page.

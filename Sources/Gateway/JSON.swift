@@ -114,6 +114,7 @@ public struct JSONParser {
   private mutating func parseObject(depth: Int) throws(JSONParseError) -> JSONValue {
     position += 1
     var members: [(String, JSONValue)] = []
+    var names = Set<String>()
     skipWhitespace()
     if position < bytes.count, bytes[position] == UInt8(ascii: "}") {
       position += 1
@@ -128,7 +129,7 @@ public struct JSONParser {
       position += 1
       skipWhitespace()
       let value = try parseValue(depth: depth + 1)
-      if members.contains(where: { $0.0 == name }) { throw error("duplicate member '\(name)'") }
+      guard names.insert(name).inserted else { throw error("duplicate member '\(name.prefix(100))'") }
       members.append((name, value))
       skipWhitespace()
       guard position < bytes.count else { throw error("unexpected end of input") }

@@ -85,6 +85,9 @@ public enum KVLimits {
   public static let operationsPerCommandMax = 1024
   public static let queriesPerReadMax = 1024
   public static let listLimitMax = 10_000
+  /// Key and value bytes one listing page carries at most (past its first item): bounds the memory
+  /// and the time one read holds the group, whatever the values' sizes.
+  public static let listPageBytesMax = 4 << 20
   public static let idempotencyKeyBytesMax = 256
   /// Default size of the idempotency table (oldest ids are forgotten first).
   public static let idempotencyEntriesDefault = 100_000

@@ -119,12 +119,14 @@ public final class KeyValueStateMachine: StateMachine {
   }
 
   /// Keys starting with `prefix` and strictly greater than `after` (when given), ascending by
-  /// unsigned byte, at most `limit` (clamped to `0...KVLimits.listLimitMax`); `more` says whether
-  /// further matching keys exist.
+  /// unsigned byte, at most `limit` (clamped to `0...KVLimits.listLimitMax`) and at most
+  /// `KVLimits.listPageBytesMax` bytes of keys and values (one item always fits); `more` says
+  /// whether further matching keys exist.
   public func list(prefix: KVBytes, after: KVBytes?, limit: Int) -> (items: [KVEntry], more: Bool) {
     let limit = max(0, min(limit, KVLimits.listLimitMax))
     var items: [KVEntry] = []
     var more = false
+    var pageBytes = 0
     // Start at whichever is later: the prefix itself (inclusive) or `after` (exclusive).
     let start: KVBytes
     let strictlyAfter: Bool
@@ -138,10 +140,12 @@ public final class KeyValueStateMachine: StateMachine {
     entries.scan(from: start, strictlyAfter: strictlyAfter) { key, stored in
       // Keys with the prefix are contiguous: the first one without it ends the range.
       guard hasBytePrefix(key, prefix) else { return false }
-      guard items.count < limit else {
+      // A page ends at `limit` items or, after at least one item, at `listPageBytesMax`.
+      guard items.count < limit, items.isEmpty || pageBytes + key.count + stored.value.count <= KVLimits.listPageBytesMax else {
         more = true
         return false
       }
+      pageBytes += key.count + stored.value.count
       items.append(KVEntry(key: key, value: stored.value, revision: stored.revision))
       return true
     }

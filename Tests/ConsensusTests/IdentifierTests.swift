@@ -17,7 +17,7 @@ final class IdentifierTests: XCTestCase {
     for text in [
       "", "DataRegion", "DataRegion-", "DataRegion--1", "DataRegion-+1", "DataRegion- 1", "DataRegion-1 ",
       "dataregion-1", "Region-1", "DataRegion-4294967296", "DataRegion-1.0", "DataRegion-0x1", "-1",
-      "DataRegion-١", "DataRegion-00000000001",
+      "DataRegion-١", "DataRegion-00000000001", "DataRegion-01", "DataRegion-00",
     ] {
       XCTAssertNil(GroupID(text), "'\(text)' must not parse")
     }

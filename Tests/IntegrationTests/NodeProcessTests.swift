@@ -256,6 +256,8 @@ final class WatchTests: XCTestCase {
     XCTAssertEqual(reply.status, 200)
     XCTAssertEqual((reply.json["events"] as? [Any])?.count, 0)
     XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(started), 0.29, "it waited for the timeout")
-    XCTAssertEqual(try HTTPClient(port: node.port).request("GET", "/v1/groups/DataRegion-0/watch?timeoutMs=600001").status, 400)
+    for bad in ["timeoutMs=-1", "timeoutMs=soon", "fromIndex=18446744073709551615", "fromIndex=-3", "prefix=%ZZ"] {
+      XCTAssertEqual(try HTTPClient(port: node.port).request("GET", "/v1/groups/DataRegion-0/watch?\(bad)").status, 400, bad)
+    }
   }
 }

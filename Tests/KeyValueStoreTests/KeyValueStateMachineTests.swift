@@ -418,3 +418,33 @@ final class KeyValueStateMachineTests: XCTestCase {
     XCTAssertEqual(try machine.read([]), [])
   }
 }
+
+final class ListPageBytesTests: XCTestCase {
+  func testAListingPageStopsAtItsByteBudgetAndSaysThereIsMore() throws {
+    let machine = KeyValueStateMachine()
+    let value = [UInt8](repeating: 7, count: 1 << 20)
+    for index in 0..<10 {
+      _ = machine.apply(
+        index: UInt64(index + 1),
+        command: KVCodec.encode(KVCommand(operations: [.put(key: Array("big/\(index)".utf8), value: value, precondition: .none)])))
+    }
+    let page = machine.list(prefix: Array("big/".utf8), after: nil, limit: 100)
+    // Each item is 1 MiB plus its key: three fit in 4 MiB, a fourth would not.
+    XCTAssertEqual(page.items.count, 3)
+    let pageBytes = page.items.reduce(0) { $0 + $1.key.count + $1.value.count }
+    XCTAssertLessThanOrEqual(pageBytes, KVLimits.listPageBytesMax)
+    XCTAssertLessThan(page.items.count, 10)
+    XCTAssertGreaterThan(page.items.count, 0)
+    XCTAssertTrue(page.more)
+    // Paging on from the last key reaches every item exactly once.
+    var seen = page.items.map(\.key)
+    var after = seen.last
+    while let last = after {
+      let next = machine.list(prefix: Array("big/".utf8), after: last, limit: 100)
+      seen += next.items.map(\.key)
+      after = next.more ? next.items.last?.key : nil
+    }
+    XCTAssertEqual(seen.count, 10)
+    XCTAssertEqual(Set(seen.map { String(decoding: $0, as: UTF8.self) }).count, 10)
+  }
+}
