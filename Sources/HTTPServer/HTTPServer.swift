@@ -355,8 +355,9 @@ private final class EventLoop {
     nextSweepMs = MonotonicClock.nowMilliseconds() + sweepIntervalMs
     var overloaded: [UInt8] = []
     HTTPResponse.jsonError(
-      status: 503, code: "too_many_connections",
-      message: "The server has too many open connections; retry later."
+      status: 503, code: "overloaded",
+      message: "The server has too many open connections; retry later.",
+      headers: [("Retry-After", "1")] + configuration.serverResponseHeaders
     )
     .serialize(into: &overloaded, close: true, keepAliveHTTP10: false, omitBody: false)
     overloadedResponse = overloaded
@@ -582,7 +583,8 @@ private final class EventLoop {
   /// Queues an error answer after the earlier answers and stops reading the connection.
   private func answerWithError(_ connection: Connection, _ error: HTTPParseError) {
     StatisticsCounters.increment(counters.requestErrorsTotal)
-    let response = HTTPResponse.jsonError(error)
+    let response = HTTPResponse.jsonError(
+      status: error.status, code: error.code, message: error.message, headers: configuration.serverResponseHeaders)
     connection.heldResponseBytes += response.body.count
     // A slot opened by 100-continue whose body failed takes the error in its place.
     if let last = connection.slots.indices.last, last >= connection.slotsHead,

@@ -1,10 +1,14 @@
 /// Everything the HTTP server bounds, with the reasoning for each default. Units are last in
 /// every name. `validate()` runs in `HTTPServer.start()`.
-public struct HTTPServerConfiguration: Sendable, Equatable {
+public struct HTTPServerConfiguration: Sendable {
   /// IPv4 address to bind ("127.0.0.1" for loopback only, "0.0.0.0" for every interface).
   public var host: String = "127.0.0.1"
   /// TCP port; 0 lets the kernel pick one (`start()` returns it).
   public var port: UInt16 = 0
+  /// Headers added to the answers the server writes itself (framing errors, timeouts, the
+  /// too-many-connections refusal), so they carry what the handler's answers carry (for Caucus,
+  /// `X-Caucus-Node`).
+  public var serverResponseHeaders: [(name: String, value: String)] = []
   /// listen(2) backlog: connections the kernel queues before we accept them.
   public var listenBacklog: Int32 = 1024
 

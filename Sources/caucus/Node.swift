@@ -88,6 +88,7 @@ func runNode(_ settings: NodeSettings) -> Int32 {
   // Room for the largest value plus request framing; a larger body is refused by the server.
   serverConfiguration.bodyBytesMax = settings.valueBytesMax + 64 * 1024
   serverConfiguration.connectionsMax = settings.connectionsMax
+  serverConfiguration.serverResponseHeaders = [("X-Caucus-Node", settings.nodeID.description)]
   let server = HTTPServer(configuration: serverConfiguration, handler: gateway)
   let port: UInt16
   do {

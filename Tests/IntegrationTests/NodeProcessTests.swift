@@ -165,6 +165,7 @@ final class NodeProcessTests: XCTestCase {
       XCTAssertTrue(reply.headers["content-type"]?.hasPrefix("application/json") ?? false, "\(name): errors are JSON")
       if let code { XCTAssertEqual(reply.json["error"] as? String, code, name) }
       XCTAssertNotNil(reply.json["message"] as? String, "\(name): errors carry a message")
+      XCTAssertEqual(reply.headers["x-caucus-node"], "1", "\(name): every answer names the node")
       XCTAssertEqual(try HTTPClient(port: node.port).request("GET", "/healthz").status, 200, "serving after \(name)")
     }
     let http = try HTTPClient(port: node.port)
