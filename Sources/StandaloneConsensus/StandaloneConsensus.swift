@@ -8,6 +8,11 @@ public struct StandaloneOptions: Sendable {
   /// Writes waiting for the commit thread. Past it a write is answered `overloaded` instead of
   /// queueing without bound (memory) or waiting without bound (latency).
   public var pendingWritesMax = 16_384
+  /// Bytes of commands waiting for the commit thread: with values up to megabytes, a count alone
+  /// would let the queue hold gigabytes.
+  public var pendingWriteBytesMax = 256 << 20
+  /// Group creations, deletions and snapshots waiting for the commit thread (each costs fsyncs).
+  public var pendingControlMax = 64
   /// Writes one commit-thread turn takes into one WAL append and one fsync. Bounds the turn's
   /// latency and the batch's memory; large enough that 64+ concurrent writers share an fsync.
   public var batchWritesMax = 4_096
@@ -41,6 +46,8 @@ public struct StandaloneOptions: Sendable {
     }
     if let value = try number("pendingWritesMax", 1...1_000_000) { pendingWritesMax = Int(value) }
     if let value = try number("batchWritesMax", 1...100_000) { batchWritesMax = Int(value) }
+    if let value = try number("pendingWriteBytesMax", 1 << 20...1 << 40) { pendingWriteBytesMax = Int(value) }
+    if let value = try number("pendingControlMax", 1...100_000) { pendingControlMax = Int(value) }
     if let value = try number("snapshotEntriesThreshold", 1...UInt64(UInt32.max)) { snapshotEntriesThreshold = value }
     if let value = try number("walSegmentBytes", 1 << 16...1 << 34) { wal.segmentBytesMax = value }
     if let value = try number("groupCommitWindowMicros", 0...100_000) { groupCommitWindowMicros = value }
@@ -73,6 +80,8 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
   private var groups: [GroupID: GroupReplica] = [:]
   private var queue: [Work] = []
   private var queuedWrites = 0
+  private var queuedWriteBytes = 0
+  private var queuedControl = 0
   private var phase = Phase.created
   private var readWaiters: [ReadWaiter] = []
   private var failure: String?
@@ -210,6 +219,16 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
       replica.logBytes += UInt64(record.payload.count)
       replayed += 1
     }
+    // A group whose creation record survived but whose first snapshot was not written (a crash in
+    // between) gets one now: its snapshot file, not the record, keeps it alive once the log segment
+    // holding the record is released.
+    let snapshotted = Set(try wal.snapshotGroups())
+    for (id, replica) in replicas where !snapshotted.contains(id.packed) {
+      try wal.writeSnapshot(
+        WALSnapshot(group: id.packed, index: replica.appliedIndex, term: 1, data: replica.stateMachine.takeSnapshot()))
+      replica.snapshotIndex = replica.appliedIndex
+      logger.notice("wrote the missing snapshot of a group", metadata: ["group": "\(id)", "index": "\(replica.appliedIndex)"])
+    }
     logger.info("log replayed", metadata: ["entries": "\(replayed)", "groups": "\(replicas.count)"])
     return replicas
   }
@@ -221,9 +240,16 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
       if let failure { return .storage(failure) }
       guard phase == .running else { return .shuttingDown }
       guard groups[group] != nil else { return .groupNotFound(group) }
-      guard queuedWrites < options.pendingWritesMax else { return .overloaded(retryAfterMs: 100) }
+      guard WALRecord.fixedBytes + command.count <= Int(options.wal.recordBytesMax) else {
+        return .invalidRequest(
+          "the command is \(command.count) bytes; the log takes records up to \(options.wal.recordBytesMax) bytes")
+      }
+      guard queuedWrites < options.pendingWritesMax, queuedWriteBytes + command.count <= options.pendingWriteBytesMax else {
+        return .overloaded(retryAfterMs: 100)
+      }
       queue.append(.write(group, command, completion))
       queuedWrites += 1
+      queuedWriteBytes += command.count
       if queue.count == 1 || queuedWrites == options.groupCommitWritesTarget { state.signal() }
       return nil
     }
@@ -313,13 +339,16 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
   }
 
   private func enqueueControl(_ work: Work) {
-    let refused: Bool = state.withLock {
-      guard phase == .running, failure == nil else { return true }
+    let refusal: ConsensusError? = state.withLock {
+      if let failure { return .storage(failure) }
+      guard phase == .running else { return .shuttingDown }
+      guard queuedControl < options.pendingControlMax else { return .overloaded(retryAfterMs: 100) }
       queue.append(work)
+      queuedControl += 1
       if queue.count == 1 { state.signal() }
-      return false
+      return nil
     }
-    if refused { work.fail(failure.map { .storage($0) } ?? .shuttingDown) }
+    if let refusal { work.fail(refusal) }
   }
 
   // MARK: Queries
@@ -420,13 +449,20 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
       }
       var taken = 0
       var writes = 0
+      var writeBytes = 0
       while taken < queue.count && writes < options.batchWritesMax {
-        if case .write = queue[taken] { writes += 1 }
+        if case .write(_, let command, _) = queue[taken] {
+          writes += 1
+          writeBytes += command.count
+        }
         taken += 1
       }
       let batch = Array(queue[..<taken])
       queue.removeFirst(taken)
       queuedWrites -= writes
+      queuedWriteBytes -= writeBytes
+      queuedControl -= taken - writes
+      assert(queuedWrites >= 0 && queuedWriteBytes >= 0 && queuedControl >= 0)
       lastBatchWrites = writes
       return (batch, phase != .running, expired)
     }
@@ -481,9 +517,17 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
       try wal.append(records)
       try wal.sync()
     } catch {
+      let answer: ConsensusError
+      switch error {
+      case .recordTooLarge, .unusable, .closed:
+        // Refused before any byte of this batch reached the file: a definite failure.
+        answer = .storage("\(error)")
+      default:
+        // The entries may or may not be on disk: the outcome is unknown, never a definite failure.
+        answer = .timeout(indeterminate: true)
+      }
       fail("appending to the log failed: \(error)")
-      // The entries may or may not be on disk: the outcome is unknown, never a definite failure.
-      for (_, _, _, completion) in writes { completion(.failure(.timeout(indeterminate: true))) }
+      for (_, _, _, completion) in writes { completion(.failure(answer)) }
       return
     }
     var results: [(ConsensusCompletion<WriteResult>, WriteResult)] = []
@@ -498,7 +542,9 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
         return replica.stateMachine.apply(index: index, command: command)
       }
       results.append((completion, WriteResult(index: index, response: response)))
-      if index - replica.snapshotIndex == options.snapshotEntriesThreshold { snapshotDue.append(replica) }
+      if index - replica.snapshotIndex >= options.snapshotEntriesThreshold && index >= replica.nextSnapshotAttemptIndex {
+        snapshotDue.append(replica)
+      }
     }
     let statistics = wal.statistics
     let waiters: [(ReadWaiter, ReadResult)] = state.withLock {
@@ -510,7 +556,11 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
     for (completion, result) in results { completion(.success(result)) }
     for (waiter, result) in waiters { waiter.completion(.success(result)) }
     for replica in snapshotDue {
-      do { _ = try takeSnapshot(replica, wal) } catch { logger.warning("automatic snapshot failed", metadata: ["group": "\(replica.id)", "error": "\(error)"]) }
+      do { _ = try takeSnapshot(replica, wal) } catch {
+        // Retry after another tenth of the threshold, not on every write.
+        replica.nextSnapshotAttemptIndex = replica.appliedIndex + max(1, options.snapshotEntriesThreshold / 10)
+        logger.warning("automatic snapshot failed", metadata: ["group": "\(replica.id)", "error": "\(error)"])
+      }
     }
   }
 
@@ -638,6 +688,8 @@ final class GroupReplica {
   var snapshotIndex: UInt64 = 0
   var logEntries: UInt64 = 0
   var logBytes: UInt64 = 0
+  /// An automatic snapshot that failed is tried again from this index on.
+  var nextSnapshotAttemptIndex: UInt64 = 0
 
   init(id: GroupID, stateMachine: any StateMachine) {
     self.id = id

@@ -95,7 +95,9 @@ public struct WALRecord: Sendable, Equatable {
   }
 
   /// Bytes of this record as counted against `WALOptions.recordBytesMax` (the frame's length field).
-  public var recordBytes: Int { FrameFormat.recordFixedBytes + payload.count }
+  public var recordBytes: Int { WALRecord.fixedBytes + payload.count }
+  /// What a record counts against `WALOptions.recordBytesMax` beyond its payload.
+  public static let fixedBytes = FrameFormat.recordFixedBytes
   /// Bytes this record takes in a segment, frame header included.
   public var frameBytes: Int { FrameFormat.headerBytes + recordBytes }
 }

@@ -72,8 +72,10 @@ struct NodeSettings {
     guard rpcPort > 0 else { throw SettingsError(description: "the rpc port must be 1...65535") }
     guard consensusPort > 0 else { throw SettingsError(description: "the consensus port must be 1...65535") }
     guard !dataDirectory.isEmpty else { throw SettingsError(description: "the data directory must not be empty") }
-    guard (1...(64 << 20)).contains(valueBytesMax) else {
-      throw SettingsError(description: "--value-bytes-max must be 1...67108864")
+    // A write's value travels in one log record (16 MiB at most, framing and batch overhead
+    // included), so values stay well below it.
+    guard (1...(8 << 20)).contains(valueBytesMax) else {
+      throw SettingsError(description: "--value-bytes-max must be 1...8388608")
     }
     guard (1...1_000_000).contains(connectionsMax) else {
       throw SettingsError(description: "--connections-max must be 1...1000000")

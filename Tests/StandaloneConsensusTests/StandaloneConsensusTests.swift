@@ -231,6 +231,58 @@ final class StandaloneConsensusTests: XCTestCase {
     XCTAssertEqual(late, .failure(.timeout(indeterminate: false)))
   }
 
+  func testAGroupWhoseFirstSnapshotWasLostGetsOneAtRecovery() throws {
+    var engine = try makeEngine()
+    try waitForCompletion { engine.createPeer(self.group, peers: [self.peer], completion: $0) }.get()
+    _ = try write(engine, "kept").get()
+    engine.stop()
+    // A crash between the creation record and the first snapshot leaves no snapshot file.
+    let snapshots = try FileManager.default.contentsOfDirectory(atPath: directory + "/wal").filter { $0.hasPrefix("snapshot-") }
+    XCTAssertEqual(snapshots.count, 1)
+    try FileManager.default.removeItem(atPath: directory + "/wal/" + snapshots[0])
+    engine = try makeEngine()
+    defer { engine.stop() }
+    XCTAssertEqual(try readAll(engine).1, ["kept"])
+    XCTAssertEqual(
+      try FileManager.default.contentsOfDirectory(atPath: directory + "/wal").filter { $0.hasPrefix("snapshot-") }, snapshots,
+      "recovery wrote the group's snapshot again, so releasing the log cannot lose the group")
+    XCTAssertEqual(engine.status(group)?.snapshotIndex, 1)
+  }
+
+  func testOversizedCommandsAndAFullControlQueueAreRefusedWithoutHarm() throws {
+    let gate = ConditionLock()
+    let open = Locked(false)
+    var registry = StateMachineRegistry()
+    registry.registerDefault { _ in RecordingStateMachine(gate: gate, gateOpen: open) }
+    let engine = try makeEngine(options: ["pendingControlMax": "2"], registry: registry)
+    defer { engine.stop() }
+    try waitForCompletion { engine.createPeer(self.group, peers: [self.peer], completion: $0) }.get()
+    guard case .failure(.invalidRequest(let reason)) = waitForCompletion({
+      engine.write(self.group, command: [UInt8](repeating: 1, count: 17 << 20), completion: $0)
+    }) else { return XCTFail("a command larger than a log record is refused") }
+    XCTAssertTrue(reason.contains("log takes records up to"), reason)
+    // Hold the commit thread in apply, then queue control work past its limit.
+    let blocked = Locked<Result<WriteResult, ConsensusError>?>(nil)
+    engine.write(group, command: [1]) { result in blocked.withLock { $0 = result } }
+    let outcomes = Locked<[Result<SnapshotInfo, ConsensusError>]>([])
+    let deadline = Date().addingTimeInterval(10)
+    for _ in 0..<3 {
+      engine.triggerSnapshot(group) { result in outcomes.withLock { $0.append(result) } }
+    }
+    while outcomes.withLock({ $0.count }) < 1 && Date() < deadline { usleep(1000) }
+    // The first snapshot may have been taken by the commit thread before it blocked; at least one
+    // request past the limit was refused at once.
+    XCTAssertTrue(outcomes.withLock { $0 }.contains { if case .failure(.overloaded) = $0 { return true } else { return false } })
+    gate.withLock {
+      open.withLock { $0 = true }
+      gate.broadcast()
+    }
+    while (blocked.withLock({ $0 }) == nil || outcomes.withLock({ $0.count }) < 3) && Date() < deadline { usleep(1000) }
+    XCTAssertEqual(try blocked.withLock { $0 }?.get().index, 1)
+    XCTAssertTrue(engine.isReady, "refusals do not mark the engine failed")
+    XCTAssertEqual(try write(engine, "after").get().index, 2)
+  }
+
   func testStopAnswersLaterCallsWithShuttingDown() throws {
     let engine = try makeEngine()
     try waitForCompletion { engine.createPeer(self.group, peers: [self.peer], completion: $0) }.get()
