@@ -29,6 +29,8 @@ final class Exchange: Sendable {
   let query: QueryParameters
   private let send: @Sendable (HTTPResponse, String) -> Void
   private let answered = Atomic<Bool>(false)
+  /// Set before a deadline answers, so the engine's late completion is recognized and dropped.
+  private let expired = Atomic<Bool>(false)
 
   let context: GatewayContext
 
@@ -47,9 +49,22 @@ final class Exchange: Sendable {
 
   func respond(_ response: HTTPResponse, route: String) {
     let (exchanged, _) = answered.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing)
-    precondition(exchanged, "a request is answered once")
+    guard exchanged else {
+      // Only a deadline may have answered first; the engine's late completion is then dropped.
+      precondition(expired.load(ordering: .acquiring), "a request is answered once")
+      return
+    }
     send(response, route)
   }
+
+  /// The deadline passed with no answer: answer `504 timeout` (unless the answer just came).
+  func expire(route: String, group: GroupID?, indeterminate: Bool) {
+    guard !answered.load(ordering: .acquiring) else { return }
+    expired.store(true, ordering: .releasing)
+    fail(.consensus(.timeout(indeterminate: indeterminate)), route: route, group: group)
+  }
+
+  var isAnswered: Bool { answered.load(ordering: .acquiring) }
 
   func respond(json body: [UInt8], status: Int = 200, headers: [(name: String, value: String)] = [], route: String) {
     respond(HTTPResponse(status: status, headers: headers + [jsonContentType], body: body), route: route)

@@ -13,11 +13,15 @@ public struct GatewayConfiguration: Sendable {
   public var valueBytesMax: Int
   /// How long a stale read may wait for `minIndex` to be applied.
   public var readWaitMsMax: UInt32
+  /// How long a request may wait for the engine before it is answered `504 timeout`
+  /// (`indeterminate: true` for writes: the write may still be applied). Watches have their own.
+  public var requestTimeoutMs: UInt32
 
   public init(
     clientURL: String, dataDirectory: String, version: String, valueBytesMax: Int = 1 << 20,
-    readWaitMsMax: UInt32 = 10_000
+    readWaitMsMax: UInt32 = 10_000, requestTimeoutMs: UInt32 = 10_000
   ) {
+    self.requestTimeoutMs = requestTimeoutMs
     self.clientURL = clientURL
     self.dataDirectory = dataDirectory
     self.version = version
@@ -35,6 +39,7 @@ public final class Gateway: HTTPHandler {
   private let startedAtNanoseconds = MonotonicClock.nowNanoseconds()
   private let nodeHeader: (name: String, value: String)
   private let context: GatewayContext
+  private let deadlines = DeadlineWheel()
 
   public init(engine: any ConsensusEngine, configuration: GatewayConfiguration) {
     self.engine = engine
@@ -64,6 +69,32 @@ public final class Gateway: HTTPHandler {
     } catch {
       exchange.fail(error, route: route)
     }
+    if !exchange.isAnswered, let indeterminate = Gateway.deadlineRoutes[route] {
+      deadlines.schedule(
+        exchange, timeoutMs: configuration.requestTimeoutMs, route: route, group: pathGroup(exchange.path),
+        indeterminate: indeterminate)
+    }
+  }
+
+  /// Routes answered `504 timeout` at the request deadline, with whether the outcome is unknown
+  /// (state-changing routes). Watches are absent: they end at their own timeout.
+  static let deadlineRoutes: [String: Bool] = [
+    "kv_put": true, "kv_delete": true, "write": true, "groups_create": true, "group_delete": true,
+    "node_groups_create": true, "node_groups_delete": true, "peers_add": true, "peers_change": true,
+    "peer_remove": true, "leader_transfer": true, "snapshot": true,
+    "kv_get": false, "kv_list": false, "read": false,
+  ]
+
+  /// Stops the gateway's deadline thread. Call after the HTTP server has stopped.
+  public func stop() { deadlines.stop() }
+
+  /// The group a `/v1/groups/<group>/…` or `/v1/node/groups/<group>` path names, if any.
+  private func pathGroup(_ path: Substring) -> GroupID? {
+    let parts = path.utf8.split(separator: UInt8(ascii: "/"), maxSplits: 4)
+    guard parts.count >= 3, parts[0].elementsEqual("v1".utf8) else { return nil }
+    if parts[1].elementsEqual("groups".utf8) { return GroupID(utf8: parts[2]) }
+    if parts[1].elementsEqual("node".utf8), parts.count >= 4 { return GroupID(utf8: parts[3]) }
+    return nil
   }
 
   // MARK: Routing

@@ -56,6 +56,8 @@ struct Serve: ParsableCommand {
   var heartbeatIntervalMs: UInt32?
   @Option(name: .long, help: "Largest value a write may carry, bytes. (default: 1048576)")
   var valueBytesMax: Int?
+  @Option(name: .long, help: "How long a request may wait for the engine before 504 timeout. (default: 10000)")
+  var requestTimeoutMs: UInt32?
   @Option(name: .long, help: "Open client connections at most. (default: 10000)")
   var connectionsMax: Int?
   @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical. (default: info)")

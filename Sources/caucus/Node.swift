@@ -81,7 +81,7 @@ func runNode(_ settings: NodeSettings) -> Int32 {
     engine: engine,
     configuration: GatewayConfiguration(
       clientURL: settings.clientURL, dataDirectory: settings.dataDirectory, version: caucusVersion,
-      valueBytesMax: settings.valueBytesMax))
+      valueBytesMax: settings.valueBytesMax, requestTimeoutMs: settings.requestTimeoutMs))
   var serverConfiguration = HTTPServerConfiguration()
   serverConfiguration.host = settings.rpcAddress
   serverConfiguration.port = settings.rpcPort
@@ -110,6 +110,7 @@ func runNode(_ settings: NodeSettings) -> Int32 {
   logger.info("stopping", metadata: ["signal": "\(received == SIGTERM ? "SIGTERM" : "SIGINT")"])
   // Stop accepting, let in-flight requests finish, then sync and close the log.
   server.shutdown(gracePeriodMs: 5_000)
+  gateway.stop()
   engine.stop()
   logger.info("stopped")
   return 0

@@ -21,6 +21,7 @@ struct NodeSettings {
   var heartbeatIntervalMs: UInt32 = 100
   var valueBytesMax = 1 << 20
   var connectionsMax = 10_000
+  var requestTimeoutMs: UInt32 = 10_000
   var logLevel = Logger.Level.info
   /// Protocol options from the properties file (`standalone.<name>=value` → `<name>`).
   var engineOptions: [String: String] = [:]
@@ -58,6 +59,7 @@ struct NodeSettings {
     if let value = flags.heartbeatIntervalMs { settings.heartbeatIntervalMs = value }
     if let value = flags.valueBytesMax { settings.valueBytesMax = value }
     if let value = flags.connectionsMax { settings.connectionsMax = value }
+    if let value = flags.requestTimeoutMs { settings.requestTimeoutMs = value }
     if let value = flags.logLevel {
       guard let level = Logger.Level(rawValue: value) else {
         throw SettingsError(description: "--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -79,6 +81,9 @@ struct NodeSettings {
     }
     guard (1...1_000_000).contains(connectionsMax) else {
       throw SettingsError(description: "--connections-max must be 1...1000000")
+    }
+    guard (100...600_000).contains(requestTimeoutMs) else {
+      throw SettingsError(description: "--request-timeout-ms must be 100...600000")
     }
     guard heartbeatIntervalMs > 0, electionTimeoutMs > heartbeatIntervalMs else {
       throw SettingsError(description: "the election timeout must exceed the heartbeat interval, both positive")
@@ -131,6 +136,7 @@ struct NodeSettings {
     case "heartbeat_interval_ms": heartbeatIntervalMs = try number(UInt32.self)
     case "value_bytes_max": valueBytesMax = try number(Int.self)
     case "connections_max": connectionsMax = try number(Int.self)
+    case "request_timeout_ms": requestTimeoutMs = try number(UInt32.self)
     case "log_level":
       guard let level = Logger.Level(rawValue: value) else { throw SettingsError(description: "\(location): unknown log_level '\(value)'") }
       logLevel = level
