@@ -8,7 +8,8 @@
 # Checks:
 #   1. openapi-spec-validator accepts the document.
 #   2. The operations are exactly the contract's (method, path) pairs: none missing, none extra.
-#   3. The Error schema's `error` enum holds every code of API.md's error table.
+#   3. The Error schema's `error` enum holds exactly the codes of API.md's error table plus the
+#      known additions (ADDITION_CODES).
 #   4. Every operation has a camelCase operationId (unique) and a known tag; every response
 #      declares X-Caucus-Node; every route with {group} answers 400 (invalid_group_id) and 404;
 #      every operation with a request body answers 413; every route that takes ?forward= answers
@@ -82,6 +83,10 @@ ERROR_CODES = {
     "timeout",
     "forward_loop",
 }
+
+# Codes the implementation answers beyond API.md's table (documented as additions in the spec):
+# the HTTP layer's own 408, 501 and 505.
+ADDITION_CODES = {"request_timeout", "not_implemented", "http_version_not_supported"}
 
 TAGS = {"data", "groups", "membership", "node", "operations"}
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
@@ -160,6 +165,10 @@ for method, path in sorted(operations - CONTRACT):
 enum = set(spec["components"]["schemas"]["Error"]["properties"]["error"]["enum"])
 for code in sorted(ERROR_CODES - enum):
     failures.append(f"Error.error: code {code!r} of API.md is missing from the enum")
+for code in sorted(ADDITION_CODES - enum):
+    failures.append(f"Error.error: added code {code!r} is missing from the enum")
+for code in sorted(enum - ERROR_CODES - ADDITION_CODES):
+    failures.append(f"Error.error: code {code!r} is neither in API.md nor a known addition (add it to ADDITION_CODES)")
 
 # Examples validate against their schemas (OpenAPI 3.1 = JSON Schema 2020-12 + the OAS vocabulary).
 try:
