@@ -481,6 +481,7 @@ public final class Gateway: HTTPHandler {
           writer.member("error", "precondition_failed")
           writer.member("message", "a precondition failed for operation \(operationIndex); nothing was applied")
           writer.member("operation", operationIndex)
+          writer.member("group", group.description)
           writeKey(&writer, key)
           writer.key("currentRevision")
           if let currentRevision { writer.number(currentRevision) } else { writer.null() }

@@ -62,8 +62,10 @@ public struct StandaloneOptions: Sendable {
 /// acknowledged write, so every read is linearizable.
 ///
 /// Threads: one commit thread owns the WAL and runs every mutation in arrival order; callers on any
-/// thread only enqueue. Group state machines are guarded by their group's lock, taken by the
-/// commit thread to apply and by readers to query.
+/// thread only enqueue. The engine's `state` lock guards the group table and the queues; each
+/// group's own lock guards its state machine and indexes, taken by the commit thread to apply and
+/// snapshot and by readers to query, so a long snapshot of one group holds up only that group.
+/// Lock order: `state` before a group's lock, never the reverse.
 // @unchecked Sendable: every mutable field below is guarded by `state`; the WAL is confined to
 // the commit thread.
 public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
@@ -259,17 +261,31 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
   public func read(
     _ group: GroupID, query: [UInt8], options: ReadOptions, completion: @escaping ConsensusCompletion<ReadResult>
   ) {
-    let outcome: Result<ReadResult, ConsensusError>? = state.withLock {
+    let found: Result<GroupReplica, ConsensusError> = state.withLock {
       guard phase == .running else { return .failure(.shuttingDown) }
       guard let replica = groups[group] else { return .failure(.groupNotFound(group)) }
-      if replica.appliedIndex < options.minIndex {
-        guard readWaiters.count < self.options.readWaitersMax else { return .failure(.overloaded(retryAfterMs: 100)) }
-        let deadline = MonotonicClock.nowNanoseconds() + UInt64(options.waitMs) * 1_000_000
-        readWaiters.append(ReadWaiter(group: group, query: query, minIndex: options.minIndex, deadline: deadline, completion: completion))
-        state.broadcast()
-        return nil
+      return .success(replica)
+    }
+    let replica: GroupReplica
+    switch found {
+    case .failure(let error): return completion(.failure(error))
+    case .success(let value): replica = value
+    }
+    // The common case holds only the group's lock.
+    if let answer = replica.lock.withLock({ replica.answer(query, ifAppliedAtLeast: options.minIndex) }) {
+      return completion(.success(answer))
+    }
+    // Not applied yet: register a waiter under `state`, checking again there, since the commit
+    // thread answers waiters under `state` after each apply.
+    let outcome: Result<ReadResult, ConsensusError>? = state.withLock {
+      if let answer = replica.lock.withLock({ replica.answer(query, ifAppliedAtLeast: options.minIndex) }) {
+        return .success(answer)
       }
-      return .success(ReadResult(index: replica.appliedIndex, response: replica.stateMachine.query(query)))
+      guard readWaiters.count < self.options.readWaitersMax else { return .failure(.overloaded(retryAfterMs: 100)) }
+      let deadline = MonotonicClock.nowNanoseconds() + UInt64(options.waitMs) * 1_000_000
+      readWaiters.append(ReadWaiter(group: group, query: query, minIndex: options.minIndex, deadline: deadline, completion: completion))
+      state.broadcast()
+      return nil
     }
     if let outcome { completion(outcome) }
   }
@@ -360,8 +376,8 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
   public func allGroupIDs() -> [GroupID] { state.withLock { groups.keys.sorted() } }
 
   public func status(_ group: GroupID) -> GroupStatus? {
-    state.withLock {
-      guard let replica = groups[group] else { return nil }
+    guard let replica = state.withLock({ groups[group] }) else { return nil }
+    return replica.lock.withLock {
       let applied = replica.appliedIndex
       return GroupStatus(
         id: group, protocolName: protocolName, role: .leader, leader: localPeer, term: 1, commitIndex: applied,
@@ -373,7 +389,7 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
 
   public func prometheusMetrics() -> String {
     let (statistics, writes, batches, applied) = state.withLock {
-      (walStatistics, writesCommitted, batchesCommitted, groups.map { ($0.key, $0.value.appliedIndex) })
+      (walStatistics, writesCommitted, batchesCommitted, groups.map { id, replica in (id, replica.lock.withLock { replica.appliedIndex }) })
     }
     var text = ""
     text += "# HELP caucus_wal_records_appended_total Records appended to the write-ahead log.\n"
@@ -498,7 +514,7 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
           completion(.failure(.groupNotFound(group)))
           continue
         }
-        let index = (nextIndex[group] ?? replica.appliedIndex) + 1
+        let index = (nextIndex[group] ?? replica.lock.withLock { replica.appliedIndex }) + 1
         nextIndex[group] = index
         writes.append((replica, index, command, completion))
       default:
@@ -534,7 +550,7 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
     results.reserveCapacity(writes.count)
     var snapshotDue: [GroupReplica] = []
     for (replica, index, command, completion) in writes {
-      let response: [UInt8] = state.withLock {
+      let response: [UInt8] = replica.lock.withLock {
         precondition(replica.appliedIndex + 1 == index, "entries apply in order")
         replica.appliedIndex = index
         replica.logEntries += 1
@@ -542,7 +558,8 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
         return replica.stateMachine.apply(index: index, command: command)
       }
       results.append((completion, WriteResult(index: index, response: response)))
-      if index - replica.snapshotIndex >= options.snapshotEntriesThreshold && index >= replica.nextSnapshotAttemptIndex {
+      let snapshotIndex = replica.lock.withLock { replica.snapshotIndex }
+      if index - snapshotIndex >= options.snapshotEntriesThreshold && index >= replica.nextSnapshotAttemptIndex {
         snapshotDue.append(replica)
       }
     }
@@ -558,7 +575,7 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
     for replica in snapshotDue {
       do { _ = try takeSnapshot(replica, wal) } catch {
         // Retry after another tenth of the threshold, not on every write.
-        replica.nextSnapshotAttemptIndex = replica.appliedIndex + max(1, options.snapshotEntriesThreshold / 10)
+        replica.nextSnapshotAttemptIndex = replica.lock.withLock { replica.appliedIndex } + max(1, options.snapshotEntriesThreshold / 10)
         logger.warning("automatic snapshot failed", metadata: ["group": "\(replica.id)", "error": "\(error)"])
       }
     }
@@ -573,8 +590,10 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
         waiter.completion(.failure(.groupNotFound(waiter.group)))
         return true
       }
-      guard replica.appliedIndex >= waiter.minIndex else { return false }
-      satisfied.append((waiter, ReadResult(index: replica.appliedIndex, response: replica.stateMachine.query(waiter.query))))
+      guard let answer = replica.lock.withLock({ replica.answer(waiter.query, ifAppliedAtLeast: waiter.minIndex) }) else {
+        return false
+      }
+      satisfied.append((waiter, answer))
       return true
     }
     return satisfied
@@ -647,9 +666,9 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
   }
 
   private func takeSnapshot(_ replica: GroupReplica, _ wal: WriteAheadLog) throws -> SnapshotInfo {
-    let (index, data) = state.withLock { (replica.appliedIndex, replica.stateMachine.takeSnapshot()) }
+    let (index, data) = replica.lock.withLock { (replica.appliedIndex, replica.stateMachine.takeSnapshot()) }
     try wal.writeSnapshot(WALSnapshot(group: replica.id.packed, index: index, term: 1, data: data))
-    state.withLock {
+    replica.lock.withLock {
       replica.snapshotIndex = index
       replica.logEntries = 0
       replica.logBytes = 0
@@ -661,7 +680,9 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
 
   /// Deletes the log segments every group's snapshot covers.
   private func releaseLog(_ wal: WriteAheadLog) {
-    let covered = state.withLock { Dictionary(uniqueKeysWithValues: groups.map { ($0.key.packed, $0.value.snapshotIndex) }) }
+    let covered = state.withLock {
+      Dictionary(uniqueKeysWithValues: groups.map { id, replica in (id.packed, replica.lock.withLock { replica.snapshotIndex }) })
+    }
     do {
       let released = try wal.releaseSegments(coveredIndex: covered)
       if released > 0 { logger.info("log segments released", metadata: ["segments": "\(released)"]) }
@@ -680,9 +701,11 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
   }
 }
 
-/// A group's replica. Guarded by the engine's `state` lock.
+/// A group's replica. `lock` guards everything mutable here (the engine's commit thread alone
+/// writes `nextSnapshotAttemptIndex`).
 final class GroupReplica {
   let id: GroupID
+  let lock = ConditionLock()
   let stateMachine: any StateMachine
   var appliedIndex: UInt64 = 0
   var snapshotIndex: UInt64 = 0
@@ -694,6 +717,12 @@ final class GroupReplica {
   init(id: GroupID, stateMachine: any StateMachine) {
     self.id = id
     self.stateMachine = stateMachine
+  }
+
+  /// Must hold `lock`. The query's answer when `minIndex` is applied, else nil.
+  func answer(_ query: [UInt8], ifAppliedAtLeast minIndex: UInt64) -> ReadResult? {
+    guard appliedIndex >= minIndex else { return nil }
+    return ReadResult(index: appliedIndex, response: stateMachine.query(query))
   }
 }
 
