@@ -1,0 +1,181 @@
+import CCurl
+import Glibc
+import Platform
+
+/// `curl_global_init` result; a global `let` is initialized exactly once, thread-safely, on first use.
+private let curlGlobalInitCode: CURLcode = curl_global_init(Int(CURL_GLOBAL_ALL))
+
+/// The node-to-node HTTP client: every request one node makes to another goes through here.
+///
+/// One worker thread drives a libcurl multi handle that runs up to `concurrentTransfersMax`
+/// transfers at once and keeps connections alive in its connection cache, so repeated requests to
+/// a peer reuse a connection. `send` never blocks: it appends to a bounded queue under a lock and
+/// wakes the worker through an eventfd, so it is safe on an HTTP server's event loop.
+///
+/// Completions:
+/// - Each `send` calls its completion exactly once.
+/// - Completions of accepted requests run on the worker thread. They must not block (no disk I/O,
+///   no waiting on locks held across I/O, no `waitForCompletion`): every other transfer waits
+///   for them. Hand real work to another thread or event loop.
+/// - A request refused at once (`.overloaded`, `.shuttingDown`, `.invalidRequest`) is completed
+///   on the calling thread before `send` returns: do not call `send` while holding a lock the
+///   completion takes.
+///
+/// Sendable without `@unchecked`: the handle holds only `let`s of Sendable types (locks, eventfd,
+/// thread handle). All libcurl handles are created, used and destroyed on the worker thread
+/// (`PeerWorker`) and never leave it.
+public final class PeerClient: Sendable {
+  public let configuration: PeerClientConfiguration
+  private let shared: PeerClientShared
+  private let worker: OSThread
+  /// True once the worker has been joined; its lock serializes concurrent `shutdown` calls.
+  private let joined = Locked(false)
+
+  /// Initializes libcurl process-wide. Idempotent and thread-safe; `PeerClient.init` calls it, but
+  /// call it early in `main` (before other threads start), as libcurl asks.
+  public static func globalInit() {
+    precondition(
+      curlGlobalInitCode == CURLE_OK,
+      "curl_global_init failed: \(String(cString: curl_easy_strerror(curlGlobalInitCode)))")
+  }
+
+  /// Validates the configuration and starts the worker thread.
+  public init(configuration: PeerClientConfiguration = PeerClientConfiguration()) throws {
+    try configuration.validate()
+    Self.globalInit()
+    self.configuration = configuration
+    let shared = PeerClientShared(configuration: configuration, wakeup: try EventFD())
+    self.shared = shared
+    // The worker owns its curl state: created inside the thread, never shared.
+    worker = OSThread(name: "peer-client") {
+      let worker = PeerWorker(shared: shared)
+      worker.run()
+    }
+  }
+
+  deinit { shutdown() }
+
+  /// Queues `request` and returns at once; `completion` runs exactly once with the response or
+  /// the error (see the type's documentation for which thread runs it). Any thread may call this.
+  public func send(
+    _ request: PeerRequest,
+    completion: @escaping @Sendable (Result<PeerResponse, PeerError>) -> Void
+  ) {
+    let timeoutMs = request.timeoutMs ?? configuration.timeoutMs
+    let connectTimeoutMs = request.connectTimeoutMs ?? configuration.connectTimeoutMs
+    guard timeoutMs > 0, connectTimeoutMs > 0 else {
+      completion(.failure(.invalidRequest(
+        "timeoutMs (\(timeoutMs)) and connectTimeoutMs (\(connectTimeoutMs)) must be positive")))
+      return
+    }
+    let queued = QueuedRequest(
+      request: request,
+      deadlineNanoseconds: MonotonicClock.nowNanoseconds() + UInt64(timeoutMs) * 1_000_000,
+      connectTimeoutMs: connectTimeoutMs, completion: completion)
+    let queuedRequestsMax = configuration.queuedRequestsMax
+    let admission = shared.inbox.withLock { inbox -> Admission in
+      if inbox.stopping { return .stopping }
+      if inbox.count >= queuedRequestsMax {
+        inbox.requestsRefusedTotal += 1
+        return .overloaded
+      }
+      inbox.append(queued)
+      inbox.requestsAcceptedTotal += 1
+      return .accepted
+    }
+    switch admission {
+    case .accepted: shared.wakeup.signal()
+    case .overloaded: completion(.failure(.overloaded(queuedRequestsMax: queuedRequestsMax)))
+    case .stopping: completion(.failure(.shuttingDown))
+    }
+  }
+
+  private enum Admission { case accepted, overloaded, stopping }
+
+  /// Stops the worker: queued and in-flight requests complete with `.shuttingDown`, later sends
+  /// are refused the same way, and every curl handle is cleaned up. Idempotent; returns after the
+  /// worker has exited. Called from a completion (the worker thread) it only asks the worker to
+  /// stop, which it does after that completion returns.
+  public func shutdown() {
+    shared.inbox.withLock { $0.stopping = true }
+    shared.wakeup.signal()
+    if shared.isWorkerThread() { return }
+    joined.withLock { joined in
+      guard !joined else { return }
+      worker.join()
+      joined = true
+    }
+  }
+
+  /// Counters for metrics.
+  public var statistics: PeerClientStatistics {
+    var statistics = shared.transferStatistics.withLock { $0 }
+    shared.inbox.withLock { inbox in
+      statistics.requestsAcceptedTotal = inbox.requestsAcceptedTotal
+      statistics.requestsRefusedTotal = inbox.requestsRefusedTotal
+    }
+    return statistics
+  }
+
+  /// Requests waiting for a transfer slot, for metrics.
+  public var queuedRequestCount: Int { shared.inbox.withLock { $0.count } }
+}
+
+/// A request waiting in the inbox for the worker.
+struct QueuedRequest: Sendable {
+  let request: PeerRequest
+  let deadlineNanoseconds: UInt64
+  let connectTimeoutMs: Int
+  let completion: @Sendable (Result<PeerResponse, PeerError>) -> Void
+}
+
+/// Requests handed from `send` to the worker: a FIFO with a consumed prefix, plus the stop flag.
+struct Inbox {
+  private var items: [QueuedRequest] = []
+  private var head = 0
+  var stopping = false
+  var requestsAcceptedTotal = 0
+  var requestsRefusedTotal = 0
+
+  var count: Int { items.count - head }
+
+  mutating func append(_ item: QueuedRequest) { items.append(item) }
+
+  /// Removes and returns up to `countMax` requests, oldest first.
+  mutating func take(_ countMax: Int) -> [QueuedRequest] {
+    precondition(countMax >= 0)
+    let end = min(items.count, head + countMax)
+    let taken = Array(items[head..<end])
+    head = end
+    if head == items.count {
+      items.removeAll(keepingCapacity: true)
+      head = 0
+    } else if head >= 1024, head * 2 >= items.count {
+      items.removeFirst(head)
+      head = 0
+    }
+    precondition(head <= items.count)
+    return taken
+  }
+}
+
+/// What the public handle and the worker share: only locks, the eventfd and constants.
+final class PeerClientShared: Sendable {
+  let configuration: PeerClientConfiguration
+  let inbox = Locked(Inbox())
+  let wakeup: EventFD
+  /// Written by the worker only; read for `statistics`.
+  let transferStatistics = Locked(PeerClientStatistics())
+  /// The worker's pthread, set when it starts (to recognize `shutdown` called from a completion).
+  let workerThread = Locked<pthread_t?>(nil)
+
+  init(configuration: PeerClientConfiguration, wakeup: EventFD) {
+    self.configuration = configuration
+    self.wakeup = wakeup
+  }
+
+  func isWorkerThread() -> Bool {
+    guard let worker = workerThread.withLock({ $0 }) else { return false }
+    return pthread_equal(worker, pthread_self()) != 0
+  }
+}
