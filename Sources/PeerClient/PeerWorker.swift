@@ -139,6 +139,8 @@ final class PeerWorker {
     set("URL", caucus_curl_setopt_string(easy, CURLOPT_URL, request.url))
     set("PROTOCOLS_STR", caucus_curl_setopt_string(easy, CURLOPT_PROTOCOLS_STR, "http,https"))
     set("NOSIGNAL", caucus_curl_setopt_long(easy, CURLOPT_NOSIGNAL, 1))
+    // Peers are reached directly, never through an `http_proxy` from the environment.
+    set("PROXY", caucus_curl_setopt_string(easy, CURLOPT_PROXY, ""))
     set("TIMEOUT_MS", caucus_curl_setopt_long(easy, CURLOPT_TIMEOUT_MS, timeoutMs))
     set(
       "CONNECTTIMEOUT_MS",
