@@ -17,6 +17,10 @@ public struct PeerClientConfiguration: Sendable, Equatable {
   /// Idle kept-alive connections cached for reuse, over all hosts (CURLMOPT_MAXCONNECTS); the
   /// least recently used beyond it are closed. Enough for `connectionsPerHostMax` to a few peers.
   public var idleConnectionsMax: Int = 64
+  /// A kept-alive connection idle longer than this is not reused but closed (CURLOPT_MAXAGE_CONN,
+  /// whole seconds). Below our HTTP server's 60 s `idleTimeoutMs`, so the client never picks a
+  /// connection the peer is about to close (a request racing the peer's close would fail).
+  public var connectionIdleSecondsMax: Int = 50
   /// Response body bytes accepted per request; a larger body (or announced Content-Length) aborts
   /// the transfer with `.tooLarge`. Snapshot chunks and Raft batches are bounded well below this;
   /// the limit stops a confused or hostile peer from exhausting memory.
@@ -44,6 +48,7 @@ public struct PeerClientConfiguration: Sendable, Equatable {
     try positive("concurrentTransfersMax", concurrentTransfersMax)
     try positive("connectionsPerHostMax", connectionsPerHostMax)
     try positive("idleConnectionsMax", idleConnectionsMax)
+    try positive("connectionIdleSecondsMax", connectionIdleSecondsMax)
     try positive("responseBytesMax", responseBytesMax)
     try positive("timeoutMs", timeoutMs)
     try positive("connectTimeoutMs", connectTimeoutMs)

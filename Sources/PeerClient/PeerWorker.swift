@@ -41,8 +41,11 @@ final class PeerWorker {
     let transfersMax = configuration.concurrentTransfersMax
     var wakeup = curl_waitfd(
       fd: shared.wakeup.descriptor, events: Int16(CURL_WAIT_POLLIN), revents: 0)
+    // The first turn looks at the inbox without waiting; later turns drain the eventfd only when
+    // the poll saw it signalled (one syscall saved per wake-up by socket activity).
+    wakeup.revents = Int16(CURL_WAIT_POLLIN)
     while true {
-      shared.wakeup.drain()
+      if wakeup.revents != 0 { shared.wakeup.drain() }
       let freeSlots = transfersMax - transfers.count
       precondition(freeSlots >= 0, "more transfers than concurrentTransfersMax")
       let (taken, stopping) = shared.inbox.withLock { inbox in
@@ -60,6 +63,7 @@ final class PeerWorker {
 
       // Slots freed and requests waiting: loop again without sleeping.
       let waiting = transfers.count < transfersMax && shared.inbox.withLock { $0.count > 0 }
+      wakeup.revents = 0
       check(
         curl_multi_poll(multi, &wakeup, 1, waiting ? 0 : 1_000, nil), "curl_multi_poll")
     }
@@ -139,6 +143,9 @@ final class PeerWorker {
     set("URL", caucus_curl_setopt_string(easy, CURLOPT_URL, request.url))
     set("PROTOCOLS_STR", caucus_curl_setopt_string(easy, CURLOPT_PROTOCOLS_STR, "http,https"))
     set("NOSIGNAL", caucus_curl_setopt_long(easy, CURLOPT_NOSIGNAL, 1))
+    set(
+      "MAXAGE_CONN",
+      caucus_curl_setopt_long(easy, CURLOPT_MAXAGE_CONN, configuration.connectionIdleSecondsMax))
     // Peers are reached directly, never through an `http_proxy` from the environment.
     set("PROXY", caucus_curl_setopt_string(easy, CURLOPT_PROXY, ""))
     set("TIMEOUT_MS", caucus_curl_setopt_long(easy, CURLOPT_TIMEOUT_MS, timeoutMs))
