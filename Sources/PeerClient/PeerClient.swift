@@ -64,8 +64,11 @@ public final class PeerClient: Sendable {
     let timeoutMs = request.timeoutMs ?? configuration.timeoutMs
     let connectTimeoutMs = request.connectTimeoutMs ?? configuration.connectTimeoutMs
     guard timeoutMs > 0, connectTimeoutMs > 0 else {
-      completion(.failure(.invalidRequest(
-        "timeoutMs (\(timeoutMs)) and connectTimeoutMs (\(connectTimeoutMs)) must be positive")))
+      completion(
+        .failure(
+          .invalidRequest(
+            "timeoutMs (\(timeoutMs)) and connectTimeoutMs (\(connectTimeoutMs)) must be positive"))
+      )
       return
     }
     let queued = QueuedRequest(

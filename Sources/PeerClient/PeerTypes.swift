@@ -85,9 +85,11 @@ public enum PeerError: Error, Sendable, Equatable, CustomStringConvertible {
     switch self {
     case .connectFailed(let message): return "peer connect failed: \(message)"
     case .timeout(let message): return "peer request timed out: \(message)"
-    case .tooLarge(let bytesMax): return "peer response larger than responseBytesMax (\(bytesMax) bytes)"
+    case .tooLarge(let bytesMax):
+      return "peer response larger than responseBytesMax (\(bytesMax) bytes)"
     case .overloaded(let queuedRequestsMax):
-      return "peer client overloaded: \(queuedRequestsMax) requests already queued (queuedRequestsMax)"
+      return
+        "peer client overloaded: \(queuedRequestsMax) requests already queued (queuedRequestsMax)"
     case .shuttingDown: return "peer client is shutting down"
     case .invalidRequest(let message): return "invalid peer request: \(message)"
     case .transport(let message): return "peer transport error: \(message)"

@@ -24,10 +24,12 @@ final class PeerWorker {
     self.multi = multi
     // Connections live in the multi handle's cache and are reused by whichever transfer next goes
     // to the same host:port; these bound that cache and the connections per peer.
-    check(caucus_curl_multi_setopt_long(
-      multi, CURLMOPT_MAX_HOST_CONNECTIONS, configuration.connectionsPerHostMax))
-    check(caucus_curl_multi_setopt_long(
-      multi, CURLMOPT_MAXCONNECTS, configuration.idleConnectionsMax))
+    check(
+      caucus_curl_multi_setopt_long(
+        multi, CURLMOPT_MAX_HOST_CONNECTIONS, configuration.connectionsPerHostMax))
+    check(
+      caucus_curl_multi_setopt_long(
+        multi, CURLMOPT_MAXCONNECTS, configuration.idleConnectionsMax))
   }
 
   private func check(_ code: CURLMcode, _ call: String = "curl_multi_setopt") {
@@ -121,7 +123,8 @@ final class PeerWorker {
     guard added == CURLM_OK else {
       transfer.release()
       recycle(easy)
-      fail(queued, .transport("curl_multi_add_handle: \(String(cString: curl_multi_strerror(added)))"))
+      fail(
+        queued, .transport("curl_multi_add_handle: \(String(cString: curl_multi_strerror(added)))"))
       return
     }
     transfers[easy] = transfer
@@ -165,7 +168,8 @@ final class PeerWorker {
       })
     set(
       "HEADERFUNCTION",
-      caucus_curl_setopt_write_callback(easy, CURLOPT_HEADERFUNCTION) { data, size, count, context in
+      caucus_curl_setopt_write_callback(easy, CURLOPT_HEADERFUNCTION) {
+        data, size, count, context in
         let transfer = Unmanaged<Transfer>.fromOpaque(context!).takeUnretainedValue()
         let length = size * count
         return transfer.receiveHeaderLine(UnsafeRawBufferPointer(start: data, count: length))
@@ -175,15 +179,21 @@ final class PeerWorker {
     // Headers: an empty `Expect:` suppresses curl's 100-continue wait (1 s) for large bodies.
     var list = curl_slist_append(nil, "Expect:")
     for (name, value) in request.headers {
-      guard Self.isHeaderToken(name), !value.utf8.contains(where: { $0 == 13 || $0 == 10 || $0 == 0 })
-      else { failure = failure ?? "header \(name.debugDescription) is not a valid header"; break }
+      guard Self.isHeaderToken(name),
+        !value.utf8.contains(where: { $0 == 13 || $0 == 10 || $0 == 0 })
+      else {
+        failure = failure ?? "header \(name.debugDescription) is not a valid header"
+        break
+      }
       if let appended = curl_slist_append(list, "\(name): \(value)") { list = appended }
     }
     transfer.headerList = list
     set("HTTPHEADER", caucus_curl_setopt_slist(easy, CURLOPT_HTTPHEADER, list))
 
     let method = request.method
-    guard Self.isHeaderToken(method) else { return "method \(method.debugDescription) is not a token" }
+    guard Self.isHeaderToken(method) else {
+      return "method \(method.debugDescription) is not a token"
+    }
     switch method {
     case "GET": set("HTTPGET", caucus_curl_setopt_long(easy, CURLOPT_HTTPGET, 1))
     case "HEAD": set("NOBODY", caucus_curl_setopt_long(easy, CURLOPT_NOBODY, 1))
@@ -194,7 +204,8 @@ final class PeerWorker {
         let body = transfer.keepBody(request.body)
         set(
           "POSTFIELDSIZE_LARGE",
-          caucus_curl_setopt_off_t(easy, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(request.body.count)))
+          caucus_curl_setopt_off_t(
+            easy, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(request.body.count)))
         set("POSTFIELDS", caucus_curl_setopt_pointer(easy, CURLOPT_POSTFIELDS, body))
       }
       if method != "POST" || !sendsBody {
@@ -219,8 +230,12 @@ final class PeerWorker {
 
   /// Maps a finished transfer's curl code (and what the callbacks saw) to the caller's result.
   private func result(of easy: CurlHandle, code: CURLcode) -> Result<PeerResponse, PeerError> {
-    guard let transfer = transfers[easy] else { preconditionFailure("done message for unknown handle") }
-    if transfer.exceededLimit { return .failure(.tooLarge(bytesMax: configuration.responseBytesMax)) }
+    guard let transfer = transfers[easy] else {
+      preconditionFailure("done message for unknown handle")
+    }
+    if transfer.exceededLimit {
+      return .failure(.tooLarge(bytesMax: configuration.responseBytesMax))
+    }
     guard code == CURLE_OK else {
       let message = transfer.errorMessage(code)
       switch code {
@@ -363,7 +378,8 @@ final class Transfer {
     var end = line.count
     while start < end, isSpace(line[start]) { start += 1 }
     while end > start, isSpace(line[end - 1]) { end -= 1 }
-    let name = String(decoding: line[..<colon].map { $0 | (($0 >= 65 && $0 <= 90) ? 32 : 0) }, as: UTF8.self)
+    let name = String(
+      decoding: line[..<colon].map { $0 | (($0 >= 65 && $0 <= 90) ? 32 : 0) }, as: UTF8.self)
     let value = String(decoding: line[start..<end], as: UTF8.self)
     if name == "content-length", let length = Int(value), length > responseBytesMax {
       exceededLimit = true

@@ -25,7 +25,8 @@ final class ProxyHandler: HTTPHandler {
     ) { result in
       switch result {
       case .success(let answer):
-        responder.respond(HTTPResponse(status: answer.status, headers: [("X-Proxied", "1")], body: answer.body))
+        responder.respond(
+          HTTPResponse(status: answer.status, headers: [("X-Proxied", "1")], body: answer.body))
       case .failure(let error):
         responder.respond(HTTPResponse(status: 502, body: Array("\(error)".utf8)))
       }
@@ -95,7 +96,8 @@ final class PeerClientEventLoopTests: PeerClientTestCase {
     let (_, port) = try startServer(EchoHandler())
     let client = try makeClient { $0.connectionsPerHostMax = 64 }
     let body = Array(repeating: UInt8(ascii: "x"), count: 100)
-    let request = PeerRequest(method: "POST", host: "127.0.0.1", port: port, target: "/m", body: body)
+    let request = PeerRequest(
+      method: "POST", host: "127.0.0.1", port: port, target: "/m", body: body)
 
     // Sequential: one request at a time, one kept-alive connection.
     let sequentialCount = 3_000

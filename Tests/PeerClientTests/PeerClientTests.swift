@@ -62,12 +62,14 @@ final class PeerClientTests: PeerClientTestCase {
     let client = try makeClient()
     let body = binaryBytes(2 * 1024 * 1024)
     // Warm the connection so the measurement is the body transfer alone.
-    _ = response(roundTrip(client, PeerRequest(method: "GET", host: "127.0.0.1", port: port, target: "/")))
+    _ = response(
+      roundTrip(client, PeerRequest(method: "GET", host: "127.0.0.1", port: port, target: "/")))
     let start = MonotonicClock.nowNanoseconds()
     let answer = try XCTUnwrap(
       response(
         roundTrip(
-          client, PeerRequest(method: "POST", host: "127.0.0.1", port: port, target: "/big", body: body))))
+          client,
+          PeerRequest(method: "POST", host: "127.0.0.1", port: port, target: "/big", body: body))))
     let elapsed = seconds(since: start)
     XCTAssertEqual(answer.status, 200)
     XCTAssertEqual(answer.header("x-echo-expect"), "-")
@@ -96,7 +98,8 @@ final class PeerClientTests: PeerClientTestCase {
     }
     for thread in threads { thread.join() }
     let total = threadCount * perThread
-    XCTAssertTrue(results.wait(count: total, seconds: 20), "only \(results.count) of \(total) completed")
+    XCTAssertTrue(
+      results.wait(count: total, seconds: 20), "only \(results.count) of \(total) completed")
     client.shutdown()
     let all = results.all
     XCTAssertEqual(all.count, total)
@@ -170,7 +173,8 @@ final class PeerClientTests: PeerClientTestCase {
     defer { for descriptor in fillers { close(descriptor) } }
     var connected = 0
     for _ in 0..<4 {
-      let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+      let descriptor = socket(
+        AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
       XCTAssertGreaterThanOrEqual(descriptor, 0)
       fillers.append(descriptor)
       var address = try XCTUnwrap(SocketAddress(host: "127.0.0.1", port: port).ipv4())
@@ -189,7 +193,8 @@ final class PeerClientTests: PeerClientTestCase {
     let start = MonotonicClock.nowNanoseconds()
     let failure = error(
       roundTrip(
-        client, PeerRequest(method: "GET", host: "127.0.0.1", port: port, target: "/", timeoutMs: 5_000)))
+        client,
+        PeerRequest(method: "GET", host: "127.0.0.1", port: port, target: "/", timeoutMs: 5_000)))
     let elapsed = seconds(since: start)
     guard case .connectFailed(let message) = failure else {
       return XCTFail("expected connectFailed, got \(String(describing: failure))")
@@ -206,8 +211,10 @@ final class PeerClientTests: PeerClientTestCase {
     let start = MonotonicClock.nowNanoseconds()
     let failure = error(
       roundTrip(
-        client, PeerRequest(method: "POST", host: "127.0.0.1", port: port, target: "/", body: [1],
-                            timeoutMs: 300)))
+        client,
+        PeerRequest(
+          method: "POST", host: "127.0.0.1", port: port, target: "/", body: [1],
+          timeoutMs: 300)))
     let elapsed = seconds(since: start)
     guard case .timeout = failure else {
       return XCTFail("expected timeout, got \(String(describing: failure))")
@@ -226,7 +233,8 @@ final class PeerClientTests: PeerClientTestCase {
     XCTAssertEqual(failure, .tooLarge(bytesMax: 64 * 1024))
     let answer = try XCTUnwrap(
       response(
-        roundTrip(client, PeerRequest(method: "GET", host: "127.0.0.1", port: smallPort, target: "/"))))
+        roundTrip(
+          client, PeerRequest(method: "GET", host: "127.0.0.1", port: smallPort, target: "/"))))
     XCTAssertEqual(answer.body.count, 50_000)
   }
 
@@ -250,8 +258,11 @@ final class PeerClientTests: PeerClientTestCase {
     ] {
       XCTAssertTrue(Array(line.utf8).withUnsafeBytes { transfer.receiveHeaderLine($0) })
     }
-    XCTAssertEqual(transfer.responseHeaders.map { "\($0.name)=\($0.value)" }, ["content-type=text/plain", "x-empty="])
-    XCTAssertFalse(Array("Content-Length: 11\r\n".utf8).withUnsafeBytes { transfer.receiveHeaderLine($0) })
+    XCTAssertEqual(
+      transfer.responseHeaders.map { "\($0.name)=\($0.value)" },
+      ["content-type=text/plain", "x-empty="])
+    XCTAssertFalse(
+      Array("Content-Length: 11\r\n".utf8).withUnsafeBytes { transfer.receiveHeaderLine($0) })
     XCTAssertTrue(transfer.exceededLimit)
   }
 
@@ -267,7 +278,8 @@ final class PeerClientTests: PeerClientTestCase {
     let start = MonotonicClock.nowNanoseconds()
     for index in 0..<sendCount {
       client.send(
-        PeerRequest(method: "GET", host: "127.0.0.1", port: port, target: "/\(index)", timeoutMs: 30_000),
+        PeerRequest(
+          method: "GET", host: "127.0.0.1", port: port, target: "/\(index)", timeoutMs: 30_000),
         completion: results.completion(index))
     }
     // Refusals are completed inside `send`: they are all here already.
@@ -318,8 +330,9 @@ final class PeerClientTests: PeerClientTestCase {
       }
     }
     client.shutdown()  // idempotent
-    client.send(PeerRequest(method: "GET", host: "127.0.0.1", port: port, target: "/late"),
-                completion: results.completion(99))
+    client.send(
+      PeerRequest(method: "GET", host: "127.0.0.1", port: port, target: "/late"),
+      completion: results.completion(99))
     XCTAssertEqual(results.all[99]?.count, 1)
     XCTAssertEqual(results.all[99]?.first.flatMap { try? $0.get() }?.status, nil)
     if case .failure(let late)? = results.all[99]?.first { XCTAssertEqual(late, .shuttingDown) }
@@ -336,8 +349,9 @@ final class PeerClientTests: PeerClientTestCase {
     }
     XCTAssertTrue(results.wait(count: 1, seconds: 5))
     client.shutdown()
-    client.send(PeerRequest(method: "GET", host: "127.0.0.1", port: port, target: "/"),
-                completion: results.completion(1))
+    client.send(
+      PeerRequest(method: "GET", host: "127.0.0.1", port: port, target: "/"),
+      completion: results.completion(1))
     XCTAssertEqual(results.count, 2)
   }
 
