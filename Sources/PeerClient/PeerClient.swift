@@ -144,6 +144,28 @@ struct Inbox {
 
   mutating func append(_ item: QueuedRequest) { items.append(item) }
 
+  /// Removes and returns the requests whose deadline is at or before `nowNanoseconds`, keeping the
+  /// others in order. O(count): called only while every transfer slot is busy, at most every
+  /// `queuedDeadlineCheckIntervalMs`.
+  mutating func removeExpired(nowNanoseconds: UInt64) -> [QueuedRequest] {
+    guard items[head...].contains(where: { $0.deadlineNanoseconds <= nowNanoseconds }) else {
+      return []
+    }
+    var expired: [QueuedRequest] = []
+    var kept: [QueuedRequest] = []
+    kept.reserveCapacity(count)
+    for item in items[head...] {
+      if item.deadlineNanoseconds <= nowNanoseconds {
+        expired.append(item)
+      } else {
+        kept.append(item)
+      }
+    }
+    items = kept
+    head = 0
+    return expired
+  }
+
   /// Removes and returns up to `countMax` requests, oldest first.
   mutating func take(_ countMax: Int) -> [QueuedRequest] {
     precondition(countMax >= 0)

@@ -63,13 +63,34 @@ final class PeerWorker {
       check(curl_multi_perform(multi, &running), "curl_multi_perform")
       finishDoneTransfers()
 
-      // Slots freed and requests waiting: loop again without sleeping.
-      let waiting = transfers.count < transfersMax && shared.inbox.withLock { $0.count > 0 }
+      // Slots freed and requests waiting: loop again without sleeping. Every slot busy and
+      // requests waiting: they must still fail at their deadline, so look again soon.
+      var pollTimeoutMs: Int32 = 1_000
+      if shared.inbox.withLock({ $0.count > 0 }) {
+        if transfers.count < transfersMax {
+          pollTimeoutMs = 0
+        } else {
+          failExpiredQueuedRequests()
+          pollTimeoutMs = Self.queuedDeadlineCheckIntervalMs
+        }
+      }
       wakeup.revents = 0
-      check(
-        curl_multi_poll(multi, &wakeup, 1, waiting ? 0 : 1_000, nil), "curl_multi_poll")
+      check(curl_multi_poll(multi, &wakeup, 1, pollTimeoutMs, nil), "curl_multi_poll")
     }
     stop()
+  }
+
+  /// How late a request waiting for a transfer slot may fail after its deadline passed.
+  static let queuedDeadlineCheckIntervalMs: Int32 = 10
+
+  /// Fails the queued requests whose deadline passed while every transfer slot was busy.
+  private func failExpiredQueuedRequests() {
+    let expired = shared.inbox.withLock {
+      $0.removeExpired(nowNanoseconds: MonotonicClock.nowNanoseconds())
+    }
+    for queued in expired {
+      fail(queued, .timeout("deadline passed while queued behind concurrentTransfersMax transfers"))
+    }
   }
 
   /// Fails every running transfer with `.shuttingDown` and frees every curl handle.

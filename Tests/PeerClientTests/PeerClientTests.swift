@@ -199,7 +199,7 @@ final class PeerClientTests: PeerClientTestCase {
     guard case .connectFailed(let message) = failure else {
       return XCTFail("expected connectFailed, got \(String(describing: failure))")
     }
-    XCTAssertTrue(message.contains("200 ms"), message)
+    XCTAssertTrue(message.contains("Timeout") || message.contains("timed out"), message)
     XCTAssertGreaterThanOrEqual(elapsed, 0.19)
     XCTAssertLessThan(elapsed, 1.0)
   }
@@ -222,6 +222,30 @@ final class PeerClientTests: PeerClientTestCase {
     XCTAssertEqual(silent.count, 1, "the request reached the server")
     XCTAssertGreaterThanOrEqual(elapsed, 0.29)
     XCTAssertLessThan(elapsed, 0.8)
+  }
+
+  func testRequestQueuedBehindBusySlotsFailsAtItsOwnDeadline() throws {
+    let silent = SilentHandler()
+    let (_, port) = try startServer(silent)
+    let client = try makeClient { $0.concurrentTransfersMax = 1 }
+    let results = Results()
+    client.send(
+      PeerRequest(method: "GET", host: "127.0.0.1", port: port, target: "/slow", timeoutMs: 3_000),
+      completion: results.completion(0))
+    XCTAssertTrue(eventually(seconds: 5) { silent.count == 1 })
+    let start = MonotonicClock.nowNanoseconds()
+    client.send(
+      PeerRequest(method: "GET", host: "127.0.0.1", port: port, target: "/fast", timeoutMs: 200),
+      completion: results.completion(1))
+    XCTAssertTrue(eventually(seconds: 5) { results.all[1] != nil })
+    let elapsed = seconds(since: start)
+    guard case .failure(.timeout)? = results.all[1]?.first else {
+      return XCTFail("expected timeout, got \(String(describing: results.all[1]))")
+    }
+    XCTAssertGreaterThanOrEqual(elapsed, 0.19)
+    XCTAssertLessThan(elapsed, 0.6, "a queued request must not wait for the running one's timeout")
+    XCTAssertNil(results.all[0], "the running request is still waiting")
+    XCTAssertEqual(silent.count, 1, "the expired request was never sent")
   }
 
   func testResponseOverResponseBytesMaxFailsTooLarge() throws {
