@@ -84,16 +84,19 @@ public final class PeerClient: Sendable {
       }
       inbox.append(queued)
       inbox.requestsAcceptedTotal += 1
-      return .accepted
+      // Only a worker about to sleep needs the eventfd; an awake one sees the inbox next turn.
+      defer { inbox.workerWaiting = false }
+      return inbox.workerWaiting ? .acceptedWakingWorker : .accepted
     }
     switch admission {
-    case .accepted: shared.wakeup.signal()
+    case .accepted: break
+    case .acceptedWakingWorker: shared.wakeup.signal()
     case .overloaded: completion(.failure(.overloaded(queuedRequestsMax: queuedRequestsMax)))
     case .stopping: completion(.failure(.shuttingDown))
     }
   }
 
-  private enum Admission { case accepted, overloaded, stopping }
+  private enum Admission { case accepted, acceptedWakingWorker, overloaded, stopping }
 
   /// Stops the worker: queued and in-flight requests complete with `.shuttingDown`, later sends
   /// are refused the same way, and every curl handle is cleaned up. Idempotent; returns after the
@@ -137,6 +140,11 @@ struct Inbox {
   private var items: [QueuedRequest] = []
   private var head = 0
   var stopping = false
+  /// The worker is in (or about to enter) `curl_multi_poll` and must be woken through the eventfd
+  /// for a new request. Set by the worker under the lock before it polls; cleared by the first
+  /// sender that signals and by the worker when it takes requests. Saves an eventfd write and read
+  /// per request while the worker is busy (completions that send again, bursts).
+  var workerWaiting = false
   var requestsAcceptedTotal = 0
   var requestsRefusedTotal = 0
 

@@ -51,7 +51,8 @@ final class PeerWorker {
       let freeSlots = transfersMax - transfers.count
       precondition(freeSlots >= 0, "more transfers than concurrentTransfersMax")
       let (taken, stopping) = shared.inbox.withLock { inbox in
-        inbox.stopping ? (inbox.take(inbox.count), true) : (inbox.take(freeSlots), false)
+        inbox.workerWaiting = false
+        return inbox.stopping ? (inbox.take(inbox.count), true) : (inbox.take(freeSlots), false)
       }
       if stopping {
         for queued in taken { fail(queued, .shuttingDown) }
@@ -65,9 +66,16 @@ final class PeerWorker {
 
       // Slots freed and requests waiting: loop again without sleeping. Every slot busy and
       // requests waiting: they must still fail at their deadline, so look again soon.
+      // With every slot busy and requests already queued (checked every few ms), a new request
+      // cannot start anyway: no need to be woken for it.
       var pollTimeoutMs: Int32 = 1_000
-      if shared.inbox.withLock({ $0.count > 0 }) {
-        if transfers.count < transfersMax {
+      let slotFree = transfers.count < transfersMax
+      let queuedCount = shared.inbox.withLock { inbox in
+        inbox.workerWaiting = slotFree || inbox.count == 0
+        return inbox.count
+      }
+      if queuedCount > 0 {
+        if slotFree {
           pollTimeoutMs = 0
         } else {
           failExpiredQueuedRequests()
