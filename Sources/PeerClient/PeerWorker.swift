@@ -410,9 +410,12 @@ final class Transfer {
     let name = String(
       decoding: line[..<colon].map { $0 | (($0 >= 65 && $0 <= 90) ? 32 : 0) }, as: UTF8.self)
     let value = String(decoding: line[start..<end], as: UTF8.self)
-    if name == "content-length", let length = Int(value), length > responseBytesMax {
-      exceededLimit = true
-      return false
+    if name == "content-length", let length = Int(value) {
+      guard length <= responseBytesMax else {
+        exceededLimit = true
+        return false
+      }
+      responseBody.reserveCapacity(length)
     }
     responseHeaders.append((name, value))
     return true

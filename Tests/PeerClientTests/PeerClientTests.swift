@@ -145,6 +145,35 @@ final class PeerClientTests: PeerClientTestCase {
     XCTAssertEqual(statistics.requestsCompletedTotal, 100)
   }
 
+  func testRestartedPeerIsReachedOnAFreshConnection() throws {
+    // The kept-alive connection dies with the first server; the next request must not fail on it.
+    let (first, port) = try startServer(EchoHandler())
+    let client = try makeClient()
+    let request = PeerRequest(
+      method: "POST", host: "127.0.0.1", port: port, target: "/r", body: [1, 0, 2])
+    XCTAssertEqual(response(roundTrip(client, request))?.body, [1, 0, 2])
+    first.shutdown(gracePeriodMs: 0)
+    let (second, secondPort) = try startServer(EchoHandler()) { $0.port = port }
+    XCTAssertEqual(secondPort, port)
+    XCTAssertEqual(response(roundTrip(client, request))?.body, [1, 0, 2])
+    XCTAssertEqual(second.statistics.connectionsAcceptedTotal, 1)
+    XCTAssertEqual(client.statistics.connectionsOpenedTotal, 2)
+  }
+
+  func testEightMebibyteResponseArrivesWhole() throws {
+    let handler = SizedResponseHandler(size: 8 * 1024 * 1024)
+    let (_, port) = try startServer(handler)
+    let client = try makeClient()
+    let start = MonotonicClock.nowNanoseconds()
+    let answer = try XCTUnwrap(
+      response(
+        roundTrip(client, PeerRequest(method: "GET", host: "127.0.0.1", port: port, target: "/"))))
+    let elapsed = seconds(since: start)
+    XCTAssertEqual(answer.header("content-length"), "\(8 * 1024 * 1024)")
+    XCTAssertLessThan(elapsed, 1.0)
+    XCTAssertTrue(answer.body == handler.body)
+  }
+
   func testConnectToClosedPortFailsFastWithConnectFailed() throws {
     // A port that was just bound and released: nothing listens there.
     let (server, port) = try startServer(EchoHandler())

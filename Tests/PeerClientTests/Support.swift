@@ -34,7 +34,13 @@ final class SilentHandler: HTTPHandler {
 /// Answers every request with `size` bytes.
 struct SizedResponseHandler: HTTPHandler {
   let body: [UInt8]
-  init(size: Int) { body = (0..<size).map { UInt8(truncatingIfNeeded: $0 % 251) } }
+  init(size: Int) {
+    var body = [UInt8](repeating: 0, count: size)
+    body.withUnsafeMutableBufferPointer { bytes in
+      for index in bytes.indices { bytes[index] = UInt8(truncatingIfNeeded: index % 251) }
+    }
+    self.body = body
+  }
   func handle(_ request: HTTPRequest, responder: HTTPResponder) {
     responder.respond(HTTPResponse(status: 200, body: body))
   }
