@@ -384,6 +384,8 @@ final class Transfer {
     return detail.isEmpty ? String(cString: curl_easy_strerror(code)) : detail
   }
 
+  static let announcedBodyReserveBytesMax = 4 * 1024 * 1024
+
   /// Appends a piece of body; false (abort) past `responseBytesMax`.
   func receiveBody(_ bytes: UnsafeRawBufferPointer) -> Bool {
     guard responseBody.count + bytes.count <= responseBytesMax else {
@@ -415,7 +417,9 @@ final class Transfer {
         exceededLimit = true
         return false
       }
-      responseBody.reserveCapacity(length)
+      // Reserve what is announced, up to a bound: a peer announcing a large body and sending
+      // nothing must not make every transfer hold `responseBytesMax` of memory.
+      responseBody.reserveCapacity(min(length, Self.announcedBodyReserveBytesMax))
     }
     responseHeaders.append((name, value))
     return true
