@@ -9,17 +9,18 @@ private let curlGlobalInitCode: CURLcode = curl_global_init(Int(CURL_GLOBAL_ALL)
 ///
 /// One worker thread drives a libcurl multi handle that runs up to `concurrentTransfersMax`
 /// transfers at once and keeps connections alive in its connection cache, so repeated requests to
-/// a peer reuse a connection. `send` never blocks: it appends to a bounded queue under a lock and
-/// wakes the worker through an eventfd, so it is safe on an HTTP server's event loop.
+/// a peer reuse a connection. `send` never blocks: it appends to a bounded queue under a lock and,
+/// when the worker sleeps, wakes it through an eventfd, so it is safe on an HTTP server's event
+/// loop.
 ///
 /// Completions:
 /// - Each `send` calls its completion exactly once.
 /// - Completions of accepted requests run on the worker thread. They must not block (no disk I/O,
 ///   no waiting on locks held across I/O, no `waitForCompletion`): every other transfer waits
 ///   for them. Hand real work to another thread or event loop.
-/// - A request refused at once (`.overloaded`, `.shuttingDown`, `.invalidRequest`) is completed
-///   on the calling thread before `send` returns: do not call `send` while holding a lock the
-///   completion takes.
+/// - A request refused at once (`.overloaded`, `.shuttingDown`, or `.invalidRequest` for a
+///   non-positive timeout) is completed on the calling thread before `send` returns: do not call
+///   `send` while holding a lock the completion takes.
 ///
 /// Sendable without `@unchecked`: the handle holds only `let`s of Sendable types (locks, eventfd,
 /// thread handle). All libcurl handles are created, used and destroyed on the worker thread
@@ -61,8 +62,10 @@ public final class PeerClient: Sendable {
     _ request: PeerRequest,
     completion: @escaping @Sendable (Result<PeerResponse, PeerError>) -> Void
   ) {
-    let timeoutMs = request.timeoutMs ?? configuration.timeoutMs
-    let connectTimeoutMs = request.connectTimeoutMs ?? configuration.connectTimeoutMs
+    // Clamped to a day so the deadline arithmetic cannot overflow.
+    let timeoutMs = min(request.timeoutMs ?? configuration.timeoutMs, Self.timeoutMsMax)
+    let connectTimeoutMs = min(
+      request.connectTimeoutMs ?? configuration.connectTimeoutMs, Self.timeoutMsMax)
     guard timeoutMs > 0, connectTimeoutMs > 0 else {
       completion(
         .failure(
@@ -95,6 +98,8 @@ public final class PeerClient: Sendable {
     case .stopping: completion(.failure(.shuttingDown))
     }
   }
+
+  private static let timeoutMsMax = 24 * 60 * 60 * 1_000
 
   private enum Admission { case accepted, acceptedWakingWorker, overloaded, stopping }
 

@@ -392,6 +392,46 @@ final class PeerClientTests: PeerClientTestCase {
     XCTAssertEqual(client.statistics.requestsFailedTotal, 10)
   }
 
+  func testSendsRacingShutdownCompleteExactlyOnce() throws {
+    let (_, port) = try startServer(EchoHandler())
+    let client = try makeClient()
+    let results = Results()
+    let threadCount = 4
+    let perThread = 500
+    let threads = (0..<threadCount).map { thread in
+      OSThread(name: "racer-\(thread)") {
+        for item in 0..<perThread {
+          client.send(
+            PeerRequest(method: "GET", host: "127.0.0.1", port: port, target: "/\(item)"),
+            completion: results.completion(thread * perThread + item))
+        }
+      }
+    }
+    XCTAssertTrue(eventually(seconds: 10) { results.count >= 50 }, "some requests completed first")
+    client.shutdown()
+    for thread in threads { thread.join() }
+    let total = threadCount * perThread
+    XCTAssertTrue(results.wait(count: total, seconds: 10), "\(results.count) of \(total)")
+    let all = results.all
+    XCTAssertEqual(all.count, total)
+    var answered = 0
+    for (index, outcomes) in all {
+      XCTAssertEqual(outcomes.count, 1, "request \(index) completed \(outcomes.count) times")
+      switch outcomes[0] {
+      case .success(let answer):
+        answered += 1
+        XCTAssertEqual(answer.status, 200)
+      case .failure(let error):
+        XCTAssertEqual(error, .shuttingDown)
+      }
+    }
+    let statistics = client.statistics
+    XCTAssertEqual(statistics.requestsCompletedTotal, answered)
+    XCTAssertEqual(
+      statistics.requestsCompletedTotal + statistics.requestsFailedTotal,
+      statistics.requestsAcceptedTotal)
+  }
+
   func testShutdownFromACompletionDoesNotDeadlock() throws {
     let (_, port) = try startServer(EchoHandler())
     let client = try makeClient()
