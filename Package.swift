@@ -78,6 +78,7 @@ let package = Package(
     .testTarget(name: "RaftCoreTests", dependencies: ["RaftCore"]),
     .testTarget(name: "SimulationTests", dependencies: ["Simulation", "RaftCore"]),
     .testTarget(name: "IntegrationTests", dependencies: ["Platform"]),
+    .testTarget(name: "PeerClientTests", dependencies: ["PeerClient", "HTTPServer", "Platform"]),
   ],
   swiftLanguageModes: [.v6]
 )
