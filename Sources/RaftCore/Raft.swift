@@ -204,6 +204,7 @@ public struct Raft {
       // A transfer that did not finish within an election timeout is abandoned (thesis §3.10).
       leadTransferee = 0
     }
+    if !membership.isVoter(id) && leadTransferee == 0 { handOverLeadership() }
     if membership.isJoint && pendingConfigIndex <= log.applied {
       // The automatic leave-joint could not be proposed when the joint config applied; retry.
       if let index = try? proposeEntry(
@@ -390,7 +391,13 @@ public struct Raft {
       handleAppendResponse(message)
     case .heartbeatResponse:
       progress[message.from]!.probeSent = false
-      if progress[message.from]!.match < log.lastIndex { sendAppend(to: message.from) }
+      if progress[message.from]!.state == .replicate && progress[message.from]!.inflights.isFull {
+        // Appends that filled the window may all have been lost: probe with an empty append at
+        // `next - 1`. The follower's acknowledgement frees the window, its rejection finds the gap.
+        sendEmptyAppend(to: message.from)
+      } else if progress[message.from]!.match < log.lastIndex {
+        sendAppend(to: message.from)
+      }
       if message.context != 0 { acknowledgeRead(round: message.context, from: message.from) }
     default:
       break
@@ -515,6 +522,20 @@ public struct Raft {
       entry.probeSent = true
     }
     return true
+  }
+
+  private mutating func sendEmptyAppend(to replica: ReplicaID) {
+    guard let entry = progress[replica] else { return }
+    guard let previousTerm = log.term(at: entry.next - 1) else {
+      // Compacted meanwhile: fall back to probing, which sends the snapshot.
+      progress[replica]!.becomeProbe()
+      sendAppend(to: replica)
+      return
+    }
+    send(
+      Message(
+        kind: .append, from: id, to: replica, term: term, logTerm: previousTerm, index: entry.next - 1,
+        commit: log.committed))
   }
 
   private mutating func handleAppendResponse(_ message: Message) {
@@ -678,12 +699,34 @@ public struct Raft {
     }
   }
 
+  /// A leader that is no longer a voter transfers leadership to the voter with the longest log.
+  private mutating func handOverLeadership() {
+    precondition(role == .leader, "only a leader hands over leadership")
+    var best: (replica: ReplicaID, match: LogIndex)? = nil
+    for replica in membership.voters + membership.votersOutgoing where replica != id {
+      let match = progress[replica]?.match ?? 0
+      if best == nil || match > best!.match || (match == best!.match && replica < best!.replica) {
+        best = (replica, match)
+      }
+    }
+    guard let target = best?.replica else { return }
+    try? transferLeadership(to: target)
+  }
+
   // MARK: - Snapshots
 
-  /// The host captured its state machine at `snapshot.index` (≤ applied): drop older entries.
-  public mutating func compact(_ snapshot: Snapshot) {
+  /// The host captured its state machine, as `data`, at the applied index: drops the entries it
+  /// covers (log compaction, Raft paper §7) and returns the snapshot to persist. Returns nil when
+  /// there is nothing to compact, or while the membership runs ahead of the applied index (just
+  /// after a restart), because the snapshot must carry the membership as of its own index.
+  public mutating func compact(data: [UInt8]) -> Snapshot? {
     precondition(!awaitingAdvance, "compact between ready() and advance()")
+    guard log.applied > log.snapshotIndex, configAppliedIndex <= log.applied, log.pendingSnapshot == nil,
+      let appliedTerm = log.term(at: log.applied)
+    else { return nil }
+    let snapshot = Snapshot(index: log.applied, term: appliedTerm, config: membership, data: data)
     log.compact(snapshot)
+    return snapshot
   }
 
   /// The host reports whether a snapshot sent to `replica` arrived (Raft paper §7).
@@ -727,10 +770,11 @@ public struct Raft {
       }
     }
     if role == .leader {
-      if !membership.isVoter(id) && !membership.isJoint {
-        // Removed from the group: stop leading (thesis §4.2.2).
-        becomeFollower(term: term, leader: 0)
-        return
+      if !membership.isVoter(id) {
+        // Removed (thesis §4.2.2): keep replicating without counting ourselves, and hand the
+        // leadership to the most up-to-date voter. Stepping down at once could strand the group:
+        // the others may not know yet that the change committed, and may still need our vote.
+        handOverLeadership()
       }
       if membership.isJoint && pendingConfigIndex <= entry.index {
         // Leave the joint configuration automatically (thesis §4.3).
