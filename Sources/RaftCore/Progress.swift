@@ -78,6 +78,8 @@ struct Progress {
   var pendingSnapshot: LogIndex = 0
   /// Heard from since the last CheckQuorum round (thesis §6.2).
   var recentActive = false
+  /// Replicate state: heartbeat responses received while the window stayed full.
+  var stalledHeartbeats = 0
   var inflights: Inflights
   var isLearner: Bool
 
@@ -119,6 +121,7 @@ struct Progress {
     state = newState
     probeSent = false
     pendingSnapshot = 0
+    stalledHeartbeats = 0
     inflights.reset()
   }
 
@@ -129,6 +132,7 @@ struct Progress {
       match = index
       updated = true
       probeSent = false
+      stalledHeartbeats = 0
     }
     next = max(next, index + 1)
     precondition(match < next, "match \(match) must stay below next \(next)")

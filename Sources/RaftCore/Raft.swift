@@ -37,6 +37,10 @@ public struct Raft {
   var lastReadyHardState: HardState
   var awaitingAdvance = false
 
+  /// Heartbeat responses from a follower whose inflight window stays full before the leader
+  /// suspects lost appends and probes. A few round trips: long enough for appends in flight.
+  static let stalledHeartbeatsBeforeProbe = 4
+
   struct PendingRead {
     var round: UInt64
     var context: UInt64
@@ -75,7 +79,14 @@ public struct Raft {
   public func term(at index: LogIndex) -> Term? { log.term(at: index) }
   public func entry(at index: LogIndex) -> Entry? { log.entry(at: index) }
   public var latestSnapshot: Snapshot? { log.snapshot }
-  var isPromotable: Bool { membership.isVoter(id) }
+  /// Whether this replica may campaign: voters may; learners never do. A replica removed from
+  /// the membership (not a learner, with a log) may too: it may hold the only copy of entries
+  /// the remaining voters need (e.g. a leader that applied its own removal and restarted before
+  /// the others learned the change committed), and it counts only the membership's voters, so
+  /// any quorum it wins intersects every quorum of the configurations in flight (thesis §4.2.2).
+  var isPromotable: Bool {
+    membership.isVoter(id) || (!membership.learners.contains(id) && log.lastIndex > 0)
+  }
 
   public var status: RaftStatus {
     var result: [ReplicaID: (match: LogIndex, next: LogIndex, state: ProgressState)] = [:]
@@ -279,10 +290,10 @@ public struct Raft {
     guard message.to == id, message.from != id, message.from != 0 else { return }
     if message.term > term {
       if message.kind == .vote || message.kind == .preVote {
-        // Thesis §4.2.3: while a live leader exists, ignore disruptive votes (unless the leader
-        // itself asked for this election by leader transfer).
-        let inLease =
-          config.checkQuorum && leader != 0 && electionElapsed < config.electionTicks
+        // Thesis §4.2.3: within an election timeout of hearing from a leader, ignore votes (unless
+        // the leader itself asked for this election by leader transfer), so a removed or
+        // partitioned replica cannot depose a working leader by bumping terms.
+        let inLease = leader != 0 && electionElapsed < config.electionTicks
         if inLease && message.context != 1 { return }
       }
       switch message.kind {
@@ -295,8 +306,9 @@ public struct Raft {
         becomeFollower(term: message.term, leader: fromLeader ? message.from : 0)
       }
     } else if message.term < term {
-      if (config.checkQuorum || config.preVote) && (message.kind == .append || message.kind == .heartbeat) {
-        // Tell a stale leader about the newer term, so a leader cut off by PreVote steps down.
+      if message.kind == .append || message.kind == .heartbeat {
+        // Tell a stale leader about the newer term (Raft paper Figure 2: reply with currentTerm),
+        // so it steps down even when the votes of this term were ignored by a lease.
         send(Message(kind: .appendResponse, from: id, to: message.from, term: term))
       } else if message.kind == .preVote {
         send(Message(kind: .preVoteResponse, from: id, to: message.from, term: term, reject: true))
@@ -392,9 +404,14 @@ public struct Raft {
     case .heartbeatResponse:
       progress[message.from]!.probeSent = false
       if progress[message.from]!.state == .replicate && progress[message.from]!.inflights.isFull {
-        // Appends that filled the window may all have been lost: probe with an empty append at
-        // `next - 1`. The follower's acknowledgement frees the window, its rejection finds the gap.
-        sendEmptyAppend(to: message.from)
+        // Appends that filled the window may all have been lost. After a few heartbeat rounds
+        // without an acknowledgement (sooner would race appends still in flight), probe with an
+        // empty append at `next - 1`: an acknowledgement frees the window, a rejection finds the gap.
+        progress[message.from]!.stalledHeartbeats += 1
+        if progress[message.from]!.stalledHeartbeats >= Raft.stalledHeartbeatsBeforeProbe {
+          progress[message.from]!.stalledHeartbeats = 0
+          sendEmptyAppend(to: message.from)
+        }
       } else if progress[message.from]!.match < log.lastIndex {
         sendAppend(to: message.from)
       }

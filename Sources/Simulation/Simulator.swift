@@ -12,6 +12,9 @@ public final class Simulator {
     var crashPpm: Int
     var restartPpm: Int
     var tornWritePpm: Int
+    /// A leader crashes right after persisting a Ready in which it was elected or advanced its
+    /// commit index, before any of that Ready's messages leave (Figure 8's interleavings).
+    var leaderCrashMidReadyPpm: Int
     var partitionPpm: Int
     var healPpm: Int
     var proposePpm: Int
@@ -27,7 +30,7 @@ public final class Simulator {
 
     var description: String {
       "drop=\(dropPpm)ppm duplicate=\(duplicatePpm)ppm delayMax=\(delayUnitsMax)u crash=\(crashPpm)ppm "
-        + "restart=\(restartPpm)ppm torn=\(tornWritePpm)ppm partition=\(partitionPpm)ppm heal=\(healPpm)ppm "
+        + "restart=\(restartPpm)ppm torn=\(tornWritePpm)ppm leaderCrash=\(leaderCrashMidReadyPpm)ppm partition=\(partitionPpm)ppm heal=\(healPpm)ppm "
         + "propose=\(proposePpm)ppm confchange=\(configChangePpm)ppm transfer=\(transferPpm)ppm "
         + "compact=\(compactPpm)ppm/\(compactAfterEntries) read=\(readPpm)ppm "
         + "msgBytes=\(maxEntriesBytesPerMessage) inflight=\(maxInflightMessages) "
@@ -151,6 +154,7 @@ public final class Simulator {
       crashPpm: random.pick([0, 4_000, 15_000]),
       restartPpm: random.pick([50_000, 150_000]),
       tornWritePpm: random.pick([0, 2_000, 10_000]),
+      leaderCrashMidReadyPpm: random.pick([0, 30_000, 150_000]),
       partitionPpm: random.pick([0, 10_000, 30_000]),
       healPpm: random.pick([30_000, 100_000]),
       proposePpm: random.pick([100_000, 400_000, 900_000]),
@@ -232,7 +236,9 @@ public final class Simulator {
     config.maxEntriesBytesPerMessage = parameters.maxEntriesBytesPerMessage
     config.maxInflightMessages = parameters.maxInflightMessages
     config.maxInflightBytes = 1 << 20
-    config.maxUncommittedEntriesBytes = 1 << 16
+    // About 25 simulated commands: proposals outrun the slowest network settings, and a
+    // leader must refuse them rather than build a backlog no replica can catch up with.
+    config.maxUncommittedEntriesBytes = 256
     config.plantedBug = options.plantedBug?.bug
     return config
   }
@@ -294,6 +300,7 @@ public final class Simulator {
     var raft = replicas[node][group].raft!
     let ready = raft.ready()
     let groupID = UInt64(group)
+    let wasLeader = replicas[node][group].role == .leader && replicas[node][group].term == ready.term
     if ready.role != replicas[node][group].role || ready.term != replicas[node][group].term {
       replicas[node][group].role = ready.role
       replicas[node][group].term = ready.term
@@ -305,7 +312,23 @@ public final class Simulator {
       violation = failure
       return false
     }
+    let crashMidReady =
+      !healed && ready.role == .leader && (!wasLeader || ready.hardState != nil)
+      && random.chance(ppm: parameters.leaderCrashMidReadyPpm)
     // 1. Messages that may leave before persistence.
+    if crashMidReady {
+      // Persist, then die before anything of this Ready leaves.
+      if let snapshot = ready.snapshot { replicas[node][group].disk.install(snapshot) }
+      replicas[node][group].disk.append(ready.entries)
+      if let hardState = ready.hardState {
+        replicas[node][group].disk.hardState = hardState
+        checker.persisted(node: node, group: groupID, hardState: hardState)
+      }
+      send(from: node, outgoing)
+      outgoing = [:]
+      crash(node: node, torn: false)
+      return false
+    }
     for message in ready.messages { outgoing[Int(message.to), default: []].append(GroupMessage(group: groupID, message: message)) }
     // 2. Persist; a disk fault tears the write and the node crashes before it is durable.
     if !healed && random.chance(ppm: parameters.tornWritePpm) && (!ready.entries.isEmpty || ready.hardState != nil) {
