@@ -154,7 +154,7 @@ public final class Simulator {
       crashPpm: random.pick([0, 4_000, 15_000]),
       restartPpm: random.pick([50_000, 150_000]),
       tornWritePpm: random.pick([0, 2_000, 10_000]),
-      leaderCrashMidReadyPpm: random.pick([0, 30_000, 150_000]),
+      leaderCrashMidReadyPpm: random.pick([0, 50_000, 150_000, 400_000]),
       partitionPpm: random.pick([0, 10_000, 30_000]),
       healPpm: random.pick([30_000, 100_000]),
       proposePpm: random.pick([100_000, 400_000, 900_000]),
@@ -163,7 +163,7 @@ public final class Simulator {
       compactPpm: random.pick([0, 20_000, 100_000]),
       readPpm: random.pick([0, 50_000]),
       compactAfterEntries: random.pick([4, 16, 64]),
-      maxEntriesBytesPerMessage: random.pick([1, 64, 1 << 20]),
+      maxEntriesBytesPerMessage: random.pick([1, 1, 64, 1 << 20]),
       maxInflightMessages: random.pick([1, 4, 256]),
       preVote: random.below(4) != 0,
       checkQuorum: random.below(4) != 0)
