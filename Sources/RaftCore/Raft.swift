@@ -774,10 +774,12 @@ public struct Raft {
     // (e.g. an automatic leave-joint racing with a snapshot).
     guard let next = try? membership.applying(change) else { return }
     membership = next
+    var added: [ReplicaID] = []
     for replica in membership.allReplicas where progress[replica] == nil {
       progress[replica] = Progress(
         next: log.lastIndex + 1, maxInflightMessages: config.maxInflightMessages,
         maxInflightBytes: config.maxInflightBytes, isLearner: false)
+      added.append(replica)
     }
     for replica in Array(progress.keys) {
       if !membership.allReplicas.contains(replica) {
@@ -799,6 +801,8 @@ public struct Raft {
           Entry(term: 0, index: 0, kind: .configChange, data: WireCodec.encode(ConfigChange.leaveJoint)))
         if let index { pendingConfigIndex = index }
       }
+      // New replicas start catching up now rather than at the next heartbeat.
+      for replica in added where replica != id { sendAppend(to: replica) }
       // The new config may change the quorum.
       if maybeCommit() { broadcastAppend() }
     }
