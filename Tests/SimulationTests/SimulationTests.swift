@@ -8,7 +8,7 @@ import XCTest
 final class SimulationTests: XCTestCase {
   /// Seeds per run are sized so that the default `swift test` (debug build) stays well under three
   /// minutes on a 2-core machine; `caucus-sim --seeds 2000` covers more in a release build.
-  static let safetyEvents = 1500
+  static let safetyEvents = 2000
 
   private func run(seeds: ClosedRange<UInt64>, nodes: Int, groups: Int, bug: PlantedBugName? = nil) throws
     -> SimulationRunner.Summary
@@ -32,21 +32,21 @@ final class SimulationTests: XCTestCase {
   }
 
   /// Raft paper Figure 3 (Election Safety, Leader Append-Only, Log Matching, Leader Completeness,
-  /// State Machine Safety) on 3-node clusters with 3 groups, 200 seeds.
+  /// State Machine Safety) on 3-node clusters with 3 groups, 300 seeds.
   func testSafetyAndLivenessThreeNodes_Figure3() throws {
-    let summary = try run(seeds: 1...200, nodes: 3, groups: 3)
+    let summary = try run(seeds: 1...300, nodes: 3, groups: 3)
     assertNoViolation(summary, nodes: 3, groups: 3)
-    XCTAssertEqual(summary.seeds, 200)
+    XCTAssertEqual(summary.seeds, 300)
     XCTAssertGreaterThan(summary.entriesCommitted, 10_000, "the workload commits entries")
     XCTAssertGreaterThan(summary.crashes, 100, "the faults really happen")
     print(summary.line(nodes: 3, groups: 3))
   }
 
-  /// The same on 5-node clusters with 4 groups (some groups on 3 of the 5 nodes), 120 seeds.
+  /// The same on 5-node clusters with 4 groups (some groups on 3 of the 5 nodes), 150 seeds.
   func testSafetyAndLivenessFiveNodes_Figure3() throws {
-    let summary = try run(seeds: 1...120, nodes: 5, groups: 4)
+    let summary = try run(seeds: 1...150, nodes: 5, groups: 4)
     assertNoViolation(summary, nodes: 5, groups: 4)
-    XCTAssertEqual(summary.seeds, 120)
+    XCTAssertEqual(summary.seeds, 150)
     print(summary.line(nodes: 5, groups: 4))
   }
 
