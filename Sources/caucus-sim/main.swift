@@ -10,12 +10,14 @@ struct CaucusSim: ParsableCommand {
     commandName: "caucus-sim",
     abstract: "Deterministic simulation of Caucus Raft clusters: faults, then healing, checked after every event.",
     discussion: """
-      Runs seeds 1...N (or one seed with --seed) of a cluster with several Raft groups per node.
-      Each seed derives the network, crash, disk-fault and workload parameters; the same seed
-      gives the same run, byte for byte. The last line is a summary:
-        seeds=… nodes=… groups=… events=… … violations=0
-      Exit status: 0 all properties held, 1 a safety property was violated, 2 liveness failed.
-      A violation prints the seed, the property, the derived parameters and the trace before it.
+      Runs seeds 1...N, or one seed with --seed, of a cluster whose nodes each host several Raft \
+      groups. Each seed derives the network, crash, disk-fault and workload parameters, so the \
+      same arguments print the same output, byte for byte. The last line is a summary: \
+      seeds=… nodes=… groups=… events=… violations=0.
+
+      Exit status: 0 when every property held, 1 when a safety property was violated, 2 when \
+      liveness failed after healing. A violation prints the seed, the property, the derived \
+      parameters, the trace before it and the command that replays it. See docs/SIMULATION.md.
       """)
 
   @Option(help: "Run seeds 1...N.")
