@@ -68,7 +68,7 @@ public enum ProgressState: UInt8, Sendable, CustomStringConvertible {
 }
 
 /// A leader's view of one replica. Invariant: match < next.
-struct Progress {
+struct ReplicaProgress {
   var match: LogIndex = 0
   var next: LogIndex
   var state: ProgressState = .probe

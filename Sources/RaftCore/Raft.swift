@@ -13,7 +13,7 @@ public struct Raft {
   public private(set) var membership: ConfigState
 
   var log: RaftLog
-  var progress: [ReplicaID: Progress] = [:]
+  var progress: [ReplicaID: ReplicaProgress] = [:]
   var votes: [ReplicaID: Bool] = [:]
   var outbox: [Message] = []
   var readStates: [ReadState] = []
@@ -154,10 +154,10 @@ public struct Raft {
   }
 
   private mutating func resetProgress() {
-    var fresh: [ReplicaID: Progress] = [:]
+    var fresh: [ReplicaID: ReplicaProgress] = [:]
     for replica in membership.allReplicas {
       var entry = progress[replica]
-        ?? Progress(
+        ?? ReplicaProgress(
           next: log.lastIndex + 1, maxInflightMessages: config.maxInflightMessages,
           maxInflightBytes: config.maxInflightBytes, isLearner: false)
       entry.next = log.lastIndex + 1
@@ -776,7 +776,7 @@ public struct Raft {
     membership = next
     var added: [ReplicaID] = []
     for replica in membership.allReplicas where progress[replica] == nil {
-      progress[replica] = Progress(
+      progress[replica] = ReplicaProgress(
         next: log.lastIndex + 1, maxInflightMessages: config.maxInflightMessages,
         maxInflightBytes: config.maxInflightBytes, isLearner: false)
       added.append(replica)

@@ -59,6 +59,35 @@ public struct Violation: Sendable, CustomStringConvertible {
   public var description: String { "\(property): \(detail)" }
 }
 
+/// Counts of the faults and features a run exercised, so a passing run shows what it tried.
+public struct Coverage: Sendable, Equatable {
+  public var tornWrites = 0
+  public var leaderCrashesMidReady = 0
+  public var partitions = 0
+  public var snapshotsInstalled = 0
+  public var configChangesApplied = 0
+  public var transfersStarted = 0
+  public var readsServed = 0
+
+  public init() {}
+
+  mutating func add(_ other: Coverage) {
+    tornWrites += other.tornWrites
+    leaderCrashesMidReady += other.leaderCrashesMidReady
+    partitions += other.partitions
+    snapshotsInstalled += other.snapshotsInstalled
+    configChangesApplied += other.configChangesApplied
+    transfersStarted += other.transfersStarted
+    readsServed += other.readsServed
+  }
+
+  var line: String {
+    "torn=\(tornWrites) leaderCrashes=\(leaderCrashesMidReady) partitions=\(partitions) "
+      + "snapshots=\(snapshotsInstalled) confchanges=\(configChangesApplied) transfers=\(transfersStarted) "
+      + "reads=\(readsServed)"
+  }
+}
+
 public struct SimulationResult: Sendable {
   public var seed: UInt64
   public var events: Int
@@ -67,6 +96,8 @@ public struct SimulationResult: Sendable {
   public var entriesCommitted: Int
   public var leadersElected: Int
   public var crashes: Int
+  /// How much of the fault and feature space this run exercised.
+  public var coverage: Coverage
   public var violation: Violation?
   /// The last trace lines before the end (a violation's context).
   public var trace: [String]

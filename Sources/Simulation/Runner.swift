@@ -10,6 +10,7 @@ public enum SimulationRunner {
     public var entriesCommitted = 0
     public var leadersElected = 0
     public var crashes = 0
+    public var coverage = Coverage()
     public var failures: [SimulationResult] = []
 
     public init() {}
@@ -18,7 +19,7 @@ public enum SimulationRunner {
     public func line(nodes: Int, groups: Int) -> String {
       "seeds=\(seeds) nodes=\(nodes) groups=\(groups) events=\(events) ticks=\(ticks) "
         + "messages=\(messagesDelivered) committed=\(entriesCommitted) leaders=\(leadersElected) "
-        + "crashes=\(crashes) violations=\(failures.count)"
+        + "crashes=\(crashes) \(coverage.line) violations=\(failures.count)"
     }
 
     mutating func add(_ result: SimulationResult) {
@@ -29,6 +30,7 @@ public enum SimulationRunner {
       entriesCommitted += result.entriesCommitted
       leadersElected += result.leadersElected
       crashes += result.crashes
+      coverage.add(result.coverage)
       if result.violation != nil { failures.append(result) }
     }
   }

@@ -140,6 +140,7 @@ public final class Simulator {
   public private(set) var ticks = 0
   public private(set) var messagesDelivered = 0
   public private(set) var crashes = 0
+  public private(set) var coverage = Coverage()
   public private(set) var violation: Violation? = nil
 
   public init(options: SimulationOptions) throws(SimulationError) {
@@ -202,6 +203,7 @@ public final class Simulator {
     return SimulationResult(
       seed: options.seed, events: events, ticks: ticks, messagesDelivered: messagesDelivered,
       entriesCommitted: checker.entriesCommitted, leadersElected: checker.leadersElected, crashes: crashes,
+      coverage: coverage,
       violation: violation, trace: trace.lines, parameters: parameters.description)
   }
 
@@ -326,6 +328,7 @@ public final class Simulator {
       }
       send(from: node, outgoing)
       outgoing = [:]
+      coverage.leaderCrashesMidReady += 1
       crash(node: node, torn: false)
       return false
     }
@@ -338,6 +341,7 @@ public final class Simulator {
       }
       send(from: node, outgoing)
       outgoing = [:]
+      coverage.tornWrites += 1
       crash(node: node, torn: true)
       return false
     }
@@ -353,6 +357,7 @@ public final class Simulator {
     }
     // 4. Apply.
     if let snapshot = ready.snapshot {
+      coverage.snapshotsInstalled += 1
       replicas[node][group].machine = Machine(snapshot: snapshot)
       if let failure = checker.applied(
         node: node, group: groupID, index: snapshot.index, stateDigest: replicas[node][group].machine.digest)
@@ -362,6 +367,7 @@ public final class Simulator {
       }
     }
     for entry in ready.committedEntries {
+      if entry.kind == .configChange { coverage.configChangesApplied += 1 }
       replicas[node][group].machine.apply(entry)
       if let failure = checker.applied(
         node: node, group: groupID, index: entry.index, stateDigest: replicas[node][group].machine.digest)
@@ -371,6 +377,7 @@ public final class Simulator {
       }
     }
     // 5. Reads: the read point must cover everything committed before the read was asked.
+    coverage.readsServed += ready.readStates.count
     for read in ready.readStates {
       if let pending = pendingReads.removeValue(forKey: read.context), read.index < pending.minimumIndex {
         violation = Violation(
@@ -515,6 +522,7 @@ public final class Simulator {
       }
       description = "isolate n\(lonely)"
     }
+    coverage.partitions += 1
     trace.append(.partition(time: now, description: description))
   }
 
@@ -571,6 +579,7 @@ public final class Simulator {
     guard !voters.isEmpty else { return }
     let target = random.pick(voters)
     if (try? replicas[node][group].raft!.transferLeadership(to: target)) != nil {
+      coverage.transfersStarted += 1
       trace.append(.note(time: now, text: "n\(node) g\(group) transfer leadership to n\(target)"))
     }
     flush(node: node)

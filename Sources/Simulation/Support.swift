@@ -86,7 +86,6 @@ struct EventQueue<Payload> {
 
 /// One line of the trace, kept as values and formatted only when a violation is reported.
 enum TraceEvent {
-  case tick(time: Int)
   case deliver(time: Int, from: Int, to: Int, group: UInt64, message: Message)
   case drop(time: Int, from: Int, to: Int, messages: Int, reason: String)
   case role(time: Int, node: Int, group: UInt64, role: Role, term: Term, lastIndex: LogIndex, committed: LogIndex)
@@ -99,7 +98,6 @@ enum TraceEvent {
 
   var text: String {
     switch self {
-    case .tick(let time): return "t=\(time) tick"
     case .deliver(let time, let from, let to, let group, let message):
       var text = "t=\(time) n\(from)→n\(to) g\(group) \(message.kind) term=\(message.term)"
       switch message.kind {
