@@ -569,6 +569,9 @@ public struct Raft {
       }
       return
     }
+    // A follower of this term cannot hold entries beyond ours: such an acknowledgement is
+    // corrupt, and accepting it would make match exceed the log.
+    guard message.index <= log.lastIndex else { return }
     let wasPaused = progress[from]!.isPaused
     guard progress[from]!.maybeUpdate(message.index) else {
       if wasPaused && !progress[from]!.isPaused { sendAppend(to: from, allowEmpty: false) }

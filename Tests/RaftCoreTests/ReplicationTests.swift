@@ -194,3 +194,27 @@ final class ReplicationTests: XCTestCase {
     XCTAssertNil(ready.hardState, "nothing changed since the restart")
   }
 }
+
+final class HostileInputTests: XCTestCase {
+  /// An acknowledgement beyond the leader's log (corrupt or hostile) is ignored, not trusted.
+  func testAcknowledgementBeyondLastIndexIsIgnored() {
+    var cluster = TestCluster(voters: [1, 2, 3])
+    cluster.elect(1)
+    cluster[1].step(Message(kind: .appendResponse, from: 2, to: 1, term: 1, index: LogIndex.max))
+    cluster.stabilize()
+    XCTAssertEqual(cluster[1].status.progress[2]?.match, 1)
+    XCTAssertEqual(cluster[1].committed, 1)
+  }
+
+  /// Decoded garbage that happens to parse never reaches a state the core cannot handle: stale
+  /// terms, unknown replicas and messages addressed elsewhere are dropped.
+  func testMessagesForOthersOrFromStrangersAreDropped() {
+    var cluster = TestCluster(voters: [1, 2, 3])
+    cluster.elect(1)
+    cluster[1].step(Message(kind: .appendResponse, from: 9, to: 1, term: 1, index: 1))
+    cluster[1].step(Message(kind: .append, from: 2, to: 7, term: 9))
+    cluster.stabilize()
+    XCTAssertEqual(cluster.leaders, [1])
+    XCTAssertEqual(cluster[1].term, 1)
+  }
+}
