@@ -2,7 +2,7 @@
 // CheckQuorum, ReadIndex, leader transfer and joint consensus). No I/O, no clock, no randomness of
 // its own: time is `tick()`, input is `step(_:)`/`propose(_:)`, output is `ready()`.
 
-public struct Raft {
+public struct Raft: Sendable {
   public let config: RaftConfig
   public var id: ReplicaID { config.id }
   public private(set) var term: Term = 0
@@ -20,7 +20,7 @@ public struct Raft {
   var electionElapsed = 0
   var heartbeatElapsed = 0
   var randomizedElectionTimeout = 0
-  var random: any RandomNumberGenerator
+  var random: any RandomNumberGenerator & Sendable
   /// Leader: target of an ongoing leadership transfer, or 0.
   public private(set) var leadTransferee: ReplicaID = 0
   /// Leader: index of the latest configuration change proposed; no other until it is applied.
@@ -48,7 +48,9 @@ public struct Raft {
     var acks: Set<ReplicaID>
   }
 
-  public init(config: RaftConfig, random: some RandomNumberGenerator, restored: RestoredState) throws(RaftConfigError) {
+  public init(
+    config: RaftConfig, random: some RandomNumberGenerator & Sendable, restored: RestoredState
+  ) throws(RaftConfigError) {
     try config.validate()
     self.config = config
     self.random = random
