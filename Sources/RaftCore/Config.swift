@@ -40,6 +40,11 @@ public struct RaftConfig: Sendable {
   public var maxCommandBytes: Int = 8 << 20
   /// Upper bound on ReadIndex requests waiting for a quorum confirmation at a leader.
   public var maxPendingReads: Int = 4096
+  /// Heartbeat responses a leader receives from a follower whose inflight window stays full
+  /// before it suspects that the appends filling it were lost and probes with an empty append.
+  /// Must exceed the network's round-trip time in heartbeat intervals: a probe that overtakes
+  /// the appends still in flight is rejected and costs a round trip of back-off.
+  public var stalledHeartbeatsBeforeProbe: Int = 4
 
   /// Deliberately wrong rules, for proving that the simulator's checker catches them. Only code
   /// inside this package can set it (`package` access); it is never reachable from a host.
@@ -62,6 +67,7 @@ public struct RaftConfig: Sendable {
       throw .invalid("maxCommandBytes must be in 0...\(WireLimits.entryDataBytesMax), got \(maxCommandBytes)")
     }
     guard maxPendingReads >= 1 else { throw .invalid("maxPendingReads must be ≥ 1") }
+    guard stalledHeartbeatsBeforeProbe >= 1 else { throw .invalid("stalledHeartbeatsBeforeProbe must be ≥ 1") }
   }
 }
 

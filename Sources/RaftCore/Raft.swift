@@ -37,10 +37,6 @@ public struct Raft: Sendable {
   var lastReadyHardState: HardState
   var awaitingAdvance = false
 
-  /// Heartbeat responses from a follower whose inflight window stays full before the leader
-  /// suspects lost appends and probes. A few round trips: long enough for appends in flight.
-  static let stalledHeartbeatsBeforeProbe = 4
-
   struct PendingRead {
     var round: UInt64
     var context: UInt64
@@ -410,7 +406,7 @@ public struct Raft: Sendable {
         // without an acknowledgement (sooner would race appends still in flight), probe with an
         // empty append at `next - 1`: an acknowledgement frees the window, a rejection finds the gap.
         progress[message.from]!.stalledHeartbeats += 1
-        if progress[message.from]!.stalledHeartbeats >= Raft.stalledHeartbeatsBeforeProbe {
+        if progress[message.from]!.stalledHeartbeats >= config.stalledHeartbeatsBeforeProbe {
           progress[message.from]!.stalledHeartbeats = 0
           sendEmptyAppend(to: message.from)
         }

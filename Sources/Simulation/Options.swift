@@ -11,7 +11,7 @@ public struct SimulationOptions: Sendable {
   public var safetyEvents: Int = 3000
   /// Ticks allowed after healing for every group to elect a leader, commit a proposal and for
   /// every member to apply the same state.
-  public var livenessTicksMax: Int = 1000
+  public var livenessTicksMax: Int = 2000
   /// A deliberately wrong rule in every replica, by its name (see `PlantedBugName`).
   public var plantedBug: PlantedBugName? = nil
   /// Keep the last this many trace lines for a violation report.

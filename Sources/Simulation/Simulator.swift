@@ -220,7 +220,17 @@ public final class Simulator {
         flush(node: node)
         if violation != nil { return }
       }
-      if healed { driveLiveness() } else { chaos() }
+      if healed {
+        driveLiveness()
+        // Hosts keep compacting their logs after the faults stop, as a real host would; a
+        // replica far behind then catches up from a snapshot rather than entry by entry.
+        if random.chance(ppm: parameters.compactPpm) {
+          let node = 1 + random.below(options.nodes)
+          compact(node: node, group: random.below(options.groups))
+        }
+      } else {
+        chaos()
+      }
       queue.push(time: now + Simulator.unitsPerTick, .tick)
     case .deliver(let from, let to, let bytes):
       deliver(from: from, to: to, bytes: bytes)
@@ -238,6 +248,8 @@ public final class Simulator {
     config.maxEntriesBytesPerMessage = parameters.maxEntriesBytesPerMessage
     config.maxInflightMessages = parameters.maxInflightMessages
     config.maxInflightBytes = 1 << 20
+    // Twice the worst one-way delay, in ticks, plus slack: the round trip of this network.
+    config.stalledHeartbeatsBeforeProbe = 2 * parameters.delayUnitsMax / Simulator.unitsPerTick + 3
     // About 25 simulated commands: proposals outrun the slowest network settings, and a
     // leader must refuse them rather than build a backlog no replica can catch up with.
     config.maxUncommittedEntriesBytes = 256

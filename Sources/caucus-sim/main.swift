@@ -36,7 +36,7 @@ struct CaucusSim: ParsableCommand {
   var events: Int = 3000
 
   @Option(help: "Ticks allowed for recovery after healing.")
-  var livenessTicks: Int = 1000
+  var livenessTicks: Int = 2000
 
   @Option(help: "Plant a deliberately wrong rule: \(PlantedBugName.allCases.map(\.rawValue).joined(separator: ", ")).")
   var plantBug: String?

@@ -276,6 +276,7 @@ final class ConfigTests: XCTestCase {
       { $0.maxInflightMessages = 0 }, { $0.maxInflightBytes = 0 }, { $0.maxEntriesBytesPerMessage = 0 },
       { $0.maxUncommittedEntriesBytes = 0 }, { $0.maxCommittedBytesPerReady = 0 }, { $0.maxPendingReads = 0 },
       { $0.maxCommandBytes = WireLimits.entryDataBytesMax + 1 }, { $0.heartbeatTicks = 0 },
+      { $0.stalledHeartbeatsBeforeProbe = 0 },
     ] {
       var broken = RaftConfig(id: 1)
       mutate(&broken)
@@ -306,7 +307,7 @@ final class SimulatorRegressionTests: XCTestCase {
     cluster.inFlight.removeAll { $0.to == 2 && $0.kind == .append }  // lost
     cluster.stabilize()
     XCTAssertLessThan(cluster[2].lastIndex, cluster[1].lastIndex)
-    cluster.tick(Raft.stalledHeartbeatsBeforeProbe + 2)
+    cluster.tick(cluster[1].config.stalledHeartbeatsBeforeProbe + 2)
     XCTAssertEqual(cluster[2].lastIndex, cluster[1].lastIndex)
   }
 
