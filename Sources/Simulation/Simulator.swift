@@ -134,7 +134,6 @@ public final class Simulator {
   private var pendingReads: [UInt64: (group: UInt64, minimumIndex: LogIndex)] = [:]
   private var healed = false
   private var livenessBudget = 0
-  var traceHeartbeats = false
   private var livenessMarkers: [UInt64: (term: Term, index: LogIndex)] = [:]
 
   public private(set) var events = 0
@@ -455,7 +454,9 @@ public final class Simulator {
       let message = item.message
       guard item.group < UInt64(options.groups) else { continue }
       messagesDelivered += 1
-      let routine = traceHeartbeats == false && (message.kind == .heartbeat || message.kind == .heartbeatResponse) && message.context == 0
+      let routine =
+        !options.traceHeartbeats && (message.kind == .heartbeat || message.kind == .heartbeatResponse)
+        && message.context == 0
       if !routine {
         trace.append(
         .deliver(time: now, from: from, to: to, group: item.group, message: message))
