@@ -330,9 +330,9 @@ public final class Simulator {
     let crashMidReady =
       !healed && ready.role == .leader && (!wasLeader || ready.hardState != nil)
       && random.chance(ppm: parameters.leaderCrashMidReadyPpm)
-    // 1. Messages that may leave before persistence.
     if crashMidReady {
-      // Persist, then die before anything of this Ready leaves.
+      // A leader that was just elected or just advanced its commit index persists this Ready,
+      // then dies before anything of it leaves (the interleavings of Figure 8).
       if let snapshot = ready.snapshot { replicas[node][group].disk.install(snapshot) }
       replicas[node][group].disk.append(ready.entries)
       if let hardState = ready.hardState {
@@ -345,7 +345,10 @@ public final class Simulator {
       crash(node: node, torn: false)
       return false
     }
-    for message in ready.messages { outgoing[Int(message.to), default: []].append(GroupMessage(group: groupID, message: message)) }
+    // 1. Messages that may leave before persistence.
+    for message in ready.messages {
+      outgoing[Int(message.to), default: []].append(GroupMessage(group: groupID, message: message))
+    }
     // 2. Persist; a disk fault tears the write and the node crashes before it is durable.
     if !healed && random.chance(ppm: parameters.tornWritePpm) && (!ready.entries.isEmpty || ready.hardState != nil) {
       if !ready.entries.isEmpty {
