@@ -1,0 +1,328 @@
+// The binary wire format of Raft messages and message batches. Versioned, fixed-width
+// little-endian integers, length-prefixed, and every decode bounds-checked: hostile bytes are an
+// error, never a crash and never an unbounded allocation.
+//
+// batch    := magic "CAUB" · version u8 (=1) · fromNode u64 · toNode u64 · count u32 · item*
+// item     := group u64 · length u32 · message (exactly `length` bytes)
+// message  := kind u8 · from u64 · to u64 · term u64 · logTerm u64 · index u64 · commit u64 ·
+//             reject u8 (0|1) · rejectHint u64 · context u64 · entryCount u32 · entry* ·
+//             hasSnapshot u8 (0|1) · snapshot?
+// entry    := term u64 · index u64 · kind u8 · dataLength u32 · data
+// snapshot := index u64 · term u64 · config · dataLength u32 · data
+// config   := voterCount u32 · u64* · outgoingCount u32 · u64* · learnerCount u32 · u64*
+// change   := version u8 (=1) · stepCount u32 · (kind u8 · replica u64)*
+
+/// Upper bounds the decoder enforces; each bounds what a single hostile input can make us do.
+public enum WireLimits {
+  /// A batch larger than this is refused before parsing: bounds one request's memory.
+  public static let batchBytesMax = 64 << 20
+  /// Bounds the loop over items of one batch.
+  public static let messagesPerBatchMax = 1 << 16
+  /// Bounds the loop over entries of one message.
+  public static let entriesPerMessageMax = 1 << 16
+  /// Bounds one entry's payload (a command); `RaftConfig.maxCommandBytes` must not exceed it.
+  public static let entryDataBytesMax = 16 << 20
+  /// Bounds one snapshot's payload carried inline in a message.
+  public static let snapshotDataBytesMax = 48 << 20
+  /// Bounds each replica list in a configuration.
+  public static let replicasPerConfigMax = 1 << 12
+}
+
+public enum WireError: Error, Equatable, Sendable, CustomStringConvertible {
+  /// Needed `needed` more bytes at `offset`, but the input ended.
+  case truncated(offset: Int, needed: Int)
+  case badMagic
+  case unsupportedVersion(UInt8)
+  /// A field's value is outside what the format allows.
+  case invalidField(name: String, offset: Int)
+  /// A count or length exceeds its `WireLimits` maximum.
+  case limitExceeded(name: String, value: Int, limit: Int)
+  /// Bytes left over after a complete value.
+  case trailingBytes(count: Int)
+
+  public var description: String {
+    switch self {
+    case .truncated(let offset, let needed): return "truncated: needed \(needed) bytes at offset \(offset)"
+    case .badMagic: return "bad magic: not a Caucus Raft batch"
+    case .unsupportedVersion(let version): return "unsupported wire version \(version)"
+    case .invalidField(let name, let offset): return "invalid \(name) at offset \(offset)"
+    case .limitExceeded(let name, let value, let limit): return "\(name) \(value) exceeds limit \(limit)"
+    case .trailingBytes(let count): return "\(count) trailing bytes"
+    }
+  }
+}
+
+/// A message together with the group it belongs to, as carried in a batch.
+public struct GroupMessage: Equatable, Sendable {
+  public var group: UInt64
+  public var message: Message
+  public init(group: UInt64, message: Message) {
+    self.group = group
+    self.message = message
+  }
+}
+
+/// All messages from one node to another in one send: one batch per destination per loop turn.
+public struct MessageBatch: Equatable, Sendable {
+  public var fromNode: UInt64
+  public var toNode: UInt64
+  public var messages: [GroupMessage]
+  public init(fromNode: UInt64, toNode: UInt64, messages: [GroupMessage]) {
+    self.fromNode = fromNode
+    self.toNode = toNode
+    self.messages = messages
+  }
+}
+
+public enum WireCodec {
+  public static let version: UInt8 = 1
+  public static let magic: [UInt8] = [0x43, 0x41, 0x55, 0x42]  // "CAUB"
+
+  // MARK: Encoding
+
+  public static func encode(_ batch: MessageBatch) -> [UInt8] {
+    var writer = ByteWriter()
+    writer.bytes.append(contentsOf: magic)
+    writer.u8(version)
+    writer.u64(batch.fromNode)
+    writer.u64(batch.toNode)
+    writer.u32(UInt32(batch.messages.count))
+    for item in batch.messages {
+      writer.u64(item.group)
+      let body = encode(item.message)
+      writer.u32(UInt32(body.count))
+      writer.bytes.append(contentsOf: body)
+    }
+    return writer.bytes
+  }
+
+  public static func encode(_ message: Message) -> [UInt8] {
+    var writer = ByteWriter()
+    writer.u8(message.kind.rawValue)
+    writer.u64(message.from)
+    writer.u64(message.to)
+    writer.u64(message.term)
+    writer.u64(message.logTerm)
+    writer.u64(message.index)
+    writer.u64(message.commit)
+    writer.u8(message.reject ? 1 : 0)
+    writer.u64(message.rejectHint)
+    writer.u64(message.context)
+    writer.u32(UInt32(message.entries.count))
+    for entry in message.entries {
+      writer.u64(entry.term)
+      writer.u64(entry.index)
+      writer.u8(entry.kind.rawValue)
+      writer.u32(UInt32(entry.data.count))
+      writer.bytes.append(contentsOf: entry.data)
+    }
+    if let snapshot = message.snapshot {
+      writer.u8(1)
+      writer.u64(snapshot.index)
+      writer.u64(snapshot.term)
+      for list in [snapshot.config.voters, snapshot.config.votersOutgoing, snapshot.config.learners] {
+        writer.u32(UInt32(list.count))
+        for replica in list { writer.u64(replica) }
+      }
+      writer.u32(UInt32(snapshot.data.count))
+      writer.bytes.append(contentsOf: snapshot.data)
+    } else {
+      writer.u8(0)
+    }
+    return writer.bytes
+  }
+
+  public static func encode(_ change: ConfigChange) -> [UInt8] {
+    var writer = ByteWriter()
+    writer.u8(version)
+    writer.u32(UInt32(change.steps.count))
+    for step in change.steps {
+      writer.u8(step.kind.rawValue)
+      writer.u64(step.replica)
+    }
+    return writer.bytes
+  }
+
+  // MARK: Decoding
+
+  public static func decodeBatch(_ bytes: [UInt8]) throws(WireError) -> MessageBatch {
+    guard bytes.count <= WireLimits.batchBytesMax else {
+      throw .limitExceeded(name: "batch bytes", value: bytes.count, limit: WireLimits.batchBytesMax)
+    }
+    var reader = ByteReader(bytes)
+    let head = try reader.take(4)
+    guard head.elementsEqual(magic) else { throw .badMagic }
+    let batchVersion = try reader.u8()
+    guard batchVersion == version else { throw .unsupportedVersion(batchVersion) }
+    let fromNode = try reader.u64()
+    let toNode = try reader.u64()
+    let count = try reader.count("message count", limit: WireLimits.messagesPerBatchMax)
+    var messages: [GroupMessage] = []
+    messages.reserveCapacity(min(count, reader.remaining / 12))
+    for _ in 0..<count {
+      let group = try reader.u64()
+      let length = try reader.count("message length", limit: WireLimits.batchBytesMax)
+      let body = try reader.take(length)
+      var inner = ByteReader(Array(body), baseOffset: reader.offset - length)
+      let message = try decodeMessage(&inner)
+      guard inner.remaining == 0 else { throw .trailingBytes(count: inner.remaining) }
+      messages.append(GroupMessage(group: group, message: message))
+    }
+    guard reader.remaining == 0 else { throw .trailingBytes(count: reader.remaining) }
+    return MessageBatch(fromNode: fromNode, toNode: toNode, messages: messages)
+  }
+
+  public static func decodeMessage(_ bytes: [UInt8]) throws(WireError) -> Message {
+    var reader = ByteReader(bytes)
+    let message = try decodeMessage(&reader)
+    guard reader.remaining == 0 else { throw .trailingBytes(count: reader.remaining) }
+    return message
+  }
+
+  static func decodeMessage(_ reader: inout ByteReader) throws(WireError) -> Message {
+    let kindOffset = reader.offset
+    guard let kind = MessageKind(rawValue: try reader.u8()) else {
+      throw .invalidField(name: "message kind", offset: kindOffset)
+    }
+    let fromOffset = reader.offset
+    let from = try reader.u64()
+    let to = try reader.u64()
+    guard from != 0, to != 0 else { throw .invalidField(name: "replica id 0", offset: fromOffset) }
+    var message = Message(kind: kind, from: from, to: to, term: try reader.u64())
+    message.logTerm = try reader.u64()
+    message.index = try reader.u64()
+    message.commit = try reader.u64()
+    message.reject = try reader.bool("reject")
+    message.rejectHint = try reader.u64()
+    message.context = try reader.u64()
+    let entryCount = try reader.count("entry count", limit: WireLimits.entriesPerMessageMax)
+    message.entries.reserveCapacity(min(entryCount, reader.remaining / Entry.headerBytes))
+    for position in 0..<entryCount {
+      let entryOffset = reader.offset
+      let term = try reader.u64()
+      let index = try reader.u64()
+      // Entries of one append are contiguous and follow `index` (the core relies on it).
+      guard index == message.index &+ 1 &+ UInt64(position), index != 0 else {
+        throw .invalidField(name: "entry index", offset: entryOffset)
+      }
+      let kindOffset = reader.offset
+      guard let kind = EntryKind(rawValue: try reader.u8()) else {
+        throw .invalidField(name: "entry kind", offset: kindOffset)
+      }
+      let length = try reader.count("entry data length", limit: WireLimits.entryDataBytesMax)
+      message.entries.append(Entry(term: term, index: index, kind: kind, data: Array(try reader.take(length))))
+    }
+    if try reader.bool("snapshot flag") {
+      let index = try reader.u64()
+      let term = try reader.u64()
+      var lists: [[ReplicaID]] = []
+      for name in ["voters", "outgoing voters", "learners"] {
+        let listOffset = reader.offset
+        let count = try reader.count(name, limit: WireLimits.replicasPerConfigMax)
+        var list: [ReplicaID] = []
+        list.reserveCapacity(min(count, reader.remaining / 8))
+        for _ in 0..<count { list.append(try reader.u64()) }
+        guard Set(list).count == list.count, !list.contains(0) else {
+          throw .invalidField(name: name, offset: listOffset)
+        }
+        lists.append(list)
+      }
+      let length = try reader.count("snapshot data length", limit: WireLimits.snapshotDataBytesMax)
+      let data = Array(try reader.take(length))
+      message.snapshot = Snapshot(
+        index: index, term: term,
+        config: ConfigState(voters: lists[0], votersOutgoing: lists[1], learners: lists[2]), data: data)
+    }
+    guard (message.kind == .snapshot) == (message.snapshot != nil) else {
+      throw .invalidField(name: "snapshot presence", offset: reader.offset)
+    }
+    return message
+  }
+
+  public static func decodeConfigChange(_ bytes: [UInt8]) throws(WireError) -> ConfigChange {
+    var reader = ByteReader(bytes)
+    let changeVersion = try reader.u8()
+    guard changeVersion == version else { throw .unsupportedVersion(changeVersion) }
+    let count = try reader.count("config change steps", limit: ConfigChange.stepsMax)
+    var steps: [ConfigChangeStep] = []
+    for _ in 0..<count {
+      let offset = reader.offset
+      guard let kind = ConfigChangeKind(rawValue: try reader.u8()) else {
+        throw .invalidField(name: "config change kind", offset: offset)
+      }
+      steps.append(ConfigChangeStep(kind, try reader.u64()))
+    }
+    guard reader.remaining == 0 else { throw .trailingBytes(count: reader.remaining) }
+    return ConfigChange(steps)
+  }
+}
+
+struct ByteWriter {
+  var bytes: [UInt8] = []
+  mutating func u8(_ value: UInt8) { bytes.append(value) }
+  mutating func u32(_ value: UInt32) {
+    for shift in stride(from: 0, to: 32, by: 8) { bytes.append(UInt8(truncatingIfNeeded: value >> UInt32(shift))) }
+  }
+  mutating func u64(_ value: UInt64) {
+    for shift in stride(from: 0, to: 64, by: 8) { bytes.append(UInt8(truncatingIfNeeded: value >> UInt64(shift))) }
+  }
+}
+
+struct ByteReader {
+  let bytes: [UInt8]
+  private var position = 0
+  let baseOffset: Int
+
+  init(_ bytes: [UInt8], baseOffset: Int = 0) {
+    self.bytes = bytes
+    self.baseOffset = baseOffset
+  }
+
+  var offset: Int { baseOffset + position }
+  var remaining: Int { bytes.count - position }
+
+  mutating func take(_ count: Int) throws(WireError) -> ArraySlice<UInt8> {
+    guard count >= 0, count <= remaining else { throw .truncated(offset: offset, needed: count) }
+    let slice = bytes[position..<(position + count)]
+    position += count
+    return slice
+  }
+
+  mutating func u8() throws(WireError) -> UInt8 {
+    guard remaining >= 1 else { throw .truncated(offset: offset, needed: 1) }
+    position += 1
+    return bytes[position - 1]
+  }
+
+  mutating func u32() throws(WireError) -> UInt32 {
+    guard remaining >= 4 else { throw .truncated(offset: offset, needed: 4) }
+    var value: UInt32 = 0
+    for shift in 0..<4 { value |= UInt32(bytes[position + shift]) << UInt32(8 * shift) }
+    position += 4
+    return value
+  }
+
+  mutating func u64() throws(WireError) -> UInt64 {
+    guard remaining >= 8 else { throw .truncated(offset: offset, needed: 8) }
+    var value: UInt64 = 0
+    for shift in 0..<8 { value |= UInt64(bytes[position + shift]) << UInt64(8 * shift) }
+    position += 8
+    return value
+  }
+
+  mutating func bool(_ name: String) throws(WireError) -> Bool {
+    let fieldOffset = offset
+    switch try u8() {
+    case 0: return false
+    case 1: return true
+    default: throw .invalidField(name: name, offset: fieldOffset)
+    }
+  }
+
+  /// A u32 count or length, refused when above `limit`.
+  mutating func count(_ name: String, limit: Int) throws(WireError) -> Int {
+    let value = Int(try u32())
+    guard value <= limit else { throw .limitExceeded(name: name, value: value, limit: limit) }
+    return value
+  }
+}

@@ -1,0 +1,108 @@
+import RaftCore
+
+/// Everything that shapes one simulated run. All of it is derived from, or printed with, the seed.
+public struct SimulationOptions: Sendable {
+  public var seed: UInt64
+  /// Nodes in the cluster (3 or 5). Every node hosts a replica of every group.
+  public var nodes: Int = 3
+  /// Raft groups hosted by every node.
+  public var groups: Int = 3
+  /// Events (ticks and message deliveries) in the safety phase, with faults on.
+  public var safetyEvents: Int = 3000
+  /// Ticks allowed after healing for every group to elect a leader, commit a proposal and for
+  /// every member to apply the same state.
+  public var livenessTicksMax: Int = 2000
+  /// A deliberately wrong rule in every replica, by its name (see `PlantedBugName`).
+  public var plantedBug: PlantedBugName? = nil
+  /// Keep the last this many trace lines for a violation report.
+  public var traceLinesMax: Int = 400
+  /// Trace routine heartbeats too (they are most of the traffic, so off by default).
+  public var traceHeartbeats = false
+
+  public init(seed: UInt64) { self.seed = seed }
+
+  public func validate() throws(SimulationError) {
+    guard nodes == 3 || nodes == 5 else { throw .invalidOptions("nodes must be 3 or 5, got \(nodes)") }
+    guard (1...64).contains(groups) else { throw .invalidOptions("groups must be in 1...64, got \(groups)") }
+    guard safetyEvents >= 0 && safetyEvents <= 10_000_000 else {
+      throw .invalidOptions("safetyEvents must be in 0...10000000")
+    }
+    guard livenessTicksMax >= 50 else { throw .invalidOptions("livenessTicksMax must be ≥ 50") }
+    guard traceLinesMax >= 10 else { throw .invalidOptions("traceLinesMax must be ≥ 10") }
+  }
+}
+
+/// The planted bugs the simulator can switch on; the only way to reach `RaftConfig.plantedBug`.
+public enum PlantedBugName: String, Sendable, CaseIterable {
+  case voteWithoutLogCheck = "vote-without-log-check"
+  case commitPreviousTerm = "commit-previous-term"
+
+  var bug: PlantedBug {
+    switch self {
+    case .voteWithoutLogCheck: return .voteWithoutLogCheck
+    case .commitPreviousTerm: return .commitPreviousTerm
+    }
+  }
+}
+
+public enum SimulationError: Error, Equatable, CustomStringConvertible {
+  case invalidOptions(String)
+  public var description: String {
+    switch self {
+    case .invalidOptions(let reason): return "invalid simulation options: \(reason)"
+    }
+  }
+}
+
+/// A property the checker found broken, with the evidence.
+public struct Violation: Sendable, CustomStringConvertible {
+  public var property: String
+  public var detail: String
+  public var description: String { "\(property): \(detail)" }
+}
+
+/// Counts of the faults and features a run exercised, so a passing run shows what it tried.
+public struct Coverage: Sendable, Equatable {
+  public var tornWrites = 0
+  public var leaderCrashesMidReady = 0
+  public var partitions = 0
+  public var snapshotsInstalled = 0
+  public var configChangesApplied = 0
+  public var transfersStarted = 0
+  public var readsServed = 0
+
+  public init() {}
+
+  mutating func add(_ other: Coverage) {
+    tornWrites += other.tornWrites
+    leaderCrashesMidReady += other.leaderCrashesMidReady
+    partitions += other.partitions
+    snapshotsInstalled += other.snapshotsInstalled
+    configChangesApplied += other.configChangesApplied
+    transfersStarted += other.transfersStarted
+    readsServed += other.readsServed
+  }
+
+  var line: String {
+    "torn=\(tornWrites) leaderCrashes=\(leaderCrashesMidReady) partitions=\(partitions) "
+      + "snapshots=\(snapshotsInstalled) confchanges=\(configChangesApplied) transfers=\(transfersStarted) "
+      + "reads=\(readsServed)"
+  }
+}
+
+public struct SimulationResult: Sendable {
+  public var seed: UInt64
+  public var events: Int
+  public var ticks: Int
+  public var messagesDelivered: Int
+  public var entriesCommitted: Int
+  public var leadersElected: Int
+  public var crashes: Int
+  /// How much of the fault and feature space this run exercised.
+  public var coverage: Coverage
+  public var violation: Violation?
+  /// The last trace lines before the end (a violation's context).
+  public var trace: [String]
+  /// Derived parameters, printed so a run can be understood from its output.
+  public var parameters: String
+}

@@ -1,0 +1,153 @@
+import XCTest
+
+@testable import RaftCore
+
+final class WireCodecTests: XCTestCase {
+  static func sampleMessages() -> [Message] {
+    let snapshot = Snapshot(
+      index: 40, term: 3, config: ConfigState(voters: [1, 2, 3], votersOutgoing: [1, 2, 4], learners: [5]),
+      data: [1, 2, 3, 4, 5])
+    return MessageKind.allCases.map { kind in
+      var message = Message(
+        kind: kind, from: 1, to: 2, term: 7, logTerm: 6, index: 41, commit: 39, reject: kind == .appendResponse,
+        rejectHint: 12, context: 0xDEAD_BEEF_0102_0304)
+      if kind == .append {
+        message.entries = [
+          Entry(term: 7, index: 42, kind: .normal, data: Array("hello".utf8)),
+          Entry(term: 7, index: 43, kind: .configChange, data: WireCodec.encode(ConfigChange([.init(.addLearner, 5)]))),
+          Entry(term: 7, index: 44),
+        ]
+      }
+      if kind == .snapshot { message.snapshot = snapshot }
+      return message
+    }
+  }
+
+  static func sampleBatch() -> MessageBatch {
+    MessageBatch(
+      fromNode: 1, toNode: 2,
+      messages: sampleMessages().enumerated().map { GroupMessage(group: UInt64($0.offset), message: $0.element) })
+  }
+
+  func testEveryMessageKindRoundTrips() throws {
+    for message in Self.sampleMessages() {
+      XCTAssertEqual(try WireCodec.decodeMessage(WireCodec.encode(message)), message, "\(message.kind)")
+    }
+  }
+
+  func testBatchRoundTrips() throws {
+    let batch = Self.sampleBatch()
+    XCTAssertEqual(try WireCodec.decodeBatch(WireCodec.encode(batch)), batch)
+  }
+
+  func testFixedWidthLittleEndianLayout() {
+    let bytes = WireCodec.encode(MessageBatch(fromNode: 0x0102, toNode: 3, messages: []))
+    XCTAssertEqual(Array(bytes[0..<4]), Array("CAUB".utf8), "magic")
+    XCTAssertEqual(bytes[4], 1, "version")
+    XCTAssertEqual(Array(bytes[5..<13]), [0x02, 0x01, 0, 0, 0, 0, 0, 0], "from node, little-endian u64")
+    XCTAssertEqual(Array(bytes[21..<25]), [0, 0, 0, 0], "message count, u32")
+    XCTAssertEqual(bytes.count, 25)
+  }
+
+  /// Every proper prefix of a valid batch is refused with an error, never a crash.
+  func testEveryTruncationIsAnError() {
+    let bytes = WireCodec.encode(Self.sampleBatch())
+    for length in 0..<bytes.count {
+      XCTAssertThrowsError(try WireCodec.decodeBatch(Array(bytes[0..<length])), "prefix of \(length) bytes")
+    }
+  }
+
+  /// Every proper prefix of a single message is refused too.
+  func testEveryMessageTruncationIsAnError() {
+    for message in Self.sampleMessages() {
+      let bytes = WireCodec.encode(message)
+      for length in 0..<bytes.count {
+        XCTAssertThrowsError(try WireCodec.decodeMessage(Array(bytes[0..<length])), "\(message.kind) prefix \(length)")
+      }
+    }
+  }
+
+  func testTrailingBytesAreRefused() {
+    XCTAssertThrowsError(try WireCodec.decodeBatch(WireCodec.encode(Self.sampleBatch()) + [0])) { error in
+      XCTAssertEqual(error as? WireError, .trailingBytes(count: 1))
+    }
+  }
+
+  func testBadMagicAndVersionAreRefused() {
+    var bytes = WireCodec.encode(Self.sampleBatch())
+    bytes[0] = 0x58
+    XCTAssertThrowsError(try WireCodec.decodeBatch(bytes)) { XCTAssertEqual($0 as? WireError, .badMagic) }
+    bytes = WireCodec.encode(Self.sampleBatch())
+    bytes[4] = 2
+    XCTAssertThrowsError(try WireCodec.decodeBatch(bytes)) { XCTAssertEqual($0 as? WireError, .unsupportedVersion(2)) }
+  }
+
+  func testHugeCountsAreRefusedWithoutAllocating() {
+    var writer = ByteWriter()
+    writer.bytes.append(contentsOf: WireCodec.magic)
+    writer.u8(WireCodec.version)
+    writer.u64(1)
+    writer.u64(2)
+    writer.u32(UInt32.max)
+    XCTAssertThrowsError(try WireCodec.decodeBatch(writer.bytes)) { error in
+      guard case .limitExceeded(let name, _, _) = error as? WireError else { return XCTFail("\(error)") }
+      XCTAssertEqual(name, "message count")
+    }
+    // An entry claiming 16 MiB + 1 of data.
+    var message = ByteWriter()
+    message.u8(MessageKind.append.rawValue)
+    for _ in 0..<6 { message.u64(1) }
+    message.u8(0)
+    message.u64(0)
+    message.u64(0)
+    message.u32(1)
+    message.u64(1)
+    message.u64(2)
+    message.u8(0)
+    message.u32(UInt32(WireLimits.entryDataBytesMax + 1))
+    XCTAssertThrowsError(try WireCodec.decodeMessage(message.bytes))
+  }
+
+  func testInvalidFieldsAreRefused() {
+    var message = Message(kind: .append, from: 1, to: 2, term: 1, index: 5, entries: [Entry(term: 1, index: 7)])
+    XCTAssertThrowsError(try WireCodec.decodeMessage(WireCodec.encode(message)), "entries must follow index")
+    message = Message(kind: .vote, from: 0, to: 2, term: 1)
+    XCTAssertThrowsError(try WireCodec.decodeMessage(WireCodec.encode(message)), "replica 0")
+    var bytes = WireCodec.encode(Message(kind: .vote, from: 1, to: 2, term: 1))
+    bytes[0] = 99
+    XCTAssertThrowsError(try WireCodec.decodeMessage(bytes), "unknown kind")
+    bytes = WireCodec.encode(Message(kind: .vote, from: 1, to: 2, term: 1))
+    bytes[49] = 2  // the reject flag
+    XCTAssertThrowsError(try WireCodec.decodeMessage(bytes), "a boolean is 0 or 1")
+    message = Message(kind: .snapshot, from: 1, to: 2, term: 1)
+    XCTAssertThrowsError(try WireCodec.decodeMessage(WireCodec.encode(message)), "a snapshot message carries one")
+  }
+
+  /// Hostile input: random bytes and random corruptions of valid batches never crash the decoder.
+  func testRandomCorruptionNeverCrashes() {
+    var random = SplitMix64(seed: 2024)
+    let valid = WireCodec.encode(Self.sampleBatch())
+    var decoded = 0
+    for round in 0..<3000 {
+      var bytes = valid
+      if round % 3 == 0 {
+        bytes = (0..<Int(random.next() % 200)).map { _ in UInt8(truncatingIfNeeded: random.next()) }
+      } else {
+        for _ in 0..<(1 + Int(random.next() % 4)) {
+          bytes[Int(random.next() % UInt64(bytes.count))] = UInt8(truncatingIfNeeded: random.next())
+        }
+      }
+      if (try? WireCodec.decodeBatch(bytes)) != nil { decoded += 1 }
+    }
+    XCTAssertLessThan(decoded, 3000, "most corruptions are detected")
+  }
+
+  func testConfigChangeRoundTripsAndRefusesGarbage() throws {
+    let change = ConfigChange([.init(.addVoter, 4), .init(.remove, 1)])
+    XCTAssertEqual(try WireCodec.decodeConfigChange(WireCodec.encode(change)), change)
+    let bytes = WireCodec.encode(change)
+    for length in 0..<bytes.count {
+      XCTAssertThrowsError(try WireCodec.decodeConfigChange(Array(bytes[0..<length])))
+    }
+  }
+}
