@@ -32,14 +32,24 @@ public struct GroupID: Hashable, Comparable, Sendable, CustomStringConvertible, 
 
   /// Parses `<GroupType>-<n>`; `n` is decimal digits only (no sign, no spaces), at most UInt32.
   public init?(_ text: String) {
-    guard let dash = text.lastIndex(of: "-") else { return nil }
-    guard let type = GroupType(name: text[..<dash]) else { return nil }
+    self.init(utf8: text.utf8)
+  }
+
+  /// Parses the UTF-8 bytes of `<GroupType>-<n>` (the gateway's hot path: no String work).
+  public init?(utf8 text: some BidirectionalCollection<UInt8>) {
+    guard let dash = text.lastIndex(of: UInt8(ascii: "-")) else { return nil }
+    let name = text[..<dash]
+    guard let type = GroupType.allCases.first(where: { $0.name.utf8.elementsEqual(name) }) else { return nil }
     let digits = text[text.index(after: dash)...]
-    guard !digits.isEmpty, digits.count <= 10, digits.allSatisfy({ $0.isASCII && $0.isNumber }) else {
-      return nil
+    // Canonical numbers only: `DataRegion-01` would name the same group as `DataRegion-1`.
+    guard !digits.isEmpty, digits.count <= 10, digits.count == 1 || digits.first != UInt8(ascii: "0") else { return nil }
+    var number: UInt64 = 0
+    for digit in digits {
+      guard digit >= UInt8(ascii: "0") && digit <= UInt8(ascii: "9") else { return nil }
+      number = number * 10 + UInt64(digit - UInt8(ascii: "0"))
     }
-    guard let number = UInt32(digits) else { return nil }
-    self.init(type, number)
+    guard number <= UInt64(UInt32.max) else { return nil }
+    self.init(type, UInt32(number))
   }
 
   public var description: String { "\(type.name)-\(number)" }

@@ -44,6 +44,11 @@ public enum KVWriteOutcome: Sendable, Equatable {
   case preconditionFailed(operationIndex: Int, key: KVBytes, currentRevision: UInt64?)
   /// The command bytes could not be decoded or break a limit; nothing was applied.
   case rejected(String)
+  /// The command's idempotency key was already used by the same operations: nothing was applied
+  /// now, and `outcome` is what the first command got when it was applied at `originalIndex`.
+  /// `commandDigest` identifies those operations (`KVCodec.digest(of:)`), so that a different
+  /// command reusing the key is refused instead of answered with another command's result.
+  indirect case replayed(originalIndex: UInt64, commandDigest: UInt64, outcome: KVWriteOutcome)
 }
 
 public struct KVEntry: Sendable, Equatable {
@@ -63,11 +68,15 @@ public enum KVQuery: Sendable, Equatable {
   case get(key: KVBytes)
   /// Keys starting with `prefix`, strictly after `after` (when given), in order, at most `limit`.
   case list(prefix: KVBytes, after: KVBytes?, limit: Int)
+  /// Recent changes with index > `after` to keys starting with `prefix` (what a watch reports).
+  case changes(after: UInt64, prefix: KVBytes, limit: Int)
 }
 
 public enum KVQueryResult: Sendable, Equatable {
   case get(KVEntry?)
   case list(items: [KVEntry], more: Bool)
+  /// `compactedBefore` is set when changes after the asked index are no longer retained.
+  case changes(events: [KVChangeEvent], compactedBefore: UInt64?)
 }
 
 /// Limits the state machine enforces on every command it decodes.
@@ -76,7 +85,15 @@ public enum KVLimits {
   public static let operationsPerCommandMax = 1024
   public static let queriesPerReadMax = 1024
   public static let listLimitMax = 10_000
+  /// Key and value bytes one listing page carries at most (past its first item): bounds the memory
+  /// and the time one read holds the group, whatever the values' sizes.
+  public static let listPageBytesMax = 4 << 20
   public static let idempotencyKeyBytesMax = 256
   /// Default size of the idempotency table (oldest ids are forgotten first).
   public static let idempotencyEntriesDefault = 100_000
+  /// Default bounds of the in-memory change history behind watches (per group, per replica):
+  /// enough for a dashboard that polls every few seconds at thousands of writes per second,
+  /// while a group of large values cannot hold more than `historyBytesDefault` of them.
+  public static let historyEntriesDefault = 10_000
+  public static let historyBytesDefault = 16 << 20
 }

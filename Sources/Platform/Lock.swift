@@ -64,3 +64,22 @@ public final class Locked<Value>: @unchecked Sendable {
     return try body(&value)
   }
 }
+
+/// Calls `start` with a completion and blocks the calling thread until the completion runs (on any
+/// thread). For command-line tools, tests and start-up code — never on an event loop.
+public func waitForCompletion<Value: Sendable>(_ start: (@escaping @Sendable (Value) -> Void) -> Void) -> Value {
+  let lock = ConditionLock()
+  let box = Locked<Value?>(nil)
+  start { value in
+    lock.withLock {
+      box.withLock { $0 = value }
+      lock.signal()
+    }
+  }
+  return lock.withLock {
+    while true {
+      if let value = box.withLock({ $0 }) { return value }
+      lock.wait()
+    }
+  }
+}

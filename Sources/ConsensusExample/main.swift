@@ -1,1 +1,0 @@
-print("example: not built yet")

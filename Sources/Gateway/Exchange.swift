@@ -1,0 +1,323 @@
+import Consensus
+
+import HTTPServer
+import KeyValueStore
+import Synchronization
+
+/// Errors a request can meet before or after the engine; each maps to one status and code of API.md.
+enum GatewayError: Error {
+  case notFound
+  case methodNotAllowed(allowed: [String])
+  case badRequest(String)
+  case invalidJSON(String)
+  case invalidGroupID(String)
+  case invalidKey(String)
+  case keyNotFound(KVBytes)
+  case payloadTooLarge(String, limitBytes: Int)
+  case notImplemented(String)
+  case consensus(ConsensusError)
+  case `internal`(String)
+}
+
+/// One request and its single answer. Answering twice is a programmer error caught here; the
+/// completion may run on any thread.
+final class Exchange: Sendable {
+  let request: HTTPRequest
+  /// The target's path, still percent-encoded.
+  let path: Substring
+  /// The target's query parameters, decoded once.
+  let query: QueryParameters
+  private let send: @Sendable (HTTPResponse, String) -> Void
+  private let answered = Atomic<Bool>(false)
+  /// Set before a deadline answers, so the engine's late completion is recognized and dropped.
+  private let expired = Atomic<Bool>(false)
+
+  let context: GatewayContext
+
+  init(request: HTTPRequest, context: GatewayContext, send: @escaping @Sendable (HTTPResponse, String) -> Void) {
+    self.context = context
+    self.request = request
+    if let mark = request.target.utf8.firstIndex(of: UInt8(ascii: "?")) {
+      path = request.target[..<mark]
+      query = QueryParameters(request.target[request.target.utf8.index(after: mark)...])
+    } else {
+      path = request.target[...]
+      query = QueryParameters("")
+    }
+    self.send = send
+  }
+
+  func respond(_ response: HTTPResponse, route: String) {
+    let (exchanged, _) = answered.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing)
+    guard exchanged else {
+      // Only a deadline may have answered first; the engine's late completion is then dropped.
+      precondition(expired.load(ordering: .acquiring), "a request is answered once")
+      return
+    }
+    send(response, route)
+  }
+
+  /// The deadline passed with no answer: answer `504 timeout` (unless the answer just came).
+  func expire(route: String, group: GroupID?, indeterminate: Bool) {
+    guard !answered.load(ordering: .acquiring) else { return }
+    expired.store(true, ordering: .releasing)
+    fail(.consensus(.timeout(indeterminate: indeterminate)), route: route, group: group)
+  }
+
+  var isAnswered: Bool { answered.load(ordering: .acquiring) }
+
+  func respond(json body: [UInt8], status: Int = 200, headers: [(name: String, value: String)] = [], route: String) {
+    respond(HTTPResponse(status: status, headers: headers + [jsonContentType], body: body), route: route)
+  }
+
+  /// The body as JSON; an empty or malformed body is `400 invalid_json`.
+  func jsonBody() throws(GatewayError) -> JSONValue {
+    guard !request.body.isEmpty else { throw .invalidJSON("the request needs a JSON body") }
+    do {
+      return try JSONParser.parse(request.body)
+    } catch {
+      throw .invalidJSON("the body is not valid JSON: \(error)")
+    }
+  }
+
+  func fail(_ gatewayError: GatewayError, route: String, group: GroupID? = nil) {
+    var headers: [(name: String, value: String)] = [jsonContentType]
+    var writer = JSONWriter()
+    writer.beginObject()
+    func code(_ status: Int, _ code: String, _ message: String) -> Int {
+      writer.member("error", code)
+      writer.member("message", message)
+      return status
+    }
+    let status: Int
+    switch gatewayError {
+    case .notFound:
+      status = code(404, "not_found", "no route matches \(request.method) \(path)")
+    case .methodNotAllowed(let allowed):
+      headers.append(("Allow", allowed.joined(separator: ", ")))
+      status = code(405, "method_not_allowed", "\(request.method) is not allowed here; allowed: \(allowed.joined(separator: ", "))")
+    case .badRequest(let message):
+      status = code(400, "bad_request", message)
+    case .invalidJSON(let message):
+      status = code(400, "invalid_json", message)
+    case .invalidGroupID(let text):
+      status = code(400, "invalid_group_id", "'\(text)' is not a group id; expected <DataRegion|SchemaRegion|PartitionRegion>-<n>, e.g. DataRegion-1")
+    case .invalidKey(let message):
+      status = code(400, "invalid_key", message)
+    case .keyNotFound(let key):
+      status = code(404, "key_not_found", "the key does not exist")
+      writeKey(&writer, key)
+    case .payloadTooLarge(let message, let limitBytes):
+      status = code(413, "payload_too_large", message)
+      writer.member("limitBytes", limitBytes)
+    case .notImplemented(let message):
+      status = code(501, "not_implemented", message)
+    case .internal(let message):
+      status = code(500, "internal", message)
+    case .consensus(let error):
+      switch error {
+      case .groupAlreadyExists: status = code(409, "group_already_exists", error.description)
+      case .groupNotFound: status = code(404, "group_not_found", error.description)
+      case .illegalPeerNumber: status = code(400, "illegal_peer_num", error.description)
+      case .peerAlreadyInGroup: status = code(409, "peer_already_in_group", error.description)
+      case .peerNotInGroup: status = code(404, "peer_not_in_group", error.description)
+      case .notLeader(_, let leader):
+        status = code(421, "not_leader", error.description)
+        writer.key("leader")
+        if let leader {
+          writer.beginObject()
+          writer.member("id", leader.node.rawValue)
+          writer.member("url", context.clientURL(of: leader))
+          writer.endObject()
+        } else {
+          writer.null()
+        }
+      case .noLeader:
+        headers.append(("Retry-After", "1"))
+        status = code(503, "no_leader", error.description)
+      case .overloaded(let retryAfterMs):
+        headers.append(("Retry-After", String(max(1, (retryAfterMs + 999) / 1000))))
+        status = code(503, "overloaded", error.description)
+      case .timeout(let indeterminate):
+        status = code(504, "timeout", error.description)
+        writer.member("indeterminate", indeterminate)
+      case .notSupported(let message):
+        status = code(400, "bad_request", message)
+      case .shuttingDown:
+        headers.append(("Retry-After", "1"))
+        status = code(503, "not_ready", error.description)
+      case .storage:
+        headers.append(("Retry-After", "1"))
+        status = code(503, "not_ready", error.description)
+      case .invalidRequest(let message):
+        status = code(400, "bad_request", message)
+      }
+    }
+    if let group {
+      writer.member("group", group.description)
+      headers.append(contentsOf: context.groupHeaders(group))
+    }
+    writer.endObject()
+    respond(HTTPResponse(status: status, headers: headers, body: writer.bytes), route: route)
+  }
+}
+
+/// What error answers need to know about the node: the engine (leader, index) and client URLs.
+struct GatewayContext: Sendable {
+  let engine: any ConsensusEngine
+  let localClientURL: String
+
+  /// `X-Caucus-Leader` when a leader is known, and `X-Caucus-Index` (the applied index).
+  func groupHeaders(_ group: GroupID) -> [(name: String, value: String)] {
+    guard let status = engine.status(group) else { return [] }
+    var headers: [(name: String, value: String)] = [("X-Caucus-Index", String(status.appliedIndex))]
+    if let leader = status.leader { headers.append(("X-Caucus-Leader", leader.node.description)) }
+    return headers
+  }
+
+  /// A peer's client URL. Standalone knows only its own; the cluster directory will know the rest.
+  func clientURL(of peer: Peer) -> String {
+    peer.node == engine.localPeer.node ? localClientURL : ""
+  }
+}
+
+/// The query string's parameters, percent-decoded (`+` stays `+`: RFC 3986, not HTML forms).
+/// A name given twice keeps its first value.
+struct QueryParameters: Sendable {
+  private var values: [(String, String)] = []
+  private(set) var malformed: String?
+
+  init(_ query: Substring) {
+    guard !query.isEmpty else { return }
+    for pair in query.split(separator: "&") {
+      let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+      guard let name = percentDecode(parts[0].utf8).flatMap({ String(validating: $0, as: UTF8.self) }),
+        let value = percentDecode((parts.count > 1 ? parts[1] : "").utf8).flatMap({ String(validating: $0, as: UTF8.self) })
+      else {
+        malformed = String(pair)
+        continue
+      }
+      values.append((name, value))
+    }
+  }
+
+  subscript(name: String) -> String? { values.first(where: { $0.0 == name })?.1 }
+}
+
+/// Decodes `%XX` escapes; nil on a malformed escape.
+func percentDecode(_ encoded: some Collection<UInt8>) -> [UInt8]? {
+  var output: [UInt8] = []
+  output.reserveCapacity(encoded.count)
+  var iterator = encoded.makeIterator()
+  while let byte = iterator.next() {
+    if byte == UInt8(ascii: "%") {
+      guard let high = iterator.next().flatMap(hexDigitValue), let low = iterator.next().flatMap(hexDigitValue) else { return nil }
+      output.append(high << 4 | low)
+    } else {
+      output.append(byte)
+    }
+  }
+  return output
+}
+
+func parseGroup(_ text: Substring) throws(GatewayError) -> GroupID {
+  guard let group = GroupID(String(text)) else { throw .invalidGroupID(String(text.prefix(200))) }
+  return group
+}
+
+func parseForward(_ exchange: Exchange) throws(GatewayError) {
+  if let forward = exchange.query["forward"], !["proxy", "redirect", "none"].contains(forward) {
+    throw .badRequest("forward must be proxy, redirect or none, not '\(forward)'")
+  }
+}
+
+func decodeKey(_ encoded: some Collection<UInt8>) throws(GatewayError) -> KVBytes {
+  guard let key = percentDecode(encoded) else { throw .invalidKey("the key has a malformed percent-escape") }
+  guard !key.isEmpty else { throw .invalidKey("the key is empty") }
+  guard key.count <= KVLimits.keyBytesMax else {
+    throw .invalidKey("the key is \(key.count) bytes; the limit is \(KVLimits.keyBytesMax)")
+  }
+  return key
+}
+
+/// `If-Match: "<rev>"` → revision must equal; `If-None-Match: *` → key must be absent.
+func requestPrecondition(_ request: HTTPRequest) throws(GatewayError) -> KVPrecondition {
+  let ifMatch = request.header("if-match")
+  let ifNoneMatch = request.header("if-none-match")
+  if ifMatch != nil && ifNoneMatch != nil { throw .badRequest("give If-Match or If-None-Match, not both") }
+  if let ifNoneMatch {
+    guard ifNoneMatch.trimmingSpaces == "*" else { throw .badRequest("If-None-Match supports only *") }
+    return .absent
+  }
+  if let ifMatch {
+    var text = Substring(ifMatch.trimmingSpaces)
+    if text.hasPrefix("W/") { text = text.dropFirst(2) }
+    if text.count >= 2, text.first == "\"", text.last == "\"" { text = text.dropFirst().dropLast() }
+    guard let revision = UInt64(text) else {
+      throw .badRequest("If-Match must be a revision in quotes, e.g. If-Match: \"42\"")
+    }
+    // Revision 0 names a key that does not exist, as `ifRevision: 0` does.
+    return revision == 0 ? .absent : .revisionEquals(revision)
+  }
+  return .none
+}
+
+func idempotencyKey(_ request: HTTPRequest) throws(GatewayError) -> String? {
+  guard let key = request.header("idempotency-key") else { return nil }
+  guard !key.isEmpty, key.utf8.count <= GatewayLimits.idempotencyKeyBytesMax,
+    key.utf8.allSatisfy({ (0x21...0x7E).contains($0) })
+  else {
+    throw .badRequest("Idempotency-Key must be 1 to \(GatewayLimits.idempotencyKeyBytesMax) printable ASCII characters")
+  }
+  return key
+}
+
+/// `"key"` (UTF-8 text) of a JSON operation.
+func jsonKey(_ item: JSONValue, context: String) throws(GatewayError) -> KVBytes {
+  guard let text = item["key"]?.stringValue else { throw .invalidKey("\(context) needs \"key\": a string") }
+  let key = Array(text.utf8)
+  guard !key.isEmpty, key.count <= KVLimits.keyBytesMax else {
+    throw .invalidKey("\(context).key must be 1 to \(KVLimits.keyBytesMax) bytes")
+  }
+  return key
+}
+
+/// `"value"` (UTF-8 text) or `"valueBase64"` of a JSON put.
+func jsonValue(_ item: JSONValue, context: String) throws(GatewayError) -> KVBytes {
+  switch (item["value"], item["valueBase64"]) {
+  case (.some(let value), nil):
+    guard let text = value.stringValue else { throw .badRequest("\(context).value must be a string") }
+    return Array(text.utf8)
+  case (nil, .some(let encoded)):
+    guard let text = encoded.stringValue, let bytes = Base64.decode(Array(text.utf8)) else {
+      throw .badRequest("\(context).valueBase64 must be padded base64")
+    }
+    return bytes
+  case (nil, nil): throw .badRequest("\(context) needs \"value\" or \"valueBase64\"")
+  default: throw .badRequest("\(context) has both \"value\" and \"valueBase64\"")
+  }
+}
+
+func parseBool(_ text: String?, name: String) throws(GatewayError) -> Bool? {
+  guard let text else { return nil }
+  switch text {
+  case "true", "1", "": return true
+  case "false", "0": return false
+  default: throw .badRequest("\(name) must be true or false, not '\(text)'")
+  }
+}
+
+func parseCount(_ text: String?, name: String, default value: Int, max: Int) throws(GatewayError) -> Int {
+  guard let text else { return value }
+  guard let number = Int(text), number >= 1, number <= max else {
+    throw .badRequest("\(name) must be an integer from 1 to \(max), not '\(text)'")
+  }
+  return number
+}
+
+extension String {
+  var trimmingSpaces: String {
+    String(self.drop(while: { $0 == " " || $0 == "\t" }).reversed().drop(while: { $0 == " " || $0 == "\t" }).reversed())
+  }
+}
+

@@ -1,0 +1,1110 @@
+import Consensus
+import HTTPServer
+import KeyValueStore
+import Platform
+
+public struct GatewayConfiguration: Sendable {
+  /// This node's client URL, `http://host:port`, as other nodes and redirects name it.
+  public var clientURL: String
+  public var dataDirectory: String
+  public var version: String
+  /// The largest value a write may carry. The HTTP server's body limit sits a little above it so
+  /// that an oversized value is answered by the gateway with the limit named.
+  public var valueBytesMax: Int
+  /// How long a stale read may wait for `minIndex` to be applied.
+  public var readWaitMsMax: UInt32
+  /// How long a request may wait for the engine before it is answered `504 timeout`
+  /// (`indeterminate: true` for writes: the write may still be applied). Watches have their own.
+  public var requestTimeoutMs: UInt32
+
+  public init(
+    clientURL: String, dataDirectory: String, version: String, valueBytesMax: Int = 1 << 20,
+    readWaitMsMax: UInt32 = 10_000, requestTimeoutMs: UInt32 = 10_000
+  ) {
+    self.requestTimeoutMs = requestTimeoutMs
+    self.clientURL = clientURL
+    self.dataDirectory = dataDirectory
+    self.version = version
+    self.valueBytesMax = valueBytesMax
+    self.readWaitMsMax = readWaitMsMax
+  }
+}
+
+/// Maps HTTP/JSON (the contract in API.md) to `ConsensusEngine` calls and engine errors to
+/// statuses. Runs on the HTTP event loop: it never blocks; engine calls answer through completions.
+public final class Gateway: HTTPHandler {
+  public let engine: any ConsensusEngine
+  public let configuration: GatewayConfiguration
+  public let metrics = GatewayMetrics()
+  private let startedAtNanoseconds = MonotonicClock.nowNanoseconds()
+  private let nodeHeader: (name: String, value: String)
+  private let context: GatewayContext
+  private let deadlines = DeadlineWheel()
+
+  public init(engine: any ConsensusEngine, configuration: GatewayConfiguration) {
+    self.engine = engine
+    self.configuration = configuration
+    self.context = GatewayContext(engine: engine, localClientURL: configuration.clientURL)
+    self.nodeHeader = ("X-Caucus-Node", engine.localPeer.node.description)
+  }
+
+  public func handle(_ request: HTTPRequest, responder: HTTPResponder) {
+    let started = MonotonicClock.nowNanoseconds()
+    metrics.begin()
+    var route = "not_found"
+    let exchange = Exchange(request: request, context: context) { [metrics, nodeHeader] response, routeName in
+      var response = response
+      response.headers.append(nodeHeader)
+      metrics.record(route: routeName, status: response.status, nanoseconds: MonotonicClock.nowNanoseconds() &- started)
+      responder.respond(response)
+    }
+    do throws(GatewayError) {
+      if let malformed = exchange.query.malformed {
+        throw GatewayError.badRequest(
+          "the query parameter '\(malformed.prefix(200))' has a malformed percent-escape or is not UTF-8")
+      }
+      if try !dispatchKeyRoute(exchange, route: &route) {
+        try dispatch(path: exchange.path, exchange: exchange, route: &route)
+      }
+    } catch {
+      exchange.fail(error, route: route)
+    }
+    if !exchange.isAnswered, let indeterminate = Gateway.deadlineRoutes[route] {
+      deadlines.schedule(
+        exchange, timeoutMs: configuration.requestTimeoutMs, route: route, group: pathGroup(exchange.path),
+        indeterminate: indeterminate)
+    }
+  }
+
+  /// Routes answered `504 timeout` at the request deadline, with whether the outcome is unknown
+  /// (state-changing routes). Watches are absent: they end at their own timeout.
+  static let deadlineRoutes: [String: Bool] = [
+    "kv_put": true, "kv_delete": true, "write": true, "groups_create": true, "group_delete": true,
+    "node_groups_create": true, "node_groups_delete": true, "peers_add": true, "peers_change": true,
+    "peer_remove": true, "leader_transfer": true, "snapshot": true,
+    "kv_get": false, "kv_list": false, "read": false,
+  ]
+
+  /// Stops the gateway's deadline thread. Call after the HTTP server has stopped.
+  public func stop() { deadlines.stop() }
+
+  /// The group a `/v1/groups/<group>/…` or `/v1/node/groups/<group>` path names, if any.
+  private func pathGroup(_ path: Substring) -> GroupID? {
+    let parts = path.utf8.split(separator: UInt8(ascii: "/"), maxSplits: 4)
+    guard parts.count >= 3, parts[0].elementsEqual("v1".utf8) else { return nil }
+    if parts[1].elementsEqual("groups".utf8) { return GroupID(utf8: parts[2]) }
+    if parts[1].elementsEqual("node".utf8), parts.count >= 4 { return GroupID(utf8: parts[3]) }
+    return nil
+  }
+
+  // MARK: Routing
+
+  /// The hot path, `/v1/groups/<group>/kv/<key>`, matched on bytes without splitting the path.
+  /// Returns false when the path is anything else.
+  private func dispatchKeyRoute(_ exchange: Exchange, route: inout String) throws(GatewayError) -> Bool {
+    let path = exchange.path.utf8
+    let prefix = "/v1/groups/".utf8
+    guard path.starts(with: prefix) else { return false }
+    let groupStart = path.index(path.startIndex, offsetBy: prefix.count)
+    guard let slash = path[groupStart...].firstIndex(of: UInt8(ascii: "/")) else { return false }
+    let rest = path[path.index(after: slash)...]
+    guard rest.starts(with: "kv/".utf8) else { return false }
+    let method = exchange.request.method
+    switch method {
+    case "PUT": route = "kv_put"
+    case "DELETE": route = "kv_delete"
+    case "GET", "HEAD": route = "kv_get"
+    default: throw .methodNotAllowed(allowed: ["GET", "HEAD", "PUT", "DELETE"])
+    }
+    guard let group = GroupID(utf8: path[groupStart..<slash]) else {
+      throw .invalidGroupID(String(decoding: path[groupStart..<slash].prefix(200), as: UTF8.self))
+    }
+    try parseForward(exchange)
+    let key = try decodeKey(rest.dropFirst(3))
+    switch method {
+    case "PUT": try putKey(group, key, exchange, route: route)
+    case "DELETE": try deleteKey(group, key, exchange, route: route)
+    default: try getKey(group, key, exchange, route: route)
+    }
+    return true
+  }
+
+  private func dispatch(path: Substring, exchange: Exchange, route: inout String) throws(GatewayError) {
+    let method = exchange.request.method
+    let segments = path.split(separator: "/", omittingEmptySubsequences: false)
+    // segments[0] is "" for an absolute path.
+    guard segments.first == "" else { throw .notFound }
+    let parts = segments.dropFirst()
+
+    func allow(_ methods: String...) throws(GatewayError) {
+      guard methods.contains(method) else { throw .methodNotAllowed(allowed: methods) }
+    }
+
+    switch parts.first {
+    case "":
+      route = "root"
+      guard parts.count == 1 else { throw .notFound }
+      try allow("GET", "HEAD")
+      exchange.respond(json: rootDocument(), route: route)
+      return
+    case "healthz":
+      route = "healthz"
+      guard parts.count == 1 else { throw .notFound }
+      try allow("GET", "HEAD")
+      var writer = JSONWriter()
+      writer.beginObject()
+      writer.member("status", "ok")
+      writer.endObject()
+      exchange.respond(json: writer.bytes, route: route)
+      return
+    case "readyz":
+      route = "readyz"
+      guard parts.count == 1 else { throw .notFound }
+      try allow("GET", "HEAD")
+      try readiness(exchange, route: route)
+      return
+    case "metrics":
+      route = "metrics"
+      guard parts.count == 1 else { throw .notFound }
+      try allow("GET", "HEAD")
+      let text = metrics.prometheusText() + engine.prometheusMetrics() + processMetrics()
+      exchange.respond(
+        HTTPResponse(
+          status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body: Array(text.utf8)),
+        route: route)
+      return
+    case "v1":
+      break
+    default:
+      throw .notFound
+    }
+
+    let rest = Array(parts.dropFirst())
+    guard let resource = rest.first else { throw .notFound }
+    switch resource {
+    case "node":
+      if rest.count == 1 {
+        route = "node"
+        try allow("GET", "HEAD")
+        exchange.respond(json: nodeDocument(), route: route)
+        return
+      }
+      guard rest[1] == "groups" else { throw .notFound }
+      if rest.count == 2 {
+        route = "node_groups_create"
+        try allow("POST")
+        try createGroup(exchange, route: route)
+        return
+      }
+      guard rest.count == 3 else { throw .notFound }
+      route = "node_groups_delete"
+      try allow("DELETE")
+      let group = try parseGroup(rest[2])
+      deleteGroup(group, exchange, route: route)
+      return
+    case "cluster":
+      route = "cluster"
+      guard rest.count == 1 else { throw .notFound }
+      try allow("GET", "HEAD")
+      exchange.respond(json: clusterDocument(), route: route)
+      return
+    case "groups":
+      break
+    default:
+      throw .notFound
+    }
+
+    if rest.count == 1 {
+      try allow("GET", "HEAD", "POST")
+      if method == "POST" {
+        route = "groups_create"
+        try createGroup(exchange, route: route)
+      } else {
+        route = "groups_list"
+        if let scope = exchange.query["scope"], scope != "node" && scope != "cluster" {
+          throw .badRequest("scope must be node or cluster, not '\(scope)'")
+        }
+        // Standalone: this node's groups are the whole directory, so both scopes list the same.
+        exchange.respond(json: groupsDocument(), route: route)
+      }
+      return
+    }
+    let group = try parseGroup(rest[1])
+    if rest.count == 2 {
+      try allow("GET", "HEAD", "DELETE")
+      if method == "DELETE" {
+        route = "group_delete"
+        deleteGroup(group, exchange, route: route)
+      } else {
+        route = "group_get"
+        guard let status = engine.status(group) else { throw .consensus(.groupNotFound(group)) }
+        exchange.respond(json: statusDocument(status), headers: groupHeaders(status), route: route)
+      }
+      return
+    }
+    try parseForward(exchange)
+    switch rest[2] {
+    case "kv":
+      if rest.count == 3 {
+        route = "kv_list"
+        try allow("GET", "HEAD")
+        try listKeys(group, exchange, route: route)
+        return
+      }
+      throw .notFound  // `/kv/<key>` is served by dispatchKeyRoute
+    case "write":
+      route = "write"
+      guard rest.count == 3 else { throw .notFound }
+      try allow("POST")
+      try genericWrite(group, exchange, route: route)
+    case "read":
+      route = "read"
+      guard rest.count == 3 else { throw .notFound }
+      try allow("POST")
+      try genericRead(group, exchange, route: route)
+    case "watch":
+      route = "watch"
+      guard rest.count == 3 else { throw .notFound }
+      try allow("GET")
+      try startWatch(group, exchange)
+    case "peers":
+      if rest.count == 3 {
+        try allow("POST", "PUT")
+        if method == "POST" {
+          route = "peers_add"
+          let peer = try parsePeer(try exchange.jsonBody())
+          engine.addPeer(group, peer: peer) { [self] result in
+            answerMembership(result, group, exchange, route: "peers_add")
+          }
+        } else {
+          route = "peers_change"
+          let body = try exchange.jsonBody()
+          guard let items = body["peers"]?.arrayValue else { throw .badRequest("the body needs \"peers\": an array of peers") }
+          let peers = try items.map { value throws(GatewayError) in try parsePeer(value) }
+          engine.changePeer(group, peers: peers) { [self] result in
+            answerMembership(result, group, exchange, route: "peers_change")
+          }
+        }
+        return
+      }
+      guard rest.count == 4 else { throw .notFound }
+      route = "peer_remove"
+      try allow("DELETE")
+      guard let node = NodeID(parsing: rest[3]) else { throw .badRequest("node id '\(rest[3])' is not a positive integer") }
+      engine.removePeer(group, node: node) { [self] result in
+        answerMembership(result, group, exchange, route: "peer_remove")
+      }
+    case "leader":
+      guard rest.count == 3 else { throw .notFound }
+      try allow("GET", "HEAD", "POST")
+      if method == "POST" {
+        route = "leader_transfer"
+        let body = try exchange.jsonBody()
+        guard let id = body["id"]?.unsignedIntegerValue, id > 0 else { throw .badRequest("the body needs \"id\": the node id of the new leader") }
+        engine.transferLeader(group, to: NodeID(id)) { [self] result in
+          switch result {
+          case .failure(let error): exchange.fail(.consensus(error), route: "leader_transfer")
+          case .success: exchange.respond(json: leaderDocument(group), headers: leaderHeaders(group), route: "leader_transfer")
+          }
+        }
+      } else {
+        route = "leader_get"
+        guard engine.status(group) != nil else { throw .consensus(.groupNotFound(group)) }
+        guard engine.leader(group) != nil else { throw .consensus(.noLeader(group)) }
+        exchange.respond(json: leaderDocument(group), headers: leaderHeaders(group), route: route)
+      }
+    case "snapshot":
+      route = "snapshot"
+      guard rest.count == 3 else { throw .notFound }
+      try allow("POST")
+      engine.triggerSnapshot(group) { [self] result in
+        switch result {
+        case .failure(let error): exchange.fail(.consensus(error), route: "snapshot")
+        case .success(let info):
+          var writer = JSONWriter()
+          writer.beginObject()
+          writer.member("group", group.description)
+          writer.member("index", info.index)
+          writer.member("term", info.term)
+          writer.member("bytes", info.bytes)
+          writer.endObject()
+          exchange.respond(
+            json: writer.bytes, headers: leaderHeaders(group) + [("X-Caucus-Index", String(info.index))], route: "snapshot")
+        }
+      }
+    default:
+      throw .notFound
+    }
+  }
+
+  // MARK: Data plane
+
+  private func putKey(_ group: GroupID, _ key: KVBytes, _ exchange: Exchange, route: String) throws(GatewayError) {
+    let value = exchange.request.body
+    guard value.count <= configuration.valueBytesMax else {
+      throw .payloadTooLarge("the value is \(value.count) bytes; the limit is \(configuration.valueBytesMax)", limitBytes: configuration.valueBytesMax)
+    }
+    let precondition = try requestPrecondition(exchange.request)
+    let command = KVCommand(
+      operations: [.put(key: key, value: value, precondition: precondition)], idempotencyKey: try idempotencyKey(exchange.request))
+    submit(group, command, exchange, route: route, etag: true) { index, results in
+      guard case .put(let revision) = results.first else { return nil }
+      var writer = JSONWriter(capacity: 96 + key.count)
+      writer.beginObject()
+      writer.member("group", group.description)
+      writeKey(&writer, key)
+      writer.member("revision", revision)
+      writer.member("index", index)
+      writer.endObject()
+      return writer.bytes
+    }
+  }
+
+  private func deleteKey(_ group: GroupID, _ key: KVBytes, _ exchange: Exchange, route: String) throws(GatewayError) {
+    let precondition = try requestPrecondition(exchange.request)
+    let command = KVCommand(operations: [.delete(key: key, precondition: precondition)], idempotencyKey: try idempotencyKey(exchange.request))
+    submit(group, command, exchange, route: route) { index, results in
+      guard case .delete(let deleted) = results.first else { return nil }
+      var writer = JSONWriter()
+      writer.beginObject()
+      writer.member("deleted", deleted)
+      writer.member("index", index)
+      writer.endObject()
+      return writer.bytes
+    }
+  }
+
+  private func genericWrite(_ group: GroupID, _ exchange: Exchange, route: String) throws(GatewayError) {
+    let body = try exchange.jsonBody()
+    guard body.isObject, let items = body["ops"]?.arrayValue else {
+      throw .badRequest("the body needs \"ops\": an array of {\"op\":\"put\"|\"delete\", \"key\", ...}")
+    }
+    guard !items.isEmpty else { throw .badRequest("\"ops\" is empty") }
+    guard items.count <= KVLimits.operationsPerCommandMax else {
+      throw .badRequest("\"ops\" has \(items.count) operations; the limit is \(KVLimits.operationsPerCommandMax)")
+    }
+    var operations: [KVOperation] = []
+    var valueBytes = 0
+    for (position, item) in items.enumerated() {
+      guard item.isObject, let op = item["op"]?.stringValue else { throw .badRequest("ops[\(position)] needs \"op\"") }
+      let key = try jsonKey(item, context: "ops[\(position)]")
+      var precondition = KVPrecondition.none
+      if let revision = item["ifRevision"] {
+        guard let value = revision.unsignedIntegerValue else {
+          throw .badRequest("ops[\(position)].ifRevision must be a non-negative integer")
+        }
+        precondition = value == 0 ? .absent : .revisionEquals(value)
+      }
+      switch op {
+      case "put":
+        let value = try jsonValue(item, context: "ops[\(position)]")
+        valueBytes += value.count
+        guard value.count <= configuration.valueBytesMax else {
+          throw .payloadTooLarge(
+            "ops[\(position)] value is \(value.count) bytes; the limit is \(configuration.valueBytesMax)",
+            limitBytes: configuration.valueBytesMax)
+        }
+        operations.append(.put(key: key, value: value, precondition: precondition))
+      case "delete":
+        operations.append(.delete(key: key, precondition: precondition))
+      default:
+        throw .badRequest("ops[\(position)].op must be \"put\" or \"delete\", not \"\(op)\"")
+      }
+    }
+    let command = KVCommand(operations: operations, idempotencyKey: try idempotencyKey(exchange.request))
+    let submitted = operations
+    submit(group, command, exchange, route: route) { index, results in
+      var writer = JSONWriter()
+      writer.beginObject()
+      writer.member("index", index)
+      writer.key("results")
+      writer.beginArray()
+      for (operation, result) in zip(submitted, results) {
+        writer.beginObject()
+        switch (operation, result) {
+        case (.put(let key, _, _), .put(let revision)):
+          writer.member("op", "put")
+          writeKey(&writer, key)
+          writer.member("revision", revision)
+        case (.delete(let key, _), .delete(let deleted)):
+          writer.member("op", "delete")
+          writeKey(&writer, key)
+          writer.member("deleted", deleted)
+        default:
+          return nil
+        }
+        writer.endObject()
+      }
+      writer.endArray()
+      writer.endObject()
+      return writer.bytes
+    }
+  }
+
+  /// Proposes `command` and answers with `render(index, results)`; preconditions and rejections
+  /// become 412 / 400. `render` returns nil if the results do not fit the command (a bug: 500).
+  private func submit(
+    _ group: GroupID, _ command: KVCommand, _ exchange: Exchange, route: String, etag: Bool = false,
+    render: @escaping @Sendable (UInt64, [KVOperationResult]) -> [UInt8]?
+  ) {
+    engine.write(group, command: KVCodec.encode(command)) { [self] result in
+      switch result {
+      case .failure(let error):
+        exchange.fail(.consensus(error), route: route, group: group)
+      case .success(let written):
+        let decoded: KVWriteOutcome
+        do { decoded = try KVCodec.decodeWriteOutcome(written.response) } catch {
+          exchange.fail(.internal("the state machine answered with undecodable bytes: \(error)"), route: route)
+          return
+        }
+        var headers = leaderHeaders(group)
+        var outcome = decoded
+        var index = written.index
+        if case .replayed(let originalIndex, _, let original) = outcome {
+          // A retry with a used Idempotency-Key: answer exactly as the first time, and say so.
+          outcome = original
+          index = originalIndex
+          headers.append(("Idempotent-Replayed", "true"))
+        }
+        headers.append(("X-Caucus-Index", String(index)))
+        switch outcome {
+        case .applied(let results):
+          guard let body = render(index, results) else {
+            exchange.fail(.internal("the state machine's results do not match the command"), route: route)
+            return
+          }
+          if etag, case .put(let revision) = results.first { headers.append(("ETag", "\"\(revision)\"")) }
+          exchange.respond(json: body, headers: headers, route: route)
+        case .preconditionFailed(let operationIndex, let key, let currentRevision):
+          var writer = JSONWriter()
+          writer.beginObject()
+          writer.member("error", "precondition_failed")
+          writer.member("message", "a precondition failed for operation \(operationIndex); nothing was applied")
+          writer.member("operation", operationIndex)
+          writer.member("group", group.description)
+          writeKey(&writer, key)
+          writer.key("currentRevision")
+          if let currentRevision { writer.number(currentRevision) } else { writer.null() }
+          writer.member("index", index)
+          writer.endObject()
+          exchange.respond(HTTPResponse(status: 412, headers: headers + [jsonContentType], body: writer.bytes), route: route)
+        case .rejected(let reason):
+          exchange.fail(.badRequest(reason), route: route)
+        case .replayed:
+          exchange.fail(.internal("a replayed outcome wraps another replayed outcome"), route: route)
+        }
+      }
+    }
+  }
+
+  private func getKey(_ group: GroupID, _ key: KVBytes, _ exchange: Exchange, route: String) throws(GatewayError) {
+    let query = exchange.query
+    let options = try readOptions(query)
+    let raw = try parseBool(query["raw"], name: "raw") ?? false
+      || exchange.request.header("accept").map { $0.contains("application/octet-stream") } ?? false
+    read(group, [.get(key: key)], options, exchange, route: route) { [self] index, results in
+      guard case .get(let entry) = results.first else { throw GatewayError.internal("the read answered the wrong shape") }
+      guard let entry else { throw GatewayError.keyNotFound(key) }
+      var headers = leaderHeaders(group)
+      headers.append(("X-Caucus-Index", String(index)))
+      headers.append(("ETag", "\"\(entry.revision)\""))
+      if raw {
+        headers.append(("Content-Type", "application/octet-stream"))
+        return HTTPResponse(status: 200, headers: headers, body: entry.value)
+      }
+      var writer = JSONWriter(capacity: 64 + entry.key.count + entry.value.count * 4 / 3)
+      writer.beginObject()
+      writeItemFields(&writer, entry)
+      writer.endObject()
+      headers.append(jsonContentType)
+      return HTTPResponse(status: 200, headers: headers, body: writer.bytes)
+    }
+  }
+
+  private func listKeys(_ group: GroupID, _ exchange: Exchange, route: String) throws(GatewayError) {
+    let query = exchange.query
+    let options = try readOptions(query)
+    let prefix = try keyBound(query["prefix"], name: "prefix") ?? []
+    let after = try keyBound(query["after"], name: "after")
+    let limit = try parseCount(query["limit"], name: "limit", default: 100, max: GatewayLimits.listItemsMax)
+    read(group, [.list(prefix: prefix, after: after, limit: limit)], options, exchange, route: route) { [self] index, results in
+      guard case .list(let items, let more) = results.first else { throw GatewayError.internal("the read answered the wrong shape") }
+      var writer = JSONWriter()
+      writer.beginObject()
+      writeItems(&writer, items, more: more)
+      writer.member("index", index)
+      writer.endObject()
+      var headers = leaderHeaders(group)
+      headers.append(("X-Caucus-Index", String(index)))
+      headers.append(jsonContentType)
+      return HTTPResponse(status: 200, headers: headers, body: writer.bytes)
+    }
+  }
+
+  private func genericRead(_ group: GroupID, _ exchange: Exchange, route: String) throws(GatewayError) {
+    let body = try exchange.jsonBody()
+    guard body.isObject, let items = body["ops"]?.arrayValue else {
+      throw .badRequest("the body needs \"ops\": an array of {\"op\":\"get\"|\"list\", ...}")
+    }
+    guard !items.isEmpty, items.count <= GatewayLimits.readOperationsMax else {
+      throw .badRequest("\"ops\" needs 1 to \(GatewayLimits.readOperationsMax) operations")
+    }
+    var options = ReadOptions()
+    if let consistency = body["consistency"] {
+      guard let text = consistency.stringValue, let parsed = ReadConsistency(rawValue: text) else {
+        throw .badRequest("\"consistency\" must be linearizable, lease or stale")
+      }
+      options.consistency = parsed
+    }
+    if let minIndex = body["minIndex"] {
+      guard let value = minIndex.unsignedIntegerValue else { throw .badRequest("\"minIndex\" must be a non-negative integer") }
+      options.minIndex = value
+    }
+    var queries: [KVQuery] = []
+    for (position, item) in items.enumerated() {
+      guard item.isObject, let op = item["op"]?.stringValue else { throw .badRequest("ops[\(position)] needs \"op\"") }
+      switch op {
+      case "get":
+        queries.append(.get(key: try jsonKey(item, context: "ops[\(position)]")))
+      case "list":
+        let prefix = try item["prefix"].map { value throws(GatewayError) -> KVBytes in
+          guard let text = value.stringValue else { throw .badRequest("ops[\(position)].prefix must be a string") }
+          return try keyBound(text, name: "ops[\(position)].prefix")!
+        } ?? []
+        let after = try item["after"].map { value throws(GatewayError) -> KVBytes in
+          guard let text = value.stringValue else { throw .badRequest("ops[\(position)].after must be a string") }
+          return try keyBound(text, name: "ops[\(position)].after")!
+        }
+        var limit = 100
+        if let value = item["limit"] {
+          guard let number = value.unsignedIntegerValue, number >= 1, number <= UInt64(GatewayLimits.listItemsMax) else {
+            throw .badRequest("ops[\(position)].limit must be an integer from 1 to \(GatewayLimits.listItemsMax)")
+          }
+          limit = Int(number)
+        }
+        queries.append(.list(prefix: prefix, after: after, limit: limit))
+      default:
+        throw .badRequest("ops[\(position)].op must be \"get\" or \"list\", not \"\(op)\"")
+      }
+    }
+    let asked = queries
+    read(group, asked, options, exchange, route: route) { [self] index, results in
+      var writer = JSONWriter()
+      writer.beginObject()
+      writer.member("index", index)
+      writer.key("results")
+      writer.beginArray()
+      for (query, result) in zip(asked, results) {
+        writer.beginObject()
+        switch (query, result) {
+        case (.get(let key), .get(let entry)):
+          writer.member("op", "get")
+          if let entry {
+            writer.member("found", true)
+            writeItemFields(&writer, entry)
+          } else {
+            writer.member("found", false)
+            writeKey(&writer, key)
+          }
+        case (.list, .list(let items, let more)):
+          writer.member("op", "list")
+          writeItems(&writer, items, more: more)
+        default:
+          throw GatewayError.internal("the read answered the wrong shape")
+        }
+        writer.endObject()
+      }
+      writer.endArray()
+      writer.endObject()
+      var headers = leaderHeaders(group)
+      headers.append(("X-Caucus-Index", String(index)))
+      headers.append(jsonContentType)
+      return HTTPResponse(status: 200, headers: headers, body: writer.bytes)
+    }
+  }
+
+  private func read(
+    _ group: GroupID, _ queries: [KVQuery], _ options: ReadOptions, _ exchange: Exchange, route: String,
+    render: @escaping @Sendable (UInt64, [KVQueryResult]) throws -> HTTPResponse
+  ) {
+    engine.read(group, query: KVCodec.encode(queries: queries), options: options) { result in
+      switch result {
+      case .failure(let error):
+        exchange.fail(.consensus(error), route: route, group: group)
+      case .success(let read):
+        do {
+          let results = try KVCodec.decodeQueryResults(read.response)
+          guard results.count == queries.count else { throw GatewayError.internal("the read answered \(results.count) results for \(queries.count) queries") }
+          exchange.respond(try render(read.index, results), route: route)
+        } catch let error as GatewayError {
+          exchange.fail(error, route: route, group: group)
+        } catch {
+          exchange.fail(.internal("the state machine answered with undecodable bytes: \(error)"), route: route)
+        }
+      }
+    }
+  }
+
+  // MARK: Watch
+
+  /// A long poll: answers as soon as the group has changes with index > `fromIndex` under the
+  /// prefix, or at the timeout with no events. Each round is a read that waits (inside the engine,
+  /// not on the event loop) until the applied index passes the last index seen.
+  private func startWatch(_ group: GroupID, _ exchange: Exchange) throws(GatewayError) {
+    let query = exchange.query
+    let prefix = try keyBound(query["prefix"], name: "prefix") ?? []
+    var timeoutMs = GatewayLimits.watchTimeoutMsDefault
+    if let text = query["timeoutMs"] {
+      guard let value = UInt64(text) else { throw .badRequest("timeoutMs must be a non-negative integer, not '\(text)'") }
+      timeoutMs = Int(min(value, UInt64(GatewayLimits.watchTimeoutMsMax)))  // longer asks are clamped
+    }
+    let fromIndex: UInt64
+    if let text = query["fromIndex"] {
+      // UInt64.max would leave no index to wait for.
+      guard let value = UInt64(text), value < UInt64.max else {
+        throw .badRequest("fromIndex must be an integer from 0 to \(UInt64.max - 1), not '\(text)'")
+      }
+      fromIndex = value
+    } else {
+      guard let status = engine.status(group) else { throw .consensus(.groupNotFound(group)) }
+      fromIndex = status.appliedIndex
+    }
+    let deadline = MonotonicClock.nowNanoseconds() + UInt64(timeoutMs) * 1_000_000
+    pollWatch(group, prefix: prefix, from: fromIndex, deadline: deadline, exchange)
+  }
+
+  private func pollWatch(_ group: GroupID, prefix: KVBytes, from: UInt64, deadline: UInt64, _ exchange: Exchange) {
+    let now = MonotonicClock.nowNanoseconds()
+    guard now < deadline else {
+      respondWatch(group, events: [], index: max(from, engine.status(group)?.appliedIndex ?? from), exchange)
+      return
+    }
+    let waitMs = UInt32(min((deadline - now + 999_999) / 1_000_000, UInt64(UInt32.max)))
+    let limit = GatewayLimits.listItemsMax
+    let options = ReadOptions(consistency: .stale, minIndex: from + 1, waitMs: waitMs)
+    engine.read(group, query: KVCodec.encode(queries: [.changes(after: from, prefix: prefix, limit: limit)]), options: options) {
+      [self] result in
+      switch result {
+      case .failure(.timeout):
+        respondWatch(group, events: [], index: max(from, engine.status(group)?.appliedIndex ?? from), exchange)
+      case .failure(let error):
+        exchange.fail(.consensus(error), route: "watch", group: group)
+      case .success(let read):
+        guard let results = try? KVCodec.decodeQueryResults(read.response),
+          case .changes(let events, let compactedBefore) = results.first
+        else {
+          exchange.fail(.internal("the state machine did not answer the changes query"), route: "watch")
+          return
+        }
+        if let compactedBefore {
+          var writer = JSONWriter()
+          writer.beginObject()
+          writer.member("error", "compacted")
+          writer.member("message", "changes after index \(from) are no longer retained; re-read the keys and watch from index \(compactedBefore - 1)")
+          writer.member("oldestIndex", compactedBefore)
+          writer.endObject()
+          exchange.respond(HTTPResponse(status: 410, headers: leaderHeaders(group) + [jsonContentType], body: writer.bytes), route: "watch")
+        } else if events.isEmpty {
+          pollWatch(group, prefix: prefix, from: max(from, read.index), deadline: deadline, exchange)
+        } else {
+          // A full page resumes from its last event; otherwise everything up to the read index was seen.
+          let index = events.count >= limit ? events[events.count - 1].index : read.index
+          respondWatch(group, events: events, index: index, exchange)
+        }
+      }
+    }
+  }
+
+  private func respondWatch(_ group: GroupID, events: [KVChangeEvent], index: UInt64, _ exchange: Exchange) {
+    var writer = JSONWriter()
+    writer.beginObject()
+    writer.key("events")
+    writer.beginArray()
+    for event in events {
+      writer.beginObject()
+      writer.member("type", event.kind == .put ? "put" : "delete")
+      if event.kind == .put {
+        writeItemFields(&writer, KVEntry(key: event.key, value: event.value, revision: event.revision))
+      } else {
+        writeKey(&writer, event.key)
+        writer.member("revision", event.revision)
+      }
+      writer.endObject()
+    }
+    writer.endArray()
+    writer.member("index", index)
+    writer.endObject()
+    var headers = leaderHeaders(group)
+    headers.append(("X-Caucus-Index", String(index)))
+    exchange.respond(json: writer.bytes, headers: headers, route: "watch")
+  }
+
+  private func readOptions(_ query: QueryParameters) throws(GatewayError) -> ReadOptions {
+    var options = ReadOptions(waitMs: configuration.readWaitMsMax)
+    if let text = query["consistency"] {
+      guard let consistency = ReadConsistency(rawValue: text) else {
+        throw .badRequest("consistency must be linearizable, lease or stale, not '\(text)'")
+      }
+      options.consistency = consistency
+    }
+    if let text = query["minIndex"] {
+      guard let value = UInt64(text) else { throw .badRequest("minIndex must be a non-negative integer, not '\(text)'") }
+      options.minIndex = value
+    }
+    return options
+  }
+
+  // MARK: Groups
+
+  private func createGroup(_ exchange: Exchange, route: String) throws(GatewayError) {
+    let body = try exchange.jsonBody()
+    guard body.isObject, let idText = body["id"]?.stringValue else {
+      throw .badRequest("the body needs \"id\": a group id such as \"DataRegion-1\"")
+    }
+    let group = try parseGroup(Substring(idText))
+    var peers = [engine.localPeer]
+    if let items = body["peers"] {
+      guard let array = items.arrayValue else { throw .badRequest("\"peers\" must be an array of node ids or peers") }
+      peers = try array.map { value throws(GatewayError) in try parsePeer(value) }
+    }
+    engine.createPeer(group, peers: peers) { [self] result in
+      switch result {
+      case .failure(let error): exchange.fail(.consensus(error), route: route)
+      case .success:
+        guard let status = engine.status(group) else {
+          exchange.fail(.consensus(.groupNotFound(group)), route: route)
+          return
+        }
+        exchange.respond(
+          json: statusDocument(status), status: 201,
+          headers: groupHeaders(status) + [("Location", "/v1/groups/\(group)")], route: route)
+      }
+    }
+  }
+
+  private func deleteGroup(_ group: GroupID, _ exchange: Exchange, route: String) {
+    engine.deletePeer(group) { result in
+      switch result {
+      case .failure(let error): exchange.fail(.consensus(error), route: route)
+      case .success:
+        var writer = JSONWriter()
+        writer.beginObject()
+        writer.member("id", group.description)
+        writer.member("deleted", true)
+        writer.endObject()
+        exchange.respond(json: writer.bytes, route: route)
+      }
+    }
+  }
+
+  private func answerMembership(_ result: Result<Void, ConsensusError>, _ group: GroupID, _ exchange: Exchange, route: String) {
+    switch result {
+    case .failure(let error): exchange.fail(.consensus(error), route: route)
+    case .success:
+      guard let status = engine.status(group) else {
+        exchange.fail(.consensus(.groupNotFound(group)), route: route)
+        return
+      }
+      exchange.respond(json: statusDocument(status), headers: groupHeaders(status), route: route)
+    }
+  }
+
+  private func parsePeer(_ value: JSONValue) throws(GatewayError) -> Peer {
+    if let id = value.unsignedIntegerValue {
+      guard id > 0 else { throw .badRequest("node ids are positive integers") }
+      guard NodeID(id) == engine.localPeer.node else {
+        throw .badRequest("node \(id) is not in this node's directory; give {\"id\", \"endpoint\"}")
+      }
+      return engine.localPeer
+    }
+    guard value.isObject, let id = value["id"]?.unsignedIntegerValue, id > 0 else {
+      throw .badRequest("a peer is a node id or {\"id\": <node id>, \"endpoint\": \"host:port\"}")
+    }
+    if let endpointText = value["endpoint"] {
+      guard let text = endpointText.stringValue, let endpoint = Endpoint(parsing: text) else {
+        throw .badRequest("a peer's endpoint is \"host:port\"")
+      }
+      return Peer(node: NodeID(id), endpoint: endpoint)
+    }
+    guard NodeID(id) == engine.localPeer.node else {
+      throw .badRequest("node \(id) is not in this node's directory; give its \"endpoint\"")
+    }
+    return engine.localPeer
+  }
+
+  // MARK: Documents
+
+  private func rootDocument() -> [UInt8] {
+    var writer = JSONWriter()
+    writer.beginObject()
+    writer.member("name", "caucus")
+    writer.member("version", configuration.version)
+    writer.member("node", engine.localPeer.node.rawValue)
+    writer.member("protocol", engine.protocolName)
+    writer.key("links")
+    writer.beginObject()
+    for (name, link) in [
+      ("node", "/v1/node"), ("groups", "/v1/groups"), ("cluster", "/v1/cluster"), ("health", "/healthz"),
+      ("ready", "/readyz"), ("metrics", "/metrics"),
+    ] {
+      writer.member(name, link)
+    }
+    writer.endObject()
+    writer.endObject()
+    return writer.bytes
+  }
+
+  private func nodeDocument() -> [UInt8] {
+    var writer = JSONWriter()
+    writeNodeFields(&writer)
+    return writer.bytes
+  }
+
+  private func writeNodeFields(_ writer: inout JSONWriter) {
+    writer.beginObject()
+    writer.member("id", engine.localPeer.node.rawValue)
+    writer.member("clientURL", configuration.clientURL)
+    writer.member("consensusEndpoint", engine.localPeer.endpoint.description)
+    writer.member("protocol", engine.protocolName)
+    writer.member("version", configuration.version)
+    writer.member("uptimeSeconds", (MonotonicClock.nowNanoseconds() - startedAtNanoseconds) / 1_000_000_000)
+    writer.member("dataDir", configuration.dataDirectory)
+    writer.endObject()
+  }
+
+  private func groupsDocument() -> [UInt8] {
+    var writer = JSONWriter()
+    writer.beginObject()
+    writer.member("node", engine.localPeer.node.rawValue)
+    writer.key("groups")
+    writeGroupSummaries(&writer)
+    writer.endObject()
+    return writer.bytes
+  }
+
+  private func writeGroupSummaries(_ writer: inout JSONWriter) {
+    writer.beginArray()
+    for group in engine.allGroupIDs() {
+      guard let status = engine.status(group) else { continue }
+      writer.beginObject()
+      writeSummaryFields(&writer, status)
+      writer.key("peers")
+      writer.beginArray()
+      for peer in status.peers {
+        writer.beginObject()
+        writer.member("id", peer.peer.node.rawValue)
+        writer.member("endpoint", peer.peer.endpoint.description)
+        writer.endObject()
+      }
+      writer.endArray()
+      writer.endObject()
+    }
+    writer.endArray()
+  }
+
+  private func clusterDocument() -> [UInt8] {
+    // Standalone: the directory is this node. The raft protocol gathers every node's view.
+    var writer = JSONWriter()
+    writer.beginObject()
+    writer.key("nodes")
+    writer.beginArray()
+    writer.beginObject()
+    writer.member("id", engine.localPeer.node.rawValue)
+    writer.member("clientURL", configuration.clientURL)
+    writer.member("consensusEndpoint", engine.localPeer.endpoint.description)
+    writer.member("reachable", true)
+    writer.key("groups")
+    writeGroupSummaries(&writer)
+    writer.endObject()
+    writer.endArray()
+    writer.endObject()
+    return writer.bytes
+  }
+
+  private func writeSummaryFields(_ writer: inout JSONWriter, _ status: GroupStatus) {
+    writer.member("id", status.id.description)
+    writer.member("protocol", status.protocolName)
+    writer.member("role", status.role.rawValue)
+    writer.key("leader")
+    if let leader = status.leader { writer.number(leader.node.rawValue) } else { writer.null() }
+    writer.member("term", status.term)
+    writer.member("commitIndex", status.commitIndex)
+    writer.member("appliedIndex", status.appliedIndex)
+  }
+
+  private func statusDocument(_ status: GroupStatus) -> [UInt8] {
+    var writer = JSONWriter()
+    writer.beginObject()
+    writeSummaryFields(&writer, status)
+    writer.member("snapshotIndex", status.snapshotIndex)
+    writer.member("logEntries", status.logEntries)
+    writer.member("logBytes", status.logBytes)
+    writer.key("peers")
+    writer.beginArray()
+    for peer in status.peers {
+      writer.beginObject()
+      writer.member("id", peer.peer.node.rawValue)
+      writer.member("endpoint", peer.peer.endpoint.description)
+      writer.member("learner", peer.learner)
+      writer.member("matchIndex", peer.matchIndex)
+      writer.member("nextIndex", peer.nextIndex)
+      writer.member("lag", peer.lag)
+      writer.key("lastContactMs")
+      if let contact = peer.lastContactMs { writer.number(contact) } else { writer.null() }
+      writer.member("state", peer.state.rawValue)
+      if let sent = peer.snapshotBytesSent { writer.member("snapshotBytesSent", sent) }
+      if let total = peer.snapshotBytesTotal { writer.member("snapshotBytesTotal", total) }
+      writer.endObject()
+    }
+    writer.endArray()
+    writer.endObject()
+    return writer.bytes
+  }
+
+  private func leaderDocument(_ group: GroupID) -> [UInt8] {
+    let status = engine.status(group)
+    var writer = JSONWriter()
+    writer.beginObject()
+    if let leader = status?.leader {
+      writer.member("id", leader.node.rawValue)
+      writer.member("url", leader.node == engine.localPeer.node ? configuration.clientURL : "")
+      writer.member("term", status?.term ?? 0)
+      writer.member("local", leader.node == engine.localPeer.node)
+    } else {
+      writer.key("id")
+      writer.null()
+      writer.key("url")
+      writer.null()
+      writer.member("term", status?.term ?? 0)
+      writer.member("local", false)
+    }
+    writer.endObject()
+    return writer.bytes
+  }
+
+  private func readiness(_ exchange: Exchange, route: String) throws(GatewayError) {
+    var reasons: [String] = []
+    if !engine.isReady { reasons.append("storage is not recovered or the engine is not running") }
+    let groups: [GroupID]
+    if let text = exchange.query["group"] {
+      let group = try parseGroup(Substring(text))
+      guard engine.status(group) != nil else { throw .consensus(.groupNotFound(group)) }
+      groups = [group]
+    } else {
+      groups = engine.allGroupIDs()
+    }
+    for group in groups where engine.leader(group) == nil { reasons.append("group \(group) has no leader") }
+    var writer = JSONWriter()
+    writer.beginObject()
+    if reasons.isEmpty {
+      writer.member("status", "ready")
+    } else {
+      writer.member("error", "not_ready")
+      writer.member("message", reasons.joined(separator: "; "))
+      writer.key("reasons")
+      writer.beginArray()
+      for reason in reasons { writer.string(reason) }
+      writer.endArray()
+    }
+    writer.endObject()
+    exchange.respond(
+      json: writer.bytes, status: reasons.isEmpty ? 200 : 503, headers: reasons.isEmpty ? [] : [("Retry-After", "1")],
+      route: route)
+  }
+
+  private func processMetrics() -> String {
+    var text = "# HELP caucus_uptime_seconds Seconds since the gateway started.\n# TYPE caucus_uptime_seconds gauge\n"
+    text += "caucus_uptime_seconds \((MonotonicClock.nowNanoseconds() - startedAtNanoseconds) / 1_000_000_000)\n"
+    if let rss = residentSetBytes() {
+      text += "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\n"
+      text += "process_resident_memory_bytes \(rss)\n"
+    }
+    return text
+  }
+
+  // MARK: Headers
+
+  private func leaderHeaders(_ group: GroupID) -> [(name: String, value: String)] {
+    guard let leader = engine.leader(group) else { return [] }
+    return [("X-Caucus-Leader", leader.node.description)]
+  }
+
+  private func groupHeaders(_ status: GroupStatus) -> [(name: String, value: String)] {
+    var headers: [(name: String, value: String)] = [("X-Caucus-Index", String(status.appliedIndex))]
+    if let leader = status.leader { headers.append(("X-Caucus-Leader", leader.node.description)) }
+    return headers
+  }
+}
+
+/// Limits the gateway enforces on requests, beyond the HTTP server's framing limits.
+public enum GatewayLimits {
+  /// Items one listing page may return (`limit`): bounds the response size and the time a read holds the group.
+  public static let listItemsMax = 1000
+  /// Length of an `Idempotency-Key` (printable ASCII): ids are remembered per group, so they are kept small.
+  public static let idempotencyKeyBytesMax = 128
+  /// A watch answers with no events after this long unless the caller asks otherwise (`timeoutMs`).
+  public static let watchTimeoutMsDefault = 30_000
+  /// The longest a watch may be held open: bounds how long a connection and a read waiter are
+  /// tied up. Longer asks are clamped to it.
+  public static let watchTimeoutMsMax = 60_000
+  /// Operations in one generic read: with list pages bounded in bytes by the state machine, this
+  /// bounds the size of one answer.
+  public static let readOperationsMax = 128
+}
+
+let jsonContentType = (name: "Content-Type", value: HTTPResponse.jsonContentType)
+
+/// Writes `"key"` when the key is UTF-8, else `"keyBase64"`.
+func writeKey(_ writer: inout JSONWriter, _ key: KVBytes) {
+  if String(validating: key, as: UTF8.self) != nil {
+    writer.key("key")
+    writer.string(utf8: key)
+  } else {
+    writer.key("keyBase64")
+    writer.string(utf8: Base64.encode(key))
+  }
+}
+
+/// A key-like bound (`prefix`, `after`) from the query or a body: at most a key's length.
+func keyBound(_ text: String?, name: String) throws(GatewayError) -> KVBytes? {
+  guard let text else { return nil }
+  let bytes = Array(text.utf8)
+  guard bytes.count <= KVLimits.keyBytesMax else {
+    throw .invalidKey("\(name) is \(bytes.count) bytes; the limit is \(KVLimits.keyBytesMax)")
+  }
+  return bytes
+}
+
+/// `"items": [...]` and `"more"` of a listing page.
+func writeItems(_ writer: inout JSONWriter, _ items: [KVEntry], more: Bool) {
+  writer.key("items")
+  writer.beginArray()
+  for item in items {
+    writer.beginObject()
+    writeItemFields(&writer, item)
+    writer.endObject()
+  }
+  writer.endArray()
+  writer.member("more", more)
+}
+
+/// `"key"`, `"value"` or `"valueBase64"`, `"revision"` of an item.
+func writeItemFields(_ writer: inout JSONWriter, _ entry: KVEntry) {
+  writeKey(&writer, entry.key)
+  if String(validating: entry.value, as: UTF8.self) != nil {
+    writer.key("value")
+    writer.string(utf8: entry.value)
+  } else {
+    writer.key("valueBase64")
+    writer.string(utf8: Base64.encode(entry.value))
+  }
+  writer.member("revision", entry.revision)
+}
+
+func residentSetBytes() -> UInt64? {
+  guard let bytes = try? FileSystem.readFile("/proc/self/statm") else { return nil }
+  let text = String(decoding: bytes, as: UTF8.self)
+  let fields = text.split(separator: " ")
+  guard fields.count > 1, let pages = UInt64(fields[1]) else { return nil }
+  return pages * 4096
+}

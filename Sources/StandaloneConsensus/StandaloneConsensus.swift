@@ -1,0 +1,757 @@
+import Consensus
+import Logging
+import Platform
+import WriteAheadLog
+
+/// Limits and knobs of the standalone protocol, each with its reason.
+public struct StandaloneOptions: Sendable {
+  /// Writes waiting for the commit thread. Past it a write is answered `overloaded` instead of
+  /// queueing without bound (memory) or waiting without bound (latency).
+  public var pendingWritesMax = 16_384
+  /// Bytes of commands waiting for the commit thread: with values up to megabytes, a count alone
+  /// would let the queue hold gigabytes.
+  public var pendingWriteBytesMax = 256 << 20
+  /// Group creations, deletions and snapshots waiting for the commit thread (each costs fsyncs).
+  public var pendingControlMax = 64
+  /// Writes one commit-thread turn takes into one WAL append and one fsync. Bounds the turn's
+  /// latency and the batch's memory; large enough that 64+ concurrent writers share an fsync.
+  public var batchWritesMax = 4_096
+  /// A group is snapshotted after this many entries since its last snapshot, so the log can be
+  /// released and restart replay stays short.
+  public var snapshotEntriesThreshold: UInt64 = 100_000
+  /// Group commit: after the first write of a turn, while more writes keep arriving (at least one
+  /// per `groupCommitQuietMicros`), the commit thread waits up to this long for them, so one fsync
+  /// covers more writes. A lone writer never waits: a turn waits only after a turn with concurrent
+  /// writes. 0 disables the wait (fsync as soon as a write is queued).
+  public var groupCommitWindowMicros: UInt64 = 500
+  /// The gap in arrivals that ends the group-commit wait early.
+  public var groupCommitQuietMicros: UInt64 = 100
+  /// Writes queued at which the group-commit wait ends at once.
+  public var groupCommitWritesTarget = 64
+  /// Stale reads waiting for `minIndex` to be applied, across all groups.
+  public var readWaitersMax = 4_096
+  public var wal = WALOptions()
+
+  public init() {}
+
+  /// Reads the options a properties file or flag may set (unknown names are ignored).
+  public init(options: [String: String]) throws(ConsensusError) {
+    self.init()
+    func number(_ name: String, _ range: ClosedRange<UInt64>) throws(ConsensusError) -> UInt64? {
+      guard let text = options[name] else { return nil }
+      guard let value = UInt64(text), range.contains(value) else {
+        throw .invalidRequest("option \(name)=\(text) must be an integer in \(range.lowerBound)...\(range.upperBound)")
+      }
+      return value
+    }
+    if let value = try number("pendingWritesMax", 1...1_000_000) { pendingWritesMax = Int(value) }
+    if let value = try number("batchWritesMax", 1...100_000) { batchWritesMax = Int(value) }
+    if let value = try number("pendingWriteBytesMax", 1 << 20...1 << 40) { pendingWriteBytesMax = Int(value) }
+    if let value = try number("pendingControlMax", 1...100_000) { pendingControlMax = Int(value) }
+    if let value = try number("snapshotEntriesThreshold", 1...UInt64(UInt32.max)) { snapshotEntriesThreshold = value }
+    if let value = try number("walSegmentBytes", 1 << 16...1 << 34) { wal.segmentBytesMax = value }
+    if let value = try number("groupCommitWindowMicros", 0...100_000) { groupCommitWindowMicros = value }
+    if let value = try number("groupCommitQuietMicros", 1...100_000) { groupCommitQuietMicros = value }
+    if let value = try number("groupCommitWritesTarget", 1...100_000) { groupCommitWritesTarget = Int(value) }
+  }
+}
+
+/// One replica per group, no protocol (IoTDB's StandAloneConsensus). A write is appended to the
+/// WAL, fsynced — every write waiting at that moment shares the fsync (group commit) — applied,
+/// then answered. Reads are answered from the applied state, which already holds every
+/// acknowledged write, so every read is linearizable.
+///
+/// Threads: one commit thread owns the WAL and runs every mutation in arrival order; callers on any
+/// thread only enqueue. The engine's `state` lock guards the group table and the queues; each
+/// group's own lock guards its state machine and indexes, taken by the commit thread to apply and
+/// snapshot and by readers to query, so a long snapshot of one group holds up only that group.
+/// Lock order: `state` before a group's lock, never the reverse.
+// @unchecked Sendable: every mutable field below is guarded by `state`; the WAL is confined to
+// the commit thread.
+public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
+  public static let name = "standalone"
+  public let protocolName = StandaloneConsensus.name
+  public let localPeer: Peer
+
+  private let directory: String
+  private let registry: StateMachineRegistry
+  private let options: StandaloneOptions
+  private let logger: Logger
+  private let state = ConditionLock()
+  // Everything below is guarded by `state`.
+  private var groups: [GroupID: GroupReplica] = [:]
+  private var queue: [Work] = []
+  private var queuedWrites = 0
+  private var queuedWriteBytes = 0
+  private var queuedControl = 0
+  private var phase = Phase.created
+  private var readWaiters: [ReadWaiter] = []
+  private var failure: String?
+  private var walStatistics = WALStatistics()
+  private var writesCommitted: UInt64 = 0
+  private var batchesCommitted: UInt64 = 0
+  private var commitThread: OSThread?
+  /// Writes in the commit thread's previous turn; only the commit thread touches it.
+  private var lastBatchWrites = 0
+
+  private enum Phase { case created, running, stopping, stopped }
+
+  public init(config: ConsensusConfig, options: StandaloneOptions = StandaloneOptions(), logger: Logger? = nil) {
+    self.localPeer = config.localPeer
+    self.directory = config.dataDirectory
+    self.registry = config.registry
+    self.options = options
+    var logger = logger ?? Logger(label: "caucus.standalone")
+    logger[metadataKey: "node"] = "\(config.localPeer.node)"
+    self.logger = logger
+  }
+
+  /// The factory entry for this protocol, with IoTDB's class names as aliases.
+  public static func register(in factory: inout ConsensusFactory, logger: Logger? = nil) {
+    factory.register(
+      name, aliases: [IoTDBProtocolClassNames.standalone, IoTDBProtocolClassNames.simple]
+    ) { config in
+      StandaloneConsensus(config: config, options: try StandaloneOptions(options: config.options), logger: logger)
+    }
+  }
+
+  // MARK: Lifecycle
+
+  public func start() throws {
+    state.withLock { precondition(phase == .created, "start() is called once") }
+    let wal: WriteAheadLog
+    let recovered: [GroupID: GroupReplica]
+    do {
+      wal = try WriteAheadLog(directory: directory + "/wal", options: options.wal)
+      recovered = try recover(wal)
+    } catch {
+      logger.error("storage recovery failed", metadata: ["directory": "\(directory)", "error": "\(error)"])
+      throw error
+    }
+    let statistics = wal.statistics
+    state.withLock {
+      groups = recovered
+      walStatistics = statistics
+      phase = .running
+    }
+    logger.info(
+      "standalone engine started",
+      metadata: ["groups": "\(recovered.keys.sorted().map(\.description))", "directory": "\(directory)"])
+    let walBox = UncheckedSendableBox(wal)
+    commitThread = OSThread(name: "caucus-commit") { [self] in
+      commitLoop(walBox.value)
+    }
+  }
+
+  public func stop() {
+    let thread: OSThread? = state.withLock {
+      guard phase == .running else { return nil }
+      phase = .stopping
+      state.broadcast()
+      return commitThread
+    }
+    thread?.join()
+    let waiters: [ReadWaiter] = state.withLock {
+      phase = .stopped
+      defer { readWaiters.removeAll() }
+      return readWaiters
+    }
+    for waiter in waiters { waiter.completion(.failure(.shuttingDown)) }
+  }
+
+  public var isReady: Bool { state.withLock { phase == .running && failure == nil } }
+
+  // MARK: Recovery
+
+  /// Rebuilds every live group from its snapshot and the log. Relies on the WAL's rules: a group's
+  /// snapshot file exists from its creation until its deletion, and segments are released only as
+  /// a prefix, so an entry older than a group's latest `groupCreated` record belongs to an earlier
+  /// incarnation and is skipped.
+  private func recover(_ wal: WriteAheadLog) throws -> [GroupID: GroupReplica] {
+    var lifecycle: [UInt64: (ordinal: Int, created: Bool)] = [:]
+    var ordinal = 0
+    try wal.replay { record in
+      ordinal += 1
+      switch record.kind {
+      case .groupCreated: lifecycle[record.group] = (ordinal, true)
+      case .groupDeleted: lifecycle[record.group] = (ordinal, false)
+      default: break
+      }
+    }
+    var live: [UInt64: Int] = [:]  // group → ordinal after which its entries count
+    for group in try wal.snapshotGroups() {
+      if let last = lifecycle[group], !last.created {
+        try wal.deleteSnapshot(group: group)  // deleted, crashed before the unlink
+        continue
+      }
+      live[group] = lifecycle[group]?.ordinal ?? 0
+    }
+    for (group, last) in lifecycle where last.created { live[group] = last.ordinal }
+
+    var replicas: [GroupID: GroupReplica] = [:]
+    for (packed, _) in live {
+      guard let id = GroupID(packed: packed) else {
+        throw ConsensusError.storage("the log names an unknown group \(packed)")
+      }
+      guard let machine = registry.makeStateMachine(for: id) else {
+        throw ConsensusError.storage("no state machine is registered for group type \(id.type)")
+      }
+      let replica = GroupReplica(id: id, stateMachine: machine)
+      if let snapshot = try wal.loadSnapshot(group: packed) {
+        try machine.restore(snapshot: snapshot.data)
+        replica.appliedIndex = snapshot.index
+        replica.snapshotIndex = snapshot.index
+      }
+      replicas[id] = replica
+    }
+    ordinal = 0
+    var replayed = 0
+    try wal.replay { record in
+      ordinal += 1
+      guard record.kind == .entry, let start = live[record.group], ordinal > start,
+        let id = GroupID(packed: record.group), let replica = replicas[id], record.index > replica.appliedIndex
+      else { return }
+      guard record.index == replica.appliedIndex + 1 else {
+        throw ConsensusError.storage(
+          "group \(id): log entry \(record.index) follows applied index \(replica.appliedIndex); entries are missing")
+      }
+      _ = replica.stateMachine.apply(index: record.index, command: record.payload)
+      replica.appliedIndex = record.index
+      replica.logEntries += 1
+      replica.logBytes += UInt64(record.payload.count)
+      replayed += 1
+    }
+    // A group whose creation record survived but whose first snapshot was not written (a crash in
+    // between) gets one now: its snapshot file, not the record, keeps it alive once the log segment
+    // holding the record is released.
+    let snapshotted = Set(try wal.snapshotGroups())
+    for (id, replica) in replicas where !snapshotted.contains(id.packed) {
+      try wal.writeSnapshot(
+        WALSnapshot(group: id.packed, index: replica.appliedIndex, term: 1, data: replica.stateMachine.takeSnapshot()))
+      replica.snapshotIndex = replica.appliedIndex
+      logger.notice("wrote the missing snapshot of a group", metadata: ["group": "\(id)", "index": "\(replica.appliedIndex)"])
+    }
+    logger.info("log replayed", metadata: ["entries": "\(replayed)", "groups": "\(replicas.count)"])
+    return replicas
+  }
+
+  // MARK: Data plane
+
+  public func write(_ group: GroupID, command: [UInt8], completion: @escaping ConsensusCompletion<WriteResult>) {
+    let refusal: ConsensusError? = state.withLock {
+      if let failure { return .storage(failure) }
+      guard phase == .running else { return .shuttingDown }
+      guard groups[group] != nil else { return .groupNotFound(group) }
+      guard WALRecord.fixedBytes + command.count <= Int(options.wal.recordBytesMax) else {
+        return .invalidRequest(
+          "the command is \(command.count) bytes; the log takes records up to \(options.wal.recordBytesMax) bytes")
+      }
+      guard queuedWrites < options.pendingWritesMax, queuedWriteBytes + command.count <= options.pendingWriteBytesMax else {
+        return .overloaded(retryAfterMs: 100)
+      }
+      queue.append(.write(group, command, completion))
+      queuedWrites += 1
+      queuedWriteBytes += command.count
+      if queue.count == 1 || queuedWrites == options.groupCommitWritesTarget { state.signal() }
+      return nil
+    }
+    if let refusal { completion(.failure(refusal)) }
+  }
+
+  public func read(
+    _ group: GroupID, query: [UInt8], options: ReadOptions, completion: @escaping ConsensusCompletion<ReadResult>
+  ) {
+    let found: Result<GroupReplica, ConsensusError> = state.withLock {
+      guard phase == .running else { return .failure(.shuttingDown) }
+      guard let replica = groups[group] else { return .failure(.groupNotFound(group)) }
+      return .success(replica)
+    }
+    let replica: GroupReplica
+    switch found {
+    case .failure(let error): return completion(.failure(error))
+    case .success(let value): replica = value
+    }
+    // The common case holds only the group's lock.
+    if let answer = replica.lock.withLock({ replica.answer(query, ifAppliedAtLeast: options.minIndex) }) {
+      return completion(.success(answer))
+    }
+    // Not applied yet: register a waiter under `state`, checking again there, since the commit
+    // thread answers waiters under `state` after each apply.
+    let outcome: Result<ReadResult, ConsensusError>? = state.withLock {
+      if let answer = replica.lock.withLock({ replica.answer(query, ifAppliedAtLeast: options.minIndex) }) {
+        return .success(answer)
+      }
+      guard readWaiters.count < self.options.readWaitersMax else { return .failure(.overloaded(retryAfterMs: 100)) }
+      let deadline = MonotonicClock.nowNanoseconds() + UInt64(options.waitMs) * 1_000_000
+      readWaiters.append(ReadWaiter(group: group, query: query, minIndex: options.minIndex, deadline: deadline, completion: completion))
+      state.broadcast()
+      return nil
+    }
+    if let outcome { completion(outcome) }
+  }
+
+  // MARK: Management
+
+  public func createPeer(_ group: GroupID, peers: [Peer], completion: @escaping ConsensusCompletion<Void>) {
+    guard peers.count == 1 else {
+      completion(.failure(.illegalPeerNumber(count: peers.count, reason: "a standalone group has exactly one peer")))
+      return
+    }
+    guard peers[0].node == localPeer.node else {
+      completion(.failure(.illegalPeerNumber(count: 1, reason: "a standalone group's only peer is this node (\(localPeer.node))")))
+      return
+    }
+    guard registry.makeStateMachine(for: group) != nil else {
+      completion(.failure(.invalidRequest("no state machine is registered for group type \(group.type)")))
+      return
+    }
+    enqueueControl(.create(group, completion))
+  }
+
+  public func deletePeer(_ group: GroupID, completion: @escaping ConsensusCompletion<Void>) {
+    enqueueControl(.delete(group, completion))
+  }
+
+  public func addPeer(_ group: GroupID, peer: Peer, completion: @escaping ConsensusCompletion<Void>) {
+    completion(membershipAnswer(group) { replica in
+      peer.node == localPeer.node
+        ? .peerAlreadyInGroup(peer.node, group)
+        : .illegalPeerNumber(count: 2, reason: "a standalone group has exactly one peer; use the raft protocol to replicate")
+    })
+  }
+
+  public func removePeer(_ group: GroupID, node: NodeID, completion: @escaping ConsensusCompletion<Void>) {
+    completion(membershipAnswer(group) { _ in
+      node == localPeer.node
+        ? .illegalPeerNumber(count: 0, reason: "a standalone group cannot lose its only peer; delete the group instead")
+        : .peerNotInGroup(node, group)
+    })
+  }
+
+  public func changePeer(_ group: GroupID, peers: [Peer], completion: @escaping ConsensusCompletion<Void>) {
+    completion(membershipAnswer(group) { _ in
+      peers.count == 1 && peers[0].node == localPeer.node
+        ? nil
+        : .illegalPeerNumber(count: peers.count, reason: "a standalone group has exactly one peer, this node")
+    })
+  }
+
+  public func transferLeader(_ group: GroupID, to node: NodeID, completion: @escaping ConsensusCompletion<Void>) {
+    completion(membershipAnswer(group) { _ in node == localPeer.node ? nil : .peerNotInGroup(node, group) })
+  }
+
+  public func triggerSnapshot(_ group: GroupID, completion: @escaping ConsensusCompletion<SnapshotInfo>) {
+    enqueueControl(.snapshot(group, completion))
+  }
+
+  /// The answer of a membership call: group not found, or what `decide` says (nil: success).
+  private func membershipAnswer(
+    _ group: GroupID, _ decide: (GroupReplica) -> ConsensusError?
+  ) -> Result<Void, ConsensusError> {
+    let replica = state.withLock { groups[group] }
+    guard let replica else { return .failure(.groupNotFound(group)) }
+    if let error = decide(replica) { return .failure(error) }
+    return .success(())
+  }
+
+  private func enqueueControl(_ work: Work) {
+    let refusal: ConsensusError? = state.withLock {
+      if let failure { return .storage(failure) }
+      guard phase == .running else { return .shuttingDown }
+      guard queuedControl < options.pendingControlMax else { return .overloaded(retryAfterMs: 100) }
+      queue.append(work)
+      queuedControl += 1
+      if queue.count == 1 { state.signal() }
+      return nil
+    }
+    if let refusal { work.fail(refusal) }
+  }
+
+  // MARK: Queries
+
+  public func isLeader(_ group: GroupID) -> Bool { state.withLock { groups[group] != nil } }
+
+  public func leader(_ group: GroupID) -> Peer? { state.withLock { groups[group] != nil ? localPeer : nil } }
+
+  public func allGroupIDs() -> [GroupID] { state.withLock { groups.keys.sorted() } }
+
+  public func status(_ group: GroupID) -> GroupStatus? {
+    guard let replica = state.withLock({ groups[group] }) else { return nil }
+    return replica.lock.withLock {
+      let applied = replica.appliedIndex
+      return GroupStatus(
+        id: group, protocolName: protocolName, role: .leader, leader: localPeer, term: 1, commitIndex: applied,
+        appliedIndex: applied, snapshotIndex: replica.snapshotIndex, logEntries: replica.logEntries,
+        logBytes: replica.logBytes,
+        peers: [PeerStatus(peer: localPeer, matchIndex: applied, nextIndex: applied + 1, lag: 0, lastContactMs: 0)])
+    }
+  }
+
+  public func prometheusMetrics() -> String {
+    let (statistics, writes, batches, applied) = state.withLock {
+      (walStatistics, writesCommitted, batchesCommitted, groups.map { id, replica in (id, replica.lock.withLock { replica.appliedIndex }) })
+    }
+    var text = ""
+    text += "# HELP caucus_wal_records_appended_total Records appended to the write-ahead log.\n"
+    text += "# TYPE caucus_wal_records_appended_total counter\n"
+    text += "caucus_wal_records_appended_total \(statistics.recordsAppended)\n"
+    text += "# HELP caucus_wal_bytes_appended_total Bytes appended to the write-ahead log.\n"
+    text += "# TYPE caucus_wal_bytes_appended_total counter\n"
+    text += "caucus_wal_bytes_appended_total \(statistics.bytesAppended)\n"
+    text += "# HELP caucus_wal_fsyncs_total fsync calls on the write-ahead log.\n"
+    text += "# TYPE caucus_wal_fsyncs_total counter\n"
+    text += "caucus_wal_fsyncs_total \(statistics.syncs)\n"
+    text += "# HELP caucus_wal_fsync_duration_seconds Latency of write-ahead log fsyncs.\n"
+    text += "# TYPE caucus_wal_fsync_duration_seconds histogram\n"
+    let bounds = WALStatistics.syncLatencyBucketBoundsSeconds.map { "\($0)" } + ["+Inf"]
+    for (bound, count) in zip(bounds, statistics.syncLatencyBuckets) {
+      text += "caucus_wal_fsync_duration_seconds_bucket{le=\"\(bound)\"} \(count)\n"
+    }
+    text += "caucus_wal_fsync_duration_seconds_sum \(Double(statistics.syncNanosecondsTotal) / 1e9)\n"
+    text += "caucus_wal_fsync_duration_seconds_count \(statistics.syncs)\n"
+    text += "# HELP caucus_wal_segments Live write-ahead log segment files.\n"
+    text += "# TYPE caucus_wal_segments gauge\n"
+    text += "caucus_wal_segments \(statistics.segments)\n"
+    text += "# HELP caucus_writes_committed_total Writes made durable and applied.\n"
+    text += "# TYPE caucus_writes_committed_total counter\n"
+    text += "caucus_writes_committed_total \(writes)\n"
+    text += "# HELP caucus_commit_batches_total Commit-thread turns that appended and synced a batch.\n"
+    text += "# TYPE caucus_commit_batches_total counter\n"
+    text += "caucus_commit_batches_total \(batches)\n"
+    text += "# HELP caucus_group_applied_index The last log index applied, per group.\n"
+    text += "# TYPE caucus_group_applied_index gauge\n"
+    for (group, index) in applied.sorted(by: { $0.0 < $1.0 }) {
+      text += "caucus_group_applied_index{group=\"\(group)\"} \(index)\n"
+    }
+    return text
+  }
+
+  // MARK: The commit thread
+
+  private func commitLoop(_ wal: WriteAheadLog) {
+    while true {
+      let (batch, stopping, expired) = nextBatch()
+      for waiter in expired { waiter.completion(.failure(.timeout(indeterminate: false))) }
+      if !batch.isEmpty { process(batch, wal) }
+      if stopping && batch.isEmpty { break }
+    }
+    do {
+      try wal.sync()
+      try wal.close()
+    } catch {
+      logger.error("closing the log failed", metadata: ["error": "\(error)"])
+    }
+    logger.info("standalone engine stopped")
+  }
+
+  /// Waits for work; returns up to `batchWritesMax` writes (plus control work in order) and the
+  /// read waiters whose deadline passed.
+  private func nextBatch() -> ([Work], Bool, [ReadWaiter]) {
+    state.withLock {
+      while queue.isEmpty && phase == .running {
+        if let earliest = readWaiters.map(\.deadline).min() {
+          if !state.wait(untilNanoseconds: earliest) { break }
+        } else {
+          state.wait()
+        }
+      }
+      gatherConcurrentWrites()
+      let now = MonotonicClock.nowNanoseconds()
+      var expired: [ReadWaiter] = []
+      readWaiters.removeAll { waiter in
+        guard waiter.deadline <= now else { return false }
+        expired.append(waiter)
+        return true
+      }
+      var taken = 0
+      var writes = 0
+      var writeBytes = 0
+      while taken < queue.count && writes < options.batchWritesMax {
+        if case .write(_, let command, _) = queue[taken] {
+          writes += 1
+          writeBytes += command.count
+        }
+        taken += 1
+      }
+      let batch = Array(queue[..<taken])
+      queue.removeFirst(taken)
+      queuedWrites -= writes
+      queuedWriteBytes -= writeBytes
+      queuedControl -= taken - writes
+      assert(queuedWrites >= 0 && queuedWriteBytes >= 0 && queuedControl >= 0)
+      lastBatchWrites = writes
+      return (batch, phase != .running, expired)
+    }
+  }
+
+  /// Must hold `state`. See `StandaloneOptions.groupCommitWindowMicros`.
+  private func gatherConcurrentWrites() {
+    guard lastBatchWrites > 1, queuedWrites > 0, options.groupCommitWindowMicros > 0 else { return }
+    let deadline = MonotonicClock.nowNanoseconds() + options.groupCommitWindowMicros * 1_000
+    while phase == .running && queuedWrites < options.groupCommitWritesTarget {
+      let now = MonotonicClock.nowNanoseconds()
+      guard now < deadline else { return }
+      let before = queuedWrites
+      state.wait(untilNanoseconds: min(deadline, now + options.groupCommitQuietMicros * 1_000))
+      if queuedWrites == before { return }
+    }
+  }
+
+  private func process(_ batch: [Work], _ wal: WriteAheadLog) {
+    // Control work runs alone, in arrival order; writes between control items share one fsync.
+    var writes: [(GroupReplica, UInt64, [UInt8], ConsensusCompletion<WriteResult>)] = []
+    var nextIndex: [GroupID: UInt64] = [:]
+    func flushWrites() {
+      guard !writes.isEmpty else { return }
+      commit(writes, wal)
+      writes.removeAll(keepingCapacity: true)
+      nextIndex.removeAll(keepingCapacity: true)
+    }
+    for work in batch {
+      switch work {
+      case .write(let group, let command, let completion):
+        guard let replica = state.withLock({ groups[group] }) else {
+          completion(.failure(.groupNotFound(group)))
+          continue
+        }
+        let index = (nextIndex[group] ?? replica.lock.withLock { replica.appliedIndex }) + 1
+        nextIndex[group] = index
+        writes.append((replica, index, command, completion))
+      default:
+        flushWrites()
+        runControl(work, wal)
+      }
+    }
+    flushWrites()
+  }
+
+  private func commit(_ writes: [(GroupReplica, UInt64, [UInt8], ConsensusCompletion<WriteResult>)], _ wal: WriteAheadLog) {
+    let records = writes.map { replica, index, command, _ in
+      WALRecord(kind: .entry, group: replica.id.packed, index: index, term: 1, payload: command)
+    }
+    do {
+      try wal.append(records)
+      try wal.sync()
+    } catch {
+      let answer: ConsensusError
+      switch error {
+      case .recordTooLarge, .unusable, .closed:
+        // Refused before any byte of this batch reached the file: a definite failure.
+        answer = .storage("\(error)")
+      default:
+        // The entries may or may not be on disk: the outcome is unknown, never a definite failure.
+        answer = .timeout(indeterminate: true)
+      }
+      fail("appending to the log failed: \(error)")
+      for (_, _, _, completion) in writes { completion(.failure(answer)) }
+      return
+    }
+    var results: [(ConsensusCompletion<WriteResult>, WriteResult)] = []
+    results.reserveCapacity(writes.count)
+    var snapshotDue: [GroupReplica] = []
+    for (replica, index, command, completion) in writes {
+      let response: [UInt8] = replica.lock.withLock {
+        precondition(replica.appliedIndex + 1 == index, "entries apply in order")
+        replica.appliedIndex = index
+        replica.logEntries += 1
+        replica.logBytes += UInt64(command.count)
+        return replica.stateMachine.apply(index: index, command: command)
+      }
+      results.append((completion, WriteResult(index: index, response: response)))
+      let snapshotIndex = replica.lock.withLock { replica.snapshotIndex }
+      if index - snapshotIndex >= options.snapshotEntriesThreshold && index >= replica.nextSnapshotAttemptIndex {
+        snapshotDue.append(replica)
+      }
+    }
+    let statistics = wal.statistics
+    let waiters: [(ReadWaiter, ReadResult)] = state.withLock {
+      walStatistics = statistics
+      writesCommitted += UInt64(writes.count)
+      batchesCommitted += 1
+      return takeSatisfiedWaiters()
+    }
+    for (completion, result) in results { completion(.success(result)) }
+    for (waiter, result) in waiters { waiter.completion(.success(result)) }
+    for replica in snapshotDue {
+      do { _ = try takeSnapshot(replica, wal) } catch {
+        // Retry after another tenth of the threshold, not on every write.
+        replica.nextSnapshotAttemptIndex = replica.lock.withLock { replica.appliedIndex } + max(1, options.snapshotEntriesThreshold / 10)
+        logger.warning("automatic snapshot failed", metadata: ["group": "\(replica.id)", "error": "\(error)"])
+      }
+    }
+  }
+
+  /// Must hold `state`. Removes and answers the waiters whose `minIndex` is now applied.
+  private func takeSatisfiedWaiters() -> [(ReadWaiter, ReadResult)] {
+    guard !readWaiters.isEmpty else { return [] }
+    var satisfied: [(ReadWaiter, ReadResult)] = []
+    readWaiters.removeAll { waiter in
+      guard let replica = groups[waiter.group] else {
+        waiter.completion(.failure(.groupNotFound(waiter.group)))
+        return true
+      }
+      guard let answer = replica.lock.withLock({ replica.answer(waiter.query, ifAppliedAtLeast: waiter.minIndex) }) else {
+        return false
+      }
+      satisfied.append((waiter, answer))
+      return true
+    }
+    return satisfied
+  }
+
+  private func runControl(_ work: Work, _ wal: WriteAheadLog) {
+    switch work {
+    case .write: preconditionFailure("writes are committed in batches")
+    case .create(let group, let completion):
+      guard state.withLock({ groups[group] }) == nil else {
+        completion(.failure(.groupAlreadyExists(group)))
+        return
+      }
+      guard let machine = registry.makeStateMachine(for: group) else {
+        completion(.failure(.invalidRequest("no state machine is registered for group type \(group.type)")))
+        return
+      }
+      let replica = GroupReplica(id: group, stateMachine: machine)
+      do {
+        try wal.append([WALRecord(kind: .groupCreated, group: group.packed, index: 0, term: 1, payload: [])])
+        try wal.sync()
+        try wal.writeSnapshot(WALSnapshot(group: group.packed, index: 0, term: 1, data: machine.takeSnapshot()))
+      } catch {
+        fail("creating group \(group) failed: \(error)")
+        completion(.failure(.storage("\(error)")))
+        return
+      }
+      state.withLock { groups[group] = replica }
+      logger.info("group created", metadata: ["group": "\(group)"])
+      completion(.success(()))
+    case .delete(let group, let completion):
+      guard state.withLock({ groups[group] }) != nil else {
+        completion(.failure(.groupNotFound(group)))
+        return
+      }
+      do {
+        try wal.append([WALRecord(kind: .groupDeleted, group: group.packed, index: 0, term: 1, payload: [])])
+        try wal.sync()
+        try wal.deleteSnapshot(group: group.packed)
+      } catch {
+        fail("deleting group \(group) failed: \(error)")
+        completion(.failure(.storage("\(error)")))
+        return
+      }
+      let orphans: [ReadWaiter] = state.withLock {
+        groups[group] = nil
+        var orphans: [ReadWaiter] = []
+        readWaiters.removeAll { waiter in
+          guard waiter.group == group else { return false }
+          orphans.append(waiter)
+          return true
+        }
+        return orphans
+      }
+      for waiter in orphans { waiter.completion(.failure(.groupNotFound(group))) }
+      releaseLog(wal)
+      logger.info("group deleted", metadata: ["group": "\(group)"])
+      completion(.success(()))
+    case .snapshot(let group, let completion):
+      guard let replica = state.withLock({ groups[group] }) else {
+        completion(.failure(.groupNotFound(group)))
+        return
+      }
+      do {
+        completion(.success(try takeSnapshot(replica, wal)))
+      } catch {
+        completion(.failure(.storage("\(error)")))
+      }
+    }
+  }
+
+  private func takeSnapshot(_ replica: GroupReplica, _ wal: WriteAheadLog) throws -> SnapshotInfo {
+    let (index, data) = replica.lock.withLock { (replica.appliedIndex, replica.stateMachine.takeSnapshot()) }
+    try wal.writeSnapshot(WALSnapshot(group: replica.id.packed, index: index, term: 1, data: data))
+    replica.lock.withLock {
+      replica.snapshotIndex = index
+      replica.logEntries = 0
+      replica.logBytes = 0
+    }
+    releaseLog(wal)
+    logger.info("snapshot taken", metadata: ["group": "\(replica.id)", "index": "\(index)", "bytes": "\(data.count)"])
+    return SnapshotInfo(index: index, term: 1, bytes: UInt64(data.count))
+  }
+
+  /// Deletes the log segments every group's snapshot covers.
+  private func releaseLog(_ wal: WriteAheadLog) {
+    let covered = state.withLock {
+      Dictionary(uniqueKeysWithValues: groups.map { id, replica in (id.packed, replica.lock.withLock { replica.snapshotIndex }) })
+    }
+    do {
+      let released = try wal.releaseSegments(coveredIndex: covered)
+      if released > 0 { logger.info("log segments released", metadata: ["segments": "\(released)"]) }
+    } catch {
+      logger.warning("releasing log segments failed", metadata: ["error": "\(error)"])
+    }
+    let statistics = wal.statistics
+    state.withLock { walStatistics = statistics }
+  }
+
+  /// Storage failed: refuse further work (the node reports not ready) rather than risk
+  /// acknowledging writes that are not durable.
+  private func fail(_ reason: String) {
+    logger.critical("storage failure; refusing writes until restart", metadata: ["reason": "\(reason)"])
+    state.withLock { if failure == nil { failure = reason } }
+  }
+}
+
+/// A group's replica. `lock` guards everything mutable here (the engine's commit thread alone
+/// writes `nextSnapshotAttemptIndex`).
+final class GroupReplica {
+  let id: GroupID
+  let lock = ConditionLock()
+  let stateMachine: any StateMachine
+  var appliedIndex: UInt64 = 0
+  var snapshotIndex: UInt64 = 0
+  var logEntries: UInt64 = 0
+  var logBytes: UInt64 = 0
+  /// An automatic snapshot that failed is tried again from this index on.
+  var nextSnapshotAttemptIndex: UInt64 = 0
+
+  init(id: GroupID, stateMachine: any StateMachine) {
+    self.id = id
+    self.stateMachine = stateMachine
+  }
+
+  /// Must hold `lock`. The query's answer when `minIndex` is applied, else nil.
+  func answer(_ query: [UInt8], ifAppliedAtLeast minIndex: UInt64) -> ReadResult? {
+    guard appliedIndex >= minIndex else { return nil }
+    return ReadResult(index: appliedIndex, response: stateMachine.query(query))
+  }
+}
+
+private enum Work {
+  case write(GroupID, [UInt8], ConsensusCompletion<WriteResult>)
+  case create(GroupID, ConsensusCompletion<Void>)
+  case delete(GroupID, ConsensusCompletion<Void>)
+  case snapshot(GroupID, ConsensusCompletion<SnapshotInfo>)
+
+  func fail(_ error: ConsensusError) {
+    switch self {
+    case .write(_, _, let completion): completion(.failure(error))
+    case .create(_, let completion): completion(.failure(error))
+    case .delete(_, let completion): completion(.failure(error))
+    case .snapshot(_, let completion): completion(.failure(error))
+    }
+  }
+}
+
+private struct ReadWaiter {
+  let group: GroupID
+  let query: [UInt8]
+  let minIndex: UInt64
+  let deadline: UInt64
+  let completion: ConsensusCompletion<ReadResult>
+}
+
+/// Moves a non-Sendable value into the one thread that will own it from then on.
+struct UncheckedSendableBox<Value>: @unchecked Sendable {
+  let value: Value
+  init(_ value: Value) { self.value = value }
+}

@@ -1,0 +1,89 @@
+import ArgumentParser
+import Consensus
+import Gateway
+import Glibc
+import HTTPServer
+import KeyValueStore
+import Logging
+import Platform
+import StandaloneConsensus
+
+let caucusVersion = "0.1.0"
+
+@main
+struct Caucus: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "caucus",
+    abstract: "A consensus layer with an HTTP/JSON gateway.",
+    version: caucusVersion,
+    subcommands: [Serve.self, DevCluster.self],
+    defaultSubcommand: Serve.self)
+}
+
+struct Serve: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Run a node.",
+    discussion: """
+      With no options: a single standalone node on 127.0.0.1:6667 with data in ./caucus-data and \
+      DataRegion-0 created on first start. Options override the properties file given with --config, \
+      which accepts IoTDB's property names (rpc_address, rpc_port, internal_ip, consensus_port, \
+      consensus_dir, data_node_consensus_protocol_class, config_node_group_address_list).
+      """)
+
+  @Option(name: .long, help: "Properties file (key=value lines, # comments).")
+  var config: String?
+  @Option(name: .long, help: "This node's id, a positive integer. (default: 1)")
+  var nodeId: UInt64?
+  @Option(name: .long, help: "Client API bind address. (default: 127.0.0.1)")
+  var rpcAddress: String?
+  @Option(name: .long, help: "Client API port. (default: 6667)")
+  var rpcPort: UInt16?
+  @Option(name: .long, help: "Node-to-node bind address. (default: the rpc address)")
+  var consensusAddress: String?
+  @Option(name: .long, help: "Node-to-node port. (default: 40010)")
+  var consensusPort: UInt16?
+  @Option(name: .long, help: "Data directory: WAL, snapshots, node identity. (default: ./caucus-data)")
+  var dataDir: String?
+  @Option(name: .customLong("protocol"), help: "standalone or raft (IoTDB class names accepted). (default: standalone)")
+  var protocolName: String?
+  @Option(name: .long, help: "The config-node group: 1=host:cport,2=host:cport,...")
+  var cluster: String?
+  @Option(name: .long, help: "Join an existing cluster through a member's consensus endpoint.")
+  var join: String?
+  @Option(name: .long, help: "Raft election timeout. (default: 1000)")
+  var electionTimeoutMs: UInt32?
+  @Option(name: .long, help: "Raft heartbeat interval. (default: 100)")
+  var heartbeatIntervalMs: UInt32?
+  @Option(name: .long, help: "Largest value a write may carry, bytes. (default: 1048576)")
+  var valueBytesMax: Int?
+  @Option(name: .long, help: "How long a request may wait for the engine before 504 timeout. (default: 10000)")
+  var requestTimeoutMs: UInt32?
+  @Option(name: .long, help: "Open client connections at most. (default: 10000)")
+  var connectionsMax: Int?
+  @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical. (default: info)")
+  var logLevel: String?
+
+  func run() throws {
+    let settings: NodeSettings
+    do {
+      settings = try NodeSettings.resolve(flags: self)
+    } catch {
+      throw ValidationError(error.description)
+    }
+    let code = runNode(settings)
+    if code != 0 { throw ExitCode(code) }
+  }
+}
+
+struct DevCluster: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "dev-cluster", abstract: "Start a local cluster of real processes on loopback (needs the raft protocol).")
+
+  @Option(name: .long, help: "How many nodes.")
+  var nodes: Int = 3
+
+  func run() throws {
+    throw ValidationError(
+      "dev-cluster needs the raft protocol, which is not available in this build yet; run `caucus serve` for a single standalone node")
+  }
+}

@@ -1,0 +1,20 @@
+import Platform
+
+/// The file as text, or nil when it cannot be read (absent, unreadable).
+func readTextFile(_ path: String) -> String? {
+  guard let bytes = try? FileSystem.readFile(path) else { return nil }
+  return String(decoding: bytes, as: UTF8.self)
+}
+
+/// Write to a temporary file, fsync, rename over `path`, fsync the directory: after a crash the
+/// file holds either the old text or the new, never a mix.
+func writeTextFileDurably(_ path: String, _ text: String) throws {
+  let temporary = path + ".tmp"
+  let file = try File.open(temporary, mode: .writeCreateTruncate)
+  try file.write(all: Array(text.utf8))
+  try file.sync()
+  try file.close()
+  try FileSystem.rename(temporary, to: path)
+  let directory = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+  try FileSystem.syncDirectory(directory.isEmpty ? "." : directory)
+}

@@ -1,0 +1,163 @@
+import Consensus
+import Glibc
+import Logging
+
+struct SettingsError: Error, CustomStringConvertible {
+  let description: String
+}
+
+/// Everything a node needs to start, after flags, the properties file and defaults are merged.
+struct NodeSettings {
+  var nodeID = NodeID(1)
+  var rpcAddress = "127.0.0.1"
+  var rpcPort: UInt16 = 6667
+  var consensusAddress: String?
+  var consensusPort: UInt16 = 40010
+  var dataDirectory = "./caucus-data"
+  var protocolName: String?
+  var cluster: String?
+  var join: String?
+  var electionTimeoutMs: UInt32 = 1000
+  var heartbeatIntervalMs: UInt32 = 100
+  var valueBytesMax = 1 << 20
+  var connectionsMax = 10_000
+  var requestTimeoutMs: UInt32 = 10_000
+  var logLevel = Logger.Level.info
+  /// Protocol options from the properties file (`standalone.<name>=value` → `<name>`).
+  var engineOptions: [String: String] = [:]
+  /// Properties the file names that Caucus does not use (IoTDB files carry many); logged at start.
+  var unknownProperties: [String] = []
+
+  /// The protocol name: given, or `raft` with --cluster/--join, else `standalone`.
+  var effectiveProtocol: String {
+    protocolName ?? ((cluster != nil || join != nil) ? "raft" : "standalone")
+  }
+
+  var consensusEndpoint: Endpoint { Endpoint(host: consensusAddress ?? rpcAddress, port: consensusPort) }
+
+  var clientURL: String {
+    let host = rpcAddress == "0.0.0.0" ? "127.0.0.1" : rpcAddress
+    return "http://\(host):\(rpcPort)"
+  }
+
+  static func resolve(flags: Serve) throws(SettingsError) -> NodeSettings {
+    var settings = NodeSettings()
+    if let path = flags.config { try settings.apply(propertiesFile: path) }
+    if let value = flags.nodeId {
+      guard value > 0 else { throw SettingsError(description: "--node-id must be a positive integer") }
+      settings.nodeID = NodeID(value)
+    }
+    if let value = flags.rpcAddress { settings.rpcAddress = value }
+    if let value = flags.rpcPort { settings.rpcPort = value }
+    if let value = flags.consensusAddress { settings.consensusAddress = value }
+    if let value = flags.consensusPort { settings.consensusPort = value }
+    if let value = flags.dataDir { settings.dataDirectory = value }
+    if let value = flags.protocolName { settings.protocolName = value }
+    if let value = flags.cluster { settings.cluster = value }
+    if let value = flags.join { settings.join = value }
+    if let value = flags.electionTimeoutMs { settings.electionTimeoutMs = value }
+    if let value = flags.heartbeatIntervalMs { settings.heartbeatIntervalMs = value }
+    if let value = flags.valueBytesMax { settings.valueBytesMax = value }
+    if let value = flags.connectionsMax { settings.connectionsMax = value }
+    if let value = flags.requestTimeoutMs { settings.requestTimeoutMs = value }
+    if let value = flags.logLevel {
+      guard let level = Logger.Level(rawValue: value) else {
+        throw SettingsError(description: "--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+      }
+      settings.logLevel = level
+    }
+    try settings.validate()
+    return settings
+  }
+
+  func validate() throws(SettingsError) {
+    guard rpcPort > 0 else { throw SettingsError(description: "the rpc port must be 1...65535") }
+    guard consensusPort > 0 else { throw SettingsError(description: "the consensus port must be 1...65535") }
+    guard !dataDirectory.isEmpty else { throw SettingsError(description: "the data directory must not be empty") }
+    // A write's value travels in one log record (16 MiB at most, framing and batch overhead
+    // included), so values stay well below it.
+    guard (1...(8 << 20)).contains(valueBytesMax) else {
+      throw SettingsError(description: "--value-bytes-max must be 1...8388608")
+    }
+    guard (1...1_000_000).contains(connectionsMax) else {
+      throw SettingsError(description: "--connections-max must be 1...1000000")
+    }
+    guard (100...600_000).contains(requestTimeoutMs) else {
+      throw SettingsError(description: "--request-timeout-ms must be 100...600000")
+    }
+    guard heartbeatIntervalMs > 0, electionTimeoutMs > heartbeatIntervalMs else {
+      throw SettingsError(description: "the election timeout must exceed the heartbeat interval, both positive")
+    }
+  }
+
+  /// Reads `key=value` lines; IoTDB's names and Caucus's own (`node_id`, `data_dir`, …) are accepted.
+  mutating func apply(propertiesFile path: String) throws(SettingsError) {
+    guard let file = fopen(path, "r") else {
+      throw SettingsError(description: "cannot read the properties file \(path): \(String(cString: strerror(errno)))")
+    }
+    defer { fclose(file) }
+    var lineNumber = 0
+    var buffer = [CChar](repeating: 0, count: 8192)
+    while fgets(&buffer, Int32(buffer.count), file) != nil {
+      lineNumber += 1
+      let line = String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+      let trimmed = line.trimmingCharacters(in: " \t\r\n")
+      if trimmed.isEmpty || trimmed.hasPrefix("#") || trimmed.hasPrefix("!") { continue }
+      guard let equals = trimmed.firstIndex(of: "=") else {
+        throw SettingsError(description: "\(path):\(lineNumber): expected key=value, found '\(trimmed)'")
+      }
+      let key = String(trimmed[..<equals]).trimmingCharacters(in: " \t").replacingDashes
+      let value = String(trimmed[trimmed.index(after: equals)...]).trimmingCharacters(in: " \t")
+      try apply(key: key, value: value, location: "\(path):\(lineNumber)")
+    }
+  }
+
+  private mutating func apply(key: String, value: String, location: String) throws(SettingsError) {
+    func number<T: FixedWidthInteger>(_ type: T.Type) throws(SettingsError) -> T {
+      guard let parsed = T(value) else { throw SettingsError(description: "\(location): \(key) must be an integer, not '\(value)'") }
+      return parsed
+    }
+    switch key {
+    case "node_id", "dn_data_node_id", "data_node_id":
+      let id = try number(UInt64.self)
+      guard id > 0 else { throw SettingsError(description: "\(location): node_id must be positive") }
+      nodeID = NodeID(id)
+    case "rpc_address", "dn_rpc_address": rpcAddress = value
+    case "rpc_port", "dn_rpc_port": rpcPort = try number(UInt16.self)
+    case "internal_ip", "dn_internal_address", "consensus_address": consensusAddress = value
+    case "consensus_port", "dn_data_region_consensus_port": consensusPort = try number(UInt16.self)
+    case "consensus_dir", "dn_consensus_dir", "data_dir": dataDirectory = value
+    case "data_node_consensus_protocol_class", "data_region_consensus_protocol_class",
+      "schema_region_consensus_protocol_class", "config_node_consensus_protocol_class", "protocol":
+      protocolName = value
+    case "config_node_group_address_list", "cluster": cluster = value
+    case "join": join = value
+    case "election_timeout_ms": electionTimeoutMs = try number(UInt32.self)
+    case "heartbeat_interval_ms": heartbeatIntervalMs = try number(UInt32.self)
+    case "value_bytes_max": valueBytesMax = try number(Int.self)
+    case "connections_max": connectionsMax = try number(Int.self)
+    case "request_timeout_ms": requestTimeoutMs = try number(UInt32.self)
+    case "log_level":
+      guard let level = Logger.Level(rawValue: value) else { throw SettingsError(description: "\(location): unknown log_level '\(value)'") }
+      logLevel = level
+    default:
+      if key.hasPrefix("standalone.") {
+        engineOptions[String(key.dropFirst("standalone.".count))] = value
+      } else {
+        unknownProperties.append("\(location): \(key)")
+      }
+    }
+  }
+}
+
+extension String {
+  /// Drops leading and trailing characters made only of scalars in `set` (a CRLF pair is one
+  /// Character in Swift, so membership is checked per scalar).
+  func trimmingCharacters(in set: String) -> String {
+    let scalars = Set(set.unicodeScalars)
+    let isTrimmed = { (character: Character) in character.unicodeScalars.allSatisfy { scalars.contains($0) } }
+    return String(self.drop(while: isTrimmed).reversed().drop(while: isTrimmed).reversed())
+  }
+
+  var replacingDashes: String { String(self.map { $0 == "-" ? "_" : $0 }) }
+}

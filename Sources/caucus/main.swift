@@ -1,1 +1,0 @@
-print("caucus: not built yet")

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the system packages Caucus needs to build and test, only when they are missing, so
+# repeated runs stay fast. Debian/Ubuntu; needs root or sudo for the first run.
+set -euo pipefail
+packages=(libcurl4-openssl-dev curl)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing: ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi

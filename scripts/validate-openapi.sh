@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# Validates openapi.yaml (OpenAPI 3.1) and checks it against the contract of API.md.
+#
+# The contract's routes and error codes are embedded below (API.md lives outside the repo, in
+# ../shared, which CI does not always have). When API.md changes, change the lists here, the spec,
+# and the implementation in the same commit.
+#
+# Checks:
+#   1. openapi-spec-validator accepts the document.
+#   2. The operations are exactly the contract's (method, path) pairs: none missing, none extra.
+#   3. The Error schema's `error` enum holds exactly the codes of API.md's error table plus the
+#      known additions (ADDITION_CODES).
+#   4. Every operation has a camelCase operationId (unique) and a known tag; every response
+#      declares X-Caucus-Node; every route with {group} answers 400 (invalid_group_id) and 404;
+#      every operation with a request body answers 413; every route that takes ?forward= answers
+#      307, 421, 503, 504 and 508.
+#   5. Every example in a media type or schema validates against its schema.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+spec="$repo_root/openapi.yaml"
+
+if ! python3 -c 'import openapi_spec_validator' 2>/dev/null; then
+  python3 -m pip install --quiet openapi-spec-validator
+fi
+
+python3 - "$spec" <<'PYTHON'
+import re
+import sys
+
+from openapi_spec_validator import validate
+from openapi_spec_validator.readers import read_from_filename
+
+spec_path = sys.argv[1]
+spec, _ = read_from_filename(spec_path)
+try:
+    validate(spec)
+except Exception as error:  # the validator's own message names the failing node
+    print(f"openapi.yaml: invalid: {error}", file=sys.stderr)
+    sys.exit(1)
+
+# The contract: every (method, path) of API.md. `GET /` is listed in API.md's conventions as an
+# operational path; its shape is an addition documented in the spec.
+CONTRACT = {
+    ("GET", "/"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/node"),
+    ("GET", "/v1/cluster"),
+    ("POST", "/v1/node/groups"),
+    ("DELETE", "/v1/node/groups/{group}"),
+    ("GET", "/v1/groups"),
+    ("POST", "/v1/groups"),
+    ("GET", "/v1/groups/{group}"),
+    ("DELETE", "/v1/groups/{group}"),
+    ("POST", "/v1/groups/{group}/peers"),
+    ("PUT", "/v1/groups/{group}/peers"),
+    ("DELETE", "/v1/groups/{group}/peers/{nodeId}"),
+    ("GET", "/v1/groups/{group}/leader"),
+    ("POST", "/v1/groups/{group}/leader"),
+    ("POST", "/v1/groups/{group}/snapshot"),
+    ("GET", "/v1/groups/{group}/kv"),
+    ("GET", "/v1/groups/{group}/kv/{key}"),
+    ("PUT", "/v1/groups/{group}/kv/{key}"),
+    ("DELETE", "/v1/groups/{group}/kv/{key}"),
+    ("POST", "/v1/groups/{group}/write"),
+    ("POST", "/v1/groups/{group}/read"),
+    ("GET", "/v1/groups/{group}/watch"),
+}
+
+ERROR_CODES = {
+    "bad_request", "invalid_json", "invalid_group_id", "invalid_key", "illegal_peer_num",
+    "unauthorized", "forbidden",
+    "group_not_found", "key_not_found", "peer_not_in_group", "not_found",
+    "method_not_allowed",
+    "group_already_exists", "peer_already_in_group",
+    "compacted",
+    "precondition_failed",
+    "payload_too_large", "uri_too_long", "headers_too_large",
+    "not_leader",
+    "no_leader", "not_ready", "overloaded",
+    "timeout",
+    "forward_loop",
+}
+
+# Codes the implementation answers beyond API.md's table (documented as additions in the spec):
+# the HTTP layer's own 408, 501 and 505.
+ADDITION_CODES = {"request_timeout", "not_implemented", "http_version_not_supported"}
+
+TAGS = {"data", "groups", "membership", "node", "operations"}
+METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
+
+failures = []
+
+
+def resolve(node):
+    """Follows local $refs ('#/a/b') until a node without $ref."""
+    while isinstance(node, dict) and "$ref" in node:
+        target = spec
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part.replace("~1", "/").replace("~0", "~")]
+        node = target
+    return node
+
+
+def error_codes_of(response):
+    """The `error` codes a JSON error response may carry: its allOf narrowing of Error, if any."""
+    schema = resolve(resolve(response).get("content", {}).get("application/json", {}).get("schema", {}))
+    narrowings = [part for part in schema.get("allOf", []) if "$ref" not in part] or [schema]
+    codes = set()
+    for part in narrowings:
+        error = resolve(part).get("properties", {}).get("error", {})
+        codes.update(error.get("enum", []))
+        if "const" in error:
+            codes.add(error["const"])
+    return codes
+
+
+operations = set()
+operation_ids = {}
+for path, item in spec["paths"].items():
+    path_parameters = [resolve(p) for p in item.get("parameters", [])]
+    for method in METHODS:
+        if method not in item:
+            continue
+        operation = item[method]
+        label = f"{method.upper()} {path}"
+        operations.add((method.upper(), path))
+
+        operation_id = operation.get("operationId", "")
+        if not re.fullmatch(r"[a-z][a-zA-Z0-9]*", operation_id):
+            failures.append(f"{label}: operationId {operation_id!r} is not camelCase")
+        if operation_id in operation_ids:
+            failures.append(f"{label}: operationId {operation_id!r} also used by {operation_ids[operation_id]}")
+        operation_ids[operation_id] = label
+        tags = operation.get("tags", [])
+        if not tags or not set(tags) <= TAGS:
+            failures.append(f"{label}: tags {tags} must be among {sorted(TAGS)}")
+
+        responses = operation.get("responses", {})
+        for status, response in responses.items():
+            if "X-Caucus-Node" not in resolve(response).get("headers", {}):
+                failures.append(f"{label}: response {status} does not declare X-Caucus-Node")
+
+        parameters = path_parameters + [resolve(p) for p in operation.get("parameters", [])]
+        names = {(p["in"], p["name"]) for p in parameters}
+        if ("path", "group") in names:
+            if "invalid_group_id" not in error_codes_of(responses.get("400", {})):
+                failures.append(f"{label}: a group route must answer 400 invalid_group_id")
+            if "404" not in responses:
+                failures.append(f"{label}: a group route must answer 404")
+        if "requestBody" in operation and "413" not in responses:
+            failures.append(f"{label}: accepts a body but does not answer 413")
+        if ("query", "forward") in names:
+            for status in ("307", "421", "503", "504", "508"):
+                if status not in responses:
+                    failures.append(f"{label}: takes ?forward= but does not answer {status}")
+
+for method, path in sorted(CONTRACT - operations):
+    failures.append(f"{method} {path}: in API.md but missing from openapi.yaml")
+for method, path in sorted(operations - CONTRACT):
+    failures.append(f"{method} {path}: in openapi.yaml but not in API.md (add it to both, and to this list)")
+
+enum = set(spec["components"]["schemas"]["Error"]["properties"]["error"]["enum"])
+for code in sorted(ERROR_CODES - enum):
+    failures.append(f"Error.error: code {code!r} of API.md is missing from the enum")
+for code in sorted(ADDITION_CODES - enum):
+    failures.append(f"Error.error: added code {code!r} is missing from the enum")
+for code in sorted(enum - ERROR_CODES - ADDITION_CODES):
+    failures.append(f"Error.error: code {code!r} is neither in API.md nor a known addition (add it to ADDITION_CODES)")
+
+# Examples validate against their schemas (OpenAPI 3.1 = JSON Schema 2020-12 + the OAS vocabulary).
+try:
+    from openapi_schema_validator import OAS31Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    base = "urn:caucus:openapi"
+    registry = Registry().with_resource(base, Resource(contents=spec, specification=DRAFT202012))
+
+    def pointer(parts):
+        return "/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+    def check_example(parts, example):
+        """Validates `example` against the schema found at `parts` in the document."""
+        validator = OAS31Validator({"$ref": f"{base}#{pointer(parts)}"}, registry=registry)
+        for error in validator.iter_errors(example):
+            failures.append(f"{pointer(parts)}: example {example!r} does not match: {error.message}")
+
+    def walk(node, parts):
+        if isinstance(node, dict):
+            if "schema" in node and "example" in node:
+                check_example(parts + ["schema"], node["example"])
+            if parts[:2] == ["components", "schemas"] and isinstance(node.get("examples"), list):
+                for example in node["examples"]:
+                    check_example(parts, example)
+            for name, child in node.items():
+                walk(child, parts + [name])
+        elif isinstance(node, list):
+            for position, child in enumerate(node):
+                walk(child, parts + [position])
+
+    walk(spec, [])
+except ImportError as error:  # openapi-spec-validator depends on both; keep going if not
+    print(f"openapi.yaml: examples not checked ({error})", file=sys.stderr)
+
+if failures:
+    for failure in failures:
+        print(f"openapi.yaml: {failure}", file=sys.stderr)
+    print(f"openapi.yaml: {len(failures)} problem(s)", file=sys.stderr)
+    sys.exit(1)
+
+print(f"openapi.yaml: valid ({len(spec['paths'])} paths, {len(operations)} operations)")
+PYTHON
