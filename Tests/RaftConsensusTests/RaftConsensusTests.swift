@@ -126,8 +126,11 @@ func failure<Value>(of result: Result<Value, ConsensusError>) -> ConsensusError?
   return nil
 }
 
-func metric(_ engine: RaftConsensus, _ name: String) -> Double {
-  for line in engine.prometheusMetrics().split(separator: "\n") where line.hasPrefix(name + " ") {
+func metric(_ engine: RaftConsensus, _ name: String) -> Double { metric(engine.prometheusMetrics(), name) }
+
+/// One sample from a metrics text, so several samples can come from one consistent snapshot.
+func metric(_ text: String, _ name: String) -> Double {
+  for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
     return Double(line.split(separator: " ")[1])!
   }
   return -1
@@ -256,7 +259,8 @@ final class RaftConsensusTests: XCTestCase {
     }
     XCTAssertTrue(eventually(timeout: 10) { done.withLock { $0 } == 200 }, "every write is answered")
     for node in 0..<3 {
-      let engine = cluster.engine(node)
+      // One snapshot: the loop keeps turning (heartbeats, commit updates) while we look.
+      let engine = cluster.engine(node).prometheusMetrics()
       let fsyncs = metric(engine, "caucus_wal_fsyncs_total")
       let syncTurns = metric(engine, "caucus_raft_wal_sync_turns_total")
       let turns = metric(engine, "caucus_raft_loop_turns_total")
