@@ -61,6 +61,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     case batch(MessageBatch)
     case create(GroupID, [Peer], ConsensusCompletion<Void>)
     case delete(GroupID, ConsensusCompletion<Void>)
+    case snapshot(GroupID, ConsensusCompletion<SnapshotInfo>)
+    case transfer(GroupID, NodeID, ConsensusCompletion<Void>)
   }
 
   private struct StaleReadWaiter: Sendable {
@@ -84,6 +86,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     var batchesRejected: UInt64 = 0
     var batchesDroppedOverloaded: UInt64 = 0
     var writesCommitted: UInt64 = 0
+    var snapshotsTaken: UInt64 = 0
+    var snapshotsInstalled: UInt64 = 0
     var wal = WALStatistics()
   }
 
@@ -132,7 +136,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     var restored: [GroupID: RaftGroup] = [:]
     for (id, group) in recovered {
       let state = RestoredState(
-        hardState: group.hardState, entries: group.entries,
+        hardState: group.hardState, snapshot: group.snapshot, entries: group.entries,
         bootstrapConfig: ConfigState(voters: group.peers.map(\.node.rawValue)))
       restored[id] = try makeGroup(id, peers: group.peers, restored: state)
     }
@@ -176,7 +180,14 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     var random = SplitMix64(seed: seed ^ (localPeer.node.rawValue &* 0x9E37_79B9_7F4A_7C15) ^ id.packed)
     _ = random.next()
     let raft = try Raft(config: options.raftConfig(node: localPeer.node), random: random, restored: restored)
-    return RaftGroup(id: id, peers: peers, stateMachine: machine, raft: raft)
+    let replica = RaftGroup(id: id, peers: peers, stateMachine: machine, raft: raft)
+    if let snapshot = restored.snapshot {
+      try machine.restore(snapshot: snapshot.data)
+      replica.appliedIndex = snapshot.index
+      replica.durableSnapshotIndex = snapshot.index
+      replica.nextSnapshotAttemptIndex = snapshot.index
+    }
+    return replica
   }
 
   // MARK: Data plane
@@ -307,12 +318,16 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     completion(.failure(notYet(group, "changing the peers of a raft group is not supported yet")))
   }
 
+  /// Asks this node's replica, which must lead `group`, to hand leadership to `node` (thesis
+  /// §3.10). Completes once this node sees `node` lead, or `timeout(indeterminate: true)`.
   public func transferLeader(_ group: GroupID, to node: NodeID, completion: @escaping ConsensusCompletion<Void>) {
-    completion(.failure(notYet(group, "leader transfer in a raft group is not supported yet")))
+    enqueueControl(.transfer(group, node, completion)) { completion(.failure($0)) }
   }
 
+  /// Captures the group's state machine at its applied index, compacts the log up to it, writes
+  /// the snapshot file, and releases the WAL segments every group's snapshot covers.
   public func triggerSnapshot(_ group: GroupID, completion: @escaping ConsensusCompletion<SnapshotInfo>) {
-    completion(.failure(notYet(group, "snapshots of a raft group are not supported yet")))
+    enqueueControl(.snapshot(group, completion)) { completion(.failure($0)) }
   }
 
   private func notYet(_ group: GroupID, _ what: String) -> ConsensusError {
@@ -420,6 +435,9 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       "caucus_raft_batches_dropped_total", "Inbound batches dropped because the inbox was full.",
       metrics.batchesDroppedOverloaded)
     counter("caucus_writes_committed_total", "Writes committed, applied and answered.", metrics.writesCommitted)
+    counter("caucus_raft_snapshots_taken_total", "Snapshots taken of local state machines.", metrics.snapshotsTaken)
+    counter("caucus_raft_snapshots_installed_total", "Snapshots received from leaders and installed.", metrics.snapshotsInstalled)
+    counter("caucus_wal_segments_released_total", "Write-ahead log segments released after snapshots.", metrics.wal.segmentsReleased)
     let sorted = views.sorted { $0.0 < $1.0 }
     text += "# HELP caucus_group_is_leader Whether this node leads the group.\n# TYPE caucus_group_is_leader gauge\n"
     for (group, (view, _)) in sorted { text += "caucus_group_is_leader{group=\"\(group)\"} \(view.role == .leader ? 1 : 0)\n" }
@@ -448,6 +466,9 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     var writeBytesAnswered = 0
     var readsAnswered = 0
     var writesCommitted = 0
+    /// Snapshot files written this turn (received from a leader): segments may be released.
+    var snapshotsWritten = 0
+    var snapshotsInstalled = 0
   }
 
   private func runLoop(_ wal: WriteAheadLog) {
@@ -465,19 +486,19 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         nextTick = now + tickNanoseconds
         for replica in live.values { replica.raft.tick() }
       }
-      for item in items { handle(item, &turn) }
+      for item in items { handle(item, &turn, wal) }
       if ticked { expireDeadlines(now: now, &turn) }
       var readies: [(RaftGroup, Ready)] = []
       for replica in live.values where replica.raft.hasReady { readies.append((replica, replica.raft.ready())) }
-      persist(readies, &turn)
-      if !turn.records.isEmpty {
-        do {
+      do {
+        try persist(readies, &turn, wal)
+        if !turn.records.isEmpty {
           try wal.append(turn.records)
           try wal.sync()
-        } catch {
-          failStorage("appending to the log failed: \(error)", readies: readies, &turn)
-          break
         }
+      } catch {
+        failStorage("appending to the log failed: \(error)", &turn)
+        break
       }
       for action in turn.onDurable { action(.success(())) }
       for (replica, ready) in readies {
@@ -489,11 +510,24 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       for (replica, ready) in readies {
         apply(replica, ready, &turn)
         replica.raft.advance(ready)
+        // The transport reports no delivery: count a snapshot as delivered; if it was lost, the
+        // follower's next response shows it and the leader probes (and sends it) again.
+        for message in ready.messages where message.kind == .snapshot {
+          replica.raft.reportSnapshot(to: message.to, failed: false)
+        }
+        if !replica.transfers.isEmpty { settleTransfers(replica, now: now, &turn) }
       }
       let touched = ticked ? Array(live.values) : readies.map(\.0)
       for replica in touched { replica.refreshView() }
       finishTurn(&turn, wal: wal, sent: sent)
       for answer in turn.answers { answer() }
+      do {
+        try snapshotDueGroups(wal, releasing: turn.snapshotsWritten)
+      } catch {
+        var failed = Turn()
+        failStorage("releasing log segments failed: \(error)", &failed)
+        break
+      }
       moreReady = live.values.contains { $0.raft.hasReady }
     }
     shutDown(wal)
@@ -524,7 +558,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     }
   }
 
-  private func handle(_ item: InboxItem, _ turn: inout Turn) {
+  private func handle(_ item: InboxItem, _ turn: inout Turn, _ wal: WriteAheadLog) {
     switch item {
     case .batch(let batch):
       for item in batch.messages {
@@ -575,6 +609,12 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       } catch {
         return turn.answers.append { completion(.failure(.invalidRequest("\(error)"))) }
       }
+      do {
+        // A snapshot file left by an earlier incarnation whose unlink failed must not revive it.
+        try wal.deleteSnapshot(group: id.packed)
+      } catch {
+        return turn.answers.append { completion(.failure(.storage("\(error)"))) }
+      }
       live[id] = replica
       turn.records.append(RaftStorage.groupCreatedRecord(group: id, peers: peers))
       turn.groupsWithRecords.insert(id)
@@ -593,8 +633,15 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       turn.records.append(RaftStorage.groupDeletedRecord(group: id))
       turn.groupsWithRecords.insert(id)
       failAllWaiting(replica, .groupNotFound(id), &turn)
+      let walBox = UncheckedSendableBox(wal)
       turn.onDurable.append { [self] result in
         guard case .success = result else { return completion(result) }
+        do {
+          try walBox.value.deleteSnapshot(group: id.packed)
+        } catch {
+          // Recovery removes snapshot files of groups that are not live.
+          logger.warning("deleting a group's snapshot failed", metadata: ["group": "\(id)", "error": "\(error)"])
+        }
         let orphans: [StaleReadWaiter] = state.withLock {
           groups[id] = nil
           var orphans: [StaleReadWaiter] = []
@@ -610,6 +657,47 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         logger.info("group deleted", metadata: ["group": "\(id)"])
         completion(result)
       }
+    case .snapshot(let id, let completion):
+      state.withLock { controlQueued -= 1 }
+      guard let replica = live[id] else { return turn.answers.append { completion(.failure(.groupNotFound(id))) } }
+      replica.snapshotRequests.append(completion)
+    case .transfer(let id, let node, let completion):
+      state.withLock { controlQueued -= 1 }
+      guard let replica = live[id] else { return turn.answers.append { completion(.failure(.groupNotFound(id))) } }
+      guard replica.peer(node.rawValue) != nil else {
+        return turn.answers.append { completion(.failure(.peerNotInGroup(node, id))) }
+      }
+      guard replica.raft.role == .leader else {
+        let answer = replica.leaderError(leader: replica.raft.leader)
+        return turn.answers.append { completion(.failure(answer)) }
+      }
+      if node == localPeer.node { return turn.answers.append { completion(.success(())) } }
+      do {
+        try replica.raft.transferLeadership(to: node.rawValue)
+      } catch {
+        let answer = proposalError(replica, error)
+        return turn.answers.append { completion(.failure(answer)) }
+      }
+      let timeout = options.transferElectionTimeoutsMax * UInt64(options.electionTicks) * tickNanoseconds
+      replica.transfers.append((node.rawValue, MonotonicClock.nowNanoseconds() + timeout, completion))
+    }
+  }
+
+  /// Answers the leader transfers of `replica` that finished (this node sees the target lead) or
+  /// ran out of time.
+  private func settleTransfers(_ replica: RaftGroup, now: UInt64, _ turn: inout Turn) {
+    let leader = replica.raft.leader
+    replica.transfers.removeAll { transfer in
+      let completion = transfer.completion
+      if leader == transfer.target {
+        turn.answers.append { completion(.success(())) }
+        return true
+      }
+      if now >= transfer.deadline {
+        turn.answers.append { completion(.failure(.timeout(indeterminate: true))) }
+        return true
+      }
+      return false
     }
   }
 
@@ -647,6 +735,13 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     }
     replica.readsAwaitingIndex = [:]
     replica.readsAwaitingApply = []
+    for completion in replica.snapshotRequests { turn.answers.append { completion(.failure(error)) } }
+    replica.snapshotRequests = []
+    for transfer in replica.transfers {
+      let completion = transfer.completion
+      turn.answers.append { completion(.failure(error)) }
+    }
+    replica.transfers = []
   }
 
   private func expireDeadlines(now: UInt64, _ turn: inout Turn) {
@@ -660,6 +755,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         replica.readsAwaitingIndex[context] = nil
         answerRead(&turn) { read.completion(.failure(.timeout(indeterminate: false))) }
       }
+      if !replica.transfers.isEmpty { settleTransfers(replica, now: now, &turn) }
       replica.readsAwaitingApply.removeAll { waiting in
         guard waiting.read.deadline <= now else { return false }
         let read = waiting.read
@@ -670,19 +766,30 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   }
 
   /// Step 2 of the Ready contract, for every group at once: records for one append and one sync.
-  private func persist(_ readies: [(RaftGroup, Ready)], _ turn: inout Turn) {
+  /// A snapshot received from a leader is written to its file first (its own fsyncs: rare), then
+  /// marked in the log so that recovery voids the entries it replaced.
+  private func persist(_ readies: [(RaftGroup, Ready)], _ turn: inout Turn, _ wal: WriteAheadLog) throws {
     for (replica, ready) in readies {
-      precondition(ready.snapshot == nil, "group \(replica.id): snapshots are not supported yet, and no node compacts")
+      if let snapshot = ready.snapshot {
+        try wal.writeSnapshot(
+          WALSnapshot(
+            group: replica.id.packed, index: snapshot.index, term: snapshot.term,
+            data: RaftStorage.encodeSnapshot(config: snapshot.config, data: snapshot.data)))
+        turn.records.append(
+          RaftStorage.hardStateRecord(
+            group: replica.id, ready.hardState ?? replica.raft.hardState, snapshotMarker: (snapshot.index, snapshot.term)))
+        turn.snapshotsWritten += 1
+      }
       for entry in ready.entries {
         turn.records.append(RaftStorage.entryRecord(group: replica.id, entry))
-        replica.entriesPersisted += 1
-        replica.bytesPersisted += UInt64(entry.data.count)
       }
       turn.entries += ready.entries.count
       if let hardState = ready.hardState {
         turn.records.append(RaftStorage.hardStateRecord(group: replica.id, hardState))
       }
-      if !ready.entries.isEmpty || ready.hardState != nil { turn.groupsWithRecords.insert(replica.id) }
+      if !ready.entries.isEmpty || ready.hardState != nil || ready.snapshot != nil {
+        turn.groupsWithRecords.insert(replica.id)
+      }
     }
   }
 
@@ -705,6 +812,28 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
 
   /// Steps 4–5 of the Ready contract for one group: apply, answer writes, serve read indexes.
   private func apply(_ replica: RaftGroup, _ ready: Ready, _ turn: inout Turn) {
+    if let snapshot = ready.snapshot {
+      do {
+        try replica.lock.withLock {
+          try replica.stateMachine.restore(snapshot: snapshot.data)
+          replica.appliedIndex = snapshot.index
+        }
+      } catch {
+        // The leader's snapshot passed its own state machine; a refusal here is a bug, and
+        // going on would diverge from the group.
+        preconditionFailure("group \(replica.id): the state machine refused the leader's snapshot at \(snapshot.index): \(error)")
+      }
+      replica.durableSnapshotIndex = snapshot.index
+      replica.nextSnapshotAttemptIndex = snapshot.index
+      turn.snapshotsInstalled += 1
+      // Writes proposed here up to the snapshot: whether they made it is not known here.
+      for (index, proposal) in replica.proposals where index <= snapshot.index {
+        replica.proposals[index] = nil
+        let completion = proposal.completion
+        answerWrite(&turn, bytes: proposal.bytes) { completion(.failure(.timeout(indeterminate: true))) }
+      }
+      logger.info("snapshot installed", metadata: ["group": "\(replica.id)", "index": "\(snapshot.index)"])
+    }
     if !ready.committedEntries.isEmpty {
       var responses: [(LogIndex, Term, [UInt8])] = []
       replica.lock.withLock {
@@ -782,6 +911,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       metrics.batchesSent += UInt64(sent.0)
       metrics.messagesSent += UInt64(sent.1)
       metrics.writesCommitted += UInt64(turn.writesCommitted)
+      metrics.snapshotsInstalled += UInt64(turn.snapshotsInstalled)
       metrics.wal = statistics
       writesOutstanding -= turn.writesAnswered
       writeBytesOutstanding -= turn.writeBytesAnswered
@@ -804,11 +934,93 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
 
   /// The WAL failed: nothing of this turn is known durable. Refuse all further work (the node
   /// reports not ready) rather than risk acknowledging writes that are not durable.
-  private func failStorage(_ reason: String, readies: [(RaftGroup, Ready)], _ turn: inout Turn) {
+  private func failStorage(_ reason: String, _ turn: inout Turn) {
     logger.critical("storage failure; refusing work until restart", metadata: ["reason": "\(reason)"])
     state.withLock { if failure == nil { failure = reason } }
     for action in turn.onDurable { action(.failure(.storage(reason))) }
     for answer in turn.answers { answer() }
+  }
+
+  // MARK: Snapshots and log release
+
+  /// Snapshots the groups that asked for it or passed `snapshotEntriesThreshold`, then releases
+  /// the WAL segments all snapshots cover. Throws only when the WAL itself failed.
+  private func snapshotDueGroups(_ wal: WriteAheadLog, releasing received: Int) throws {
+    var written = received
+    var answers: [@Sendable () -> Void] = []
+    for replica in live.values {
+      let applied = replica.raft.applied
+      let since = applied - (replica.raft.latestSnapshot?.index ?? 0)
+      let automatic = since >= options.snapshotEntriesThreshold && applied >= replica.nextSnapshotAttemptIndex
+      guard automatic || !replica.snapshotRequests.isEmpty else { continue }
+      let requests = replica.snapshotRequests
+      replica.snapshotRequests = []
+      let (outcome, wrote) = snapshot(replica, wal)
+      if wrote {
+        written += 1
+      } else {
+        // Nothing to compact (just after a restart the membership may run ahead of the applied
+        // index) or the write failed: try again after another tenth of the threshold.
+        replica.nextSnapshotAttemptIndex = applied + max(1, options.snapshotEntriesThreshold / 10)
+        if case .failure(let error) = outcome {
+          logger.warning("snapshot failed", metadata: ["group": "\(replica.id)", "error": "\(error)"])
+        }
+      }
+      for completion in requests { answers.append { completion(outcome) } }
+    }
+    if written > 0 { try releaseLog(wal) }
+    for answer in answers { answer() }
+  }
+
+  /// Captures, compacts and writes one group's snapshot; with nothing new to capture, answers
+  /// the latest snapshot.
+  private func snapshot(_ replica: RaftGroup, _ wal: WriteAheadLog) -> (Result<SnapshotInfo, ConsensusError>, wrote: Bool) {
+    let data: [UInt8] = replica.lock.withLock {
+      precondition(replica.appliedIndex == replica.raft.applied, "group \(replica.id): state machine lags the core")
+      return replica.stateMachine.takeSnapshot()
+    }
+    guard let snapshot = replica.raft.compact(data: data) else {
+      guard let latest = replica.raft.latestSnapshot else {
+        return (.failure(.invalidRequest("group \(replica.id) has applied nothing yet to snapshot")), false)
+      }
+      return (.success(SnapshotInfo(index: latest.index, term: latest.term, bytes: UInt64(latest.data.count))), false)
+    }
+    do {
+      try wal.writeSnapshot(
+        WALSnapshot(
+          group: replica.id.packed, index: snapshot.index, term: snapshot.term,
+          data: RaftStorage.encodeSnapshot(config: snapshot.config, data: snapshot.data)))
+    } catch {
+      // The log in memory is compacted, the WAL still holds the entries: nothing is lost, and
+      // nothing is released until a snapshot file covers them.
+      return (.failure(.storage("\(error)")), false)
+    }
+    replica.durableSnapshotIndex = snapshot.index
+    replica.refreshView()
+    state.withLock { metrics.snapshotsTaken += 1 }
+    logger.info(
+      "snapshot taken", metadata: ["group": "\(replica.id)", "index": "\(snapshot.index)", "bytes": "\(data.count)"])
+    return (.success(SnapshotInfo(index: snapshot.index, term: snapshot.term, bytes: UInt64(data.count))), true)
+  }
+
+  /// Restates every live group's creation record and hard state in the current segment (release
+  /// deletes every record kind of a released segment), syncs, and releases what snapshots cover.
+  private func releaseLog(_ wal: WriteAheadLog) throws {
+    var records: [WALRecord] = []
+    var covered: [UInt64: UInt64] = [:]
+    for replica in live.values {
+      records.append(RaftStorage.groupCreatedRecord(group: replica.id, peers: replica.peers))
+      records.append(RaftStorage.hardStateRecord(group: replica.id, replica.raft.hardState))
+      covered[replica.id.packed] = replica.durableSnapshotIndex
+    }
+    if !records.isEmpty {
+      try wal.append(records)
+      try wal.sync()
+    }
+    let released = try wal.releaseSegments(coveredIndex: covered)
+    if released > 0 { logger.info("log segments released", metadata: ["segments": "\(released)"]) }
+    let statistics = wal.statistics
+    state.withLock { metrics.wal = statistics }
   }
 
   private func shutDown(_ wal: WriteAheadLog) {
@@ -827,7 +1039,9 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       switch item {
       case .propose(_, _, let completion): completion(.failure(.shuttingDown))
       case .read(_, let read): read.completion(.failure(.shuttingDown))
-      case .create(_, _, let completion), .delete(_, let completion): completion(.failure(.shuttingDown))
+      case .create(_, _, let completion), .delete(_, let completion), .transfer(_, _, let completion):
+        completion(.failure(.shuttingDown))
+      case .snapshot(_, let completion): completion(.failure(.shuttingDown))
       case .batch: break
       }
     }

@@ -27,6 +27,12 @@ public struct RaftConsensusOptions: Sendable {
   /// A proposed write not committed within this time is answered `timeout(indeterminate: true)`:
   /// it may still commit later, so the caller must not assume either outcome.
   public var proposalTimeoutMs: UInt64 = 10_000
+  /// A group is snapshotted (its log compacted) after this many applied entries since its last
+  /// snapshot, so the WAL's segments can be released and restart replay stays short.
+  public var snapshotEntriesThreshold: UInt64 = 10_000
+  /// A leader transfer not observed to finish within this many election timeouts is answered
+  /// `timeout` (it may still finish).
+  public var transferElectionTimeoutsMax: UInt64 = 2
   /// Seed for the election-timeout jitter of every group (mixed with the node and group ids).
   /// Nil: taken from the clock at start.
   public var seed: UInt64? = nil
@@ -51,6 +57,7 @@ public struct RaftConsensusOptions: Sendable {
     if let value = try number("pendingWriteBytesMax", 1 << 20...1 << 40) { pendingWriteBytesMax = Int(value) }
     if let value = try number("inboundBatchesMax", 1...1_000_000) { inboundBatchesMax = Int(value) }
     if let value = try number("proposalTimeoutMs", 1...3_600_000) { proposalTimeoutMs = value }
+    if let value = try number("snapshotEntriesThreshold", 1...UInt64(UInt32.max)) { snapshotEntriesThreshold = value }
     if let value = try number("walSegmentBytes", 1 << 16...1 << 34) { wal.segmentBytesMax = value }
     try validate()
   }

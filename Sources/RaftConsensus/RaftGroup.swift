@@ -53,8 +53,12 @@ final class RaftGroup: @unchecked Sendable {
   var readsAwaitingApply: [(index: LogIndex, read: LinearizableRead)] = []
   var announcedLeader: ReplicaID = 0
   var announcedTerm: Term = 0
-  var entriesPersisted: UInt64 = 0
-  var bytesPersisted: UInt64 = 0
+  /// The index of the group's snapshot file: what the WAL may release up to.
+  var durableSnapshotIndex: LogIndex = 0
+  /// An automatic snapshot that failed is tried again from this applied index on.
+  var nextSnapshotAttemptIndex: LogIndex = 0
+  var snapshotRequests: [ConsensusCompletion<SnapshotInfo>] = []
+  var transfers: [(target: ReplicaID, deadline: UInt64, completion: ConsensusCompletion<Void>)] = []
 
   init(id: GroupID, peers: [Peer], stateMachine: any StateMachine, raft: Raft) {
     self.id = id

@@ -6,16 +6,20 @@ import WriteAheadLog
 ///
 /// Records (all integers little-endian):
 /// - `.entry`: `index`, `term` = the entry's; payload = kind u8 (`EntryKind`) · data.
-/// - `.hardState`: `index` = commit, `term` = term; payload = version u8 (=1) · vote u64.
+/// - `.hardState`: `index` = commit, `term` = term; payload = version u8 (=1) · vote u64, optionally
+///   followed by snapshotIndex u64 · snapshotTerm u64: a marker that a snapshot received from the
+///   leader replaced the whole log here, so the group's entries before it are void.
 /// - `.groupCreated`: payload = version u8 (=1) · peerCount u16 · (node u64 · port u16 · hostLength u8
 ///   · host)*: the group's initial voters. A `.groupCreated` for a group already live restates it
 ///   (written again before segments are released) and does not reset its log.
 /// - `.groupDeleted`: no payload; what came before it for the group is void.
-/// Within one loop turn a group's entries precede its hard state, so a torn tail never keeps a
-/// commit index beyond the entries it covers.
+/// Within one loop turn a group's entries precede its hard state (a marker precedes both).
 ///
-/// Not yet: snapshots (no compaction in this increment, so no segment is ever released and the
-/// log holds every group's whole history).
+/// Snapshots live in the WAL's snapshot files, one per group: data = version u8 (=1) · config
+/// (voterCount u32 · u64* · outgoingCount u32 · u64* · learnerCount u32 · u64*) · the state
+/// machine's bytes. On recovery the entries after the snapshot are kept when the log holds the
+/// snapshot's last entry with its term, or starts right after it (Raft paper §7); otherwise the
+/// snapshot replaced them.
 enum RaftStorage {
   static let version: UInt8 = 1
   static let entryPayloadOverheadBytes = 1
@@ -29,9 +33,15 @@ enum RaftStorage {
     return WALRecord(kind: .entry, group: group.packed, index: entry.index, term: entry.term, payload: payload)
   }
 
-  static func hardStateRecord(group: GroupID, _ hardState: HardState) -> WALRecord {
+  static func hardStateRecord(
+    group: GroupID, _ hardState: HardState, snapshotMarker: (index: LogIndex, term: Term)? = nil
+  ) -> WALRecord {
     var payload: [UInt8] = [version]
     appendU64(&payload, hardState.vote)
+    if let snapshotMarker {
+      appendU64(&payload, snapshotMarker.index)
+      appendU64(&payload, snapshotMarker.term)
+    }
     return WALRecord(kind: .hardState, group: group.packed, index: hardState.commit, term: hardState.term, payload: payload)
   }
 
@@ -56,15 +66,47 @@ enum RaftStorage {
     WALRecord(kind: .groupDeleted, group: group.packed, index: 0, term: 0)
   }
 
+  static let snapshotVersion: UInt8 = 1
+
+  static func encodeSnapshot(config: ConfigState, data: [UInt8]) -> [UInt8] {
+    var bytes: [UInt8] = [snapshotVersion]
+    for list in [config.voters, config.votersOutgoing, config.learners] {
+      appendU32(&bytes, UInt32(list.count))
+      for replica in list { appendU64(&bytes, replica) }
+    }
+    bytes.append(contentsOf: data)
+    return bytes
+  }
+
+  static func decodeSnapshot(_ bytes: [UInt8], group: GroupID) throws -> (ConfigState, [UInt8]) {
+    func malformed(_ what: String) -> ConsensusError { .storage("group \(group): snapshot is malformed: \(what)") }
+    guard bytes.first == snapshotVersion else { throw malformed("version") }
+    var offset = 1
+    var lists: [[ReplicaID]] = []
+    for _ in 0..<3 {
+      guard offset + 4 <= bytes.count else { throw malformed("truncated configuration") }
+      let count = Int(readU32(bytes, at: offset))
+      offset += 4
+      guard count <= peersMax, offset + 8 * count <= bytes.count else { throw malformed("replica count \(count)") }
+      lists.append((0..<count).map { readU64(bytes, at: offset + 8 * $0) })
+      offset += 8 * count
+    }
+    return (ConfigState(voters: lists[0], votersOutgoing: lists[1], learners: lists[2]), Array(bytes[offset...]))
+  }
+
   /// A live group as the log describes it.
   struct RecoveredGroup {
     var peers: [Peer]
     var hardState = HardState()
-    /// entries[i].index == i + 1 (no snapshots yet).
+    /// Contiguous, ascending; they may start after 1 once segments were released.
     var entries: [Entry] = []
+    /// Set by a snapshot marker: the index the (received) snapshot ended at; entries follow it.
+    var base: LogIndex? = nil
+    var snapshot: Snapshot? = nil
   }
 
-  /// Replays the whole log into the live groups' persisted Raft state.
+  /// Replays the whole log into the live groups' persisted Raft state, and loads their snapshots.
+  /// Snapshot files of groups that are not live (deleted, crashed before the unlink) are removed.
   static func recover(_ wal: WriteAheadLog) throws -> [GroupID: RecoveredGroup] {
     var groups: [GroupID: RecoveredGroup] = [:]
     try wal.replay { record in
@@ -79,37 +121,87 @@ enum RaftStorage {
         groups[id] = nil
       case .hardState:
         guard groups[id] != nil else { return }
-        guard record.payload.count == 9, record.payload[0] == version else {
+        guard (record.payload.count == 9 || record.payload.count == 25), record.payload[0] == version else {
           throw ConsensusError.storage("group \(id): hard state record of \(record.payload.count) bytes is malformed")
         }
         groups[id]!.hardState = HardState(term: record.term, vote: readU64(record.payload, at: 1), commit: record.index)
+        if record.payload.count == 25 {
+          // A received snapshot replaced the whole log here.
+          groups[id]!.entries = []
+          groups[id]!.base = readU64(record.payload, at: 9)
+        }
       case .entry:
         guard groups[id] != nil else { return }
         guard let first = record.payload.first, let kind = EntryKind(rawValue: first) else {
           throw ConsensusError.storage("group \(id): entry \(record.index) has no valid kind byte")
         }
-        let count = UInt64(groups[id]!.entries.count)
-        guard record.index >= 1, record.index <= count + 1 else {
-          throw ConsensusError.storage(
-            "group \(id): log entry \(record.index) does not follow the \(count) entries before it; entries are missing")
-        }
-        // A later write of an index overwrites it and everything after it (a conflicting suffix).
-        groups[id]!.entries.removeSubrange(Int(record.index - 1)...)
-        groups[id]!.entries.append(
-          Entry(term: record.term, index: record.index, kind: kind, data: Array(record.payload.dropFirst())))
+        let entry = Entry(term: record.term, index: record.index, kind: kind, data: Array(record.payload.dropFirst()))
+        try append(entry, to: &groups[id]!, group: id)
       }
     }
-    for (id, group) in groups {
-      let last = UInt64(group.entries.count)
-      guard group.hardState.commit <= last else {
-        throw ConsensusError.storage("group \(id): commit index \(group.hardState.commit) is beyond the last entry \(last)")
+    let snapshotted = try wal.snapshotGroups()
+    for packed in snapshotted {
+      guard let id = GroupID(packed: packed), groups[id] != nil else {
+        try wal.deleteSnapshot(group: packed)
+        continue
       }
-      if let lastEntry = group.entries.last, lastEntry.term > group.hardState.term {
-        // Entries are only ever written in or below the current term.
-        throw ConsensusError.storage("group \(id): entry term \(lastEntry.term) is beyond the hard state's \(group.hardState.term)")
-      }
+      guard let file = try wal.loadSnapshot(group: packed) else { continue }
+      let (config, data) = try decodeSnapshot(file.data, group: id)
+      groups[id]!.snapshot = Snapshot(index: file.index, term: file.term, config: config, data: data)
     }
+    for id in Array(groups.keys) { try trim(&groups[id]!, group: id) }
     return groups
+  }
+
+  /// Replays one entry record: a write of an index overwrites it and everything after it.
+  private static func append(_ entry: Entry, to group: inout RecoveredGroup, group id: GroupID) throws {
+    guard entry.index >= 1 else { throw ConsensusError.storage("group \(id): log entry at index 0") }
+    if let base = group.base, entry.index <= base { return }  // below a received snapshot: void
+    guard let first = group.entries.first?.index else {
+      if let base = group.base, entry.index != base + 1 {
+        throw ConsensusError.storage(
+          "group \(id): log entry \(entry.index) does not follow the snapshot at \(base); entries are missing")
+      }
+      group.entries = [entry]
+      return
+    }
+    let last = first + LogIndex(group.entries.count) - 1
+    guard entry.index <= last + 1 else {
+      throw ConsensusError.storage(
+        "group \(id): log entry \(entry.index) does not follow entry \(last); entries are missing")
+    }
+    if entry.index < first {
+      group.entries = [entry]
+    } else {
+      group.entries.removeSubrange(Int(entry.index - first)...)
+      group.entries.append(entry)
+    }
+  }
+
+  /// Keeps the entries that follow the group's snapshot (Raft paper §7), or checks they start at 1.
+  private static func trim(_ group: inout RecoveredGroup, group id: GroupID) throws {
+    guard let first = group.entries.first?.index else { return }
+    let last = first + LogIndex(group.entries.count) - 1
+    guard let snapshot = group.snapshot else {
+      guard first == 1 else {
+        throw ConsensusError.storage("group \(id): the log starts at entry \(first), but the group has no snapshot")
+      }
+      return
+    }
+    if first > snapshot.index + 1 {
+      throw ConsensusError.storage(
+        "group \(id): the log starts at entry \(first), after the snapshot at \(snapshot.index); entries are missing")
+    }
+    if last <= snapshot.index {
+      group.entries = []
+    } else if first == snapshot.index + 1 {
+      return
+    } else if group.entries[Int(snapshot.index - first)].term == snapshot.term {
+      group.entries.removeFirst(Int(snapshot.index - first) + 1)
+    } else {
+      // The snapshot was received and written, but the marker voiding the old log was not.
+      group.entries = []
+    }
   }
 
   static func decodePeers(_ payload: [UInt8], group: GroupID) throws -> [Peer] {
@@ -138,6 +230,17 @@ enum RaftStorage {
 
   static func appendU64(_ bytes: inout [UInt8], _ value: UInt64) {
     for shift in stride(from: 0, to: 64, by: 8) { bytes.append(UInt8(truncatingIfNeeded: value >> UInt64(shift))) }
+  }
+
+  static func appendU32(_ bytes: inout [UInt8], _ value: UInt32) {
+    for shift in stride(from: 0, to: 32, by: 8) { bytes.append(UInt8(truncatingIfNeeded: value >> UInt32(shift))) }
+  }
+
+  static func readU32(_ bytes: [UInt8], at offset: Int) -> UInt32 {
+    precondition(offset + 4 <= bytes.count, "readU32 past the end")
+    var value: UInt32 = 0
+    for position in 0..<4 { value |= UInt32(bytes[offset + position]) << UInt32(8 * position) }
+    return value
   }
 
   static func readU64(_ bytes: [UInt8], at offset: Int) -> UInt64 {

@@ -15,7 +15,7 @@ final class TestCluster {
   var engines: [RaftConsensus?]
   let options: RaftConsensusOptions
 
-  init(nodes: Int) throws {
+  init(nodes: Int, configure: (inout RaftConsensusOptions) -> Void = { _ in }) throws {
     peers = (1...nodes).map { Peer(node: NodeID(UInt64($0)), endpoint: Endpoint(host: "127.0.0.1", port: UInt16(41_000 + $0))) }
     let base = NSTemporaryDirectory() + "caucus-raft-\(UUID().uuidString.prefix(8))"
     directories = (1...nodes).map { base + "/node-\($0)" }
@@ -25,6 +25,7 @@ final class TestCluster {
     options.electionTicks = 10
     options.heartbeatTicks = 1
     options.proposalTimeoutMs = 5_000
+    configure(&options)
     self.options = options
     for node in 0..<nodes { try start(node) }
   }
@@ -305,7 +306,104 @@ final class RaftConsensusTests: XCTestCase {
     try cluster.start(0)
     XCTAssertEqual(cluster.engine(0).allGroupIDs(), [other])
     XCTAssertEqual(
-      failure(of: waitForCompletion { cluster.engine(0).transferLeader(other, to: NodeID(2), completion: $0) }),
-      .notSupported("leader transfer in a raft group is not supported yet"))
+      failure(of: waitForCompletion { cluster.engine(0).addPeer(other, peer: cluster.peers[0], completion: $0) }),
+      .notSupported("adding a peer to a raft group is not supported yet"))
+  }
+
+  func testTransferLeaderHandsLeadershipToTheTarget() throws {
+    let cluster = try TestCluster(nodes: 3)
+    try cluster.createGroup(group)
+    let leader = try XCTUnwrap(cluster.waitForLeader(group))
+    let target = (leader + 1) % 3
+    XCTAssertEqual(
+      failure(of: waitForCompletion { cluster.engine(target).transferLeader(self.group, to: NodeID(1), completion: $0) }),
+      .notLeader(group, leader: cluster.peers[leader]))
+    try waitForCompletion {
+      cluster.engine(leader).transferLeader(self.group, to: cluster.peers[target].node, completion: $0)
+    }.get()
+    XCTAssertEqual(cluster.waitForLeader(group), target)
+    XCTAssertNoThrow(try write(cluster.engine(target), group, "led-by", "\(target)").get())
+  }
+
+  func testSnapshotCompactsTheLogAndRestartRecoversFromSnapshotAndLog() throws {
+    let cluster = try TestCluster(nodes: 3)
+    try cluster.createGroup(group)
+    let leader = try XCTUnwrap(cluster.waitForLeader(group))
+    var last = WriteResult(index: 0, response: [])
+    for number in 0..<10 { last = try write(cluster.engine(leader), group, "k\(number)", "v\(number)").get() }
+    for node in 0..<3 {
+      _ = try read(cluster.engine(node), group, "k0", ReadOptions(consistency: .stale, minIndex: last.index))
+      let info = try waitForCompletion { cluster.engine(node).triggerSnapshot(self.group, completion: $0) }.get()
+      XCTAssertGreaterThanOrEqual(info.index, last.index, "node \(node + 1)")
+      XCTAssertEqual(cluster.engine(node).status(group)?.snapshotIndex, info.index)
+    }
+    for number in 10..<15 { last = try write(cluster.engine(leader), group, "k\(number)", "v\(number)").get() }
+    for node in 0..<3 { cluster.stop(node) }
+    for node in 0..<3 { try cluster.start(node) }
+    let newLeader = try XCTUnwrap(cluster.waitForLeader(group))
+    for number in 0..<15 { XCTAssertEqual(try read(cluster.engine(newLeader), group, "k\(number)"), "v\(number)") }
+    for node in 0..<3 {
+      XCTAssertEqual(
+        try read(cluster.engine(node), group, "k14", ReadOptions(consistency: .stale, minIndex: last.index)), "v14")
+    }
+  }
+
+  func testLaggingFollowerCatchesUpFromTheLeadersSnapshotAndKeepsItAcrossRestart() throws {
+    let cluster = try TestCluster(nodes: 3)
+    try cluster.createGroup(group)
+    let leader = try XCTUnwrap(cluster.waitForLeader(group))
+    let lagging = (leader + 1) % 3
+    cluster.network.isolate(cluster.peers[lagging].node)
+    var last = WriteResult(index: 0, response: [])
+    for number in 0..<20 { last = try write(cluster.engine(leader), group, "k\(number)", "v\(number)").get() }
+    _ = try waitForCompletion { cluster.engine(leader).triggerSnapshot(self.group, completion: $0) }.get()
+    cluster.network.heal(cluster.peers[lagging].node)
+    XCTAssertEqual(
+      try read(cluster.engine(lagging), group, "k19", ReadOptions(consistency: .stale, minIndex: last.index)), "v19")
+    XCTAssertGreaterThanOrEqual(metric(cluster.engine(lagging), "caucus_raft_snapshots_installed_total"), 1)
+    let after = try write(cluster.engine(leader), group, "after", "snapshot").get()
+    XCTAssertEqual(
+      try read(cluster.engine(lagging), group, "after", ReadOptions(consistency: .stale, minIndex: after.index)),
+      "snapshot")
+    cluster.stop(lagging)
+    try cluster.start(lagging)
+    for key in ["k0", "k19", "after"] {
+      XCTAssertNotNil(
+        try read(cluster.engine(lagging), group, key, ReadOptions(consistency: .stale, minIndex: after.index)), key)
+    }
+  }
+
+  func testAutomaticSnapshotsReleaseWALSegmentsAndRestartKeepsEveryWrite() throws {
+    let cluster = try TestCluster(nodes: 3) { options in
+      options.snapshotEntriesThreshold = 25
+      options.wal.segmentBytesMax = 8 << 10
+    }
+    let groups = [group, GroupID(.schemaRegion, 7)]
+    for group in groups { try cluster.createGroup(group) }
+    let value = String(repeating: "x", count: 300)
+    var last: [GroupID: UInt64] = [:]
+    for group in groups {
+      let leader = try XCTUnwrap(cluster.waitForLeader(group))
+      for number in 0..<150 {
+        last[group] = try write(cluster.engine(leader), group, "k\(number)", value + "\(number)").get().index
+      }
+    }
+    for node in 0..<3 {
+      for group in groups {
+        _ = try read(cluster.engine(node), group, "k0", ReadOptions(consistency: .stale, minIndex: last[group]!))
+      }
+      let engine = cluster.engine(node).prometheusMetrics()
+      XCTAssertGreaterThan(metric(engine, "caucus_raft_snapshots_taken_total"), 0, "node \(node + 1)")
+      XCTAssertGreaterThan(metric(engine, "caucus_wal_segments_released_total"), 0, "node \(node + 1)")
+      XCTAssertLessThan(metric(engine, "caucus_wal_segments"), 15, "node \(node + 1)")
+    }
+    for node in 0..<3 { cluster.stop(node) }
+    for node in 0..<3 { try cluster.start(node) }
+    for group in groups {
+      let leader = try XCTUnwrap(cluster.waitForLeader(group))
+      for number in [0, 75, 149] {
+        XCTAssertEqual(try read(cluster.engine(leader), group, "k\(number)"), value + "\(number)")
+      }
+    }
   }
 }
