@@ -219,6 +219,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     let deadline = MonotonicClock.nowNanoseconds() + UInt64(readOptions.waitMs) * 1_000_000
     let outcome: Result<ReadResult, ConsensusError>? = state.withLock {
       guard phase == .running else { return .failure(.shuttingDown) }
+      // After a storage failure the loop is gone: stale reads still see the applied state.
+      if let failure, readOptions.consistency != .stale { return .failure(.storage(failure)) }
       guard let replica = groups[group] else { return .failure(.groupNotFound(group)) }
       switch readOptions.consistency {
       case .linearizable, .lease:
@@ -233,6 +235,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         if let answer = replica.lock.withLock({ replica.answer(query, ifAppliedAtLeast: readOptions.minIndex) }) {
           return .success(answer)
         }
+        if let failure { return .failure(.storage(failure)) }  // nothing will apply more
         guard readsOutstanding < options.readWaitersMax else { return .failure(.overloaded(retryAfterMs: 100)) }
         readsOutstanding += 1
         staleReadWaiters.append(
@@ -269,7 +272,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       return
     }
     state.withLock {
-      guard phase == .running else { return }
+      guard phase == .running, failure == nil else { return }
       guard inboundBatchesQueued < options.inboundBatchesMax else {
         metrics.batchesDroppedOverloaded += 1
         return
@@ -1026,8 +1029,10 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   private func shutDown(_ wal: WriteAheadLog) {
     var turn = Turn()
     for replica in live.values { failAllWaiting(replica, .shuttingDown, &turn) }
+    // Entry points refuse new work from here on: `phase` is no longer running (stop) or
+    // `failure` is set (storage failure; `stop` still joins this thread).
     let (items, waiters): ([InboxItem], [StaleReadWaiter]) = state.withLock {
-      phase = .stopping
+      precondition(phase != .running || failure != nil, "the loop stops only when asked to or on failure")
       defer {
         inbox.removeAll()
         staleReadWaiters.removeAll()
