@@ -344,6 +344,46 @@ final class RaftConsensusTests: XCTestCase {
       .notSupported("adding a peer to a raft group is not supported yet"))
   }
 
+  func testWritesBeyondThePendingLimitAreAnsweredOverloadedAndEveryWriteIsAnswered() throws {
+    let cluster = try TestCluster(nodes: 3) { options in options.pendingWritesMax = 4 }
+    try cluster.createGroup(group)
+    let leader = try XCTUnwrap(cluster.waitForLeader(group))
+    let outcomes = Locked<[Result<WriteResult, ConsensusError>]>([])
+    for number in 0..<200 {
+      cluster.engine(leader).write(group, command: putCommand("k\(number)", "v")) { result in
+        outcomes.withLock { $0.append(result) }
+      }
+    }
+    XCTAssertTrue(eventually(timeout: 10) { outcomes.withLock { $0.count } == 200 }, "every write is answered once")
+    let all = outcomes.withLock { $0 }
+    let overloaded = all.filter { failure(of: $0) == .overloaded(retryAfterMs: 100) }.count
+    let succeeded = all.filter { if case .success = $0 { return true } else { return false } }.count
+    XCTAssertGreaterThan(overloaded, 0)
+    XCTAssertGreaterThanOrEqual(succeeded, 4)
+    // The slots come back: once answered, writes are accepted again.
+    XCTAssertNoThrow(try cluster.writeToLeader(group, "after", "burst"))
+  }
+
+  func testRestartedFollowerRejoinsWithItsLogAndCatchesUp() throws {
+    let cluster = try TestCluster(nodes: 3)
+    try cluster.createGroup(group)
+    let leader = try XCTUnwrap(cluster.waitForLeader(group))
+    let follower = (leader + 1) % 3
+    let first = try cluster.writeToLeader(group, "first", "1")
+    _ = try read(cluster.engine(follower), group, "first", ReadOptions(consistency: .stale, minIndex: first.index))
+    cluster.stop(follower)
+    var last = first
+    for number in 0..<10 { last = try cluster.writeToLeader(group, "k\(number)", "v\(number)", excluding: [follower]) }
+    try cluster.start(follower)
+    // Its own log comes back from the WAL before it hears from the leader.
+    let status = try XCTUnwrap(cluster.engine(follower).status(group))
+    XCTAssertGreaterThanOrEqual(status.logEntries, first.index)
+    XCTAssertEqual(
+      try read(cluster.engine(follower), group, "k9", ReadOptions(consistency: .stale, minIndex: last.index)), "v9")
+    XCTAssertEqual(
+      try read(cluster.engine(follower), group, "first", ReadOptions(consistency: .stale, minIndex: last.index)), "1")
+  }
+
   func testTransferLeaderHandsLeadershipToTheTarget() throws {
     let cluster = try TestCluster(nodes: 3)
     try cluster.createGroup(group)
