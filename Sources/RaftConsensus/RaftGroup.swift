@@ -73,10 +73,10 @@ final class RaftGroup: @unchecked Sendable {
 
   /// Loop only. Publishes the core's current state to readers.
   func refreshView() {
-    let status = raft.status
+    // `status` copies the progress table: only a leader has one worth showing.
     let fresh = GroupView(
-      role: status.role, leader: status.leader, term: status.term, commitIndex: status.committed,
-      firstIndex: status.firstIndex, lastIndex: status.lastIndex, progress: status.progress)
+      role: raft.role, leader: raft.leader, term: raft.term, commitIndex: raft.committed,
+      firstIndex: raft.firstIndex, lastIndex: raft.lastIndex, progress: raft.role == .leader ? raft.status.progress : [:])
     lock.withLock { view = fresh }
   }
 

@@ -384,6 +384,40 @@ final class RaftConsensusTests: XCTestCase {
       try read(cluster.engine(follower), group, "first", ReadOptions(consistency: .stale, minIndex: last.index)), "1")
   }
 
+  /// Not a timed test: set CAUCUS_MEASURE_IDLE=1 to print the idle CPU of three nodes hosting
+  /// 100 groups each with the default tick (100 ms) and election timeout (10 ticks).
+  func testIdleCPUOfThreeNodesWithOneHundredGroups() throws {
+    try XCTSkipUnless(ProcessInfo.processInfo.environment["CAUCUS_MEASURE_IDLE"] == "1", "measurement only")
+    let cluster = try TestCluster(nodes: 3) { options in
+      options.tickIntervalMs = 100
+      options.electionTicks = 10
+    }
+    let groups = (1...100).map { GroupID(.dataRegion, UInt32($0)) }
+    for group in groups { try cluster.createGroup(group) }
+    for group in groups { XCTAssertNotNil(cluster.waitForLeader(group, timeout: 30)) }
+    func cpuSeconds() -> Double {
+      var usage = rusage()
+      getrusage(RUSAGE_SELF.rawValue, &usage)
+      return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 + Double(usage.ru_stime.tv_sec)
+        + Double(usage.ru_stime.tv_usec) / 1e6
+    }
+    let names = [
+      "caucus_raft_loop_turns_total", "caucus_wal_fsyncs_total", "caucus_raft_batches_sent_total",
+      "caucus_raft_messages_sent_total",
+    ]
+    let before = (0..<3).map { node in names.map { metric(cluster.engine(node), $0) } }
+    let start = cpuSeconds()
+    let wallStart = Date()
+    Thread.sleep(forTimeInterval: 10)
+    let cpu = cpuSeconds() - start
+    let wall = Date().timeIntervalSince(wallStart)
+    print("idle: 3 nodes × 100 groups: \(String(format: "%.2f", 100 * cpu / wall))% of one core for all three nodes")
+    for node in 0..<3 {
+      let deltas = zip(names, before[node]).map { name, value in "\(name)=+\(Int(metric(cluster.engine(node), name) - value))" }
+      print("node \(node + 1) over \(Int(wall)) s idle: \(deltas.joined(separator: " "))")
+    }
+  }
+
   func testTransferLeaderHandsLeadershipToTheTarget() throws {
     let cluster = try TestCluster(nodes: 3)
     try cluster.createGroup(group)
