@@ -52,6 +52,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   private var live: [GroupID: RaftGroup] = [:]
   private var nextReadContext: UInt64 = 0
   private var seed: UInt64 = 0
+  /// The WAL's segment count after the last round of snapshots forced by `walSegmentsSoftMax`.
+  private var segmentsAfterForcedSnapshots = 0
 
   private enum Phase { case created, running, stopping, stopped }
 
@@ -135,10 +137,11 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     seed = options.seed ?? MonotonicClock.nowNanoseconds()
     var restored: [GroupID: RaftGroup] = [:]
     for (id, group) in recovered {
+      let peers = group.peers!  // recovery refuses groups without a creation record
       let state = RestoredState(
         hardState: group.hardState, snapshot: group.snapshot, entries: group.entries,
-        bootstrapConfig: ConfigState(voters: group.peers.map(\.node.rawValue)))
-      restored[id] = try makeGroup(id, peers: group.peers, restored: state)
+        bootstrapConfig: ConfigState(voters: peers.map(\.node.rawValue)))
+      restored[id] = try makeGroup(id, peers: peers, restored: state)
     }
     live = restored
     let statistics = wal.statistics
@@ -947,15 +950,23 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   // MARK: Snapshots and log release
 
   /// Snapshots the groups that asked for it or passed `snapshotEntriesThreshold`, then releases
-  /// the WAL segments all snapshots cover. Throws only when the WAL itself failed.
+  /// the WAL segments all snapshots cover. When the WAL holds more than `walSegmentsSoftMax`
+  /// segments, every group with applied entries beyond its snapshot is snapshotted too: one quiet
+  /// group would otherwise pin every segment since its last snapshot. Such a forced round runs
+  /// again only after the count grew by another quarter of the limit, so a group that cannot
+  /// compact (nothing applied) costs a bounded amount of work. Throws only when the WAL failed.
   private func snapshotDueGroups(_ wal: WriteAheadLog, releasing received: Int) throws {
     var written = received
     var answers: [@Sendable () -> Void] = []
+    let segments = wal.statistics.segments
+    let forced =
+      segments > options.walSegmentsSoftMax
+      && segments >= segmentsAfterForcedSnapshots + max(1, options.walSegmentsSoftMax / 4)
     for replica in live.values {
       let applied = replica.raft.applied
       let since = applied - (replica.raft.latestSnapshot?.index ?? 0)
       let automatic = since >= options.snapshotEntriesThreshold && applied >= replica.nextSnapshotAttemptIndex
-      guard automatic || !replica.snapshotRequests.isEmpty else { continue }
+      guard automatic || !replica.snapshotRequests.isEmpty || (forced && since > 0) else { continue }
       let requests = replica.snapshotRequests
       replica.snapshotRequests = []
       let (outcome, wrote) = snapshot(replica, wal)
@@ -971,7 +982,13 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       }
       for completion in requests { answers.append { completion(outcome) } }
     }
-    if written > 0 { try releaseLog(wal) }
+    if written > 0 || forced { try releaseLog(wal) }
+    if forced {
+      segmentsAfterForcedSnapshots = wal.statistics.segments
+      logger.notice(
+        "snapshotted every group to release log segments",
+        metadata: ["segmentsBefore": "\(segments)", "segmentsAfter": "\(segmentsAfterForcedSnapshots)"])
+    }
     for answer in answers { answer() }
   }
 

@@ -30,6 +30,10 @@ public struct RaftConsensusOptions: Sendable {
   /// A group is snapshotted (its log compacted) after this many applied entries since its last
   /// snapshot, so the WAL's segments can be released and restart replay stays short.
   public var snapshotEntriesThreshold: UInt64 = 10_000
+  /// When the WAL holds more segments than this, every group is snapshotted so the segments can
+  /// be released (see `RaftConsensus`): bounds the disk a quiet group can pin, at
+  /// `walSegmentsSoftMax × wal.segmentBytesMax` plus what the busy groups hold.
+  public var walSegmentsSoftMax = 32
   /// A leader transfer not observed to finish within this many election timeouts is answered
   /// `timeout` (it may still finish).
   public var transferElectionTimeoutsMax: UInt64 = 2
@@ -58,6 +62,7 @@ public struct RaftConsensusOptions: Sendable {
     if let value = try number("inboundBatchesMax", 1...1_000_000) { inboundBatchesMax = Int(value) }
     if let value = try number("proposalTimeoutMs", 1...3_600_000) { proposalTimeoutMs = value }
     if let value = try number("snapshotEntriesThreshold", 1...UInt64(UInt32.max)) { snapshotEntriesThreshold = value }
+    if let value = try number("walSegmentsSoftMax", 2...100_000) { walSegmentsSoftMax = Int(value) }
     if let value = try number("walSegmentBytes", 1 << 16...1 << 34) { wal.segmentBytesMax = value }
     try validate()
   }
@@ -68,7 +73,7 @@ public struct RaftConsensusOptions: Sendable {
       throw .invalidRequest("electionTicks (\(electionTicks)) must exceed heartbeatTicks (\(heartbeatTicks))")
     }
     guard pendingWritesMax >= 1, pendingWriteBytesMax >= 1, inboundBatchesMax >= 1, readWaitersMax >= 1,
-      pendingControlMax >= 1
+      pendingControlMax >= 1, walSegmentsSoftMax >= 2
     else { throw .invalidRequest("queue limits must be ≥ 1") }
     do { try wal.validate() } catch { throw .invalidRequest("\(error)") }
   }

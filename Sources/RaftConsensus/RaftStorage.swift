@@ -10,8 +10,10 @@ import WriteAheadLog
 ///   followed by snapshotIndex u64 · snapshotTerm u64: a marker that a snapshot received from the
 ///   leader replaced the whole log here, so the group's entries before it are void.
 /// - `.groupCreated`: payload = version u8 (=1) · peerCount u16 · (node u64 · port u16 · hostLength u8
-///   · host)*: the group's initial voters. A `.groupCreated` for a group already live restates it
-///   (written again before segments are released) and does not reset its log.
+///   · host)*: the group's initial voters. It is restated (written again) for every live group
+///   before segments are released, so after a release a group's surviving entries may come
+///   BEFORE its creation record: replay attaches every record to its group whatever the order,
+///   and a restatement never resets the log.
 /// - `.groupDeleted`: no payload; what came before it for the group is void.
 /// Within one loop turn a group's entries precede its hard state (a marker precedes both).
 ///
@@ -96,7 +98,9 @@ enum RaftStorage {
 
   /// A live group as the log describes it.
   struct RecoveredGroup {
-    var peers: [Peer]
+    /// Nil until the group's creation record is replayed: after a segment release, the surviving
+    /// entries of a group may come before its restated creation record.
+    var peers: [Peer]?
     var hardState = HardState()
     /// Contiguous, ascending; they may start after 1 once segments were released.
     var entries: [Entry] = []
@@ -113,14 +117,15 @@ enum RaftStorage {
       guard let id = GroupID(packed: record.group) else {
         throw ConsensusError.storage("the log names an unknown group \(record.group)")
       }
+      // A group's records before its (restated) creation record belong to it: release only ever
+      // deletes a prefix, and a deletion record always follows the records it voids.
+      if record.kind != .groupDeleted && groups[id] == nil { groups[id] = RecoveredGroup(peers: nil) }
       switch record.kind {
       case .groupCreated:
-        let peers = try decodePeers(record.payload, group: id)
-        if groups[id] != nil { groups[id]!.peers = peers } else { groups[id] = RecoveredGroup(peers: peers) }
+        groups[id]!.peers = try decodePeers(record.payload, group: id)
       case .groupDeleted:
         groups[id] = nil
       case .hardState:
-        guard groups[id] != nil else { return }
         guard (record.payload.count == 9 || record.payload.count == 25), record.payload[0] == version else {
           throw ConsensusError.storage("group \(id): hard state record of \(record.payload.count) bytes is malformed")
         }
@@ -131,13 +136,15 @@ enum RaftStorage {
           groups[id]!.base = readU64(record.payload, at: 9)
         }
       case .entry:
-        guard groups[id] != nil else { return }
         guard let first = record.payload.first, let kind = EntryKind(rawValue: first) else {
           throw ConsensusError.storage("group \(id): entry \(record.index) has no valid kind byte")
         }
         let entry = Entry(term: record.term, index: record.index, kind: kind, data: Array(record.payload.dropFirst()))
         try append(entry, to: &groups[id]!, group: id)
       }
+    }
+    for (id, group) in groups where group.peers == nil {
+      throw ConsensusError.storage("group \(id) has records in the log but no creation record")
     }
     let snapshotted = try wal.snapshotGroups()
     for packed in snapshotted {

@@ -418,6 +418,32 @@ final class RaftConsensusTests: XCTestCase {
     }
   }
 
+  func testQuietGroupsDoNotPinTheWALWhenItPassesItsSegmentLimit() throws {
+    let cluster = try TestCluster(nodes: 3) { options in
+      options.snapshotEntriesThreshold = 1_000_000
+      options.walSegmentsSoftMax = 4
+      options.wal.segmentBytesMax = 8 << 10
+    }
+    let busy = group
+    let quiet = (2...5).map { GroupID(.schemaRegion, UInt32($0)) }
+    for group in [busy] + quiet { try cluster.createGroup(group) }
+    for group in quiet { _ = try cluster.writeToLeader(group, "quiet", "\(group)") }
+    let value = String(repeating: "y", count: 400)
+    var last = WriteResult(index: 0, response: [])
+    for number in 0..<200 { last = try cluster.writeToLeader(busy, "k\(number)", value) }
+    for node in 0..<3 {
+      _ = try read(cluster.engine(node), busy, "k0", ReadOptions(consistency: .stale, minIndex: last.index))
+      // The loop checks after each turn; give it a turn or two after the last write.
+      XCTAssertTrue(
+        eventually(timeout: 5) { metric(cluster.engine(node), "caucus_wal_segments_released_total") > 0 }, "node \(node + 1)")
+      XCTAssertLessThanOrEqual(metric(cluster.engine(node), "caucus_wal_segments"), 8, "node \(node + 1)")
+    }
+    for node in 0..<3 { cluster.stop(node) }
+    for node in 0..<3 { try cluster.start(node) }
+    for group in quiet { XCTAssertEqual(try cluster.readFromLeader(group, "quiet"), "\(group)") }
+    XCTAssertEqual(try cluster.readFromLeader(busy, "k199"), value)
+  }
+
   func testTransferLeaderHandsLeadershipToTheTarget() throws {
     let cluster = try TestCluster(nodes: 3)
     try cluster.createGroup(group)

@@ -50,6 +50,22 @@ final class RaftStorageTests: XCTestCase {
     XCTAssertEqual(replica.entries.map { String(decoding: $0.data, as: UTF8.self) }, ["a", "b"])
   }
 
+  /// Regression: after a segment release the surviving entries of a group came before its
+  /// restated creation record, and recovery dropped them ("entries are missing").
+  func testEntriesBeforeARestatedCreationRecordBelongToTheGroup() throws {
+    let recovered = try recover(
+      [
+        entry(189, 1), RaftStorage.groupCreatedRecord(group: group, peers: peers),
+        RaftStorage.hardStateRecord(group: group, HardState(term: 1, vote: 1, commit: 189)), entry(190, 1),
+      ], snapshot: Snapshot(index: 188, term: 1, config: ConfigState(voters: [1, 2, 3]), data: []))
+    XCTAssertEqual(recovered[group]?.entries.map(\.index), [189, 190])
+    XCTAssertEqual(recovered[group]?.peers, peers)
+  }
+
+  func testRecordsOfAGroupWithoutACreationRecordRefuseToStart() throws {
+    XCTAssertThrowsError(try recover([entry(1, 1)]))
+  }
+
   func testALaterWriteOfAnIndexOverwritesItAndEverythingAfterIt() throws {
     let recovered = try recover([
       RaftStorage.groupCreatedRecord(group: group, peers: peers), entry(1, 1), entry(2, 1), entry(3, 1), entry(2, 2),
