@@ -514,6 +514,25 @@ final class RaftConsensusTests: XCTestCase {
     }
   }
 
+  func testTheFactoryBuildsTheRaftEngineUnderItsNameAndRatisAlias() throws {
+    var factory = ConsensusFactory()
+    let network = InMemoryNetwork()
+    RaftConsensus.register(in: &factory, transport: network.transport(for: NodeID(1)))
+    XCTAssertEqual(try factory.canonicalName(IoTDBProtocolClassNames.ratis), "raft")
+    let config = ConsensusConfig(
+      localPeer: Peer(node: NodeID(1), endpoint: Endpoint(host: "127.0.0.1", port: 41_001)),
+      dataDirectory: NSTemporaryDirectory() + "caucus-raft-factory", registry: StateMachineRegistry(),
+      options: ["tickIntervalMs": "50", "electionTicks": "20"])
+    let engine = try factory.makeEngine("raft", config: config)
+    XCTAssertEqual(engine.protocolName, "raft")
+    XCTAssertFalse(engine.isReady, "not started")
+    var bad = config
+    bad.options = ["electionTicks": "1", "heartbeatTicks": "1"]
+    XCTAssertThrowsError(try factory.makeEngine("raft", config: bad))
+    bad.options = ["tickIntervalMs": "zero"]
+    XCTAssertThrowsError(try factory.makeEngine("raft", config: bad))
+  }
+
   func testTransferLeaderHandsLeadershipToTheTarget() throws {
     let cluster = try TestCluster(nodes: 3)
     try cluster.createGroup(group)
