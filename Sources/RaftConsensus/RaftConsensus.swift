@@ -52,7 +52,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   private var metrics = Metrics()
   private var loopThread: OSThread?
 
-  // Loop only.
+  // Loop only (`start` sets them before the loop thread starts).
   private var live: [GroupID: RaftGroup] = [:]
   private var nextReadContext: UInt64 = 0
   private var seed: UInt64 = 0
@@ -162,7 +162,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         "entries": "\(recovered.values.reduce(0) { $0 + $1.entries.count })",
       ])
     let walBox = UncheckedSendableBox(wal)
-    loopThread = OSThread(name: "caucus-raft") { [self] in runLoop(walBox.value) }
+    let thread = OSThread(name: "caucus-raft") { [self] in runLoop(walBox.value) }
+    state.withLock { loopThread = thread }
   }
 
   public func stop() {
