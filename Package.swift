@@ -17,6 +17,7 @@ let package = Package(
     .library(name: "HTTPServer", targets: ["HTTPServer"]),
     .library(name: "Gateway", targets: ["Gateway"]),
     .library(name: "RaftCore", targets: ["RaftCore"]),
+    .library(name: "RaftConsensus", targets: ["RaftConsensus"]),
     .executable(name: "caucus", targets: ["caucus"]),
     .executable(name: "caucus-sim", targets: ["caucus-sim"]),
     .executable(name: "consensus-example", targets: ["ConsensusExample"]),
@@ -49,6 +50,9 @@ let package = Package(
         .product(name: "Logging", package: "swift-log"),
       ]),
     .target(name: "RaftCore"),
+    .target(
+      name: "RaftConsensus",
+      dependencies: ["Consensus", "RaftCore", "WriteAheadLog", "Platform", .product(name: "Logging", package: "swift-log")]),
     .target(name: "Simulation", dependencies: ["RaftCore"]),
     .executableTarget(
       name: "caucus",
@@ -77,6 +81,9 @@ let package = Package(
       name: "GatewayTests",
       dependencies: ["Gateway", "HTTPServer", "Consensus", "KeyValueStore", "StandaloneConsensus", "Platform"]),
     .testTarget(name: "RaftCoreTests", dependencies: ["RaftCore"]),
+    .testTarget(
+      name: "RaftConsensusTests",
+      dependencies: ["RaftConsensus", "RaftCore", "Consensus", "KeyValueStore", "WriteAheadLog", "Platform"]),
     .testTarget(name: "SimulationTests", dependencies: ["Simulation", "RaftCore"]),
     .testTarget(name: "IntegrationTests", dependencies: ["Platform"]),
     .testTarget(name: "PeerClientTests", dependencies: ["PeerClient", "HTTPServer", "Platform"]),

@@ -1,0 +1,1090 @@
+import Consensus
+import Logging
+import Platform
+import RaftCore
+import WriteAheadLog
+
+/// The multi-Raft host (IoTDB's RatisConsensus, on our own core): every group of the node, one
+/// loop thread, one write-ahead log, one transport.
+///
+/// One loop turn: take the inbox (proposals, reads, inbound batches, group operations) → tick every
+/// group when the tick interval passed → step → collect each group's `Ready` → append every
+/// group's entries and hard state to the WAL and fsync ONCE → send one batch per destination node
+/// → apply committed entries and answer the writes and reads waiting on them → `advance`.
+///
+/// All messages of a turn leave after its fsync (the contract allows a leader's appends to leave
+/// before; waiting keeps one batch per destination per turn, at the cost of one fsync of latency).
+///
+/// Not yet: membership changes (`addPeer`, `removePeer`, `changePeer` answer `notSupported`),
+/// heartbeat coalescing (all groups' heartbeats to a node already share that turn's batch, but
+/// each is its own message), lease reads (served as ReadIndex reads).
+///
+/// Threads: callers on any thread only enqueue (under `state`) or read a group's published view
+/// and state machine (under the group's lock). The loop thread owns the WAL and every `Raft`.
+/// Lock order: `state` before a group's lock, never the reverse. Nothing calls a completion or the
+/// transport while holding a lock.
+// @unchecked Sendable: every mutable field below is guarded by `state`, except those marked
+// "loop only", which only the loop thread touches (after `start` hands them over).
+public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
+  public static let name = "raft"
+  public let protocolName = RaftConsensus.name
+  public let localPeer: Peer
+
+  private let directory: String
+  private let registry: StateMachineRegistry
+  private let options: RaftConsensusOptions
+  private let transport: any RaftTransport
+  private let logger: Logger
+  private let tickNanoseconds: UInt64
+
+  private let state = ConditionLock()
+  // Guarded by `state`.
+  private var phase = Phase.created
+  private var groups: [GroupID: RaftGroup] = [:]
+  private var inbox: [InboxItem] = []
+  private var inboundBatchesQueued = 0
+  private var writesOutstanding = 0
+  private var writeBytesOutstanding = 0
+  private var controlQueued = 0
+  private var readsOutstanding = 0
+  private var staleReadWaiters: [StaleReadWaiter] = []
+  private var failure: String?
+  private var metrics = Metrics()
+  private var loopThread: OSThread?
+
+  // Loop only (`start` sets them before the loop thread starts).
+  private var live: [GroupID: RaftGroup] = [:]
+  private var nextReadContext: UInt64 = 0
+  private var seed: UInt64 = 0
+  /// The WAL's segment count after the last round of snapshots forced by `walSegmentsSoftMax`.
+  private var segmentsAfterForcedSnapshots = 0
+
+  private enum Phase { case created, running, stopping, stopped }
+
+  private enum InboxItem {
+    case propose(GroupID, [UInt8], ConsensusCompletion<WriteResult>)
+    case read(GroupID, LinearizableRead)
+    case batch(MessageBatch)
+    case create(GroupID, [Peer], ConsensusCompletion<Void>)
+    case delete(GroupID, ConsensusCompletion<Void>)
+    case snapshot(GroupID, ConsensusCompletion<SnapshotInfo>)
+    case transfer(GroupID, NodeID, ConsensusCompletion<Void>)
+  }
+
+  private struct StaleReadWaiter: Sendable {
+    let group: GroupID
+    let query: [UInt8]
+    let minIndex: UInt64
+    let deadline: UInt64
+    let completion: ConsensusCompletion<ReadResult>
+  }
+
+  struct Metrics {
+    var loopTurns: UInt64 = 0
+    var walSyncTurns: UInt64 = 0
+    /// Sum over syncing turns of the groups that had records in that sync.
+    var groupsPersisted: UInt64 = 0
+    var groupsPerSyncMax: UInt64 = 0
+    var entriesPersisted: UInt64 = 0
+    var batchesSent: UInt64 = 0
+    var messagesSent: UInt64 = 0
+    var batchesReceived: UInt64 = 0
+    var batchesRejected: UInt64 = 0
+    var batchesDroppedOverloaded: UInt64 = 0
+    var writesCommitted: UInt64 = 0
+    var snapshotsTaken: UInt64 = 0
+    var snapshotsInstalled: UInt64 = 0
+    var wal = WALStatistics()
+  }
+
+  public init(
+    config: ConsensusConfig, options: RaftConsensusOptions = RaftConsensusOptions(), transport: any RaftTransport,
+    logger: Logger? = nil
+  ) {
+    self.localPeer = config.localPeer
+    self.directory = config.dataDirectory
+    self.registry = config.registry
+    self.options = options
+    self.transport = transport
+    self.tickNanoseconds = options.tickIntervalMs * 1_000_000
+    var logger = logger ?? Logger(label: "caucus.raft")
+    logger[metadataKey: "node"] = "\(config.localPeer.node)"
+    self.logger = logger
+  }
+
+  /// The factory entry for this protocol, with IoTDB's Ratis class name as an alias. The
+  /// transport comes from the wiring: one per node.
+  public static func register(
+    in factory: inout ConsensusFactory, transport: any RaftTransport, logger: Logger? = nil
+  ) {
+    factory.register(name, aliases: [IoTDBProtocolClassNames.ratis]) { config in
+      RaftConsensus(
+        config: config, options: try RaftConsensusOptions(options: config.options), transport: transport,
+        logger: logger)
+    }
+  }
+
+  // MARK: Lifecycle
+
+  public func start() throws {
+    state.withLock { precondition(phase == .created, "start() is called once") }
+    try options.validate()
+    let wal: WriteAheadLog
+    let recovered: [GroupID: RaftStorage.RecoveredGroup]
+    do {
+      wal = try WriteAheadLog(directory: directory + "/wal", options: options.wal)
+      recovered = try RaftStorage.recover(wal)
+    } catch {
+      logger.error("storage recovery failed", metadata: ["directory": "\(directory)", "error": "\(error)"])
+      throw error
+    }
+    seed = options.seed ?? MonotonicClock.nowNanoseconds()
+    var restored: [GroupID: RaftGroup] = [:]
+    for (id, group) in recovered {
+      let peers = group.peers!  // recovery refuses groups without a creation record
+      let state = RestoredState(
+        hardState: group.hardState, snapshot: group.snapshot, entries: group.entries,
+        bootstrapConfig: ConfigState(voters: peers.map(\.node.rawValue)))
+      restored[id] = try makeGroup(id, peers: peers, restored: state)
+    }
+    live = restored
+    let statistics = wal.statistics
+    state.withLock {
+      groups = restored
+      metrics.wal = statistics
+      phase = .running
+    }
+    transport.setReceiver { [weak self] bytes in self?.receive(bytes) }
+    logger.info(
+      "raft engine started",
+      metadata: [
+        "groups": "\(restored.keys.sorted().map(\.description))", "directory": "\(directory)",
+        "entries": "\(recovered.values.reduce(0) { $0 + $1.entries.count })",
+      ])
+    let walBox = UncheckedSendableBox(wal)
+    let thread = OSThread(name: "caucus-raft") { [self] in runLoop(walBox.value) }
+    state.withLock { loopThread = thread }
+  }
+
+  public func stop() {
+    let thread: OSThread? = state.withLock {
+      guard phase == .running else { return nil }
+      phase = .stopping
+      state.broadcast()
+      return loopThread
+    }
+    guard let thread else { return }
+    transport.setReceiver(nil)
+    thread.join()
+    state.withLock { phase = .stopped }
+  }
+
+  public var isReady: Bool { state.withLock { phase == .running && failure == nil } }
+
+  private func makeGroup(_ id: GroupID, peers: [Peer], restored: RestoredState) throws -> RaftGroup {
+    guard let machine = registry.makeStateMachine(for: id) else {
+      throw ConsensusError.storage("no state machine is registered for group type \(id.type)")
+    }
+    var random = SplitMix64(seed: seed ^ (localPeer.node.rawValue &* 0x9E37_79B9_7F4A_7C15) ^ id.packed)
+    _ = random.next()
+    let raft = try Raft(config: options.raftConfig(node: localPeer.node), random: random, restored: restored)
+    let replica = RaftGroup(id: id, peers: peers, stateMachine: machine, raft: raft)
+    if let snapshot = restored.snapshot {
+      try machine.restore(snapshot: snapshot.data)
+      replica.appliedIndex = snapshot.index
+      replica.durableSnapshotIndex = snapshot.index
+      replica.nextSnapshotAttemptIndex = snapshot.index
+    }
+    return replica
+  }
+
+  // MARK: Data plane
+
+  public func write(_ group: GroupID, command: [UInt8], completion: @escaping ConsensusCompletion<WriteResult>) {
+    let refusal: ConsensusError? = state.withLock {
+      if let failure { return .storage(failure) }
+      guard phase == .running else { return .shuttingDown }
+      guard let replica = groups[group] else { return .groupNotFound(group) }
+      guard !command.isEmpty else { return .invalidRequest("the command is empty") }
+      // Fast answer from the published view; the loop checks again against the core.
+      let view = replica.lock.withLock { replica.view }
+      if view.role != .leader { return replica.leaderError(leader: view.leader) }
+      guard writesOutstanding < options.pendingWritesMax,
+        writeBytesOutstanding + command.count <= options.pendingWriteBytesMax
+      else { return .overloaded(retryAfterMs: 100) }
+      writesOutstanding += 1
+      writeBytesOutstanding += command.count
+      enqueue(.propose(group, command, completion))
+      return nil
+    }
+    if let refusal { completion(.failure(refusal)) }
+  }
+
+  public func read(
+    _ group: GroupID, query: [UInt8], options readOptions: ReadOptions,
+    completion: @escaping ConsensusCompletion<ReadResult>
+  ) {
+    let deadline = MonotonicClock.nowNanoseconds() + UInt64(readOptions.waitMs) * 1_000_000
+    let outcome: Result<ReadResult, ConsensusError>? = state.withLock {
+      guard phase == .running else { return .failure(.shuttingDown) }
+      // After a storage failure the loop is gone: stale reads still see the applied state.
+      if let failure, readOptions.consistency != .stale { return .failure(.storage(failure)) }
+      guard let replica = groups[group] else { return .failure(.groupNotFound(group)) }
+      switch readOptions.consistency {
+      case .linearizable, .lease:
+        // Lease reads are served as linearizable ones (ReadIndex) until leases are implemented.
+        let view = replica.lock.withLock { replica.view }
+        if view.role != .leader { return .failure(replica.leaderError(leader: view.leader)) }
+        guard readsOutstanding < options.readWaitersMax else { return .failure(.overloaded(retryAfterMs: 100)) }
+        readsOutstanding += 1
+        enqueue(.read(group, LinearizableRead(query: query, deadline: deadline, completion: completion)))
+        return nil
+      case .stale:
+        if let answer = replica.lock.withLock({ replica.answer(query, ifAppliedAtLeast: readOptions.minIndex) }) {
+          return .success(answer)
+        }
+        if let failure { return .failure(.storage(failure)) }  // nothing will apply more
+        guard readsOutstanding < options.readWaitersMax else { return .failure(.overloaded(retryAfterMs: 100)) }
+        readsOutstanding += 1
+        staleReadWaiters.append(
+          StaleReadWaiter(
+            group: group, query: query, minIndex: readOptions.minIndex, deadline: deadline, completion: completion))
+        state.broadcast()
+        return nil
+      }
+    }
+    if let outcome { completion(outcome) }
+  }
+
+  /// Must hold `state`.
+  private func enqueue(_ item: InboxItem) {
+    inbox.append(item)
+    if inbox.count == 1 { state.signal() }
+  }
+
+  /// The transport's receiver: decodes, checks and queues one inbound batch.
+  private func receive(_ bytes: [UInt8]) {
+    let batch: MessageBatch
+    do {
+      batch = try WireCodec.decodeBatch(bytes)
+    } catch {
+      state.withLock { metrics.batchesRejected += 1 }
+      logger.warning("rejected an inbound batch", metadata: ["bytes": "\(bytes.count)", "error": "\(error)"])
+      return
+    }
+    guard batch.toNode == localPeer.node.rawValue, batch.fromNode != 0 else {
+      state.withLock { metrics.batchesRejected += 1 }
+      logger.warning(
+        "rejected an inbound batch addressed to another node",
+        metadata: ["from": "\(batch.fromNode)", "to": "\(batch.toNode)"])
+      return
+    }
+    state.withLock {
+      guard phase == .running, failure == nil else { return }
+      guard inboundBatchesQueued < options.inboundBatchesMax else {
+        metrics.batchesDroppedOverloaded += 1
+        return
+      }
+      inboundBatchesQueued += 1
+      metrics.batchesReceived += 1
+      enqueue(.batch(batch))
+    }
+  }
+
+  // MARK: Management
+
+  public func createPeer(_ group: GroupID, peers: [Peer], completion: @escaping ConsensusCompletion<Void>) {
+    guard !peers.isEmpty else {
+      return completion(.failure(.illegalPeerNumber(count: 0, reason: "a raft group needs at least one peer")))
+    }
+    guard Set(peers.map(\.node)).count == peers.count else {
+      return completion(.failure(.illegalPeerNumber(count: peers.count, reason: "a node appears twice in the peer list")))
+    }
+    guard peers.contains(where: { $0.node == localPeer.node }) else {
+      return completion(
+        .failure(.illegalPeerNumber(count: peers.count, reason: "this node (\(localPeer.node)) is not in the peer list")))
+    }
+    guard peers.count <= RaftStorage.peersMax else {
+      return completion(.failure(.illegalPeerNumber(count: peers.count, reason: "at most \(RaftStorage.peersMax) peers")))
+    }
+    guard registry.makeStateMachine(for: group) != nil else {
+      return completion(.failure(.invalidRequest("no state machine is registered for group type \(group.type)")))
+    }
+    enqueueControl(.create(group, peers, completion)) { completion(.failure($0)) }
+  }
+
+  public func deletePeer(_ group: GroupID, completion: @escaping ConsensusCompletion<Void>) {
+    enqueueControl(.delete(group, completion)) { completion(.failure($0)) }
+  }
+
+  public func addPeer(_ group: GroupID, peer: Peer, completion: @escaping ConsensusCompletion<Void>) {
+    completion(.failure(notYet(group, "adding a peer to a raft group is not supported yet")))
+  }
+
+  public func removePeer(_ group: GroupID, node: NodeID, completion: @escaping ConsensusCompletion<Void>) {
+    completion(.failure(notYet(group, "removing a peer from a raft group is not supported yet")))
+  }
+
+  public func changePeer(_ group: GroupID, peers: [Peer], completion: @escaping ConsensusCompletion<Void>) {
+    completion(.failure(notYet(group, "changing the peers of a raft group is not supported yet")))
+  }
+
+  /// Asks this node's replica, which must lead `group`, to hand leadership to `node` (thesis
+  /// §3.10). Completes once this node sees `node` lead, or `timeout(indeterminate: true)`.
+  public func transferLeader(_ group: GroupID, to node: NodeID, completion: @escaping ConsensusCompletion<Void>) {
+    enqueueControl(.transfer(group, node, completion)) { completion(.failure($0)) }
+  }
+
+  /// Captures the group's state machine at its applied index, compacts the log up to it, writes
+  /// the snapshot file, and releases the WAL segments every group's snapshot covers.
+  public func triggerSnapshot(_ group: GroupID, completion: @escaping ConsensusCompletion<SnapshotInfo>) {
+    enqueueControl(.snapshot(group, completion)) { completion(.failure($0)) }
+  }
+
+  private func notYet(_ group: GroupID, _ what: String) -> ConsensusError {
+    state.withLock { groups[group] == nil } ? .groupNotFound(group) : .notSupported(what)
+  }
+
+  private func enqueueControl(_ item: InboxItem, refuse: (ConsensusError) -> Void) {
+    let refusal: ConsensusError? = state.withLock {
+      if let failure { return .storage(failure) }
+      guard phase == .running else { return .shuttingDown }
+      guard controlQueued < options.pendingControlMax else { return .overloaded(retryAfterMs: 100) }
+      controlQueued += 1
+      enqueue(item)
+      return nil
+    }
+    if let refusal { refuse(refusal) }
+  }
+
+  // MARK: Queries
+
+  private func published(_ group: GroupID) -> (RaftGroup, GroupView)? {
+    guard let replica = state.withLock({ groups[group] }) else { return nil }
+    return (replica, replica.lock.withLock { replica.view })
+  }
+
+  public func isLeader(_ group: GroupID) -> Bool { published(group)?.1.role == .leader }
+
+  public func leader(_ group: GroupID) -> Peer? {
+    guard let found = published(group) else { return nil }
+    return found.0.peer(found.1.leader)
+  }
+
+  public func allGroupIDs() -> [GroupID] { state.withLock { groups.keys.sorted() } }
+
+  public func status(_ group: GroupID) -> GroupStatus? {
+    guard let replica = state.withLock({ groups[group] }) else { return nil }
+    let (view, applied) = replica.lock.withLock { (replica.view, replica.appliedIndex) }
+    let role: GroupRole
+    switch view.role {
+    case .leader: role = .leader
+    case .follower: role = .follower
+    case .candidate, .preCandidate: role = .candidate
+    }
+    let peers = replica.peers.map { peer -> PeerStatus in
+      let replicaID = peer.node.rawValue
+      if replicaID == localPeer.node.rawValue {
+        return PeerStatus(
+          peer: peer, matchIndex: view.lastIndex, nextIndex: view.lastIndex + 1, lag: 0, lastContactMs: nil)
+      }
+      guard let progress = view.progress[replicaID] else {
+        return PeerStatus(peer: peer, matchIndex: 0, nextIndex: 0, lag: 0, state: .probe)
+      }
+      let state: PeerReplicationState
+      switch progress.state {
+      case .probe: state = .probe
+      case .replicate: state = .replicate
+      case .snapshot: state = .snapshot
+      }
+      return PeerStatus(
+        peer: peer, matchIndex: progress.match, nextIndex: progress.next,
+        lag: view.lastIndex > progress.match ? view.lastIndex - progress.match : 0, state: state)
+    }
+    return GroupStatus(
+      id: group, protocolName: protocolName, role: role, leader: replica.peer(view.leader), term: view.term,
+      commitIndex: view.commitIndex, appliedIndex: applied, snapshotIndex: view.firstIndex - 1,
+      logEntries: view.lastIndex - (view.firstIndex - 1), logBytes: 0, peers: peers)
+  }
+
+  public func prometheusMetrics() -> String {
+    let (metrics, views) = state.withLock {
+      (self.metrics, groups.map { id, replica in (id, replica.lock.withLock { (replica.view, replica.appliedIndex) }) })
+    }
+    var text = ""
+    func counter(_ name: String, _ help: String, _ value: UInt64, type: String = "counter") {
+      text += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n\(name) \(value)\n"
+    }
+    counter("caucus_wal_records_appended_total", "Records appended to the write-ahead log.", metrics.wal.recordsAppended)
+    counter("caucus_wal_bytes_appended_total", "Bytes appended to the write-ahead log.", metrics.wal.bytesAppended)
+    counter("caucus_wal_fsyncs_total", "fsync calls on the write-ahead log.", metrics.wal.syncs)
+    text += "# HELP caucus_wal_fsync_duration_seconds Latency of write-ahead log fsyncs.\n"
+    text += "# TYPE caucus_wal_fsync_duration_seconds histogram\n"
+    let bounds = WALStatistics.syncLatencyBucketBoundsSeconds.map { "\($0)" } + ["+Inf"]
+    for (bound, count) in zip(bounds, metrics.wal.syncLatencyBuckets) {
+      text += "caucus_wal_fsync_duration_seconds_bucket{le=\"\(bound)\"} \(count)\n"
+    }
+    text += "caucus_wal_fsync_duration_seconds_sum \(Double(metrics.wal.syncNanosecondsTotal) / 1e9)\n"
+    text += "caucus_wal_fsync_duration_seconds_count \(metrics.wal.syncs)\n"
+    counter("caucus_wal_segments", "Live write-ahead log segment files.", UInt64(metrics.wal.segments), type: "gauge")
+    counter("caucus_raft_loop_turns_total", "Turns of the raft host loop.", metrics.loopTurns)
+    counter(
+      "caucus_raft_wal_sync_turns_total", "Loop turns that appended to the write-ahead log and synced it once.",
+      metrics.walSyncTurns)
+    counter(
+      "caucus_raft_groups_persisted_total", "Sum over syncing loop turns of the groups whose records that sync covered.",
+      metrics.groupsPersisted)
+    counter(
+      "caucus_raft_groups_per_sync_max", "Most groups covered by one write-ahead log sync.", metrics.groupsPerSyncMax,
+      type: "gauge")
+    counter("caucus_raft_entries_persisted_total", "Raft log entries written to the write-ahead log.", metrics.entriesPersisted)
+    counter("caucus_raft_batches_sent_total", "Message batches handed to the transport.", metrics.batchesSent)
+    counter("caucus_raft_messages_sent_total", "Raft messages in those batches.", metrics.messagesSent)
+    counter("caucus_raft_batches_received_total", "Inbound message batches queued for the loop.", metrics.batchesReceived)
+    counter("caucus_raft_batches_rejected_total", "Inbound batches that failed to decode or were misaddressed.", metrics.batchesRejected)
+    counter(
+      "caucus_raft_batches_dropped_total", "Inbound batches dropped because the inbox was full.",
+      metrics.batchesDroppedOverloaded)
+    counter("caucus_writes_committed_total", "Writes committed, applied and answered.", metrics.writesCommitted)
+    counter("caucus_raft_snapshots_taken_total", "Snapshots taken of local state machines.", metrics.snapshotsTaken)
+    counter("caucus_raft_snapshots_installed_total", "Snapshots received from leaders and installed.", metrics.snapshotsInstalled)
+    counter("caucus_wal_segments_released_total", "Write-ahead log segments released after snapshots.", metrics.wal.segmentsReleased)
+    let sorted = views.sorted { $0.0 < $1.0 }
+    text += "# HELP caucus_group_is_leader Whether this node leads the group.\n# TYPE caucus_group_is_leader gauge\n"
+    for (group, (view, _)) in sorted { text += "caucus_group_is_leader{group=\"\(group)\"} \(view.role == .leader ? 1 : 0)\n" }
+    text += "# HELP caucus_group_term The group's current term.\n# TYPE caucus_group_term gauge\n"
+    for (group, (view, _)) in sorted { text += "caucus_group_term{group=\"\(group)\"} \(view.term)\n" }
+    text += "# HELP caucus_group_commit_index The group's commit index.\n# TYPE caucus_group_commit_index gauge\n"
+    for (group, (view, _)) in sorted { text += "caucus_group_commit_index{group=\"\(group)\"} \(view.commitIndex)\n" }
+    text += "# HELP caucus_group_applied_index The last log index applied, per group.\n"
+    text += "# TYPE caucus_group_applied_index gauge\n"
+    for (group, (_, applied)) in sorted { text += "caucus_group_applied_index{group=\"\(group)\"} \(applied)\n" }
+    return text
+  }
+
+  // MARK: The loop
+
+  /// Everything one turn collects to do after its fsync.
+  private struct Turn {
+    var records: [WALRecord] = []
+    var groupsWithRecords: Set<GroupID> = []
+    var entries = 0
+    var outgoing: [ReplicaID: [GroupMessage]] = [:]
+    /// Called once the turn's records are durable (success) or failed to be (failure).
+    var onDurable: [(Result<Void, ConsensusError>) -> Void] = []
+    var answers: [@Sendable () -> Void] = []
+    var writesAnswered = 0
+    var writeBytesAnswered = 0
+    var readsAnswered = 0
+    var writesCommitted = 0
+    /// Snapshot files written this turn (received from a leader): segments may be released.
+    var snapshotsWritten = 0
+    var snapshotsInstalled = 0
+  }
+
+  private func runLoop(_ wal: WriteAheadLog) {
+    var nextTick = MonotonicClock.nowNanoseconds() + tickNanoseconds
+    var moreReady = false
+    while true {
+      let (items, stopping, expired) = takeWork(nextTick: nextTick, moreReady: moreReady)
+      for waiter in expired { waiter.completion(.failure(.timeout(indeterminate: false))) }
+      if stopping { break }
+      var turn = Turn()
+      let now = MonotonicClock.nowNanoseconds()
+      let ticked = now >= nextTick
+      if ticked {
+        // One tick per turn even after a stall: ticks measure time between turns, not catch-up.
+        nextTick = now + tickNanoseconds
+        for replica in live.values { replica.raft.tick() }
+      }
+      for item in items { handle(item, &turn, wal) }
+      if ticked { expireDeadlines(now: now, &turn) }
+      var readies: [(RaftGroup, Ready)] = []
+      for replica in live.values where replica.raft.hasReady { readies.append((replica, replica.raft.ready())) }
+      do {
+        try persist(readies, &turn, wal)
+        if !turn.records.isEmpty {
+          try wal.append(turn.records)
+          try wal.sync()
+        }
+      } catch {
+        failStorage("appending to the log failed: \(error)", &turn)
+        break
+      }
+      for action in turn.onDurable { action(.success(())) }
+      for (replica, ready) in readies {
+        for message in ready.messages + ready.messagesAfterPersist {
+          turn.outgoing[message.to, default: []].append(GroupMessage(group: replica.id.packed, message: message))
+        }
+      }
+      let sent = send(turn.outgoing)
+      for (replica, ready) in readies {
+        apply(replica, ready, &turn)
+        replica.raft.advance(ready)
+        // The transport reports no delivery: count a snapshot as delivered; if it was lost, the
+        // follower's next response shows it and the leader probes (and sends it) again.
+        for message in ready.messages where message.kind == .snapshot {
+          replica.raft.reportSnapshot(to: message.to, failed: false)
+        }
+        if !replica.transfers.isEmpty { settleTransfers(replica, now: now, &turn) }
+      }
+      let touched = ticked ? Array(live.values) : readies.map(\.0)
+      for replica in touched { replica.refreshView() }
+      finishTurn(&turn, wal: wal, sent: sent)
+      for answer in turn.answers { answer() }
+      do {
+        try snapshotDueGroups(wal, releasing: turn.snapshotsWritten)
+      } catch {
+        var failed = Turn()
+        failStorage("releasing log segments failed: \(error)", &failed)
+        break
+      }
+      moreReady = live.values.contains { $0.raft.hasReady }
+    }
+    shutDown(wal)
+  }
+
+  /// Waits for work, the next tick, or a read deadline; returns the inbox, whether to stop, and
+  /// the stale reads whose deadline passed.
+  private func takeWork(nextTick: UInt64, moreReady: Bool) -> ([InboxItem], Bool, [StaleReadWaiter]) {
+    state.withLock {
+      while inbox.isEmpty && phase == .running && !moreReady {
+        let earliest = staleReadWaiters.map(\.deadline).min() ?? UInt64.max
+        let now = MonotonicClock.nowNanoseconds()
+        if now >= nextTick || now >= earliest { break }
+        state.wait(untilNanoseconds: min(nextTick, earliest))
+      }
+      let now = MonotonicClock.nowNanoseconds()
+      var expired: [StaleReadWaiter] = []
+      staleReadWaiters.removeAll { waiter in
+        guard waiter.deadline <= now else { return false }
+        expired.append(waiter)
+        return true
+      }
+      readsOutstanding -= expired.count
+      let items = inbox
+      inbox.removeAll(keepingCapacity: true)
+      inboundBatchesQueued = 0
+      return (items, phase != .running, expired)
+    }
+  }
+
+  private func handle(_ item: InboxItem, _ turn: inout Turn, _ wal: WriteAheadLog) {
+    switch item {
+    case .batch(let batch):
+      for item in batch.messages {
+        // Messages for a group this node does not (yet) host are dropped: the sender retries.
+        guard let id = GroupID(packed: item.group), let replica = live[id] else { continue }
+        guard item.message.from == batch.fromNode, item.message.to == localPeer.node.rawValue else { continue }
+        replica.raft.step(item.message)
+      }
+    case .propose(let id, let command, let completion):
+      guard let replica = live[id] else {
+        answerWrite(&turn, bytes: command.count) { completion(.failure(.groupNotFound(id))) }
+        return
+      }
+      do {
+        let index = try replica.raft.propose(command)
+        if let overwritten = replica.proposals[index] {
+          // Our earlier entry at this index was truncated while we were not the leader.
+          let completion = overwritten.completion
+          answerWrite(&turn, bytes: overwritten.bytes) { completion(.failure(.noLeader(id))) }
+        }
+        replica.proposals[index] = Proposal(
+          term: replica.raft.term, bytes: command.count,
+          deadline: MonotonicClock.nowNanoseconds() + options.proposalTimeoutMs * 1_000_000, completion: completion)
+      } catch {
+        let answer = proposalError(replica, error)
+        answerWrite(&turn, bytes: command.count) { completion(.failure(answer)) }
+      }
+    case .read(let id, let read):
+      guard let replica = live[id] else {
+        answerRead(&turn) { read.completion(.failure(.groupNotFound(id))) }
+        return
+      }
+      nextReadContext += 1
+      do {
+        try replica.raft.readIndex(context: nextReadContext)
+        replica.readsAwaitingIndex[nextReadContext] = read
+      } catch {
+        let answer = proposalError(replica, error)
+        answerRead(&turn) { read.completion(.failure(answer)) }
+      }
+    case .create(let id, let peers, let completion):
+      state.withLock { controlQueued -= 1 }
+      guard live[id] == nil else { return turn.answers.append { completion(.failure(.groupAlreadyExists(id))) } }
+      let replica: RaftGroup
+      do {
+        replica = try makeGroup(
+          id, peers: peers, restored: RestoredState(bootstrapConfig: ConfigState(voters: peers.map(\.node.rawValue))))
+      } catch {
+        return turn.answers.append { completion(.failure(.invalidRequest("\(error)"))) }
+      }
+      do {
+        // A snapshot file left by an earlier incarnation whose unlink failed must not revive it.
+        try wal.deleteSnapshot(group: id.packed)
+      } catch {
+        return turn.answers.append { completion(.failure(.storage("\(error)"))) }
+      }
+      live[id] = replica
+      turn.records.append(RaftStorage.groupCreatedRecord(group: id, peers: peers))
+      turn.groupsWithRecords.insert(id)
+      turn.onDurable.append { [self] result in
+        if case .success = result {
+          state.withLock { groups[id] = replica }
+          logger.info("group created", metadata: ["group": "\(id)", "peers": "\(peers.map(\.description))"])
+        }
+        completion(result)
+      }
+    case .delete(let id, let completion):
+      state.withLock { controlQueued -= 1 }
+      guard let replica = live.removeValue(forKey: id) else {
+        return turn.answers.append { completion(.failure(.groupNotFound(id))) }
+      }
+      turn.records.append(RaftStorage.groupDeletedRecord(group: id))
+      turn.groupsWithRecords.insert(id)
+      failAllWaiting(replica, .groupNotFound(id), &turn)
+      let walBox = UncheckedSendableBox(wal)
+      turn.onDurable.append { [self] result in
+        guard case .success = result else { return completion(result) }
+        do {
+          try walBox.value.deleteSnapshot(group: id.packed)
+        } catch {
+          // Recovery removes snapshot files of groups that are not live.
+          logger.warning("deleting a group's snapshot failed", metadata: ["group": "\(id)", "error": "\(error)"])
+        }
+        let orphans: [StaleReadWaiter] = state.withLock {
+          groups[id] = nil
+          var orphans: [StaleReadWaiter] = []
+          staleReadWaiters.removeAll { waiter in
+            guard waiter.group == id else { return false }
+            orphans.append(waiter)
+            return true
+          }
+          readsOutstanding -= orphans.count
+          return orphans
+        }
+        for waiter in orphans { waiter.completion(.failure(.groupNotFound(id))) }
+        logger.info("group deleted", metadata: ["group": "\(id)"])
+        completion(result)
+      }
+    case .snapshot(let id, let completion):
+      state.withLock { controlQueued -= 1 }
+      guard let replica = live[id] else { return turn.answers.append { completion(.failure(.groupNotFound(id))) } }
+      replica.snapshotRequests.append(completion)
+    case .transfer(let id, let node, let completion):
+      state.withLock { controlQueued -= 1 }
+      guard let replica = live[id] else { return turn.answers.append { completion(.failure(.groupNotFound(id))) } }
+      guard replica.peer(node.rawValue) != nil else {
+        return turn.answers.append { completion(.failure(.peerNotInGroup(node, id))) }
+      }
+      guard replica.raft.role == .leader else {
+        let answer = replica.leaderError(leader: replica.raft.leader)
+        return turn.answers.append { completion(.failure(answer)) }
+      }
+      if node == localPeer.node { return turn.answers.append { completion(.success(())) } }
+      do {
+        try replica.raft.transferLeadership(to: node.rawValue)
+      } catch {
+        let answer = proposalError(replica, error)
+        return turn.answers.append { completion(.failure(answer)) }
+      }
+      let timeout = options.transferElectionTimeoutsMax * UInt64(options.electionTicks) * tickNanoseconds
+      replica.transfers.append((node.rawValue, MonotonicClock.nowNanoseconds() + timeout, completion))
+    }
+  }
+
+  /// Answers the leader transfers of `replica` that finished (this node sees the target lead) or
+  /// ran out of time.
+  private func settleTransfers(_ replica: RaftGroup, now: UInt64, _ turn: inout Turn) {
+    let leader = replica.raft.leader
+    replica.transfers.removeAll { transfer in
+      let completion = transfer.completion
+      if leader == transfer.target {
+        turn.answers.append { completion(.success(())) }
+        return true
+      }
+      if now >= transfer.deadline {
+        turn.answers.append { completion(.failure(.timeout(indeterminate: true))) }
+        return true
+      }
+      return false
+    }
+  }
+
+  private func proposalError(_ replica: RaftGroup, _ error: ProposalError) -> ConsensusError {
+    switch error {
+    case .notLeader(let leader): return replica.leaderError(leader: leader)
+    case .transferInProgress, .uncommittedBytesExceeded, .tooManyPendingReads: return .overloaded(retryAfterMs: 100)
+    case .commandTooLarge(let bytes, let limit):
+      return .invalidRequest("the command is \(bytes) bytes; a raft entry takes at most \(limit)")
+    case .configChangePending, .configChangeInvalid: return .invalidRequest(error.description)
+    }
+  }
+
+  private func answerWrite(_ turn: inout Turn, bytes: Int, _ answer: @escaping @Sendable () -> Void) {
+    turn.writesAnswered += 1
+    turn.writeBytesAnswered += bytes
+    turn.answers.append(answer)
+  }
+
+  private func answerRead(_ turn: inout Turn, _ answer: @escaping @Sendable () -> Void) {
+    turn.readsAnswered += 1
+    turn.answers.append(answer)
+  }
+
+  /// Fails every write and read waiting in `replica` (deleted, or the engine is stopping).
+  private func failAllWaiting(_ replica: RaftGroup, _ error: ConsensusError, _ turn: inout Turn) {
+    for (_, proposal) in replica.proposals {
+      let completion = proposal.completion
+      let answer: ConsensusError = error == .shuttingDown ? .timeout(indeterminate: true) : error
+      answerWrite(&turn, bytes: proposal.bytes) { completion(.failure(answer)) }
+    }
+    replica.proposals = [:]
+    for read in Array(replica.readsAwaitingIndex.values) + replica.readsAwaitingApply.map(\.read) {
+      answerRead(&turn) { read.completion(.failure(error)) }
+    }
+    replica.readsAwaitingIndex = [:]
+    replica.readsAwaitingApply = []
+    for completion in replica.snapshotRequests { turn.answers.append { completion(.failure(error)) } }
+    replica.snapshotRequests = []
+    for transfer in replica.transfers {
+      let completion = transfer.completion
+      turn.answers.append { completion(.failure(error)) }
+    }
+    replica.transfers = []
+  }
+
+  private func expireDeadlines(now: UInt64, _ turn: inout Turn) {
+    for replica in live.values {
+      for (index, proposal) in replica.proposals where proposal.deadline <= now {
+        replica.proposals[index] = nil
+        let completion = proposal.completion
+        answerWrite(&turn, bytes: proposal.bytes) { completion(.failure(.timeout(indeterminate: true))) }
+      }
+      for (context, read) in replica.readsAwaitingIndex where read.deadline <= now {
+        replica.readsAwaitingIndex[context] = nil
+        answerRead(&turn) { read.completion(.failure(.timeout(indeterminate: false))) }
+      }
+      if !replica.transfers.isEmpty { settleTransfers(replica, now: now, &turn) }
+      replica.readsAwaitingApply.removeAll { waiting in
+        guard waiting.read.deadline <= now else { return false }
+        let read = waiting.read
+        answerRead(&turn) { read.completion(.failure(.timeout(indeterminate: false))) }
+        return true
+      }
+    }
+  }
+
+  /// Step 2 of the Ready contract, for every group at once: records for one append and one sync.
+  /// A snapshot received from a leader is written to its file first (its own fsyncs: rare), then
+  /// marked in the log so that recovery voids the entries it replaced.
+  private func persist(_ readies: [(RaftGroup, Ready)], _ turn: inout Turn, _ wal: WriteAheadLog) throws {
+    for (replica, ready) in readies {
+      if let snapshot = ready.snapshot {
+        try wal.writeSnapshot(
+          WALSnapshot(
+            group: replica.id.packed, index: snapshot.index, term: snapshot.term,
+            data: RaftStorage.encodeSnapshot(config: snapshot.config, data: snapshot.data)))
+        turn.records.append(
+          RaftStorage.hardStateRecord(
+            group: replica.id, ready.hardState ?? replica.raft.hardState, snapshotMarker: (snapshot.index, snapshot.term)))
+        turn.snapshotsWritten += 1
+      }
+      for entry in ready.entries {
+        turn.records.append(RaftStorage.entryRecord(group: replica.id, entry))
+      }
+      turn.entries += ready.entries.count
+      if let hardState = ready.hardState {
+        turn.records.append(RaftStorage.hardStateRecord(group: replica.id, hardState))
+      }
+      if !ready.entries.isEmpty || ready.hardState != nil || ready.snapshot != nil {
+        turn.groupsWithRecords.insert(replica.id)
+      }
+    }
+  }
+
+  /// Hands one batch per destination node to the transport. Returns (batches, messages).
+  private func send(_ outgoing: [ReplicaID: [GroupMessage]]) -> (Int, Int) {
+    var batches = 0
+    var messages = 0
+    for (destination, items) in outgoing {
+      // The endpoint of a destination: any group that has it as a peer knows it.
+      guard destination != 0, let peer = items.lazy.compactMap({ self.live[GroupID(packed: $0.group)!]?.peer(destination) }).first
+      else { continue }
+      let bytes = WireCodec.encode(
+        MessageBatch(fromNode: localPeer.node.rawValue, toNode: destination, messages: items))
+      transport.send(batch: bytes, to: peer.node, endpoint: peer.endpoint)
+      batches += 1
+      messages += items.count
+    }
+    return (batches, messages)
+  }
+
+  /// Steps 4–5 of the Ready contract for one group: apply, answer writes, serve read indexes.
+  private func apply(_ replica: RaftGroup, _ ready: Ready, _ turn: inout Turn) {
+    if let snapshot = ready.snapshot {
+      do {
+        try replica.lock.withLock {
+          try replica.stateMachine.restore(snapshot: snapshot.data)
+          replica.appliedIndex = snapshot.index
+        }
+      } catch {
+        // The leader's snapshot passed its own state machine; a refusal here is a bug, and
+        // going on would diverge from the group.
+        preconditionFailure("group \(replica.id): the state machine refused the leader's snapshot at \(snapshot.index): \(error)")
+      }
+      replica.durableSnapshotIndex = snapshot.index
+      replica.nextSnapshotAttemptIndex = snapshot.index
+      turn.snapshotsInstalled += 1
+      // Writes proposed here up to the snapshot: whether they made it is not known here.
+      for (index, proposal) in replica.proposals where index <= snapshot.index {
+        replica.proposals[index] = nil
+        let completion = proposal.completion
+        answerWrite(&turn, bytes: proposal.bytes) { completion(.failure(.timeout(indeterminate: true))) }
+      }
+      logger.info("snapshot installed", metadata: ["group": "\(replica.id)", "index": "\(snapshot.index)"])
+    }
+    if !ready.committedEntries.isEmpty {
+      var responses: [(LogIndex, Term, [UInt8])] = []
+      replica.lock.withLock {
+        for entry in ready.committedEntries {
+          precondition(entry.index == replica.appliedIndex + 1, "group \(replica.id): entries apply in order")
+          replica.appliedIndex = entry.index
+          // A leader's no-op (empty) and membership entries are not commands.
+          guard entry.kind == .normal, !entry.data.isEmpty else {
+            responses.append((entry.index, entry.term, []))
+            continue
+          }
+          responses.append((entry.index, entry.term, replica.stateMachine.apply(index: entry.index, command: entry.data)))
+        }
+      }
+      for (index, term, response) in responses {
+        guard let proposal = replica.proposals.removeValue(forKey: index) else { continue }
+        let completion = proposal.completion
+        if proposal.term == term {
+          turn.writesCommitted += 1
+          answerWrite(&turn, bytes: proposal.bytes) { completion(.success(WriteResult(index: index, response: response))) }
+        } else {
+          // Another leader's entry took the slot: this write was not applied and never will be.
+          let answer = replica.leaderError(leader: ready.leader)
+          answerWrite(&turn, bytes: proposal.bytes) { completion(.failure(answer)) }
+        }
+      }
+    }
+    for readState in ready.readStates {
+      guard let read = replica.readsAwaitingIndex.removeValue(forKey: readState.context) else { continue }
+      replica.readsAwaitingApply.append((readState.index, read))
+    }
+    if ready.role != .leader {
+      // The core drops unconfirmed reads when it loses leadership.
+      let answer = replica.leaderError(leader: ready.leader)
+      for read in replica.readsAwaitingIndex.values { answerRead(&turn) { read.completion(.failure(answer)) } }
+      replica.readsAwaitingIndex = [:]
+    }
+    if !replica.readsAwaitingApply.isEmpty {
+      var served: [(LinearizableRead, ReadResult)] = []
+      replica.lock.withLock {
+        replica.readsAwaitingApply.removeAll { waiting in
+          guard let answer = replica.answer(waiting.read.query, ifAppliedAtLeast: waiting.index) else { return false }
+          served.append((waiting.read, answer))
+          return true
+        }
+      }
+      for (read, answer) in served { answerRead(&turn) { read.completion(.success(answer)) } }
+    }
+    if ready.leader != replica.announcedLeader || ready.term != replica.announcedTerm {
+      if ready.leader != replica.announcedLeader {
+        logger.info(
+          "leader changed",
+          metadata: ["group": "\(replica.id)", "leader": "\(ready.leader)", "term": "\(ready.term)"])
+      }
+      replica.announcedLeader = ready.leader
+      replica.announcedTerm = ready.term
+      let leader = ready.leader == 0 ? nil : NodeID(ready.leader)
+      replica.lock.withLock { replica.stateMachine.leaderChanged(to: leader, term: ready.term) }
+    }
+  }
+
+  /// Publishes the turn's counters, releases its queue slots, and collects the stale reads it satisfied.
+  private func finishTurn(_ turn: inout Turn, wal: WriteAheadLog, sent: (Int, Int)) {
+    let statistics = wal.statistics
+    let synced = !turn.records.isEmpty
+    let groupsSynced = UInt64(turn.groupsWithRecords.count)
+    let satisfied: [(StaleReadWaiter, ReadResult)] = state.withLock {
+      metrics.loopTurns += 1
+      if synced {
+        metrics.walSyncTurns += 1
+        metrics.groupsPersisted += groupsSynced
+        metrics.groupsPerSyncMax = max(metrics.groupsPerSyncMax, groupsSynced)
+      }
+      metrics.entriesPersisted += UInt64(turn.entries)
+      metrics.batchesSent += UInt64(sent.0)
+      metrics.messagesSent += UInt64(sent.1)
+      metrics.writesCommitted += UInt64(turn.writesCommitted)
+      metrics.snapshotsInstalled += UInt64(turn.snapshotsInstalled)
+      metrics.wal = statistics
+      writesOutstanding -= turn.writesAnswered
+      writeBytesOutstanding -= turn.writeBytesAnswered
+      readsOutstanding -= turn.readsAnswered
+      precondition(writesOutstanding >= 0 && writeBytesOutstanding >= 0 && readsOutstanding >= 0, "queue accounting")
+      guard !staleReadWaiters.isEmpty else { return [] }
+      var satisfied: [(StaleReadWaiter, ReadResult)] = []
+      staleReadWaiters.removeAll { waiter in
+        guard let replica = groups[waiter.group],
+          let answer = replica.lock.withLock({ replica.answer(waiter.query, ifAppliedAtLeast: waiter.minIndex) })
+        else { return false }
+        satisfied.append((waiter, answer))
+        return true
+      }
+      readsOutstanding -= satisfied.count
+      return satisfied
+    }
+    for (waiter, answer) in satisfied { turn.answers.append { waiter.completion(.success(answer)) } }
+  }
+
+  /// The WAL failed: nothing of this turn is known durable. Refuse all further work (the node
+  /// reports not ready) rather than risk acknowledging writes that are not durable.
+  private func failStorage(_ reason: String, _ turn: inout Turn) {
+    logger.critical("storage failure; refusing work until restart", metadata: ["reason": "\(reason)"])
+    state.withLock { if failure == nil { failure = reason } }
+    for action in turn.onDurable { action(.failure(.storage(reason))) }
+    for answer in turn.answers { answer() }
+  }
+
+  // MARK: Snapshots and log release
+
+  /// Snapshots the groups that asked for it or passed `snapshotEntriesThreshold`, then releases
+  /// the WAL segments all snapshots cover. When the WAL holds more than `walSegmentsSoftMax`
+  /// segments, every group with applied entries beyond its snapshot is snapshotted too: one quiet
+  /// group would otherwise pin every segment since its last snapshot. Such a forced round runs
+  /// again only after the count grew by another quarter of the limit, so a group that cannot
+  /// compact (nothing applied) costs a bounded amount of work. Throws only when the WAL failed.
+  private func snapshotDueGroups(_ wal: WriteAheadLog, releasing received: Int) throws {
+    var written = received
+    var answers: [@Sendable () -> Void] = []
+    let segments = wal.statistics.segments
+    let forced =
+      segments > options.walSegmentsSoftMax
+      && segments >= segmentsAfterForcedSnapshots + max(1, options.walSegmentsSoftMax / 4)
+    for replica in live.values {
+      let applied = replica.raft.applied
+      let since = applied - (replica.raft.latestSnapshot?.index ?? 0)
+      let automatic = since >= options.snapshotEntriesThreshold && applied >= replica.nextSnapshotAttemptIndex
+      guard automatic || !replica.snapshotRequests.isEmpty || (forced && since > 0) else { continue }
+      let requests = replica.snapshotRequests
+      replica.snapshotRequests = []
+      let (outcome, wrote) = snapshot(replica, wal)
+      if wrote {
+        written += 1
+      } else {
+        // Nothing to compact (just after a restart the membership may run ahead of the applied
+        // index) or the write failed: try again after another tenth of the threshold.
+        replica.nextSnapshotAttemptIndex = applied + max(1, options.snapshotEntriesThreshold / 10)
+        if case .failure(let error) = outcome {
+          logger.warning("snapshot failed", metadata: ["group": "\(replica.id)", "error": "\(error)"])
+        }
+      }
+      for completion in requests { answers.append { completion(outcome) } }
+    }
+    if written > 0 || forced { try releaseLog(wal) }
+    if forced {
+      segmentsAfterForcedSnapshots = wal.statistics.segments
+      logger.notice(
+        "snapshotted every group to release log segments",
+        metadata: ["segmentsBefore": "\(segments)", "segmentsAfter": "\(segmentsAfterForcedSnapshots)"])
+    }
+    for answer in answers { answer() }
+  }
+
+  /// Captures, compacts and writes one group's snapshot; with nothing new to capture, answers
+  /// the latest snapshot.
+  private func snapshot(_ replica: RaftGroup, _ wal: WriteAheadLog) -> (Result<SnapshotInfo, ConsensusError>, wrote: Bool) {
+    let data: [UInt8] = replica.lock.withLock {
+      precondition(replica.appliedIndex == replica.raft.applied, "group \(replica.id): state machine lags the core")
+      return replica.stateMachine.takeSnapshot()
+    }
+    guard let snapshot = replica.raft.compact(data: data) else {
+      guard let latest = replica.raft.latestSnapshot else {
+        return (.failure(.invalidRequest("group \(replica.id) has applied nothing yet to snapshot")), false)
+      }
+      return (.success(SnapshotInfo(index: latest.index, term: latest.term, bytes: UInt64(latest.data.count))), false)
+    }
+    do {
+      try wal.writeSnapshot(
+        WALSnapshot(
+          group: replica.id.packed, index: snapshot.index, term: snapshot.term,
+          data: RaftStorage.encodeSnapshot(config: snapshot.config, data: snapshot.data)))
+    } catch {
+      // The log in memory is compacted, the WAL still holds the entries: nothing is lost, and
+      // nothing is released until a snapshot file covers them.
+      return (.failure(.storage("\(error)")), false)
+    }
+    replica.durableSnapshotIndex = snapshot.index
+    replica.refreshView()
+    state.withLock { metrics.snapshotsTaken += 1 }
+    logger.info(
+      "snapshot taken", metadata: ["group": "\(replica.id)", "index": "\(snapshot.index)", "bytes": "\(data.count)"])
+    return (.success(SnapshotInfo(index: snapshot.index, term: snapshot.term, bytes: UInt64(data.count))), true)
+  }
+
+  /// Restates every live group's creation record and hard state in the current segment (release
+  /// deletes every record kind of a released segment), syncs, and releases what snapshots cover.
+  private func releaseLog(_ wal: WriteAheadLog) throws {
+    var records: [WALRecord] = []
+    var covered: [UInt64: UInt64] = [:]
+    for replica in live.values {
+      records.append(RaftStorage.groupCreatedRecord(group: replica.id, peers: replica.peers))
+      records.append(RaftStorage.hardStateRecord(group: replica.id, replica.raft.hardState))
+      covered[replica.id.packed] = replica.durableSnapshotIndex
+    }
+    if !records.isEmpty {
+      try wal.append(records)
+      try wal.sync()
+    }
+    let released = try wal.releaseSegments(coveredIndex: covered)
+    if released > 0 { logger.info("log segments released", metadata: ["segments": "\(released)"]) }
+    let statistics = wal.statistics
+    state.withLock { metrics.wal = statistics }
+  }
+
+  private func shutDown(_ wal: WriteAheadLog) {
+    var turn = Turn()
+    for replica in live.values { failAllWaiting(replica, .shuttingDown, &turn) }
+    // Entry points refuse new work from here on: `phase` is no longer running (stop) or
+    // `failure` is set (storage failure; `stop` still joins this thread).
+    let (items, waiters): ([InboxItem], [StaleReadWaiter]) = state.withLock {
+      precondition(phase != .running || failure != nil, "the loop stops only when asked to or on failure")
+      defer {
+        inbox.removeAll()
+        staleReadWaiters.removeAll()
+      }
+      return (inbox, staleReadWaiters)
+    }
+    for answer in turn.answers { answer() }
+    for item in items {
+      switch item {
+      case .propose(_, _, let completion): completion(.failure(.shuttingDown))
+      case .read(_, let read): read.completion(.failure(.shuttingDown))
+      case .create(_, _, let completion), .delete(_, let completion), .transfer(_, _, let completion):
+        completion(.failure(.shuttingDown))
+      case .snapshot(_, let completion): completion(.failure(.shuttingDown))
+      case .batch: break
+      }
+    }
+    for waiter in waiters { waiter.completion(.failure(.shuttingDown)) }
+    do {
+      try wal.sync()
+      try wal.close()
+    } catch {
+      logger.error("closing the log failed", metadata: ["error": "\(error)"])
+    }
+    logger.info("raft engine stopped")
+  }
+}
+
+/// Moves a non-Sendable value into the one thread that will own it from then on.
+struct UncheckedSendableBox<Value>: @unchecked Sendable {
+  let value: Value
+  init(_ value: Value) { self.value = value }
+}

@@ -1,0 +1,91 @@
+import Consensus
+import RaftCore
+import WriteAheadLog
+
+/// Limits and knobs of the multi-Raft host, each with its reason.
+public struct RaftConsensusOptions: Sendable {
+  /// Length of one Raft tick. Election and heartbeat timeouts are counted in ticks, so this sets
+  /// the time scale of failure detection; every group of the node ticks on the same clock.
+  public var tickIntervalMs: UInt64 = 100
+  /// Ticks without a leader before a follower campaigns (randomized up to twice this).
+  public var electionTicks = 10
+  /// Ticks between two heartbeats of a leader.
+  public var heartbeatTicks = 1
+  /// Writes accepted but not yet answered (queued, proposed or waiting for commit), across all
+  /// groups. Past it a write is answered `overloaded` rather than queued without bound.
+  public var pendingWritesMax = 16_384
+  /// Bytes of those writes: with values up to megabytes, a count alone would let them hold gigabytes.
+  public var pendingWriteBytesMax = 256 << 20
+  /// Inbound message batches waiting for the loop. Past it a batch is dropped (Raft retries), so
+  /// a flood from peers cannot grow memory without bound.
+  public var inboundBatchesMax = 4_096
+  /// Linearizable reads queued or waiting for their read index, plus stale reads waiting for
+  /// `minIndex`, across all groups.
+  public var readWaitersMax = 4_096
+  /// Group creations, deletions and leader transfers queued for the loop (each costs an fsync).
+  public var pendingControlMax = 64
+  /// A proposed write not committed within this time is answered `timeout(indeterminate: true)`:
+  /// it may still commit later, so the caller must not assume either outcome.
+  public var proposalTimeoutMs: UInt64 = 10_000
+  /// A group is snapshotted (its log compacted) after this many applied entries since its last
+  /// snapshot, so the WAL's segments can be released and restart replay stays short.
+  public var snapshotEntriesThreshold: UInt64 = 10_000
+  /// When the WAL holds more segments than this, every group is snapshotted so the segments can
+  /// be released (see `RaftConsensus`): bounds the disk a quiet group can pin, at
+  /// `walSegmentsSoftMax × wal.segmentBytesMax` plus what the busy groups hold.
+  public var walSegmentsSoftMax = 32
+  /// A leader transfer not observed to finish within this many election timeouts is answered
+  /// `timeout` (it may still finish).
+  public var transferElectionTimeoutsMax: UInt64 = 2
+  /// Seed for the election-timeout jitter of every group (mixed with the node and group ids).
+  /// Nil: taken from the clock at start.
+  public var seed: UInt64? = nil
+  public var wal = WALOptions()
+
+  public init() {}
+
+  /// Reads the options a properties file or flag may set (unknown names are ignored).
+  public init(options: [String: String]) throws(ConsensusError) {
+    self.init()
+    func number(_ name: String, _ range: ClosedRange<UInt64>) throws(ConsensusError) -> UInt64? {
+      guard let text = options[name] else { return nil }
+      guard let value = UInt64(text), range.contains(value) else {
+        throw .invalidRequest("option \(name)=\(text) must be an integer in \(range.lowerBound)...\(range.upperBound)")
+      }
+      return value
+    }
+    if let value = try number("tickIntervalMs", 1...10_000) { tickIntervalMs = value }
+    if let value = try number("electionTicks", 2...1_000) { electionTicks = Int(value) }
+    if let value = try number("heartbeatTicks", 1...1_000) { heartbeatTicks = Int(value) }
+    if let value = try number("pendingWritesMax", 1...1_000_000) { pendingWritesMax = Int(value) }
+    if let value = try number("pendingWriteBytesMax", 1 << 20...1 << 40) { pendingWriteBytesMax = Int(value) }
+    if let value = try number("inboundBatchesMax", 1...1_000_000) { inboundBatchesMax = Int(value) }
+    if let value = try number("proposalTimeoutMs", 1...3_600_000) { proposalTimeoutMs = value }
+    if let value = try number("snapshotEntriesThreshold", 1...UInt64(UInt32.max)) { snapshotEntriesThreshold = value }
+    if let value = try number("walSegmentsSoftMax", 2...100_000) { walSegmentsSoftMax = Int(value) }
+    if let value = try number("walSegmentBytes", 1 << 16...1 << 34) { wal.segmentBytesMax = value }
+    try validate()
+  }
+
+  public func validate() throws(ConsensusError) {
+    guard tickIntervalMs >= 1 else { throw .invalidRequest("tickIntervalMs must be ≥ 1") }
+    guard electionTicks > heartbeatTicks else {
+      throw .invalidRequest("electionTicks (\(electionTicks)) must exceed heartbeatTicks (\(heartbeatTicks))")
+    }
+    guard pendingWritesMax >= 1, pendingWriteBytesMax >= 1, inboundBatchesMax >= 1, readWaitersMax >= 1,
+      pendingControlMax >= 1, walSegmentsSoftMax >= 2
+    else { throw .invalidRequest("queue limits must be ≥ 1") }
+    do { try wal.validate() } catch { throw .invalidRequest("\(error)") }
+  }
+
+  /// The core's configuration of this node's replica in one group.
+  func raftConfig(node: NodeID) -> RaftConfig {
+    var config = RaftConfig(id: node.rawValue)
+    config.electionTicks = electionTicks
+    config.heartbeatTicks = heartbeatTicks
+    // A command must fit in one WAL record beside the entry's kind byte.
+    config.maxCommandBytes = min(
+      config.maxCommandBytes, Int(wal.recordBytesMax) - WALRecord.fixedBytes - RaftStorage.entryPayloadOverheadBytes)
+    return config
+  }
+}

@@ -1,0 +1,93 @@
+import Consensus
+import Platform
+import RaftCore
+
+/// What readers on other threads may see of a group: refreshed by the loop after each turn that
+/// touched the group.
+struct GroupView {
+  var role: Role = .follower
+  var leader: ReplicaID = 0
+  var term: Term = 0
+  var commitIndex: LogIndex = 0
+  var firstIndex: LogIndex = 1
+  var lastIndex: LogIndex = 0
+  var progress: [ReplicaID: (match: LogIndex, next: LogIndex, state: ProgressState)] = [:]
+}
+
+/// A write proposed to the core, answered when its index is applied (or overwritten).
+struct Proposal: Sendable {
+  let term: Term
+  let bytes: Int
+  let deadline: UInt64
+  let completion: ConsensusCompletion<WriteResult>
+}
+
+/// A linearizable read: waits for a read index, then for that index to be applied.
+struct LinearizableRead: Sendable {
+  let query: [UInt8]
+  let deadline: UInt64
+  let completion: ConsensusCompletion<ReadResult>
+}
+
+/// This node's replica of one group.
+///
+/// `lock` guards `stateMachine`, `appliedIndex` and `view`: the loop applies and refreshes under
+/// it, readers query under it. Everything marked "loop only" is confined to the engine's loop
+/// thread (`raft` above all: the core is a value stepped by one thread).
+// @unchecked Sendable: see the confinement above.
+final class RaftGroup: @unchecked Sendable {
+  let id: GroupID
+  let lock = ConditionLock()
+  // Guarded by `lock`.
+  let stateMachine: any StateMachine
+  var appliedIndex: LogIndex = 0
+  var view = GroupView()
+  /// The initial voters and their endpoints (membership changes are not supported yet). Immutable.
+  let peers: [Peer]
+  let peersByReplica: [ReplicaID: Peer]
+
+  // Loop only.
+  var raft: Raft
+  var proposals: [LogIndex: Proposal] = [:]
+  var readsAwaitingIndex: [UInt64: LinearizableRead] = [:]
+  var readsAwaitingApply: [(index: LogIndex, read: LinearizableRead)] = []
+  var announcedLeader: ReplicaID = 0
+  var announcedTerm: Term = 0
+  /// The index of the group's snapshot file: what the WAL may release up to.
+  var durableSnapshotIndex: LogIndex = 0
+  /// An automatic snapshot that failed is tried again from this applied index on.
+  var nextSnapshotAttemptIndex: LogIndex = 0
+  var snapshotRequests: [ConsensusCompletion<SnapshotInfo>] = []
+  var transfers: [(target: ReplicaID, deadline: UInt64, completion: ConsensusCompletion<Void>)] = []
+
+  init(id: GroupID, peers: [Peer], stateMachine: any StateMachine, raft: Raft) {
+    self.id = id
+    self.peers = peers
+    self.peersByReplica = Dictionary(peers.map { ($0.node.rawValue, $0) }, uniquingKeysWith: { first, _ in first })
+    self.stateMachine = stateMachine
+    self.raft = raft
+    refreshView()
+  }
+
+  func peer(_ replica: ReplicaID) -> Peer? { replica == 0 ? nil : peersByReplica[replica] }
+
+  /// Loop only. Publishes the core's current state to readers.
+  func refreshView() {
+    // `status` copies the progress table: only a leader has one worth showing.
+    let fresh = GroupView(
+      role: raft.role, leader: raft.leader, term: raft.term, commitIndex: raft.committed,
+      firstIndex: raft.firstIndex, lastIndex: raft.lastIndex, progress: raft.role == .leader ? raft.status.progress : [:])
+    lock.withLock { view = fresh }
+  }
+
+  /// The error answered to a request that needs the leader, from the core's view.
+  func leaderError(leader: ReplicaID) -> ConsensusError {
+    leader == 0 ? .noLeader(id) : .notLeader(id, leader: peer(leader))
+  }
+
+  /// Must hold `lock`. The query's answer when `minIndex` is applied, else nil.
+  func answer(_ query: [UInt8], ifAppliedAtLeast minIndex: UInt64) -> ReadResult? {
+    guard appliedIndex >= minIndex else { return nil }
+    return ReadResult(index: appliedIndex, response: stateMachine.query(query))
+  }
+}

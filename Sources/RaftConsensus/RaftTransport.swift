@@ -1,0 +1,87 @@
+import Consensus
+import Platform
+
+/// How a `RaftConsensus` host exchanges message batches with the other nodes.
+///
+/// A batch is the bytes of one `WireCodec`-encoded `MessageBatch`: every message of every group
+/// from this node to one destination node in one loop turn. The transport only moves bytes; the
+/// host encodes, decodes and checks them.
+///
+/// Contract:
+/// - `send` never blocks the caller on the network (the host calls it from its loop thread): a
+///   transport queues, and under pressure drops. Raft tolerates loss (it retries appends, re-sends
+///   heartbeats, re-runs elections), so dropping is always safe; blocking is not.
+/// - Received batches go to the receiver, from any thread, in the order they arrived per sender
+///   where the transport can say so. The receiver does not block (it decodes and enqueues).
+/// - `setReceiver(nil)` stops delivery; after it returns, the old receiver is not called again.
+///
+/// The libcurl `PeerClient` (outbound, POST of the bytes to `endpoint`) together with an HTTP
+/// route on the consensus port (inbound, the request body handed to the receiver) implement it
+/// for real clusters; `InMemoryTransport` implements it for tests with several engines in one
+/// process.
+public protocol RaftTransport: AnyObject, Sendable {
+  /// Hands `batch` to the network for `node` at its consensus `endpoint`. Never blocks.
+  func send(batch: [UInt8], to node: NodeID, endpoint: Endpoint)
+  /// Sets (or, with nil, clears) the function that receives every inbound batch.
+  func setReceiver(_ receive: (@Sendable ([UInt8]) -> Void)?)
+}
+
+/// A network of `InMemoryTransport`s in one process, for tests: delivery is synchronous on the
+/// sender's thread (the receiver only enqueues), and a node can be cut off from all others.
+public final class InMemoryNetwork: Sendable {
+  private struct State {
+    var receivers: [NodeID: @Sendable ([UInt8]) -> Void] = [:]
+    var isolated: Set<NodeID> = []
+    var batchesDelivered: UInt64 = 0
+    var batchesDropped: UInt64 = 0
+  }
+  private let state = Locked(State())
+
+  public init() {}
+
+  /// The transport of `node` on this network.
+  public func transport(for node: NodeID) -> InMemoryTransport { InMemoryTransport(network: self, node: node) }
+
+  /// Drops every batch from or to `node` until `heal(node)`.
+  public func isolate(_ node: NodeID) { state.withLock { _ = $0.isolated.insert(node) } }
+  public func heal(_ node: NodeID) { state.withLock { _ = $0.isolated.remove(node) } }
+
+  public var batchesDelivered: UInt64 { state.withLock { $0.batchesDelivered } }
+  public var batchesDropped: UInt64 { state.withLock { $0.batchesDropped } }
+
+  fileprivate func setReceiver(_ node: NodeID, _ receive: (@Sendable ([UInt8]) -> Void)?) {
+    state.withLock { $0.receivers[node] = receive }
+  }
+
+  fileprivate func deliver(_ batch: [UInt8], from: NodeID, to: NodeID) {
+    let receiver: (@Sendable ([UInt8]) -> Void)? = state.withLock { state in
+      guard !state.isolated.contains(from), !state.isolated.contains(to), let receiver = state.receivers[to] else {
+        state.batchesDropped += 1
+        return nil
+      }
+      state.batchesDelivered += 1
+      return receiver
+    }
+    // Outside the network's lock: the receiver takes the destination engine's lock.
+    receiver?(batch)
+  }
+}
+
+/// One node's end of an `InMemoryNetwork`.
+public final class InMemoryTransport: RaftTransport {
+  public let network: InMemoryNetwork
+  public let node: NodeID
+
+  init(network: InMemoryNetwork, node: NodeID) {
+    self.network = network
+    self.node = node
+  }
+
+  public func send(batch: [UInt8], to node: NodeID, endpoint: Endpoint) {
+    network.deliver(batch, from: self.node, to: node)
+  }
+
+  public func setReceiver(_ receive: (@Sendable ([UInt8]) -> Void)?) {
+    network.setReceiver(node, receive)
+  }
+}
