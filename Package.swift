@@ -85,6 +85,7 @@ let package = Package(
       dependencies: ["RaftConsensus", "RaftCore", "Consensus", "KeyValueStore", "WriteAheadLog", "Platform"]),
     .testTarget(name: "SimulationTests", dependencies: ["Simulation", "RaftCore"]),
     .testTarget(name: "IntegrationTests", dependencies: ["Platform"]),
+    .testTarget(name: "PeerClientTests", dependencies: ["PeerClient", "HTTPServer", "Platform"]),
   ],
   swiftLanguageModes: [.v6]
 )

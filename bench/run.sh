@@ -47,7 +47,15 @@ measure() {
   p50="$(awk '$1 == "50%" {print $2}' <<<"$output")"
   p99="$(awk '$1 == "99%" {print $2}' <<<"$output")"
   errors="$(awk '/Non-2xx/ {print $NF}' <<<"$output")"
-  printf "%-18s %5s %12s %10s %10s %8s\n" "$name" "$connections" "$rate" "$p50" "$p99" "${errors:-0}"
+  printf "%-18s %5s %12s %10s %10s %8s" "$name" "$connections" "$rate" "$p50" "$p99" "${errors:-0}"
+}
+# measure_put CONNECTIONS → a row with the fsyncs per write of that run
+measure_put() {
+  local writes_before syncs_before
+  writes_before="$(metric caucus_writes_committed_total)"; syncs_before="$(metric caucus_wal_fsyncs_total)"
+  measure "caucus PUT" "http://127.0.0.1:$port" bench/put.lua "$1"
+  awk -v s="$(( $(metric caucus_wal_fsyncs_total) - syncs_before ))" -v w="$(( $(metric caucus_writes_committed_total) - writes_before ))" \
+    'BEGIN {printf " %10.4f\n", s / w}'
 }
 
 echo "Caucus bench: ${seconds}s per run, $(nproc) cores, wrk on the same machine"
@@ -55,22 +63,18 @@ echo "idle RSS of the caucus node: $(rss) MiB"
 for repetition in $(seq 1 "$repetitions"); do
   echo
   echo "repetition $repetition"
-  printf "%-18s %5s %12s %10s %10s %8s\n" "workload" "conns" "requests/s" "p50" "p99" "non-2xx"
-  writes_before="$(metric caucus_writes_committed_total)"; syncs_before="$(metric caucus_wal_fsyncs_total)"
+  printf "%-18s %5s %12s %10s %10s %8s %10s\n" "workload" "conns" "requests/s" "p50" "p99" "non-2xx" "fsync/wr"
   peak=0
   for connections in 1 16 64; do
-    measure "caucus PUT" "http://127.0.0.1:$port" bench/put.lua $connections
+    measure_put $connections
     r="$(rss)"; peak="$(awk -v a="$peak" -v b="$r" 'BEGIN {print (b > a ? b : a)}')"
   done
-  writes="$(( $(metric caucus_writes_committed_total) - writes_before ))"
-  syncs="$(( $(metric caucus_wal_fsyncs_total) - syncs_before ))"
   for connections in 1 16 64; do
-    measure "etcd PUT" "http://127.0.0.1:$etcd_port" bench/etcd-put.lua $connections
+    measure "etcd PUT" "http://127.0.0.1:$etcd_port" bench/etcd-put.lua $connections; echo
   done
   for connections in 1 16 64; do
-    measure "caucus GET" "http://127.0.0.1:$port" bench/get.lua $connections
+    measure "caucus GET" "http://127.0.0.1:$port" bench/get.lua $connections; echo
     r="$(rss)"; peak="$(awk -v a="$peak" -v b="$r" 'BEGIN {print (b > a ? b : a)}')"
   done
-  echo "fsyncs per write: $(awk -v s="$syncs" -v w="$writes" 'BEGIN {printf "%.4f (%d fsyncs, %d writes)", s / w, s, w}')"
   echo "caucus RSS: peak under load ${peak} MiB, after the repetition $(rss) MiB"
 done

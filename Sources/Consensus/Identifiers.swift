@@ -36,6 +36,8 @@ public struct GroupID: Hashable, Comparable, Sendable, CustomStringConvertible, 
   }
 
   /// Parses the UTF-8 bytes of `<GroupType>-<n>` (the gateway's hot path: no String work).
+  /// Inlinable so callers in other modules get a specialized copy, not generic dispatch.
+  @inlinable
   public init?(utf8 text: some BidirectionalCollection<UInt8>) {
     guard let dash = text.lastIndex(of: UInt8(ascii: "-")) else { return nil }
     let name = text[..<dash]

@@ -31,6 +31,7 @@ final class DeadlineWheel: @unchecked Sendable {
     let slot = (MonotonicClock.nowMilliseconds() + UInt64(timeoutMs)) / granularityMs + 1
     lock.withLock {
       guard !stopping else { return }
+      if buckets.isEmpty { lock.signal() }  // the sweeper sleeps untimed while there is nothing to time
       buckets[slot, default: []].append(Entry(exchange: exchange, route: route, group: group, indeterminate: indeterminate))
       if thread == nil {
         thread = OSThread(name: "caucus-deadlines") { [self] in sweep() }
@@ -51,8 +52,12 @@ final class DeadlineWheel: @unchecked Sendable {
   private func sweep() {
     while true {
       let due: [Entry] = lock.withLock {
-        let nextTick = (MonotonicClock.nowMilliseconds() / granularityMs + 1) * granularityMs
-        if !stopping { lock.wait(untilNanoseconds: nextTick * 1_000_000) }
+        if buckets.isEmpty && !stopping {
+          lock.wait()  // an idle node does not wake up for nothing
+        } else if !stopping {
+          let nextTick = (MonotonicClock.nowMilliseconds() / granularityMs + 1) * granularityMs
+          lock.wait(untilNanoseconds: nextTick * 1_000_000)
+        }
         guard !stopping else { return [] }
         let now = MonotonicClock.nowMilliseconds() / granularityMs
         var due: [Entry] = []

@@ -28,7 +28,8 @@ public struct JSONWriter {
   }
 
   public mutating func string(_ text: String) { separate(); appendString(text); needsComma = true }
-  public mutating func string(utf8 text: some Sequence<UInt8>) { separate(); appendEscaped(text); needsComma = true }
+  /// A string given as UTF-8 bytes (concrete, so other modules' calls are not generic dispatch).
+  public mutating func string(utf8 text: [UInt8]) { separate(); appendEscaped(text); needsComma = true }
   public mutating func number(_ value: UInt64) { separate(); bytes.append(contentsOf: String(value).utf8); needsComma = true }
   public mutating func number(_ value: Int) { separate(); bytes.append(contentsOf: String(value).utf8); needsComma = true }
   public mutating func number(_ value: Double) {

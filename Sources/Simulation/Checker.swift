@@ -34,8 +34,6 @@ struct Checker {
   private(set) var leadersElected = 0
   private(set) var entriesCommitted = 0
 
-  typealias Failure = Violation
-
   mutating func restarted(node: Int, group: UInt64, raft: Raft) {
     let key = ReplicaKey(node: node, group: group)
     lifetime[key] = (raft.term, raft.committed, raft.applied)

@@ -16,6 +16,8 @@ public struct SimulationOptions: Sendable {
   public var plantedBug: PlantedBugName? = nil
   /// Keep the last this many trace lines for a violation report.
   public var traceLinesMax: Int = 400
+  /// Trace routine heartbeats too (they are most of the traffic, so off by default).
+  public var traceHeartbeats = false
 
   public init(seed: UInt64) { self.seed = seed }
 

@@ -59,7 +59,7 @@ public enum SimulationRunner {
     lines.append("trace (last \(result.trace.count) events):")
     for line in result.trace { lines.append("  " + line) }
     var replay = "replay: caucus-sim --seed \(result.seed) --nodes \(options.nodes) --groups \(options.groups)"
-    replay += " --events \(options.safetyEvents)"
+    replay += " --events \(options.safetyEvents) --liveness-ticks \(options.livenessTicksMax)"
     if let bug = options.plantedBug { replay += " --plant-bug \(bug.rawValue)" }
     lines.append(replay)
     return lines.joined(separator: "\n")

@@ -44,6 +44,12 @@ struct CaucusSim: ParsableCommand {
   @Flag(help: "Keep going after a violation and count all of them.")
   var keepGoing = false
 
+  @Option(help: "Trace lines kept for a violation report.")
+  var traceLines: Int = 400
+
+  @Flag(help: "Include routine heartbeats in the trace.")
+  var traceHeartbeats = false
+
   mutating func validate() throws {
     if seeds == nil && seed == nil { throw ValidationError("give --seeds N or --seed S") }
     if seeds != nil && seed != nil { throw ValidationError("give either --seeds or --seed, not both") }
@@ -60,6 +66,8 @@ struct CaucusSim: ParsableCommand {
     options.safetyEvents = events
     options.livenessTicksMax = livenessTicks
     options.plantedBug = plantBug.flatMap(PlantedBugName.init(rawValue:))
+    options.traceLinesMax = traceLines
+    options.traceHeartbeats = traceHeartbeats
     do {
       try options.validate()
     } catch {
