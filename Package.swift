@@ -49,6 +49,7 @@ let package = Package(
         .product(name: "Logging", package: "swift-log"),
       ]),
     .target(name: "RaftCore"),
+    .target(name: "ClusterTransport", dependencies: ["Consensus", "HTTPServer", "PeerClient", "Platform", "RaftConsensus"]),
     .target(
       name: "RaftConsensus",
       dependencies: ["Consensus", "RaftCore", "WriteAheadLog", "Platform", .product(name: "Logging", package: "swift-log")]),
@@ -80,6 +81,9 @@ let package = Package(
       name: "GatewayTests",
       dependencies: ["Gateway", "HTTPServer", "Consensus", "KeyValueStore", "StandaloneConsensus", "Platform"]),
     .testTarget(name: "RaftCoreTests", dependencies: ["RaftCore"]),
+    .testTarget(
+      name: "ClusterTransportTests",
+      dependencies: ["ClusterTransport", "HTTPServer", "PeerClient", "Platform", "RaftConsensus", "Consensus"]),
     .testTarget(
       name: "RaftConsensusTests",
       dependencies: ["RaftConsensus", "RaftCore", "Consensus", "KeyValueStore", "WriteAheadLog", "Platform"]),
