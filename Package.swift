@@ -37,8 +37,9 @@ let package = Package(
     .target(name: "HTTPServer", dependencies: ["Platform"]),
     .target(name: "PeerClient", dependencies: ["CCurl", "Platform"]),
     .target(name: "Consensus"),
-    .target(name: "KeyValueStore", dependencies: ["Consensus"]),
-    .target(name: "WriteAheadLog", dependencies: ["Platform"]),
+    .target(name: "Checksum"),
+    .target(name: "KeyValueStore", dependencies: ["Consensus", "Checksum"]),
+    .target(name: "WriteAheadLog", dependencies: ["Platform", "Checksum"]),
     .target(
       name: "StandaloneConsensus",
       dependencies: ["Consensus", "WriteAheadLog", "Platform", .product(name: "Logging", package: "swift-log")]),
@@ -72,8 +73,8 @@ let package = Package(
     .testTarget(name: "PlatformTests", dependencies: ["Platform"]),
     .testTarget(name: "HTTPServerTests", dependencies: ["HTTPServer", "Platform"]),
     .testTarget(name: "ConsensusTests", dependencies: ["Consensus"]),
-    .testTarget(name: "KeyValueStoreTests", dependencies: ["KeyValueStore", "Consensus"]),
-    .testTarget(name: "WriteAheadLogTests", dependencies: ["WriteAheadLog", "Platform"]),
+    .testTarget(name: "KeyValueStoreTests", dependencies: ["KeyValueStore", "Consensus", "Checksum"]),
+    .testTarget(name: "WriteAheadLogTests", dependencies: ["WriteAheadLog", "Platform", "Checksum"]),
     .testTarget(
       name: "StandaloneConsensusTests",
       dependencies: ["StandaloneConsensus", "Consensus", "KeyValueStore", "WriteAheadLog", "Platform"]),

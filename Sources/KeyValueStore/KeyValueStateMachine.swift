@@ -1,3 +1,4 @@
+import Checksum
 import Consensus
 
 /// The built-in replicated state machine: an ordered key-value store with revisions,
@@ -241,7 +242,7 @@ public final class KeyValueStateMachine: StateMachine {
       writer.writeLengthPrefixed(outcome)
     }
     var bytes = writer.bytes
-    let checksum = CRC32C.checksum(bytes[...])
+    let checksum = CRC32C.checksum(bytes)
     withUnsafeBytes(of: checksum.littleEndian) { bytes.append(contentsOf: $0) }
     return bytes
   }
@@ -261,7 +262,7 @@ public final class KeyValueStateMachine: StateMachine {
     let bodyEnd = snapshot.count - 4
     var stored: UInt32 = 0
     for shift in 0..<4 { stored |= UInt32(snapshot[bodyEnd + shift]) << (8 * shift) }
-    let computed = CRC32C.checksum(snapshot[..<bodyEnd])
+    let computed = CRC32C.checksum(snapshot, range: 0..<bodyEnd)
     guard stored == computed else {
       throw KVCodecError.checksumMismatch(expected: stored, found: computed)
     }

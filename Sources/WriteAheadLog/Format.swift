@@ -1,3 +1,4 @@
+import Checksum
 // Byte layouts of segments, record frames and snapshots (see the format description at the top of
 // WriteAheadLog.swift). Everything little-endian and fixed-width; pure functions over bytes.
 

@@ -66,7 +66,12 @@ final class DeadlineTests: XCTestCase {
     let gateway = Gateway(
       engine: engine,
       configuration: GatewayConfiguration(clientURL: "http://127.0.0.1:1", dataDirectory: "/tmp", version: "test", requestTimeoutMs: 150))
-    defer { gateway.stop() }
+    defer {
+      gateway.stop()
+      // The stalled completions hold the gateway: release them so the test leaks nothing.
+      engine.pendingWrites.withLock { $0.removeAll() }
+      engine.pendingReads.withLock { $0.removeAll() }
+    }
     let started = Date()
     let responses = answer(gateway, "PUT", "/v1/groups/DataRegion-0/kv/k", body: "v")
     let response = try XCTUnwrap(waitForAnswer(responses))
@@ -89,7 +94,12 @@ final class DeadlineTests: XCTestCase {
     let gateway = Gateway(
       engine: engine,
       configuration: GatewayConfiguration(clientURL: "http://127.0.0.1:1", dataDirectory: "/tmp", version: "test", requestTimeoutMs: 150))
-    defer { gateway.stop() }
+    defer {
+      gateway.stop()
+      // The stalled completions hold the gateway: release them so the test leaks nothing.
+      engine.pendingWrites.withLock { $0.removeAll() }
+      engine.pendingReads.withLock { $0.removeAll() }
+    }
     let response = try XCTUnwrap(waitForAnswer(answer(gateway, "GET", "/v1/groups/DataRegion-0/kv/k")))
     XCTAssertEqual(response.status, 504)
     let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any])
@@ -101,7 +111,12 @@ final class DeadlineTests: XCTestCase {
     let gateway = Gateway(
       engine: engine,
       configuration: GatewayConfiguration(clientURL: "http://127.0.0.1:1", dataDirectory: "/tmp", version: "test", requestTimeoutMs: 100))
-    defer { gateway.stop() }
+    defer {
+      gateway.stop()
+      // The stalled completions hold the gateway: release them so the test leaks nothing.
+      engine.pendingWrites.withLock { $0.removeAll() }
+      engine.pendingReads.withLock { $0.removeAll() }
+    }
     let responses = answer(gateway, "PUT", "/v1/groups/DataRegion-0/kv/k", body: "v")
     engine.pendingWrites.withLock { $0 }[0](
       .success(WriteResult(index: 8, response: KVCodec.encode(KVWriteOutcome.applied([.put(revision: 8)])))))

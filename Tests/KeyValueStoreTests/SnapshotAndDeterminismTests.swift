@@ -1,3 +1,4 @@
+import Checksum
 import XCTest
 
 @testable import KeyValueStore
@@ -179,7 +180,7 @@ final class SnapshotAndDeterminismTests: XCTestCase {
       writer.writeUInt8(1)
       body(&writer)
       var bytes = writer.bytes
-      let checksum = CRC32C.checksum(bytes[...])
+      let checksum = CRC32C.checksum(bytes)
       withUnsafeBytes(of: checksum.littleEndian) { bytes.append(contentsOf: $0) }
       return bytes
     }

@@ -1,3 +1,4 @@
+import Checksum
 import Platform
 import WriteAheadLog
 import XCTest

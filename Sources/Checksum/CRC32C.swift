@@ -1,5 +1,5 @@
 /// CRC-32C (Castagnoli; reflected polynomial 0x82F63B78, initial value and final XOR 0xFFFFFFFF),
-/// the checksum of every WAL record and snapshot. Table-driven slicing-by-8: eight bytes per step
+/// the checksum of every WAL record and snapshot and of the key-value store's snapshots. Table-driven slicing-by-8: eight bytes per step
 /// through eight 256-entry tables, since it runs over every byte the log writes and reads.
 /// Check value: crc32c("123456789") == 0xE3069283.
 public enum CRC32C {
