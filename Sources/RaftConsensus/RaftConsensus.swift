@@ -15,6 +15,10 @@ import WriteAheadLog
 /// All messages of a turn leave after its fsync (the contract allows a leader's appends to leave
 /// before; waiting keeps one batch per destination per turn, at the cost of one fsync of latency).
 ///
+/// Not yet: membership changes (`addPeer`, `removePeer`, `changePeer` answer `notSupported`),
+/// heartbeat coalescing (all groups' heartbeats to a node already share that turn's batch, but
+/// each is its own message), lease reads (served as ReadIndex reads).
+///
 /// Threads: callers on any thread only enqueue (under `state`) or read a group's published view
 /// and state machine (under the group's lock). The loop thread owns the WAL and every `Raft`.
 /// Lock order: `state` before a group's lock, never the reverse. Nothing calls a completion or the

@@ -444,6 +444,20 @@ final class RaftConsensusTests: XCTestCase {
     XCTAssertEqual(try cluster.readFromLeader(busy, "k199"), value)
   }
 
+  func testSingleReplicaGroupElectsItselfAndServesWritesAndReads() throws {
+    let cluster = try TestCluster(nodes: 3)
+    let solo = GroupID(.partitionRegion, 0)
+    try waitForCompletion { cluster.engine(1).createPeer(solo, peers: [cluster.peers[1]], completion: $0) }.get()
+    XCTAssertEqual(cluster.waitForLeader(solo, excluding: [0, 2]), 1)
+    let written = try write(cluster.engine(1), solo, "solo", "yes").get()
+    XCTAssertEqual(try read(cluster.engine(1), solo, "solo"), "yes")
+    XCTAssertEqual(cluster.engine(1).status(solo)?.commitIndex, written.index)
+    XCTAssertEqual(cluster.engine(0).allGroupIDs(), [])
+    XCTAssertEqual(
+      failure(of: waitForCompletion { cluster.engine(0).createPeer(solo, peers: [cluster.peers[1]], completion: $0) }),
+      .illegalPeerNumber(count: 1, reason: "this node (1) is not in the peer list"))
+  }
+
   func testTransferLeaderHandsLeadershipToTheTarget() throws {
     let cluster = try TestCluster(nodes: 3)
     try cluster.createGroup(group)
