@@ -59,7 +59,7 @@ let package = Package(
       name: "caucus",
       dependencies: [
         "Consensus", "Gateway", "HTTPServer", "KeyValueStore", "StandaloneConsensus", "Platform",
-        "PeerClient",
+        "PeerClient", "RaftConsensus", "ClusterTransport",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ]),

@@ -23,8 +23,21 @@ struct NodeSettings {
   var connectionsMax = 10_000
   var requestTimeoutMs: UInt32 = 10_000
   var logLevel = Logger.Level.info
-  /// Protocol options from the properties file (`standalone.<name>=value` → `<name>`).
-  var engineOptions: [String: String] = [:]
+  /// Protocol options from the properties file (`<protocol>.<name>=value`), by protocol.
+  var protocolOptions: [String: [String: String]] = [:]
+
+  func engineOptions(for protocolName: String) -> [String: String] {
+    var options = protocolOptions[protocolName] ?? [:]
+    if protocolName == "raft" {
+      // Raft timing from the flags: a tick per heartbeat, an election timeout in ticks.
+      options["tickIntervalMs"] = options["tickIntervalMs"] ?? String(heartbeatIntervalMs)
+      options["electionTicks"] = options["electionTicks"] ?? String(electionTimeoutMs / heartbeatIntervalMs)
+    }
+    return options
+  }
+
+  /// Whether the effective protocol is raft (by its name or IoTDB's class name).
+  var usesRaft: Bool { effectiveProtocol == "raft" || effectiveProtocol == IoTDBProtocolClassNames.ratis }
   /// Properties the file names that Caucus does not use (IoTDB files carry many); logged at start.
   var unknownProperties: [String] = []
 
@@ -85,8 +98,8 @@ struct NodeSettings {
     guard (100...600_000).contains(requestTimeoutMs) else {
       throw SettingsError(description: "--request-timeout-ms must be 100...600000")
     }
-    guard heartbeatIntervalMs > 0, electionTimeoutMs > heartbeatIntervalMs else {
-      throw SettingsError(description: "the election timeout must exceed the heartbeat interval, both positive")
+    guard heartbeatIntervalMs > 0, electionTimeoutMs >= 2 * heartbeatIntervalMs else {
+      throw SettingsError(description: "the election timeout must be at least twice the heartbeat interval, both positive")
     }
   }
 
@@ -141,8 +154,8 @@ struct NodeSettings {
       guard let level = Logger.Level(rawValue: value) else { throw SettingsError(description: "\(location): unknown log_level '\(value)'") }
       logLevel = level
     default:
-      if key.hasPrefix("standalone.") {
-        engineOptions[String(key.dropFirst("standalone.".count))] = value
+      if let dot = key.firstIndex(of: "."), ["standalone", "raft"].contains(String(key[..<dot])) {
+        protocolOptions[String(key[..<dot]), default: [:]][String(key[key.index(after: dot)...])] = value
       } else {
         unknownProperties.append("\(location): \(key)")
       }

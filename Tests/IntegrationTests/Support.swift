@@ -64,6 +64,8 @@ final class NodeProcess: @unchecked Sendable {
   let dataDirectory: String
   private(set) var process: Process?
   let logPath: String
+  /// Arguments every start adds (a cluster member's id, cluster list and timings).
+  var extraArguments: [String] = []
 
   init(dataDirectory: String, port: UInt16 = freePort(), consensusPort: UInt16 = freePort()) {
     self.port = port
@@ -77,7 +79,7 @@ final class NodeProcess: @unchecked Sendable {
     process.executableURL = URL(fileURLWithPath: try Paths.binary("caucus"))
     process.arguments = [
       "serve", "--rpc-port", String(port), "--consensus-port", String(consensusPort), "--data-dir", dataDirectory,
-    ] + extra
+    ] + extraArguments + extra
     _ = FileManager.default.createFile(atPath: logPath, contents: nil)
     let logFile = FileHandle(forWritingAtPath: logPath)!
     logFile.seekToEndOfFile()

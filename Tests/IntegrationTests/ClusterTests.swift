@@ -1,0 +1,135 @@
+import Foundation
+import Glibc
+import Platform
+import XCTest
+
+/// Three real `caucus serve --protocol raft` processes on loopback (short election timeouts).
+final class ClusterTests: XCTestCase {
+  private var nodes: [NodeProcess] = []
+  private var directories: [String] = []
+
+  override func setUpWithError() throws {
+    let consensusPorts = (0..<3).map { _ in freePort() }
+    let cluster = consensusPorts.enumerated().map { "\($0.offset + 1)=127.0.0.1:\($0.element)" }.joined(separator: ",")
+    for index in 0..<3 {
+      let directory = temporaryDirectory("cluster-\(index + 1)")
+      directories.append(directory)
+      let node = NodeProcess(dataDirectory: directory, consensusPort: consensusPorts[index])
+      node.extraArguments = [
+        "--node-id", String(index + 1), "--cluster", cluster, "--heartbeat-interval-ms", "20", "--election-timeout-ms", "200",
+      ]
+      nodes.append(node)
+    }
+    for node in nodes { try node.start() }
+  }
+
+  override func tearDown() {
+    for node in nodes { node.kill(SIGKILL) }
+    for directory in directories {
+      try? FileManager.default.removeItem(atPath: directory)
+      try? FileManager.default.removeItem(atPath: directory + ".log")
+    }
+  }
+
+  /// The leader of DataRegion-0 as the given nodes agree on it (index into `nodes`).
+  private func leader(among candidates: [Int], seconds: Double = 20) -> Int? {
+    var found: Int?
+    waitUntil("a leader every live node agrees on", seconds: seconds) {
+      let views = candidates.compactMap { index -> Int? in
+        guard let reply = try? HTTPClient(port: nodes[index].port).request("GET", "/v1/groups/DataRegion-0?forward=none")
+        else { return nil }
+        return reply.json["leader"] as? Int
+      }
+      guard views.count == candidates.count, let first = views.first, views.allSatisfy({ $0 == first }),
+        candidates.contains(first - 1)
+      else { return false }
+      found = first - 1
+      return true
+    }
+    return found
+  }
+
+  func testAWriteThroughAFollowerIsReadableThroughTheOtherFollowerAndRedirectAndNoneBehave() throws {
+    let leaderIndex = try XCTUnwrap(leader(among: [0, 1, 2]))
+    let followers = [0, 1, 2].filter { $0 != leaderIndex }
+    let written = try HTTPClient(port: nodes[followers[0]].port).request("PUT", "/v1/groups/DataRegion-0/kv/colour", text: "green")
+    XCTAssertEqual(written.status, 200, written.text)
+    XCTAssertEqual(written.headers["x-caucus-forwarded-by"], String(followers[0] + 1))
+    XCTAssertEqual(written.headers["x-caucus-node"], String(leaderIndex + 1))
+    let read = try HTTPClient(port: nodes[followers[1]].port).request("GET", "/v1/groups/DataRegion-0/kv/colour?raw=true")
+    XCTAssertEqual(read.status, 200)
+    XCTAssertEqual(read.text, "green")
+    let index = try XCTUnwrap(written.json["index"] as? Int)
+    let stale = try HTTPClient(port: nodes[followers[1]].port).request(
+      "GET", "/v1/groups/DataRegion-0/kv/colour?consistency=stale&minIndex=\(index)&raw=true")
+    XCTAssertEqual(stale.text, "green", "a follower serves stale reads once it has applied the index")
+    XCTAssertNil(stale.headers["x-caucus-forwarded-by"], "stale reads are answered locally")
+
+    let redirect = try HTTPClient(port: nodes[followers[0]].port).request("GET", "/v1/groups/DataRegion-0/kv/colour?forward=redirect")
+    XCTAssertEqual(redirect.status, 307)
+    XCTAssertEqual(
+      redirect.headers["location"], "http://127.0.0.1:\(nodes[leaderIndex].port)/v1/groups/DataRegion-0/kv/colour?forward=redirect")
+    let none = try HTTPClient(port: nodes[followers[0]].port).request("PUT", "/v1/groups/DataRegion-0/kv/colour?forward=none", text: "red")
+    XCTAssertEqual(none.status, 421)
+    XCTAssertEqual((none.json["leader"] as? [String: Any])?["id"] as? Int, leaderIndex + 1)
+    XCTAssertEqual((none.json["leader"] as? [String: Any])?["url"] as? String, "http://127.0.0.1:\(nodes[leaderIndex].port)")
+    let loop = try HTTPClient(port: nodes[followers[0]].port).request(
+      "GET", "/v1/groups/DataRegion-0/kv/colour", headers: ["X-Caucus-Hops": "2"])
+    XCTAssertEqual(loop.status, 508)
+    XCTAssertEqual(loop.json["error"] as? String, "forward_loop")
+    XCTAssertEqual(try HTTPClient(port: nodes[leaderIndex].port).request("GET", "/v1/groups/DataRegion-0/kv/colour?raw=true").text, "green")
+  }
+
+  func testAfterTheLeaderIsKilledANewOneTakesOverAndTheRestartedNodeCatchesUp() throws {
+    let first = try XCTUnwrap(leader(among: [0, 1, 2]))
+    for sequence in 0..<20 {
+      XCTAssertEqual(try HTTPClient(port: nodes[first].port).request("PUT", "/v1/groups/DataRegion-0/kv/before/\(sequence)", text: "\(sequence)").status, 200)
+    }
+    nodes[first].kill(SIGKILL)
+    let survivors = [0, 1, 2].filter { $0 != first }
+    let second = try XCTUnwrap(leader(among: survivors))
+    XCTAssertNotEqual(second, first)
+    var lastIndex = 0
+    for sequence in 0..<20 {
+      // Through whichever survivor: a follower forwards to the new leader.
+      let reply = try HTTPClient(port: nodes[survivors[sequence % 2]].port).request(
+        "PUT", "/v1/groups/DataRegion-0/kv/after/\(sequence)", text: "\(sequence)")
+      XCTAssertEqual(reply.status, 200, reply.text)
+      lastIndex = max(lastIndex, reply.json["index"] as? Int ?? 0)
+    }
+    for sequence in 0..<20 {
+      XCTAssertEqual(
+        try HTTPClient(port: nodes[second].port).request("GET", "/v1/groups/DataRegion-0/kv/before/\(sequence)?raw=true").text, "\(sequence)",
+        "committed writes survive the leader's death")
+    }
+    try nodes[first].start()
+    let restarted = nodes[first]
+    var caughtUp = ""
+    waitUntil("the restarted node to apply the writes it missed") {
+      caughtUp = (try? HTTPClient(port: restarted.port).request(
+        "GET", "/v1/groups/DataRegion-0/kv/after/19?consistency=stale&minIndex=\(lastIndex)&raw=true").text) ?? ""
+      return caughtUp == "19"
+    }
+    XCTAssertEqual(caughtUp, "19")
+  }
+
+  func testAClusterRestartKeepsEveryAcknowledgedWrite() throws {
+    let leaderIndex = try XCTUnwrap(leader(among: [0, 1, 2]))
+    var acknowledged: [String: String] = [:]
+    for sequence in 0..<30 {
+      let key = "restart/\(sequence)"
+      let reply = try HTTPClient(port: nodes[sequence % 3].port).request("PUT", "/v1/groups/DataRegion-0/kv/\(key)", text: "v\(sequence)")
+      if reply.status == 200 { acknowledged[key] = "v\(sequence)" }
+    }
+    XCTAssertEqual(acknowledged.count, 30)
+    _ = leaderIndex
+    for node in nodes { node.kill(SIGKILL) }
+    for node in nodes { try node.start() }
+    _ = try XCTUnwrap(leader(among: [0, 1, 2]))
+    for (offset, (key, value)) in acknowledged.enumerated() {
+      let reply = try HTTPClient(port: nodes[offset % 3].port).request("GET", "/v1/groups/DataRegion-0/kv/\(key)?raw=true")
+      XCTAssertEqual(reply.status, 200, "\(key): \(reply.text)")
+      XCTAssertEqual(reply.text, value, key)
+    }
+  }
+}
