@@ -113,6 +113,29 @@ final class ClusterTests: XCTestCase {
     XCTAssertEqual(caughtUp, "19")
   }
 
+  func testGarbageOnTheConsensusPortIsRefusedAndNoNodeCrashes() throws {
+    _ = try XCTUnwrap(leader(among: [0, 1, 2]))
+    let bodies: [[UInt8]] = [
+      Array("not a batch".utf8),
+      Array("CAUB".utf8) + [99, 0, 0, 0, 0, 0, 0, 0],  // the batch magic with an unknown version
+      Array("CAUB".utf8) + [1, 0],  // truncated header
+      [UInt8](repeating: 0xFF, count: 4096),
+    ]
+    for node in nodes {
+      for body in bodies {
+        let raw = Array("POST /v1/raft/batch HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.count)\r\n\r\n".utf8) + body
+        let reply = try HTTPClient(port: node.consensusPort).exchange(raw)
+        XCTAssertLessThan(reply.status, 500, "consensus port answered \(reply.status) to garbage")
+      }
+      let truncated = try HTTPClient(port: node.consensusPort)
+      try truncated.send(Array("POST /v1/raft/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nshort".utf8))
+    }
+    // Every node is still up and the group still takes writes.
+    let leaderIndex = try XCTUnwrap(leader(among: [0, 1, 2]))
+    XCTAssertEqual(try HTTPClient(port: nodes[leaderIndex].port).request("PUT", "/v1/groups/DataRegion-0/kv/still", text: "here").status, 200)
+    for node in nodes { XCTAssertTrue(node.isRunning, "a node crashed on garbage:\n\(node.log().suffix(2000))") }
+  }
+
   func testAClusterRestartKeepsEveryAcknowledgedWrite() throws {
     let leaderIndex = try XCTUnwrap(leader(among: [0, 1, 2]))
     var acknowledged: [String: String] = [:]

@@ -94,6 +94,8 @@ final class NodeProcess: @unchecked Sendable {
     XCTAssertTrue(process.isRunning, "caucus exited during start-up:\n\(log())")
   }
 
+  var isRunning: Bool { process?.isRunning ?? false }
+
   func log() -> String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
   func kill(_ signal: Int32) {
@@ -211,6 +213,7 @@ final class HTTPClient {
     }
     buffer.removeFirst(headerEnd! + 4)
     if status == 100 { return try readResponse() }
+    if status == 204 || status == 304 { return HTTPReply(status: status, headers: headers, body: []) }
     if let length = headers["content-length"].flatMap(Int.init) {
       while buffer.count < length { guard try fill() else { throw HTTPClientError(description: "closed mid-body") } }
       let body = Array(buffer[..<length])
