@@ -156,3 +156,61 @@ final class ClusterTests: XCTestCase {
     }
   }
 }
+
+final class DevClusterTests: XCTestCase {
+  func testDevClusterStartsAWorkingClusterAndCtrlCStopsEveryNode() throws {
+    let directory = temporaryDirectory("dev-cluster")
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    // Three consecutive free ports for each side: probe a base that is free for all three.
+    var base: UInt16 = 0
+    var consensusBase: UInt16 = 0
+    for _ in 0..<50 {
+      let candidate = freePort()
+      guard candidate < 60_000 else { continue }
+      if (0..<6).allSatisfy({ isFree(candidate + UInt16($0)) }) {
+        base = candidate
+        consensusBase = candidate + 3
+        break
+      }
+    }
+    XCTAssertNotEqual(base, 0, "found six consecutive free ports")
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: try Paths.binary("caucus"))
+    process.arguments = [
+      "dev-cluster", "--nodes", "3", "--rpc-port", String(base), "--consensus-port", String(consensusBase), "--data-dir", directory,
+      "--election-timeout-ms", "200", "--heartbeat-interval-ms", "20",
+    ]
+    let output = Pipe()
+    process.standardOutput = output
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    var status = 0
+    waitUntil("a write through node 2 of the dev cluster") {
+      status = (try? HTTPClient(port: base + 1).request("PUT", "/v1/groups/DataRegion-0/kv/dev", text: "ok").status) ?? 0
+      return status == 200
+    }
+    XCTAssertEqual(status, 200)
+    XCTAssertEqual(try HTTPClient(port: base + 2).request("GET", "/v1/groups/DataRegion-0/kv/dev?raw=true").text, "ok")
+    kill(process.processIdentifier, SIGINT)
+    process.waitUntilExit()
+    XCTAssertEqual(process.terminationStatus, 0)
+    let printed = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    XCTAssertTrue(printed.contains("node 3: http://127.0.0.1:\(base + 2)"), printed)
+    XCTAssertTrue(printed.contains("dev-cluster: stopped"), printed)
+    for port in [base, base + 1, base + 2] {
+      XCTAssertThrowsError(try HTTPClient(port: port).request("GET", "/healthz"), "node on \(port) stopped")
+    }
+  }
+
+  private func isFree(_ port: UInt16) -> Bool {
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(descriptor) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+    address.sin_port = port.bigEndian
+    return withUnsafePointer(to: &address) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    } == 0
+  }
+}
