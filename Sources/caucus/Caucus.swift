@@ -38,6 +38,8 @@ struct Serve: ParsableCommand {
   var rpcAddress: String?
   @Option(name: .long, help: "Client API port. (default: 6667)")
   var rpcPort: UInt16?
+  @Option(name: .long, help: "This node's client URL as other nodes and redirects should use it. (default: http://<rpc address>:<rpc port>)")
+  var clientUrl: String?
   @Option(name: .long, help: "Node-to-node bind address. (default: the rpc address)")
   var consensusAddress: String?
   @Option(name: .long, help: "Node-to-node port. (default: 40010)")

@@ -48,10 +48,14 @@ struct NodeSettings {
 
   var consensusEndpoint: Endpoint { Endpoint(host: consensusAddress ?? rpcAddress, port: consensusPort) }
 
+  /// The URL other nodes and redirects use for this node's client API: `--client-url`, else
+  /// derived from the rpc address (0.0.0.0 becomes 127.0.0.1, right only on one machine).
   var clientURL: String {
+    if let advertisedClientURL { return advertisedClientURL }
     let host = rpcAddress == "0.0.0.0" ? "127.0.0.1" : rpcAddress
     return "http://\(host):\(rpcPort)"
   }
+  var advertisedClientURL: String?
 
   static func resolve(flags: Serve) throws(SettingsError) -> NodeSettings {
     var settings = NodeSettings()
@@ -62,6 +66,7 @@ struct NodeSettings {
     }
     if let value = flags.rpcAddress { settings.rpcAddress = value }
     if let value = flags.rpcPort { settings.rpcPort = value }
+    if let value = flags.clientUrl { settings.advertisedClientURL = value }
     if let value = flags.consensusAddress { settings.consensusAddress = value }
     if let value = flags.consensusPort { settings.consensusPort = value }
     if let value = flags.dataDir { settings.dataDirectory = value }
@@ -85,6 +90,11 @@ struct NodeSettings {
 
   func validate() throws(SettingsError) {
     guard rpcPort > 0 else { throw SettingsError(description: "the rpc port must be 1...65535") }
+    if let url = advertisedClientURL {
+      guard url.hasPrefix("http://"), url.count > 7, !url.hasSuffix("/") else {
+        throw SettingsError(description: "--client-url must look like http://host:port (no trailing slash)")
+      }
+    }
     guard consensusPort > 0 else { throw SettingsError(description: "the consensus port must be 1...65535") }
     guard !dataDirectory.isEmpty else { throw SettingsError(description: "the data directory must not be empty") }
     // A write's value travels in one log record (16 MiB at most, framing and batch overhead
@@ -137,6 +147,7 @@ struct NodeSettings {
       nodeID = NodeID(id)
     case "rpc_address", "dn_rpc_address": rpcAddress = value
     case "rpc_port", "dn_rpc_port": rpcPort = try number(UInt16.self)
+    case "client_url": advertisedClientURL = value
     case "internal_ip", "dn_internal_address", "consensus_address": consensusAddress = value
     case "consensus_port", "dn_data_region_consensus_port": consensusPort = try number(UInt16.self)
     case "consensus_dir", "dn_consensus_dir", "data_dir": dataDirectory = value
