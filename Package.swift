@@ -50,6 +50,7 @@ let package = Package(
         .product(name: "Logging", package: "swift-log"),
       ]),
     .target(name: "RaftCore"),
+    .target(name: "ClusterTransport", dependencies: ["Consensus", "HTTPServer", "PeerClient", "Platform", "RaftConsensus"]),
     .target(
       name: "RaftConsensus",
       dependencies: ["Consensus", "RaftCore", "WriteAheadLog", "Platform", .product(name: "Logging", package: "swift-log")]),
@@ -58,7 +59,7 @@ let package = Package(
       name: "caucus",
       dependencies: [
         "Consensus", "Gateway", "HTTPServer", "KeyValueStore", "StandaloneConsensus", "Platform",
-        "PeerClient",
+        "PeerClient", "RaftConsensus", "ClusterTransport",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ]),
@@ -81,6 +82,9 @@ let package = Package(
       name: "GatewayTests",
       dependencies: ["Gateway", "HTTPServer", "Consensus", "KeyValueStore", "StandaloneConsensus", "Platform"]),
     .testTarget(name: "RaftCoreTests", dependencies: ["RaftCore"]),
+    .testTarget(
+      name: "ClusterTransportTests",
+      dependencies: ["ClusterTransport", "HTTPServer", "PeerClient", "Platform", "RaftConsensus", "Consensus"]),
     .testTarget(
       name: "RaftConsensusTests",
       dependencies: ["RaftConsensus", "RaftCore", "Consensus", "KeyValueStore", "WriteAheadLog", "Platform"]),

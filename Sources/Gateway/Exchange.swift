@@ -16,6 +16,7 @@ enum GatewayError: Error {
   case payloadTooLarge(String, limitBytes: Int)
   case notImplemented(String)
   case consensus(ConsensusError)
+  case forwardLoop(hops: Int)
   case `internal`(String)
 }
 
@@ -81,6 +82,41 @@ final class Exchange: Sendable {
   }
 
   func fail(_ gatewayError: GatewayError, route: String, group: GroupID? = nil) {
+    // Not the leader: forward, redirect or hint, as the caller asked (API.md "Leader forwarding").
+    if case .consensus(.notLeader(_, let leader?)) = gatewayError, let forwarder = context.forwarder {
+      return forward(to: leader, forwarder, route: route, group: group)
+    }
+    answerError(gatewayError, route: route, group: group)
+  }
+
+  private func forward(to leader: Peer, _ forwarder: LeaderForwarder, route: String, group: GroupID?) {
+    let mode = query["forward"].flatMap(ForwardMode.init(rawValue:)) ?? .proxy
+    let hops = request.header("x-caucus-hops").flatMap { Int($0) } ?? 0
+    if mode != .none && hops >= LeaderForwarder.hopsMax {
+      return answerError(.forwardLoop(hops: hops), route: route, group: group)
+    }
+    forwarder.clientURL(of: leader) { [self] url in
+      guard let url else {
+        // The leader does not answer: say so, and when to try again.
+        return answerError(.consensus(.noLeader(group ?? GroupID(.dataRegion, 0))), route: route, group: group)
+      }
+      switch mode {
+      case .none:
+        answerError(.consensus(.notLeader(group ?? GroupID(.dataRegion, 0), leader: leader)), route: route, group: group)
+      case .redirect:
+        respond(HTTPResponse(status: 307, headers: [("Location", url + request.target)]), route: route)
+      case .proxy:
+        forwarder.relay(request, to: url, hops: hops) { [self] response in
+          guard let response else {
+            return answerError(.consensus(.noLeader(group ?? GroupID(.dataRegion, 0))), route: route, group: group)
+          }
+          respond(response, route: route)
+        }
+      }
+    }
+  }
+
+  private func answerError(_ gatewayError: GatewayError, route: String, group: GroupID?) {
     var headers: [(name: String, value: String)] = [jsonContentType]
     var writer = JSONWriter()
     writer.beginObject()
@@ -114,6 +150,8 @@ final class Exchange: Sendable {
       status = code(501, "not_implemented", message)
     case .internal(let message):
       status = code(500, "internal", message)
+    case .forwardLoop(let hops):
+      status = code(508, "forward_loop", "the request was already forwarded \(hops) times; the cluster's view of the leader is changing")
     case .consensus(let error):
       switch error {
       case .groupAlreadyExists: status = code(409, "group_already_exists", error.description)
@@ -166,6 +204,8 @@ final class Exchange: Sendable {
 struct GatewayContext: Sendable {
   let engine: any ConsensusEngine
   let localClientURL: String
+  /// Relays requests to other nodes' leaders; nil for a single node.
+  let forwarder: LeaderForwarder?
 
   /// `X-Caucus-Leader` when a leader is known, and `X-Caucus-Index` (the applied index).
   func groupHeaders(_ group: GroupID) -> [(name: String, value: String)] {
@@ -177,7 +217,7 @@ struct GatewayContext: Sendable {
 
   /// A peer's client URL. Standalone knows only its own; the cluster directory will know the rest.
   func clientURL(of peer: Peer) -> String {
-    peer.node == engine.localPeer.node ? localClientURL : ""
+    peer.node == engine.localPeer.node ? localClientURL : forwarder?.knownClientURL(of: peer.node) ?? ""
   }
 }
 

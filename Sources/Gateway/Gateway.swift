@@ -16,12 +16,15 @@ public struct GatewayConfiguration: Sendable {
   /// How long a request may wait for the engine before it is answered `504 timeout`
   /// (`indeterminate: true` for writes: the write may still be applied). Watches have their own.
   public var requestTimeoutMs: UInt32
+  /// Relays requests for groups led elsewhere to their leader (multi-node protocols).
+  public var forwarder: LeaderForwarder?
 
   public init(
     clientURL: String, dataDirectory: String, version: String, valueBytesMax: Int = 1 << 20,
-    readWaitMsMax: UInt32 = 10_000, requestTimeoutMs: UInt32 = 10_000
+    readWaitMsMax: UInt32 = 10_000, requestTimeoutMs: UInt32 = 10_000, forwarder: LeaderForwarder? = nil
   ) {
     self.requestTimeoutMs = requestTimeoutMs
+    self.forwarder = forwarder
     self.clientURL = clientURL
     self.dataDirectory = dataDirectory
     self.version = version
@@ -44,7 +47,7 @@ public final class Gateway: HTTPHandler {
   public init(engine: any ConsensusEngine, configuration: GatewayConfiguration) {
     self.engine = engine
     self.configuration = configuration
-    self.context = GatewayContext(engine: engine, localClientURL: configuration.clientURL)
+    self.context = GatewayContext(engine: engine, localClientURL: configuration.clientURL, forwarder: configuration.forwarder)
     self.nodeHeader = ("X-Caucus-Node", engine.localPeer.node.description)
   }
 
@@ -54,7 +57,10 @@ public final class Gateway: HTTPHandler {
     var route = "not_found"
     let exchange = Exchange(request: request, context: context) { [metrics, nodeHeader] response, routeName in
       var response = response
-      response.headers.append(nodeHeader)
+      // A relayed answer already names the node that produced it.
+      if !response.headers.contains(where: { $0.name.lowercased() == "x-caucus-node" }) {
+        response.headers.append(nodeHeader)
+      }
       metrics.record(route: routeName, status: response.status, nanoseconds: MonotonicClock.nowNanoseconds() &- started)
       responder.respond(response)
     }

@@ -197,6 +197,13 @@ public final class File {
 
 /// Operations on paths and directories.
 public enum FileSystem {
+  /// The target of a symbolic link (for example /proc/self/exe).
+  public static func readLink(_ path: String) throws(SystemError) -> String {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let count = try syscall("readlink", context: path) { Glibc.readlink(path, &buffer, buffer.count - 1) }
+    return String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+  }
+
   /// Reads a whole file.
   public static func readFile(_ path: String) throws(SystemError) -> [UInt8] {
     let file = try File.open(path, mode: .readOnly)

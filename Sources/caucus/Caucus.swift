@@ -38,6 +38,8 @@ struct Serve: ParsableCommand {
   var rpcAddress: String?
   @Option(name: .long, help: "Client API port. (default: 6667)")
   var rpcPort: UInt16?
+  @Option(name: .long, help: "This node's client URL as other nodes and redirects should use it. (default: http://<rpc address>:<rpc port>)")
+  var clientUrl: String?
   @Option(name: .long, help: "Node-to-node bind address. (default: the rpc address)")
   var consensusAddress: String?
   @Option(name: .long, help: "Node-to-node port. (default: 40010)")
@@ -77,13 +79,35 @@ struct Serve: ParsableCommand {
 
 struct DevCluster: ParsableCommand {
   static let configuration = CommandConfiguration(
-    commandName: "dev-cluster", abstract: "Start a local cluster of real processes on loopback (needs the raft protocol).")
+    commandName: "dev-cluster",
+    abstract: "Start a local raft cluster of real caucus processes on loopback; Ctrl-C stops them.",
+    discussion: """
+      Node i (from 1) serves clients on rpc-port + i - 1 and peers on consensus-port + i - 1, with \
+      its data in <data-dir>/node-<i>. Restarting with the same data directory restarts the same cluster.
+      """)
 
-  @Option(name: .long, help: "How many nodes.")
+  @Option(name: .long, help: "How many nodes (1...9).")
   var nodes: Int = 3
+  @Option(name: .long, help: "The first node's client port.")
+  var rpcPort: UInt16 = 6667
+  @Option(name: .long, help: "The first node's consensus port.")
+  var consensusPort: UInt16 = 40010
+  @Option(name: .long, help: "Where the nodes keep their data.")
+  var dataDir: String = "./caucus-dev"
+  @Option(name: .long, help: "Raft election timeout.")
+  var electionTimeoutMs: UInt32 = 1000
+  @Option(name: .long, help: "Raft heartbeat interval.")
+  var heartbeatIntervalMs: UInt32 = 100
+
+  func validate() throws {
+    guard (1...9).contains(nodes) else { throw ValidationError("--nodes must be 1...9") }
+    guard Int(rpcPort) + nodes <= 65536, Int(consensusPort) + nodes <= 65536 else {
+      throw ValidationError("the ports run past 65535")
+    }
+  }
 
   func run() throws {
-    throw ValidationError(
-      "dev-cluster needs the raft protocol, which is not available in this build yet; run `caucus serve` for a single standalone node")
+    let code = runDevCluster(self)
+    if code != 0 { throw ExitCode(code) }
   }
 }

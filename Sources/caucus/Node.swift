@@ -1,10 +1,13 @@
+import ClusterTransport
 import Consensus
 import Gateway
 import Glibc
 import HTTPServer
 import KeyValueStore
 import Logging
+import PeerClient
 import Platform
+import RaftConsensus
 import StandaloneConsensus
 
 /// The group a fresh node creates so that `curl -X PUT …/DataRegion-0/kv/hello -d world` works at once.
@@ -35,9 +38,23 @@ func runNode(_ settings: NodeSettings) -> Int32 {
 
   var factory = ConsensusFactory()
   StandaloneConsensus.register(in: &factory, logger: Logger(label: "caucus.standalone"))
-  factory.register("raft", aliases: [IoTDBProtocolClassNames.ratis]) { _ in
-    throw ConsensusFactoryError.unavailable(
-      name: "raft", reason: "the multi-node raft protocol is not in this build yet; use --protocol standalone")
+  // Raft needs the node-to-node side: a consensus-port server and the libcurl client.
+  var cluster: ClusterLink?
+  var initialPeers = [Peer(node: settings.nodeID, endpoint: settings.consensusEndpoint)]
+  if settings.usesRaft {
+    do {
+      let link = try ClusterLink.start(settings)
+      cluster = link
+      initialPeers = link.members
+      RaftConsensus.register(in: &factory, transport: link.transport, logger: Logger(label: "caucus.raft"))
+    } catch {
+      logger.critical("cannot start the raft protocol", metadata: ["error": "\(error)"])
+      return 1
+    }
+  } else {
+    factory.register("raft", aliases: [IoTDBProtocolClassNames.ratis]) { _ in
+      throw ConsensusFactoryError.unavailable(name: "raft", reason: "it needs --cluster 1=host:port,2=host:port,…")
+    }
   }
 
   let identity: NodeIdentity
@@ -56,15 +73,18 @@ func runNode(_ settings: NodeSettings) -> Int32 {
     engine = try factory.makeEngine(
       settings.effectiveProtocol,
       config: ConsensusConfig(
-        localPeer: localPeer, dataDirectory: settings.dataDirectory, registry: registry, options: settings.engineOptions))
+        localPeer: localPeer, dataDirectory: settings.dataDirectory, registry: registry,
+        options: settings.engineOptions(for: settings.usesRaft ? "raft" : "standalone")))
     try engine.start()
   } catch {
     logger.critical("cannot start the consensus engine", metadata: ["protocol": "\(settings.effectiveProtocol)", "error": "\(error)"])
+    cluster?.stop()
     return 1
   }
 
   if identity.firstStart {
-    let created = waitForCompletion { engine.createPeer(defaultGroup, peers: [localPeer], completion: $0) }
+    // Every member of a new cluster creates the default group with the same initial peers.
+    let created = waitForCompletion { engine.createPeer(defaultGroup, peers: initialPeers, completion: $0) }
     if case .failure(let error) = created, error != .groupAlreadyExists(defaultGroup) {
       logger.critical("cannot create the default group", metadata: ["group": "\(defaultGroup)", "error": "\(error)"])
       engine.stop()
@@ -81,7 +101,8 @@ func runNode(_ settings: NodeSettings) -> Int32 {
     engine: engine,
     configuration: GatewayConfiguration(
       clientURL: settings.clientURL, dataDirectory: settings.dataDirectory, version: caucusVersion,
-      valueBytesMax: settings.valueBytesMax, requestTimeoutMs: settings.requestTimeoutMs))
+      valueBytesMax: settings.valueBytesMax, requestTimeoutMs: settings.requestTimeoutMs,
+      forwarder: cluster.map { LeaderForwarder(localNode: settings.nodeID, client: $0.client) }))
   var serverConfiguration = HTTPServerConfiguration()
   serverConfiguration.host = settings.rpcAddress
   serverConfiguration.port = settings.rpcPort
@@ -112,6 +133,7 @@ func runNode(_ settings: NodeSettings) -> Int32 {
   server.shutdown(gracePeriodMs: 5_000)
   gateway.stop()
   engine.stop()
+  cluster?.stop()
   logger.info("stopped")
   return 0
 }
@@ -144,4 +166,66 @@ struct NodeIdentity {
   func markInitialized() throws {
     try writeTextFileDurably(path, "node=\(node.rawValue)\n")
   }
+}
+
+/// The node-to-node side of a raft node: the libcurl client, the HTTP transport and the
+/// consensus-port server that receives batches.
+struct ClusterLink {
+  let members: [Peer]
+  let client: PeerClient
+  let transport: HTTPRaftTransport
+  let server: HTTPServer
+
+  static func start(_ settings: NodeSettings) throws -> ClusterLink {
+    guard settings.join == nil else {
+      throw SettingsError(description: "--join is not available yet; start every member with the same --cluster list")
+    }
+    guard let list = settings.cluster else {
+      throw SettingsError(description: "the raft protocol needs --cluster 1=host:port,2=host:port,…")
+    }
+    let members = try parseClusterList(list)
+    guard let local = members.first(where: { $0.node == settings.nodeID }) else {
+      throw SettingsError(description: "--cluster does not name this node (--node-id \(settings.nodeID))")
+    }
+    PeerClient.globalInit()
+    let client = try PeerClient()
+    let transport = try HTTPRaftTransport(localNode: settings.nodeID, client: client)
+    var configuration = HTTPServerConfiguration()
+    configuration.host = settings.consensusAddress ?? settings.rpcAddress
+    configuration.port = local.endpoint.port
+    // Message batches carry entries and snapshots: far larger than a client value.
+    configuration.bodyBytesMax = 64 << 20
+    configuration.serverResponseHeaders = [("X-Caucus-Node", settings.nodeID.description)]
+    let handler = ConsensusPortHandler(
+      transport: transport, node: settings.nodeID, clientURL: settings.clientURL, consensusEndpoint: local.endpoint)
+    let server = HTTPServer(configuration: configuration, handler: handler)
+    _ = try server.start()
+    return ClusterLink(members: members, client: client, transport: transport, server: server)
+  }
+
+  func stop() {
+    server.shutdown(gracePeriodMs: 1_000)
+    client.shutdown()
+  }
+}
+
+/// Parses `1=host:port,2=host:port,…` (IoTDB's `config_node_group_address_list`; a bare
+/// `host:port` list takes ids by position).
+func parseClusterList(_ text: String) throws -> [Peer] {
+  var peers: [Peer] = []
+  for (position, item) in text.split(separator: ",").enumerated() {
+    let parts = item.split(separator: "=", maxSplits: 1)
+    let idText = parts.count == 2 ? parts[0] : Substring(String(position + 1))
+    let endpointText = parts.count == 2 ? parts[1] : parts[0]
+    guard let node = NodeID(parsing: String(idText).trimmingCharacters(in: " ")) else {
+      throw SettingsError(description: "--cluster: '\(idText)' is not a positive node id")
+    }
+    guard let endpoint = Endpoint(parsing: String(endpointText).trimmingCharacters(in: " ")) else {
+      throw SettingsError(description: "--cluster: '\(endpointText)' is not host:port")
+    }
+    guard !peers.contains(where: { $0.node == node }) else { throw SettingsError(description: "--cluster names node \(node) twice") }
+    peers.append(Peer(node: node, endpoint: endpoint))
+  }
+  guard !peers.isEmpty else { throw SettingsError(description: "--cluster is empty") }
+  return peers
 }

@@ -23,8 +23,21 @@ struct NodeSettings {
   var connectionsMax = 10_000
   var requestTimeoutMs: UInt32 = 10_000
   var logLevel = Logger.Level.info
-  /// Protocol options from the properties file (`standalone.<name>=value` → `<name>`).
-  var engineOptions: [String: String] = [:]
+  /// Protocol options from the properties file (`<protocol>.<name>=value`), by protocol.
+  var protocolOptions: [String: [String: String]] = [:]
+
+  func engineOptions(for protocolName: String) -> [String: String] {
+    var options = protocolOptions[protocolName] ?? [:]
+    if protocolName == "raft" {
+      // Raft timing from the flags: a tick per heartbeat, an election timeout in ticks.
+      options["tickIntervalMs"] = options["tickIntervalMs"] ?? String(heartbeatIntervalMs)
+      options["electionTicks"] = options["electionTicks"] ?? String(electionTimeoutMs / heartbeatIntervalMs)
+    }
+    return options
+  }
+
+  /// Whether the effective protocol is raft (by its name or IoTDB's class name).
+  var usesRaft: Bool { effectiveProtocol == "raft" || effectiveProtocol == IoTDBProtocolClassNames.ratis }
   /// Properties the file names that Caucus does not use (IoTDB files carry many); logged at start.
   var unknownProperties: [String] = []
 
@@ -35,10 +48,14 @@ struct NodeSettings {
 
   var consensusEndpoint: Endpoint { Endpoint(host: consensusAddress ?? rpcAddress, port: consensusPort) }
 
+  /// The URL other nodes and redirects use for this node's client API: `--client-url`, else
+  /// derived from the rpc address (0.0.0.0 becomes 127.0.0.1, right only on one machine).
   var clientURL: String {
+    if let advertisedClientURL { return advertisedClientURL }
     let host = rpcAddress == "0.0.0.0" ? "127.0.0.1" : rpcAddress
     return "http://\(host):\(rpcPort)"
   }
+  var advertisedClientURL: String?
 
   static func resolve(flags: Serve) throws(SettingsError) -> NodeSettings {
     var settings = NodeSettings()
@@ -49,6 +66,7 @@ struct NodeSettings {
     }
     if let value = flags.rpcAddress { settings.rpcAddress = value }
     if let value = flags.rpcPort { settings.rpcPort = value }
+    if let value = flags.clientUrl { settings.advertisedClientURL = value }
     if let value = flags.consensusAddress { settings.consensusAddress = value }
     if let value = flags.consensusPort { settings.consensusPort = value }
     if let value = flags.dataDir { settings.dataDirectory = value }
@@ -72,6 +90,11 @@ struct NodeSettings {
 
   func validate() throws(SettingsError) {
     guard rpcPort > 0 else { throw SettingsError(description: "the rpc port must be 1...65535") }
+    if let url = advertisedClientURL {
+      guard url.hasPrefix("http://"), url.count > 7, !url.hasSuffix("/") else {
+        throw SettingsError(description: "--client-url must look like http://host:port (no trailing slash)")
+      }
+    }
     guard consensusPort > 0 else { throw SettingsError(description: "the consensus port must be 1...65535") }
     guard !dataDirectory.isEmpty else { throw SettingsError(description: "the data directory must not be empty") }
     // A write's value travels in one log record (16 MiB at most, framing and batch overhead
@@ -85,8 +108,8 @@ struct NodeSettings {
     guard (100...600_000).contains(requestTimeoutMs) else {
       throw SettingsError(description: "--request-timeout-ms must be 100...600000")
     }
-    guard heartbeatIntervalMs > 0, electionTimeoutMs > heartbeatIntervalMs else {
-      throw SettingsError(description: "the election timeout must exceed the heartbeat interval, both positive")
+    guard heartbeatIntervalMs > 0, electionTimeoutMs >= 2 * heartbeatIntervalMs else {
+      throw SettingsError(description: "the election timeout must be at least twice the heartbeat interval, both positive")
     }
   }
 
@@ -124,6 +147,7 @@ struct NodeSettings {
       nodeID = NodeID(id)
     case "rpc_address", "dn_rpc_address": rpcAddress = value
     case "rpc_port", "dn_rpc_port": rpcPort = try number(UInt16.self)
+    case "client_url": advertisedClientURL = value
     case "internal_ip", "dn_internal_address", "consensus_address": consensusAddress = value
     case "consensus_port", "dn_data_region_consensus_port": consensusPort = try number(UInt16.self)
     case "consensus_dir", "dn_consensus_dir", "data_dir": dataDirectory = value
@@ -141,8 +165,8 @@ struct NodeSettings {
       guard let level = Logger.Level(rawValue: value) else { throw SettingsError(description: "\(location): unknown log_level '\(value)'") }
       logLevel = level
     default:
-      if key.hasPrefix("standalone.") {
-        engineOptions[String(key.dropFirst("standalone.".count))] = value
+      if let dot = key.firstIndex(of: "."), ["standalone", "raft"].contains(String(key[..<dot])) {
+        protocolOptions[String(key[..<dot]), default: [:]][String(key[key.index(after: dot)...])] = value
       } else {
         unknownProperties.append("\(location): \(key)")
       }

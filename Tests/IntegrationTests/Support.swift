@@ -64,6 +64,8 @@ final class NodeProcess: @unchecked Sendable {
   let dataDirectory: String
   private(set) var process: Process?
   let logPath: String
+  /// Arguments every start adds (a cluster member's id, cluster list and timings).
+  var extraArguments: [String] = []
 
   init(dataDirectory: String, port: UInt16 = freePort(), consensusPort: UInt16 = freePort()) {
     self.port = port
@@ -77,7 +79,7 @@ final class NodeProcess: @unchecked Sendable {
     process.executableURL = URL(fileURLWithPath: try Paths.binary("caucus"))
     process.arguments = [
       "serve", "--rpc-port", String(port), "--consensus-port", String(consensusPort), "--data-dir", dataDirectory,
-    ] + extra
+    ] + extraArguments + extra
     _ = FileManager.default.createFile(atPath: logPath, contents: nil)
     let logFile = FileHandle(forWritingAtPath: logPath)!
     logFile.seekToEndOfFile()
@@ -91,6 +93,8 @@ final class NodeProcess: @unchecked Sendable {
     }
     XCTAssertTrue(process.isRunning, "caucus exited during start-up:\n\(log())")
   }
+
+  var isRunning: Bool { process?.isRunning ?? false }
 
   func log() -> String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
@@ -209,6 +213,7 @@ final class HTTPClient {
     }
     buffer.removeFirst(headerEnd! + 4)
     if status == 100 { return try readResponse() }
+    if status == 204 || status == 304 { return HTTPReply(status: status, headers: headers, body: []) }
     if let length = headers["content-length"].flatMap(Int.init) {
       while buffer.count < length { guard try fill() else { throw HTTPClientError(description: "closed mid-body") } }
       let body = Array(buffer[..<length])

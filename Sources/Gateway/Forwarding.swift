@@ -1,0 +1,74 @@
+import Consensus
+import HTTPServer
+import PeerClient
+import Platform
+
+/// How a node answers a request for a group it does not lead (`?forward=`, API.md).
+enum ForwardMode: String {
+  /// Relay the request to the leader and its answer back (the default).
+  case proxy
+  /// `307 Temporary Redirect` to the same request at the leader's client address.
+  case redirect
+  /// `421 not_leader` with the leader hint.
+  case none
+}
+
+/// Relays requests to a group's leader over the libcurl `PeerClient`. A leader is known by its
+/// consensus endpoint; its client URL is asked once from that endpoint (`GET /v1/node` on the
+/// consensus port) and remembered.
+public final class LeaderForwarder: Sendable {
+  /// Forwarded hops a request may take; past it the answer is `508 forward_loop`.
+  public static let hopsMax = 2
+  /// How long asking a peer for its client URL may take.
+  public static let lookupTimeoutMs = 1_000
+  /// Request headers that belong to one connection, not to the request: never relayed.
+  static let hopByHopHeaders: Set<String> = [
+    "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length", "host", "expect",
+    "proxy-connection", "x-caucus-hops", "x-caucus-forwarded-by",
+  ]
+
+  let localNode: NodeID
+  let client: PeerClient
+  /// How long a relayed request may take.
+  let relayTimeoutMs: Int
+  private let clientURLs = Locked<[NodeID: String]>([:])
+
+  public init(localNode: NodeID, client: PeerClient, relayTimeoutMs: Int = 10_000) {
+    self.localNode = localNode
+    self.client = client
+    self.relayTimeoutMs = relayTimeoutMs
+  }
+
+  func knownClientURL(of node: NodeID) -> String? { clientURLs.withLock { $0[node] } }
+
+  /// `peer`'s client URL, or nil when its consensus port does not say.
+  func clientURL(of peer: Peer, completion: @escaping @Sendable (String?) -> Void) {
+    if let known = knownClientURL(of: peer.node) { return completion(known) }
+    let request = PeerRequest(
+      method: "GET", host: peer.endpoint.host, port: peer.endpoint.port, target: "/v1/node",
+      timeoutMs: LeaderForwarder.lookupTimeoutMs)
+    client.send(request) { [clientURLs] result in
+      guard case .success(let response) = result, response.status == 200,
+        let json = try? JSONParser.parse(response.body), let url = json["clientURL"]?.stringValue, !url.isEmpty
+      else { return completion(nil) }
+      clientURLs.withLock { $0[peer.node] = url }
+      completion(url)
+    }
+  }
+
+  /// Relays `request` to `baseURL` (the leader's client URL) and hands back its answer, or nil
+  /// when the leader could not be reached.
+  func relay(_ request: HTTPRequest, to baseURL: String, hops: Int, completion: @escaping @Sendable (HTTPResponse?) -> Void) {
+    var headers = request.headers.filter { !LeaderForwarder.hopByHopHeaders.contains($0.name) }
+    headers.append(("X-Caucus-Hops", String(hops + 1)))
+    headers.append(("X-Caucus-Forwarded-By", localNode.description))
+    let forwarded = PeerRequest(
+      method: request.method, url: baseURL + request.target, headers: headers, body: request.body, timeoutMs: relayTimeoutMs)
+    client.send(forwarded) { [localNode] result in
+      guard case .success(let response) = result else { return completion(nil) }
+      var relayed = response.headers.filter { !LeaderForwarder.hopByHopHeaders.contains($0.name) }
+      relayed.append(("X-Caucus-Forwarded-By", localNode.description))
+      completion(HTTPResponse(status: response.status, headers: relayed, body: response.body))
+    }
+  }
+}

@@ -1,0 +1,81 @@
+import Glibc
+import Platform
+
+/// Starts `cluster.nodes` child processes of this executable (`caucus serve` with a shared
+/// `--cluster` list), prints their URLs, and on SIGINT/SIGTERM stops them (SIGTERM, then waits).
+func runDevCluster(_ cluster: DevCluster) -> Int32 {
+  var stopSignals = sigset_t()
+  sigemptyset(&stopSignals)
+  sigaddset(&stopSignals, SIGINT)
+  sigaddset(&stopSignals, SIGTERM)
+  sigaddset(&stopSignals, SIGCHLD)
+  pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
+
+  guard let executable = try? FileSystem.readLink("/proc/self/exe") else {
+    print("dev-cluster: cannot find this executable")
+    return 1
+  }
+  let members = (0..<cluster.nodes).map { "\($0 + 1)=127.0.0.1:\(Int(cluster.consensusPort) + $0)" }.joined(separator: ",")
+  var children: [pid_t] = []
+  for index in 0..<cluster.nodes {
+    let arguments = [
+      executable, "serve", "--node-id", String(index + 1), "--rpc-port", String(Int(cluster.rpcPort) + index),
+      "--consensus-port", String(Int(cluster.consensusPort) + index), "--data-dir", "\(cluster.dataDir)/node-\(index + 1)",
+      "--cluster", members, "--election-timeout-ms", String(cluster.electionTimeoutMs),
+      "--heartbeat-interval-ms", String(cluster.heartbeatIntervalMs),
+    ]
+    guard let child = spawn(arguments) else {
+      print("dev-cluster: cannot start node \(index + 1): \(String(cString: strerror(errno)))")
+      stop(children)
+      return 1
+    }
+    children.append(child)
+    print("node \(index + 1): http://127.0.0.1:\(Int(cluster.rpcPort) + index)  (consensus 127.0.0.1:\(Int(cluster.consensusPort) + index), pid \(child))")
+  }
+  print("dev-cluster: \(cluster.nodes) nodes running; Ctrl-C stops them")
+  fflush(nil)
+  var received: Int32 = 0
+  repeat {
+    sigwait(&stopSignals, &received)
+    if received == SIGCHLD {
+      var status: Int32 = 0
+      let exited = waitpid(-1, &status, WNOHANG)
+      if exited > 0 {
+        print("dev-cluster: node with pid \(exited) exited; stopping the others")
+        children.removeAll { $0 == exited }
+        break
+      }
+    }
+  } while received == SIGCHLD
+  stop(children)
+  return 0
+}
+
+/// posix_spawn of `arguments[0]` with the parent's environment and an empty signal mask.
+private func spawn(_ arguments: [String]) -> pid_t? {
+  var attributes = posix_spawnattr_t()
+  posix_spawnattr_init(&attributes)
+  defer { posix_spawnattr_destroy(&attributes) }
+  var empty = sigset_t()
+  sigemptyset(&empty)
+  posix_spawnattr_setsigmask(&attributes, &empty)
+  posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK))
+  var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+  defer { for pointer in argv { free(pointer) } }
+  var child: pid_t = 0
+  let result = posix_spawn(&child, arguments[0], nil, &attributes, &argv, environ)
+  guard result == 0 else {
+    errno = result
+    return nil
+  }
+  return child
+}
+
+private func stop(_ children: [pid_t]) {
+  for child in children { kill(child, SIGTERM) }
+  for child in children {
+    var status: Int32 = 0
+    _ = waitpid(child, &status, 0)
+  }
+  print("dev-cluster: stopped")
+}

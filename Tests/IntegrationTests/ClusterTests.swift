@@ -1,0 +1,216 @@
+import Foundation
+import Glibc
+import Platform
+import XCTest
+
+/// Three real `caucus serve --protocol raft` processes on loopback (short election timeouts).
+final class ClusterTests: XCTestCase {
+  private var nodes: [NodeProcess] = []
+  private var directories: [String] = []
+
+  override func setUpWithError() throws {
+    let consensusPorts = (0..<3).map { _ in freePort() }
+    let cluster = consensusPorts.enumerated().map { "\($0.offset + 1)=127.0.0.1:\($0.element)" }.joined(separator: ",")
+    for index in 0..<3 {
+      let directory = temporaryDirectory("cluster-\(index + 1)")
+      directories.append(directory)
+      let node = NodeProcess(dataDirectory: directory, consensusPort: consensusPorts[index])
+      node.extraArguments = [
+        "--node-id", String(index + 1), "--cluster", cluster, "--heartbeat-interval-ms", "20", "--election-timeout-ms", "200",
+      ]
+      nodes.append(node)
+    }
+    for node in nodes { try node.start() }
+  }
+
+  override func tearDown() {
+    for node in nodes { node.kill(SIGKILL) }
+    for directory in directories {
+      try? FileManager.default.removeItem(atPath: directory)
+      try? FileManager.default.removeItem(atPath: directory + ".log")
+    }
+  }
+
+  /// The leader of DataRegion-0 as the given nodes agree on it (index into `nodes`).
+  private func leader(among candidates: [Int], seconds: Double = 20) -> Int? {
+    var found: Int?
+    waitUntil("a leader every live node agrees on", seconds: seconds) {
+      let views = candidates.compactMap { index -> Int? in
+        guard let reply = try? HTTPClient(port: nodes[index].port).request("GET", "/v1/groups/DataRegion-0?forward=none")
+        else { return nil }
+        return reply.json["leader"] as? Int
+      }
+      guard views.count == candidates.count, let first = views.first, views.allSatisfy({ $0 == first }),
+        candidates.contains(first - 1)
+      else { return false }
+      found = first - 1
+      return true
+    }
+    return found
+  }
+
+  func testAWriteThroughAFollowerIsReadableThroughTheOtherFollowerAndRedirectAndNoneBehave() throws {
+    let leaderIndex = try XCTUnwrap(leader(among: [0, 1, 2]))
+    let followers = [0, 1, 2].filter { $0 != leaderIndex }
+    let written = try HTTPClient(port: nodes[followers[0]].port).request("PUT", "/v1/groups/DataRegion-0/kv/colour", text: "green")
+    XCTAssertEqual(written.status, 200, written.text)
+    XCTAssertEqual(written.headers["x-caucus-forwarded-by"], String(followers[0] + 1))
+    XCTAssertEqual(written.headers["x-caucus-node"], String(leaderIndex + 1))
+    let read = try HTTPClient(port: nodes[followers[1]].port).request("GET", "/v1/groups/DataRegion-0/kv/colour?raw=true")
+    XCTAssertEqual(read.status, 200)
+    XCTAssertEqual(read.text, "green")
+    let index = try XCTUnwrap(written.json["index"] as? Int)
+    let stale = try HTTPClient(port: nodes[followers[1]].port).request(
+      "GET", "/v1/groups/DataRegion-0/kv/colour?consistency=stale&minIndex=\(index)&raw=true")
+    XCTAssertEqual(stale.text, "green", "a follower serves stale reads once it has applied the index")
+    XCTAssertNil(stale.headers["x-caucus-forwarded-by"], "stale reads are answered locally")
+
+    let redirect = try HTTPClient(port: nodes[followers[0]].port).request("GET", "/v1/groups/DataRegion-0/kv/colour?forward=redirect")
+    XCTAssertEqual(redirect.status, 307)
+    XCTAssertEqual(
+      redirect.headers["location"], "http://127.0.0.1:\(nodes[leaderIndex].port)/v1/groups/DataRegion-0/kv/colour?forward=redirect")
+    let none = try HTTPClient(port: nodes[followers[0]].port).request("PUT", "/v1/groups/DataRegion-0/kv/colour?forward=none", text: "red")
+    XCTAssertEqual(none.status, 421)
+    XCTAssertEqual((none.json["leader"] as? [String: Any])?["id"] as? Int, leaderIndex + 1)
+    XCTAssertEqual((none.json["leader"] as? [String: Any])?["url"] as? String, "http://127.0.0.1:\(nodes[leaderIndex].port)")
+    let loop = try HTTPClient(port: nodes[followers[0]].port).request(
+      "GET", "/v1/groups/DataRegion-0/kv/colour", headers: ["X-Caucus-Hops": "2"])
+    XCTAssertEqual(loop.status, 508)
+    XCTAssertEqual(loop.json["error"] as? String, "forward_loop")
+    XCTAssertEqual(try HTTPClient(port: nodes[leaderIndex].port).request("GET", "/v1/groups/DataRegion-0/kv/colour?raw=true").text, "green")
+  }
+
+  func testAfterTheLeaderIsKilledANewOneTakesOverAndTheRestartedNodeCatchesUp() throws {
+    let first = try XCTUnwrap(leader(among: [0, 1, 2]))
+    for sequence in 0..<20 {
+      XCTAssertEqual(try HTTPClient(port: nodes[first].port).request("PUT", "/v1/groups/DataRegion-0/kv/before/\(sequence)", text: "\(sequence)").status, 200)
+    }
+    nodes[first].kill(SIGKILL)
+    let survivors = [0, 1, 2].filter { $0 != first }
+    let second = try XCTUnwrap(leader(among: survivors))
+    XCTAssertNotEqual(second, first)
+    var lastIndex = 0
+    for sequence in 0..<20 {
+      // Through whichever survivor: a follower forwards to the new leader.
+      let reply = try HTTPClient(port: nodes[survivors[sequence % 2]].port).request(
+        "PUT", "/v1/groups/DataRegion-0/kv/after/\(sequence)", text: "\(sequence)")
+      XCTAssertEqual(reply.status, 200, reply.text)
+      lastIndex = max(lastIndex, reply.json["index"] as? Int ?? 0)
+    }
+    for sequence in 0..<20 {
+      XCTAssertEqual(
+        try HTTPClient(port: nodes[second].port).request("GET", "/v1/groups/DataRegion-0/kv/before/\(sequence)?raw=true").text, "\(sequence)",
+        "committed writes survive the leader's death")
+    }
+    try nodes[first].start()
+    let restarted = nodes[first]
+    var caughtUp = ""
+    waitUntil("the restarted node to apply the writes it missed") {
+      caughtUp = (try? HTTPClient(port: restarted.port).request(
+        "GET", "/v1/groups/DataRegion-0/kv/after/19?consistency=stale&minIndex=\(lastIndex)&raw=true").text) ?? ""
+      return caughtUp == "19"
+    }
+    XCTAssertEqual(caughtUp, "19")
+  }
+
+  func testGarbageOnTheConsensusPortIsRefusedAndNoNodeCrashes() throws {
+    _ = try XCTUnwrap(leader(among: [0, 1, 2]))
+    let bodies: [[UInt8]] = [
+      Array("not a batch".utf8),
+      Array("CAUB".utf8) + [99, 0, 0, 0, 0, 0, 0, 0],  // the batch magic with an unknown version
+      Array("CAUB".utf8) + [1, 0],  // truncated header
+      [UInt8](repeating: 0xFF, count: 4096),
+    ]
+    for node in nodes {
+      for body in bodies {
+        let raw = Array("POST /v1/raft/batch HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.count)\r\n\r\n".utf8) + body
+        let reply = try HTTPClient(port: node.consensusPort).exchange(raw)
+        XCTAssertLessThan(reply.status, 500, "consensus port answered \(reply.status) to garbage")
+      }
+      let truncated = try HTTPClient(port: node.consensusPort)
+      try truncated.send(Array("POST /v1/raft/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nshort".utf8))
+    }
+    // Every node is still up and the group still takes writes.
+    let leaderIndex = try XCTUnwrap(leader(among: [0, 1, 2]))
+    XCTAssertEqual(try HTTPClient(port: nodes[leaderIndex].port).request("PUT", "/v1/groups/DataRegion-0/kv/still", text: "here").status, 200)
+    for node in nodes { XCTAssertTrue(node.isRunning, "a node crashed on garbage:\n\(node.log().suffix(2000))") }
+  }
+
+  func testAClusterRestartKeepsEveryAcknowledgedWrite() throws {
+    let leaderIndex = try XCTUnwrap(leader(among: [0, 1, 2]))
+    var acknowledged: [String: String] = [:]
+    for sequence in 0..<30 {
+      let key = "restart/\(sequence)"
+      let reply = try HTTPClient(port: nodes[sequence % 3].port).request("PUT", "/v1/groups/DataRegion-0/kv/\(key)", text: "v\(sequence)")
+      if reply.status == 200 { acknowledged[key] = "v\(sequence)" }
+    }
+    XCTAssertEqual(acknowledged.count, 30)
+    _ = leaderIndex
+    for node in nodes { node.kill(SIGKILL) }
+    for node in nodes { try node.start() }
+    _ = try XCTUnwrap(leader(among: [0, 1, 2]))
+    for (offset, (key, value)) in acknowledged.enumerated() {
+      let reply = try HTTPClient(port: nodes[offset % 3].port).request("GET", "/v1/groups/DataRegion-0/kv/\(key)?raw=true")
+      XCTAssertEqual(reply.status, 200, "\(key): \(reply.text)")
+      XCTAssertEqual(reply.text, value, key)
+    }
+  }
+}
+
+final class DevClusterTests: XCTestCase {
+  func testDevClusterStartsAWorkingClusterAndCtrlCStopsEveryNode() throws {
+    let directory = temporaryDirectory("dev-cluster")
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    // Three consecutive free ports for each side: probe a base that is free for all three.
+    var base: UInt16 = 0
+    var consensusBase: UInt16 = 0
+    for _ in 0..<50 {
+      let candidate = freePort()
+      guard candidate < 60_000 else { continue }
+      if (0..<6).allSatisfy({ isFree(candidate + UInt16($0)) }) {
+        base = candidate
+        consensusBase = candidate + 3
+        break
+      }
+    }
+    XCTAssertNotEqual(base, 0, "found six consecutive free ports")
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: try Paths.binary("caucus"))
+    process.arguments = [
+      "dev-cluster", "--nodes", "3", "--rpc-port", String(base), "--consensus-port", String(consensusBase), "--data-dir", directory,
+      "--election-timeout-ms", "200", "--heartbeat-interval-ms", "20",
+    ]
+    let output = Pipe()
+    process.standardOutput = output
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    var status = 0
+    waitUntil("a write through node 2 of the dev cluster") {
+      status = (try? HTTPClient(port: base + 1).request("PUT", "/v1/groups/DataRegion-0/kv/dev", text: "ok").status) ?? 0
+      return status == 200
+    }
+    XCTAssertEqual(status, 200)
+    XCTAssertEqual(try HTTPClient(port: base + 2).request("GET", "/v1/groups/DataRegion-0/kv/dev?raw=true").text, "ok")
+    kill(process.processIdentifier, SIGINT)
+    process.waitUntilExit()
+    XCTAssertEqual(process.terminationStatus, 0)
+    let printed = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    XCTAssertTrue(printed.contains("node 3: http://127.0.0.1:\(base + 2)"), printed)
+    XCTAssertTrue(printed.contains("dev-cluster: stopped"), printed)
+    for port in [base, base + 1, base + 2] {
+      XCTAssertThrowsError(try HTTPClient(port: port).request("GET", "/healthz"), "node on \(port) stopped")
+    }
+  }
+
+  private func isFree(_ port: UInt16) -> Bool {
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(descriptor) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+    address.sin_port = port.bigEndian
+    return withUnsafePointer(to: &address) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    } == 0
+  }
+}
