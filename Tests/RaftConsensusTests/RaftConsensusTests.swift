@@ -398,40 +398,6 @@ final class RaftConsensusTests: XCTestCase {
       try read(cluster.engine(follower), group, "first", ReadOptions(consistency: .stale, minIndex: last.index)), "1")
   }
 
-  /// Not a timed test: set CAUCUS_MEASURE_IDLE=1 to print the idle CPU of three nodes hosting
-  /// 100 groups each with the default tick (100 ms) and election timeout (10 ticks).
-  func testIdleCPUOfThreeNodesWithOneHundredGroups() throws {
-    try XCTSkipUnless(ProcessInfo.processInfo.environment["CAUCUS_MEASURE_IDLE"] == "1", "measurement only")
-    let cluster = try TestCluster(nodes: 3) { options in
-      options.tickIntervalMs = 100
-      options.electionTicks = 10
-    }
-    let groups = (1...100).map { GroupID(.dataRegion, UInt32($0)) }
-    for group in groups { try cluster.createGroup(group) }
-    for group in groups { XCTAssertNotNil(cluster.waitForLeader(group, timeout: 30)) }
-    func cpuSeconds() -> Double {
-      var usage = rusage()
-      getrusage(RUSAGE_SELF.rawValue, &usage)
-      return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 + Double(usage.ru_stime.tv_sec)
-        + Double(usage.ru_stime.tv_usec) / 1e6
-    }
-    let names = [
-      "caucus_raft_loop_turns_total", "caucus_wal_fsyncs_total", "caucus_raft_batches_sent_total",
-      "caucus_raft_messages_sent_total",
-    ]
-    let before = (0..<3).map { node in names.map { metric(cluster.engine(node), $0) } }
-    let start = cpuSeconds()
-    let wallStart = Date()
-    Thread.sleep(forTimeInterval: 10)
-    let cpu = cpuSeconds() - start
-    let wall = Date().timeIntervalSince(wallStart)
-    print("idle: 3 nodes × 100 groups: \(String(format: "%.2f", 100 * cpu / wall))% of one core for all three nodes")
-    for node in 0..<3 {
-      let deltas = zip(names, before[node]).map { name, value in "\(name)=+\(Int(metric(cluster.engine(node), name) - value))" }
-      print("node \(node + 1) over \(Int(wall)) s idle: \(deltas.joined(separator: " "))")
-    }
-  }
-
   func testQuietGroupsDoNotPinTheWALWhenItPassesItsSegmentLimit() throws {
     let cluster = try TestCluster(nodes: 3) { options in
       options.snapshotEntriesThreshold = 1_000_000
@@ -470,48 +436,6 @@ final class RaftConsensusTests: XCTestCase {
     XCTAssertEqual(
       failure(of: waitForCompletion { cluster.engine(0).createPeer(solo, peers: [cluster.peers[1]], completion: $0) }),
       .illegalPeerNumber(count: 1, reason: "this node (1) is not in the peer list"))
-  }
-
-  /// Not a timed test: set CAUCUS_MEASURE_WRITES=1 to print the durable write throughput of three
-  /// nodes in one process (in-memory transport, real WAL fsyncs) with 1, 16 and 64 writers.
-  func testWriteThroughputOfThreeNodes() throws {
-    try XCTSkipUnless(ProcessInfo.processInfo.environment["CAUCUS_MEASURE_WRITES"] == "1", "measurement only")
-    // Production timing: a shared disk can stall an fsync for longer than the tests' 100 ms.
-    let cluster = try TestCluster(nodes: 3) { options in options.tickIntervalMs = 100 }
-    try cluster.createGroup(group)
-    for writers in [1, 16, 64] {
-      let engine = cluster.engine(try XCTUnwrap(cluster.waitForLeader(group)))
-      let done = Locked((succeeded: 0, failed: 0, stop: false))
-      let group = self.group
-      @Sendable func writeNext(_ writer: Int, _ number: Int) {
-        engine.write(group, command: putCommand("w\(writer)-\(number % 100)", "value")) { result in
-          let (stop, succeeded) = done.withLock { state -> (Bool, Bool) in
-            if case .success = result { state.succeeded += 1 } else { state.failed += 1 }
-            guard case .success = result else { return (state.stop, false) }
-            return (state.stop, true)
-          }
-          if stop { return }
-          // A refusal may come synchronously: retry from another thread, not by recursion.
-          if succeeded {
-            writeNext(writer, number + 1)
-          } else {
-            DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(1)) { writeNext(writer, number + 1) }
-          }
-        }
-      }
-      let start = Date()
-      for writer in 0..<writers { writeNext(writer, 0) }
-      Thread.sleep(forTimeInterval: 3)
-      let (succeeded, failed) = done.withLock { state in
-        state.stop = true
-        return (state.succeeded, state.failed)
-      }
-      let seconds = Date().timeIntervalSince(start)
-      Thread.sleep(forTimeInterval: 0.5)
-      print(
-        "writes: \(writers) writers: \(Int(Double(succeeded) / seconds))/s (\(failed) failed), "
-          + "leader fsyncs \(Int(metric(engine, "caucus_wal_fsyncs_total")))")
-    }
   }
 
   func testTheFactoryBuildsTheRaftEngineUnderItsNameAndRatisAlias() throws {
