@@ -71,4 +71,23 @@ public final class LeaderForwarder: Sendable {
       completion(HTTPResponse(status: response.status, headers: relayed, body: response.body))
     }
   }
+
+  /// Runs a node-local group operation (`POST /v1/node/groups`, `DELETE /v1/node/groups/{group}`)
+  /// on `peer` through its client API, and hands back the status it answered (0: unreachable).
+  func nodeLocal(
+    _ method: String, on peer: Peer, target: String, body: [UInt8], completion: @escaping @Sendable (Int, [UInt8]) -> Void
+  ) {
+    clientURL(of: peer) { [client, relayTimeoutMs] url in
+      guard let url else { return completion(0, []) }
+      let request = PeerRequest(
+        method: method, url: url + target, headers: [("Content-Type", HTTPResponse.jsonContentType)], body: body,
+        timeoutMs: relayTimeoutMs)
+      client.send(request) { result in
+        switch result {
+        case .success(let response): completion(response.status, response.body)
+        case .failure: completion(0, [])
+        }
+      }
+    }
+  }
 }

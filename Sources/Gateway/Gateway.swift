@@ -18,11 +18,15 @@ public struct GatewayConfiguration: Sendable {
   public var requestTimeoutMs: UInt32
   /// Relays requests for groups led elsewhere to their leader (multi-node protocols).
   public var forwarder: LeaderForwarder?
+  /// The nodes this node knows (the static cluster list), so requests may name peers by id.
+  public var members: [Peer] = []
 
   public init(
     clientURL: String, dataDirectory: String, version: String, valueBytesMax: Int = 1 << 20,
-    readWaitMsMax: UInt32 = 10_000, requestTimeoutMs: UInt32 = 10_000, forwarder: LeaderForwarder? = nil
+    readWaitMsMax: UInt32 = 10_000, requestTimeoutMs: UInt32 = 10_000, forwarder: LeaderForwarder? = nil,
+    members: [Peer] = []
   ) {
+    self.members = members
     self.requestTimeoutMs = requestTimeoutMs
     self.forwarder = forwarder
     self.clientURL = clientURL
@@ -772,6 +776,13 @@ public final class Gateway: HTTPHandler {
     if let items = body["peers"] {
       guard let array = items.arrayValue else { throw .badRequest("\"peers\" must be an array of node ids or peers") }
       peers = try array.map { value throws(GatewayError) in try parsePeer(value) }
+      guard Set(peers.map(\.node)).count == peers.count else { throw .badRequest("\"peers\" names a node twice") }
+    }
+    // POST /v1/groups: createPeer on every peer (node-local creation on the others).
+    if route == "groups_create", let forwarder = configuration.forwarder,
+      peers.contains(where: { $0.node != engine.localPeer.node })
+    {
+      return createEverywhere(group, peers, forwarder, exchange, route: route)
     }
     engine.createPeer(group, peers: peers) { [self] result in
       switch result {
@@ -789,6 +800,12 @@ public final class Gateway: HTTPHandler {
   }
 
   private func deleteGroup(_ group: GroupID, _ exchange: Exchange, route: String) {
+    // DELETE /v1/groups/{group}: deletePeer on every peer of the group.
+    if route == "group_delete", let forwarder = configuration.forwarder, let status = engine.status(group),
+      status.peers.contains(where: { $0.peer.node != engine.localPeer.node })
+    {
+      return deleteEverywhere(group, status.peers.map(\.peer), forwarder, exchange, route: route)
+    }
     engine.deletePeer(group) { result in
       switch result {
       case .failure(let error): exchange.fail(.consensus(error), route: route)
@@ -818,6 +835,7 @@ public final class Gateway: HTTPHandler {
   private func parsePeer(_ value: JSONValue) throws(GatewayError) -> Peer {
     if let id = value.unsignedIntegerValue {
       guard id > 0 else { throw .badRequest("node ids are positive integers") }
+      if let member = configuration.members.first(where: { $0.node == NodeID(id) }) { return member }
       guard NodeID(id) == engine.localPeer.node else {
         throw .badRequest("node \(id) is not in this node's directory; give {\"id\", \"endpoint\"}")
       }
@@ -832,10 +850,123 @@ public final class Gateway: HTTPHandler {
       }
       return Peer(node: NodeID(id), endpoint: endpoint)
     }
+    if let member = configuration.members.first(where: { $0.node == NodeID(id) }) { return member }
     guard NodeID(id) == engine.localPeer.node else {
       throw .badRequest("node \(id) is not in this node's directory; give its \"endpoint\"")
     }
     return engine.localPeer
+  }
+
+  /// createPeer on every peer: this node's engine for itself, `POST /v1/node/groups` on the others.
+  /// 201 when every peer created its replica; 409 when every peer already had one; otherwise
+  /// `503 not_ready` naming the peers that did not (retrying the request is safe: creation is
+  /// idempotent per peer, answered 409 by those that have it).
+  private func createEverywhere(
+    _ group: GroupID, _ peers: [Peer], _ forwarder: LeaderForwarder, _ exchange: Exchange, route: String
+  ) {
+    var writer = JSONWriter()
+    writer.beginObject()
+    writer.member("id", group.description)
+    writer.key("peers")
+    writer.beginArray()
+    for peer in peers {
+      writer.beginObject()
+      writer.member("id", peer.node.rawValue)
+      writer.member("endpoint", peer.endpoint.description)
+      writer.endObject()
+    }
+    writer.endArray()
+    writer.endObject()
+    let body = writer.bytes
+    fanOut(peers, exchange, route: route, local: { [engine] done in
+      engine.createPeer(group, peers: peers) { result in
+        switch result {
+        case .success: done(201)
+        case .failure(.groupAlreadyExists): done(409)
+        case .failure: done(0)
+        }
+      }
+    }, remote: { peer, done in
+      forwarder.nodeLocal("POST", on: peer, target: "/v1/node/groups", body: body) { status, _ in done(status) }
+    }) { [self] statuses in
+      if statuses.values.allSatisfy({ $0 == 409 }) {
+        return exchange.fail(.consensus(.groupAlreadyExists(group)), route: route)
+      }
+      let failed = statuses.filter { $0.value != 201 && $0.value != 409 }.map(\.key).sorted()
+      guard failed.isEmpty else {
+        return exchange.fail(
+          .consensus(.storage("group \(group) was not created on node(s) \(failed.map(\.description).joined(separator: ", ")); retry the request")),
+          route: route)
+      }
+      var summary = JSONWriter()
+      summary.beginObject()
+      summary.member("id", group.description)
+      summary.member("protocol", engine.protocolName)
+      summary.key("peers")
+      summary.beginArray()
+      for peer in peers {
+        summary.beginObject()
+        summary.member("id", peer.node.rawValue)
+        summary.member("endpoint", peer.endpoint.description)
+        summary.endObject()
+      }
+      summary.endArray()
+      summary.endObject()
+      let body = engine.status(group).map(statusDocument) ?? summary.bytes
+      exchange.respond(json: body, status: 201, headers: [("Location", "/v1/groups/\(group)")], route: route)
+    }
+  }
+
+  /// deletePeer on every peer of the group: this node's engine, `DELETE /v1/node/groups/{group}`
+  /// on the others.
+  private func deleteEverywhere(
+    _ group: GroupID, _ peers: [Peer], _ forwarder: LeaderForwarder, _ exchange: Exchange, route: String
+  ) {
+    fanOut(peers, exchange, route: route, local: { [engine] done in
+      engine.deletePeer(group) { result in
+        switch result {
+        case .success: done(200)
+        case .failure(.groupNotFound): done(404)
+        case .failure: done(0)
+        }
+      }
+    }, remote: { peer, done in
+      forwarder.nodeLocal("DELETE", on: peer, target: "/v1/node/groups/\(group)", body: []) { status, _ in done(status) }
+    }) { statuses in
+      let failed = statuses.filter { $0.value != 200 && $0.value != 404 }.map(\.key).sorted()
+      guard failed.isEmpty else {
+        return exchange.fail(
+          .consensus(.storage("group \(group) was not deleted on node(s) \(failed.map(\.description).joined(separator: ", ")); retry the request")),
+          route: route)
+      }
+      var writer = JSONWriter()
+      writer.beginObject()
+      writer.member("id", group.description)
+      writer.member("deleted", true)
+      writer.endObject()
+      exchange.respond(json: writer.bytes, route: route)
+    }
+  }
+
+  /// Runs one operation per peer (local or remote) and calls `finish` once with every peer's status.
+  private func fanOut(
+    _ peers: [Peer], _ exchange: Exchange, route: String,
+    local: @escaping @Sendable (@escaping @Sendable (Int) -> Void) -> Void,
+    remote: @escaping @Sendable (Peer, @escaping @Sendable (Int) -> Void) -> Void,
+    finish: @escaping @Sendable ([NodeID: Int]) -> Void
+  ) {
+    let statuses = Locked<[NodeID: Int]>([:])
+    let expected = peers.count
+    for peer in peers {
+      let record: @Sendable (Int) -> Void = { status in
+        let all: [NodeID: Int]? = statuses.withLock { statuses in
+          statuses[peer.node] = status
+          return statuses.count == expected ? statuses : nil
+        }
+        if let all { finish(all) }
+      }
+      if peer.node == engine.localPeer.node { local(record) } else { remote(peer, record) }
+    }
   }
 
   // MARK: Documents

@@ -102,7 +102,8 @@ func runNode(_ settings: NodeSettings) -> Int32 {
     configuration: GatewayConfiguration(
       clientURL: settings.clientURL, dataDirectory: settings.dataDirectory, version: caucusVersion,
       valueBytesMax: settings.valueBytesMax, requestTimeoutMs: settings.requestTimeoutMs,
-      forwarder: cluster.map { LeaderForwarder(localNode: settings.nodeID, client: $0.client) }))
+      forwarder: cluster.map { LeaderForwarder(localNode: settings.nodeID, client: $0.client) },
+      members: cluster?.members ?? []))
   var serverConfiguration = HTTPServerConfiguration()
   serverConfiguration.host = settings.rpcAddress
   serverConfiguration.port = settings.rpcPort

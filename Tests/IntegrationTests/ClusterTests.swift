@@ -136,6 +136,38 @@ final class ClusterTests: XCTestCase {
     for node in nodes { XCTAssertTrue(node.isRunning, "a node crashed on garbage:\n\(node.log().suffix(2000))") }
   }
 
+  func testAGroupCreatedThroughOneNodeExistsOnEveryPeerServesWritesAndIsDeletedEverywhere() throws {
+    _ = try XCTUnwrap(leader(among: [0, 1, 2]))
+    let created = try HTTPClient(port: nodes[0].port).request("POST", "/v1/groups", text: #"{"id":"DataRegion-7","peers":[1,2,3]}"#)
+    XCTAssertEqual(created.status, 201, created.text)
+    XCTAssertEqual(created.headers["location"], "/v1/groups/DataRegion-7")
+    for node in nodes {
+      XCTAssertEqual(try HTTPClient(port: node.port).request("GET", "/v1/groups/DataRegion-7?forward=none").status, 200)
+    }
+    var written = 0
+    waitUntil("DataRegion-7 to elect and take a write through node 2") {
+      written = (try? HTTPClient(port: nodes[1].port).request("PUT", "/v1/groups/DataRegion-7/kv/k", text: "seven").status) ?? 0
+      return written == 200
+    }
+    XCTAssertEqual(try HTTPClient(port: nodes[2].port).request("GET", "/v1/groups/DataRegion-7/kv/k?raw=true").text, "seven")
+    let again = try HTTPClient(port: nodes[1].port).request("POST", "/v1/groups", text: #"{"id":"DataRegion-7","peers":[1,2,3]}"#)
+    XCTAssertEqual(again.status, 409, again.text)
+    XCTAssertEqual(again.json["error"] as? String, "group_already_exists")
+    // A group on two of the three nodes.
+    let pair = try HTTPClient(port: nodes[2].port).request("POST", "/v1/groups", text: #"{"id":"SchemaRegion-2","peers":[1,2]}"#)
+    XCTAssertEqual(pair.status, 201, pair.text)
+    XCTAssertEqual(try HTTPClient(port: nodes[0].port).request("GET", "/v1/groups/SchemaRegion-2?forward=none").status, 200)
+    XCTAssertEqual(try HTTPClient(port: nodes[2].port).request("GET", "/v1/groups/SchemaRegion-2?forward=none").status, 404)
+    let unknown = try HTTPClient(port: nodes[0].port).request("POST", "/v1/groups", text: #"{"id":"DataRegion-8","peers":[1,9]}"#)
+    XCTAssertEqual(unknown.status, 400, "node 9 is in no directory")
+
+    let deleted = try HTTPClient(port: nodes[2].port).request("DELETE", "/v1/groups/DataRegion-7")
+    XCTAssertEqual(deleted.status, 200, deleted.text)
+    for node in nodes {
+      XCTAssertEqual(try HTTPClient(port: node.port).request("GET", "/v1/groups/DataRegion-7?forward=none").status, 404)
+    }
+  }
+
   func testAClusterRestartKeepsEveryAcknowledgedWrite() throws {
     let leaderIndex = try XCTUnwrap(leader(among: [0, 1, 2]))
     var acknowledged: [String: String] = [:]
