@@ -189,7 +189,12 @@ struct ClusterLink {
       throw SettingsError(description: "--cluster does not name this node (--node-id \(settings.nodeID))")
     }
     PeerClient.globalInit()
-    let client = try PeerClient()
+    var clientConfiguration = PeerClientConfiguration()
+    // Forwarded client requests ride these connections too: as many in parallel to the leader as
+    // clients may have in flight here, or a follower caps the cluster's throughput.
+    clientConfiguration.connectionsPerHostMax = 128
+    clientConfiguration.idleConnectionsMax = 256
+    let client = try PeerClient(configuration: clientConfiguration)
     let transport = try HTTPRaftTransport(localNode: settings.nodeID, client: client)
     var configuration = HTTPServerConfiguration()
     configuration.host = settings.consensusAddress ?? settings.rpcAddress
