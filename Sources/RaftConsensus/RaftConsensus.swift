@@ -9,11 +9,12 @@ import WriteAheadLog
 ///
 /// One loop turn: take the inbox (proposals, reads, inbound batches, group operations) → tick every
 /// group when the tick interval passed → step → collect each group's `Ready` → append every
-/// group's entries and hard state to the WAL and fsync ONCE → send one batch per destination node
+/// group's entries and hard state to the WAL and fsync ONCE → send the batches that wait for it
 /// → apply committed entries and answer the writes and reads waiting on them → `advance`.
 ///
-/// All messages of a turn leave after its fsync (the contract allows a leader's appends to leave
-/// before; waiting keeps one batch per destination per turn, at the cost of one fsync of latency).
+/// A turn sends at most two batches per destination: the Ready's `messages` (a leader's appends
+/// and heartbeats) before its fsync, so followers persist in parallel with the leader, and
+/// `messagesAfterPersist` (votes, acknowledgements) after it, as the Ready contract requires.
 ///
 /// Not yet: membership changes (`addPeer`, `removePeer`, `changePeer` answer `notSupported`),
 /// heartbeat coalescing (all groups' heartbeats to a node already share that turn's batch, but
@@ -501,6 +502,15 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       if ticked { expireDeadlines(now: now, &turn) }
       var readies: [(RaftGroup, Ready)] = []
       for replica in live.values where replica.raft.hasReady { readies.append((replica, replica.raft.ready())) }
+      // A Ready's `messages` (a leader's appends and heartbeats) may leave before its own fsync,
+      // so followers persist while the leader does: one batch per destination now, one after.
+      var early: [ReplicaID: [GroupMessage]] = [:]
+      for (replica, ready) in readies {
+        for message in ready.messages {
+          early[message.to, default: []].append(GroupMessage(group: replica.id.packed, message: message))
+        }
+      }
+      let sentEarly = send(early)
       do {
         try persist(readies, &turn, wal)
         if !turn.records.isEmpty {
@@ -513,11 +523,12 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       }
       for action in turn.onDurable { action(.success(())) }
       for (replica, ready) in readies {
-        for message in ready.messages + ready.messagesAfterPersist {
+        for message in ready.messagesAfterPersist {
           turn.outgoing[message.to, default: []].append(GroupMessage(group: replica.id.packed, message: message))
         }
       }
-      let sent = send(turn.outgoing)
+      let sentAfter = send(turn.outgoing)
+      let sent = (sentEarly.0 + sentAfter.0, sentEarly.1 + sentAfter.1)
       for (replica, ready) in readies {
         apply(replica, ready, &turn)
         replica.raft.advance(ready)
