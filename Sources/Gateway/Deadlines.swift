@@ -12,6 +12,8 @@ final class DeadlineWheel: @unchecked Sendable {
     let route: String
     let group: GroupID?
     let indeterminate: Bool
+    /// When set, the entry is a delayed action rather than a deadline.
+    var action: (@Sendable () -> Void)? = nil
   }
 
   /// Bucket width: deadlines fire up to this late. Request deadlines are seconds long.
@@ -33,6 +35,19 @@ final class DeadlineWheel: @unchecked Sendable {
       guard !stopping else { return }
       if buckets.isEmpty { lock.signal() }  // the sweeper sleeps untimed while there is nothing to time
       buckets[slot, default: []].append(Entry(exchange: exchange, route: route, group: group, indeterminate: indeterminate))
+      if thread == nil {
+        thread = OSThread(name: "caucus-deadlines") { [self] in sweep() }
+      }
+    }
+  }
+
+  /// Runs `action` on the sweeping thread after about `delayMs` (rounded up to the granularity).
+  func after(delayMs: UInt32, _ action: @escaping @Sendable () -> Void) {
+    let slot = (MonotonicClock.nowMilliseconds() + UInt64(delayMs)) / granularityMs + 1
+    lock.withLock {
+      guard !stopping else { return }
+      if buckets.isEmpty { lock.signal() }
+      buckets[slot, default: []].append(Entry(exchange: nil, route: "", group: nil, indeterminate: false, action: action))
       if thread == nil {
         thread = OSThread(name: "caucus-deadlines") { [self] in sweep() }
       }
@@ -68,7 +83,11 @@ final class DeadlineWheel: @unchecked Sendable {
       }
       if lock.withLock({ stopping }) { return }
       for entry in due {
-        entry.exchange?.expire(route: entry.route, group: entry.group, indeterminate: entry.indeterminate)
+        if let action = entry.action {
+          action()
+        } else {
+          entry.exchange?.expire(route: entry.route, group: entry.group, indeterminate: entry.indeterminate)
+        }
       }
     }
   }

@@ -2,6 +2,7 @@ import Consensus
 
 import HTTPServer
 import KeyValueStore
+import Platform
 import Synchronization
 
 /// Errors a request can meet before or after the engine; each maps to one status and code of API.md.
@@ -34,9 +35,18 @@ final class Exchange: Sendable {
   private let expired = Atomic<Bool>(false)
 
   let context: GatewayContext
+  /// Runs the request again (after waiting for an election); set by the gateway.
+  private let redispatch: @Sendable (Exchange) -> Void
+  /// Until when a request that finds no leader waits for one before `503 no_leader`.
+  private let noLeaderDeadlineMs: UInt64
 
-  init(request: HTTPRequest, context: GatewayContext, send: @escaping @Sendable (HTTPResponse, String) -> Void) {
+  init(
+    request: HTTPRequest, context: GatewayContext, redispatch: @escaping @Sendable (Exchange) -> Void,
+    send: @escaping @Sendable (HTTPResponse, String) -> Void
+  ) {
     self.context = context
+    self.redispatch = redispatch
+    self.noLeaderDeadlineMs = MonotonicClock.nowMilliseconds() + UInt64(context.noLeaderWaitMs)
     self.request = request
     if let mark = request.target.utf8.firstIndex(of: UInt8(ascii: "?")) {
       path = request.target[..<mark]
@@ -86,6 +96,14 @@ final class Exchange: Sendable {
     if case .consensus(.notLeader(_, let leader?)) = gatewayError, let forwarder = context.forwarder {
       return forward(to: leader, forwarder, route: route, group: group)
     }
+    // No leader yet (an election is under way): wait briefly, then try the request again.
+    if context.forwarder != nil, MonotonicClock.nowMilliseconds() < noLeaderDeadlineMs {
+      switch gatewayError {
+      case .consensus(.noLeader), .consensus(.notLeader(_, leader: nil)):
+        return context.after(GatewayContext.noLeaderRetryMs) { [self] in redispatch(self) }
+      default: break
+      }
+    }
     answerError(gatewayError, route: route, group: group)
   }
 
@@ -95,10 +113,11 @@ final class Exchange: Sendable {
     if mode != .none && hops >= LeaderForwarder.hopsMax {
       return answerError(.forwardLoop(hops: hops), route: route, group: group)
     }
+    let unreachable = GatewayError.consensus(.noLeader(group ?? GroupID(.dataRegion, 0)))
     forwarder.clientURL(of: leader) { [self] url in
       guard let url else {
-        // The leader does not answer: say so, and when to try again.
-        return answerError(.consensus(.noLeader(group ?? GroupID(.dataRegion, 0))), route: route, group: group)
+        // The leader does not answer (it may have just died): wait for an election, as with no leader.
+        return fail(unreachable, route: route, group: group)
       }
       switch mode {
       case .none:
@@ -106,11 +125,18 @@ final class Exchange: Sendable {
       case .redirect:
         respond(HTTPResponse(status: 307, headers: [("Location", url + request.target)]), route: route)
       case .proxy:
-        forwarder.relay(request, to: url, hops: hops) { [self] response in
-          guard let response else {
-            return answerError(.consensus(.noLeader(group ?? GroupID(.dataRegion, 0))), route: route, group: group)
+        forwarder.relay(request, to: url, hops: hops) { [self] result in
+          switch result {
+          case .success(let response):
+            respond(response, route: route)
+          case .failure(.connectFailed):
+            // Never reached the old leader: nothing happened there; wait for the new one.
+            fail(unreachable, route: route, group: group)
+          case .failure:
+            // Sent, but no answer: a write may or may not have been applied.
+            let changesState = request.method != "GET" && request.method != "HEAD" && !route.hasPrefix("read")
+            answerError(.consensus(.timeout(indeterminate: changesState)), route: route, group: group)
           }
-          respond(response, route: route)
         }
       }
     }
@@ -206,6 +232,12 @@ struct GatewayContext: Sendable {
   let localClientURL: String
   /// Relays requests to other nodes' leaders; nil for a single node.
   let forwarder: LeaderForwarder?
+  /// How long a request waits for an election before `503 no_leader`.
+  let noLeaderWaitMs: UInt32
+  /// Runs an action later, off the event loop.
+  let after: @Sendable (UInt32, @escaping @Sendable () -> Void) -> Void
+  /// How often a request waiting for a leader tries again.
+  static let noLeaderRetryMs: UInt32 = 50
 
   /// `X-Caucus-Leader` when a leader is known, and `X-Caucus-Index` (the applied index).
   func groupHeaders(_ group: GroupID) -> [(name: String, value: String)] {

@@ -56,19 +56,24 @@ public final class LeaderForwarder: Sendable {
     }
   }
 
-  /// Relays `request` to `baseURL` (the leader's client URL) and hands back its answer, or nil
-  /// when the leader could not be reached.
-  func relay(_ request: HTTPRequest, to baseURL: String, hops: Int, completion: @escaping @Sendable (HTTPResponse?) -> Void) {
+  /// Relays `request` to `baseURL` (the leader's client URL) and hands back its answer, or the
+  /// client's error when there is none.
+  func relay(
+    _ request: HTTPRequest, to baseURL: String, hops: Int,
+    completion: @escaping @Sendable (Result<HTTPResponse, PeerError>) -> Void
+  ) {
     var headers = request.headers.filter { !LeaderForwarder.hopByHopHeaders.contains($0.name) }
     headers.append(("X-Caucus-Hops", String(hops + 1)))
     headers.append(("X-Caucus-Forwarded-By", localNode.description))
     let forwarded = PeerRequest(
       method: request.method, url: baseURL + request.target, headers: headers, body: request.body, timeoutMs: relayTimeoutMs)
     client.send(forwarded) { [localNode] result in
-      guard case .success(let response) = result else { return completion(nil) }
-      var relayed = response.headers.filter { !LeaderForwarder.hopByHopHeaders.contains($0.name) }
-      relayed.append(("X-Caucus-Forwarded-By", localNode.description))
-      completion(HTTPResponse(status: response.status, headers: relayed, body: response.body))
+      completion(
+        result.map { response in
+          var relayed = response.headers.filter { !LeaderForwarder.hopByHopHeaders.contains($0.name) }
+          relayed.append(("X-Caucus-Forwarded-By", localNode.description))
+          return HTTPResponse(status: response.status, headers: relayed, body: response.body)
+        })
     }
   }
 

@@ -20,6 +20,8 @@ public struct GatewayConfiguration: Sendable {
   public var forwarder: LeaderForwarder?
   /// The nodes this node knows (the static cluster list), so requests may name peers by id.
   public var members: [Peer] = []
+  /// How long a request for a group with no leader waits for an election before `503 no_leader`.
+  public var noLeaderWaitMs: UInt32 = 2_000
 
   public init(
     clientURL: String, dataDirectory: String, version: String, valueBytesMax: Int = 1 << 20,
@@ -51,7 +53,10 @@ public final class Gateway: HTTPHandler {
   public init(engine: any ConsensusEngine, configuration: GatewayConfiguration) {
     self.engine = engine
     self.configuration = configuration
-    self.context = GatewayContext(engine: engine, localClientURL: configuration.clientURL, forwarder: configuration.forwarder)
+    let deadlines = self.deadlines
+    self.context = GatewayContext(
+      engine: engine, localClientURL: configuration.clientURL, forwarder: configuration.forwarder,
+      noLeaderWaitMs: configuration.noLeaderWaitMs, after: { delayMs, action in deadlines.after(delayMs: delayMs, action) })
     self.nodeHeader = ("X-Caucus-Node", engine.localPeer.node.description)
   }
 
@@ -59,7 +64,8 @@ public final class Gateway: HTTPHandler {
     let started = MonotonicClock.nowNanoseconds()
     metrics.begin()
     var route = "not_found"
-    let exchange = Exchange(request: request, context: context) { [metrics, nodeHeader] response, routeName in
+    let exchange = Exchange(request: request, context: context, redispatch: { [self] exchange in run(exchange) }) {
+      [metrics, nodeHeader] response, routeName in
       var response = response
       // A relayed answer already names the node that produced it.
       if !response.headers.contains(where: { $0.name.lowercased() == "x-caucus-node" }) {
@@ -68,6 +74,18 @@ public final class Gateway: HTTPHandler {
       metrics.record(route: routeName, status: response.status, nanoseconds: MonotonicClock.nowNanoseconds() &- started)
       responder.respond(response)
     }
+    route = run(exchange)
+    if !exchange.isAnswered, let indeterminate = Gateway.deadlineRoutes[route] {
+      deadlines.schedule(
+        exchange, timeoutMs: configuration.requestTimeoutMs, route: route, group: pathGroup(exchange.path),
+        indeterminate: indeterminate)
+    }
+  }
+
+  /// Routes and serves one request (again, when it waited for a leader); returns the route name.
+  @discardableResult
+  private func run(_ exchange: Exchange) -> String {
+    var route = "not_found"
     do throws(GatewayError) {
       if let malformed = exchange.query.malformed {
         throw GatewayError.badRequest(
@@ -79,11 +97,7 @@ public final class Gateway: HTTPHandler {
     } catch {
       exchange.fail(error, route: route)
     }
-    if !exchange.isAnswered, let indeterminate = Gateway.deadlineRoutes[route] {
-      deadlines.schedule(
-        exchange, timeoutMs: configuration.requestTimeoutMs, route: route, group: pathGroup(exchange.path),
-        indeterminate: indeterminate)
-    }
+    return route
   }
 
   /// Routes answered `504 timeout` at the request deadline, with whether the outcome is unknown

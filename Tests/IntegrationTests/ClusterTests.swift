@@ -168,6 +168,27 @@ final class ClusterTests: XCTestCase {
     }
   }
 
+  func testARequestDuringAnElectionWaitsForTheNewLeaderAndWithoutAQuorumAnswersNoLeader() throws {
+    let first = try XCTUnwrap(leader(among: [0, 1, 2]))
+    let survivors = [0, 1, 2].filter { $0 != first }
+    nodes[first].kill(SIGKILL)
+    // At once, while the survivors have not yet noticed: the request waits for the election.
+    let during = try HTTPClient(port: nodes[survivors[0]].port).request("PUT", "/v1/groups/DataRegion-0/kv/during", text: "election")
+    XCTAssertEqual(during.status, 200, during.text)
+    // With two of three nodes gone there is no quorum: a bounded wait, then 503 no_leader.
+    nodes[survivors[1]].kill(SIGKILL)
+    var lastStatus = 0
+    var reply: HTTPReply?
+    waitUntil("the lone node to give up its leadership or lose its leader") {
+      reply = try? HTTPClient(port: nodes[survivors[0]].port).request("PUT", "/v1/groups/DataRegion-0/kv/alone", text: "x")
+      lastStatus = reply?.status ?? 0
+      return lastStatus == 503
+    }
+    XCTAssertEqual(lastStatus, 503)
+    XCTAssertEqual(reply?.json["error"] as? String, "no_leader")
+    XCTAssertNotNil(reply?.headers["retry-after"])
+  }
+
   func testAClusterRestartKeepsEveryAcknowledgedWrite() throws {
     let leaderIndex = try XCTUnwrap(leader(among: [0, 1, 2]))
     var acknowledged: [String: String] = [:]
