@@ -230,7 +230,11 @@ public final class Gateway: HTTPHandler {
       route = "cluster"
       guard rest.count == 1 else { throw .notFound }
       try allow("GET", "HEAD")
-      exchange.respond(json: clusterDocument(), route: route)
+      if let forwarder = configuration.forwarder, !configuration.members.isEmpty {
+        gatherCluster(forwarder, exchange, route: route)
+      } else {
+        exchange.respond(json: clusterDocument(), route: route)
+      }
       return
     case "groups":
       break
@@ -1070,6 +1074,55 @@ public final class Gateway: HTTPHandler {
     writer.endArray()
     writer.endObject()
     return writer.bytes
+  }
+
+  /// `/v1/cluster` of a multi-node cluster: every member's own `GET /v1/groups`, each within
+  /// `LeaderForwarder.lookupTimeoutMs`; a member that does not answer is listed unreachable.
+  private func gatherCluster(_ forwarder: LeaderForwarder, _ exchange: Exchange, route: String) {
+    let members = configuration.members
+    let views = Locked<[NodeID: (url: String, groups: JSONValue?)]>([:])
+    let local = engine.localPeer.node
+    var localWriter = JSONWriter()
+    writeGroupSummaries(&localWriter)
+    let localGroups = try? JSONParser.parse(localWriter.bytes)
+    let finish: @Sendable () -> Void = { [configuration] in
+      let gathered = views.withLock { $0 }
+      var writer = JSONWriter()
+      writer.beginObject()
+      writer.key("nodes")
+      writer.beginArray()
+      for member in members {
+        let view = gathered[member.node]
+        writer.beginObject()
+        writer.member("id", member.node.rawValue)
+        writer.member("clientURL", member.node == local ? configuration.clientURL : view?.url ?? "")
+        writer.member("consensusEndpoint", member.endpoint.description)
+        writer.member("reachable", view?.groups != nil)
+        writer.key("groups")
+        writer.value(view?.groups ?? .array([]))
+        writer.endObject()
+      }
+      writer.endArray()
+      writer.endObject()
+      exchange.respond(json: writer.bytes, route: route)
+    }
+    let record: @Sendable (NodeID, String, JSONValue?) -> Void = { node, url, groups in
+      let done = views.withLock { views in
+        views[node] = (url, groups)
+        return views.count == members.count
+      }
+      if done { finish() }
+    }
+    for member in members {
+      if member.node == local {
+        record(member.node, configuration.clientURL, localGroups)
+        continue
+      }
+      forwarder.nodeLocal("GET", on: member, target: "/v1/groups", body: []) { status, body in
+        let groups = status == 200 ? (try? JSONParser.parse(body))?["groups"] : nil
+        record(member.node, forwarder.knownClientURL(of: member.node) ?? "", groups)
+      }
+    }
   }
 
   private func writeSummaryFields(_ writer: inout JSONWriter, _ status: GroupStatus) {

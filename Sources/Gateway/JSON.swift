@@ -1,3 +1,5 @@
+import HTTPServer
+
 /// A small JSON reader and writer for the gateway. Requests are bounded (the HTTP layer caps the
 /// body size; `JSONParser.depthMax` caps nesting), so parsing cannot be driven into deep recursion
 /// or unbounded allocation. Responses are written by hand in a fixed key order, which keeps the hot
@@ -261,6 +263,34 @@ func hexDigitValue(_ byte: UInt8) -> UInt8? {
   case UInt8(ascii: "a")...UInt8(ascii: "f"): return byte - UInt8(ascii: "a") + 10
   case UInt8(ascii: "A")...UInt8(ascii: "F"): return byte - UInt8(ascii: "A") + 10
   default: return nil
+  }
+}
+
+extension JSONWriter {
+  /// Writes a parsed JSON value back out (relaying part of another node's answer).
+  public mutating func value(_ value: JSONValue) {
+    switch value {
+    case .null: null()
+    case .bool(let flag): bool(flag)
+    case .number(let number):
+      if number.rounded(.towardZero) == number, abs(number) < 9_007_199_254_740_992 {
+        if number >= 0 { self.number(UInt64(number)) } else { self.number(Int(number)) }
+      } else {
+        self.number(number)
+      }
+    case .string(let text): string(text)
+    case .array(let items):
+      beginArray()
+      for item in items { self.value(item) }
+      endArray()
+    case .object(let members):
+      beginObject()
+      for (name, member) in members {
+        key(name)
+        self.value(member)
+      }
+      endObject()
+    }
   }
 }
 

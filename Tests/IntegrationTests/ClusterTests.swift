@@ -189,6 +189,26 @@ final class ClusterTests: XCTestCase {
     XCTAssertNotNil(reply?.headers["retry-after"])
   }
 
+  func testTheClusterViewGathersEveryNodeAndListsAnUnreachableOne() throws {
+    _ = try XCTUnwrap(leader(among: [0, 1, 2]))
+    let view = try HTTPClient(port: nodes[0].port).request("GET", "/v1/cluster")
+    XCTAssertEqual(view.status, 200, view.text)
+    let listed = try XCTUnwrap(view.json["nodes"] as? [[String: Any]])
+    XCTAssertEqual(listed.compactMap { $0["id"] as? Int }, [1, 2, 3])
+    XCTAssertEqual(listed.compactMap { $0["reachable"] as? Bool }, [true, true, true])
+    for (index, node) in listed.enumerated() {
+      XCTAssertEqual(node["clientURL"] as? String, "http://127.0.0.1:\(nodes[index].port)")
+      let groups = node["groups"] as? [[String: Any]] ?? []
+      XCTAssertEqual(groups.first?["id"] as? String, "DataRegion-0", "node \(index + 1) reports its groups")
+    }
+    nodes[2].kill(SIGKILL)
+    let started = Date()
+    let partial = try HTTPClient(port: nodes[0].port).request("GET", "/v1/cluster")
+    XCTAssertLessThan(Date().timeIntervalSince(started), 5, "a per-node deadline bounds the gathering")
+    let after = try XCTUnwrap(partial.json["nodes"] as? [[String: Any]])
+    XCTAssertEqual(after.compactMap { $0["reachable"] as? Bool }, [true, true, false], "never hidden, marked unreachable")
+  }
+
   func testAClusterRestartKeepsEveryAcknowledgedWrite() throws {
     let leaderIndex = try XCTUnwrap(leader(among: [0, 1, 2]))
     var acknowledged: [String: String] = [:]
