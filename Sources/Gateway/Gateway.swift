@@ -252,6 +252,9 @@ public final class Gateway: HTTPHandler {
         if let scope = exchange.query["scope"], scope != "node" && scope != "cluster" {
           throw .badRequest("scope must be node or cluster, not '\(scope)'")
         }
+        if exchange.query["scope"] == "cluster", let forwarder = configuration.forwarder, !configuration.members.isEmpty {
+          return gatherGroups(forwarder, exchange, route: route)
+        }
         // Standalone: this node's groups are the whole directory, so both scopes list the same.
         exchange.respond(json: groupsDocument(), route: route)
       }
@@ -1076,52 +1079,85 @@ public final class Gateway: HTTPHandler {
     return writer.bytes
   }
 
-  /// `/v1/cluster` of a multi-node cluster: every member's own `GET /v1/groups`, each within
-  /// `LeaderForwarder.lookupTimeoutMs`; a member that does not answer is listed unreachable.
-  private func gatherCluster(_ forwarder: LeaderForwarder, _ exchange: Exchange, route: String) {
+  /// Every member's own `GET /v1/groups` (this node's from the engine), each within
+  /// `LeaderForwarder.lookupTimeoutMs`; `finish` gets, per member, its client URL and its groups
+  /// (nil when it did not answer).
+  private func gatherMembers(
+    _ forwarder: LeaderForwarder, finish: @escaping @Sendable ([NodeID: (url: String, groups: [JSONValue]?)]) -> Void
+  ) {
     let members = configuration.members
-    let views = Locked<[NodeID: (url: String, groups: JSONValue?)]>([:])
-    let local = engine.localPeer.node
+    let views = Locked<[NodeID: (url: String, groups: [JSONValue]?)]>([:])
     var localWriter = JSONWriter()
     writeGroupSummaries(&localWriter)
-    let localGroups = try? JSONParser.parse(localWriter.bytes)
-    let finish: @Sendable () -> Void = { [configuration] in
-      let gathered = views.withLock { $0 }
+    let localGroups = (try? JSONParser.parse(localWriter.bytes))?.arrayValue
+    let record: @Sendable (NodeID, String, [JSONValue]?) -> Void = { node, url, groups in
+      let all: [NodeID: (url: String, groups: [JSONValue]?)]? = views.withLock { views in
+        views[node] = (url, groups)
+        return views.count == members.count ? views : nil
+      }
+      if let all { finish(all) }
+    }
+    for member in members {
+      if member.node == engine.localPeer.node {
+        record(member.node, configuration.clientURL, localGroups)
+        continue
+      }
+      forwarder.nodeLocal("GET", on: member, target: "/v1/groups", body: []) { status, body in
+        let groups = status == 200 ? (try? JSONParser.parse(body))?["groups"]?.arrayValue : nil
+        record(member.node, forwarder.knownClientURL(of: member.node) ?? "", groups)
+      }
+    }
+  }
+
+  /// `/v1/cluster` of a multi-node cluster: a member that does not answer is listed unreachable.
+  private func gatherCluster(_ forwarder: LeaderForwarder, _ exchange: Exchange, route: String) {
+    let members = configuration.members
+    gatherMembers(forwarder) { views in
       var writer = JSONWriter()
       writer.beginObject()
       writer.key("nodes")
       writer.beginArray()
       for member in members {
-        let view = gathered[member.node]
+        let view = views[member.node]
         writer.beginObject()
         writer.member("id", member.node.rawValue)
-        writer.member("clientURL", member.node == local ? configuration.clientURL : view?.url ?? "")
+        writer.member("clientURL", view?.url ?? "")
         writer.member("consensusEndpoint", member.endpoint.description)
         writer.member("reachable", view?.groups != nil)
         writer.key("groups")
-        writer.value(view?.groups ?? .array([]))
+        writer.value(.array(view?.groups ?? []))
         writer.endObject()
       }
       writer.endArray()
       writer.endObject()
       exchange.respond(json: writer.bytes, route: route)
     }
-    let record: @Sendable (NodeID, String, JSONValue?) -> Void = { node, url, groups in
-      let done = views.withLock { views in
-        views[node] = (url, groups)
-        return views.count == members.count
+  }
+
+  /// `GET /v1/groups?scope=cluster`: every group any member hosts, once, as its leader (else
+  /// any member) describes it.
+  private func gatherGroups(_ forwarder: LeaderForwarder, _ exchange: Exchange, route: String) {
+    let local = engine.localPeer.node
+    gatherMembers(forwarder) { views in
+      var chosen: [String: (summary: JSONValue, fromLeader: Bool)] = [:]
+      for (node, view) in views.sorted(by: { $0.key < $1.key }) {
+        for summary in view.groups ?? [] {
+          guard let id = summary["id"]?.stringValue else { continue }
+          let fromLeader = summary["leader"]?.unsignedIntegerValue == node.rawValue
+          if chosen[id] == nil || (fromLeader && chosen[id]?.fromLeader == false) { chosen[id] = (summary, fromLeader) }
+        }
       }
-      if done { finish() }
-    }
-    for member in members {
-      if member.node == local {
-        record(member.node, configuration.clientURL, localGroups)
-        continue
+      var writer = JSONWriter()
+      writer.beginObject()
+      writer.member("node", local.rawValue)
+      writer.key("groups")
+      writer.beginArray()
+      for id in chosen.keys.sorted(by: { (GroupID($0) ?? GroupID(.dataRegion, 0)) < (GroupID($1) ?? GroupID(.dataRegion, 0)) }) {
+        writer.value(chosen[id]!.summary)
       }
-      forwarder.nodeLocal("GET", on: member, target: "/v1/groups", body: []) { status, body in
-        let groups = status == 200 ? (try? JSONParser.parse(body))?["groups"] : nil
-        record(member.node, forwarder.knownClientURL(of: member.node) ?? "", groups)
-      }
+      writer.endArray()
+      writer.endObject()
+      exchange.respond(json: writer.bytes, route: route)
     }
   }
 

@@ -158,6 +158,12 @@ final class ClusterTests: XCTestCase {
     XCTAssertEqual(pair.status, 201, pair.text)
     XCTAssertEqual(try HTTPClient(port: nodes[0].port).request("GET", "/v1/groups/SchemaRegion-2?forward=none").status, 200)
     XCTAssertEqual(try HTTPClient(port: nodes[2].port).request("GET", "/v1/groups/SchemaRegion-2?forward=none").status, 404)
+    // The cluster-wide listing shows SchemaRegion-2 even through node 3, which does not host it.
+    let everywhere = try HTTPClient(port: nodes[2].port).request("GET", "/v1/groups?scope=cluster")
+    let ids = (everywhere.json["groups"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String }
+    XCTAssertEqual(ids, ["DataRegion-0", "DataRegion-7", "SchemaRegion-2"], everywhere.text)
+    let hereOnly = try HTTPClient(port: nodes[2].port).request("GET", "/v1/groups")
+    XCTAssertEqual((hereOnly.json["groups"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String }, ["DataRegion-0", "DataRegion-7"])
     let unknown = try HTTPClient(port: nodes[0].port).request("POST", "/v1/groups", text: #"{"id":"DataRegion-8","peers":[1,9]}"#)
     XCTAssertEqual(unknown.status, 400, "node 9 is in no directory")
 
