@@ -33,6 +33,9 @@ final class Exchange: Sendable {
   private let answered = Atomic<Bool>(false)
   /// Set before a deadline answers, so the engine's late completion is recognized and dropped.
   private let expired = Atomic<Bool>(false)
+  /// How often the request looked for another member hosting its group (again only while it
+  /// may still wait for a leader).
+  private let located = Atomic<Int>(0)
 
   let context: GatewayContext
   /// Runs the request again (after waiting for an election); set by the gateway.
@@ -95,6 +98,24 @@ final class Exchange: Sendable {
     // Not the leader: forward, redirect or hint, as the caller asked (API.md "Leader forwarding").
     if case .consensus(.notLeader(_, let leader?)) = gatewayError, let forwarder = context.forwarder {
       return forward(to: leader, forwarder, route: route, group: group)
+    }
+    // A group this node does not host: find a member that does, and go to its leader. Node-local
+    // routes (`/v1/node/…`) are about this node only and never leave it.
+    if case .consensus(.groupNotFound(let missing)) = gatewayError, let forwarder = context.forwarder,
+      let locate = context.locate, !route.hasPrefix("node_"),
+      // Requests from other nodes (forwarded, or a node asking where a group lives) never look
+      // further: one node's question must not fan out across the cluster again.
+      request.header("x-caucus-hops") == nil,
+      located.wrappingAdd(1, ordering: .acquiringAndReleasing).oldValue == 0
+        || MonotonicClock.nowMilliseconds() < noLeaderDeadlineMs
+    {
+      return locate(missing) { [self] found in
+        switch found {
+        case .leader(let leader): forward(to: leader, forwarder, route: route, group: missing)
+        case .noLeader: fail(.consensus(.noLeader(missing)), route: route, group: missing)
+        case .nowhere: answerError(gatewayError, route: route, group: group)
+        }
+      }
     }
     // No leader yet (an election is under way): wait briefly, then try the request again.
     if context.forwarder != nil, MonotonicClock.nowMilliseconds() < noLeaderDeadlineMs {
@@ -236,6 +257,8 @@ struct GatewayContext: Sendable {
   let noLeaderWaitMs: UInt32
   /// Runs an action later, off the event loop.
   let after: @Sendable (UInt32, @escaping @Sendable () -> Void) -> Void
+  /// Finds the leader of a group this node does not host, asking the other members; nil alone.
+  let locate: (@Sendable (GroupID, @escaping @Sendable (GroupLocation) -> Void) -> Void)?
   /// How often a request waiting for a leader tries again.
   static let noLeaderRetryMs: UInt32 = 50
 

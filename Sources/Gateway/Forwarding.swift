@@ -84,9 +84,11 @@ public final class LeaderForwarder: Sendable {
   ) {
     clientURL(of: peer) { [client, relayTimeoutMs] url in
       guard let url else { return completion(0, []) }
+      // At the hop limit: the receiver answers for itself and never forwards or locates.
       let request = PeerRequest(
-        method: method, url: url + target, headers: [("Content-Type", HTTPResponse.jsonContentType)], body: body,
-        timeoutMs: relayTimeoutMs)
+        method: method, url: url + target,
+        headers: [("Content-Type", HTTPResponse.jsonContentType), ("X-Caucus-Hops", String(LeaderForwarder.hopsMax))],
+        body: body, timeoutMs: relayTimeoutMs)
       client.send(request) { result in
         switch result {
         case .success(let response): completion(response.status, response.body)
@@ -95,4 +97,50 @@ public final class LeaderForwarder: Sendable {
       }
     }
   }
+}
+
+/// Finds which member leads a group this node does not host, by asking the other members for
+/// their groups (`GET /v1/groups?forward=none` on their client API). Until the cluster directory
+/// exists this is how a node outside a group routes to it.
+struct GroupLocator: Sendable {
+  let forwarder: LeaderForwarder
+  let members: [Peer]
+  let local: NodeID
+
+  func locate(_ group: GroupID, _ completion: @escaping @Sendable (GroupLocation) -> Void) {
+    let others = members.filter { $0.node != local }
+    guard !others.isEmpty else { return completion(.nowhere) }
+    let answers = Locked<(remaining: Int, hosted: Bool, done: Bool)>((others.count, false, false))
+    for member in others {
+      forwarder.nodeLocal("GET", on: member, target: "/v1/groups/\(group)?forward=none", body: []) { [members] status, body in
+        // A member hosting the group names its leader; the first such answer decides.
+        var leader: Peer?
+        let document = status == 200 ? try? JSONParser.parse(body) : nil
+        if let id = document?["leader"]?.unsignedIntegerValue {
+          leader = members.first { $0.node.rawValue == id }
+        }
+        let decided: GroupLocation? = answers.withLock { state in
+          state.remaining -= 1
+          state.hosted = state.hosted || document != nil
+          guard !state.done else { return nil }
+          if let leader {
+            state.done = true
+            return .leader(leader)
+          }
+          guard state.remaining == 0 else { return nil }
+          state.done = true
+          return state.hosted ? .noLeader : .nowhere
+        }
+        if let decided { completion(decided) }
+      }
+    }
+  }
+}
+
+/// Where a group this node does not host lives.
+enum GroupLocation: Sendable {
+  case leader(Peer)
+  /// Members host it, but none knows a leader yet.
+  case noLeader
+  case nowhere
 }

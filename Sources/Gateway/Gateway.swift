@@ -54,9 +54,17 @@ public final class Gateway: HTTPHandler {
     self.engine = engine
     self.configuration = configuration
     let deadlines = self.deadlines
+    var locate: (@Sendable (GroupID, @escaping @Sendable (GroupLocation) -> Void) -> Void)?
+    if let forwarder = configuration.forwarder {
+      let locator = GroupLocator(forwarder: forwarder, members: configuration.members, local: engine.localPeer.node)
+      locate = { group, completion in locator.locate(group, completion) }
+    }
+    let after: @Sendable (UInt32, @escaping @Sendable () -> Void) -> Void = { delayMs, action in
+      deadlines.after(delayMs: delayMs, action)
+    }
     self.context = GatewayContext(
       engine: engine, localClientURL: configuration.clientURL, forwarder: configuration.forwarder,
-      noLeaderWaitMs: configuration.noLeaderWaitMs, after: { delayMs, action in deadlines.after(delayMs: delayMs, action) })
+      noLeaderWaitMs: configuration.noLeaderWaitMs, after: after, locate: locate)
     self.nodeHeader = ("X-Caucus-Node", engine.localPeer.node.description)
   }
 

@@ -157,7 +157,16 @@ final class ClusterTests: XCTestCase {
     let pair = try HTTPClient(port: nodes[2].port).request("POST", "/v1/groups", text: #"{"id":"SchemaRegion-2","peers":[1,2]}"#)
     XCTAssertEqual(pair.status, 201, pair.text)
     XCTAssertEqual(try HTTPClient(port: nodes[0].port).request("GET", "/v1/groups/SchemaRegion-2?forward=none").status, 200)
-    XCTAssertEqual(try HTTPClient(port: nodes[2].port).request("GET", "/v1/groups/SchemaRegion-2?forward=none").status, 404)
+    // Node 3 hosts no replica of SchemaRegion-2, yet routes to it: it asks the others who leads it.
+    let hint = try HTTPClient(port: nodes[2].port).request("GET", "/v1/groups/SchemaRegion-2?forward=none")
+    XCTAssertEqual(hint.status, 421, hint.text)
+    var routed = 0
+    waitUntil("SchemaRegion-2 to take a write through node 3, which does not host it") {
+      routed = (try? HTTPClient(port: nodes[2].port).request("PUT", "/v1/groups/SchemaRegion-2/kv/s", text: "two").status) ?? 0
+      return routed == 200
+    }
+    XCTAssertEqual(try HTTPClient(port: nodes[2].port).request("GET", "/v1/groups/SchemaRegion-2/kv/s?raw=true").text, "two")
+    XCTAssertEqual(try HTTPClient(port: nodes[0].port).request("GET", "/v1/groups/DataRegion-99").status, 404, "hosted nowhere")
     // The cluster-wide listing shows SchemaRegion-2 even through node 3, which does not host it.
     let everywhere = try HTTPClient(port: nodes[2].port).request("GET", "/v1/groups?scope=cluster")
     let ids = (everywhere.json["groups"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String }
