@@ -893,20 +893,27 @@ public final class Gateway: HTTPHandler {
   private func createEverywhere(
     _ group: GroupID, _ peers: [Peer], _ forwarder: LeaderForwarder, _ exchange: Exchange, route: String
   ) {
-    var writer = JSONWriter()
-    writer.beginObject()
-    writer.member("id", group.description)
-    writer.key("peers")
-    writer.beginArray()
-    for peer in peers {
+    // The same document is the node-local request body and, for a group this node does not
+    // host, the answer's summary.
+    func groupDocument(protocolName: String?) -> [UInt8] {
+      var writer = JSONWriter()
       writer.beginObject()
-      writer.member("id", peer.node.rawValue)
-      writer.member("endpoint", peer.endpoint.description)
+      writer.member("id", group.description)
+      if let protocolName { writer.member("protocol", protocolName) }
+      writer.key("peers")
+      writer.beginArray()
+      for peer in peers {
+        writer.beginObject()
+        writer.member("id", peer.node.rawValue)
+        writer.member("endpoint", peer.endpoint.description)
+        writer.endObject()
+      }
+      writer.endArray()
       writer.endObject()
+      return writer.bytes
     }
-    writer.endArray()
-    writer.endObject()
-    let body = writer.bytes
+    let body = groupDocument(protocolName: nil)
+    let summary = groupDocument(protocolName: engine.protocolName)
     fanOut(peers, exchange, route: route, local: { [engine] done in
       engine.createPeer(group, peers: peers) { result in
         switch result {
@@ -927,21 +934,7 @@ public final class Gateway: HTTPHandler {
           .consensus(.storage("group \(group) was not created on node(s) \(failed.map(\.description).joined(separator: ", ")); retry the request")),
           route: route)
       }
-      var summary = JSONWriter()
-      summary.beginObject()
-      summary.member("id", group.description)
-      summary.member("protocol", engine.protocolName)
-      summary.key("peers")
-      summary.beginArray()
-      for peer in peers {
-        summary.beginObject()
-        summary.member("id", peer.node.rawValue)
-        summary.member("endpoint", peer.endpoint.description)
-        summary.endObject()
-      }
-      summary.endArray()
-      summary.endObject()
-      let body = engine.status(group).map(statusDocument) ?? summary.bytes
+      let body = engine.status(group).map(statusDocument) ?? summary
       exchange.respond(json: body, status: 201, headers: [("Location", "/v1/groups/\(group)")], route: route)
     }
   }
