@@ -15,6 +15,19 @@ public struct ConsensusConfig: Sendable {
   }
 }
 
+/// Reads a protocol's numeric option (`ConsensusConfig.options`), checked against its range.
+/// Nil when the option is not given; an out-of-range or non-numeric value is refused with a
+/// message naming the option and the range.
+public func protocolOption(
+  _ options: [String: String], _ name: String, _ range: ClosedRange<UInt64>
+) throws(ConsensusError) -> UInt64? {
+  guard let text = options[name] else { return nil }
+  guard let value = UInt64(text), range.contains(value) else {
+    throw .invalidRequest("option \(name)=\(text) must be an integer in \(range.lowerBound)...\(range.upperBound)")
+  }
+  return value
+}
+
 public enum ConsensusFactoryError: Error, Equatable, Sendable, CustomStringConvertible {
   case unknownProtocol(name: String, accepted: [String])
   case unavailable(name: String, reason: String)

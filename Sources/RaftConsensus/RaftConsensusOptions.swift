@@ -48,11 +48,7 @@ public struct RaftConsensusOptions: Sendable {
   public init(options: [String: String]) throws(ConsensusError) {
     self.init()
     func number(_ name: String, _ range: ClosedRange<UInt64>) throws(ConsensusError) -> UInt64? {
-      guard let text = options[name] else { return nil }
-      guard let value = UInt64(text), range.contains(value) else {
-        throw .invalidRequest("option \(name)=\(text) must be an integer in \(range.lowerBound)...\(range.upperBound)")
-      }
-      return value
+      try protocolOption(options, name, range)
     }
     if let value = try number("tickIntervalMs", 1...10_000) { tickIntervalMs = value }
     if let value = try number("electionTicks", 2...1_000) { electionTicks = Int(value) }

@@ -38,11 +38,7 @@ public struct StandaloneOptions: Sendable {
   public init(options: [String: String]) throws(ConsensusError) {
     self.init()
     func number(_ name: String, _ range: ClosedRange<UInt64>) throws(ConsensusError) -> UInt64? {
-      guard let text = options[name] else { return nil }
-      guard let value = UInt64(text), range.contains(value) else {
-        throw .invalidRequest("option \(name)=\(text) must be an integer in \(range.lowerBound)...\(range.upperBound)")
-      }
-      return value
+      try protocolOption(options, name, range)
     }
     if let value = try number("pendingWritesMax", 1...1_000_000) { pendingWritesMax = Int(value) }
     if let value = try number("batchWritesMax", 1...100_000) { batchWritesMax = Int(value) }
