@@ -16,9 +16,13 @@ import WriteAheadLog
 /// and heartbeats) before its fsync, so followers persist in parallel with the leader, and
 /// `messagesAfterPersist` (votes, acknowledgements) after it, as the Ready contract requires.
 ///
+/// Heartbeats are coalesced per node pair: every group ticks in the same turn, so with a heartbeat
+/// every tick (`heartbeatTicks` 1, what `caucus` configures) all leaders' heartbeats to a node
+/// share that turn's batch, which carries them as one coalesced section (`CoalescedHeartbeat`);
+/// the responses come back the same way.
+///
 /// Not yet: membership changes (`addPeer`, `removePeer`, `changePeer` answer `notSupported`),
-/// heartbeat coalescing (all groups' heartbeats to a node already share that turn's batch, but
-/// each is its own message), lease reads (served as ReadIndex reads).
+/// lease reads (served as ReadIndex reads).
 ///
 /// Threads: callers on any thread only enqueue (under `state`) or read a group's published view
 /// and state machine (under the group's lock). The loop thread owns the WAL and every `Raft`.
@@ -89,6 +93,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     var entriesPersisted: UInt64 = 0
     var batchesSent: UInt64 = 0
     var messagesSent: UInt64 = 0
+    var heartbeatsCoalesced: UInt64 = 0
     var batchesReceived: UInt64 = 0
     var batchesRejected: UInt64 = 0
     var batchesDroppedOverloaded: UInt64 = 0
@@ -440,7 +445,13 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       type: "gauge")
     counter("caucus_raft_entries_persisted_total", "Raft log entries written to the write-ahead log.", metrics.entriesPersisted)
     counter("caucus_raft_batches_sent_total", "Message batches handed to the transport.", metrics.batchesSent)
-    counter("caucus_raft_messages_sent_total", "Raft messages in those batches.", metrics.messagesSent)
+    counter(
+      "caucus_raft_messages_sent_total", "Raft messages in those batches (a coalesced heartbeat section counts as one).",
+      metrics.messagesSent)
+    counter(
+      "caucus_raft_heartbeats_coalesced_total",
+      "Heartbeats and heartbeat responses of single groups carried in coalesced sections (one per node pair per batch).",
+      metrics.heartbeatsCoalesced)
     counter("caucus_raft_batches_received_total", "Inbound message batches queued for the loop.", metrics.batchesReceived)
     counter("caucus_raft_batches_rejected_total", "Inbound batches that failed to decode or were misaddressed.", metrics.batchesRejected)
     counter(
@@ -501,7 +512,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       for item in items { handle(item, &turn, wal) }
       if ticked { expireDeadlines(now: now, &turn) }
       var readies: [(RaftGroup, Ready)] = []
-      for replica in live.values where replica.raft.hasReady { readies.append((replica, replica.raft.ready())) }
+      for replica in live.values where replica.inspect({ $0.hasReady }) { readies.append((replica, replica.raft.ready())) }
       // A Ready's `messages` (a leader's appends and heartbeats) may leave before its own fsync,
       // so followers persist while the leader does: one batch per destination now, one after.
       var early: [ReplicaID: [GroupMessage]] = [:]
@@ -528,7 +539,9 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         }
       }
       let sentAfter = send(turn.outgoing)
-      let sent = (sentEarly.0 + sentAfter.0, sentEarly.1 + sentAfter.1)
+      let sent = (
+        batches: sentEarly.batches + sentAfter.batches, messages: sentEarly.messages + sentAfter.messages,
+        heartbeats: sentEarly.heartbeats + sentAfter.heartbeats)
       for (replica, ready) in readies {
         apply(replica, ready, &turn)
         replica.raft.advance(ready)
@@ -550,7 +563,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         failStorage("releasing log segments failed: \(error)", &failed)
         break
       }
-      moreReady = live.values.contains { $0.raft.hasReady }
+      moreReady = live.values.contains { $0.inspect { $0.hasReady } }
     }
     shutDown(wal)
   }
@@ -583,7 +596,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   private func handle(_ item: InboxItem, _ turn: inout Turn, _ wal: WriteAheadLog) {
     switch item {
     case .batch(let batch):
-      for item in batch.messages {
+      for item in batch.allMessages {
         // Messages for a group this node does not (yet) host are dropped: the sender retries.
         guard let id = GroupID(packed: item.group), let replica = live[id] else { continue }
         guard item.message.from == batch.fromNode, item.message.to == localPeer.node.rawValue else { continue }
@@ -816,20 +829,23 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   }
 
   /// Hands one batch per destination node to the transport. Returns (batches, messages).
-  private func send(_ outgoing: [ReplicaID: [GroupMessage]]) -> (Int, Int) {
+  /// Sends one batch per destination; returns the batches, the messages (a coalesced heartbeat
+  /// section counts as one) and the heartbeats coalesced into those sections.
+  private func send(_ outgoing: [ReplicaID: [GroupMessage]]) -> (batches: Int, messages: Int, heartbeats: Int) {
     var batches = 0
     var messages = 0
+    var heartbeats = 0
     for (destination, items) in outgoing {
       // The endpoint of a destination: any group that has it as a peer knows it.
       guard destination != 0, let peer = items.lazy.compactMap({ self.live[GroupID(packed: $0.group)!]?.peer(destination) }).first
       else { continue }
-      let bytes = WireCodec.encode(
-        MessageBatch(fromNode: localPeer.node.rawValue, toNode: destination, messages: items))
-      transport.send(batch: bytes, to: peer.node, endpoint: peer.endpoint)
+      let batch = MessageBatch.coalescing(fromNode: localPeer.node.rawValue, toNode: destination, messages: items)
+      transport.send(batch: WireCodec.encode(batch), to: peer.node, endpoint: peer.endpoint)
       batches += 1
-      messages += items.count
+      messages += batch.messages.count + (batch.heartbeats.isEmpty ? 0 : 1)
+      heartbeats += batch.heartbeats.count
     }
-    return (batches, messages)
+    return (batches, messages, heartbeats)
   }
 
   /// Steps 4–5 of the Ready contract for one group: apply, answer writes, serve read indexes.
@@ -918,7 +934,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   }
 
   /// Publishes the turn's counters, releases its queue slots, and collects the stale reads it satisfied.
-  private func finishTurn(_ turn: inout Turn, wal: WriteAheadLog, sent: (Int, Int)) {
+  private func finishTurn(_ turn: inout Turn, wal: WriteAheadLog, sent: (batches: Int, messages: Int, heartbeats: Int)) {
     let statistics = wal.statistics
     let synced = !turn.records.isEmpty
     let groupsSynced = UInt64(turn.groupsWithRecords.count)
@@ -930,8 +946,9 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         metrics.groupsPerSyncMax = max(metrics.groupsPerSyncMax, groupsSynced)
       }
       metrics.entriesPersisted += UInt64(turn.entries)
-      metrics.batchesSent += UInt64(sent.0)
-      metrics.messagesSent += UInt64(sent.1)
+      metrics.batchesSent += UInt64(sent.batches)
+      metrics.messagesSent += UInt64(sent.messages)
+      metrics.heartbeatsCoalesced += UInt64(sent.heartbeats)
       metrics.writesCommitted += UInt64(turn.writesCommitted)
       metrics.snapshotsInstalled += UInt64(turn.snapshotsInstalled)
       metrics.wal = statistics
@@ -979,8 +996,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       segments > options.walSegmentsSoftMax
       && segments >= segmentsAfterForcedSnapshots + max(1, options.walSegmentsSoftMax / 4)
     for replica in live.values {
-      let applied = replica.raft.applied
-      let since = applied - (replica.raft.latestSnapshot?.index ?? 0)
+      let (applied, snapshotIndex) = replica.inspect { ($0.applied, $0.latestSnapshot?.index ?? 0) }
+      let since = applied - snapshotIndex
       let automatic = since >= options.snapshotEntriesThreshold && applied >= replica.nextSnapshotAttemptIndex
       guard automatic || !replica.snapshotRequests.isEmpty || (forced && since > 0) else { continue }
       let requests = replica.snapshotRequests

@@ -2,15 +2,18 @@
 // little-endian integers, length-prefixed, and every decode bounds-checked: hostile bytes are an
 // error, never a crash and never an unbounded allocation.
 //
-// batch    := magic "CAUB" · version u8 (=1) · fromNode u64 · toNode u64 · count u32 · item*
+// batch    := magic "CAUB" · version u8 (=2) · fromNode u64 · toNode u64 · count u32 · item* ·
+//             heartbeatCount u32 · heartbeat*
 // item     := group u64 · length u32 · message (exactly `length` bytes)
+// heartbeat:= group u64 · kind u8 (3 heartbeat | 4 heartbeatResponse) · term u64 · commit u64 ·
+//             context u64   (from/to are the batch's nodes: a replica's id is its node's id)
 // message  := kind u8 · from u64 · to u64 · term u64 · logTerm u64 · index u64 · commit u64 ·
 //             reject u8 (0|1) · rejectHint u64 · context u64 · entryCount u32 · entry* ·
 //             hasSnapshot u8 (0|1) · snapshot?
 // entry    := term u64 · index u64 · kind u8 · dataLength u32 · data
 // snapshot := index u64 · term u64 · config · dataLength u32 · data
 // config   := voterCount u32 · u64* · outgoingCount u32 · u64* · learnerCount u32 · u64*
-// change   := version u8 (=1) · stepCount u32 · (kind u8 · replica u64)*
+// change   := version u8 (=1, configChangeVersion) · stepCount u32 · (kind u8 · replica u64)*
 
 /// Upper bounds the decoder enforces; each bounds what a single hostile input can make us do.
 public enum WireLimits {
@@ -26,6 +29,8 @@ public enum WireLimits {
   public static let snapshotDataBytesMax = 48 << 20
   /// Bounds each replica list in a configuration.
   public static let replicasPerConfigMax = 1 << 12
+  /// Bounds the loop over a batch's coalesced heartbeats (one per group the two nodes share).
+  public static let heartbeatsPerBatchMax = 1 << 16
 }
 
 public enum WireError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -62,20 +67,84 @@ public struct GroupMessage: Equatable, Sendable {
   }
 }
 
+/// A heartbeat or heartbeat response of one group inside a batch's coalesced section. Its sender
+/// and receiver are the batch's nodes (a replica's id is its node's id), so only what differs per
+/// group travels: 33 bytes instead of an 83-byte item.
+public struct CoalescedHeartbeat: Equatable, Sendable {
+  public var group: UInt64
+  public var isResponse: Bool
+  public var term: Term
+  public var commit: LogIndex
+  public var context: UInt64
+
+  public init(group: UInt64, isResponse: Bool, term: Term, commit: LogIndex, context: UInt64) {
+    self.group = group
+    self.isResponse = isResponse
+    self.term = term
+    self.commit = commit
+    self.context = context
+  }
+
+  /// The message this stands for, from `fromNode`'s replica to `toNode`'s.
+  public func message(fromNode: UInt64, toNode: UInt64) -> Message {
+    Message(
+      kind: isResponse ? .heartbeatResponse : .heartbeat, from: fromNode, to: toNode, term: term, commit: commit,
+      context: context)
+  }
+}
+
 /// All messages from one node to another in one send: one batch per destination per loop turn.
+/// Heartbeats of every group the two nodes share travel as one coalesced section (DESIGN.md:
+/// heartbeats coalesced per node pair, not per group).
 public struct MessageBatch: Equatable, Sendable {
   public var fromNode: UInt64
   public var toNode: UInt64
   public var messages: [GroupMessage]
-  public init(fromNode: UInt64, toNode: UInt64, messages: [GroupMessage]) {
+  public var heartbeats: [CoalescedHeartbeat]
+
+  public init(fromNode: UInt64, toNode: UInt64, messages: [GroupMessage], heartbeats: [CoalescedHeartbeat] = []) {
     self.fromNode = fromNode
     self.toNode = toNode
     self.messages = messages
+    self.heartbeats = heartbeats
+  }
+
+  /// A batch of `messages` with every heartbeat and heartbeat response between the two nodes
+  /// moved into the coalesced section; everything else stays an item, in order.
+  public static func coalescing(fromNode: UInt64, toNode: UInt64, messages: [GroupMessage]) -> MessageBatch {
+    var batch = MessageBatch(fromNode: fromNode, toNode: toNode, messages: [])
+    batch.messages.reserveCapacity(messages.count)
+    for item in messages {
+      let message = item.message
+      let coalescable =
+        (message.kind == .heartbeat || message.kind == .heartbeatResponse) && message.from == fromNode
+        && message.to == toNode && message.logTerm == 0 && message.index == 0 && message.entries.isEmpty
+        && !message.reject && message.rejectHint == 0 && message.snapshot == nil
+      if coalescable {
+        batch.heartbeats.append(
+          CoalescedHeartbeat(
+            group: item.group, isResponse: message.kind == .heartbeatResponse, term: message.term,
+            commit: message.commit, context: message.context))
+      } else {
+        batch.messages.append(item)
+      }
+    }
+    return batch
+  }
+
+  /// Every message of the batch: the items, then the coalesced heartbeats expanded.
+  public var allMessages: [GroupMessage] {
+    messages
+      + heartbeats.map { GroupMessage(group: $0.group, message: $0.message(fromNode: fromNode, toNode: toNode)) }
   }
 }
 
 public enum WireCodec {
-  public static let version: UInt8 = 1
+  /// Version 2 added the coalesced heartbeat section. Nodes of one cluster run one version.
+  public static let version: UInt8 = 2
+  /// The version of encoded configuration changes (inside log entries, so it never changes
+  /// without a migration).
+  public static let configChangeVersion: UInt8 = 1
   public static let magic: [UInt8] = [0x43, 0x41, 0x55, 0x42]  // "CAUB"
 
   // MARK: Encoding
@@ -92,6 +161,14 @@ public enum WireCodec {
       let body = encode(item.message)
       writer.u32(UInt32(body.count))
       writer.bytes.append(contentsOf: body)
+    }
+    writer.u32(UInt32(batch.heartbeats.count))
+    for heartbeat in batch.heartbeats {
+      writer.u64(heartbeat.group)
+      writer.u8(heartbeat.isResponse ? MessageKind.heartbeatResponse.rawValue : MessageKind.heartbeat.rawValue)
+      writer.u64(heartbeat.term)
+      writer.u64(heartbeat.commit)
+      writer.u64(heartbeat.context)
     }
     return writer.bytes
   }
@@ -134,7 +211,7 @@ public enum WireCodec {
 
   public static func encode(_ change: ConfigChange) -> [UInt8] {
     var writer = ByteWriter()
-    writer.u8(version)
+    writer.u8(configChangeVersion)
     writer.u32(UInt32(change.steps.count))
     for step in change.steps {
       writer.u8(step.kind.rawValue)
@@ -168,8 +245,23 @@ public enum WireCodec {
       guard inner.remaining == 0 else { throw .trailingBytes(count: inner.remaining) }
       messages.append(GroupMessage(group: group, message: message))
     }
+    let heartbeatCount = try reader.count("heartbeat count", limit: WireLimits.heartbeatsPerBatchMax)
+    var heartbeats: [CoalescedHeartbeat] = []
+    heartbeats.reserveCapacity(min(heartbeatCount, reader.remaining / 33))
+    for _ in 0..<heartbeatCount {
+      let group = try reader.u64()
+      let kindOffset = reader.offset
+      let kind = try reader.u8()
+      guard kind == MessageKind.heartbeat.rawValue || kind == MessageKind.heartbeatResponse.rawValue else {
+        throw .invalidField(name: "coalesced heartbeat kind", offset: kindOffset)
+      }
+      heartbeats.append(
+        CoalescedHeartbeat(
+          group: group, isResponse: kind == MessageKind.heartbeatResponse.rawValue, term: try reader.u64(),
+          commit: try reader.u64(), context: try reader.u64()))
+    }
     guard reader.remaining == 0 else { throw .trailingBytes(count: reader.remaining) }
-    return MessageBatch(fromNode: fromNode, toNode: toNode, messages: messages)
+    return MessageBatch(fromNode: fromNode, toNode: toNode, messages: messages, heartbeats: heartbeats)
   }
 
   public static func decodeMessage(_ bytes: [UInt8]) throws(WireError) -> Message {
@@ -242,7 +334,7 @@ public enum WireCodec {
   public static func decodeConfigChange(_ bytes: [UInt8]) throws(WireError) -> ConfigChange {
     var reader = ByteReader(bytes)
     let changeVersion = try reader.u8()
-    guard changeVersion == version else { throw .unsupportedVersion(changeVersion) }
+    guard changeVersion == configChangeVersion else { throw .unsupportedVersion(changeVersion) }
     let count = try reader.count("config change steps", limit: ConfigChange.stepsMax)
     var steps: [ConfigChangeStep] = []
     for _ in 0..<count {

@@ -287,6 +287,33 @@ final class RaftConsensusTests: XCTestCase {
     XCTAssertEqual(cluster.engine(2).allGroupIDs(), groups)
   }
 
+  /// Idle groups' heartbeats (and their responses) between two nodes travel as one coalesced
+  /// section per batch, not one message per group.
+  func testHeartbeatsOfEveryGroupTravelCoalescedPerNodePair() throws {
+    let cluster = try TestCluster(nodes: 3)
+    let groups = (1...10).map { GroupID(.dataRegion, UInt32($0)) }
+    for group in groups { try cluster.createGroup(group) }
+    for group in groups { XCTAssertNotNil(cluster.waitForLeader(group)) }
+    func totals() -> (messages: Double, heartbeats: Double) {
+      cluster.running.reduce((0, 0)) { sum, engine in
+        let text = engine.prometheusMetrics()
+        return (
+          sum.messages + metric(text, "caucus_raft_messages_sent_total"),
+          sum.heartbeats + metric(text, "caucus_raft_heartbeats_coalesced_total")
+        )
+      }
+    }
+    let before = totals()
+    // 400 heartbeats and responses: about ten heartbeat rounds of 10 groups × 2 followers × 2.
+    XCTAssertTrue(eventually(timeout: 10) { totals().heartbeats - before.heartbeats >= 400 }, "heartbeats flow")
+    let after = totals()
+    let messages = after.messages - before.messages
+    let heartbeats = after.heartbeats - before.heartbeats
+    // Per round: at most 12 batches (each node to each other, heartbeats and responses) carry 40
+    // heartbeats; one message per group would make `messages` at least `heartbeats`.
+    XCTAssertLessThan(messages, heartbeats / 2, "\(messages) messages carried \(heartbeats) heartbeats")
+  }
+
   func testOneWALSyncPerLoopTurnCoversEveryGroupWithRecords() throws {
     let cluster = try TestCluster(nodes: 3)
     let groups = (1...10).map { GroupID(.dataRegion, UInt32($0)) }

@@ -26,7 +26,11 @@ final class WireCodecTests: XCTestCase {
   static func sampleBatch() -> MessageBatch {
     MessageBatch(
       fromNode: 1, toNode: 2,
-      messages: sampleMessages().enumerated().map { GroupMessage(group: UInt64($0.offset), message: $0.element) })
+      messages: sampleMessages().enumerated().map { GroupMessage(group: UInt64($0.offset), message: $0.element) },
+      heartbeats: [
+        CoalescedHeartbeat(group: 7, isResponse: false, term: 9, commit: 100, context: 0),
+        CoalescedHeartbeat(group: 8, isResponse: true, term: 9, commit: 0, context: 0x0102_0304_0506_0708),
+      ])
   }
 
   func testEveryMessageKindRoundTrips() throws {
@@ -43,10 +47,48 @@ final class WireCodecTests: XCTestCase {
   func testFixedWidthLittleEndianLayout() {
     let bytes = WireCodec.encode(MessageBatch(fromNode: 0x0102, toNode: 3, messages: []))
     XCTAssertEqual(Array(bytes[0..<4]), Array("CAUB".utf8), "magic")
-    XCTAssertEqual(bytes[4], 1, "version")
+    XCTAssertEqual(bytes[4], 2, "version")
     XCTAssertEqual(Array(bytes[5..<13]), [0x02, 0x01, 0, 0, 0, 0, 0, 0], "from node, little-endian u64")
     XCTAssertEqual(Array(bytes[21..<25]), [0, 0, 0, 0], "message count, u32")
-    XCTAssertEqual(bytes.count, 25)
+    XCTAssertEqual(Array(bytes[25..<29]), [0, 0, 0, 0], "heartbeat count, u32")
+    XCTAssertEqual(bytes.count, 29)
+    let heartbeat = CoalescedHeartbeat(group: 0x0A, isResponse: true, term: 5, commit: 6, context: 7)
+    let one = WireCodec.encode(MessageBatch(fromNode: 1, toNode: 2, messages: [], heartbeats: [heartbeat]))
+    XCTAssertEqual(one.count, 29 + 33, "a coalesced heartbeat is 33 bytes")
+    XCTAssertEqual(Array(one[25..<29]), [1, 0, 0, 0])
+    XCTAssertEqual(Array(one[29..<37]), [0x0A, 0, 0, 0, 0, 0, 0, 0], "group")
+    XCTAssertEqual(one[37], MessageKind.heartbeatResponse.rawValue, "kind")
+  }
+
+  /// Heartbeats between the batch's nodes leave the items for the coalesced section and come
+  /// back as the same messages; everything else stays an item, in order.
+  func testCoalescingKeepsEveryMessage() throws {
+    let heartbeat = Message(kind: .heartbeat, from: 1, to: 2, term: 4, commit: 9, context: 3)
+    let response = Message(kind: .heartbeatResponse, from: 1, to: 2, term: 4, context: 5)
+    let append = Message(kind: .append, from: 1, to: 2, term: 4, logTerm: 4, index: 9, commit: 9)
+    // Not coalescable: addressed between other replicas than the batch's nodes.
+    let foreign = Message(kind: .heartbeat, from: 3, to: 2, term: 4, commit: 9)
+    let items = [
+      GroupMessage(group: 1, message: heartbeat), GroupMessage(group: 2, message: append),
+      GroupMessage(group: 3, message: response), GroupMessage(group: 4, message: foreign),
+    ]
+    let batch = MessageBatch.coalescing(fromNode: 1, toNode: 2, messages: items)
+    XCTAssertEqual(batch.messages, [items[1], items[3]])
+    XCTAssertEqual(batch.heartbeats.map(\.group), [1, 3])
+    let decoded = try WireCodec.decodeBatch(WireCodec.encode(batch))
+    XCTAssertEqual(decoded, batch)
+    XCTAssertEqual(decoded.allMessages, [items[1], items[3], items[0], items[2]])
+  }
+
+  func testUnknownCoalescedHeartbeatKindIsRefused() {
+    var bytes = WireCodec.encode(
+      MessageBatch(
+        fromNode: 1, toNode: 2, messages: [],
+        heartbeats: [CoalescedHeartbeat(group: 1, isResponse: false, term: 1, commit: 1, context: 0)]))
+    bytes[37] = MessageKind.append.rawValue
+    XCTAssertThrowsError(try WireCodec.decodeBatch(bytes)) { error in
+      XCTAssertEqual(error as? WireError, .invalidField(name: "coalesced heartbeat kind", offset: 37))
+    }
   }
 
   /// Every proper prefix of a valid batch is refused with an error, never a crash.
@@ -78,8 +120,8 @@ final class WireCodecTests: XCTestCase {
     bytes[0] = 0x58
     XCTAssertThrowsError(try WireCodec.decodeBatch(bytes)) { XCTAssertEqual($0 as? WireError, .badMagic) }
     bytes = WireCodec.encode(Self.sampleBatch())
-    bytes[4] = 2
-    XCTAssertThrowsError(try WireCodec.decodeBatch(bytes)) { XCTAssertEqual($0 as? WireError, .unsupportedVersion(2)) }
+    bytes[4] = 1  // the version before coalesced heartbeats
+    XCTAssertThrowsError(try WireCodec.decodeBatch(bytes)) { XCTAssertEqual($0 as? WireError, .unsupportedVersion(1)) }
   }
 
   func testHugeCountsAreRefusedWithoutAllocating() {
@@ -92,6 +134,17 @@ final class WireCodecTests: XCTestCase {
     XCTAssertThrowsError(try WireCodec.decodeBatch(writer.bytes)) { error in
       guard case .limitExceeded(let name, _, _) = error as? WireError else { return XCTFail("\(error)") }
       XCTAssertEqual(name, "message count")
+    }
+    var heartbeats = ByteWriter()
+    heartbeats.bytes.append(contentsOf: WireCodec.magic)
+    heartbeats.u8(WireCodec.version)
+    heartbeats.u64(1)
+    heartbeats.u64(2)
+    heartbeats.u32(0)
+    heartbeats.u32(UInt32.max)
+    XCTAssertThrowsError(try WireCodec.decodeBatch(heartbeats.bytes)) { error in
+      guard case .limitExceeded(let name, _, _) = error as? WireError else { return XCTFail("\(error)") }
+      XCTAssertEqual(name, "heartbeat count")
     }
     // An entry claiming 16 MiB + 1 of data.
     var message = ByteWriter()
