@@ -54,8 +54,16 @@ measure() {
 echo "Caucus cluster bench: ${seconds}s per run, $(nproc) cores, 3 caucus + 3 etcd nodes and wrk on one machine"
 echo "caucus leader: node $leader, follower used: node $follower; etcd leader: e$etcd_leader_port, follower: e$etcd_follower"
 printf "%-26s %5s %12s %10s %10s %8s\n" "workload" "conns" "requests/s" "p50" "p99" "non-2xx"
+rss() { for pid in "${pids[@]:0:3}"; do awk '/VmRSS/ {printf "%.1f ", $2/1024}' /proc/$pid/status; done; echo "MiB"; }
+echo "caucus RSS per node before the runs: $(rss)"
 for connections in 1 16 64; do measure "caucus PUT to leader" "http://127.0.0.1:$((26000 + leader))" bench/put.lua $connections; done
+echo "caucus RSS per node after the leader runs: $(rss)"
 for connections in 1 16 64; do measure "caucus PUT via follower" "http://127.0.0.1:$((26000 + follower))" bench/put.lua $connections; done
+echo "caucus RSS per node after the follower runs: $(rss)"
+# The same load again: memory must plateau (bounded queues, no leak across runs).
+measure "caucus PUT to leader (again)" "http://127.0.0.1:$((26000 + leader))" bench/put.lua 64
+measure "caucus PUT via follower (again)" "http://127.0.0.1:$((26000 + follower))" bench/put.lua 64
+echo "caucus RSS per node after repeating the 64-connection runs: $(rss)"
 for connections in 1 16 64; do measure "etcd PUT to leader" "http://127.0.0.1:2237$etcd_leader_port" bench/etcd-put.lua $connections; done
 for connections in 1 16 64; do measure "etcd PUT via follower" "http://127.0.0.1:2237$etcd_follower" bench/etcd-put.lua $connections; done
 
