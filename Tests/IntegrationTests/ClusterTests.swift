@@ -80,6 +80,22 @@ final class ClusterTests: XCTestCase {
     XCTAssertEqual(try HTTPClient(port: nodes[leaderIndex].port).request("GET", "/v1/groups/DataRegion-0/kv/colour?raw=true").text, "green")
   }
 
+  /// A write retried through a follower keeps its Idempotency-Key on the way to the leader: it
+  /// is applied once and the retry gets the original answer.
+  func testAWriteRetriedThroughAFollowerWithItsIdempotencyKeyIsAppliedOnce() throws {
+    let leaderIndex = try XCTUnwrap(leader(among: [0, 1, 2]))
+    let follower = try XCTUnwrap([0, 1, 2].first { $0 != leaderIndex })
+    let client = try HTTPClient(port: nodes[follower].port)
+    let headers = ["Idempotency-Key": "retry-\(UInt32.random(in: 1...UInt32.max))"]
+    let first = try client.request("PUT", "/v1/groups/DataRegion-0/kv/once", headers: headers, body: Array("1".utf8))
+    XCTAssertEqual(first.status, 200, first.text)
+    let again = try client.request("PUT", "/v1/groups/DataRegion-0/kv/once", headers: headers, body: Array("1".utf8))
+    XCTAssertEqual(again.status, 200, again.text)
+    XCTAssertEqual(again.headers["idempotent-replayed"], "true", "the retry is answered from the first write")
+    XCTAssertEqual(again.json["index"] as? Int, first.json["index"] as? Int)
+    XCTAssertEqual(again.json["revision"] as? Int, first.json["revision"] as? Int, "applied once")
+  }
+
   func testAfterTheLeaderIsKilledANewOneTakesOverAndTheRestartedNodeCatchesUp() throws {
     let first = try XCTUnwrap(leader(among: [0, 1, 2]))
     for sequence in 0..<20 {
