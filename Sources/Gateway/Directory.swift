@@ -268,6 +268,20 @@ public final class ClusterDirectory: Sendable {
     }
   }
 
+  /// Every recorded group, or nil when the directory cannot be read.
+  func groups(_ completion: @escaping @Sendable ([DirectoryGroup]?) -> Void) {
+    list(prefix: DirectoryRecords.groupsPrefix) { [self] result in
+      guard case .success(let entries) = result else { return completion(nil) }
+      completion(entries.compactMap { entry in
+        guard let group = try? DirectoryRecords.decodeGroup(entry.value) else {
+          logger.warning("ignoring a directory entry that is not a group record", metadata: ["key": "\(entry.key)"])
+          return nil
+        }
+        return group
+      })
+    }
+  }
+
   /// `nodes/<id>`, from the cache or a (stale, when local) read; nil when absent or unreadable.
   func node(_ id: NodeID, _ completion: @escaping @Sendable (DirectoryNode?) -> Void) {
     cachedGet(DirectoryRecords.key(node: id)) { [forwarder] entry in

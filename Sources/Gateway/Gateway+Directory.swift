@@ -124,6 +124,30 @@ extension Gateway {
     directory.nodes { nodes in completion(Gateway.merge((nodes ?? []).map(\.peer), fallback)) }
   }
 
+  /// Every group the directory records (none when it cannot be read, or on a single node).
+  func recordedGroups(_ completion: @escaping @Sendable ([DirectoryGroup]) -> Void) {
+    guard let directory = configuration.directory else { return completion([]) }
+    directory.groups { completion($0 ?? []) }
+  }
+
+  /// The summary of a recorded group none of whose peers answered: `"role": "unknown"`.
+  func unansweredSummary(_ record: DirectoryGroup) -> JSONValue {
+    var writer = JSONWriter()
+    writer.beginObject()
+    writer.member("id", record.id.description)
+    writer.member("protocol", engine.protocolName)
+    writer.member("role", "unknown")
+    writer.key("leader")
+    writer.null()
+    writer.member("term", 0)
+    writer.member("commitIndex", 0)
+    writer.member("appliedIndex", 0)
+    writer.key("peers")
+    DirectoryRecords.write(record.peers, to: &writer)
+    writer.endObject()
+    return (try? JSONParser.parse(writer.bytes)) ?? .null
+  }
+
   private static func merge(_ first: [Peer], _ second: [Peer]) -> [Peer] {
     var byNode: [NodeID: Peer] = [:]
     for peer in first + second where byNode[peer.node] == nil { byNode[peer.node] = peer }

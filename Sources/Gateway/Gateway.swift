@@ -1144,53 +1144,62 @@ public final class Gateway: HTTPHandler {
 
   /// `/v1/cluster` of a multi-node cluster: a member that does not answer is listed unreachable.
   private func gatherCluster(_ forwarder: LeaderForwarder, _ exchange: Exchange, route: String) {
-    clusterNodes { [self] members in gatherMembers(forwarder, members) { views in
-      var writer = JSONWriter()
-      writer.beginObject()
-      writer.key("nodes")
-      writer.beginArray()
-      for member in members {
-        let view = views[member.node]
+    clusterNodes { [self] members in
+      gatherMembers(forwarder, members) { views in
+        var writer = JSONWriter()
         writer.beginObject()
-        writer.member("id", member.node.rawValue)
-        writer.member("clientURL", view?.url ?? "")
-        writer.member("consensusEndpoint", member.endpoint.description)
-        writer.member("reachable", view?.groups != nil)
-        writer.key("groups")
-        writer.value(.array(view?.groups ?? []))
+        writer.key("nodes")
+        writer.beginArray()
+        for member in members {
+          let view = views[member.node]
+          writer.beginObject()
+          writer.member("id", member.node.rawValue)
+          writer.member("clientURL", view?.url ?? "")
+          writer.member("consensusEndpoint", member.endpoint.description)
+          writer.member("reachable", view?.groups != nil)
+          writer.key("groups")
+          writer.value(.array(view?.groups ?? []))
+          writer.endObject()
+        }
+        writer.endArray()
         writer.endObject()
+        exchange.respond(json: writer.bytes, route: route)
       }
-      writer.endArray()
-      writer.endObject()
-      exchange.respond(json: writer.bytes, route: route)
-    } }
+    }
   }
 
-  /// `GET /v1/groups?scope=cluster`: every group any member hosts, once, as its leader (else
-  /// any member) describes it.
+  /// `GET /v1/groups?scope=cluster`: every group any node hosts, once, as its leader (else any
+  /// peer) describes it, and the groups the directory records that no node reported.
   private func gatherGroups(_ forwarder: LeaderForwarder, _ exchange: Exchange, route: String) {
-    let local = engine.localPeer.node
-    clusterNodes { [self] members in gatherMembers(forwarder, members) { views in
-      var chosen: [String: (summary: JSONValue, fromLeader: Bool)] = [:]
-      for (node, view) in views.sorted(by: { $0.key < $1.key }) {
-        for summary in view.groups ?? [] {
-          guard let id = summary["id"]?.stringValue else { continue }
-          let fromLeader = summary["leader"]?.unsignedIntegerValue == node.rawValue
-          if chosen[id] == nil || (fromLeader && chosen[id]?.fromLeader == false) { chosen[id] = (summary, fromLeader) }
+    clusterNodes { [self] members in
+      gatherMembers(forwarder, members) { [self] views in
+        recordedGroups { [self] records in
+          var chosen: [String: (summary: JSONValue, fromLeader: Bool)] = [:]
+          for (node, view) in views.sorted(by: { $0.key < $1.key }) {
+            for summary in view.groups ?? [] {
+              guard let id = summary["id"]?.stringValue else { continue }
+              let fromLeader = summary["leader"]?.unsignedIntegerValue == node.rawValue
+              if chosen[id] == nil || (fromLeader && chosen[id]?.fromLeader == false) { chosen[id] = (summary, fromLeader) }
+            }
+          }
+          // A group the directory records but none of whose peers answered is still listed.
+          for record in records where chosen[record.id.description] == nil {
+            chosen[record.id.description] = (unansweredSummary(record), false)
+          }
+          var writer = JSONWriter()
+          writer.beginObject()
+          writer.member("node", engine.localPeer.node.rawValue)
+          writer.key("groups")
+          writer.beginArray()
+          for id in chosen.keys.sorted(by: { (GroupID($0) ?? GroupID(.dataRegion, 0)) < (GroupID($1) ?? GroupID(.dataRegion, 0)) }) {
+            writer.value(chosen[id]!.summary)
+          }
+          writer.endArray()
+          writer.endObject()
+          exchange.respond(json: writer.bytes, route: route)
         }
       }
-      var writer = JSONWriter()
-      writer.beginObject()
-      writer.member("node", local.rawValue)
-      writer.key("groups")
-      writer.beginArray()
-      for id in chosen.keys.sorted(by: { (GroupID($0) ?? GroupID(.dataRegion, 0)) < (GroupID($1) ?? GroupID(.dataRegion, 0)) }) {
-        writer.value(chosen[id]!.summary)
-      }
-      writer.endArray()
-      writer.endObject()
-      exchange.respond(json: writer.bytes, route: route)
-    } }
+    }
   }
 
   private func writeSummaryFields(_ writer: inout JSONWriter, _ status: GroupStatus) {

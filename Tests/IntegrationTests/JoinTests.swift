@@ -105,6 +105,13 @@ final class JoinTests: XCTestCase {
     XCTAssertEqual(deleted.status, 200, deleted.text)
     XCTAssertEqual(get(fourth, "/v1/groups/DataRegion-7?forward=none")?.status, 404)
     XCTAssertEqual(get(nodes[0], "/v1/groups/PartitionRegion-0/kv/groups/DataRegion-7")?.status, 404, "the record is gone")
+
+    // With node 4 down, the cluster-wide listing still names its group, from the directory.
+    fourth.kill(SIGKILL)
+    let listing = get(nodes[0], "/v1/groups?scope=cluster")?.json["groups"] as? [[String: Any]] ?? []
+    let unanswered = try XCTUnwrap(listing.first { $0["id"] as? String == "SchemaRegion-4" }, "\(listing)")
+    XCTAssertEqual(unanswered["role"] as? String, "unknown")
+    XCTAssertEqual((unanswered["peers"] as? [[String: Any]])?.compactMap { $0["id"] as? Int }, [4])
   }
 
   func testANodeJoiningWithAMembersIdIsRefusedAndStops() throws {
