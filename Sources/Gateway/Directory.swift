@@ -378,6 +378,15 @@ public final class ClusterDirectory: Sendable {
     }
   }
 
+  /// Hands a removal that could not be done at once to the background, retried until done. (A
+  /// record written again meanwhile for a new group of the same id would go too; routing then
+  /// falls back to asking the directory's members, so that costs time, not correctness.)
+  func removeRecordLater(_ group: GroupID) {
+    keepTrying("remove \(group) from the cluster directory") { [self] done in
+      removeRecord(group) { result in done(result.failureReason) }
+    }
+  }
+
   /// `--join ENDPOINT`: asks the member at that consensus endpoint for its client URL, registers
   /// this node there (`POST /v1/cluster/nodes`) and learns the directory's members from the
   /// answer. Retries with capped backoff until registered; `refused` is called (and retrying

@@ -101,11 +101,15 @@ extension Gateway {
     }
   }
 
-  /// Removes `groups/<group>` after the group was deleted everywhere, then answers. A record left
-  /// behind only sends a later lookup to peers that answer "not hosted".
+  /// Removes `groups/<group>` after the group was deleted, then answers. A removal that cannot be
+  /// done now is retried in the background: until then the record only sends a lookup to peers
+  /// that answer "not hosted".
   func forgetInDirectory(_ group: GroupID, then answer: @escaping @Sendable () -> Void) {
     guard let directory = configuration.directory else { return answer() }
-    directory.removeRecord(group) { _ in answer() }
+    directory.removeRecord(group) { result in
+      if case .failure = result { directory.removeRecordLater(group) }
+      answer()
+    }
   }
 
   /// The group's peers: this node's replica's when it hosts one, else the directory's record,

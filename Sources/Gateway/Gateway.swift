@@ -860,18 +860,26 @@ public final class Gateway: HTTPHandler {
   }
 
   private func deleteLocally(_ group: GroupID, _ exchange: Exchange, route: String) {
-    engine.deletePeer(group) { result in
+    engine.deletePeer(group) { [self] result in
       switch result {
       case .failure(let error): exchange.fail(.consensus(error), route: route)
-      case .success:
-        var writer = JSONWriter()
-        writer.beginObject()
-        writer.member("id", group.description)
-        writer.member("deleted", true)
-        writer.endObject()
-        exchange.respond(json: writer.bytes, route: route)
+      case .success: answerDeleted(group, exchange, route: route)
       }
     }
+  }
+
+  /// The answer to a deletion; `DELETE /v1/groups/{group}` (not the node-local route) first
+  /// removes the group's directory record.
+  private func answerDeleted(_ group: GroupID, _ exchange: Exchange, route: String) {
+    let answer: @Sendable () -> Void = {
+      var writer = JSONWriter()
+      writer.beginObject()
+      writer.member("id", group.description)
+      writer.member("deleted", true)
+      writer.endObject()
+      exchange.respond(json: writer.bytes, route: route)
+    }
+    if route == "group_delete" { forgetInDirectory(group, then: answer) } else { answer() }
   }
 
   private func answerMembership(_ result: Result<Void, ConsensusError>, _ group: GroupID, _ exchange: Exchange, route: String) {
@@ -992,14 +1000,7 @@ public final class Gateway: HTTPHandler {
           .consensus(.storage("group \(group) was not deleted on node(s) \(failed.map(\.description).joined(separator: ", ")); retry the request")),
           route: route)
       }
-      forgetInDirectory(group) {
-        var writer = JSONWriter()
-        writer.beginObject()
-        writer.member("id", group.description)
-        writer.member("deleted", true)
-        writer.endObject()
-        exchange.respond(json: writer.bytes, route: route)
-      }
+      answerDeleted(group, exchange, route: route)
     }
   }
 

@@ -112,6 +112,15 @@ final class JoinTests: XCTestCase {
     let unanswered = try XCTUnwrap(listing.first { $0["id"] as? String == "SchemaRegion-4" }, "\(listing)")
     XCTAssertEqual(unanswered["role"] as? String, "unknown")
     XCTAssertEqual((unanswered["peers"] as? [[String: Any]])?.compactMap { $0["id"] as? Int }, [4])
+
+    // Deleted through its only peer, the group's record goes too (at once, or in the background
+    // if node 4 has not re-registered and learned the directory's members yet).
+    try fourth.start()
+    let gone = try HTTPClient(port: fourth.port).request("DELETE", "/v1/groups/SchemaRegion-4")
+    XCTAssertEqual(gone.status, 200, gone.text)
+    waitUntil("the record of SchemaRegion-4 to be removed") {
+      get(nodes[0], "/v1/groups/PartitionRegion-0/kv/groups/SchemaRegion-4")?.status == 404
+    }
   }
 
   func testANodeJoiningWithAMembersIdIsRefusedAndStops() throws {
