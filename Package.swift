@@ -80,7 +80,10 @@ let package = Package(
       dependencies: ["StandaloneConsensus", "Consensus", "KeyValueStore", "WriteAheadLog", "Platform"]),
     .testTarget(
       name: "GatewayTests",
-      dependencies: ["Gateway", "HTTPServer", "Consensus", "KeyValueStore", "StandaloneConsensus", "Platform"]),
+      dependencies: [
+        "Gateway", "HTTPServer", "Consensus", "KeyValueStore", "StandaloneConsensus", "Platform",
+        .product(name: "Logging", package: "swift-log"),
+      ]),
     .testTarget(name: "RaftCoreTests", dependencies: ["RaftCore"]),
     .testTarget(
       name: "ClusterTransportTests",

@@ -41,18 +41,30 @@ public final class LeaderForwarder: Sendable {
 
   func knownClientURL(of node: NodeID) -> String? { clientURLs.withLock { $0[node] } }
 
+  /// Records `node`'s client URL as the cluster directory names it.
+  func remember(clientURL: String, of node: NodeID) {
+    precondition(!clientURL.isEmpty, "a directory record has a client URL")
+    clientURLs.withLock { $0[node] = clientURL }
+  }
+
   /// `peer`'s client URL, or nil when its consensus port does not say.
   func clientURL(of peer: Peer, completion: @escaping @Sendable (String?) -> Void) {
     if let known = knownClientURL(of: peer.node) { return completion(known) }
+    describe(peer.endpoint) { [clientURLs] node in
+      guard let node, node.id == peer.node else { return completion(nil) }
+      clientURLs.withLock { $0[peer.node] = node.clientURL }
+      completion(node.clientURL)
+    }
+  }
+
+  /// What the node at a consensus endpoint says of itself (`GET /v1/node` on its consensus port),
+  /// or nil when it does not answer with a node document.
+  func describe(_ endpoint: Endpoint, completion: @escaping @Sendable (DirectoryNode?) -> Void) {
     let request = PeerRequest(
-      method: "GET", host: peer.endpoint.host, port: peer.endpoint.port, target: "/v1/node",
-      timeoutMs: LeaderForwarder.lookupTimeoutMs)
-    client.send(request) { [clientURLs] result in
-      guard case .success(let response) = result, response.status == 200,
-        let json = try? JSONParser.parse(response.body), let url = json["clientURL"]?.stringValue, !url.isEmpty
-      else { return completion(nil) }
-      clientURLs.withLock { $0[peer.node] = url }
-      completion(url)
+      method: "GET", host: endpoint.host, port: endpoint.port, target: "/v1/node", timeoutMs: LeaderForwarder.lookupTimeoutMs)
+    client.send(request) { result in
+      guard case .success(let response) = result, response.status == 200 else { return completion(nil) }
+      completion(try? DirectoryRecords.decodeNode(response.body))
     }
   }
 
@@ -94,44 +106,6 @@ public final class LeaderForwarder: Sendable {
         case .success(let response): completion(response.status, response.body)
         case .failure: completion(0, [])
         }
-      }
-    }
-  }
-}
-
-/// Finds which member leads a group this node does not host, by asking the other members for
-/// their groups (`GET /v1/groups?forward=none` on their client API). Until the cluster directory
-/// exists this is how a node outside a group routes to it.
-struct GroupLocator: Sendable {
-  let forwarder: LeaderForwarder
-  let members: [Peer]
-  let local: NodeID
-
-  func locate(_ group: GroupID, _ completion: @escaping @Sendable (GroupLocation) -> Void) {
-    let others = members.filter { $0.node != local }
-    guard !others.isEmpty else { return completion(.nowhere) }
-    let answers = Locked<(remaining: Int, hosted: Bool, done: Bool)>((others.count, false, false))
-    for member in others {
-      forwarder.nodeLocal("GET", on: member, target: "/v1/groups/\(group)?forward=none", body: []) { [members] status, body in
-        // A member hosting the group names its leader; the first such answer decides.
-        var leader: Peer?
-        let document = status == 200 ? try? JSONParser.parse(body) : nil
-        if let id = document?["leader"]?.unsignedIntegerValue {
-          leader = members.first { $0.node.rawValue == id }
-        }
-        let decided: GroupLocation? = answers.withLock { state in
-          state.remaining -= 1
-          state.hosted = state.hosted || document != nil
-          guard !state.done else { return nil }
-          if let leader {
-            state.done = true
-            return .leader(leader)
-          }
-          guard state.remaining == 0 else { return nil }
-          state.done = true
-          return state.hosted ? .noLeader : .nowhere
-        }
-        if let decided { completion(decided) }
       }
     }
   }

@@ -20,15 +20,18 @@ public struct GatewayConfiguration: Sendable {
   public var forwarder: LeaderForwarder?
   /// The nodes this node knows (the static cluster list), so requests may name peers by id.
   public var members: [Peer] = []
+  /// The cluster directory (`PartitionRegion-0`): nodes and group placement; nil for a single node.
+  public var directory: ClusterDirectory?
   /// How long a request for a group with no leader waits for an election before `503 no_leader`.
   public var noLeaderWaitMs: UInt32 = 2_000
 
   public init(
     clientURL: String, dataDirectory: String, version: String, valueBytesMax: Int = 1 << 20,
     readWaitMsMax: UInt32 = 10_000, requestTimeoutMs: UInt32 = 10_000, forwarder: LeaderForwarder? = nil,
-    members: [Peer] = []
+    members: [Peer] = [], directory: ClusterDirectory? = nil
   ) {
     self.members = members
+    self.directory = directory
     self.requestTimeoutMs = requestTimeoutMs
     self.forwarder = forwarder
     self.clientURL = clientURL
@@ -55,8 +58,8 @@ public final class Gateway: HTTPHandler {
     self.configuration = configuration
     let deadlines = self.deadlines
     var locate: (@Sendable (GroupID, @escaping @Sendable (GroupLocation) -> Void) -> Void)?
-    if let forwarder = configuration.forwarder {
-      let locator = GroupLocator(forwarder: forwarder, members: configuration.members, local: engine.localPeer.node)
+    if let forwarder = configuration.forwarder, let directory = configuration.directory {
+      let locator = GroupLocator(forwarder: forwarder, directory: directory)
       locate = { group, completion in locator.locate(group, completion) }
     }
     let after: @Sendable (UInt32, @escaping @Sendable () -> Void) -> Void = { delayMs, action in
@@ -111,7 +114,7 @@ public final class Gateway: HTTPHandler {
   /// Routes answered `504 timeout` at the request deadline, with whether the outcome is unknown
   /// (state-changing routes). Watches are absent: they end at their own timeout.
   static let deadlineRoutes: [String: Bool] = [
-    "kv_put": true, "kv_delete": true, "write": true, "groups_create": true, "group_delete": true,
+    "kv_put": true, "kv_delete": true, "write": true, "groups_create": true, "group_delete": true, "cluster_nodes_register": true,
     "node_groups_create": true, "node_groups_delete": true, "peers_add": true, "peers_change": true,
     "peer_remove": true, "leader_transfer": true, "snapshot": true,
     "kv_get": false, "kv_list": false, "read": false,
@@ -236,9 +239,15 @@ public final class Gateway: HTTPHandler {
       return
     case "cluster":
       route = "cluster"
+      if rest.count == 2 && rest[1] == "nodes" {
+        route = "cluster_nodes_register"
+        try allow("POST")
+        try registerNode(exchange, route: route)
+        return
+      }
       guard rest.count == 1 else { throw .notFound }
       try allow("GET", "HEAD")
-      if let forwarder = configuration.forwarder, !configuration.members.isEmpty {
+      if let forwarder = configuration.forwarder, configuration.directory != nil {
         gatherCluster(forwarder, exchange, route: route)
       } else {
         exchange.respond(json: clusterDocument(), route: route)
@@ -260,7 +269,7 @@ public final class Gateway: HTTPHandler {
         if let scope = exchange.query["scope"], scope != "node" && scope != "cluster" {
           throw .badRequest("scope must be node or cluster, not '\(scope)'")
         }
-        if exchange.query["scope"] == "cluster", let forwarder = configuration.forwarder, !configuration.members.isEmpty {
+        if exchange.query["scope"] == "cluster", let forwarder = configuration.forwarder, configuration.directory != nil {
           return gatherGroups(forwarder, exchange, route: route)
         }
         // Standalone: this node's groups are the whole directory, so both scopes list the same.
@@ -801,12 +810,22 @@ public final class Gateway: HTTPHandler {
       throw .badRequest("the body needs \"id\": a group id such as \"DataRegion-1\"")
     }
     let group = try parseGroup(Substring(idText))
-    var peers = [engine.localPeer]
-    if let items = body["peers"] {
-      guard let array = items.arrayValue else { throw .badRequest("\"peers\" must be an array of node ids or peers") }
-      peers = try array.map { value throws(GatewayError) in try parsePeer(value) }
-      guard Set(peers.map(\.node)).count == peers.count else { throw .badRequest("\"peers\" names a node twice") }
+    guard let items = body["peers"] else { return createGroup(group, [engine.localPeer], exchange, route: route) }
+    guard let array = items.arrayValue else { throw .badRequest("\"peers\" must be an array of node ids or peers") }
+    guard array.count <= DirectoryRecords.groupPeersMax else {
+      throw .badRequest("\"peers\" names \(array.count) peers; the limit is \(DirectoryRecords.groupPeersMax)")
     }
+    let specifications = try array.map { value throws(GatewayError) in try parsePeerSpecification(value) }
+    guard Set(specifications.map(\.node)).count == specifications.count else { throw .badRequest("\"peers\" names a node twice") }
+    resolvePeers(specifications) { [self] result in
+      switch result {
+      case .failure(let error): exchange.fail(error, route: route)
+      case .success(let peers): createGroup(group, peers, exchange, route: route)
+      }
+    }
+  }
+
+  private func createGroup(_ group: GroupID, _ peers: [Peer], _ exchange: Exchange, route: String) {
     // POST /v1/groups: createPeer on every peer (node-local creation on the others).
     if route == "groups_create", let forwarder = configuration.forwarder,
       peers.contains(where: { $0.node != engine.localPeer.node })
@@ -821,32 +840,46 @@ public final class Gateway: HTTPHandler {
           exchange.fail(.consensus(.groupNotFound(group)), route: route)
           return
         }
-        exchange.respond(
-          json: statusDocument(status), status: 201,
-          headers: groupHeaders(status) + [("Location", "/v1/groups/\(group)")], route: route)
+        let answer: @Sendable () -> Void = { [self] in
+          exchange.respond(
+            json: statusDocument(status), status: 201,
+            headers: groupHeaders(status) + [("Location", "/v1/groups/\(group)")], route: route)
+        }
+        if route == "groups_create" { recordInDirectory(group, peers, then: answer) } else { answer() }
       }
     }
   }
 
   private func deleteGroup(_ group: GroupID, _ exchange: Exchange, route: String) {
     // DELETE /v1/groups/{group}: deletePeer on every peer of the group.
-    if route == "group_delete", let forwarder = configuration.forwarder, let status = engine.status(group),
-      status.peers.contains(where: { $0.peer.node != engine.localPeer.node })
-    {
-      return deleteEverywhere(group, status.peers.map(\.peer), forwarder, exchange, route: route)
+    guard route == "group_delete", let forwarder = configuration.forwarder else { return deleteLocally(group, exchange, route: route) }
+    placement(of: group) { [self] peers in
+      guard peers.contains(where: { $0.node != engine.localPeer.node }) else { return deleteLocally(group, exchange, route: route) }
+      deleteEverywhere(group, peers, forwarder, exchange, route: route)
     }
-    engine.deletePeer(group) { result in
+  }
+
+  private func deleteLocally(_ group: GroupID, _ exchange: Exchange, route: String) {
+    engine.deletePeer(group) { [self] result in
       switch result {
       case .failure(let error): exchange.fail(.consensus(error), route: route)
-      case .success:
-        var writer = JSONWriter()
-        writer.beginObject()
-        writer.member("id", group.description)
-        writer.member("deleted", true)
-        writer.endObject()
-        exchange.respond(json: writer.bytes, route: route)
+      case .success: answerDeleted(group, exchange, route: route)
       }
     }
+  }
+
+  /// The answer to a deletion; `DELETE /v1/groups/{group}` (not the node-local route) first
+  /// removes the group's directory record.
+  private func answerDeleted(_ group: GroupID, _ exchange: Exchange, route: String) {
+    let answer: @Sendable () -> Void = {
+      var writer = JSONWriter()
+      writer.beginObject()
+      writer.member("id", group.description)
+      writer.member("deleted", true)
+      writer.endObject()
+      exchange.respond(json: writer.bytes, route: route)
+    }
+    if route == "group_delete" { forgetInDirectory(group, then: answer) } else { answer() }
   }
 
   private func answerMembership(_ result: Result<Void, ConsensusError>, _ group: GroupID, _ exchange: Exchange, route: String) {
@@ -861,29 +894,33 @@ public final class Gateway: HTTPHandler {
     }
   }
 
+  /// A peer from a node id or `{"id", "endpoint"?}`; an id alone is this node or a static member.
   private func parsePeer(_ value: JSONValue) throws(GatewayError) -> Peer {
+    let specification = try parsePeerSpecification(value)
+    if case .peer(let peer) = specification { return peer }
+    if let known = knownPeer(specification.node) { return known }
+    throw .badRequest("node \(specification.node) is not in this node's directory; give {\"id\", \"endpoint\"}")
+  }
+
+  /// This node or a static member, by id.
+  func knownPeer(_ node: NodeID) -> Peer? {
+    if node == engine.localPeer.node { return engine.localPeer }
+    return configuration.members.first { $0.node == node }
+  }
+
+  private func parsePeerSpecification(_ value: JSONValue) throws(GatewayError) -> PeerSpecification {
     if let id = value.unsignedIntegerValue {
       guard id > 0 else { throw .badRequest("node ids are positive integers") }
-      if let member = configuration.members.first(where: { $0.node == NodeID(id) }) { return member }
-      guard NodeID(id) == engine.localPeer.node else {
-        throw .badRequest("node \(id) is not in this node's directory; give {\"id\", \"endpoint\"}")
-      }
-      return engine.localPeer
+      return .id(NodeID(id))
     }
     guard value.isObject, let id = value["id"]?.unsignedIntegerValue, id > 0 else {
       throw .badRequest("a peer is a node id or {\"id\": <node id>, \"endpoint\": \"host:port\"}")
     }
-    if let endpointText = value["endpoint"] {
-      guard let text = endpointText.stringValue, let endpoint = Endpoint(parsing: text) else {
-        throw .badRequest("a peer's endpoint is \"host:port\"")
-      }
-      return Peer(node: NodeID(id), endpoint: endpoint)
+    guard let endpointText = value["endpoint"] else { return .id(NodeID(id)) }
+    guard let text = endpointText.stringValue, let endpoint = Endpoint(parsing: text) else {
+      throw .badRequest("a peer's endpoint is \"host:port\"")
     }
-    if let member = configuration.members.first(where: { $0.node == NodeID(id) }) { return member }
-    guard NodeID(id) == engine.localPeer.node else {
-      throw .badRequest("node \(id) is not in this node's directory; give its \"endpoint\"")
-    }
-    return engine.localPeer
+    return .peer(Peer(node: NodeID(id), endpoint: endpoint))
   }
 
   /// createPeer on every peer: this node's engine for itself, `POST /v1/node/groups` on the others.
@@ -934,8 +971,10 @@ public final class Gateway: HTTPHandler {
           .consensus(.storage("group \(group) was not created on node(s) \(failed.map(\.description).joined(separator: ", ")); retry the request")),
           route: route)
       }
-      let body = engine.status(group).map(statusDocument) ?? summary
-      exchange.respond(json: body, status: 201, headers: [("Location", "/v1/groups/\(group)")], route: route)
+      recordInDirectory(group, peers) { [self] in
+        let body = engine.status(group).map(statusDocument) ?? summary
+        exchange.respond(json: body, status: 201, headers: [("Location", "/v1/groups/\(group)")], route: route)
+      }
     }
   }
 
@@ -954,19 +993,14 @@ public final class Gateway: HTTPHandler {
       }
     }, remote: { peer, done in
       forwarder.nodeLocal("DELETE", on: peer, target: "/v1/node/groups/\(group)", body: []) { status, _ in done(status) }
-    }) { statuses in
+    }) { [self] statuses in
       let failed = statuses.filter { $0.value != 200 && $0.value != 404 }.map(\.key).sorted()
       guard failed.isEmpty else {
         return exchange.fail(
           .consensus(.storage("group \(group) was not deleted on node(s) \(failed.map(\.description).joined(separator: ", ")); retry the request")),
           route: route)
       }
-      var writer = JSONWriter()
-      writer.beginObject()
-      writer.member("id", group.description)
-      writer.member("deleted", true)
-      writer.endObject()
-      exchange.respond(json: writer.bytes, route: route)
+      answerDeleted(group, exchange, route: route)
     }
   }
 
@@ -1084,9 +1118,8 @@ public final class Gateway: HTTPHandler {
   /// `LeaderForwarder.lookupTimeoutMs`; `finish` gets, per member, its client URL and its groups
   /// (nil when it did not answer).
   private func gatherMembers(
-    _ forwarder: LeaderForwarder, finish: @escaping @Sendable ([NodeID: (url: String, groups: [JSONValue]?)]) -> Void
+    _ forwarder: LeaderForwarder, _ members: [Peer], finish: @escaping @Sendable ([NodeID: (url: String, groups: [JSONValue]?)]) -> Void
   ) {
-    let members = configuration.members
     let views = Locked<[NodeID: (url: String, groups: [JSONValue]?)]>([:])
     var localWriter = JSONWriter()
     writeGroupSummaries(&localWriter)
@@ -1112,53 +1145,61 @@ public final class Gateway: HTTPHandler {
 
   /// `/v1/cluster` of a multi-node cluster: a member that does not answer is listed unreachable.
   private func gatherCluster(_ forwarder: LeaderForwarder, _ exchange: Exchange, route: String) {
-    let members = configuration.members
-    gatherMembers(forwarder) { views in
-      var writer = JSONWriter()
-      writer.beginObject()
-      writer.key("nodes")
-      writer.beginArray()
-      for member in members {
-        let view = views[member.node]
+    clusterNodes { [self] members in
+      gatherMembers(forwarder, members) { views in
+        var writer = JSONWriter()
         writer.beginObject()
-        writer.member("id", member.node.rawValue)
-        writer.member("clientURL", view?.url ?? "")
-        writer.member("consensusEndpoint", member.endpoint.description)
-        writer.member("reachable", view?.groups != nil)
-        writer.key("groups")
-        writer.value(.array(view?.groups ?? []))
+        writer.key("nodes")
+        writer.beginArray()
+        for member in members {
+          let view = views[member.node]
+          writer.beginObject()
+          writer.member("id", member.node.rawValue)
+          writer.member("clientURL", view?.url ?? "")
+          writer.member("consensusEndpoint", member.endpoint.description)
+          writer.member("reachable", view?.groups != nil)
+          writer.key("groups")
+          writer.value(.array(view?.groups ?? []))
+          writer.endObject()
+        }
+        writer.endArray()
         writer.endObject()
+        exchange.respond(json: writer.bytes, route: route)
       }
-      writer.endArray()
-      writer.endObject()
-      exchange.respond(json: writer.bytes, route: route)
     }
   }
 
-  /// `GET /v1/groups?scope=cluster`: every group any member hosts, once, as its leader (else
-  /// any member) describes it.
+  /// `GET /v1/groups?scope=cluster`: every group any node hosts, once, as its leader (else any
+  /// peer) describes it, and the groups the directory records that no node reported.
   private func gatherGroups(_ forwarder: LeaderForwarder, _ exchange: Exchange, route: String) {
-    let local = engine.localPeer.node
-    gatherMembers(forwarder) { views in
-      var chosen: [String: (summary: JSONValue, fromLeader: Bool)] = [:]
-      for (node, view) in views.sorted(by: { $0.key < $1.key }) {
-        for summary in view.groups ?? [] {
-          guard let id = summary["id"]?.stringValue else { continue }
-          let fromLeader = summary["leader"]?.unsignedIntegerValue == node.rawValue
-          if chosen[id] == nil || (fromLeader && chosen[id]?.fromLeader == false) { chosen[id] = (summary, fromLeader) }
+    clusterNodes { [self] members in
+      gatherMembers(forwarder, members) { [self] views in
+        recordedGroups { [self] records in
+          var chosen: [String: (summary: JSONValue, fromLeader: Bool)] = [:]
+          for (node, view) in views.sorted(by: { $0.key < $1.key }) {
+            for summary in view.groups ?? [] {
+              guard let id = summary["id"]?.stringValue else { continue }
+              let fromLeader = summary["leader"]?.unsignedIntegerValue == node.rawValue
+              if chosen[id] == nil || (fromLeader && chosen[id]?.fromLeader == false) { chosen[id] = (summary, fromLeader) }
+            }
+          }
+          // A group the directory records but none of whose peers answered is still listed.
+          for record in records where chosen[record.id.description] == nil {
+            chosen[record.id.description] = (unansweredSummary(record), false)
+          }
+          var writer = JSONWriter()
+          writer.beginObject()
+          writer.member("node", engine.localPeer.node.rawValue)
+          writer.key("groups")
+          writer.beginArray()
+          for id in chosen.keys.sorted(by: { (GroupID($0) ?? GroupID(.dataRegion, 0)) < (GroupID($1) ?? GroupID(.dataRegion, 0)) }) {
+            writer.value(chosen[id]!.summary)
+          }
+          writer.endArray()
+          writer.endObject()
+          exchange.respond(json: writer.bytes, route: route)
         }
       }
-      var writer = JSONWriter()
-      writer.beginObject()
-      writer.member("node", local.rawValue)
-      writer.key("groups")
-      writer.beginArray()
-      for id in chosen.keys.sorted(by: { (GroupID($0) ?? GroupID(.dataRegion, 0)) < (GroupID($1) ?? GroupID(.dataRegion, 0)) }) {
-        writer.value(chosen[id]!.summary)
-      }
-      writer.endArray()
-      writer.endObject()
-      exchange.respond(json: writer.bytes, route: route)
     }
   }
 

@@ -48,9 +48,11 @@ struct Serve: ParsableCommand {
   var dataDir: String?
   @Option(name: .customLong("protocol"), help: "standalone or raft (IoTDB class names accepted). (default: standalone)")
   var protocolName: String?
-  @Option(name: .long, help: "The config-node group: 1=host:cport,2=host:cport,...")
+  @Option(name: .long, help: "The config-node group (the cluster directory's members): 1=host:cport,2=host:cport,...")
   var cluster: String?
-  @Option(name: .long, help: "Join an existing cluster through a member's consensus endpoint.")
+  @Option(
+    name: .long,
+    help: "Join an existing cluster through a member's consensus endpoint (host:port): register in its directory, retrying until it answers.")
   var join: String?
   @Option(name: .long, help: "Raft election timeout. (default: 1000)")
   var electionTimeoutMs: UInt32?

@@ -13,6 +13,9 @@ import StandaloneConsensus
 /// The group a fresh node creates so that `curl -X PUT …/DataRegion-0/kv/hello -d world` works at once.
 let defaultGroup = GroupID(.dataRegion, 0)
 
+/// Set when the cluster refuses a `--join` for good; the node then stops and exits 1.
+private let joinRefused = Locked<String?>(nil)
+
 /// Wires the modules, serves until SIGINT/SIGTERM, shuts down cleanly. Returns the exit code.
 func runNode(_ settings: NodeSettings) -> Int32 {
   // Block the stop signals in every thread (threads inherit the mask); the main thread waits for
@@ -83,12 +86,17 @@ func runNode(_ settings: NodeSettings) -> Int32 {
   }
 
   if identity.firstStart {
-    // Every member of a new cluster creates the default group with the same initial peers.
-    let created = waitForCompletion { engine.createPeer(defaultGroup, peers: initialPeers, completion: $0) }
-    if case .failure(let error) = created, error != .groupAlreadyExists(defaultGroup) {
-      logger.critical("cannot create the default group", metadata: ["group": "\(defaultGroup)", "error": "\(error)"])
-      engine.stop()
-      return 1
+    // Every member of a new cluster creates the directory and the default group with the same
+    // initial peers; a joined node hosts nothing until groups are created on it.
+    let groups = cluster == nil ? [defaultGroup] : cluster?.join == nil ? [ClusterDirectory.group, defaultGroup] : []
+    for group in groups {
+      let created = waitForCompletion { engine.createPeer(group, peers: initialPeers, completion: $0) }
+      if case .failure(let error) = created, error != .groupAlreadyExists(group) {
+        logger.critical("cannot create a group of the new node", metadata: ["group": "\(group)", "error": "\(error)"])
+        engine.stop()
+        cluster?.stop()
+        return 1
+      }
     }
     do { try identity.markInitialized() } catch {
       logger.critical("cannot record the node identity", metadata: ["error": "\(error)"])
@@ -97,13 +105,19 @@ func runNode(_ settings: NodeSettings) -> Int32 {
     }
   }
 
+  let forwarder = cluster.map { LeaderForwarder(localNode: settings.nodeID, client: $0.client) }
+  let directory = cluster.map { link in
+    ClusterDirectory(
+      engine: engine, forwarder: forwarder, members: link.members,
+      localNode: DirectoryNode(id: settings.nodeID, clientURL: settings.clientURL, consensusEndpoint: link.localEndpoint),
+      logger: Logger(label: "caucus.directory"))
+  }
   let gateway = Gateway(
     engine: engine,
     configuration: GatewayConfiguration(
       clientURL: settings.clientURL, dataDirectory: settings.dataDirectory, version: caucusVersion,
       valueBytesMax: settings.valueBytesMax, requestTimeoutMs: settings.requestTimeoutMs,
-      forwarder: cluster.map { LeaderForwarder(localNode: settings.nodeID, client: $0.client) },
-      members: cluster?.members ?? []))
+      forwarder: forwarder, members: cluster?.members ?? [], directory: directory))
   var serverConfiguration = HTTPServerConfiguration()
   serverConfiguration.host = settings.rpcAddress
   serverConfiguration.port = settings.rpcPort
@@ -127,16 +141,36 @@ func runNode(_ settings: NodeSettings) -> Int32 {
       "dataDir": "\(settings.dataDirectory)", "groups": "\(engine.allGroupIDs().map(\.description))",
     ])
 
+  // Registration runs in the background, retrying until the directory takes it: a member's own
+  // records on every start; a joined node registers again on every start (it keeps no list of
+  // members on disk, it learns them from the answer).
+  if let directory, let cluster {
+    if let endpoint = cluster.join {
+      directory.join(through: endpoint) { message in
+        joinRefused.withLock { $0 = message }
+        kill(getpid(), SIGTERM)  // the main thread's sigwait stops the node
+      }
+    } else {
+      directory.registerMember(recording: [ClusterDirectory.group, defaultGroup])
+    }
+  }
+
   var received: Int32 = 0
   sigwait(&stopSignals, &received)
-  logger.info("stopping", metadata: ["signal": "\(received == SIGTERM ? "SIGTERM" : "SIGINT")"])
+  let refusal = joinRefused.withLock { $0 }
+  if let refusal {
+    logger.critical("the cluster refused this node; stopping", metadata: ["reason": "\(refusal)"])
+  } else {
+    logger.info("stopping", metadata: ["signal": "\(received == SIGTERM ? "SIGTERM" : "SIGINT")"])
+  }
   // Stop accepting, let in-flight requests finish, then sync and close the log.
   server.shutdown(gracePeriodMs: 5_000)
+  directory?.stop()
   gateway.stop()
   engine.stop()
   cluster?.stop()
   logger.info("stopped")
-  return 0
+  return refusal == nil ? 0 : 1
 }
 
 /// The data directory's record of which node owns it. A directory written by another node id is
@@ -172,21 +206,40 @@ struct NodeIdentity {
 /// The node-to-node side of a raft node: the libcurl client, the HTTP transport and the
 /// consensus-port server that receives batches.
 struct ClusterLink {
+  /// The directory group's members (`--cluster`); empty for a joined node until it learns them.
   let members: [Peer]
+  /// The member a `--join` node registers through (its consensus endpoint).
+  let join: Endpoint?
+  let localEndpoint: Endpoint
   let client: PeerClient
   let transport: HTTPRaftTransport
   let server: HTTPServer
 
   static func start(_ settings: NodeSettings) throws -> ClusterLink {
-    guard settings.join == nil else {
-      throw SettingsError(description: "--join is not available yet; start every member with the same --cluster list")
-    }
-    guard let list = settings.cluster else {
-      throw SettingsError(description: "the raft protocol needs --cluster 1=host:port,2=host:port,…")
-    }
-    let members = try parseClusterList(list)
-    guard let local = members.first(where: { $0.node == settings.nodeID }) else {
-      throw SettingsError(description: "--cluster does not name this node (--node-id \(settings.nodeID))")
+    let members: [Peer]
+    var join: Endpoint?
+    let localEndpoint: Endpoint
+    switch (settings.cluster, settings.join) {
+    case (.some, .some):
+      throw SettingsError(description: "give --cluster (a member of the directory group) or --join (a node joining through a member), not both")
+    case (nil, nil):
+      throw SettingsError(description: "the raft protocol needs --cluster 1=host:port,2=host:port,… or --join host:port")
+    case (nil, .some(let text)):
+      guard let endpoint = Endpoint(parsing: text) else {
+        throw SettingsError(description: "--join must be a member's consensus endpoint host:port, not '\(text)'")
+      }
+      guard endpoint != settings.consensusEndpoint else {
+        throw SettingsError(description: "--join names this node's own consensus endpoint; give a member's")
+      }
+      members = []
+      join = endpoint
+      localEndpoint = settings.consensusEndpoint
+    case (.some(let list), nil):
+      members = try parseClusterList(list)
+      guard let local = members.first(where: { $0.node == settings.nodeID }) else {
+        throw SettingsError(description: "--cluster does not name this node (--node-id \(settings.nodeID))")
+      }
+      localEndpoint = local.endpoint
     }
     PeerClient.globalInit()
     var clientConfiguration = PeerClientConfiguration()
@@ -198,15 +251,15 @@ struct ClusterLink {
     let transport = try HTTPRaftTransport(localNode: settings.nodeID, client: client)
     var configuration = HTTPServerConfiguration()
     configuration.host = settings.consensusAddress ?? settings.rpcAddress
-    configuration.port = local.endpoint.port
+    configuration.port = localEndpoint.port
     // Message batches carry entries and snapshots: far larger than a client value.
     configuration.bodyBytesMax = 64 << 20
     configuration.serverResponseHeaders = [("X-Caucus-Node", settings.nodeID.description)]
     let handler = ConsensusPortHandler(
-      transport: transport, node: settings.nodeID, clientURL: settings.clientURL, consensusEndpoint: local.endpoint)
+      transport: transport, node: settings.nodeID, clientURL: settings.clientURL, consensusEndpoint: localEndpoint)
     let server = HTTPServer(configuration: configuration, handler: handler)
     _ = try server.start()
-    return ClusterLink(members: members, client: client, transport: transport, server: server)
+    return ClusterLink(members: members, join: join, localEndpoint: localEndpoint, client: client, transport: transport, server: server)
   }
 
   func stop() {

@@ -1,4 +1,5 @@
 import Consensus
+import Gateway
 import Glibc
 import Logging
 
@@ -91,7 +92,7 @@ struct NodeSettings {
   func validate() throws(SettingsError) {
     guard rpcPort > 0 else { throw SettingsError(description: "the rpc port must be 1...65535") }
     if let url = advertisedClientURL {
-      guard url.hasPrefix("http://"), url.count > 7, !url.hasSuffix("/") else {
+      guard DirectoryRecords.isClientURL(url) else {
         throw SettingsError(description: "--client-url must look like http://host:port (no trailing slash)")
       }
     }

@@ -9,27 +9,11 @@ final class ClusterTests: XCTestCase {
   private var directories: [String] = []
 
   override func setUpWithError() throws {
-    let consensusPorts = (0..<3).map { _ in freePort() }
-    let cluster = consensusPorts.enumerated().map { "\($0.offset + 1)=127.0.0.1:\($0.element)" }.joined(separator: ",")
-    for index in 0..<3 {
-      let directory = temporaryDirectory("cluster-\(index + 1)")
-      directories.append(directory)
-      let node = NodeProcess(dataDirectory: directory, consensusPort: consensusPorts[index])
-      node.extraArguments = [
-        "--node-id", String(index + 1), "--cluster", cluster, "--heartbeat-interval-ms", "20", "--election-timeout-ms", "200",
-      ]
-      nodes.append(node)
-    }
+    (nodes, directories) = clusterNodes(3, label: "cluster")
     for node in nodes { try node.start() }
   }
 
-  override func tearDown() {
-    for node in nodes { node.kill(SIGKILL) }
-    for directory in directories {
-      try? FileManager.default.removeItem(atPath: directory)
-      try? FileManager.default.removeItem(atPath: directory + ".log")
-    }
-  }
+  override func tearDown() { removeNodes(nodes, directories) }
 
   /// The leader of DataRegion-0 as the given nodes agree on it (index into `nodes`).
   private func leader(among candidates: [Int], seconds: Double = 20) -> Int? {
@@ -173,7 +157,7 @@ final class ClusterTests: XCTestCase {
     let pair = try HTTPClient(port: nodes[2].port).request("POST", "/v1/groups", text: #"{"id":"SchemaRegion-2","peers":[1,2]}"#)
     XCTAssertEqual(pair.status, 201, pair.text)
     XCTAssertEqual(try HTTPClient(port: nodes[0].port).request("GET", "/v1/groups/SchemaRegion-2?forward=none").status, 200)
-    // Node 3 hosts no replica of SchemaRegion-2, yet routes to it: it asks the others who leads it.
+    // Node 3 hosts no replica of SchemaRegion-2, yet routes to it: the directory names its peers.
     let hint = try HTTPClient(port: nodes[2].port).request("GET", "/v1/groups/SchemaRegion-2?forward=none")
     XCTAssertEqual(hint.status, 421, hint.text)
     var routed = 0
@@ -186,9 +170,10 @@ final class ClusterTests: XCTestCase {
     // The cluster-wide listing shows SchemaRegion-2 even through node 3, which does not host it.
     let everywhere = try HTTPClient(port: nodes[2].port).request("GET", "/v1/groups?scope=cluster")
     let ids = (everywhere.json["groups"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String }
-    XCTAssertEqual(ids, ["DataRegion-0", "DataRegion-7", "SchemaRegion-2"], everywhere.text)
+    XCTAssertEqual(ids, ["DataRegion-0", "DataRegion-7", "SchemaRegion-2", "PartitionRegion-0"], everywhere.text)
     let hereOnly = try HTTPClient(port: nodes[2].port).request("GET", "/v1/groups")
-    XCTAssertEqual((hereOnly.json["groups"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String }, ["DataRegion-0", "DataRegion-7"])
+    XCTAssertEqual(
+      (hereOnly.json["groups"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String }, ["DataRegion-0", "DataRegion-7", "PartitionRegion-0"])
     let unknown = try HTTPClient(port: nodes[0].port).request("POST", "/v1/groups", text: #"{"id":"DataRegion-8","peers":[1,9]}"#)
     XCTAssertEqual(unknown.status, 400, "node 9 is in no directory")
 

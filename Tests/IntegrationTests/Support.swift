@@ -46,6 +46,35 @@ func freePort() -> UInt16 {
   return UInt16(bigEndian: address.sin_port)
 }
 
+/// `count` nodes of one `--cluster` (ids 1…count) with short raft timings, not yet started, and
+/// their data directories.
+func clusterNodes(_ count: Int, label: String) -> (nodes: [NodeProcess], directories: [String]) {
+  let consensusPorts = (0..<count).map { _ in freePort() }
+  let cluster = consensusPorts.enumerated().map { "\($0.offset + 1)=127.0.0.1:\($0.element)" }.joined(separator: ",")
+  var nodes: [NodeProcess] = []
+  var directories: [String] = []
+  for index in 0..<count {
+    let directory = temporaryDirectory("\(label)-\(index + 1)")
+    directories.append(directory)
+    let node = NodeProcess(dataDirectory: directory, consensusPort: consensusPorts[index])
+    node.extraArguments = ["--node-id", String(index + 1), "--cluster", cluster] + fastRaftTimings
+    nodes.append(node)
+  }
+  return (nodes, directories)
+}
+
+/// Raft timings that keep elections in tests short.
+let fastRaftTimings = ["--heartbeat-interval-ms", "20", "--election-timeout-ms", "200"]
+
+/// Kills the nodes and removes their data directories and logs.
+func removeNodes(_ nodes: [NodeProcess], _ directories: [String]) {
+  for node in nodes { node.kill(SIGKILL) }
+  for directory in directories {
+    try? FileManager.default.removeItem(atPath: directory)
+    try? FileManager.default.removeItem(atPath: directory + ".log")
+  }
+}
+
 /// Waits for `condition` up to `seconds`, polling; fails the test at the deadline.
 func waitUntil(_ what: String, seconds: Double = 30, file: StaticString = #filePath, line: UInt = #line, _ condition: () -> Bool) {
   let deadline = Date().addingTimeInterval(seconds)
@@ -75,6 +104,17 @@ final class NodeProcess: @unchecked Sendable {
   }
 
   func start(_ extra: [String] = []) throws {
+    let process = try launch(extra)
+    waitUntil("the node on port \(port) to answer /healthz") {
+      if !process.isRunning { return true }
+      return (try? HTTPClient(port: port).request("GET", "/healthz").status) == 200
+    }
+    XCTAssertTrue(process.isRunning, "caucus exited during start-up:\n\(log())")
+  }
+
+  /// Starts the process without waiting for it to serve (it may be expected to exit).
+  @discardableResult
+  func launch(_ extra: [String] = []) throws -> Process {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: try Paths.binary("caucus"))
     process.arguments = [
@@ -87,11 +127,7 @@ final class NodeProcess: @unchecked Sendable {
     process.standardError = logFile
     try process.run()
     self.process = process
-    waitUntil("the node on port \(port) to answer /healthz") {
-      if !process.isRunning { return true }
-      return (try? HTTPClient(port: port).request("GET", "/healthz").status) == 200
-    }
-    XCTAssertTrue(process.isRunning, "caucus exited during start-up:\n\(log())")
+    return process
   }
 
   var isRunning: Bool { process?.isRunning ?? false }

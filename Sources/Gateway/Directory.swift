@@ -1,0 +1,656 @@
+import Consensus
+import HTTPServer
+import KeyValueStore
+import Logging
+import PeerClient
+import Platform
+import Synchronization
+
+// The cluster directory: the config-node group `PartitionRegion-0` (IoTDB's ConfigNode group, over
+// `config_node_group_address_list`), a Raft group with the built-in key-value state machine whose
+// entries describe the cluster:
+//   nodes/<id>        → {"id","clientURL","consensusEndpoint"}
+//   groups/<GroupID>  → {"id","peers":[{"id","endpoint"}]}
+// Everything that reads or writes those records goes through this file.
+
+/// A node as the directory records it (and as `GET /v1/node` on a consensus port describes it).
+public struct DirectoryNode: Equatable, Sendable {
+  public let id: NodeID
+  /// `http://host:port` of the node's client API.
+  public let clientURL: String
+  public let consensusEndpoint: Endpoint
+
+  public init(id: NodeID, clientURL: String, consensusEndpoint: Endpoint) {
+    precondition(DirectoryRecords.isClientURL(clientURL), "a node's client URL is http://host:port")
+    self.id = id
+    self.clientURL = clientURL
+    self.consensusEndpoint = consensusEndpoint
+  }
+
+  public var peer: Peer { Peer(node: id, endpoint: consensusEndpoint) }
+}
+
+/// A group as the directory records it: where its replicas live.
+public struct DirectoryGroup: Equatable, Sendable {
+  public let id: GroupID
+  public let peers: [Peer]
+
+  public init(id: GroupID, peers: [Peer]) {
+    precondition(!peers.isEmpty, "a group has at least one peer")
+    precondition(Set(peers.map(\.node)).count == peers.count, "a group names each node once")
+    self.id = id
+    self.peers = peers
+  }
+}
+
+public struct DirectoryRecordError: Error, Equatable, CustomStringConvertible {
+  public let description: String
+}
+
+/// The directory's keys and the JSON codec of its records. A record is checked when it is built
+/// (the types' preconditions) and again when it is read back (the decoders), so a damaged or
+/// hand-written entry is refused with what was expected, never half-used.
+public enum DirectoryRecords {
+  public static let nodesPrefix = "nodes/"
+  public static let groupsPrefix = "groups/"
+  /// A client URL is a short `http://host:port`; anything longer is not one.
+  public static let clientURLBytesMax = 2048
+  /// Peers one group record may name: Raft groups are small, and the record is read on every
+  /// routing miss.
+  public static let groupPeersMax = 16
+
+  public static func key(node: NodeID) -> String { nodesPrefix + node.description }
+  public static func key(group: GroupID) -> String { groupsPrefix + group.description }
+
+  /// `http://` followed by a printable, space-free authority (and optional path), no trailing slash.
+  public static func isClientURL(_ text: String) -> Bool {
+    let bytes = Array(text.utf8)
+    return text.hasPrefix("http://") && bytes.count > 7 && bytes.count <= clientURLBytesMax && bytes.last != UInt8(ascii: "/")
+      && bytes.allSatisfy { (0x21...0x7E).contains($0) }
+  }
+
+  public static func encode(_ node: DirectoryNode) -> [UInt8] {
+    var writer = JSONWriter()
+    write(node, to: &writer)
+    return writer.bytes
+  }
+
+  public static func write(_ node: DirectoryNode, to writer: inout JSONWriter) {
+    writer.beginObject()
+    writer.member("id", node.id.rawValue)
+    writer.member("clientURL", node.clientURL)
+    writer.member("consensusEndpoint", node.consensusEndpoint.description)
+    writer.endObject()
+  }
+
+  public static func encode(_ group: DirectoryGroup) -> [UInt8] {
+    precondition(group.peers.count <= groupPeersMax, "a group record names at most \(groupPeersMax) peers")
+    var writer = JSONWriter()
+    writer.beginObject()
+    writer.member("id", group.id.description)
+    writer.key("peers")
+    write(group.peers, to: &writer)
+    writer.endObject()
+    return writer.bytes
+  }
+
+  /// `[{"id","endpoint"}, …]`, as group records and the `"members"` of a registration answer write peers.
+  public static func write(_ peers: [Peer], to writer: inout JSONWriter) {
+    writer.beginArray()
+    for peer in peers {
+      writer.beginObject()
+      writer.member("id", peer.node.rawValue)
+      writer.member("endpoint", peer.endpoint.description)
+      writer.endObject()
+    }
+    writer.endArray()
+  }
+
+  public static func decodeNode(_ bytes: [UInt8]) throws(DirectoryRecordError) -> DirectoryNode {
+    try decodeNode(try parse(bytes))
+  }
+
+  /// A node record, or the body of `POST /v1/cluster/nodes`; each field is checked on its own so
+  /// the error names the one that is wrong.
+  public static func decodeNode(_ json: JSONValue) throws(DirectoryRecordError) -> DirectoryNode {
+    guard json.isObject else { throw DirectoryRecordError(description: "a node is a JSON object {\"id\",\"clientURL\",\"consensusEndpoint\"}") }
+    guard let id = json["id"]?.unsignedIntegerValue, id > 0 else {
+      throw DirectoryRecordError(description: "a node needs \"id\": a positive integer")
+    }
+    guard let url = json["clientURL"]?.stringValue else {
+      throw DirectoryRecordError(description: "a node needs \"clientURL\": \"http://host:port\"")
+    }
+    guard isClientURL(url) else {
+      throw DirectoryRecordError(description: "\"clientURL\" must look like http://host:port (no trailing slash), not '\(url.prefix(200))'")
+    }
+    guard let text = json["consensusEndpoint"]?.stringValue else {
+      throw DirectoryRecordError(description: "a node needs \"consensusEndpoint\": \"host:port\"")
+    }
+    guard let endpoint = Endpoint(parsing: text) else {
+      throw DirectoryRecordError(description: "\"consensusEndpoint\" must be host:port, not '\(text.prefix(200))'")
+    }
+    return DirectoryNode(id: NodeID(id), clientURL: url, consensusEndpoint: endpoint)
+  }
+
+  public static func decodeGroup(_ bytes: [UInt8]) throws(DirectoryRecordError) -> DirectoryGroup {
+    let json = try parse(bytes)
+    guard let text = json["id"]?.stringValue, let id = GroupID(text) else {
+      throw DirectoryRecordError(description: "a group record needs \"id\": a group id")
+    }
+    guard let items = json["peers"]?.arrayValue, !items.isEmpty, items.count <= groupPeersMax else {
+      throw DirectoryRecordError(description: "a group record needs \"peers\": 1 to \(groupPeersMax) peers")
+    }
+    var peers: [Peer] = []
+    for item in items {
+      guard let node = item["id"]?.unsignedIntegerValue, node > 0 else {
+        throw DirectoryRecordError(description: "a peer needs \"id\": a positive integer")
+      }
+      guard let text = item["endpoint"]?.stringValue, let endpoint = Endpoint(parsing: text) else {
+        throw DirectoryRecordError(description: "a peer needs \"endpoint\": host:port")
+      }
+      guard !peers.contains(where: { $0.node.rawValue == node }) else {
+        throw DirectoryRecordError(description: "a group record names node \(node) twice")
+      }
+      peers.append(Peer(node: NodeID(node), endpoint: endpoint))
+    }
+    return DirectoryGroup(id: id, peers: peers)
+  }
+
+  /// `"members"` of the `POST /v1/cluster/nodes` answer: the directory group's peers.
+  static func decodePeers(_ json: JSONValue?) -> [Peer] {
+    (json?.arrayValue ?? []).compactMap { item in
+      guard let node = item["id"]?.unsignedIntegerValue, node > 0, let text = item["endpoint"]?.stringValue,
+        let endpoint = Endpoint(parsing: text)
+      else { return nil }
+      return Peer(node: NodeID(node), endpoint: endpoint)
+    }
+  }
+
+  private static func parse(_ bytes: [UInt8]) throws(DirectoryRecordError) -> JSONValue {
+    do { return try JSONParser.parse(bytes) } catch { throw DirectoryRecordError(description: "the record is not JSON: \(error)") }
+  }
+}
+
+/// Why a directory operation did not happen.
+enum DirectoryError: Error, Equatable, CustomStringConvertible {
+  /// No member of the directory group answered usefully (no leader, unreachable, timeout).
+  case unavailable(String)
+  /// A write's precondition did not hold (someone else wrote the key first).
+  case preconditionFailed
+  /// `POST /v1/cluster/nodes`: the id is taken by a node at another consensus endpoint.
+  case nodeAlreadyExists(DirectoryNode)
+
+  var description: String {
+    switch self {
+    case .unavailable(let reason): return "the cluster directory is unavailable: \(reason)"
+    case .preconditionFailed: return "the directory entry changed concurrently"
+    case .nodeAlreadyExists(let node): return "node \(node.id) is already registered at \(node.consensusEndpoint)"
+    }
+  }
+}
+
+/// One directory entry as read.
+struct DirectoryEntry: Sendable {
+  let key: String
+  let value: [UInt8]
+  let revision: UInt64
+}
+
+/// Reads and writes the directory for this node: locally when it hosts `PartitionRegion-0` (a
+/// stale read for routing; a write when it leads), otherwise over HTTP through a member's client
+/// API, which forwards to the directory's leader. Keeps a short-lived cache of the records it
+/// read, and runs the background registrations (a member's own records, a `--join`).
+public final class ClusterDirectory: Sendable {
+  public static let group = GroupID(.partitionRegion, 0)
+  /// How long one HTTP request to a member may take: it may wait for an election there.
+  public static let requestTimeoutMs = 3_000
+  /// How long a cached record is trusted: group placement changes rarely, and a stale entry only
+  /// costs a wrong first try, which falls back to asking again.
+  public static let cacheTTLMs: UInt64 = 2_000
+  /// Records the cache holds at most; past it the cache is emptied (every entry is cheap to re-read).
+  public static let cacheEntriesMax = 1024
+  /// Background retries wait this long after the first failure, doubling up to `retryMsMax`.
+  public static let retryMsMin: UInt32 = 100
+  public static let retryMsMax: UInt32 = 5_000
+  /// Nodes a directory listing returns at most (one page of the key-value listing).
+  public static let nodesMax = GatewayLimits.listItemsMax
+
+  let engine: any ConsensusEngine
+  let forwarder: LeaderForwarder?
+  /// This node, as it registers itself.
+  public let localNode: DirectoryNode
+  private let logger: Logger
+  /// The directory group's members: the `--cluster` list, or what a `--join` learned.
+  private let members: Locked<[Peer]>
+  private let cache = Locked<[String: (entry: DirectoryEntry, expiresAtMs: UInt64)]>([:])
+  private let timer = DeadlineWheel()
+  private let stopped = Atomic<Bool>(false)
+
+  public init(engine: any ConsensusEngine, forwarder: LeaderForwarder?, members: [Peer], localNode: DirectoryNode, logger: Logger) {
+    precondition(localNode.id == engine.localPeer.node, "the directory registers the engine's own node")
+    self.engine = engine
+    self.forwarder = forwarder
+    self.members = Locked(members)
+    self.localNode = localNode
+    self.logger = logger
+  }
+
+  /// Stops background registrations; call before the engine stops.
+  public func stop() {
+    stopped.store(true, ordering: .releasing)
+    timer.stop()
+  }
+
+  /// The directory group's members as this node knows them: its own replica's peers when it hosts
+  /// one (membership may have changed since start), else the static or learned list.
+  public var knownMembers: [Peer] {
+    if let status = engine.status(ClusterDirectory.group) { return status.peers.map(\.peer) }
+    return members.withLock { $0 }
+  }
+
+  var hostsDirectory: Bool { engine.status(ClusterDirectory.group) != nil }
+
+  // MARK: Records
+
+  /// Every registered node, or nil when the directory cannot be read.
+  func nodes(_ completion: @escaping @Sendable ([DirectoryNode]?) -> Void) {
+    list(prefix: DirectoryRecords.nodesPrefix) { [self] result in
+      guard case .success(let entries) = result else { return completion(nil) }
+      let nodes = entries.compactMap { entry -> DirectoryNode? in
+        guard let node = try? DirectoryRecords.decodeNode(entry.value) else {
+          logger.warning("ignoring a directory entry that is not a node record", metadata: ["key": "\(entry.key)"])
+          return nil
+        }
+        forwarder?.remember(clientURL: node.clientURL, of: node.id)
+        return node
+      }
+      completion(nodes)
+    }
+  }
+
+  /// Every recorded group, or nil when the directory cannot be read.
+  func groups(_ completion: @escaping @Sendable ([DirectoryGroup]?) -> Void) {
+    list(prefix: DirectoryRecords.groupsPrefix) { [self] result in
+      guard case .success(let entries) = result else { return completion(nil) }
+      completion(entries.compactMap { entry in
+        guard let group = try? DirectoryRecords.decodeGroup(entry.value) else {
+          logger.warning("ignoring a directory entry that is not a group record", metadata: ["key": "\(entry.key)"])
+          return nil
+        }
+        return group
+      })
+    }
+  }
+
+  /// `nodes/<id>`, from the cache or a (stale, when local) read; nil when absent or unreadable.
+  func node(_ id: NodeID, _ completion: @escaping @Sendable (DirectoryNode?) -> Void) {
+    cachedGet(DirectoryRecords.key(node: id)) { [forwarder] entry in
+      let node = entry.flatMap { try? DirectoryRecords.decodeNode($0.value) }
+      if let node { forwarder?.remember(clientURL: node.clientURL, of: node.id) }
+      completion(node)
+    }
+  }
+
+  /// `groups/<id>`, from the cache or a (stale, when local) read; nil when absent or unreadable.
+  func group(_ id: GroupID, _ completion: @escaping @Sendable (DirectoryGroup?) -> Void) {
+    cachedGet(DirectoryRecords.key(group: id)) { entry in
+      completion(entry.flatMap { try? DirectoryRecords.decodeGroup($0.value) })
+    }
+  }
+
+  /// Writes `groups/<id>` (only if absent with `ifAbsent`; an existing record then counts as done).
+  func record(_ group: DirectoryGroup, ifAbsent: Bool = false, _ completion: @escaping @Sendable (Result<Void, DirectoryError>) -> Void) {
+    let key = DirectoryRecords.key(group: group.id)
+    forget(key)
+    put(key, DirectoryRecords.encode(group), precondition: ifAbsent ? .absent : .none) { result in
+      switch result {
+      case .success: completion(.success(()))
+      case .failure(.preconditionFailed) where ifAbsent: completion(.success(()))
+      case .failure(let error): completion(.failure(error))
+      }
+    }
+  }
+
+  /// Removes `groups/<id>`.
+  func removeRecord(_ group: GroupID, _ completion: @escaping @Sendable (Result<Void, DirectoryError>) -> Void) {
+    let key = DirectoryRecords.key(group: group)
+    forget(key)
+    delete(key, completion)
+  }
+
+  /// `POST /v1/cluster/nodes`: records `node` unless its id is taken by a node at another consensus
+  /// endpoint (a `--cluster` member or a registered node); answers the directory's nodes. The check
+  /// and the write are one compare-and-set on the entry's revision, so two nodes racing for one
+  /// id cannot both win.
+  func register(_ node: DirectoryNode, _ completion: @escaping @Sendable (Result<[DirectoryNode], DirectoryError>) -> Void) {
+    if let member = knownMembers.first(where: { $0.node == node.id }), member.endpoint != node.consensusEndpoint {
+      let existing = DirectoryNode(id: member.node, clientURL: node.clientURL, consensusEndpoint: member.endpoint)
+      return completion(.failure(.nodeAlreadyExists(existing)))
+    }
+    let key = DirectoryRecords.key(node: node.id)
+    get(key, local: false) { [self] result in
+      var precondition = KVPrecondition.absent
+      switch result {
+      case .failure(let error): return completion(.failure(error))
+      case .success(nil): break
+      case .success(let entry?):
+        if let existing = try? DirectoryRecords.decodeNode(entry.value), existing.consensusEndpoint != node.consensusEndpoint {
+          return completion(.failure(.nodeAlreadyExists(existing)))
+        }
+        precondition = .revisionEquals(entry.revision)
+      }
+      forget(key)
+      put(key, DirectoryRecords.encode(node), precondition: precondition) { [self] result in
+        if case .failure(let error) = result { return completion(.failure(error)) }
+        nodes { nodes in
+          guard let nodes else { return completion(.failure(.unavailable("the node list could not be read back"))) }
+          completion(.success(nodes))
+        }
+      }
+    }
+  }
+
+  // MARK: Background registration
+
+  /// A `--cluster` member's registration, on every start: `nodes/<self>`, and a record for each
+  /// group created with the cluster (`PartitionRegion-0`, `DataRegion-0`) that this node hosts,
+  /// written only if absent so a later change of placement is never overwritten. Retries with
+  /// capped backoff until each is written; never blocks the caller.
+  public func registerMember(recording groups: [GroupID]) {
+    keepTrying("register node \(localNode.id) in the cluster directory") { [self] done in
+      put(DirectoryRecords.key(node: localNode.id), DirectoryRecords.encode(localNode), precondition: .none) { result in
+        done(result.failureReason)
+      }
+    }
+    for id in groups {
+      guard let status = engine.status(id) else { continue }
+      let record = DirectoryGroup(id: id, peers: status.peers.map(\.peer))
+      keepTrying("record \(id) in the cluster directory") { [self] done in
+        self.record(record, ifAbsent: true) { result in done(result.failureReason) }
+      }
+    }
+  }
+
+  /// Hands a record that could not be written at once to the background, retried until written.
+  func recordLater(_ group: DirectoryGroup) {
+    keepTrying("record \(group.id) in the cluster directory") { [self] done in
+      record(group) { result in done(result.failureReason) }
+    }
+  }
+
+  /// Hands a removal that could not be done at once to the background, retried until done. (A
+  /// record written again meanwhile for a new group of the same id would go too; routing then
+  /// falls back to asking the directory's members, so that costs time, not correctness.)
+  func removeRecordLater(_ group: GroupID) {
+    keepTrying("remove \(group) from the cluster directory") { [self] done in
+      removeRecord(group) { result in done(result.failureReason) }
+    }
+  }
+
+  /// `--join ENDPOINT`: asks the member at that consensus endpoint for its client URL, registers
+  /// this node there (`POST /v1/cluster/nodes`) and learns the directory's members from the
+  /// answer. Retries with capped backoff until registered; `refused` is called (and retrying
+  /// stops) when the cluster refuses this node for good (its id is taken).
+  public func join(through endpoint: Endpoint, refused: @escaping @Sendable (String) -> Void) {
+    guard let forwarder else { preconditionFailure("joining a cluster needs the node-to-node client") }
+    keepTrying("join the cluster through \(endpoint)") { [self] done in
+      forwarder.describe(endpoint) { [self] member in
+        guard let member else { return done("\(endpoint) did not answer GET /v1/node on its consensus port") }
+        forwarder.remember(clientURL: member.clientURL, of: member.id)
+        let request = PeerRequest(
+          method: "POST", url: member.clientURL + "/v1/cluster/nodes", headers: [jsonContentType],
+          body: DirectoryRecords.encode(localNode), timeoutMs: ClusterDirectory.requestTimeoutMs * 2)
+        forwarder.client.send(request) { [self] result in
+          guard case .success(let response) = result else {
+            return done("\(member.clientURL) did not answer POST /v1/cluster/nodes")
+          }
+          let json = try? JSONParser.parse(response.body)
+          switch response.status {
+          case 200:
+            let learned = DirectoryRecords.decodePeers(json?["members"])
+            guard !learned.isEmpty else { return done("\(member.clientURL) answered without the directory's members") }
+            members.withLock { $0 = learned }
+            logger.info(
+              "joined the cluster", metadata: ["through": "\(member.clientURL)", "members": "\(learned.map(\.description))"])
+            done(nil)
+          case 409:
+            let message = json?["message"]?.stringValue ?? "node \(localNode.id) is already registered elsewhere"
+            refused(message)
+            done(nil)
+          default:
+            done("\(member.clientURL) answered \(response.status): \(json?["message"]?.stringValue ?? "")")
+          }
+        }
+      }
+    }
+  }
+
+  /// Runs `operation` until it reports no failure (nil), waiting `retryMsMin` doubling to
+  /// `retryMsMax` between tries; every failure is logged. Stops when the directory stops.
+  private func keepTrying(
+    _ what: String, attempt: Int = 1, _ operation: @escaping @Sendable (@escaping @Sendable (String?) -> Void) -> Void
+  ) {
+    guard !stopped.load(ordering: .acquiring) else { return }
+    operation { [self] failure in
+      guard let failure else { return }
+      let delayMs = min(ClusterDirectory.retryMsMin << UInt32(min(attempt - 1, 16)), ClusterDirectory.retryMsMax)
+      logger.warning(
+        "cannot \(what) yet; will retry", metadata: ["reason": "\(failure)", "attempt": "\(attempt)", "retryInMs": "\(delayMs)"])
+      timer.after(delayMs: delayMs) { [self] in keepTrying(what, attempt: attempt + 1, operation) }
+    }
+  }
+
+  // MARK: Entries
+
+  private func cachedGet(_ key: String, _ completion: @escaping @Sendable (DirectoryEntry?) -> Void) {
+    let now = MonotonicClock.nowMilliseconds()
+    if let cached = cache.withLock({ $0[key] }), cached.expiresAtMs > now { return completion(cached.entry) }
+    get(key, local: true) { [cache] result in
+      guard case .success(let entry?) = result else { return completion(nil) }
+      cache.withLock { cache in
+        if cache.count >= ClusterDirectory.cacheEntriesMax { cache.removeAll() }
+        cache[key] = (entry, MonotonicClock.nowMilliseconds() + ClusterDirectory.cacheTTLMs)
+      }
+      completion(entry)
+    }
+  }
+
+  private func forget(_ key: String) { _ = cache.withLock { $0.removeValue(forKey: key) } }
+
+  /// Reads one entry: `local` reads this node's replica (stale) when it hosts one; otherwise the
+  /// read is linearizable, through the leader.
+  func get(_ key: String, local: Bool, _ completion: @escaping @Sendable (Result<DirectoryEntry?, DirectoryError>) -> Void) {
+    readLocally(.get(key: Array(key.utf8)), stale: local) { [self] results in
+      if let results {
+        guard case .get(let entry) = results.first else { return completion(.failure(.unavailable("the state machine answered the wrong shape"))) }
+        return completion(.success(entry.map { DirectoryEntry(key: key, value: $0.value, revision: $0.revision) }))
+      }
+      let consistency = local ? "&consistency=stale" : ""
+      remote("GET", "/kv/\(key)?raw=true\(consistency)") { response in
+        guard let response else { return completion(.failure(.unavailable("no directory member answered"))) }
+        switch response.status {
+        case 200:
+          let revision = response.header("etag").flatMap { UInt64($0.filter(\.isNumber)) } ?? 0
+          completion(.success(DirectoryEntry(key: key, value: response.body, revision: revision)))
+        case 404: completion(.success(nil))
+        default: completion(.failure(.unavailable("a member answered \(response.status)")))
+        }
+      }
+    }
+  }
+
+  private func list(prefix: String, _ completion: @escaping @Sendable (Result<[DirectoryEntry], DirectoryError>) -> Void) {
+    let limit = ClusterDirectory.nodesMax
+    readLocally(.list(prefix: Array(prefix.utf8), after: nil, limit: limit), stale: true) { [self] results in
+      if let results {
+        guard case .list(let items, _) = results.first else { return completion(.failure(.unavailable("the state machine answered the wrong shape"))) }
+        return completion(.success(items.map { DirectoryEntry(key: String(decoding: $0.key, as: UTF8.self), value: $0.value, revision: $0.revision) }))
+      }
+      remote("GET", "/kv?prefix=\(prefix)&limit=\(limit)&consistency=stale") { response in
+        guard let response, response.status == 200, let items = (try? JSONParser.parse(response.body))?["items"]?.arrayValue else {
+          return completion(.failure(.unavailable("no directory member listed \(prefix)")))
+        }
+        completion(.success(items.compactMap { item in
+          guard let key = item["key"]?.stringValue, let value = item["value"]?.stringValue else { return nil }
+          return DirectoryEntry(key: key, value: Array(value.utf8), revision: item["revision"]?.unsignedIntegerValue ?? 0)
+        }))
+      }
+    }
+  }
+
+  /// Answers the query from this node's replica (nil: not hosted here, or only the leader may
+  /// answer and this node is not it).
+  private func readLocally(_ query: KVQuery, stale: Bool, _ completion: @escaping @Sendable ([KVQueryResult]?) -> Void) {
+    guard hostsDirectory, stale || engine.isLeader(ClusterDirectory.group) else { return completion(nil) }
+    let options = ReadOptions(consistency: stale ? .stale : .linearizable, waitMs: UInt32(ClusterDirectory.requestTimeoutMs))
+    engine.read(ClusterDirectory.group, query: KVCodec.encode(queries: [query]), options: options) { result in
+      guard case .success(let read) = result, let results = try? KVCodec.decodeQueryResults(read.response) else { return completion(nil) }
+      completion(results)
+    }
+  }
+
+  private func put(
+    _ key: String, _ value: [UInt8], precondition: KVPrecondition, _ completion: @escaping @Sendable (Result<Void, DirectoryError>) -> Void
+  ) {
+    write(.put(key: Array(key.utf8), value: value, precondition: precondition), method: "PUT", key: key, body: value, completion)
+  }
+
+  private func delete(_ key: String, _ completion: @escaping @Sendable (Result<Void, DirectoryError>) -> Void) {
+    write(.delete(key: Array(key.utf8), precondition: .none), method: "DELETE", key: key, body: [], completion)
+  }
+
+  /// One write, by this node's engine when it leads the directory, else through a member.
+  private func write(
+    _ operation: KVOperation, method: String, key: String, body: [UInt8],
+    _ completion: @escaping @Sendable (Result<Void, DirectoryError>) -> Void
+  ) {
+    precondition(key.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "?") && $0 != UInt8(ascii: "%") }, "directory keys need no escaping")
+    var conditions: [(name: String, value: String)] = []
+    if case .put(_, _, let precondition) = operation {
+      switch precondition {
+      case .none: break
+      case .absent: conditions.append(("If-None-Match", "*"))
+      case .revisionEquals(let revision): conditions.append(("If-Match", "\"\(revision)\""))
+      }
+    }
+    let headers = conditions
+    let viaMember: @Sendable () -> Void = { [self] in
+      remote(method, "/kv/\(key)", headers: headers, body: body) { response in
+        switch response?.status {
+        case 200: completion(.success(()))
+        case 412: completion(.failure(.preconditionFailed))
+        case let status: completion(.failure(.unavailable(status.map { "a member answered \($0)" } ?? "no directory member answered")))
+        }
+      }
+    }
+    guard engine.isLeader(ClusterDirectory.group) else { return viaMember() }
+    let command = KVCodec.encode(KVCommand(operations: [operation], idempotencyKey: nil))
+    engine.write(ClusterDirectory.group, command: command) { result in
+      switch result {
+      case .failure(.notLeader), .failure(.noLeader): viaMember()  // lost the lead meanwhile
+      case .failure(let error): completion(.failure(.unavailable("\(error)")))
+      case .success(let written):
+        switch try? KVCodec.decodeWriteOutcome(written.response) {
+        case .applied?: completion(.success(()))
+        case .preconditionFailed?: completion(.failure(.preconditionFailed))
+        default: completion(.failure(.unavailable("the directory's state machine refused the write")))
+        }
+      }
+    }
+  }
+
+  /// Sends `method /v1/groups/PartitionRegion-0<suffix>` to the directory's leader when this
+  /// node's replica knows it, else to each other member in turn, until one answers with anything
+  /// but "no leader / not hosted / unreachable". Sent at one hop, so the member forwards to its
+  /// leader at most once and never goes looking further.
+  private func remote(
+    _ method: String, _ suffix: String, headers: [(name: String, value: String)] = [], body: [UInt8] = [],
+    _ completion: @escaping @Sendable (PeerResponse?) -> Void
+  ) {
+    guard let forwarder else { return completion(nil) }
+    let local = engine.localPeer.node
+    var candidates: [Peer] = []
+    if let leader = engine.leader(ClusterDirectory.group), leader.node != local { candidates.append(leader) }
+    for member in knownMembers where member.node != local && !candidates.contains(member) { candidates.append(member) }
+    let request = (method, "/v1/groups/\(ClusterDirectory.group)" + suffix, headers + [("X-Caucus-Hops", "1")], body)
+    ClusterDirectory.tryInTurn(candidates[...], forwarder, request, completion)
+  }
+
+  private static func tryInTurn(
+    _ candidates: ArraySlice<Peer>, _ forwarder: LeaderForwarder,
+    _ request: (method: String, target: String, headers: [(name: String, value: String)], body: [UInt8]),
+    _ completion: @escaping @Sendable (PeerResponse?) -> Void
+  ) {
+    guard let candidate = candidates.first else { return completion(nil) }
+    let next: @Sendable () -> Void = { tryInTurn(candidates.dropFirst(), forwarder, request, completion) }
+    forwarder.clientURL(of: candidate) { url in
+      guard let url else { return next() }
+      let peerRequest = PeerRequest(
+        method: request.method, url: url + request.target, headers: request.headers, body: request.body,
+        timeoutMs: ClusterDirectory.requestTimeoutMs)
+      forwarder.client.send(peerRequest) { result in
+        guard case .success(let response) = result else { return next() }
+        // A member that does not host the directory, has no leader, or is part of a loop: ask the next.
+        let notHosted = response.status == 404 && (try? JSONParser.parse(response.body))?["error"]?.stringValue == "group_not_found"
+        if notHosted || [421, 503, 504, 508].contains(response.status) { return next() }
+        completion(response)
+      }
+    }
+  }
+}
+
+extension Result where Failure == DirectoryError {
+  /// nil on success, the reason otherwise (for `keepTrying`).
+  var failureReason: String? {
+    if case .failure(let error) = self { return error.description }
+    return nil
+  }
+}
+
+/// Finds the leader of a group this node does not host: its peers from the directory's record,
+/// then the leader among them (each peer's `GET /v1/groups/{group}?forward=none`). A group the
+/// directory has no record of (created before the directory existed) is looked for among the
+/// directory's members, as before.
+struct GroupLocator: Sendable {
+  let forwarder: LeaderForwarder
+  let directory: ClusterDirectory
+
+  func locate(_ group: GroupID, _ completion: @escaping @Sendable (GroupLocation) -> Void) {
+    directory.group(group) { [self] record in
+      let local = directory.engine.localPeer.node
+      let candidates = (record?.peers ?? directory.knownMembers).filter { $0.node != local }
+      askForLeader(group, among: candidates, completion)
+    }
+  }
+
+  private func askForLeader(_ group: GroupID, among candidates: [Peer], _ completion: @escaping @Sendable (GroupLocation) -> Void) {
+    guard !candidates.isEmpty else { return completion(.nowhere) }
+    let answers = Locked<(remaining: Int, hosted: Bool, done: Bool)>((candidates.count, false, false))
+    for candidate in candidates {
+      forwarder.nodeLocal("GET", on: candidate, target: "/v1/groups/\(group)?forward=none", body: []) { status, body in
+        // A peer hosting the group names its leader; the first such answer decides.
+        let document = status == 200 ? try? JSONParser.parse(body) : nil
+        let leaderID = document?["leader"]?.unsignedIntegerValue
+        let leader = (document?["peers"]?.arrayValue ?? []).lazy.compactMap { item -> Peer? in
+          guard let id = item["id"]?.unsignedIntegerValue, id == leaderID, let text = item["endpoint"]?.stringValue,
+            let endpoint = Endpoint(parsing: text)
+          else { return nil }
+          return Peer(node: NodeID(id), endpoint: endpoint)
+        }.first
+        let decided: GroupLocation? = answers.withLock { state in
+          state.remaining -= 1
+          state.hosted = state.hosted || document != nil
+          guard !state.done else { return nil }
+          if let leader {
+            state.done = true
+            return .leader(leader)
+          }
+          guard state.remaining == 0 else { return nil }
+          state.done = true
+          return state.hosted ? .noLeader : .nowhere
+        }
+        if let decided { completion(decided) }
+      }
+    }
+  }
+}

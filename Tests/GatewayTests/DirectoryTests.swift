@@ -1,0 +1,154 @@
+import Consensus
+import Foundation
+@testable import Gateway
+import HTTPServer
+import KeyValueStore
+import Logging
+import Platform
+import StandaloneConsensus
+import XCTest
+
+final class DirectoryRecordTests: XCTestCase {
+  func testNodeAndGroupRecordsRoundTripInTheDocumentedShape() throws {
+    let node = DirectoryNode(id: NodeID(4), clientURL: "http://10.0.0.4:6667", consensusEndpoint: Endpoint(host: "10.0.0.4", port: 40010))
+    let nodeBytes = DirectoryRecords.encode(node)
+    XCTAssertEqual(String(decoding: nodeBytes, as: UTF8.self), #"{"id":4,"clientURL":"http://10.0.0.4:6667","consensusEndpoint":"10.0.0.4:40010"}"#)
+    XCTAssertEqual(try DirectoryRecords.decodeNode(nodeBytes), node)
+
+    let group = DirectoryGroup(
+      id: GroupID(.dataRegion, 7),
+      peers: [Peer(node: NodeID(2), endpoint: Endpoint(host: "h2", port: 2)), Peer(node: NodeID(4), endpoint: Endpoint(host: "h4", port: 4))])
+    let groupBytes = DirectoryRecords.encode(group)
+    XCTAssertEqual(
+      String(decoding: groupBytes, as: UTF8.self),
+      #"{"id":"DataRegion-7","peers":[{"id":2,"endpoint":"h2:2"},{"id":4,"endpoint":"h4:4"}]}"#)
+    XCTAssertEqual(try DirectoryRecords.decodeGroup(groupBytes), group)
+    XCTAssertEqual(DirectoryRecords.key(node: NodeID(4)), "nodes/4")
+    XCTAssertEqual(DirectoryRecords.key(group: GroupID(.partitionRegion, 0)), "groups/PartitionRegion-0")
+  }
+
+  func testDamagedRecordsAreRefusedWithTheFieldNamed() {
+    let nodes: [(String, String)] = [
+      ("not json", "not JSON"),
+      (#"[1]"#, "JSON object"),
+      (#"{"clientURL":"http://a:1","consensusEndpoint":"a:2"}"#, "\"id\""),
+      (#"{"id":0,"clientURL":"http://a:1","consensusEndpoint":"a:2"}"#, "\"id\""),
+      (#"{"id":1,"consensusEndpoint":"a:2"}"#, "\"clientURL\""),
+      (#"{"id":1,"clientURL":"ftp://a:1","consensusEndpoint":"a:2"}"#, "\"clientURL\""),
+      (#"{"id":1,"clientURL":"http://a:1/","consensusEndpoint":"a:2"}"#, "\"clientURL\""),
+      (#"{"id":1,"clientURL":"http://a b:1","consensusEndpoint":"a:2"}"#, "\"clientURL\""),
+      (#"{"id":1,"clientURL":"http://a:1"}"#, "\"consensusEndpoint\""),
+      (#"{"id":1,"clientURL":"http://a:1","consensusEndpoint":"a"}"#, "\"consensusEndpoint\""),
+      (#"{"id":1,"clientURL":"http://a:1","consensusEndpoint":"a:0"}"#, "\"consensusEndpoint\""),
+    ]
+    for (text, named) in nodes {
+      XCTAssertThrowsError(try DirectoryRecords.decodeNode(Array(text.utf8)), text) { error in
+        XCTAssertTrue("\(error)".contains(named), "\(text): \(error)")
+      }
+    }
+    let groups = [
+      #"{"id":"Nope-1","peers":[{"id":1,"endpoint":"a:1"}]}"#,
+      #"{"id":"DataRegion-1","peers":[]}"#,
+      #"{"id":"DataRegion-1","peers":[{"id":1,"endpoint":"a"}]}"#,
+      #"{"id":"DataRegion-1","peers":[{"id":1,"endpoint":"a:1"},{"id":1,"endpoint":"b:1"}]}"#,
+    ]
+    for text in groups {
+      XCTAssertThrowsError(try DirectoryRecords.decodeGroup(Array(text.utf8)), text)
+    }
+  }
+}
+
+/// `POST /v1/cluster/nodes` against a one-node directory: a standalone engine hosting
+/// PartitionRegion-0, so the directory's writes are this engine's.
+final class RegisterNodeTests: XCTestCase {
+  private var directoryPath = ""
+  private var engine: StandaloneConsensus!
+  private var gateway: Gateway!
+  private let local = Peer(node: NodeID(1), endpoint: Endpoint(host: "127.0.0.1", port: 40010))
+
+  override func setUpWithError() throws {
+    directoryPath = NSTemporaryDirectory() + "caucus-directory-\(UUID().uuidString.prefix(8))"
+    var registry = StateMachineRegistry()
+    registry.registerDefault { _ in KeyValueStateMachine() }
+    engine = StandaloneConsensus(config: ConsensusConfig(localPeer: local, dataDirectory: directoryPath, registry: registry))
+    try engine.start()
+    try waitForCompletion { self.engine.createPeer(ClusterDirectory.group, peers: [self.local], completion: $0) }.get()
+    let directory = ClusterDirectory(
+      engine: engine, forwarder: nil, members: [local],
+      localNode: DirectoryNode(id: local.node, clientURL: "http://127.0.0.1:6667", consensusEndpoint: local.endpoint),
+      logger: Logger(label: "test.directory"))
+    gateway = Gateway(
+      engine: engine,
+      configuration: GatewayConfiguration(
+        clientURL: "http://127.0.0.1:6667", dataDirectory: directoryPath, version: "test", members: [local], directory: directory))
+  }
+
+  override func tearDown() {
+    gateway.stop()
+    engine.stop()
+    try? FileManager.default.removeItem(atPath: directoryPath)
+  }
+
+  private func request(_ method: String, _ target: String, _ body: String = "") -> HTTPResponse {
+    waitForCompletion { done in
+      gateway.handle(
+        HTTPRequest(method: method, target: target, headers: [], body: Array(body.utf8)),
+        responder: HTTPResponder { done($0) })
+    }
+  }
+
+  private func json(_ response: HTTPResponse) -> [String: Any] {
+    ((try? JSONSerialization.jsonObject(with: Data(response.body))) as? [String: Any]) ?? [:]
+  }
+
+  /// The keys under `nodes/` in the directory.
+  private func registeredKeys() -> [String] {
+    let listing = json(request("GET", "/v1/groups/PartitionRegion-0/kv?prefix=nodes/"))
+    return (listing["items"] as? [[String: Any]] ?? []).compactMap { $0["key"] as? String }
+  }
+
+  func testBadBodiesAreRefusedWith400AndNothingIsWritten() {
+    let bodies: [(String, String)] = [
+      ("", "invalid_json"),
+      ("{not json", "invalid_json"),
+      (#"{"clientURL":"http://127.0.0.1:7","consensusEndpoint":"127.0.0.1:8"}"#, "bad_request"),
+      (#"{"id":5,"consensusEndpoint":"127.0.0.1:8"}"#, "bad_request"),
+      (#"{"id":5,"clientURL":"http://127.0.0.1:7"}"#, "bad_request"),
+      (#"{"id":5,"clientURL":"http://127.0.0.1:7","consensusEndpoint":"127.0.0.1"}"#, "bad_request"),
+      (#"{"id":5,"clientURL":"http://127.0.0.1:7","consensusEndpoint":"127.0.0.1:99999"}"#, "bad_request"),
+      (#"{"id":5,"clientURL":"127.0.0.1:7","consensusEndpoint":"127.0.0.1:8"}"#, "bad_request"),
+      (#"{"id":-5,"clientURL":"http://127.0.0.1:7","consensusEndpoint":"127.0.0.1:8"}"#, "bad_request"),
+    ]
+    for (body, code) in bodies {
+      let response = request("POST", "/v1/cluster/nodes", body)
+      XCTAssertEqual(response.status, 400, body)
+      XCTAssertEqual(json(response)["error"] as? String, code, body)
+    }
+    XCTAssertEqual(registeredKeys(), [], "a refused body writes nothing")
+    XCTAssertEqual(request("GET", "/v1/cluster/nodes").status, 405)
+
+    // The same route takes a well-formed body: the checks above are what refused the others.
+    let accepted = request("POST", "/v1/cluster/nodes", #"{"id":5,"clientURL":"http://127.0.0.1:7","consensusEndpoint":"127.0.0.1:8"}"#)
+    XCTAssertEqual(accepted.status, 200, String(decoding: accepted.body, as: UTF8.self))
+    XCTAssertEqual(registeredKeys(), ["nodes/5"])
+  }
+
+  func testARegistrationAnswersTheNodesAndMembersAndATakenIdIsAConflict() throws {
+    let body = #"{"id":5,"clientURL":"http://127.0.0.1:7","consensusEndpoint":"127.0.0.1:8"}"#
+    let first = json(request("POST", "/v1/cluster/nodes", body))
+    XCTAssertEqual((first["nodes"] as? [[String: Any]])?.compactMap { $0["id"] as? Int }, [5])
+    XCTAssertEqual((first["members"] as? [[String: Any]])?.compactMap { $0["endpoint"] as? String }, ["127.0.0.1:40010"])
+    // Registering again at the same endpoint (a restart) is fine, and may change the client URL.
+    let again = request("POST", "/v1/cluster/nodes", #"{"id":5,"clientURL":"http://127.0.0.1:9","consensusEndpoint":"127.0.0.1:8"}"#)
+    XCTAssertEqual(again.status, 200)
+    let stored = request("GET", "/v1/groups/PartitionRegion-0/kv/nodes/5?raw=true")
+    XCTAssertEqual(try DirectoryRecords.decodeNode(stored.body).clientURL, "http://127.0.0.1:9")
+
+    let taken = request("POST", "/v1/cluster/nodes", #"{"id":5,"clientURL":"http://127.0.0.1:7","consensusEndpoint":"127.0.0.1:10"}"#)
+    XCTAssertEqual(taken.status, 409)
+    XCTAssertEqual(json(taken)["error"] as? String, "node_already_exists")
+    let member = request("POST", "/v1/cluster/nodes", #"{"id":1,"clientURL":"http://127.0.0.1:7","consensusEndpoint":"127.0.0.1:10"}"#)
+    XCTAssertEqual(member.status, 409, "a --cluster member's id is taken even before it registers")
+    XCTAssertEqual(registeredKeys(), ["nodes/5"])
+  }
+}
