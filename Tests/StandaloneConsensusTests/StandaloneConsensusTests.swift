@@ -9,13 +9,17 @@ final class RecordingStateMachine: StateMachine {
   var commands: [[UInt8]] = []
   let gate: ConditionLock?
   let gateOpen: Locked<Bool>?
+  /// Applies started (counted before the gate), so a test can wait until one is held there.
+  let applyStarted: Locked<Int>
 
-  init(gate: ConditionLock? = nil, gateOpen: Locked<Bool>? = nil) {
+  init(gate: ConditionLock? = nil, gateOpen: Locked<Bool>? = nil, applyStarted: Locked<Int> = Locked(0)) {
     self.gate = gate
     self.gateOpen = gateOpen
+    self.applyStarted = applyStarted
   }
 
   func apply(index: UInt64, command: [UInt8]) -> [UInt8] {
+    applyStarted.withLock { $0 += 1 }
     if let gate, let gateOpen {
       gate.withLock { while !gateOpen.withLock({ $0 }) { gate.wait() } }
     }
@@ -192,16 +196,20 @@ final class StandaloneConsensusTests: XCTestCase {
     let gate = ConditionLock()
     let open = Locked(false)
     var registry = StateMachineRegistry()
-    registry.registerDefault { _ in RecordingStateMachine(gate: gate, gateOpen: open) }
+    let started = Locked(0)
+    registry.registerDefault { _ in RecordingStateMachine(gate: gate, gateOpen: open, applyStarted: started) }
     let engine = try makeEngine(options: ["pendingWritesMax": "4", "batchWritesMax": "1"], registry: registry)
     defer { engine.stop() }
     try waitForCompletion { engine.createPeer(self.group, peers: [self.peer], completion: $0) }.get()
     let outcomes = Locked<[Result<WriteResult, ConsensusError>]>([])
     // The first write blocks in apply; the next four fill the queue; the rest must be refused.
-    for sequence in 0..<10 {
+    engine.write(group, command: [0]) { result in outcomes.withLock { $0.append(result) } }
+    let deadline = Date().addingTimeInterval(10)
+    while started.withLock({ $0 }) < 1 && Date() < deadline { usleep(1000) }
+    XCTAssertEqual(started.withLock { $0 }, 1, "the first write is held in apply")
+    for sequence in 1..<10 {
       engine.write(group, command: [UInt8(sequence)]) { result in outcomes.withLock { $0.append(result) } }
     }
-    let deadline = Date().addingTimeInterval(10)
     while outcomes.withLock({ $0.count }) < 5 && Date() < deadline { usleep(1000) }
     let refused = outcomes.withLock { $0 }
     XCTAssertEqual(refused.count, 5, "five writes must be refused at once")
