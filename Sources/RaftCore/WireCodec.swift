@@ -2,8 +2,13 @@
 // little-endian integers, length-prefixed, and every decode bounds-checked: hostile bytes are an
 // error, never a crash and never an unbounded allocation.
 //
-// batch    := magic "CAUB" · version u8 (=1) · fromNode u64 · toNode u64 · count u32 · item*
+// batch    := magic "CAUB" · version u8 (=2) · fromNode u64 · toNode u64 · count u32 · item* ·
+//             forwardCount u32 · forward*
 // item     := group u64 · length u32 · message (exactly `length` bytes)
+// forward  := tag u8 (1 proposal | 2 accepted | 3 refused) · group u64 · requestID u64 · index u64 ·
+//             term u64 · refusal u8 · leaderHint u64 · dataLength u32 · data
+//             (a fixed layout; the fields a tag does not use are zero: a proposal carries data,
+//             an acceptance index and term, a refusal its reason and the leader it knows)
 // message  := kind u8 · from u64 · to u64 · term u64 · logTerm u64 · index u64 · commit u64 ·
 //             reject u8 (0|1) · rejectHint u64 · context u64 · entryCount u32 · entry* ·
 //             hasSnapshot u8 (0|1) · snapshot?
@@ -11,6 +16,9 @@
 // snapshot := index u64 · term u64 · config · dataLength u32 · data
 // config   := voterCount u32 · u64* · outgoingCount u32 · u64* · learnerCount u32 · u64*
 // change   := version u8 (=1) · stepCount u32 · (kind u8 · replica u64)*
+//
+// Version 2 added the forwards: a follower hands a client's write to the group's leader inside
+// the batch it sends anyway (etcd's MsgProp), instead of relaying the whole HTTP request.
 
 /// Upper bounds the decoder enforces; each bounds what a single hostile input can make us do.
 public enum WireLimits {
@@ -26,6 +34,12 @@ public enum WireLimits {
   public static let snapshotDataBytesMax = 48 << 20
   /// Bounds each replica list in a configuration.
   public static let replicasPerConfigMax = 1 << 12
+  /// Bounds the loop over forwarded proposals and their answers in one batch. A sender with more
+  /// in one turn splits them over several batches.
+  public static let forwardsPerBatchMax = 1 << 14
+  /// What a sender puts of forwarded commands in one batch (at least one, whatever its size),
+  /// so that a batch stays well under `batchBytesMax` beside the turn's appends.
+  public static let forwardDataBytesPerBatchMax = 16 << 20
 }
 
 public enum WireError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -62,20 +76,76 @@ public struct GroupMessage: Equatable, Sendable {
   }
 }
 
+/// Why a leader did not take a forwarded proposal. Nothing was appended to its log.
+public enum ForwardRefusal: UInt8, Equatable, Sendable, CaseIterable {
+  /// This node does not lead the group; `leaderHint` names the leader it knows (0: none).
+  case notLeader = 1
+  /// A limit of the leader is reached (pending writes, uncommitted bytes, a leader transfer).
+  case overloaded = 2
+  /// The command exceeds the leader's largest entry.
+  case commandTooLarge = 3
+  /// This node hosts no replica of the group.
+  case groupNotFound = 4
+}
+
+/// A client's write that a follower hands to its group's leader inside the batch (etcd's
+/// MsgProp), and the leader's answer: the index and term it was appended at, or why not. The
+/// follower answers the client itself once it applies that index (Log Matching: the entry it
+/// applies there is the proposal exactly when the terms match).
+public struct ForwardedProposal: Equatable, Sendable {
+  public enum Body: Equatable, Sendable {
+    /// Follower → leader: propose this command.
+    case proposal(data: [UInt8])
+    /// Leader → follower: proposed at `index` in `term`; not yet committed.
+    case accepted(index: LogIndex, term: Term)
+    /// Leader → follower: not proposed.
+    case refused(ForwardRefusal, leaderHint: ReplicaID)
+  }
+
+  public var group: UInt64
+  /// Chosen by the follower, unique among its outstanding forwards; echoed by the leader.
+  public var requestID: UInt64
+  public var body: Body
+
+  public init(group: UInt64, requestID: UInt64, body: Body) {
+    self.group = group
+    self.requestID = requestID
+    self.body = body
+  }
+
+  /// Bytes of one forward on the wire besides its data.
+  public static let headerBytes = 46
+
+  var tag: UInt8 {
+    switch body {
+    case .proposal: return 1
+    case .accepted: return 2
+    case .refused: return 3
+    }
+  }
+}
+
 /// All messages from one node to another in one send: one batch per destination per loop turn.
 public struct MessageBatch: Equatable, Sendable {
   public var fromNode: UInt64
   public var toNode: UInt64
   public var messages: [GroupMessage]
-  public init(fromNode: UInt64, toNode: UInt64, messages: [GroupMessage]) {
+  /// Forwarded proposals and their answers; after the messages on the wire.
+  public var forwards: [ForwardedProposal]
+  public init(fromNode: UInt64, toNode: UInt64, messages: [GroupMessage], forwards: [ForwardedProposal] = []) {
     self.fromNode = fromNode
     self.toNode = toNode
     self.messages = messages
+    self.forwards = forwards
   }
 }
 
 public enum WireCodec {
-  public static let version: UInt8 = 1
+  /// The batch format's version.
+  public static let version: UInt8 = 2
+  /// The format version of an encoded `ConfigChange`: these live in log entries, in the WAL and in
+  /// snapshots, so they keep their own version, apart from the batch's.
+  public static let configChangeVersion: UInt8 = 1
   public static let magic: [UInt8] = [0x43, 0x41, 0x55, 0x42]  // "CAUB"
 
   // MARK: Encoding
@@ -93,7 +163,42 @@ public enum WireCodec {
       writer.u32(UInt32(body.count))
       writer.bytes.append(contentsOf: body)
     }
+    encodeForwards(batch.forwards, &writer)
     return writer.bytes
+  }
+
+  /// The forwards section, last in the batch.
+  static func encodeForwards(_ forwards: [ForwardedProposal], _ writer: inout ByteWriter) {
+    precondition(forwards.count <= WireLimits.forwardsPerBatchMax, "the sender splits forwards over batches")
+    writer.u32(UInt32(forwards.count))
+    for forward in forwards {
+      var index: UInt64 = 0
+      var term: UInt64 = 0
+      var refusal: UInt8 = 0
+      var leaderHint: UInt64 = 0
+      var data: [UInt8] = []
+      switch forward.body {
+      case .proposal(let command):
+        precondition(!command.isEmpty && command.count <= WireLimits.entryDataBytesMax, "a proposal carries a command")
+        data = command
+      case .accepted(let acceptedIndex, let acceptedTerm):
+        precondition(acceptedIndex != 0 && acceptedTerm != 0, "an acceptance names a real entry")
+        index = acceptedIndex
+        term = acceptedTerm
+      case .refused(let reason, let hint):
+        refusal = reason.rawValue
+        leaderHint = hint
+      }
+      writer.u8(forward.tag)
+      writer.u64(forward.group)
+      writer.u64(forward.requestID)
+      writer.u64(index)
+      writer.u64(term)
+      writer.u8(refusal)
+      writer.u64(leaderHint)
+      writer.u32(UInt32(data.count))
+      writer.bytes.append(contentsOf: data)
+    }
   }
 
   public static func encode(_ message: Message) -> [UInt8] {
@@ -134,7 +239,7 @@ public enum WireCodec {
 
   public static func encode(_ change: ConfigChange) -> [UInt8] {
     var writer = ByteWriter()
-    writer.u8(version)
+    writer.u8(configChangeVersion)
     writer.u32(UInt32(change.steps.count))
     for step in change.steps {
       writer.u8(step.kind.rawValue)
@@ -168,8 +273,60 @@ public enum WireCodec {
       guard inner.remaining == 0 else { throw .trailingBytes(count: inner.remaining) }
       messages.append(GroupMessage(group: group, message: message))
     }
+    let forwards = try decodeForwards(&reader)
     guard reader.remaining == 0 else { throw .trailingBytes(count: reader.remaining) }
-    return MessageBatch(fromNode: fromNode, toNode: toNode, messages: messages)
+    return MessageBatch(fromNode: fromNode, toNode: toNode, messages: messages, forwards: forwards)
+  }
+
+  /// The forwards section. Each forward is checked against its tag: the fields the tag does not
+  /// use must be zero, and a proposal's command is 1 to `entryDataBytesMax` bytes.
+  static func decodeForwards(_ reader: inout ByteReader) throws(WireError) -> [ForwardedProposal] {
+    let count = try reader.count("forward count", limit: WireLimits.forwardsPerBatchMax)
+    var forwards: [ForwardedProposal] = []
+    forwards.reserveCapacity(min(count, reader.remaining / ForwardedProposal.headerBytes))
+    for _ in 0..<count {
+      let tagOffset = reader.offset
+      let tag = try reader.u8()
+      let group = try reader.u64()
+      let requestID = try reader.u64()
+      let indexOffset = reader.offset
+      let index = try reader.u64()
+      let term = try reader.u64()
+      let refusalOffset = reader.offset
+      let refusalCode = try reader.u8()
+      let leaderHint = try reader.u64()
+      let lengthOffset = reader.offset
+      let length = try reader.count("forward data length", limit: WireLimits.entryDataBytesMax)
+      let data = try reader.take(length)
+      let body: ForwardedProposal.Body
+      switch tag {
+      case 1:
+        guard index == 0, term == 0 else { throw .invalidField(name: "proposal index or term", offset: indexOffset) }
+        guard refusalCode == 0, leaderHint == 0 else {
+          throw .invalidField(name: "proposal refusal or leader hint", offset: refusalOffset)
+        }
+        guard length > 0 else { throw .invalidField(name: "empty proposal", offset: lengthOffset) }
+        body = .proposal(data: Array(data))
+      case 2:
+        guard index != 0, term != 0 else { throw .invalidField(name: "accepted index or term", offset: indexOffset) }
+        guard refusalCode == 0, leaderHint == 0 else {
+          throw .invalidField(name: "accepted refusal or leader hint", offset: refusalOffset)
+        }
+        guard length == 0 else { throw .invalidField(name: "accepted data", offset: lengthOffset) }
+        body = .accepted(index: index, term: term)
+      case 3:
+        guard index == 0, term == 0 else { throw .invalidField(name: "refused index or term", offset: indexOffset) }
+        guard let refusal = ForwardRefusal(rawValue: refusalCode) else {
+          throw .invalidField(name: "forward refusal", offset: refusalOffset)
+        }
+        guard length == 0 else { throw .invalidField(name: "refused data", offset: lengthOffset) }
+        body = .refused(refusal, leaderHint: leaderHint)
+      default:
+        throw .invalidField(name: "forward tag", offset: tagOffset)
+      }
+      forwards.append(ForwardedProposal(group: group, requestID: requestID, body: body))
+    }
+    return forwards
   }
 
   public static func decodeMessage(_ bytes: [UInt8]) throws(WireError) -> Message {
@@ -242,7 +399,7 @@ public enum WireCodec {
   public static func decodeConfigChange(_ bytes: [UInt8]) throws(WireError) -> ConfigChange {
     var reader = ByteReader(bytes)
     let changeVersion = try reader.u8()
-    guard changeVersion == version else { throw .unsupportedVersion(changeVersion) }
+    guard changeVersion == configChangeVersion else { throw .unsupportedVersion(changeVersion) }
     let count = try reader.count("config change steps", limit: ConfigChange.stepsMax)
     var steps: [ConfigChangeStep] = []
     for _ in 0..<count {
