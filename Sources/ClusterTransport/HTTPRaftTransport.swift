@@ -74,7 +74,8 @@ public final class HTTPRaftTransport: RaftTransport, HTTPHandler {
 
   // MARK: Outbound
 
-  public func send(batch: [UInt8], to node: NodeID, endpoint: Endpoint) {
+  @discardableResult
+  public func send(batch: [UInt8], to node: NodeID, endpoint: Endpoint) -> Bool {
     precondition(!batch.isEmpty, "a batch has at least its header")
     let now = MonotonicClock.nowMilliseconds()
     let admitted: Bool = state.withLock { state in
@@ -88,7 +89,7 @@ public final class HTTPRaftTransport: RaftTransport, HTTPHandler {
       state.statistics.batchesSent += 1
       return true
     }
-    guard admitted else { return }
+    guard admitted else { return false }
     let request = PeerRequest(
       method: "POST", host: endpoint.host, port: endpoint.port, target: HTTPRaftTransport.batchPath,
       headers: [("Content-Type", "application/octet-stream"), ("X-Caucus-From", localNode.description)],
@@ -101,6 +102,7 @@ public final class HTTPRaftTransport: RaftTransport, HTTPHandler {
       }
       finish(node, delivered: delivered)
     }
+    return true
   }
 
   private func finish(_ node: NodeID, delivered: Bool) {

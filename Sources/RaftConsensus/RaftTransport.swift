@@ -11,6 +11,10 @@ import Platform
 /// - `send` never blocks the caller on the network (the host calls it from its loop thread): a
 ///   transport queues, and under pressure drops. Raft tolerates loss (it retries appends, re-sends
 ///   heartbeats, re-runs elections), so dropping is always safe; blocking is not.
+/// - `send` says whether it took the batch. False means the batch certainly never left (a full
+///   queue, a peer in back-off, an isolated node): the host may then send its forwarded proposals
+///   again, which it must never do with a batch that may have been delivered. True promises
+///   nothing about delivery.
 /// - Received batches go to the receiver, from any thread, in the order they arrived per sender
 ///   where the transport can say so. The receiver does not block (it decodes and enqueues).
 /// - `setReceiver(nil)` stops delivery; after it returns, the old receiver is not called again.
@@ -20,8 +24,10 @@ import Platform
 /// for real clusters; `InMemoryTransport` implements it for tests with several engines in one
 /// process.
 public protocol RaftTransport: AnyObject, Sendable {
-  /// Hands `batch` to the network for `node` at its consensus `endpoint`. Never blocks.
-  func send(batch: [UInt8], to node: NodeID, endpoint: Endpoint)
+  /// Hands `batch` to the network for `node` at its consensus `endpoint`. Never blocks. Returns
+  /// false when the batch was dropped before it left.
+  @discardableResult
+  func send(batch: [UInt8], to node: NodeID, endpoint: Endpoint) -> Bool
   /// Sets (or, with nil, clears) the function that receives every inbound batch.
   func setReceiver(_ receive: (@Sendable ([UInt8]) -> Void)?)
 }
@@ -53,7 +59,7 @@ public final class InMemoryNetwork: Sendable {
     state.withLock { $0.receivers[node] = receive }
   }
 
-  fileprivate func deliver(_ batch: [UInt8], from: NodeID, to: NodeID) {
+  fileprivate func deliver(_ batch: [UInt8], from: NodeID, to: NodeID) -> Bool {
     let receiver: (@Sendable ([UInt8]) -> Void)? = state.withLock { state in
       guard !state.isolated.contains(from), !state.isolated.contains(to), let receiver = state.receivers[to] else {
         state.batchesDropped += 1
@@ -63,7 +69,9 @@ public final class InMemoryNetwork: Sendable {
       return receiver
     }
     // Outside the network's lock: the receiver takes the destination engine's lock.
-    receiver?(batch)
+    guard let receiver else { return false }
+    receiver(batch)
+    return true
   }
 }
 
@@ -77,7 +85,8 @@ public final class InMemoryTransport: RaftTransport {
     self.node = node
   }
 
-  public func send(batch: [UInt8], to node: NodeID, endpoint: Endpoint) {
+  @discardableResult
+  public func send(batch: [UInt8], to node: NodeID, endpoint: Endpoint) -> Bool {
     network.deliver(batch, from: self.node, to: node)
   }
 
