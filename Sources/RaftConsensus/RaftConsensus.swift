@@ -83,6 +83,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     case propose(GroupID, [UInt8], forward: Bool, ConsensusCompletion<WriteResult>)
     case read(GroupID, LinearizableRead)
     case batch(MessageBatch)
+    /// The transport says these forwards, sent to the node, never reached it.
+    case undelivered(ReplicaID, ArraySlice<ForwardedProposal>)
     case create(GroupID, [Peer], ConsensusCompletion<Void>)
     case delete(GroupID, ConsensusCompletion<Void>)
     case snapshot(GroupID, ConsensusCompletion<SnapshotInfo>)
@@ -571,8 +573,11 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         for replica in live.values { replica.raft.tick() }
       }
       for item in items { handle(item, &turn, wal) }
-      resendUnsentForwards(&turn)
-      if ticked { expireDeadlines(now: now, &turn) }
+      if ticked {
+        // Only on ticks: an unreachable leader must not make the loop spin.
+        resendUnsentForwards(&turn)
+        expireDeadlines(now: now, &turn)
+      }
       var readies: [(RaftGroup, Ready)] = []
       for replica in live.values where replica.raft.hasReady { readies.append((replica, replica.raft.ready())) }
       // A Ready's `messages` (a leader's appends and heartbeats) may leave before its own fsync,
@@ -663,6 +668,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         replica.raft.step(item.message)
       }
       for forward in batch.forwards { handle(forward, from: batch.fromNode, &turn) }
+    case .undelivered(let node, let forwards):
+      keepUnsent(forwards, to: node)
     case .propose(let id, let command, let forward, let completion):
       guard let replica = live[id] else {
         answerWrite(&turn, bytes: command.count) { completion(.failure(.groupNotFound(id))) }
@@ -987,9 +994,18 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     }
   }
 
-  /// The transport dropped a batch before it left: keep its forwards for the next turn. Our
-  /// writes go back to unsent (nothing can have reached the leader); answers to other nodes
-  /// wait beside them, up to a bound.
+  /// The transport's word that a batch with forwards never reached `node` (any thread).
+  private func undelivered(_ forwards: ArraySlice<ForwardedProposal>, to node: ReplicaID) {
+    state.withLock {
+      // Not bounded apart: at most one per batch sent, and stopping answers every waiter anyway.
+      guard phase == .running, failure == nil else { return }
+      enqueue(.undelivered(node, forwards))
+    }
+  }
+
+  /// A batch never reached `node`: keep its forwards for the next tick. Our writes go back to
+  /// unsent (nothing can have reached the leader); answers to other nodes wait beside them, up
+  /// to a bound.
   private func keepUnsent(_ forwards: ArraySlice<ForwardedProposal>, to node: ReplicaID) {
     for forward in forwards {
       guard case .proposal(let command) = forward.body else {
@@ -1137,10 +1153,9 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         let batch = MessageBatch(
           fromNode: localPeer.node.rawValue, toNode: destination, messages: position == 0 ? items : [],
           forwards: Array(chunk))
-        guard transport.send(batch: WireCodec.encode(batch), to: peer.node, endpoint: peer.endpoint) else {
-          keepUnsent(chunk, to: destination)
-          continue
-        }
+        var undelivered: (@Sendable () -> Void)?
+        if !chunk.isEmpty { undelivered = { [weak self] in self?.undelivered(chunk, to: destination) } }
+        transport.send(batch: WireCodec.encode(batch), to: peer.node, endpoint: peer.endpoint, undelivered: undelivered)
         batches += 1
         messages += batch.messages.count
         turn.forwardCounts.sent += UInt64(chunk.lazy.filter { if case .proposal = $0.body { true } else { false } }.count)
@@ -1430,7 +1445,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       case .create(_, _, let completion), .delete(_, let completion), .transfer(_, _, let completion):
         completion(.failure(.shuttingDown))
       case .snapshot(_, let completion): completion(.failure(.shuttingDown))
-      case .batch: break
+      case .batch, .undelivered: break
       }
     }
     for waiter in waiters { waiter.completion(.failure(.shuttingDown)) }

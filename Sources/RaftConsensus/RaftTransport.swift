@@ -11,10 +11,11 @@ import Platform
 /// - `send` never blocks the caller on the network (the host calls it from its loop thread): a
 ///   transport queues, and under pressure drops. Raft tolerates loss (it retries appends, re-sends
 ///   heartbeats, re-runs elections), so dropping is always safe; blocking is not.
-/// - `send` says whether it took the batch. False means the batch certainly never left (a full
-///   queue, a peer in back-off, an isolated node): the host may then send its forwarded proposals
-///   again, which it must never do with a batch that may have been delivered. True promises
-///   nothing about delivery.
+/// - `undelivered`, when given, is called once — on any thread, perhaps before `send` returns —
+///   when the transport knows the batch never reached the receiver: dropped before it left (a
+///   full queue, a peer in back-off, an isolated node), the connection refused, or the receiver
+///   refused the batch. Never when it may have arrived. The host then sends the batch's forwarded
+///   writes again, which it must never do with a batch that may have been delivered.
 /// - Received batches go to the receiver, from any thread, in the order they arrived per sender
 ///   where the transport can say so. The receiver does not block (it decodes and enqueues).
 /// - `setReceiver(nil)` stops delivery; after it returns, the old receiver is not called again.
@@ -24,12 +25,16 @@ import Platform
 /// for real clusters; `InMemoryTransport` implements it for tests with several engines in one
 /// process.
 public protocol RaftTransport: AnyObject, Sendable {
-  /// Hands `batch` to the network for `node` at its consensus `endpoint`. Never blocks. Returns
-  /// false when the batch was dropped before it left.
-  @discardableResult
-  func send(batch: [UInt8], to node: NodeID, endpoint: Endpoint) -> Bool
+  /// Hands `batch` to the network for `node` at its consensus `endpoint`. Never blocks.
+  func send(batch: [UInt8], to node: NodeID, endpoint: Endpoint, undelivered: (@Sendable () -> Void)?)
   /// Sets (or, with nil, clears) the function that receives every inbound batch.
   func setReceiver(_ receive: (@Sendable ([UInt8]) -> Void)?)
+}
+
+extension RaftTransport {
+  public func send(batch: [UInt8], to node: NodeID, endpoint: Endpoint) {
+    send(batch: batch, to: node, endpoint: endpoint, undelivered: nil)
+  }
 }
 
 /// A network of `InMemoryTransport`s in one process, for tests: delivery is synchronous on the
@@ -85,9 +90,8 @@ public final class InMemoryTransport: RaftTransport {
     self.node = node
   }
 
-  @discardableResult
-  public func send(batch: [UInt8], to node: NodeID, endpoint: Endpoint) -> Bool {
-    network.deliver(batch, from: self.node, to: node)
+  public func send(batch: [UInt8], to node: NodeID, endpoint: Endpoint, undelivered: (@Sendable () -> Void)?) {
+    if !network.deliver(batch, from: self.node, to: node) { undelivered?() }
   }
 
   public func setReceiver(_ receive: (@Sendable ([UInt8]) -> Void)?) {
