@@ -56,6 +56,10 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   private var controlQueued = 0
   private var readsOutstanding = 0
   private var staleReadWaiters: [StaleReadWaiter] = []
+  /// Forwards the transport says never arrived. Apart from the inbox because they must not wake
+  /// the loop: they go out again with the next turn's work (or tick), so an unreachable leader
+  /// cannot make the loop spin. At most one entry per batch sent.
+  private var undeliveredForwards: [(node: ReplicaID, forwards: ArraySlice<ForwardedProposal>)] = []
   private var failure: String?
   private var metrics = Metrics()
   private var loopThread: OSThread?
@@ -125,6 +129,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     var refused: UInt64 = 0
     var proposedForPeers: UInt64 = 0
     var refusedForPeers: UInt64 = 0
+    /// Forwarded writes of this node whose batch never arrived (sent again).
+    var undelivered: UInt64 = 0
 
     static func += (total: inout ForwardCounts, turn: ForwardCounts) {
       total.sent += turn.sent
@@ -132,6 +138,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       total.refused += turn.refused
       total.proposedForPeers += turn.proposedForPeers
       total.refusedForPeers += turn.refusedForPeers
+      total.undelivered += turn.undelivered
     }
   }
 
@@ -510,6 +517,10 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       "caucus_raft_forwards_refused_total", "Forwarded writes of this node that the leader refused.",
       metrics.forwards.refused)
     counter(
+      "caucus_raft_forwards_undelivered_total",
+      "Forwarded writes of this node whose batch the transport reports never arrived; they are sent again.",
+      metrics.forwards.undelivered)
+    counter(
       "caucus_raft_forwards_proposed_for_peers_total", "Writes other nodes forwarded to this node that it proposed.",
       metrics.forwards.proposedForPeers)
     counter(
@@ -573,11 +584,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         for replica in live.values { replica.raft.tick() }
       }
       for item in items { handle(item, &turn, wal) }
-      if ticked {
-        // Only on ticks: an unreachable leader must not make the loop spin.
-        resendUnsentForwards(&turn)
-        expireDeadlines(now: now, &turn)
-      }
+      resendUnsentForwards(&turn)
+      if ticked { expireDeadlines(now: now, &turn) }
       var readies: [(RaftGroup, Ready)] = []
       for replica in live.values where replica.raft.hasReady { readies.append((replica, replica.raft.ready())) }
       // A Ready's `messages` (a leader's appends and heartbeats) may leave before its own fsync,
@@ -651,7 +659,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         return true
       }
       readsOutstanding -= expired.count
-      let items = inbox
+      let items = undeliveredForwards.map { InboxItem.undelivered($0.node, $0.forwards) } + inbox
+      undeliveredForwards.removeAll()
       inbox.removeAll(keepingCapacity: true)
       inboundBatchesQueued = 0
       return (items, phase != .running, expired)
@@ -669,7 +678,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       }
       for forward in batch.forwards { handle(forward, from: batch.fromNode, &turn) }
     case .undelivered(let node, let forwards):
-      keepUnsent(forwards, to: node)
+      keepUnsent(forwards, to: node, &turn)
     case .propose(let id, let command, let forward, let completion):
       guard let replica = live[id] else {
         answerWrite(&turn, bytes: command.count) { completion(.failure(.groupNotFound(id))) }
@@ -997,16 +1006,15 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   /// The transport's word that a batch with forwards never reached `node` (any thread).
   private func undelivered(_ forwards: ArraySlice<ForwardedProposal>, to node: ReplicaID) {
     state.withLock {
-      // Not bounded apart: at most one per batch sent, and stopping answers every waiter anyway.
-      guard phase == .running, failure == nil else { return }
-      enqueue(.undelivered(node, forwards))
+      guard phase == .running, failure == nil else { return }  // stopping answers every waiter
+      undeliveredForwards.append((node, forwards))
     }
   }
 
   /// A batch never reached `node`: keep its forwards for the next tick. Our writes go back to
   /// unsent (nothing can have reached the leader); answers to other nodes wait beside them, up
   /// to a bound.
-  private func keepUnsent(_ forwards: ArraySlice<ForwardedProposal>, to node: ReplicaID) {
+  private func keepUnsent(_ forwards: ArraySlice<ForwardedProposal>, to node: ReplicaID, _ turn: inout Turn) {
     for forward in forwards {
       guard case .proposal(let command) = forward.body else {
         if forwardAnswersUnsent[node, default: []].count < WireLimits.forwardsPerBatchMax {
@@ -1018,6 +1026,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       guard let id = GroupID(packed: forward.group), let replica = live[id],
         let write = replica.forwardsAwaitingAcceptance.removeValue(forKey: forward.requestID)
       else { continue }
+      turn.forwardCounts.undelivered += 1
       replica.forwardsUnsent.append(UnsentWrite(command: command, deadline: write.deadline, completion: write.completion))
       groupsWithUnsentForwards.insert(id)
     }
@@ -1146,7 +1155,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         let peer = groups.lazy.compactMap({ GroupID(packed: $0).flatMap { self.live[$0] }?.peer(destination) }).first
           ?? live.values.lazy.compactMap({ $0.peer(destination) }).first
       else {
-        for chunk in chunks { keepUnsent(chunk, to: destination) }
+        for chunk in chunks { keepUnsent(chunk, to: destination, &turn) }
         continue
       }
       for (position, chunk) in chunks.enumerated() {
