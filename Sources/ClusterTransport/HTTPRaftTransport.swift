@@ -74,7 +74,7 @@ public final class HTTPRaftTransport: RaftTransport, HTTPHandler {
 
   // MARK: Outbound
 
-  public func send(batch: [UInt8], to node: NodeID, endpoint: Endpoint) {
+  public func send(batch: [UInt8], to node: NodeID, endpoint: Endpoint, undelivered: (@Sendable () -> Void)?) {
     precondition(!batch.isEmpty, "a batch has at least its header")
     let now = MonotonicClock.nowMilliseconds()
     let admitted: Bool = state.withLock { state in
@@ -88,7 +88,10 @@ public final class HTTPRaftTransport: RaftTransport, HTTPHandler {
       state.statistics.batchesSent += 1
       return true
     }
-    guard admitted else { return }
+    guard admitted else {
+      undelivered?()
+      return
+    }
     let request = PeerRequest(
       method: "POST", host: endpoint.host, port: endpoint.port, target: HTTPRaftTransport.batchPath,
       headers: [("Content-Type", "application/octet-stream"), ("X-Caucus-From", localNode.description)],
@@ -96,8 +99,16 @@ public final class HTTPRaftTransport: RaftTransport, HTTPHandler {
     client.send(request) { [self] result in
       let delivered: Bool
       switch result {
-      case .success(let response): delivered = (200..<300).contains(response.status)
-      case .failure: delivered = false
+      case .success(let response):
+        delivered = (200..<300).contains(response.status)
+        // Only a 2xx answer hands the body to the receiver (see `handle`).
+        if !delivered { undelivered?() }
+      case .failure(.connectFailed), .failure(.overloaded), .failure(.shuttingDown), .failure(.invalidRequest):
+        // Nothing was sent (PeerError's contract).
+        delivered = false
+        undelivered?()
+      case .failure:
+        delivered = false  // it may have arrived
       }
       finish(node, delivered: delivered)
     }

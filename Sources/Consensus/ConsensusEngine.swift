@@ -123,6 +123,15 @@ public struct GroupStatus: Sendable, Equatable {
   }
 }
 
+/// What a write does at a node that does not lead its group.
+public enum WriteForwarding: Sendable, Equatable {
+  /// Answer `notLeader` (with the leader when known) or `noLeader`: the caller decides where to go.
+  case refuse
+  /// Hand the write to the leader inside the protocol and answer once this node has applied it;
+  /// `notLeader` / `noLeader` only when that is not possible. Protocols without forwarding refuse.
+  case toLeader
+}
+
 /// The consensus layer (IoTDB's `IConsensus`): one interface over pluggable protocols, many groups
 /// per node. Calls that may touch the disk or the network complete later through a completion,
 /// called exactly once from any thread, so that no caller's event loop ever blocks.
@@ -138,6 +147,10 @@ public protocol ConsensusEngine: AnyObject, Sendable {
   func stop()
 
   func write(_ group: GroupID, command: [UInt8], completion: @escaping ConsensusCompletion<WriteResult>)
+  /// `write`, choosing what happens when this node does not lead `group`.
+  func write(
+    _ group: GroupID, command: [UInt8], forwarding: WriteForwarding,
+    completion: @escaping ConsensusCompletion<WriteResult>)
   func read(
     _ group: GroupID, query: [UInt8], options: ReadOptions, completion: @escaping ConsensusCompletion<ReadResult>)
 
@@ -161,4 +174,14 @@ public protocol ConsensusEngine: AnyObject, Sendable {
 
   /// The engine's own metrics in Prometheus text exposition format (lines ending in "\n").
   func prometheusMetrics() -> String
+}
+
+extension ConsensusEngine {
+  /// Protocols that cannot forward inside themselves refuse at a non-leader, as `write` does.
+  public func write(
+    _ group: GroupID, command: [UInt8], forwarding: WriteForwarding,
+    completion: @escaping ConsensusCompletion<WriteResult>
+  ) {
+    write(group, command: command, completion: completion)
+  }
 }

@@ -36,6 +36,9 @@ final class Exchange: Sendable {
   /// How often the request looked for another member hosting its group (again only while it
   /// may still wait for a leader).
   private let located = Atomic<Int>(0)
+  /// Whether this node handed the request's write to the leader inside the consensus protocol:
+  /// its answer then names this node in `X-Caucus-Forwarded-By`, as a relayed one does.
+  private let forwardedInProtocol = Atomic<Bool>(false)
 
   let context: GatewayContext
   /// Runs the request again (after waiting for an election); set by the gateway.
@@ -68,7 +71,34 @@ final class Exchange: Sendable {
       precondition(expired.load(ordering: .acquiring), "a request is answered once")
       return
     }
+    var response = response
+    // A relayed answer (the fallback) already carries it.
+    if forwardedInProtocol.load(ordering: .acquiring),
+      !response.headers.contains(where: { $0.name.lowercased() == "x-caucus-forwarded-by" })
+    {
+      response.headers.append(("X-Caucus-Forwarded-By", context.engine.localPeer.node.description))
+    }
     send(response, route)
+  }
+
+  /// `?forward=`, already checked by `parseForward`; `proxy` when absent.
+  var forwardMode: ForwardMode { query["forward"].flatMap(ForwardMode.init(rawValue:)) ?? .proxy }
+
+  /// How many nodes relayed this request to this one.
+  var hops: Int { request.header("x-caucus-hops").flatMap { Int($0) } ?? 0 }
+
+  /// How a write to `group` goes to the leader from here: inside the consensus protocol when this
+  /// node hosts the group, knows another node leads it, and the caller asked for `proxy` with hops
+  /// to spare (so that the hop limit means what it did); otherwise the engine refuses and `fail`
+  /// takes the HTTP path (relay, redirect, hint, wait for an election, locate the group).
+  func writeForwarding(_ group: GroupID) -> WriteForwarding {
+    let engine = context.engine
+    let inProtocol =
+      context.forwarder != nil && forwardMode == .proxy && hops < LeaderForwarder.hopsMax
+      && engine.leader(group).map { $0.node != engine.localPeer.node } == true
+    // Set on every attempt: one that waited for an election may find this node leading.
+    forwardedInProtocol.store(inProtocol, ordering: .releasing)
+    return inProtocol ? .toLeader : .refuse
   }
 
   /// The deadline passed with no answer: answer `504 timeout` (unless the answer just came).
@@ -129,8 +159,8 @@ final class Exchange: Sendable {
   }
 
   private func forward(to leader: Peer, _ forwarder: LeaderForwarder, route: String, group: GroupID?) {
-    let mode = query["forward"].flatMap(ForwardMode.init(rawValue:)) ?? .proxy
-    let hops = request.header("x-caucus-hops").flatMap { Int($0) } ?? 0
+    let mode = forwardMode
+    let hops = self.hops
     if mode != .none && hops >= LeaderForwarder.hopsMax {
       return answerError(.forwardLoop(hops: hops), route: route, group: group)
     }

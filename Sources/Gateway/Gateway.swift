@@ -491,11 +491,13 @@ public final class Gateway: HTTPHandler {
 
   /// Proposes `command` and answers with `render(index, results)`; preconditions and rejections
   /// become 412 / 400. `render` returns nil if the results do not fit the command (a bug: 500).
+  /// At a follower, the engine hands the write to the leader and answers with its own apply
+  /// outcome (`Exchange.writeForwarding`); a refusal takes `fail`'s HTTP path as before.
   private func submit(
     _ group: GroupID, _ command: KVCommand, _ exchange: Exchange, route: String, etag: Bool = false,
     render: @escaping @Sendable (UInt64, [KVOperationResult]) -> [UInt8]?
   ) {
-    engine.write(group, command: KVCodec.encode(command)) { [self] result in
+    engine.write(group, command: KVCodec.encode(command), forwarding: exchange.writeForwarding(group)) { [self] result in
       switch result {
       case .failure(let error):
         exchange.fail(.consensus(error), route: route, group: group)

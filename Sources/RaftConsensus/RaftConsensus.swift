@@ -12,14 +12,21 @@ import WriteAheadLog
 /// group's entries and hard state to the WAL and fsync ONCE → send the batches that wait for it
 /// → apply committed entries and answer the writes and reads waiting on them → `advance`.
 ///
-/// A turn sends at most two batches per destination: the Ready's `messages` (a leader's appends
-/// and heartbeats) before its fsync, so followers persist in parallel with the leader, and
+/// A turn sends two batches per destination: the Ready's `messages` (a leader's appends and
+/// heartbeats) before its fsync, so followers persist in parallel with the leader, and
 /// `messagesAfterPersist` (votes, acknowledgements) after it, as the Ready contract requires.
 ///
 /// Heartbeats are coalesced per node pair: every group ticks in the same turn, so with a heartbeat
 /// every tick (`heartbeatTicks` 1, what `caucus` configures) all leaders' heartbeats to a node
 /// share that turn's batch, which carries them as one coalesced section (`CoalescedHeartbeat`);
 /// the responses come back the same way.
+///
+/// Forwarded writes (etcd's MsgProp): a write that reaches a follower is handed to the leader in
+/// the follower's early batch; the leader proposes it and answers the index and term (or why
+/// not) in its own early batch of that turn; the follower answers the client once it applies that
+/// index. Log Matching makes the answer exact: the entry applied there is the write exactly when
+/// its term is the one the leader named. Forwards past `WireLimits.forwardsPerBatchMax` or
+/// `forwardDataBytesPerBatchMax` go in further batches of the same turn.
 ///
 /// Not yet: membership changes (`addPeer`, `removePeer`, `changePeer` answer `notSupported`),
 /// lease reads (served as ReadIndex reads).
@@ -53,6 +60,10 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   private var controlQueued = 0
   private var readsOutstanding = 0
   private var staleReadWaiters: [StaleReadWaiter] = []
+  /// Forwards the transport says never arrived. Apart from the inbox because they must not wake
+  /// the loop: they go out again with the next turn's work (or tick), so an unreachable leader
+  /// cannot make the loop spin. At most one entry per batch sent.
+  private var undeliveredForwards: [(node: ReplicaID, forwards: ArraySlice<ForwardedProposal>)] = []
   private var failure: String?
   private var metrics = Metrics()
   private var loopThread: OSThread?
@@ -60,6 +71,15 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   // Loop only (`start` sets them before the loop thread starts).
   private var live: [GroupID: RaftGroup] = [:]
   private var nextReadContext: UInt64 = 0
+  private var nextForwardRequestID: UInt64 = 0
+  /// Forwarded writes waiting in any group (sent, appended, or unsent): every one is answered
+  /// exactly once, which `answerForward` and `shutDown` check.
+  private var forwardsWaiting = 0
+  /// Groups with `forwardsUnsent`: sent again at the next turn.
+  private var groupsWithUnsentForwards: Set<GroupID> = []
+  /// A leader's answers to forwards whose batch the transport dropped: sent again at the next
+  /// turn, at most `WireLimits.forwardsPerBatchMax` per node (past it the follower times out).
+  private var forwardAnswersUnsent: [ReplicaID: [ForwardedProposal]] = [:]
   private var seed: UInt64 = 0
   /// The WAL's segment count after the last round of snapshots forced by `walSegmentsSoftMax`.
   private var segmentsAfterForcedSnapshots = 0
@@ -67,9 +87,12 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   private enum Phase { case created, running, stopping, stopped }
 
   private enum InboxItem {
-    case propose(GroupID, [UInt8], ConsensusCompletion<WriteResult>)
+    /// `forward`: hand the write to the leader when this node does not lead the group.
+    case propose(GroupID, [UInt8], forward: Bool, ConsensusCompletion<WriteResult>)
     case read(GroupID, LinearizableRead)
     case batch(MessageBatch)
+    /// The transport says these forwards, sent to the node, never reached it.
+    case undelivered(ReplicaID, ArraySlice<ForwardedProposal>)
     case create(GroupID, [Peer], ConsensusCompletion<Void>)
     case delete(GroupID, ConsensusCompletion<Void>)
     case snapshot(GroupID, ConsensusCompletion<SnapshotInfo>)
@@ -98,9 +121,30 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     var batchesRejected: UInt64 = 0
     var batchesDroppedOverloaded: UInt64 = 0
     var writesCommitted: UInt64 = 0
+    var forwards = ForwardCounts()
     var snapshotsTaken: UInt64 = 0
     var snapshotsInstalled: UInt64 = 0
     var wal = WALStatistics()
+  }
+
+  /// Forwarded writes, as a follower that sends them and as a leader that receives them.
+  struct ForwardCounts {
+    var sent: UInt64 = 0
+    var accepted: UInt64 = 0
+    var refused: UInt64 = 0
+    var proposedForPeers: UInt64 = 0
+    var refusedForPeers: UInt64 = 0
+    /// Forwarded writes of this node whose batch never arrived (sent again).
+    var undelivered: UInt64 = 0
+
+    static func += (total: inout ForwardCounts, turn: ForwardCounts) {
+      total.sent += turn.sent
+      total.accepted += turn.accepted
+      total.refused += turn.refused
+      total.proposedForPeers += turn.proposedForPeers
+      total.refusedForPeers += turn.refusedForPeers
+      total.undelivered += turn.undelivered
+    }
   }
 
   public init(
@@ -207,6 +251,21 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   // MARK: Data plane
 
   public func write(_ group: GroupID, command: [UInt8], completion: @escaping ConsensusCompletion<WriteResult>) {
+    submit(group, command, forward: false, completion)
+  }
+
+  /// With `.toLeader`, a follower that knows the leader hands the write to it inside its next
+  /// batch and answers once it has applied the write itself (see the type's comment).
+  public func write(
+    _ group: GroupID, command: [UInt8], forwarding: WriteForwarding,
+    completion: @escaping ConsensusCompletion<WriteResult>
+  ) {
+    submit(group, command, forward: forwarding == .toLeader, completion)
+  }
+
+  private func submit(
+    _ group: GroupID, _ command: [UInt8], forward: Bool, _ completion: @escaping ConsensusCompletion<WriteResult>
+  ) {
     let refusal: ConsensusError? = state.withLock {
       if let failure { return .storage(failure) }
       guard phase == .running else { return .shuttingDown }
@@ -214,13 +273,14 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       guard !command.isEmpty else { return .invalidRequest("the command is empty") }
       // Fast answer from the published view; the loop checks again against the core.
       let view = replica.lock.withLock { replica.view }
-      if view.role != .leader { return replica.leaderError(leader: view.leader) }
+      if view.role != .leader && !(forward && view.leader != 0) { return replica.leaderError(leader: view.leader) }
+      // A forwarded write waits here as a local one does: it counts against the same limits.
       guard writesOutstanding < options.pendingWritesMax,
         writeBytesOutstanding + command.count <= options.pendingWriteBytesMax
       else { return .overloaded(retryAfterMs: 100) }
       writesOutstanding += 1
       writeBytesOutstanding += command.count
-      enqueue(.propose(group, command, completion))
+      enqueue(.propose(group, command, forward: forward, completion))
       return nil
     }
     if let refusal { completion(.failure(refusal)) }
@@ -458,6 +518,25 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       "caucus_raft_batches_dropped_total", "Inbound batches dropped because the inbox was full.",
       metrics.batchesDroppedOverloaded)
     counter("caucus_writes_committed_total", "Writes committed, applied and answered.", metrics.writesCommitted)
+    counter(
+      "caucus_raft_forwards_sent_total", "Writes this node handed to their group's leader inside a batch.",
+      metrics.forwards.sent)
+    counter(
+      "caucus_raft_forwards_accepted_total", "Forwarded writes of this node that the leader appended to its log.",
+      metrics.forwards.accepted)
+    counter(
+      "caucus_raft_forwards_refused_total", "Forwarded writes of this node that the leader refused.",
+      metrics.forwards.refused)
+    counter(
+      "caucus_raft_forwards_undelivered_total",
+      "Forwarded writes of this node whose batch the transport reports never arrived; they are sent again.",
+      metrics.forwards.undelivered)
+    counter(
+      "caucus_raft_forwards_proposed_for_peers_total", "Writes other nodes forwarded to this node that it proposed.",
+      metrics.forwards.proposedForPeers)
+    counter(
+      "caucus_raft_forwards_refused_for_peers_total", "Writes other nodes forwarded to this node that it refused.",
+      metrics.forwards.refusedForPeers)
     counter("caucus_raft_snapshots_taken_total", "Snapshots taken of local state machines.", metrics.snapshotsTaken)
     counter("caucus_raft_snapshots_installed_total", "Snapshots received from leaders and installed.", metrics.snapshotsInstalled)
     counter("caucus_wal_segments_released_total", "Write-ahead log segments released after snapshots.", metrics.wal.segmentsReleased)
@@ -482,6 +561,12 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     var groupsWithRecords: Set<GroupID> = []
     var entries = 0
     var outgoing: [ReplicaID: [GroupMessage]] = [:]
+    /// Forwarded writes and the answers to them, sent in the early batch.
+    var forwards: [ReplicaID: [ForwardedProposal]] = [:]
+    /// What this turn may still propose for other nodes' forwards: the pending-write limits
+    /// left when the first one came. Nil until then.
+    var forwardCapacity: (writes: Int, bytes: Int)?
+    var forwardCounts = ForwardCounts()
     /// Called once the turn's records are durable (success) or failed to be (failure).
     var onDurable: [(Result<Void, ConsensusError>) -> Void] = []
     var answers: [@Sendable () -> Void] = []
@@ -510,6 +595,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         for replica in live.values { replica.raft.tick() }
       }
       for item in items { handle(item, &turn, wal) }
+      resendUnsentForwards(&turn)
       if ticked { expireDeadlines(now: now, &turn) }
       var readies: [(RaftGroup, Ready)] = []
       for replica in live.values where replica.inspect({ $0.hasReady }) { readies.append((replica, replica.raft.ready())) }
@@ -521,7 +607,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
           early[message.to, default: []].append(GroupMessage(group: replica.id.packed, message: message))
         }
       }
-      let sentEarly = send(early)
+      let sentEarly = send(early, forwards: turn.forwards, &turn)
       do {
         try persist(readies, &turn, wal)
         if !turn.records.isEmpty {
@@ -538,7 +624,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
           turn.outgoing[message.to, default: []].append(GroupMessage(group: replica.id.packed, message: message))
         }
       }
-      let sentAfter = send(turn.outgoing)
+      let sentAfter = send(turn.outgoing, forwards: [:], &turn)
       let sent = (
         batches: sentEarly.batches + sentAfter.batches, messages: sentEarly.messages + sentAfter.messages,
         heartbeats: sentEarly.heartbeats + sentAfter.heartbeats)
@@ -586,7 +672,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         return true
       }
       readsOutstanding -= expired.count
-      let items = inbox
+      let items = undeliveredForwards.map { InboxItem.undelivered($0.node, $0.forwards) } + inbox
+      undeliveredForwards.removeAll()
       inbox.removeAll(keepingCapacity: true)
       inboundBatchesQueued = 0
       return (items, phase != .running, expired)
@@ -602,24 +689,19 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         guard item.message.from == batch.fromNode, item.message.to == localPeer.node.rawValue else { continue }
         replica.raft.step(item.message)
       }
-    case .propose(let id, let command, let completion):
+      for forward in batch.forwards { handle(forward, from: batch.fromNode, &turn) }
+    case .undelivered(let node, let forwards):
+      keepUnsent(forwards, to: node, &turn)
+    case .propose(let id, let command, let forward, let completion):
       guard let replica = live[id] else {
         answerWrite(&turn, bytes: command.count) { completion(.failure(.groupNotFound(id))) }
         return
       }
-      do {
-        let index = try replica.raft.propose(command)
-        if let overwritten = replica.proposals[index] {
-          // Our earlier entry at this index was truncated while we were not the leader.
-          let completion = overwritten.completion
-          answerWrite(&turn, bytes: overwritten.bytes) { completion(.failure(.noLeader(id))) }
-        }
-        replica.proposals[index] = Proposal(
-          term: replica.raft.term, bytes: command.count,
-          deadline: MonotonicClock.nowNanoseconds() + options.proposalTimeoutMs * 1_000_000, completion: completion)
-      } catch {
-        let answer = proposalError(replica, error)
-        answerWrite(&turn, bytes: command.count) { completion(.failure(answer)) }
+      let deadline = MonotonicClock.nowNanoseconds() + options.proposalTimeoutMs * 1_000_000
+      if forward {
+        self.forward(replica, command, deadline: deadline, completion, &turn)
+      } else {
+        propose(replica, command, deadline: deadline, completion, &turn)
       }
     case .read(let id, let read):
       guard let replica = live[id] else {
@@ -746,6 +828,223 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     }
   }
 
+  /// Proposes `command` in `replica` and waits for its index to apply; a replica that does not
+  /// lead answers the core's refusal.
+  private func propose(
+    _ replica: RaftGroup, _ command: [UInt8], deadline: UInt64, _ completion: @escaping ConsensusCompletion<WriteResult>,
+    _ turn: inout Turn
+  ) {
+    do {
+      let index = try replica.raft.propose(command)
+      if let overwritten = replica.proposals[index] {
+        // Our earlier entry at this index was truncated while we were not the leader.
+        let completion = overwritten.completion
+        let id = replica.id
+        answerWrite(&turn, bytes: overwritten.bytes) { completion(.failure(.noLeader(id))) }
+      }
+      replica.proposals[index] = Proposal(
+        term: replica.raft.term, bytes: command.count, deadline: deadline, completion: completion)
+    } catch {
+      let answer = proposalError(replica, error)
+      answerWrite(&turn, bytes: command.count) { completion(.failure(answer)) }
+    }
+  }
+
+  // MARK: Forwarded writes
+
+  /// A write at this node: handed to the leader in this turn's early batch when another node is
+  /// known to lead, else proposed here (which answers `notLeader`/`noLeader` when this node does
+  /// not lead either: the write never left it).
+  private func forward(
+    _ replica: RaftGroup, _ command: [UInt8], deadline: UInt64, _ completion: @escaping ConsensusCompletion<WriteResult>,
+    _ turn: inout Turn
+  ) {
+    let leader = replica.raft.leader
+    guard replica.raft.role != .leader, leader != localPeer.node.rawValue, replica.peer(leader) != nil else {
+      return propose(replica, command, deadline: deadline, completion, &turn)
+    }
+    let limit = replica.raft.config.maxCommandBytes
+    guard command.count <= limit else {
+      // The leader would refuse it: say why here, with the same words.
+      let answer = proposalError(replica, .commandTooLarge(bytes: command.count, limit: limit))
+      return answerWrite(&turn, bytes: command.count) { completion(.failure(answer)) }
+    }
+    nextForwardRequestID += 1
+    let write = ForwardedWrite(
+      requestID: nextForwardRequestID, leader: leader, bytes: command.count, deadline: deadline, completion: completion)
+    precondition(replica.forwardsAwaitingAcceptance[write.requestID] == nil, "request ids are unique")
+    replica.forwardsAwaitingAcceptance[write.requestID] = write
+    forwardsWaiting += 1
+    turn.forwards[leader, default: []].append(
+      ForwardedProposal(group: replica.id.packed, requestID: write.requestID, body: .proposal(data: command)))
+  }
+
+  /// One forward from `node`: as the leader, a proposal to take; as a follower, the leader's
+  /// answer to one of ours.
+  private func handle(_ forward: ForwardedProposal, from node: ReplicaID, _ turn: inout Turn) {
+    let replica = GroupID(packed: forward.group).flatMap { live[$0] }
+    switch forward.body {
+    case .proposal(let command):
+      func answer(_ body: ForwardedProposal.Body) {
+        turn.forwards[node, default: []].append(
+          ForwardedProposal(group: forward.group, requestID: forward.requestID, body: body))
+      }
+      guard let replica else {
+        turn.forwardCounts.refusedForPeers += 1
+        return answer(.refused(.groupNotFound, leaderHint: 0))
+      }
+      // Only a member may propose (and only a member's endpoint is known to answer it).
+      guard node != localPeer.node.rawValue, replica.peer(node) != nil else {
+        turn.forwardCounts.refusedForPeers += 1
+        return
+      }
+      // The entry needs no completion here, but its bytes sit in this node's log: it takes what
+      // is left of the pending-write limits this turn. The core's uncommitted-bytes limit bounds
+      // what all turns together append before a commit.
+      if turn.forwardCapacity == nil {
+        turn.forwardCapacity = state.withLock {
+          (options.pendingWritesMax - writesOutstanding, options.pendingWriteBytesMax - writeBytesOutstanding)
+        }
+      }
+      guard let capacity = turn.forwardCapacity, capacity.writes >= 1, capacity.bytes >= command.count else {
+        turn.forwardCounts.refusedForPeers += 1
+        return answer(.refused(.overloaded, leaderHint: 0))
+      }
+      do {
+        let index = try replica.raft.propose(command)
+        turn.forwardCapacity = (capacity.writes - 1, capacity.bytes - command.count)
+        turn.forwardCounts.proposedForPeers += 1
+        answer(.accepted(index: index, term: replica.raft.term))
+      } catch {
+        turn.forwardCounts.refusedForPeers += 1
+        let (refusal, leaderHint) = forwardRefusal(proposalError(replica, error))
+        answer(.refused(refusal, leaderHint: leaderHint))
+      }
+    case .accepted(let index, let term):
+      // Unknown: answered already (deadline, group deleted) or not ours.
+      guard let replica, let write = replica.forwardsAwaitingAcceptance[forward.requestID], write.leader == node else {
+        return
+      }
+      replica.forwardsAwaitingAcceptance[forward.requestID] = nil
+      turn.forwardCounts.accepted += 1
+      guard index > replica.appliedIndex else {
+        // Applied before the answer came (a later batch overtook this one). Log Matching tells
+        // another write apart; this one's outcome is no longer at hand.
+        let overwritten = replica.raft.term(at: index).map { $0 != term } ?? false
+        return answerForward(write, .failure(overwritten ? .noLeader(replica.id) : .timeout(indeterminate: true)), &turn)
+      }
+      replica.forwardsAwaitingApply[index, default: []].append((term, write))
+    case .refused(let refusal, let leaderHint):
+      guard let replica, let write = replica.forwardsAwaitingAcceptance[forward.requestID], write.leader == node else {
+        return
+      }
+      replica.forwardsAwaitingAcceptance[forward.requestID] = nil
+      turn.forwardCounts.refused += 1
+      let answer: ConsensusError
+      switch refusal {
+      case .notLeader:
+        // A hint naming this node is stale news of an election: wait for the leader to show.
+        answer = proposalError(replica, .notLeader(leader: leaderHint == localPeer.node.rawValue ? 0 : leaderHint))
+      case .overloaded: answer = .overloaded(retryAfterMs: 100)
+      case .commandTooLarge:
+        answer = proposalError(replica, .commandTooLarge(bytes: write.bytes, limit: replica.raft.config.maxCommandBytes))
+      // The node we took for the leader has no replica (deleted, or not created yet).
+      case .groupNotFound: answer = .noLeader(replica.id)
+      }
+      answerForward(write, .failure(answer), &turn)
+    }
+  }
+
+  /// How a leader tells a follower why it did not take its forward: `proposalError`'s answer in
+  /// the wire's terms.
+  private func forwardRefusal(_ error: ConsensusError) -> (ForwardRefusal, ReplicaID) {
+    switch error {
+    case .notLeader(_, let leader): return (.notLeader, leader?.node.rawValue ?? 0)
+    case .noLeader: return (.notLeader, 0)
+    case .overloaded: return (.overloaded, 0)
+    case .invalidRequest: return (.commandTooLarge, 0)
+    default: preconditionFailure("proposalError answers a command proposal with \(error)")
+    }
+  }
+
+  /// Answers a forwarded write, taken out of whichever collection held it.
+  private func answerForward(_ write: ForwardedWrite, _ result: Result<WriteResult, ConsensusError>, _ turn: inout Turn) {
+    precondition(forwardsWaiting > 0, "a forwarded write is answered once")
+    forwardsWaiting -= 1
+    let completion = write.completion
+    answerWrite(&turn, bytes: write.bytes) { completion(result) }
+  }
+
+  /// Answers the forwarded writes waiting for `index`, which `replica` just applied with `term`.
+  private func settleForwards(
+    _ replica: RaftGroup, index: LogIndex, term: Term, response: [UInt8], _ turn: inout Turn
+  ) {
+    guard let waiting = replica.forwardsAwaitingApply.removeValue(forKey: index) else { return }
+    for (acceptedTerm, write) in waiting {
+      if acceptedTerm == term {
+        turn.writesCommitted += 1
+        answerForward(write, .success(WriteResult(index: index, response: response)), &turn)
+      } else {
+        // Another entry holds the index for good (it is applied): this write never will be.
+        answerForward(write, .failure(.noLeader(replica.id)), &turn)
+      }
+    }
+  }
+
+  /// Sends again, to whoever leads now, what the transport dropped last turn before it left.
+  private func resendUnsentForwards(_ turn: inout Turn) {
+    for (node, answers) in forwardAnswersUnsent { turn.forwards[node, default: []].append(contentsOf: answers) }
+    forwardAnswersUnsent = [:]
+    guard !groupsWithUnsentForwards.isEmpty else { return }
+    let ids = groupsWithUnsentForwards
+    groupsWithUnsentForwards = []
+    for id in ids {
+      guard let replica = live[id] else { continue }  // deleted: `failAllWaiting` answered them
+      let unsent = replica.forwardsUnsent
+      replica.forwardsUnsent = []
+      let now = MonotonicClock.nowNanoseconds()
+      for write in unsent {
+        forwardsWaiting -= 1  // `forward` counts it again if it goes out
+        guard write.deadline > now else {
+          let completion = write.completion
+          // It never left this node: certainly not written.
+          answerWrite(&turn, bytes: write.command.count) { completion(.failure(.timeout(indeterminate: false))) }
+          continue
+        }
+        forward(replica, write.command, deadline: write.deadline, write.completion, &turn)
+      }
+    }
+  }
+
+  /// The transport's word that a batch with forwards never reached `node` (any thread).
+  private func undelivered(_ forwards: ArraySlice<ForwardedProposal>, to node: ReplicaID) {
+    state.withLock {
+      guard phase == .running, failure == nil else { return }  // stopping answers every waiter
+      undeliveredForwards.append((node, forwards))
+    }
+  }
+
+  /// A batch never reached `node`: keep its forwards for the next tick. Our writes go back to
+  /// unsent (nothing can have reached the leader); answers to other nodes wait beside them, up
+  /// to a bound.
+  private func keepUnsent(_ forwards: ArraySlice<ForwardedProposal>, to node: ReplicaID, _ turn: inout Turn) {
+    for forward in forwards {
+      guard case .proposal(let command) = forward.body else {
+        if forwardAnswersUnsent[node, default: []].count < WireLimits.forwardsPerBatchMax {
+          forwardAnswersUnsent[node, default: []].append(forward)
+        }
+        continue
+      }
+      // Gone when its group was deleted after it was queued this turn (and answered then).
+      guard let id = GroupID(packed: forward.group), let replica = live[id],
+        let write = replica.forwardsAwaitingAcceptance.removeValue(forKey: forward.requestID)
+      else { continue }
+      turn.forwardCounts.undelivered += 1
+      replica.forwardsUnsent.append(UnsentWrite(command: command, deadline: write.deadline, completion: write.completion))
+      groupsWithUnsentForwards.insert(id)
+    }
+  }
+
   private func answerWrite(_ turn: inout Turn, bytes: Int, _ answer: @escaping @Sendable () -> Void) {
     turn.writesAnswered += 1
     turn.writeBytesAnswered += bytes
@@ -765,6 +1064,21 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       answerWrite(&turn, bytes: proposal.bytes) { completion(.failure(answer)) }
     }
     replica.proposals = [:]
+    // Sent forwards may still be written by the leader, whatever happens here.
+    for write in replica.forwardsAwaitingAcceptance.values {
+      answerForward(write, .failure(.timeout(indeterminate: true)), &turn)
+    }
+    for (_, write) in replica.forwardsAwaitingApply.values.joined() {
+      answerForward(write, .failure(.timeout(indeterminate: true)), &turn)
+    }
+    for unsent in replica.forwardsUnsent {
+      forwardsWaiting -= 1
+      let completion = unsent.completion
+      answerWrite(&turn, bytes: unsent.command.count) { completion(.failure(error)) }
+    }
+    replica.forwardsAwaitingAcceptance = [:]
+    replica.forwardsAwaitingApply = [:]
+    replica.forwardsUnsent = []
     for read in Array(replica.readsAwaitingIndex.values) + replica.readsAwaitingApply.map(\.read) {
       answerRead(&turn) { read.completion(.failure(error)) }
     }
@@ -785,6 +1099,15 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         replica.proposals[index] = nil
         let completion = proposal.completion
         answerWrite(&turn, bytes: proposal.bytes) { completion(.failure(.timeout(indeterminate: true))) }
+      }
+      for (requestID, write) in replica.forwardsAwaitingAcceptance where write.deadline <= now {
+        replica.forwardsAwaitingAcceptance[requestID] = nil
+        answerForward(write, .failure(.timeout(indeterminate: true)), &turn)
+      }
+      for (index, waiting) in replica.forwardsAwaitingApply where waiting.contains(where: { $0.write.deadline <= now }) {
+        let (expired, kept) = (waiting.filter { $0.write.deadline <= now }, waiting.filter { $0.write.deadline > now })
+        replica.forwardsAwaitingApply[index] = kept.isEmpty ? nil : kept
+        for (_, write) in expired { answerForward(write, .failure(.timeout(indeterminate: true)), &turn) }
       }
       for (context, read) in replica.readsAwaitingIndex where read.deadline <= now {
         replica.readsAwaitingIndex[context] = nil
@@ -828,24 +1151,67 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     }
   }
 
-  /// Hands one batch per destination node to the transport. Returns (batches, messages).
-  /// Sends one batch per destination; returns the batches, the messages (a coalesced heartbeat
-  /// section counts as one) and the heartbeats coalesced into those sections.
-  private func send(_ outgoing: [ReplicaID: [GroupMessage]]) -> (batches: Int, messages: Int, heartbeats: Int) {
+  /// Hands one batch per destination node to the transport, and more for forwards past one
+  /// batch's share (`forwardChunks`). Forwards in a batch the transport dropped are kept for the
+  /// next turn. Heartbeats between the two nodes travel coalesced (`MessageBatch.coalescing`).
+  /// Returns the batches, the messages (a coalesced heartbeat section counts as one) and the
+  /// heartbeats coalesced into those sections.
+  private func send(
+    _ outgoing: [ReplicaID: [GroupMessage]], forwards: [ReplicaID: [ForwardedProposal]], _ turn: inout Turn
+  ) -> (batches: Int, messages: Int, heartbeats: Int) {
     var batches = 0
     var messages = 0
     var heartbeats = 0
-    for (destination, items) in outgoing {
+    for destination in Set(outgoing.keys).union(forwards.keys) {
+      let items = outgoing[destination] ?? []
+      let chunks = forwardChunks(forwards[destination] ?? [])
       // The endpoint of a destination: any group that has it as a peer knows it.
-      guard destination != 0, let peer = items.lazy.compactMap({ self.live[GroupID(packed: $0.group)!]?.peer(destination) }).first
-      else { continue }
-      let batch = MessageBatch.coalescing(fromNode: localPeer.node.rawValue, toNode: destination, messages: items)
-      transport.send(batch: WireCodec.encode(batch), to: peer.node, endpoint: peer.endpoint)
-      batches += 1
-      messages += batch.messages.count + (batch.heartbeats.isEmpty ? 0 : 1)
-      heartbeats += batch.heartbeats.count
+      let groups = items.lazy.map(\.group) + (forwards[destination] ?? []).lazy.map(\.group)
+      guard destination != 0,
+        let peer = groups.lazy.compactMap({ GroupID(packed: $0).flatMap { self.live[$0] }?.peer(destination) }).first
+          ?? live.values.lazy.compactMap({ $0.peer(destination) }).first
+      else {
+        for chunk in chunks { keepUnsent(chunk, to: destination, &turn) }
+        continue
+      }
+      for (position, chunk) in chunks.enumerated() {
+        var batch = MessageBatch.coalescing(
+          fromNode: localPeer.node.rawValue, toNode: destination, messages: position == 0 ? items : [])
+        batch.forwards = Array(chunk)
+        var undelivered: (@Sendable () -> Void)?
+        if !chunk.isEmpty { undelivered = { [weak self] in self?.undelivered(chunk, to: destination) } }
+        transport.send(batch: WireCodec.encode(batch), to: peer.node, endpoint: peer.endpoint, undelivered: undelivered)
+        batches += 1
+        messages += batch.messages.count + (batch.heartbeats.isEmpty ? 0 : 1)
+        heartbeats += batch.heartbeats.count
+        turn.forwardCounts.sent += UInt64(chunk.lazy.filter { if case .proposal = $0.body { true } else { false } }.count)
+      }
     }
     return (batches, messages, heartbeats)
+  }
+
+  /// Splits one destination's forwards into batches of at most `forwardsPerBatchMax` forwards
+  /// and `forwardDataBytesPerBatchMax` bytes (but at least one forward). Always one chunk, maybe
+  /// empty, to go with the messages.
+  private func forwardChunks(_ forwards: [ForwardedProposal]) -> [ArraySlice<ForwardedProposal>] {
+    var chunks: [ArraySlice<ForwardedProposal>] = []
+    var start = 0
+    var bytes = 0
+    for (position, forward) in forwards.enumerated() {
+      var size = ForwardedProposal.headerBytes
+      if case .proposal(let command) = forward.body { size += command.count }
+      if position > start
+        && (position - start == WireLimits.forwardsPerBatchMax || bytes + size > WireLimits.forwardDataBytesPerBatchMax)
+      {
+        chunks.append(forwards[start..<position])
+        start = position
+        bytes = 0
+      }
+      bytes += size
+    }
+    chunks.append(forwards[start...])
+    precondition(chunks.allSatisfy { $0.count <= WireLimits.forwardsPerBatchMax }, "chunks respect the wire limit")
+    return chunks
   }
 
   /// Steps 4–5 of the Ready contract for one group: apply, answer writes, serve read indexes.
@@ -870,6 +1236,10 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         let completion = proposal.completion
         answerWrite(&turn, bytes: proposal.bytes) { completion(.failure(.timeout(indeterminate: true))) }
       }
+      for (index, waiting) in replica.forwardsAwaitingApply where index <= snapshot.index {
+        replica.forwardsAwaitingApply[index] = nil
+        for (_, write) in waiting { answerForward(write, .failure(.timeout(indeterminate: true)), &turn) }
+      }
       logger.info("snapshot installed", metadata: ["group": "\(replica.id)", "index": "\(snapshot.index)"])
     }
     if !ready.committedEntries.isEmpty {
@@ -887,6 +1257,9 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         }
       }
       for (index, term, response) in responses {
+        if !replica.forwardsAwaitingApply.isEmpty {
+          settleForwards(replica, index: index, term: term, response: response, &turn)
+        }
         guard let proposal = replica.proposals.removeValue(forKey: index) else { continue }
         let completion = proposal.completion
         if proposal.term == term {
@@ -950,6 +1323,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       metrics.messagesSent += UInt64(sent.messages)
       metrics.heartbeatsCoalesced += UInt64(sent.heartbeats)
       metrics.writesCommitted += UInt64(turn.writesCommitted)
+      metrics.forwards += turn.forwardCounts
       metrics.snapshotsInstalled += UInt64(turn.snapshotsInstalled)
       metrics.wal = statistics
       writesOutstanding -= turn.writesAnswered
@@ -1079,6 +1453,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   private func shutDown(_ wal: WriteAheadLog) {
     var turn = Turn()
     for replica in live.values { failAllWaiting(replica, .shuttingDown, &turn) }
+    precondition(forwardsWaiting == 0, "every forwarded write is answered: \(forwardsWaiting) were dropped")
     // Entry points refuse new work from here on: `phase` is no longer running (stop) or
     // `failure` is set (storage failure; `stop` still joins this thread).
     let (items, waiters): ([InboxItem], [StaleReadWaiter]) = state.withLock {
@@ -1092,12 +1467,12 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     for answer in turn.answers { answer() }
     for item in items {
       switch item {
-      case .propose(_, _, let completion): completion(.failure(.shuttingDown))
+      case .propose(_, _, _, let completion): completion(.failure(.shuttingDown))
       case .read(_, let read): read.completion(.failure(.shuttingDown))
       case .create(_, _, let completion), .delete(_, let completion), .transfer(_, _, let completion):
         completion(.failure(.shuttingDown))
       case .snapshot(_, let completion): completion(.failure(.shuttingDown))
-      case .batch: break
+      case .batch, .undelivered: break
       }
     }
     for waiter in waiters { waiter.completion(.failure(.shuttingDown)) }

@@ -22,6 +22,27 @@ struct Proposal: Sendable {
   let completion: ConsensusCompletion<WriteResult>
 }
 
+/// A write this node handed to its group's leader inside a batch (a forwarded proposal). It is
+/// answered when this node applies the index the leader appended it at — with this node's own
+/// apply outcome when the applied entry has the term the leader named, else as definitely not
+/// written — or at `deadline`.
+struct ForwardedWrite: Sendable {
+  let requestID: UInt64
+  /// The node it was sent to: only that node's answer counts.
+  let leader: ReplicaID
+  let bytes: Int
+  let deadline: UInt64
+  let completion: ConsensusCompletion<WriteResult>
+}
+
+/// A write to forward whose batch the transport dropped before it left: sent again next turn,
+/// to whichever node leads then.
+struct UnsentWrite: Sendable {
+  let command: [UInt8]
+  let deadline: UInt64
+  let completion: ConsensusCompletion<WriteResult>
+}
+
 /// A linearizable read: waits for a read index, then for that index to be applied.
 struct LinearizableRead: Sendable {
   let query: [UInt8]
@@ -59,6 +80,12 @@ final class RaftGroup: @unchecked Sendable {
   var nextSnapshotAttemptIndex: LogIndex = 0
   var snapshotRequests: [ConsensusCompletion<SnapshotInfo>] = []
   var transfers: [(target: ReplicaID, deadline: UInt64, completion: ConsensusCompletion<Void>)] = []
+  /// Writes forwarded to the leader that it has not answered yet, by request id.
+  var forwardsAwaitingAcceptance: [UInt64: ForwardedWrite] = [:]
+  /// Writes the leader appended, by index, each with the term it was appended in. An index may
+  /// hold several when leaders changed: at most one of them (the applied entry's term) is written.
+  var forwardsAwaitingApply: [LogIndex: [(term: Term, write: ForwardedWrite)]] = [:]
+  var forwardsUnsent: [UnsentWrite] = []
 
   init(id: GroupID, peers: [Peer], stateMachine: any StateMachine, raft: Raft) {
     self.id = id

@@ -11,6 +11,11 @@ import Platform
 /// - `send` never blocks the caller on the network (the host calls it from its loop thread): a
 ///   transport queues, and under pressure drops. Raft tolerates loss (it retries appends, re-sends
 ///   heartbeats, re-runs elections), so dropping is always safe; blocking is not.
+/// - `undelivered`, when given, is called once — on any thread, perhaps before `send` returns —
+///   when the transport knows the batch never reached the receiver: dropped before it left (a
+///   full queue, a peer in back-off, an isolated node), the connection refused, or the receiver
+///   refused the batch. Never when it may have arrived. The host then sends the batch's forwarded
+///   writes again, which it must never do with a batch that may have been delivered.
 /// - Received batches go to the receiver, from any thread, in the order they arrived per sender
 ///   where the transport can say so. The receiver does not block (it decodes and enqueues).
 /// - `setReceiver(nil)` stops delivery; after it returns, the old receiver is not called again.
@@ -21,9 +26,15 @@ import Platform
 /// process.
 public protocol RaftTransport: AnyObject, Sendable {
   /// Hands `batch` to the network for `node` at its consensus `endpoint`. Never blocks.
-  func send(batch: [UInt8], to node: NodeID, endpoint: Endpoint)
+  func send(batch: [UInt8], to node: NodeID, endpoint: Endpoint, undelivered: (@Sendable () -> Void)?)
   /// Sets (or, with nil, clears) the function that receives every inbound batch.
   func setReceiver(_ receive: (@Sendable ([UInt8]) -> Void)?)
+}
+
+extension RaftTransport {
+  public func send(batch: [UInt8], to node: NodeID, endpoint: Endpoint) {
+    send(batch: batch, to: node, endpoint: endpoint, undelivered: nil)
+  }
 }
 
 /// A network of `InMemoryTransport`s in one process, for tests: delivery is synchronous on the
@@ -53,7 +64,7 @@ public final class InMemoryNetwork: Sendable {
     state.withLock { $0.receivers[node] = receive }
   }
 
-  fileprivate func deliver(_ batch: [UInt8], from: NodeID, to: NodeID) {
+  fileprivate func deliver(_ batch: [UInt8], from: NodeID, to: NodeID) -> Bool {
     let receiver: (@Sendable ([UInt8]) -> Void)? = state.withLock { state in
       guard !state.isolated.contains(from), !state.isolated.contains(to), let receiver = state.receivers[to] else {
         state.batchesDropped += 1
@@ -63,7 +74,9 @@ public final class InMemoryNetwork: Sendable {
       return receiver
     }
     // Outside the network's lock: the receiver takes the destination engine's lock.
-    receiver?(batch)
+    guard let receiver else { return false }
+    receiver(batch)
+    return true
   }
 }
 
@@ -77,8 +90,8 @@ public final class InMemoryTransport: RaftTransport {
     self.node = node
   }
 
-  public func send(batch: [UInt8], to node: NodeID, endpoint: Endpoint) {
-    network.deliver(batch, from: self.node, to: node)
+  public func send(batch: [UInt8], to node: NodeID, endpoint: Endpoint, undelivered: (@Sendable () -> Void)?) {
+    if !network.deliver(batch, from: self.node, to: node) { undelivered?() }
   }
 
   public func setReceiver(_ receive: (@Sendable ([UInt8]) -> Void)?) {

@@ -3,10 +3,14 @@
 // error, never a crash and never an unbounded allocation.
 //
 // batch    := magic "CAUB" · version u8 (=2) · fromNode u64 · toNode u64 · count u32 · item* ·
-//             heartbeatCount u32 · heartbeat*
+//             heartbeatCount u32 · heartbeat* · forwardCount u32 · forward*
 // item     := group u64 · length u32 · message (exactly `length` bytes)
 // heartbeat:= group u64 · kind u8 (3 heartbeat | 4 heartbeatResponse) · term u64 · commit u64 ·
 //             context u64   (from/to are the batch's nodes: a replica's id is its node's id)
+// forward  := tag u8 (1 proposal | 2 accepted | 3 refused) · group u64 · requestID u64 · index u64 ·
+//             term u64 · refusal u8 · leaderHint u64 · dataLength u32 · data
+//             (a fixed layout; the fields a tag does not use are zero: a proposal carries data,
+//             an acceptance index and term, a refusal its reason and the leader it knows)
 // message  := kind u8 · from u64 · to u64 · term u64 · logTerm u64 · index u64 · commit u64 ·
 //             reject u8 (0|1) · rejectHint u64 · context u64 · entryCount u32 · entry* ·
 //             hasSnapshot u8 (0|1) · snapshot?
@@ -14,6 +18,10 @@
 // snapshot := index u64 · term u64 · config · dataLength u32 · data
 // config   := voterCount u32 · u64* · outgoingCount u32 · u64* · learnerCount u32 · u64*
 // change   := version u8 (=1, configChangeVersion) · stepCount u32 · (kind u8 · replica u64)*
+//
+// Version 2 added the coalesced heartbeats (one section per node pair instead of a message per
+// group) and the forwards: a follower hands a client's write to the group's leader inside the
+// batch it sends anyway (etcd's MsgProp), instead of relaying the whole HTTP request.
 
 /// Upper bounds the decoder enforces; each bounds what a single hostile input can make us do.
 public enum WireLimits {
@@ -31,6 +39,12 @@ public enum WireLimits {
   public static let replicasPerConfigMax = 1 << 12
   /// Bounds the loop over a batch's coalesced heartbeats (one per group the two nodes share).
   public static let heartbeatsPerBatchMax = 1 << 16
+  /// Bounds the loop over forwarded proposals and their answers in one batch. A sender with more
+  /// in one turn splits them over several batches.
+  public static let forwardsPerBatchMax = 1 << 14
+  /// What a sender puts of forwarded commands in one batch (at least one, whatever its size),
+  /// so that a batch stays well under `batchBytesMax` beside the turn's appends.
+  public static let forwardDataBytesPerBatchMax = 16 << 20
 }
 
 public enum WireError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -93,6 +107,55 @@ public struct CoalescedHeartbeat: Equatable, Sendable {
   }
 }
 
+/// Why a leader did not take a forwarded proposal. Nothing was appended to its log.
+public enum ForwardRefusal: UInt8, Equatable, Sendable, CaseIterable {
+  /// This node does not lead the group; `leaderHint` names the leader it knows (0: none).
+  case notLeader = 1
+  /// A limit of the leader is reached (pending writes, uncommitted bytes, a leader transfer).
+  case overloaded = 2
+  /// The command exceeds the leader's largest entry.
+  case commandTooLarge = 3
+  /// This node hosts no replica of the group.
+  case groupNotFound = 4
+}
+
+/// A client's write that a follower hands to its group's leader inside the batch (etcd's
+/// MsgProp), and the leader's answer: the index and term it was appended at, or why not. The
+/// follower answers the client itself once it applies that index (Log Matching: the entry it
+/// applies there is the proposal exactly when the terms match).
+public struct ForwardedProposal: Equatable, Sendable {
+  public enum Body: Equatable, Sendable {
+    /// Follower → leader: propose this command.
+    case proposal(data: [UInt8])
+    /// Leader → follower: proposed at `index` in `term`; not yet committed.
+    case accepted(index: LogIndex, term: Term)
+    /// Leader → follower: not proposed.
+    case refused(ForwardRefusal, leaderHint: ReplicaID)
+  }
+
+  public var group: UInt64
+  /// Chosen by the follower, unique among its outstanding forwards; echoed by the leader.
+  public var requestID: UInt64
+  public var body: Body
+
+  public init(group: UInt64, requestID: UInt64, body: Body) {
+    self.group = group
+    self.requestID = requestID
+    self.body = body
+  }
+
+  /// Bytes of one forward on the wire besides its data.
+  public static let headerBytes = 46
+
+  var tag: UInt8 {
+    switch body {
+    case .proposal: return 1
+    case .accepted: return 2
+    case .refused: return 3
+    }
+  }
+}
+
 /// All messages from one node to another in one send: one batch per destination per loop turn.
 /// Heartbeats of every group the two nodes share travel as one coalesced section (DESIGN.md:
 /// heartbeats coalesced per node pair, not per group).
@@ -101,12 +164,18 @@ public struct MessageBatch: Equatable, Sendable {
   public var toNode: UInt64
   public var messages: [GroupMessage]
   public var heartbeats: [CoalescedHeartbeat]
+  /// Forwarded proposals and their answers; after the heartbeats on the wire.
+  public var forwards: [ForwardedProposal]
 
-  public init(fromNode: UInt64, toNode: UInt64, messages: [GroupMessage], heartbeats: [CoalescedHeartbeat] = []) {
+  public init(
+    fromNode: UInt64, toNode: UInt64, messages: [GroupMessage], heartbeats: [CoalescedHeartbeat] = [],
+    forwards: [ForwardedProposal] = []
+  ) {
     self.fromNode = fromNode
     self.toNode = toNode
     self.messages = messages
     self.heartbeats = heartbeats
+    self.forwards = forwards
   }
 
   /// A batch of `messages` with every heartbeat and heartbeat response between the two nodes
@@ -140,10 +209,11 @@ public struct MessageBatch: Equatable, Sendable {
 }
 
 public enum WireCodec {
-  /// Version 2 added the coalesced heartbeat section. Nodes of one cluster run one version.
+  /// The batch format's version: 2 added the coalesced heartbeats and the forwards. Nodes of one
+  /// cluster run one version.
   public static let version: UInt8 = 2
-  /// The version of encoded configuration changes (inside log entries, so it never changes
-  /// without a migration).
+  /// The format version of an encoded `ConfigChange`: these live in log entries, in the WAL and in
+  /// snapshots, so they keep their own version, apart from the batch's.
   public static let configChangeVersion: UInt8 = 1
   public static let magic: [UInt8] = [0x43, 0x41, 0x55, 0x42]  // "CAUB"
 
@@ -170,7 +240,42 @@ public enum WireCodec {
       writer.u64(heartbeat.commit)
       writer.u64(heartbeat.context)
     }
+    encodeForwards(batch.forwards, &writer)
     return writer.bytes
+  }
+
+  /// The forwards section, last in the batch.
+  static func encodeForwards(_ forwards: [ForwardedProposal], _ writer: inout ByteWriter) {
+    precondition(forwards.count <= WireLimits.forwardsPerBatchMax, "the sender splits forwards over batches")
+    writer.u32(UInt32(forwards.count))
+    for forward in forwards {
+      var index: UInt64 = 0
+      var term: UInt64 = 0
+      var refusal: UInt8 = 0
+      var leaderHint: UInt64 = 0
+      var data: [UInt8] = []
+      switch forward.body {
+      case .proposal(let command):
+        precondition(!command.isEmpty && command.count <= WireLimits.entryDataBytesMax, "a proposal carries a command")
+        data = command
+      case .accepted(let acceptedIndex, let acceptedTerm):
+        precondition(acceptedIndex != 0 && acceptedTerm != 0, "an acceptance names a real entry")
+        index = acceptedIndex
+        term = acceptedTerm
+      case .refused(let reason, let hint):
+        refusal = reason.rawValue
+        leaderHint = hint
+      }
+      writer.u8(forward.tag)
+      writer.u64(forward.group)
+      writer.u64(forward.requestID)
+      writer.u64(index)
+      writer.u64(term)
+      writer.u8(refusal)
+      writer.u64(leaderHint)
+      writer.u32(UInt32(data.count))
+      writer.bytes.append(contentsOf: data)
+    }
   }
 
   public static func encode(_ message: Message) -> [UInt8] {
@@ -260,8 +365,61 @@ public enum WireCodec {
           group: group, isResponse: kind == MessageKind.heartbeatResponse.rawValue, term: try reader.u64(),
           commit: try reader.u64(), context: try reader.u64()))
     }
+    let forwards = try decodeForwards(&reader)
     guard reader.remaining == 0 else { throw .trailingBytes(count: reader.remaining) }
-    return MessageBatch(fromNode: fromNode, toNode: toNode, messages: messages, heartbeats: heartbeats)
+    return MessageBatch(
+      fromNode: fromNode, toNode: toNode, messages: messages, heartbeats: heartbeats, forwards: forwards)
+  }
+
+  /// The forwards section. Each forward is checked against its tag: the fields the tag does not
+  /// use must be zero, and a proposal's command is 1 to `entryDataBytesMax` bytes.
+  static func decodeForwards(_ reader: inout ByteReader) throws(WireError) -> [ForwardedProposal] {
+    let count = try reader.count("forward count", limit: WireLimits.forwardsPerBatchMax)
+    var forwards: [ForwardedProposal] = []
+    forwards.reserveCapacity(min(count, reader.remaining / ForwardedProposal.headerBytes))
+    for _ in 0..<count {
+      let tagOffset = reader.offset
+      let tag = try reader.u8()
+      let group = try reader.u64()
+      let requestID = try reader.u64()
+      let indexOffset = reader.offset
+      let index = try reader.u64()
+      let term = try reader.u64()
+      let refusalOffset = reader.offset
+      let refusalCode = try reader.u8()
+      let leaderHint = try reader.u64()
+      let lengthOffset = reader.offset
+      let length = try reader.count("forward data length", limit: WireLimits.entryDataBytesMax)
+      let data = try reader.take(length)
+      let body: ForwardedProposal.Body
+      switch tag {
+      case 1:
+        guard index == 0, term == 0 else { throw .invalidField(name: "proposal index or term", offset: indexOffset) }
+        guard refusalCode == 0, leaderHint == 0 else {
+          throw .invalidField(name: "proposal refusal or leader hint", offset: refusalOffset)
+        }
+        guard length > 0 else { throw .invalidField(name: "empty proposal", offset: lengthOffset) }
+        body = .proposal(data: Array(data))
+      case 2:
+        guard index != 0, term != 0 else { throw .invalidField(name: "accepted index or term", offset: indexOffset) }
+        guard refusalCode == 0, leaderHint == 0 else {
+          throw .invalidField(name: "accepted refusal or leader hint", offset: refusalOffset)
+        }
+        guard length == 0 else { throw .invalidField(name: "accepted data", offset: lengthOffset) }
+        body = .accepted(index: index, term: term)
+      case 3:
+        guard index == 0, term == 0 else { throw .invalidField(name: "refused index or term", offset: indexOffset) }
+        guard let refusal = ForwardRefusal(rawValue: refusalCode) else {
+          throw .invalidField(name: "forward refusal", offset: refusalOffset)
+        }
+        guard length == 0 else { throw .invalidField(name: "refused data", offset: lengthOffset) }
+        body = .refused(refusal, leaderHint: leaderHint)
+      default:
+        throw .invalidField(name: "forward tag", offset: tagOffset)
+      }
+      forwards.append(ForwardedProposal(group: group, requestID: requestID, body: body))
+    }
+    return forwards
   }
 
   public static func decodeMessage(_ bytes: [UInt8]) throws(WireError) -> Message {

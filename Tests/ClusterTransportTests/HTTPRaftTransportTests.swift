@@ -92,6 +92,29 @@ final class HTTPRaftTransportTests: XCTestCase {
     XCTAssertEqual(a.client.statistics.requestsAcceptedTotal, 1)
   }
 
+  /// `undelivered` is the host's licence to send a batch's forwarded writes again: called when
+  /// nothing reached the receiver (refused connection, back-off, no receiver), never on delivery.
+  func testUndeliveredIsCalledOnlyWhenTheBatchCertainlyDidNotArrive() throws {
+    let a = try TransportNode(1)
+    let b = try TransportNode(2)
+    let idle = try TransportNode(3, receive: false)
+    defer { a.stop(); b.stop(); idle.stop() }
+    let undelivered = Locked<[String]>([])
+    func send(_ name: String, to node: UInt64, _ endpoint: Endpoint) {
+      a.transport.send(batch: [1], to: NodeID(node), endpoint: endpoint) { undelivered.withLock { $0.append(name) } }
+    }
+    send("delivered", to: 2, b.endpoint)
+    XCTAssertTrue(waitUntil("delivery") { b.received.withLock { $0.count } == 1 })
+    send("no receiver", to: 3, idle.endpoint)
+    let dead = Endpoint(host: "127.0.0.1", port: freePort())
+    send("refused", to: 9, dead)
+    XCTAssertTrue(waitUntil("both failures") { undelivered.withLock { $0.count } == 2 })
+    send("backed off", to: 9, dead)  // dropped at once: called before `send` returns
+    XCTAssertEqual(undelivered.withLock { $0.last }, "backed off")
+    XCTAssertTrue(waitUntil("every batch settled") { a.transport.statistics.batchesDelivered + a.transport.statistics.batchesFailed == 3 })
+    XCTAssertEqual(Set(undelivered.withLock { $0 }), ["no receiver", "refused", "backed off"])
+  }
+
   func testASlowPeerCannotQueueMoreThanItsInFlightLimit() throws {
     var configuration = HTTPRaftTransportConfiguration()
     configuration.inFlightPerPeerMax = 3

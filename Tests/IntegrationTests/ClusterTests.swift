@@ -39,7 +39,10 @@ final class ClusterTests: XCTestCase {
     let written = try HTTPClient(port: nodes[followers[0]].port).request("PUT", "/v1/groups/DataRegion-0/kv/colour", text: "green")
     XCTAssertEqual(written.status, 200, written.text)
     XCTAssertEqual(written.headers["x-caucus-forwarded-by"], String(followers[0] + 1))
-    XCTAssertEqual(written.headers["x-caucus-node"], String(leaderIndex + 1))
+    // The follower handed the write to the leader inside raft and answered once it applied it.
+    XCTAssertEqual(written.headers["x-caucus-node"], String(followers[0] + 1))
+    XCTAssertEqual(written.headers["x-caucus-leader"], String(leaderIndex + 1))
+    XCTAssertEqual(written.headers["x-caucus-index"], (written.json["index"] as? Int).map(String.init))
     let read = try HTTPClient(port: nodes[followers[1]].port).request("GET", "/v1/groups/DataRegion-0/kv/colour?raw=true")
     XCTAssertEqual(read.status, 200)
     XCTAssertEqual(read.text, "green")

@@ -23,6 +23,15 @@ final class WireCodecTests: XCTestCase {
     }
   }
 
+  static func sampleForwards() -> [ForwardedProposal] {
+    [
+      ForwardedProposal(group: 7, requestID: 1, body: .proposal(data: Array("put k v".utf8))),
+      ForwardedProposal(group: 7, requestID: 2, body: .accepted(index: 42, term: 3)),
+      ForwardedProposal(group: 8, requestID: 3, body: .refused(.notLeader, leaderHint: 3)),
+      ForwardedProposal(group: 8, requestID: 4, body: .refused(.overloaded, leaderHint: 0)),
+    ]
+  }
+
   static func sampleBatch() -> MessageBatch {
     MessageBatch(
       fromNode: 1, toNode: 2,
@@ -30,7 +39,8 @@ final class WireCodecTests: XCTestCase {
       heartbeats: [
         CoalescedHeartbeat(group: 7, isResponse: false, term: 9, commit: 100, context: 0),
         CoalescedHeartbeat(group: 8, isResponse: true, term: 9, commit: 0, context: 0x0102_0304_0506_0708),
-      ])
+      ],
+      forwards: sampleForwards())
   }
 
   func testEveryMessageKindRoundTrips() throws {
@@ -51,10 +61,11 @@ final class WireCodecTests: XCTestCase {
     XCTAssertEqual(Array(bytes[5..<13]), [0x02, 0x01, 0, 0, 0, 0, 0, 0], "from node, little-endian u64")
     XCTAssertEqual(Array(bytes[21..<25]), [0, 0, 0, 0], "message count, u32")
     XCTAssertEqual(Array(bytes[25..<29]), [0, 0, 0, 0], "heartbeat count, u32")
-    XCTAssertEqual(bytes.count, 29)
+    XCTAssertEqual(Array(bytes[29..<33]), [0, 0, 0, 0], "forward count, u32, last")
+    XCTAssertEqual(bytes.count, 33)
     let heartbeat = CoalescedHeartbeat(group: 0x0A, isResponse: true, term: 5, commit: 6, context: 7)
     let one = WireCodec.encode(MessageBatch(fromNode: 1, toNode: 2, messages: [], heartbeats: [heartbeat]))
-    XCTAssertEqual(one.count, 29 + 33, "a coalesced heartbeat is 33 bytes")
+    XCTAssertEqual(one.count, 33 + 33, "a coalesced heartbeat is 33 bytes")
     XCTAssertEqual(Array(one[25..<29]), [1, 0, 0, 0])
     XCTAssertEqual(Array(one[29..<37]), [0x0A, 0, 0, 0, 0, 0, 0, 0], "group")
     XCTAssertEqual(one[37], MessageKind.heartbeatResponse.rawValue, "kind")
@@ -91,6 +102,36 @@ final class WireCodecTests: XCTestCase {
     }
   }
 
+  func testForwardLayoutIsFixed() {
+    let batch = MessageBatch(
+      fromNode: 1, toNode: 2, messages: [],
+      forwards: [ForwardedProposal(group: 0x0A0B, requestID: 5, body: .refused(.overloaded, leaderHint: 3))])
+    let bytes = WireCodec.encode(batch)
+    XCTAssertEqual(Array(bytes[25..<29]), [0, 0, 0, 0], "heartbeat count")
+    XCTAssertEqual(Array(bytes[29..<33]), [1, 0, 0, 0], "forward count")
+    let forward = Array(bytes[33...])
+    XCTAssertEqual(forward.count, ForwardedProposal.headerBytes)
+    XCTAssertEqual(forward[0], 3, "tag: refused")
+    XCTAssertEqual(Array(forward[1..<9]), [0x0B, 0x0A, 0, 0, 0, 0, 0, 0], "group")
+    XCTAssertEqual(Array(forward[9..<17]), [5, 0, 0, 0, 0, 0, 0, 0], "request id")
+    XCTAssertEqual(Array(forward[17..<33]), Array(repeating: 0, count: 16), "index and term unused")
+    XCTAssertEqual(forward[33], ForwardRefusal.overloaded.rawValue, "refusal")
+    XCTAssertEqual(Array(forward[34..<42]), [3, 0, 0, 0, 0, 0, 0, 0], "leader hint")
+    XCTAssertEqual(Array(forward[42..<46]), [0, 0, 0, 0], "data length")
+  }
+
+  func testEveryForwardKindRoundTrips() throws {
+    var forwards = Self.sampleForwards()
+    forwards += ForwardRefusal.allCases.map { ForwardedProposal(group: 1, requestID: 9, body: .refused($0, leaderHint: 2)) }
+    let batch = MessageBatch(fromNode: 3, toNode: 1, messages: [], forwards: forwards)
+    XCTAssertEqual(try WireCodec.decodeBatch(WireCodec.encode(batch)), batch)
+  }
+
+  /// Config changes live in log entries and snapshots: the batch's version bump must not change them.
+  func testConfigChangesKeepTheirOwnVersion() {
+    XCTAssertEqual(WireCodec.encode(ConfigChange([.init(.addVoter, 4)]))[0], 1)
+  }
+
   /// Every proper prefix of a valid batch is refused with an error, never a crash.
   func testEveryTruncationIsAnError() {
     let bytes = WireCodec.encode(Self.sampleBatch())
@@ -119,9 +160,77 @@ final class WireCodecTests: XCTestCase {
     var bytes = WireCodec.encode(Self.sampleBatch())
     bytes[0] = 0x58
     XCTAssertThrowsError(try WireCodec.decodeBatch(bytes)) { XCTAssertEqual($0 as? WireError, .badMagic) }
-    bytes = WireCodec.encode(Self.sampleBatch())
-    bytes[4] = 1  // the version before coalesced heartbeats
-    XCTAssertThrowsError(try WireCodec.decodeBatch(bytes)) { XCTAssertEqual($0 as? WireError, .unsupportedVersion(1)) }
+    for other: UInt8 in [1, 3] {
+      bytes = WireCodec.encode(Self.sampleBatch())
+      bytes[4] = other
+      XCTAssertThrowsError(try WireCodec.decodeBatch(bytes)) { XCTAssertEqual($0 as? WireError, .unsupportedVersion(other)) }
+    }
+  }
+
+  /// The bytes of an empty batch followed by a forwards section written field by field.
+  private func batchWithForward(
+    count: UInt32 = 1, tag: UInt8, index: UInt64 = 0, term: UInt64 = 0, refusal: UInt8 = 0, leaderHint: UInt64 = 0,
+    dataLength: UInt32, data: [UInt8] = []
+  ) -> [UInt8] {
+    var writer = ByteWriter()
+    writer.bytes.append(contentsOf: WireCodec.magic)
+    writer.u8(WireCodec.version)
+    writer.u64(1)
+    writer.u64(2)
+    writer.u32(0)  // messages
+    writer.u32(0)  // coalesced heartbeats
+    writer.u32(count)
+    writer.u8(tag)
+    writer.u64(1)
+    writer.u64(1)
+    writer.u64(index)
+    writer.u64(term)
+    writer.u8(refusal)
+    writer.u64(leaderHint)
+    writer.u32(dataLength)
+    writer.bytes.append(contentsOf: data)
+    return writer.bytes
+  }
+
+  func testForwardLimitsAreRefusedWithoutAllocating() {
+    XCTAssertThrowsError(try WireCodec.decodeBatch(batchWithForward(count: UInt32.max, tag: 1, dataLength: 1, data: [1]))) {
+      XCTAssertEqual(
+        $0 as? WireError,
+        .limitExceeded(name: "forward count", value: Int(UInt32.max), limit: WireLimits.forwardsPerBatchMax))
+    }
+    let tooLong = UInt32(WireLimits.entryDataBytesMax + 1)
+    XCTAssertThrowsError(try WireCodec.decodeBatch(batchWithForward(tag: 1, dataLength: tooLong))) {
+      XCTAssertEqual(
+        $0 as? WireError,
+        .limitExceeded(name: "forward data length", value: Int(tooLong), limit: WireLimits.entryDataBytesMax))
+    }
+    // A length within the limit but beyond the input is a truncation, not an allocation.
+    XCTAssertThrowsError(try WireCodec.decodeBatch(batchWithForward(tag: 1, dataLength: UInt32(WireLimits.entryDataBytesMax)))) {
+      guard case .truncated = $0 as? WireError else { return XCTFail("\($0)") }
+    }
+  }
+
+  func testForwardFieldsATagDoesNotUseMustBeZero() {
+    let refused = [
+      ("unknown tag", batchWithForward(tag: 4, dataLength: 0)),
+      ("tag 0", batchWithForward(tag: 0, dataLength: 0)),
+      ("empty proposal", batchWithForward(tag: 1, dataLength: 0)),
+      ("proposal with an index", batchWithForward(tag: 1, index: 3, dataLength: 1, data: [1])),
+      ("proposal with a refusal", batchWithForward(tag: 1, refusal: 1, dataLength: 1, data: [1])),
+      ("acceptance without a term", batchWithForward(tag: 2, index: 3, dataLength: 0)),
+      ("acceptance with data", batchWithForward(tag: 2, index: 3, term: 1, dataLength: 1, data: [1])),
+      ("acceptance with a leader hint", batchWithForward(tag: 2, index: 3, term: 1, leaderHint: 2, dataLength: 0)),
+      ("refusal without a reason", batchWithForward(tag: 3, dataLength: 0)),
+      ("refusal with an unknown reason", batchWithForward(tag: 3, refusal: 9, dataLength: 0)),
+      ("refusal with an index", batchWithForward(tag: 3, index: 1, refusal: 1, dataLength: 0)),
+      ("refusal with data", batchWithForward(tag: 3, refusal: 1, dataLength: 1, data: [1])),
+    ]
+    for (name, bytes) in refused {
+      XCTAssertThrowsError(try WireCodec.decodeBatch(bytes), name) { error in
+        guard case .invalidField = error as? WireError else { return XCTFail("\(name): \(error)") }
+      }
+    }
+    XCTAssertNoThrow(try WireCodec.decodeBatch(batchWithForward(tag: 3, refusal: 1, leaderHint: 2, dataLength: 0)))
   }
 
   func testHugeCountsAreRefusedWithoutAllocating() {
