@@ -837,10 +837,11 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     do {
       let index = try replica.raft.propose(command)
       if let overwritten = replica.proposals[index] {
-        // Our earlier entry at this index was truncated while we were not the leader.
+        // Our earlier entry at this index was truncated while we were not the leader. Other
+        // replicas may still hold it, and a later leader that has it could still commit it
+        // (Raft paper Figure 8): its outcome is unknown, not a definite failure.
         let completion = overwritten.completion
-        let id = replica.id
-        answerWrite(&turn, bytes: overwritten.bytes) { completion(.failure(.noLeader(id))) }
+        answerWrite(&turn, bytes: overwritten.bytes) { completion(.failure(.timeout(indeterminate: true))) }
       }
       replica.proposals[index] = Proposal(
         term: replica.raft.term, bytes: command.count, deadline: deadline, completion: completion)
@@ -1281,6 +1282,16 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       let answer = replica.leaderError(leader: ready.leader)
       for read in replica.readsAwaitingIndex.values { answerRead(&turn) { read.completion(.failure(answer)) } }
       replica.readsAwaitingIndex = [:]
+      // Writes proposed while leading stay unknown until a leader commits or overwrites their
+      // index. That normally takes an election or two; without a quorum it never happens, so
+      // they are answered `timeout(indeterminate: true)` after two election timeouts rather
+      // than at the full proposal timeout.
+      if !replica.proposals.isEmpty {
+        let cap = MonotonicClock.nowNanoseconds() + 2 * UInt64(options.electionTicks) * tickNanoseconds
+        for (index, proposal) in replica.proposals where proposal.deadline > cap {
+          replica.proposals[index]!.deadline = cap
+        }
+      }
     }
     if !replica.readsAwaitingApply.isEmpty {
       var served: [(LinearizableRead, ReadResult)] = []

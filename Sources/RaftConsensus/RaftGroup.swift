@@ -18,7 +18,8 @@ struct GroupView {
 struct Proposal: Sendable {
   let term: Term
   let bytes: Int
-  let deadline: UInt64
+  /// Moved closer when this node stops leading (see `RaftConsensus.apply`).
+  var deadline: UInt64
   let completion: ConsensusCompletion<WriteResult>
 }
 

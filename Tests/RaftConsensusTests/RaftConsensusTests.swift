@@ -253,6 +253,22 @@ final class RaftConsensusTests: XCTestCase {
     XCTAssertNotNil(cluster.waitForLeader(group))
   }
 
+  /// A write pending at a leader cut off from its quorum is answered "outcome unknown" once the
+  /// leader steps down and two election timeouts pass, well before the proposal timeout.
+  func testAWritePendingAtALeaderThatLostItsQuorumIsAnsweredIndeterminateSoon() throws {
+    let cluster = try TestCluster(nodes: 3) { $0.proposalTimeoutMs = 30_000 }
+    try cluster.createGroup(group)
+    let leader = try XCTUnwrap(cluster.waitForLeader(group))
+    cluster.network.isolate(cluster.peers[leader].node)
+    let started = Date()
+    let outcome = Locked<Result<WriteResult, ConsensusError>?>(nil)
+    cluster.engine(leader).write(group, command: putCommand("cut-off", "1")) { result in outcome.withLock { $0 = result } }
+    // Election timeout 100 ms: the leader steps down (CheckQuorum) within about one, then two more.
+    XCTAssertTrue(eventually(timeout: 10) { outcome.withLock { $0 } != nil }, "the write is answered")
+    XCTAssertEqual(outcome.withLock { $0 }, .failure(.timeout(indeterminate: true)))
+    XCTAssertLessThan(Date().timeIntervalSince(started), 10, "answered long before the 30 s proposal timeout")
+  }
+
   func testRestartOfAllNodesKeepsEveryAcknowledgedWrite() throws {
     let cluster = try TestCluster(nodes: 3)
     try cluster.createGroup(group)
