@@ -6,9 +6,14 @@ import RaftConsensus
 
 /// Limits of the HTTP transport between nodes, each with its reason.
 public struct HTTPRaftTransportConfiguration: Sendable {
-  /// Batches on their way to one peer at once. Past it, new batches to that peer are dropped:
-  /// Raft re-sends what matters, and a slow peer must not make the queue grow without bound.
+  /// Batches on their way to one peer at once. Past it, new batches wait in the peer's queue.
   public var inFlightPerPeerMax = 8
+  /// Batches waiting for one of those slots, per peer. Past it (or `queuedBytesPerPeerMax`),
+  /// new batches to that peer are dropped: Raft re-sends what matters, and a slow peer must not
+  /// make the queue grow without bound. Queueing rather than dropping at once matters under
+  /// load: a dropped append costs the leader a probe round trip and a re-send.
+  public var queuedBatchesPerPeerMax = 64
+  public var queuedBytesPerPeerMax = 64 << 20
   /// How long one batch may take to be delivered before it counts as failed.
   public var sendTimeoutMs = 2_000
   /// After a failed delivery, batches to that peer are dropped for this long, doubling on each
@@ -20,6 +25,9 @@ public struct HTTPRaftTransportConfiguration: Sendable {
 
   public func validate() throws(ConsensusError) {
     guard inFlightPerPeerMax > 0 else { throw .invalidRequest("inFlightPerPeerMax must be positive") }
+    guard queuedBatchesPerPeerMax >= 0, queuedBytesPerPeerMax >= 0 else {
+      throw .invalidRequest("queuedBatchesPerPeerMax and queuedBytesPerPeerMax must not be negative")
+    }
     guard sendTimeoutMs > 0 else { throw .invalidRequest("sendTimeoutMs must be positive") }
     guard backoffMsMin > 0, backoffMsMax >= backoffMsMin else {
       throw .invalidRequest("backoffMsMin must be positive and at most backoffMsMax")
@@ -33,6 +41,8 @@ public struct HTTPRaftTransportStatistics: Sendable, Equatable {
   public var batchesDelivered: UInt64 = 0
   public var batchesFailed: UInt64 = 0
   public var batchesDropped: UInt64 = 0
+  /// Batches that waited in a peer's queue for an in-flight slot.
+  public var batchesQueued: UInt64 = 0
   public var batchesReceived: UInt64 = 0
   public var batchesRefused: UInt64 = 0
 }
@@ -46,10 +56,34 @@ public final class HTTPRaftTransport: RaftTransport, HTTPHandler {
   /// The route batches are posted to.
   public static let batchPath = "/v1/raft/batch"
 
+  /// A batch accepted for a peer: posted at once, or queued until an in-flight slot frees.
+  private struct Outbound: Sendable {
+    let batch: [UInt8]
+    let endpoint: Endpoint
+    let undelivered: (@Sendable () -> Void)?
+  }
+
   private struct PeerState {
     var inFlight = 0
     var backoffMs = 0
     var blockedUntilMs: UInt64 = 0
+    /// FIFO; the front is `queue[queueHead]` (popping from the front stays O(1)).
+    var queue: [Outbound] = []
+    var queueHead = 0
+    var queuedBytes = 0
+    var queuedCount: Int { queue.count - queueHead }
+
+    mutating func popQueued() -> Outbound? {
+      guard queueHead < queue.count else { return nil }
+      let next = queue[queueHead]
+      queueHead += 1
+      queuedBytes -= next.batch.count
+      if queueHead == queue.count {
+        queue.removeAll(keepingCapacity: true)
+        queueHead = 0
+      }
+      return next
+    }
   }
 
   private struct State {
@@ -72,30 +106,69 @@ public final class HTTPRaftTransport: RaftTransport, HTTPHandler {
 
   public var statistics: HTTPRaftTransportStatistics { state.withLock { $0.statistics } }
 
+  /// The counters in Prometheus text format.
+  public func prometheusMetrics() -> String {
+    let statistics = self.statistics
+    var text = ""
+    for (name, help, value) in [
+      ("sent", "Batches posted to peers.", statistics.batchesSent),
+      ("delivered", "Batches peers answered 2xx.", statistics.batchesDelivered),
+      ("failed", "Batches that failed or timed out (the peer is then backed off).", statistics.batchesFailed),
+      ("dropped", "Batches dropped: peer backed off, or its in-flight slots and queue full.", statistics.batchesDropped),
+      ("queued", "Batches that waited in a peer's queue for an in-flight slot.", statistics.batchesQueued),
+      ("received", "Batches received from peers and handed to the engine.", statistics.batchesReceived),
+      ("refused", "Requests on the consensus port refused (wrong route, method, empty body, not ready).", statistics.batchesRefused),
+    ] {
+      let metric = "caucus_transport_batches_\(name)_total"
+      text += "# HELP \(metric) \(help)\n# TYPE \(metric) counter\n\(metric) \(value)\n"
+    }
+    return text
+  }
+
   // MARK: Outbound
 
   public func send(batch: [UInt8], to node: NodeID, endpoint: Endpoint, undelivered: (@Sendable () -> Void)?) {
     precondition(!batch.isEmpty, "a batch has at least its header")
     let now = MonotonicClock.nowMilliseconds()
-    let admitted: Bool = state.withLock { state in
+    let outbound = Outbound(batch: batch, endpoint: endpoint, undelivered: undelivered)
+    enum Admission { case post, queued, dropped }
+    let admission: Admission = state.withLock { state in
       var peer = state.peers[node] ?? PeerState()
       defer { state.peers[node] = peer }
-      guard now >= peer.blockedUntilMs, peer.inFlight < configuration.inFlightPerPeerMax else {
+      guard now >= peer.blockedUntilMs else {
         state.statistics.batchesDropped += 1
-        return false
+        return .dropped
       }
-      peer.inFlight += 1
-      state.statistics.batchesSent += 1
-      return true
+      if peer.inFlight < configuration.inFlightPerPeerMax {
+        peer.inFlight += 1
+        state.statistics.batchesSent += 1
+        return .post
+      }
+      guard peer.queuedCount < configuration.queuedBatchesPerPeerMax,
+        peer.queuedBytes + batch.count <= configuration.queuedBytesPerPeerMax
+      else {
+        state.statistics.batchesDropped += 1
+        return .dropped
+      }
+      peer.queue.append(outbound)
+      peer.queuedBytes += batch.count
+      state.statistics.batchesQueued += 1
+      return .queued
     }
-    guard admitted else {
-      undelivered?()
-      return
+    switch admission {
+    case .post: post(outbound, to: node)
+    case .queued: break
+    case .dropped: undelivered?()
     }
+  }
+
+  /// Posts one batch that holds an in-flight slot of `node`.
+  private func post(_ outbound: Outbound, to node: NodeID) {
+    let undelivered = outbound.undelivered
     let request = PeerRequest(
-      method: "POST", host: endpoint.host, port: endpoint.port, target: HTTPRaftTransport.batchPath,
+      method: "POST", host: outbound.endpoint.host, port: outbound.endpoint.port, target: HTTPRaftTransport.batchPath,
       headers: [("Content-Type", "application/octet-stream"), ("X-Caucus-From", localNode.description)],
-      body: batch, timeoutMs: configuration.sendTimeoutMs)
+      body: outbound.batch, timeoutMs: configuration.sendTimeoutMs)
     client.send(request) { [self] result in
       let delivered: Bool
       switch result {
@@ -114,23 +187,35 @@ public final class HTTPRaftTransport: RaftTransport, HTTPHandler {
     }
   }
 
+  /// Frees the batch's slot, and hands it to the next queued batch; after a failure the queue is
+  /// dropped (the peer is backed off, so its batches would only wait to fail).
   private func finish(_ node: NodeID, delivered: Bool) {
     let now = MonotonicClock.nowMilliseconds()
-    state.withLock { state in
+    let (next, dropped): (Outbound?, [Outbound]) = state.withLock { state in
       var peer = state.peers[node] ?? PeerState()
+      defer { state.peers[node] = peer }
       precondition(peer.inFlight > 0, "a batch finishes once")
       peer.inFlight -= 1
       if delivered {
         peer.backoffMs = 0
         peer.blockedUntilMs = 0
         state.statistics.batchesDelivered += 1
-      } else {
-        peer.backoffMs = min(configuration.backoffMsMax, max(configuration.backoffMsMin, peer.backoffMs * 2))
-        peer.blockedUntilMs = now + UInt64(peer.backoffMs)
-        state.statistics.batchesFailed += 1
+        guard let next = peer.popQueued() else { return (nil, []) }
+        peer.inFlight += 1
+        state.statistics.batchesSent += 1
+        return (next, [])
       }
-      state.peers[node] = peer
+      peer.backoffMs = min(configuration.backoffMsMax, max(configuration.backoffMsMin, peer.backoffMs * 2))
+      peer.blockedUntilMs = now + UInt64(peer.backoffMs)
+      state.statistics.batchesFailed += 1
+      var dropped: [Outbound] = []
+      while let queued = peer.popQueued() { dropped.append(queued) }
+      state.statistics.batchesDropped += UInt64(dropped.count)
+      return (nil, dropped)
     }
+    // Outside the lock: posting and the host's callbacks may take other locks.
+    for outbound in dropped { outbound.undelivered?() }
+    if let next { post(next, to: node) }
   }
 
   // MARK: Inbound

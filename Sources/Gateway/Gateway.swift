@@ -22,6 +22,8 @@ public struct GatewayConfiguration: Sendable {
   public var members: [Peer] = []
   /// The cluster directory (`PartitionRegion-0`): nodes and group placement; nil for a single node.
   public var directory: ClusterDirectory?
+  /// More Prometheus text for `/metrics` from the wiring (the node-to-node transport's counters).
+  public var additionalMetrics: (@Sendable () -> String)?
   /// How long a request for a group with no leader waits for an election before `503 no_leader`.
   public var noLeaderWaitMs: UInt32 = 2_000
 
@@ -202,7 +204,9 @@ public final class Gateway: HTTPHandler {
       route = "metrics"
       guard parts.count == 1 else { throw .notFound }
       try allow("GET", "HEAD")
-      let text = metrics.prometheusText() + engine.prometheusMetrics() + processMetrics()
+      let text =
+        metrics.prometheusText() + engine.prometheusMetrics() + (configuration.additionalMetrics?() ?? "")
+        + processMetrics()
       exchange.respond(
         HTTPResponse(
           status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body: Array(text.utf8)),

@@ -128,6 +128,25 @@ public final class PeerClient: Sendable {
     return statistics
   }
 
+  /// The counters in Prometheus text format.
+  public func prometheusMetrics() -> String {
+    let statistics = self.statistics
+    var text = ""
+    for (name, help, value) in [
+      ("requests_accepted", "Node-to-node HTTP requests accepted.", statistics.requestsAcceptedTotal),
+      ("requests_refused", "Requests refused at once (the client's queue was full).", statistics.requestsRefusedTotal),
+      ("requests_completed", "Requests that ended with a response.", statistics.requestsCompletedTotal),
+      ("requests_failed", "Accepted requests that ended with an error.", statistics.requestsFailedTotal),
+      ("connections_opened", "TCP connections opened.", statistics.connectionsOpenedTotal),
+      ("connections_reused", "Transfers that ran on a kept-alive connection.", statistics.connectionsReusedTotal),
+    ] {
+      let metric = "caucus_peer_client_\(name)_total"
+      text += "# HELP \(metric) \(help)\n# TYPE \(metric) counter\n\(metric) \(value)\n"
+    }
+    return text
+  }
+
+
   /// Requests waiting for a transfer slot, for metrics.
   public var queuedRequestCount: Int { shared.inbox.withLock { $0.count } }
 }

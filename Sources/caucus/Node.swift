@@ -112,12 +112,16 @@ func runNode(_ settings: NodeSettings) -> Int32 {
       localNode: DirectoryNode(id: settings.nodeID, clientURL: settings.clientURL, consensusEndpoint: link.localEndpoint),
       logger: Logger(label: "caucus.directory"))
   }
-  let gateway = Gateway(
-    engine: engine,
-    configuration: GatewayConfiguration(
-      clientURL: settings.clientURL, dataDirectory: settings.dataDirectory, version: caucusVersion,
-      valueBytesMax: settings.valueBytesMax, requestTimeoutMs: settings.requestTimeoutMs,
-      forwarder: forwarder, members: cluster?.members ?? [], directory: directory))
+  var gatewayConfiguration = GatewayConfiguration(
+    clientURL: settings.clientURL, dataDirectory: settings.dataDirectory, version: caucusVersion,
+    valueBytesMax: settings.valueBytesMax, requestTimeoutMs: settings.requestTimeoutMs,
+    forwarder: forwarder, members: cluster?.members ?? [], directory: directory)
+  if let cluster {
+    gatewayConfiguration.additionalMetrics = { [transport = cluster.transport, client = cluster.client] in
+      transport.prometheusMetrics() + client.prometheusMetrics()
+    }
+  }
+  let gateway = Gateway(engine: engine, configuration: gatewayConfiguration)
   var serverConfiguration = HTTPServerConfiguration()
   serverConfiguration.host = settings.rpcAddress
   serverConfiguration.port = settings.rpcPort

@@ -115,9 +115,10 @@ final class HTTPRaftTransportTests: XCTestCase {
     XCTAssertEqual(Set(undelivered.withLock { $0 }), ["no receiver", "refused", "backed off"])
   }
 
-  func testASlowPeerCannotQueueMoreThanItsInFlightLimit() throws {
+  func testASlowPeerCannotHoldMoreThanItsInFlightAndQueueLimits() throws {
     var configuration = HTTPRaftTransportConfiguration()
     configuration.inFlightPerPeerMax = 3
+    configuration.queuedBatchesPerPeerMax = 4
     let a = try TransportNode(1, configuration: configuration)
     let b = try TransportNode(2, receive: false)
     defer { a.stop(); b.stop() }
@@ -129,17 +130,24 @@ final class HTTPRaftTransportTests: XCTestCase {
       gate.withLock { while !open.withLock({ $0 }) { gate.wait() } }
       received.withLock { $0.append(batch) }
     }
-    for index in 0..<10 { a.transport.send(batch: [UInt8(index)], to: NodeID(2), endpoint: b.endpoint) }
+    let dropped = Locked<[UInt8]>([])
+    for index in 0..<10 {
+      a.transport.send(batch: [UInt8(index)], to: NodeID(2), endpoint: b.endpoint) {
+        dropped.withLock { $0.append(UInt8(index)) }
+      }
+    }
+    let statistics = a.transport.statistics
+    XCTAssertEqual(statistics.batchesSent, 3, "ten sends to a stalled peer: three in flight")
+    XCTAssertEqual(statistics.batchesQueued, 4, "four wait for a slot")
+    XCTAssertEqual(statistics.batchesDropped, 3, "the rest are dropped")
+    XCTAssertEqual(dropped.withLock { $0 }, [7, 8, 9], "and reported undelivered at once")
     gate.withLock {
       open.withLock { $0 = true }
       gate.broadcast()
     }
-    let statistics = a.transport.statistics
-    XCTAssertLessThanOrEqual(statistics.batchesSent, 10)
-    XCTAssertEqual(statistics.batchesSent + statistics.batchesDropped, 10)
-    XCTAssertEqual(statistics.batchesSent, 3, "ten sends to a stalled peer: three in flight, the rest dropped")
-    XCTAssertEqual(statistics.batchesDropped, 7)
-    XCTAssertTrue(waitUntil("the admitted batches") { b.received.withLock { $0.count } == Int(statistics.batchesSent) })
+    XCTAssertTrue(waitUntil("the admitted batches") { b.received.withLock { $0.count } == 7 })
+    XCTAssertEqual(Set(b.received.withLock { $0 }.map { $0[0] }), Set(0..<7), "the queued ones follow as slots free")
+    XCTAssertEqual(a.transport.statistics.batchesSent, 7)
   }
 
   func testBadInputOnTheConsensusPortIsRefusedAndTheNodeKeepsReceiving() throws {

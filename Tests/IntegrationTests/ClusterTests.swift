@@ -65,6 +65,14 @@ final class ClusterTests: XCTestCase {
     XCTAssertEqual(loop.status, 508)
     XCTAssertEqual(loop.json["error"] as? String, "forward_loop")
     XCTAssertEqual(try HTTPClient(port: nodes[leaderIndex].port).request("GET", "/v1/groups/DataRegion-0/kv/colour?raw=true").text, "green")
+    // The node-to-node traffic shows in the follower's metrics.
+    let metrics = try HTTPClient(port: nodes[followers[0]].port).request("GET", "/metrics").text
+    func sample(_ name: String) -> Double? {
+      metrics.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ")[1]) }
+    }
+    XCTAssertGreaterThan(sample("caucus_transport_batches_delivered_total") ?? 0, 0, "batches to the other nodes")
+    XCTAssertGreaterThan(sample("caucus_peer_client_requests_completed_total") ?? 0, 0)
+    XCTAssertNotNil(sample("caucus_transport_batches_queued_total"))
   }
 
   /// A write retried through a follower keeps its Idempotency-Key on the way to the leader: it
