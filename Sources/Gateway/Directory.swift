@@ -427,6 +427,9 @@ public final class ClusterDirectory: Sendable {
 
   /// Runs `operation` until it reports no failure (nil), waiting `retryMsMin` doubling to
   /// `retryMsMax` between tries; every failure is logged. Stops when the directory stops.
+  /// Failed tries logged at info level before warnings start (about 1.5 s of retrying).
+  static let quietRetries = 5
+
   private func keepTrying(
     _ what: String, attempt: Int = 1, _ operation: @escaping @Sendable (@escaping @Sendable (String?) -> Void) -> Void
   ) {
@@ -434,7 +437,9 @@ public final class ClusterDirectory: Sendable {
     operation { [self] failure in
       guard let failure else { return }
       let delayMs = min(ClusterDirectory.retryMsMin << UInt32(min(attempt - 1, 16)), ClusterDirectory.retryMsMax)
-      logger.warning(
+      // The first tries fail as a matter of course while a new cluster elects its leaders.
+      logger.log(
+        level: attempt < ClusterDirectory.quietRetries ? .info : .warning,
         "cannot \(what) yet; will retry", metadata: ["reason": "\(failure)", "attempt": "\(attempt)", "retryInMs": "\(delayMs)"])
       timer.after(delayMs: delayMs) { [self] in keepTrying(what, attempt: attempt + 1, operation) }
     }
