@@ -899,6 +899,9 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       next = .catchUp(node)
     case .remove(let node):
       guard membership.allReplicas.contains(node.rawValue) else { return refuse(.peerNotInGroup(node, replica.id)) }
+      guard membership.voters != [node.rawValue] else {
+        return refuse(.illegalPeerNumber(count: 0, reason: "node \(node) is the group's only voter"))
+      }
       change = ConfigChange([.init(.remove, node.rawValue)])
       next = .finish
     case .change(let peers):
