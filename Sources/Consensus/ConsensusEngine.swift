@@ -103,11 +103,16 @@ public struct GroupStatus: Sendable, Equatable {
   public var snapshotIndex: UInt64
   public var logEntries: UInt64
   public var logBytes: UInt64
+  /// The current membership: voters (both sides of a joint configuration) and learners.
   public var peers: [PeerStatus]
+  /// The voters the group was bootstrapped with (its membership before its log): a replica that
+  /// joins the group later is created with them (`joinPeer`).
+  public var bootstrapVoters: [NodeID]
 
   public init(
     id: GroupID, protocolName: String, role: GroupRole, leader: Peer?, term: UInt64, commitIndex: UInt64,
-    appliedIndex: UInt64, snapshotIndex: UInt64, logEntries: UInt64, logBytes: UInt64, peers: [PeerStatus]
+    appliedIndex: UInt64, snapshotIndex: UInt64, logEntries: UInt64, logBytes: UInt64, peers: [PeerStatus],
+    bootstrapVoters: [NodeID]? = nil
   ) {
     self.id = id
     self.protocolName = protocolName
@@ -120,6 +125,7 @@ public struct GroupStatus: Sendable, Equatable {
     self.logEntries = logEntries
     self.logBytes = logBytes
     self.peers = peers
+    self.bootstrapVoters = bootstrapVoters ?? peers.map(\.peer.node)
   }
 }
 
@@ -156,6 +162,12 @@ public protocol ConsensusEngine: AnyObject, Sendable {
 
   /// Creates this node's replica of `group` with the given initial peers.
   func createPeer(_ group: GroupID, peers: [Peer], completion: @escaping ConsensusCompletion<Void>)
+  /// Creates this node's replica of an existing `group` that it is about to join (`addPeer` or
+  /// `changePeer` at the leader follows). `peers`: the endpoints of the group's members and of this
+  /// node; `bootstrapVoters`: the group's bootstrap voters (`GroupStatus.bootstrapVoters`), which
+  /// this node is not among: it waits for the leader and never campaigns on its own.
+  func joinPeer(
+    _ group: GroupID, peers: [Peer], bootstrapVoters: [NodeID], completion: @escaping ConsensusCompletion<Void>)
   /// Removes this node's replica of `group` and its data.
   func deletePeer(_ group: GroupID, completion: @escaping ConsensusCompletion<Void>)
   func addPeer(_ group: GroupID, peer: Peer, completion: @escaping ConsensusCompletion<Void>)
@@ -177,6 +189,13 @@ public protocol ConsensusEngine: AnyObject, Sendable {
 }
 
 extension ConsensusEngine {
+  /// Protocols with one replica per group have nothing to join.
+  public func joinPeer(
+    _ group: GroupID, peers: [Peer], bootstrapVoters: [NodeID], completion: @escaping ConsensusCompletion<Void>
+  ) {
+    completion(.failure(.notSupported("\(protocolName) groups have one replica; there is no group to join")))
+  }
+
   /// Protocols that cannot forward inside themselves refuse at a non-leader, as `write` does.
   public func write(
     _ group: GroupID, command: [UInt8], forwarding: WriteForwarding,

@@ -1,6 +1,7 @@
 import Consensus
 import HTTPServer
 import KeyValueStore
+import Logging
 import Platform
 
 public struct GatewayConfiguration: Sendable {
@@ -53,7 +54,8 @@ public final class Gateway: HTTPHandler {
   private let startedAtNanoseconds = MonotonicClock.nowNanoseconds()
   private let nodeHeader: (name: String, value: String)
   private let context: GatewayContext
-  private let deadlines = DeadlineWheel()
+  let deadlines = DeadlineWheel()
+  let logger: Logger
 
   public init(engine: any ConsensusEngine, configuration: GatewayConfiguration) {
     self.engine = engine
@@ -71,6 +73,9 @@ public final class Gateway: HTTPHandler {
       engine: engine, localClientURL: configuration.clientURL, forwarder: configuration.forwarder,
       noLeaderWaitMs: configuration.noLeaderWaitMs, after: after, locate: locate)
     self.nodeHeader = ("X-Caucus-Node", engine.localPeer.node.description)
+    var logger = Logger(label: "caucus.gateway")
+    logger[metadataKey: "node"] = "\(engine.localPeer.node)"
+    self.logger = logger
   }
 
   public func handle(_ request: HTTPRequest, responder: HTTPResponder) {
@@ -324,18 +329,10 @@ public final class Gateway: HTTPHandler {
         try allow("POST", "PUT")
         if method == "POST" {
           route = "peers_add"
-          let peer = try parsePeer(try exchange.jsonBody())
-          engine.addPeer(group, peer: peer) { [self] result in
-            answerMembership(result, group, exchange, route: "peers_add")
-          }
+          try addPeer(group, exchange, route: route)
         } else {
           route = "peers_change"
-          let body = try exchange.jsonBody()
-          guard let items = body["peers"]?.arrayValue else { throw .badRequest("the body needs \"peers\": an array of peers") }
-          let peers = try items.map { value throws(GatewayError) in try parsePeer(value) }
-          engine.changePeer(group, peers: peers) { [self] result in
-            answerMembership(result, group, exchange, route: "peers_change")
-          }
+          try changePeer(group, exchange, route: route)
         }
         return
       }
@@ -343,9 +340,7 @@ public final class Gateway: HTTPHandler {
       route = "peer_remove"
       try allow("DELETE")
       guard let node = NodeID(parsing: rest[3]) else { throw .badRequest("node id '\(rest[3])' is not a positive integer") }
-      engine.removePeer(group, node: node) { [self] result in
-        answerMembership(result, group, exchange, route: "peer_remove")
-      }
+      removePeer(group, node, exchange, route: route)
     case "leader":
       guard rest.count == 3 else { throw .notFound }
       try allow("GET", "HEAD", "POST")
@@ -816,6 +811,21 @@ public final class Gateway: HTTPHandler {
       throw .badRequest("the body needs \"id\": a group id such as \"DataRegion-1\"")
     }
     let group = try parseGroup(Substring(idText))
+    // A replica joining an existing group (the leader's addPeer/changePeer asks for it).
+    var bootstrapVoters: [NodeID]?
+    if let voters = body["bootstrapVoters"] {
+      guard route == "node_groups_create" else {
+        throw .badRequest("\"bootstrapVoters\" belongs to the node-local route POST /v1/node/groups")
+      }
+      guard let array = voters.arrayValue, !array.isEmpty, array.count <= DirectoryRecords.groupPeersMax else {
+        throw .badRequest("\"bootstrapVoters\" must be an array of 1 to \(DirectoryRecords.groupPeersMax) node ids")
+      }
+      bootstrapVoters = try array.map { value throws(GatewayError) in
+        guard let id = value.unsignedIntegerValue, id > 0 else { throw .badRequest("bootstrap voters are positive node ids") }
+        return NodeID(id)
+      }
+      guard body["peers"] != nil else { throw .badRequest("a joining replica needs \"peers\": the group's members and this node") }
+    }
     guard let items = body["peers"] else { return createGroup(group, [engine.localPeer], exchange, route: route) }
     guard let array = items.arrayValue else { throw .badRequest("\"peers\" must be an array of node ids or peers") }
     guard array.count <= DirectoryRecords.groupPeersMax else {
@@ -823,22 +833,24 @@ public final class Gateway: HTTPHandler {
     }
     let specifications = try array.map { value throws(GatewayError) in try parsePeerSpecification(value) }
     guard Set(specifications.map(\.node)).count == specifications.count else { throw .badRequest("\"peers\" names a node twice") }
-    resolvePeers(specifications) { [self] result in
+    resolvePeers(specifications) { [self, bootstrapVoters] result in
       switch result {
       case .failure(let error): exchange.fail(error, route: route)
-      case .success(let peers): createGroup(group, peers, exchange, route: route)
+      case .success(let peers): createGroup(group, peers, bootstrapVoters: bootstrapVoters, exchange, route: route)
       }
     }
   }
 
-  private func createGroup(_ group: GroupID, _ peers: [Peer], _ exchange: Exchange, route: String) {
+  private func createGroup(
+    _ group: GroupID, _ peers: [Peer], bootstrapVoters: [NodeID]? = nil, _ exchange: Exchange, route: String
+  ) {
     // POST /v1/groups: createPeer on every peer (node-local creation on the others).
     if route == "groups_create", let forwarder = configuration.forwarder,
       peers.contains(where: { $0.node != engine.localPeer.node })
     {
       return createEverywhere(group, peers, forwarder, exchange, route: route)
     }
-    engine.createPeer(group, peers: peers) { [self] result in
+    let created: @Sendable (Result<Void, ConsensusError>) -> Void = { [self] result in
       switch result {
       case .failure(let error): exchange.fail(.consensus(error), route: route)
       case .success:
@@ -853,6 +865,11 @@ public final class Gateway: HTTPHandler {
         }
         if route == "groups_create" { recordInDirectory(group, peers, then: answer) } else { answer() }
       }
+    }
+    if let bootstrapVoters {
+      engine.joinPeer(group, peers: peers, bootstrapVoters: bootstrapVoters, completion: created)
+    } else {
+      engine.createPeer(group, peers: peers, completion: created)
     }
   }
 
@@ -888,7 +905,7 @@ public final class Gateway: HTTPHandler {
     if route == "group_delete" { forgetInDirectory(group, then: answer) } else { answer() }
   }
 
-  private func answerMembership(_ result: Result<Void, ConsensusError>, _ group: GroupID, _ exchange: Exchange, route: String) {
+  func answerMembership(_ result: Result<Void, ConsensusError>, _ group: GroupID, _ exchange: Exchange, route: String) {
     switch result {
     case .failure(let error): exchange.fail(.consensus(error), route: route)
     case .success:
@@ -900,21 +917,13 @@ public final class Gateway: HTTPHandler {
     }
   }
 
-  /// A peer from a node id or `{"id", "endpoint"?}`; an id alone is this node or a static member.
-  private func parsePeer(_ value: JSONValue) throws(GatewayError) -> Peer {
-    let specification = try parsePeerSpecification(value)
-    if case .peer(let peer) = specification { return peer }
-    if let known = knownPeer(specification.node) { return known }
-    throw .badRequest("node \(specification.node) is not in this node's directory; give {\"id\", \"endpoint\"}")
-  }
-
   /// This node or a static member, by id.
   func knownPeer(_ node: NodeID) -> Peer? {
     if node == engine.localPeer.node { return engine.localPeer }
     return configuration.members.first { $0.node == node }
   }
 
-  private func parsePeerSpecification(_ value: JSONValue) throws(GatewayError) -> PeerSpecification {
+  func parsePeerSpecification(_ value: JSONValue) throws(GatewayError) -> PeerSpecification {
     if let id = value.unsignedIntegerValue {
       guard id > 0 else { throw .badRequest("node ids are positive integers") }
       return .id(NodeID(id))
@@ -938,25 +947,8 @@ public final class Gateway: HTTPHandler {
   ) {
     // The same document is the node-local request body and, for a group this node does not
     // host, the answer's summary.
-    func groupDocument(protocolName: String?) -> [UInt8] {
-      var writer = JSONWriter()
-      writer.beginObject()
-      writer.member("id", group.description)
-      if let protocolName { writer.member("protocol", protocolName) }
-      writer.key("peers")
-      writer.beginArray()
-      for peer in peers {
-        writer.beginObject()
-        writer.member("id", peer.node.rawValue)
-        writer.member("endpoint", peer.endpoint.description)
-        writer.endObject()
-      }
-      writer.endArray()
-      writer.endObject()
-      return writer.bytes
-    }
-    let body = groupDocument(protocolName: nil)
-    let summary = groupDocument(protocolName: engine.protocolName)
+    let body = Gateway.groupDocument(group, peers)
+    let summary = Gateway.groupDocument(group, peers, protocolName: engine.protocolName)
     fanOut(peers, exchange, route: route, local: { [engine] done in
       engine.createPeer(group, peers: peers) { result in
         switch result {
@@ -982,6 +974,27 @@ public final class Gateway: HTTPHandler {
         exchange.respond(json: body, status: 201, headers: [("Location", "/v1/groups/\(group)")], route: route)
       }
     }
+  }
+
+  /// `{"id","protocol"?,"peers":[<peer>],"bootstrapVoters"?:[<node id>]}`: the body of the
+  /// node-local creation (with `bootstrapVoters`, of a joining replica) and a group's summary.
+  static func groupDocument(
+    _ group: GroupID, _ peers: [Peer], protocolName: String? = nil, bootstrapVoters: [NodeID]? = nil
+  ) -> [UInt8] {
+    var writer = JSONWriter()
+    writer.beginObject()
+    writer.member("id", group.description)
+    if let protocolName { writer.member("protocol", protocolName) }
+    writer.key("peers")
+    DirectoryRecords.write(peers, to: &writer)
+    if let bootstrapVoters {
+      writer.key("bootstrapVoters")
+      writer.beginArray()
+      for voter in bootstrapVoters { writer.number(voter.rawValue) }
+      writer.endArray()
+    }
+    writer.endObject()
+    return writer.bytes
   }
 
   /// deletePeer on every peer of the group: this node's engine, `DELETE /v1/node/groups/{group}`
@@ -1011,7 +1024,7 @@ public final class Gateway: HTTPHandler {
   }
 
   /// Runs one operation per peer (local or remote) and calls `finish` once with every peer's status.
-  private func fanOut(
+  func fanOut(
     _ peers: [Peer], _ exchange: Exchange, route: String,
     local: @escaping @Sendable (@escaping @Sendable (Int) -> Void) -> Void,
     remote: @escaping @Sendable (Peer, @escaping @Sendable (Int) -> Void) -> Void,
@@ -1220,7 +1233,7 @@ public final class Gateway: HTTPHandler {
     writer.member("appliedIndex", status.appliedIndex)
   }
 
-  private func statusDocument(_ status: GroupStatus) -> [UInt8] {
+  func statusDocument(_ status: GroupStatus) -> [UInt8] {
     var writer = JSONWriter()
     writer.beginObject()
     writeSummaryFields(&writer, status)
@@ -1244,6 +1257,10 @@ public final class Gateway: HTTPHandler {
       if let total = peer.snapshotBytesTotal { writer.member("snapshotBytesTotal", total) }
       writer.endObject()
     }
+    writer.endArray()
+    writer.key("bootstrapVoters")
+    writer.beginArray()
+    for voter in status.bootstrapVoters { writer.number(voter.rawValue) }
     writer.endArray()
     writer.endObject()
     return writer.bytes
@@ -1317,7 +1334,7 @@ public final class Gateway: HTTPHandler {
     return [("X-Caucus-Leader", leader.node.description)]
   }
 
-  private func groupHeaders(_ status: GroupStatus) -> [(name: String, value: String)] {
+  func groupHeaders(_ status: GroupStatus) -> [(name: String, value: String)] {
     var headers: [(name: String, value: String)] = [("X-Caucus-Index", String(status.appliedIndex))]
     if let leader = status.leader { headers.append(("X-Caucus-Leader", leader.node.description)) }
     return headers

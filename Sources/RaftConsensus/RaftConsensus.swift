@@ -28,8 +28,13 @@ import WriteAheadLog
 /// its term is the one the leader named. Forwards past `WireLimits.forwardsPerBatchMax` or
 /// `forwardDataBytesPerBatchMax` go in further batches of the same turn.
 ///
-/// Not yet: membership changes (`addPeer`, `removePeer`, `changePeer` answer `notSupported`),
-/// lease reads (served as ReadIndex reads).
+/// Membership changes (`addPeer`, `removePeer`, `changePeer`) run at the leader as a sequence of
+/// configuration-change entries (`MembershipChange`), each waited for until applied; their
+/// context carries the endpoints of the replicas they add, which every replica learns when it
+/// applies them. A replica that joins an existing group (`joinPeer`) starts from the group's
+/// bootstrap voters, not an empty membership (see `RaftStorage`).
+///
+/// Not yet: lease reads (served as ReadIndex reads).
 ///
 /// Threads: callers on any thread only enqueue (under `state`) or read a group's published view
 /// and state machine (under the group's lock). The loop thread owns the WAL and every `Raft`.
@@ -93,10 +98,18 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     case batch(MessageBatch)
     /// The transport says these forwards, sent to the node, never reached it.
     case undelivered(ReplicaID, ArraySlice<ForwardedProposal>)
-    case create(GroupID, [Peer], ConsensusCompletion<Void>)
+    /// `bootstrapVoters`: the peers for a new group; the group's for a replica that joins it.
+    case create(GroupID, [Peer], bootstrapVoters: [ReplicaID], ConsensusCompletion<Void>)
     case delete(GroupID, ConsensusCompletion<Void>)
     case snapshot(GroupID, ConsensusCompletion<SnapshotInfo>)
     case transfer(GroupID, NodeID, ConsensusCompletion<Void>)
+    case membership(GroupID, MembershipRequest, ConsensusCompletion<Void>)
+  }
+
+  private enum MembershipRequest {
+    case add(Peer)
+    case remove(NodeID)
+    case change([Peer])
   }
 
   private struct StaleReadWaiter: Sendable {
@@ -191,11 +204,12 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     seed = options.seed ?? MonotonicClock.nowNanoseconds()
     var restored: [GroupID: RaftGroup] = [:]
     for (id, group) in recovered {
-      let peers = group.peers!  // recovery refuses groups without a creation record
+      precondition(group.peers != nil, "recovery refuses groups without a creation record")
       let state = RestoredState(
         hardState: group.hardState, snapshot: group.snapshot, entries: group.entries,
-        bootstrapConfig: ConfigState(voters: peers.map(\.node.rawValue)))
-      restored[id] = try makeGroup(id, peers: peers, restored: state)
+        bootstrapConfig: ConfigState(voters: group.bootstrapVoters))
+      restored[id] = try makeGroup(
+        id, peers: try RaftStorage.endpoints(of: group, id: id), bootstrapVoters: group.bootstrapVoters, restored: state)
     }
     live = restored
     let statistics = wal.statistics
@@ -231,14 +245,16 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
 
   public var isReady: Bool { state.withLock { phase == .running && failure == nil } }
 
-  private func makeGroup(_ id: GroupID, peers: [Peer], restored: RestoredState) throws -> RaftGroup {
+  private func makeGroup(
+    _ id: GroupID, peers: [Peer], bootstrapVoters: [ReplicaID], restored: RestoredState
+  ) throws -> RaftGroup {
     guard let machine = registry.makeStateMachine(for: id) else {
       throw ConsensusError.storage("no state machine is registered for group type \(id.type)")
     }
     var random = SplitMix64(seed: seed ^ (localPeer.node.rawValue &* 0x9E37_79B9_7F4A_7C15) ^ id.packed)
     _ = random.next()
     let raft = try Raft(config: options.raftConfig(node: localPeer.node), random: random, restored: restored)
-    let replica = RaftGroup(id: id, peers: peers, stateMachine: machine, raft: raft)
+    let replica = RaftGroup(id: id, peers: peers, bootstrapVoters: bootstrapVoters, stateMachine: machine, raft: raft)
     if let snapshot = restored.snapshot {
       try machine.restore(snapshot: snapshot.data)
       replica.appliedIndex = snapshot.index
@@ -360,39 +376,81 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   // MARK: Management
 
   public func createPeer(_ group: GroupID, peers: [Peer], completion: @escaping ConsensusCompletion<Void>) {
+    if let refusal = creationRefusal(group, peers) { return completion(.failure(refusal)) }
+    let voters = peers.map(\.node.rawValue)
+    enqueueControl(.create(group, peers, bootstrapVoters: voters, completion)) { completion(.failure($0)) }
+  }
+
+  /// A replica that waits for the leader: it is not among `bootstrapVoters`, so it never
+  /// campaigns; the leader's log (or snapshot) brings it the group's membership history.
+  public func joinPeer(
+    _ group: GroupID, peers: [Peer], bootstrapVoters: [NodeID], completion: @escaping ConsensusCompletion<Void>
+  ) {
+    if let refusal = creationRefusal(group, peers) { return completion(.failure(refusal)) }
+    guard !bootstrapVoters.isEmpty, bootstrapVoters.count <= RaftStorage.peersMax,
+      Set(bootstrapVoters).count == bootstrapVoters.count
+    else {
+      return completion(
+        .failure(.illegalPeerNumber(count: bootstrapVoters.count, reason: "bootstrap voters: 1 to \(RaftStorage.peersMax) distinct nodes")))
+    }
+    guard !bootstrapVoters.contains(localPeer.node) else {
+      return completion(
+        .failure(.invalidRequest("this node (\(localPeer.node)) is a bootstrap voter of \(group); it cannot join it")))
+    }
+    let voters = bootstrapVoters.map(\.rawValue)
+    enqueueControl(.create(group, peers, bootstrapVoters: voters, completion)) { completion(.failure($0)) }
+  }
+
+  /// Why `peers` cannot describe a replica of `group` on this node, if they cannot.
+  private func creationRefusal(_ group: GroupID, _ peers: [Peer]) -> ConsensusError? {
     guard !peers.isEmpty else {
-      return completion(.failure(.illegalPeerNumber(count: 0, reason: "a raft group needs at least one peer")))
+      return .illegalPeerNumber(count: 0, reason: "a raft group needs at least one peer")
     }
     guard Set(peers.map(\.node)).count == peers.count else {
-      return completion(.failure(.illegalPeerNumber(count: peers.count, reason: "a node appears twice in the peer list")))
+      return .illegalPeerNumber(count: peers.count, reason: "a node appears twice in the peer list")
     }
     guard peers.contains(where: { $0.node == localPeer.node }) else {
-      return completion(
-        .failure(.illegalPeerNumber(count: peers.count, reason: "this node (\(localPeer.node)) is not in the peer list")))
+      return .illegalPeerNumber(count: peers.count, reason: "this node (\(localPeer.node)) is not in the peer list")
     }
     guard peers.count <= RaftStorage.peersMax else {
-      return completion(.failure(.illegalPeerNumber(count: peers.count, reason: "at most \(RaftStorage.peersMax) peers")))
+      return .illegalPeerNumber(count: peers.count, reason: "at most \(RaftStorage.peersMax) peers")
     }
     guard registry.makeStateMachine(for: group) != nil else {
-      return completion(.failure(.invalidRequest("no state machine is registered for group type \(group.type)")))
+      return .invalidRequest("no state machine is registered for group type \(group.type)")
     }
-    enqueueControl(.create(group, peers, completion)) { completion(.failure($0)) }
+    return nil
   }
 
   public func deletePeer(_ group: GroupID, completion: @escaping ConsensusCompletion<Void>) {
     enqueueControl(.delete(group, completion)) { completion(.failure($0)) }
   }
 
+  /// At the leader: adds `peer` as a learner, waits until it caught up with the commit index of
+  /// that moment, promotes it to voter, and completes once that is applied. A learner already
+  /// (an earlier attempt that lost its leader or its deadline) resumes at the catch-up. The new
+  /// node must host a replica first (`joinPeer`).
   public func addPeer(_ group: GroupID, peer: Peer, completion: @escaping ConsensusCompletion<Void>) {
-    completion(.failure(notYet(group, "adding a peer to a raft group is not supported yet")))
+    enqueueControl(.membership(group, .add(peer), completion)) { completion(.failure($0)) }
   }
 
+  /// At the leader: removes `node` (voter or learner) and completes once that is applied. A
+  /// leader that removes itself hands leadership over (the core does).
   public func removePeer(_ group: GroupID, node: NodeID, completion: @escaping ConsensusCompletion<Void>) {
-    completion(.failure(notYet(group, "removing a peer from a raft group is not supported yet")))
+    enqueueControl(.membership(group, .remove(node), completion)) { completion(.failure($0)) }
   }
 
+  /// At the leader: makes `peers` the voters in one change — through a joint configuration when
+  /// more than one voter changes (thesis §4.3) — and completes once the change and the leave of
+  /// the joint configuration are applied. New members need a replica first (`joinPeer`).
   public func changePeer(_ group: GroupID, peers: [Peer], completion: @escaping ConsensusCompletion<Void>) {
-    completion(.failure(notYet(group, "changing the peers of a raft group is not supported yet")))
+    guard !peers.isEmpty, Set(peers.map(\.node)).count == peers.count else {
+      return completion(
+        .failure(.illegalPeerNumber(count: peers.count, reason: "the new peer list must name at least one node, each once")))
+    }
+    guard peers.count <= ConfigChange.stepsMax else {
+      return completion(.failure(.illegalPeerNumber(count: peers.count, reason: "at most \(ConfigChange.stepsMax) peers")))
+    }
+    enqueueControl(.membership(group, .change(peers), completion)) { completion(.failure($0)) }
   }
 
   /// Asks this node's replica, which must lead `group`, to hand leadership to `node` (thesis
@@ -405,10 +463,6 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   /// the snapshot file, and releases the WAL segments every group's snapshot covers.
   public func triggerSnapshot(_ group: GroupID, completion: @escaping ConsensusCompletion<SnapshotInfo>) {
     enqueueControl(.snapshot(group, completion)) { completion(.failure($0)) }
-  }
-
-  private func notYet(_ group: GroupID, _ what: String) -> ConsensusError {
-    state.withLock { groups[group] == nil } ? .groupNotFound(group) : .notSupported(what)
   }
 
   private func enqueueControl(_ item: InboxItem, refuse: (ConsensusError) -> Void) {
@@ -448,14 +502,19 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     case .follower: role = .follower
     case .candidate, .preCandidate: role = .candidate
     }
-    let peers = replica.peers.map { peer -> PeerStatus in
-      let replicaID = peer.node.rawValue
+    // The membership in force, with each member's endpoint (an unknown one shows empty: a
+    // member added by a change whose context this replica has not applied cannot be, but a
+    // replica that installed a snapshot knows only the members it was created with and learned).
+    let peers = view.membership.allReplicas.map { replicaID -> PeerStatus in
+      let peer = replica.peer(replicaID) ?? Peer(node: NodeID(replicaID), endpoint: Endpoint(host: "", port: 0))
+      let learner = !view.membership.isVoter(replicaID)
       if replicaID == localPeer.node.rawValue {
         return PeerStatus(
-          peer: peer, matchIndex: view.lastIndex, nextIndex: view.lastIndex + 1, lag: 0, lastContactMs: nil)
+          peer: peer, learner: learner, matchIndex: view.lastIndex, nextIndex: view.lastIndex + 1, lag: 0,
+          lastContactMs: nil)
       }
       guard let progress = view.progress[replicaID] else {
-        return PeerStatus(peer: peer, matchIndex: 0, nextIndex: 0, lag: 0, state: .probe)
+        return PeerStatus(peer: peer, learner: learner, matchIndex: 0, nextIndex: 0, lag: 0, state: .probe)
       }
       let state: PeerReplicationState
       switch progress.state {
@@ -464,13 +523,14 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       case .snapshot: state = .snapshot
       }
       return PeerStatus(
-        peer: peer, matchIndex: progress.match, nextIndex: progress.next,
+        peer: peer, learner: learner, matchIndex: progress.match, nextIndex: progress.next,
         lag: view.lastIndex > progress.match ? view.lastIndex - progress.match : 0, state: state)
     }
     return GroupStatus(
       id: group, protocolName: protocolName, role: role, leader: replica.peer(view.leader), term: view.term,
       commitIndex: view.commitIndex, appliedIndex: applied, snapshotIndex: view.firstIndex - 1,
-      logEntries: view.lastIndex - (view.firstIndex - 1), logBytes: 0, peers: peers)
+      logEntries: view.lastIndex - (view.firstIndex - 1), logBytes: 0, peers: peers,
+      bootstrapVoters: replica.bootstrapVoters.map(NodeID.init))
   }
 
   public func prometheusMetrics() -> String {
@@ -637,6 +697,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
           replica.raft.reportSnapshot(to: message.to, failed: false)
         }
         if !replica.transfers.isEmpty { settleTransfers(replica, now: now, &turn) }
+        if replica.membershipChange != nil { settleMembershipChange(replica, now: now, &turn) }
       }
       let touched = ticked ? Array(live.values) : readies.map(\.0)
       for replica in touched { replica.refreshView() }
@@ -716,13 +777,14 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         let answer = proposalError(replica, error)
         answerRead(&turn) { read.completion(.failure(answer)) }
       }
-    case .create(let id, let peers, let completion):
+    case .create(let id, let peers, let bootstrapVoters, let completion):
       state.withLock { controlQueued -= 1 }
       guard live[id] == nil else { return turn.answers.append { completion(.failure(.groupAlreadyExists(id))) } }
       let replica: RaftGroup
       do {
         replica = try makeGroup(
-          id, peers: peers, restored: RestoredState(bootstrapConfig: ConfigState(voters: peers.map(\.node.rawValue))))
+          id, peers: peers, bootstrapVoters: bootstrapVoters,
+          restored: RestoredState(bootstrapConfig: ConfigState(voters: bootstrapVoters)))
       } catch {
         return turn.answers.append { completion(.failure(.invalidRequest("\(error)"))) }
       }
@@ -733,12 +795,16 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         return turn.answers.append { completion(.failure(.storage("\(error)"))) }
       }
       live[id] = replica
-      turn.records.append(RaftStorage.groupCreatedRecord(group: id, peers: peers))
+      turn.records.append(RaftStorage.groupCreatedRecord(group: id, peers: peers, bootstrapVoters: bootstrapVoters))
       turn.groupsWithRecords.insert(id)
       turn.onDurable.append { [self] result in
         if case .success = result {
           state.withLock { groups[id] = replica }
-          logger.info("group created", metadata: ["group": "\(id)", "peers": "\(peers.map(\.description))"])
+          logger.info(
+            "group created",
+            metadata: [
+              "group": "\(id)", "peers": "\(peers.map(\.description))", "bootstrapVoters": "\(bootstrapVoters)",
+            ])
         }
         completion(result)
       }
@@ -781,7 +847,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     case .transfer(let id, let node, let completion):
       state.withLock { controlQueued -= 1 }
       guard let replica = live[id] else { return turn.answers.append { completion(.failure(.groupNotFound(id))) } }
-      guard replica.peer(node.rawValue) != nil else {
+      guard replica.raft.membership.allReplicas.contains(node.rawValue) else {
         return turn.answers.append { completion(.failure(.peerNotInGroup(node, id))) }
       }
       guard replica.raft.role == .leader else {
@@ -797,6 +863,140 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       }
       let timeout = options.transferElectionTimeoutsMax * UInt64(options.electionTicks) * tickNanoseconds
       replica.transfers.append((node.rawValue, MonotonicClock.nowNanoseconds() + timeout, completion))
+    case .membership(let id, let request, let completion):
+      state.withLock { controlQueued -= 1 }
+      guard let replica = live[id] else { return turn.answers.append { completion(.failure(.groupNotFound(id))) } }
+      beginMembershipChange(replica, request, completion, &turn)
+    }
+  }
+
+  // MARK: Membership changes
+
+  /// Checks `request` against the membership in force and proposes its first entry.
+  private func beginMembershipChange(
+    _ replica: RaftGroup, _ request: MembershipRequest, _ completion: @escaping ConsensusCompletion<Void>,
+    _ turn: inout Turn
+  ) {
+    func refuse(_ error: ConsensusError) { turn.answers.append { completion(.failure(error)) } }
+    guard replica.raft.role == .leader else { return refuse(replica.leaderError(leader: replica.raft.leader)) }
+    // The core takes one change at a time; this one's steps would interleave with it.
+    guard replica.membershipChange == nil else { return refuse(.overloaded(retryAfterMs: 1_000)) }
+    let membership = replica.raft.membership
+    let deadline = MonotonicClock.nowNanoseconds() + options.membershipChangeTimeoutMs * 1_000_000
+    let change: ConfigChange
+    let next: MembershipChange.Next
+    switch request {
+    case .add(let peer):
+      let node = peer.node.rawValue
+      guard !membership.isVoter(node) else { return refuse(.peerAlreadyInGroup(peer.node, replica.id)) }
+      if membership.learners.contains(node) {
+        // An earlier attempt added it: go on from the catch-up.
+        replica.membershipChange = MembershipChange(
+          stage: .catchingUp(learner: node, target: replica.raft.committed), deadline: deadline, completion: completion)
+        return settleMembershipChange(replica, now: MonotonicClock.nowNanoseconds(), &turn)
+      }
+      change = ConfigChange([.init(.addLearner, node)], context: RaftStorage.encodePeers([peer]))
+      next = .catchUp(node)
+    case .remove(let node):
+      guard membership.allReplicas.contains(node.rawValue) else { return refuse(.peerNotInGroup(node, replica.id)) }
+      guard membership.voters != [node.rawValue] else {
+        return refuse(.illegalPeerNumber(count: 0, reason: "node \(node) is the group's only voter"))
+      }
+      change = ConfigChange([.init(.remove, node.rawValue)])
+      next = .finish
+    case .change(let peers):
+      let wanted = Set(peers.map(\.node.rawValue))
+      let current = Set(membership.voters + membership.votersOutgoing)
+      guard !wanted.isDisjoint(with: current) else {
+        return refuse(
+          .illegalPeerNumber(
+            count: peers.count, reason: "the new peers share no member with the current voters \(current.sorted())"))
+      }
+      let added = peers.filter { !current.contains($0.node.rawValue) }
+      let removed = Set(membership.allReplicas).subtracting(wanted).sorted()
+      // Wanted learners are among `added`: they become voters.
+      let steps = added.map { ConfigChangeStep(.addVoter, $0.node.rawValue) } + removed.map { ConfigChangeStep(.remove, $0) }
+      guard !steps.isEmpty else { return turn.answers.append { completion(.success(())) } }
+      change = ConfigChange(steps, context: added.isEmpty ? [] : RaftStorage.encodePeers(added))
+      next = .finish
+    }
+    do {
+      let index = try replica.raft.proposeConfigChange(change)
+      replica.membershipChange = MembershipChange(
+        stage: .applying(index: index, term: replica.raft.term, then: next), deadline: deadline, completion: completion)
+      logger.info(
+        "membership change proposed",
+        metadata: ["group": "\(replica.id)", "index": "\(index)", "steps": "\(change.steps.map { "\($0.kind) \($0.replica)" })"])
+    } catch {
+      refuse(proposalError(replica, error))
+    }
+  }
+
+  /// Moves the membership change of `replica` on as far as it can go now: to its next entry once
+  /// one is applied, to the promotion once the learner caught up; answers it when it is done,
+  /// when this node no longer leads, or at its deadline. Each pass moves one stage on, and there
+  /// are at most three stages.
+  private func settleMembershipChange(_ replica: RaftGroup, now: UInt64, _ turn: inout Turn) {
+    let stagesMax = 3
+    for _ in 0..<stagesMax {
+      guard let change = replica.membershipChange else { return }
+      func answer(_ result: Result<Void, ConsensusError>) {
+        replica.membershipChange = nil
+        let completion = change.completion
+        turn.answers.append { completion(result) }
+      }
+      let leaderError = replica.leaderError(leader: replica.raft.leader)
+      switch change.stage {
+      case .applying(let index, let term, let next):
+        guard replica.raft.applied >= index else {
+          if replica.raft.role != .leader { return answer(.failure(leaderError)) }
+          if now >= change.deadline { return answer(.failure(.timeout(indeterminate: true))) }
+          return
+        }
+        guard let appliedTerm = replica.raft.term(at: index) else {
+          // Compacted into a snapshot (installed from another leader): which entry it was is gone.
+          return answer(.failure(.timeout(indeterminate: true)))
+        }
+        // Another leader's entry took the slot: this change was not made.
+        guard appliedTerm == term else { return answer(.failure(leaderError)) }
+        switch next {
+        case .finish:
+          // changePeer: wait for the leader to leave the joint configuration as well.
+          guard replica.raft.membership.isJoint else {
+            logger.info(
+              "membership changed", metadata: ["group": "\(replica.id)", "membership": "\(replica.raft.membership)"])
+            return answer(.success(()))
+          }
+          if replica.raft.role != .leader { return answer(.failure(leaderError)) }
+          if now >= change.deadline { return answer(.failure(.timeout(indeterminate: true))) }
+          return
+        case .catchUp(let learner):
+          replica.membershipChange!.stage = .catchingUp(learner: learner, target: replica.raft.committed)
+        }
+      case .catchingUp(let learner, let target):
+        guard replica.raft.role == .leader else { return answer(.failure(leaderError)) }
+        guard replica.raft.membership.learners.contains(learner) else {
+          return answer(.failure(.invalidRequest("node \(learner) is no longer a learner of \(replica.id)")))
+        }
+        let match = replica.inspect { $0.status.progress[learner]?.match ?? 0 }
+        guard match >= target else {
+          if now >= change.deadline { return answer(.failure(.timeout(indeterminate: true))) }
+          return
+        }
+        do {
+          let context = replica.peer(learner).map { RaftStorage.encodePeers([$0]) } ?? []
+          let index = try replica.raft.proposeConfigChange(ConfigChange([.init(.addVoter, learner)], context: context))
+          replica.membershipChange!.stage = .applying(index: index, term: replica.raft.term, then: .finish)
+          logger.info(
+            "learner caught up; promoting it",
+            metadata: ["group": "\(replica.id)", "node": "\(learner)", "match": "\(match)", "index": "\(index)"])
+        } catch {
+          // `configChangePending` cannot happen (ours was applied); a transfer in progress or a
+          // full uncommitted budget may: say so and let the caller retry, which resumes here.
+          return answer(.failure(proposalError(replica, error)))
+        }
+        return
+      }
     }
   }
 
@@ -1092,6 +1292,13 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       turn.answers.append { completion(.failure(error)) }
     }
     replica.transfers = []
+    if let change = replica.membershipChange {
+      // Its entries may still commit.
+      let answer: ConsensusError = error == .shuttingDown ? .timeout(indeterminate: true) : error
+      let completion = change.completion
+      turn.answers.append { completion(.failure(answer)) }
+      replica.membershipChange = nil
+    }
   }
 
   private func expireDeadlines(now: UInt64, _ turn: inout Turn) {
@@ -1115,6 +1322,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         answerRead(&turn) { read.completion(.failure(.timeout(indeterminate: false))) }
       }
       if !replica.transfers.isEmpty { settleTransfers(replica, now: now, &turn) }
+      // Also how a learner's catch-up is noticed: its acknowledgements need not make a Ready.
+      if replica.membershipChange != nil { settleMembershipChange(replica, now: now, &turn) }
       replica.readsAwaitingApply.removeAll { waiting in
         guard waiting.read.deadline <= now else { return false }
         let read = waiting.read
@@ -1257,6 +1466,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
           responses.append((entry.index, entry.term, replica.stateMachine.apply(index: entry.index, command: entry.data)))
         }
       }
+      for entry in ready.committedEntries where entry.kind == .configChange { learnEndpoints(replica, entry) }
       for (index, term, response) in responses {
         if !replica.forwardsAwaitingApply.isEmpty {
           settleForwards(replica, index: index, term: term, response: response, &turn)
@@ -1315,6 +1525,34 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       let leader = ready.leader == 0 ? nil : NodeID(ready.leader)
       replica.lock.withLock { replica.stateMachine.leaderChanged(to: leader, term: ready.term) }
     }
+  }
+
+  /// A membership change is applied: learn the endpoints its context carries (before `advance`
+  /// makes the core send to the replicas it added).
+  private func learnEndpoints(_ replica: RaftGroup, _ entry: Entry) {
+    let change: ConfigChange
+    do {
+      change = try WireCodec.decodeConfigChange(entry.data)
+    } catch {
+      preconditionFailure("group \(replica.id): committed configuration change at \(entry.index) does not decode: \(error)")
+    }
+    if !change.context.isEmpty {
+      do {
+        replica.learn(try RaftStorage.decodeContextPeers(change.context, group: replica.id))
+      } catch {
+        // Only our hosts write contexts; a malformed one leaves the members' endpoints unknown
+        // here (messages to them are not sent), which an operator must see.
+        logger.error(
+          "a membership change carries a malformed endpoint list",
+          metadata: ["group": "\(replica.id)", "index": "\(entry.index)", "error": "\(error)"])
+      }
+    }
+    logger.info(
+      "membership change applied",
+      metadata: [
+        "group": "\(replica.id)", "index": "\(entry.index)",
+        "steps": "\(change.isLeaveJoint ? ["leave joint"] : change.steps.map { "\($0.kind) \($0.replica)" })",
+      ])
   }
 
   /// Publishes the turn's counters, releases its queue slots, and collects the stale reads it satisfied.
@@ -1447,7 +1685,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     var records: [WALRecord] = []
     var covered: [UInt64: UInt64] = [:]
     for replica in live.values {
-      records.append(RaftStorage.groupCreatedRecord(group: replica.id, peers: replica.peers))
+      records.append(
+        RaftStorage.groupCreatedRecord(group: replica.id, peers: replica.knownPeers(), bootstrapVoters: replica.bootstrapVoters))
       records.append(RaftStorage.hardStateRecord(group: replica.id, replica.raft.hardState))
       covered[replica.id.packed] = replica.durableSnapshotIndex
     }
@@ -1480,7 +1719,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       switch item {
       case .propose(_, _, _, let completion): completion(.failure(.shuttingDown))
       case .read(_, let read): read.completion(.failure(.shuttingDown))
-      case .create(_, _, let completion), .delete(_, let completion), .transfer(_, _, let completion):
+      case .create(_, _, _, let completion), .delete(_, let completion), .transfer(_, _, let completion),
+        .membership(_, _, let completion):
         completion(.failure(.shuttingDown))
       case .snapshot(_, let completion): completion(.failure(.shuttingDown))
       case .batch, .undelivered: break

@@ -22,7 +22,8 @@ public struct RaftConsensusOptions: Sendable {
   /// Linearizable reads queued or waiting for their read index, plus stale reads waiting for
   /// `minIndex`, across all groups.
   public var readWaitersMax = 4_096
-  /// Group creations, deletions and leader transfers queued for the loop (each costs an fsync).
+  /// Group creations, deletions, leader transfers and membership changes queued for the loop
+  /// (each costs an fsync).
   public var pendingControlMax = 64
   /// A proposed write not committed within this time is answered `timeout(indeterminate: true)`:
   /// it may still commit later, so the caller must not assume either outcome.
@@ -37,6 +38,10 @@ public struct RaftConsensusOptions: Sendable {
   /// A leader transfer not observed to finish within this many election timeouts is answered
   /// `timeout` (it may still finish).
   public var transferElectionTimeoutsMax: UInt64 = 2
+  /// A membership change (addPeer, removePeer, changePeer) not finished within this time is
+  /// answered `timeout(indeterminate: true)`: its entries may still commit. It covers every step,
+  /// including a new member catching up, which takes as long as copying the group's data.
+  public var membershipChangeTimeoutMs: UInt64 = 60_000
   /// Seed for the election-timeout jitter of every group (mixed with the node and group ids).
   /// Nil: taken from the clock at start.
   public var seed: UInt64? = nil
@@ -57,6 +62,7 @@ public struct RaftConsensusOptions: Sendable {
     if let value = try number("pendingWriteBytesMax", 1 << 20...1 << 40) { pendingWriteBytesMax = Int(value) }
     if let value = try number("inboundBatchesMax", 1...1_000_000) { inboundBatchesMax = Int(value) }
     if let value = try number("proposalTimeoutMs", 1...3_600_000) { proposalTimeoutMs = value }
+    if let value = try number("membershipChangeTimeoutMs", 1...3_600_000) { membershipChangeTimeoutMs = value }
     if let value = try number("snapshotEntriesThreshold", 1...UInt64(UInt32.max)) { snapshotEntriesThreshold = value }
     if let value = try number("walSegmentsSoftMax", 2...100_000) { walSegmentsSoftMax = Int(value) }
     if let value = try number("walSegmentBytes", 1 << 16...1 << 34) { wal.segmentBytesMax = value }

@@ -12,6 +12,8 @@ struct GroupView {
   var firstIndex: LogIndex = 1
   var lastIndex: LogIndex = 0
   var progress: [ReplicaID: (match: LogIndex, next: LogIndex, state: ProgressState)] = [:]
+  /// The membership in force (applied), which the status shows.
+  var membership = ConfigState(voters: [])
 }
 
 /// A write proposed to the core, answered when its index is applied (or overwritten).
@@ -44,6 +46,31 @@ struct UnsentWrite: Sendable {
   let completion: ConsensusCompletion<WriteResult>
 }
 
+/// A membership change the leader drives (addPeer, removePeer, changePeer): one configuration
+/// change entry after another, each waited for until applied, answered at the end, at `deadline`,
+/// or when this node stops leading.
+struct MembershipChange: Sendable {
+  enum Stage: Sendable {
+    /// Waiting for the entry proposed at `index` in `term` to be applied; `then` says what next.
+    case applying(index: LogIndex, term: Term, then: Next)
+    /// addPeer: the learner is in; waiting until its match index reaches `target` (the leader's
+    /// commit index when the learner was applied), then it is promoted.
+    case catchingUp(learner: ReplicaID, target: LogIndex)
+  }
+
+  enum Next: Sendable {
+    /// addPeer: the learner was added; catch it up, then promote it.
+    case catchUp(ReplicaID)
+    /// Done once applied and the membership is no longer joint (changePeer waits for the leader
+    /// to leave the joint configuration it entered).
+    case finish
+  }
+
+  var stage: Stage
+  let deadline: UInt64
+  let completion: ConsensusCompletion<Void>
+}
+
 /// A linearizable read: waits for a read index, then for that index to be applied.
 struct LinearizableRead: Sendable {
   let query: [UInt8]
@@ -64,9 +91,12 @@ final class RaftGroup: @unchecked Sendable {
   let stateMachine: any StateMachine
   var appliedIndex: LogIndex = 0
   var view = GroupView()
-  /// The initial voters and their endpoints (membership changes are not supported yet). Immutable.
-  let peers: [Peer]
-  let peersByReplica: [ReplicaID: Peer]
+  /// The endpoint of every replica the group knows: the creation record's, then those the
+  /// membership changes carried (their context). The loop writes it; readers on other threads
+  /// read it. Guarded by `lock`.
+  private var endpoints: [ReplicaID: Peer]
+  /// The membership before the log (the creation record keeps it; see `RaftStorage`). Immutable.
+  let bootstrapVoters: [ReplicaID]
 
   // Loop only.
   var raft: Raft
@@ -81,6 +111,8 @@ final class RaftGroup: @unchecked Sendable {
   var nextSnapshotAttemptIndex: LogIndex = 0
   var snapshotRequests: [ConsensusCompletion<SnapshotInfo>] = []
   var transfers: [(target: ReplicaID, deadline: UInt64, completion: ConsensusCompletion<Void>)] = []
+  /// The membership change in progress, at most one: the core takes one at a time.
+  var membershipChange: MembershipChange?
   /// Writes forwarded to the leader that it has not answered yet, by request id.
   var forwardsAwaitingAcceptance: [UInt64: ForwardedWrite] = [:]
   /// Writes the leader appended, by index, each with the term it was appended in. An index may
@@ -88,16 +120,27 @@ final class RaftGroup: @unchecked Sendable {
   var forwardsAwaitingApply: [LogIndex: [(term: Term, write: ForwardedWrite)]] = [:]
   var forwardsUnsent: [UnsentWrite] = []
 
-  init(id: GroupID, peers: [Peer], stateMachine: any StateMachine, raft: Raft) {
+  init(id: GroupID, peers: [Peer], bootstrapVoters: [ReplicaID], stateMachine: any StateMachine, raft: Raft) {
+    precondition(!bootstrapVoters.isEmpty, "group \(id): a group has bootstrap voters")
     self.id = id
-    self.peers = peers
-    self.peersByReplica = Dictionary(peers.map { ($0.node.rawValue, $0) }, uniquingKeysWith: { first, _ in first })
+    self.endpoints = Dictionary(peers.map { ($0.node.rawValue, $0) }, uniquingKeysWith: { _, last in last })
+    self.bootstrapVoters = bootstrapVoters
     self.stateMachine = stateMachine
     self.raft = raft
     refreshView()
   }
 
-  func peer(_ replica: ReplicaID) -> Peer? { replica == 0 ? nil : peersByReplica[replica] }
+  /// Any thread; must not hold `lock`.
+  func peer(_ replica: ReplicaID) -> Peer? { replica == 0 ? nil : lock.withLock { endpoints[replica] } }
+
+  /// Any thread; must not hold `lock`. Every endpoint the group knows, ordered by node: what the
+  /// creation record restates.
+  func knownPeers() -> [Peer] { lock.withLock { endpoints.values.sorted { $0.node < $1.node } } }
+
+  /// Loop only; must not hold `lock`. Learns endpoints (a membership change's context).
+  func learn(_ peers: [Peer]) {
+    lock.withLock { for peer in peers { endpoints[peer.node.rawValue] = peer } }
+  }
 
   /// Loop only. Runs `body` on the core in place. A getter called through the class property
   /// (`replica.raft.committed`) makes Swift copy the whole core first, retaining every buffer it
@@ -113,7 +156,7 @@ final class RaftGroup: @unchecked Sendable {
       GroupView(
         role: raft.role, leader: raft.leader, term: raft.term, commitIndex: raft.committed,
         firstIndex: raft.firstIndex, lastIndex: raft.lastIndex,
-        progress: raft.role == .leader ? raft.status.progress : [:])
+        progress: raft.role == .leader ? raft.status.progress : [:], membership: raft.membership)
     }
     lock.withLock { view = fresh }
   }

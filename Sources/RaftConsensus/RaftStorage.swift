@@ -9,11 +9,18 @@ import WriteAheadLog
 /// - `.hardState`: `index` = commit, `term` = term; payload = version u8 (=1) · vote u64, optionally
 ///   followed by snapshotIndex u64 · snapshotTerm u64: a marker that a snapshot received from the
 ///   leader replaced the whole log here, so the group's entries before it are void.
-/// - `.groupCreated`: payload = version u8 (=1) · peerCount u16 · (node u64 · port u16 · hostLength u8
-///   · host)*: the group's initial voters. It is restated (written again) for every live group
-///   before segments are released, so after a release a group's surviving entries may come
-///   BEFORE its creation record: replay attaches every record to its group whatever the order,
-///   and a restatement never resets the log.
+/// - `.groupCreated`: payload = version u8 (=2) · peers · bootstrapCount u16 · u64*, where
+///   peers = peerCount u16 · (node u64 · port u16 · hostLength u8 · host)*: the endpoints of the
+///   replicas the group knows, then its bootstrap voters — the membership before its log, which
+///   is not in the log because groups are bootstrapped out of band. A replica that joins an
+///   existing group starts from the same bootstrap voters (it is not among them), so that
+///   replaying the leader's log from index 1 reproduces the group's configuration history.
+///   Version 1 had no bootstrap list: its peers were the bootstrap voters. The record is restated
+///   (written again, with the endpoints known then) for every live group before segments are
+///   released, so after a release a group's surviving entries may come BEFORE its creation
+///   record: replay attaches every record to its group whatever the order, and a restatement
+///   never resets the log. Endpoints that membership changes added travel in the changes'
+///   context (the same peers encoding) and are merged from the recovered log too.
 /// - `.groupDeleted`: no payload; what came before it for the group is void.
 /// Within one loop turn a group's entries precede its hard state (a marker precedes both).
 ///
@@ -47,21 +54,37 @@ enum RaftStorage {
     return WALRecord(kind: .hardState, group: group.packed, index: hardState.commit, term: hardState.term, payload: payload)
   }
 
-  static func groupCreatedRecord(group: GroupID, peers: [Peer]) -> WALRecord {
+  static let groupCreatedVersion: UInt8 = 2
+
+  static func groupCreatedRecord(group: GroupID, peers: [Peer], bootstrapVoters: [ReplicaID]) -> WALRecord {
+    precondition(!bootstrapVoters.isEmpty, "a group has bootstrap voters")
+    precondition(bootstrapVoters.count <= peersMax, "too many bootstrap voters")
+    precondition(Set(bootstrapVoters).count == bootstrapVoters.count && !bootstrapVoters.contains(0), "voter ids")
+    var payload: [UInt8] = [groupCreatedVersion]
+    payload.append(contentsOf: encodePeers(peers))
+    payload.append(UInt8(truncatingIfNeeded: bootstrapVoters.count))
+    payload.append(UInt8(truncatingIfNeeded: bootstrapVoters.count >> 8))
+    for voter in bootstrapVoters { appendU64(&payload, voter) }
+    return WALRecord(kind: .groupCreated, group: group.packed, index: 0, term: 0, payload: payload)
+  }
+
+  /// peerCount u16 · (node u64 · port u16 · hostLength u8 · host)*: the creation record's
+  /// endpoints, and the context of a membership change.
+  static func encodePeers(_ peers: [Peer]) -> [UInt8] {
     precondition(peers.count <= peersMax, "too many peers")
-    var payload: [UInt8] = [version]
-    payload.append(UInt8(truncatingIfNeeded: peers.count))
-    payload.append(UInt8(truncatingIfNeeded: peers.count >> 8))
+    var bytes: [UInt8] = []
+    bytes.append(UInt8(truncatingIfNeeded: peers.count))
+    bytes.append(UInt8(truncatingIfNeeded: peers.count >> 8))
     for peer in peers {
       let host = Array(peer.endpoint.host.utf8)
       precondition(host.count <= 255, "Endpoint limits hosts to 255 bytes")
-      appendU64(&payload, peer.node.rawValue)
-      payload.append(UInt8(truncatingIfNeeded: peer.endpoint.port))
-      payload.append(UInt8(truncatingIfNeeded: peer.endpoint.port >> 8))
-      payload.append(UInt8(host.count))
-      payload.append(contentsOf: host)
+      appendU64(&bytes, peer.node.rawValue)
+      bytes.append(UInt8(truncatingIfNeeded: peer.endpoint.port))
+      bytes.append(UInt8(truncatingIfNeeded: peer.endpoint.port >> 8))
+      bytes.append(UInt8(host.count))
+      bytes.append(contentsOf: host)
     }
-    return WALRecord(kind: .groupCreated, group: group.packed, index: 0, term: 0, payload: payload)
+    return bytes
   }
 
   static func groupDeletedRecord(group: GroupID) -> WALRecord {
@@ -101,6 +124,8 @@ enum RaftStorage {
     /// Nil until the group's creation record is replayed: after a segment release, the surviving
     /// entries of a group may come before its restated creation record.
     var peers: [Peer]?
+    /// From the creation record (version 1: its peers).
+    var bootstrapVoters: [ReplicaID] = []
     var hardState = HardState()
     /// Contiguous, ascending; they may start after 1 once segments were released.
     var entries: [Entry] = []
@@ -122,7 +147,9 @@ enum RaftStorage {
       if record.kind != .groupDeleted && groups[id] == nil { groups[id] = RecoveredGroup(peers: nil) }
       switch record.kind {
       case .groupCreated:
-        groups[id]!.peers = try decodePeers(record.payload, group: id)
+        let (peers, bootstrapVoters) = try decodeGroupCreated(record.payload, group: id)
+        groups[id]!.peers = peers
+        groups[id]!.bootstrapVoters = bootstrapVoters
       case .groupDeleted:
         groups[id] = nil
       case .hardState:
@@ -211,14 +238,50 @@ enum RaftStorage {
     }
   }
 
-  static func decodePeers(_ payload: [UInt8], group: GroupID) throws -> [Peer] {
+  /// A creation record's endpoints and bootstrap voters (version 1: the peers are both).
+  static func decodeGroupCreated(_ payload: [UInt8], group: GroupID) throws -> (peers: [Peer], bootstrapVoters: [ReplicaID]) {
     func malformed(_ what: String) -> ConsensusError {
       .storage("group \(group): group record is malformed: \(what)")
     }
-    guard payload.count >= 3, payload[0] == version else { throw malformed("version or length") }
-    let count = Int(payload[1]) | Int(payload[2]) << 8
+    guard let recordVersion = payload.first, recordVersion == 1 || recordVersion == groupCreatedVersion else {
+      throw malformed("version \(payload.first.map(String.init) ?? "missing"); this build reads 1 and 2")
+    }
+    var offset = 1
+    let peers = try decodePeers(payload, offset: &offset, group: group)
+    guard recordVersion == groupCreatedVersion else {
+      guard offset == payload.count else { throw malformed("trailing bytes") }
+      return (peers, peers.map(\.node.rawValue))
+    }
+    guard offset + 2 <= payload.count else { throw malformed("truncated bootstrap voters") }
+    let count = Int(payload[offset]) | Int(payload[offset + 1]) << 8
+    offset += 2
+    guard count >= 1, count <= peersMax, offset + 8 * count == payload.count else {
+      throw malformed("\(count) bootstrap voters in \(payload.count - offset) bytes")
+    }
+    let voters = (0..<count).map { readU64(payload, at: offset + 8 * $0) }
+    guard !voters.contains(0), Set(voters).count == voters.count else { throw malformed("bootstrap voter ids") }
+    return (peers, voters)
+  }
+
+  /// The endpoints a membership change's context carries (`encodePeers`, nothing after it).
+  static func decodeContextPeers(_ context: [UInt8], group: GroupID) throws -> [Peer] {
+    var offset = 0
+    let peers = try decodePeers(context, offset: &offset, group: group)
+    guard offset == context.count else {
+      throw ConsensusError.storage("group \(group): a membership change's peer list has trailing bytes")
+    }
+    return peers
+  }
+
+  /// An `encodePeers` list at `offset`, which it moves past the list.
+  static func decodePeers(_ payload: [UInt8], offset: inout Int, group: GroupID) throws -> [Peer] {
+    func malformed(_ what: String) -> ConsensusError {
+      .storage("group \(group): peer list is malformed: \(what)")
+    }
+    guard offset + 2 <= payload.count else { throw malformed("truncated length") }
+    let count = Int(payload[offset]) | Int(payload[offset + 1]) << 8
     guard count <= peersMax else { throw malformed("\(count) peers") }
-    var offset = 3
+    offset += 2
     var peers: [Peer] = []
     for _ in 0..<count {
       guard offset + 11 <= payload.count else { throw malformed("truncated peer") }
@@ -231,8 +294,23 @@ enum RaftStorage {
       offset += hostLength
       peers.append(Peer(node: NodeID(node), endpoint: Endpoint(host: host, port: port)))
     }
-    guard offset == payload.count else { throw malformed("trailing bytes") }
     return peers
+  }
+
+  /// The endpoints of a recovered group: its creation record's, then those the membership
+  /// changes in its log (and so in its snapshot's past) carried, later ones winning.
+  static func endpoints(of group: RecoveredGroup, id: GroupID) throws -> [Peer] {
+    var byNode: [NodeID: Peer] = [:]
+    for peer in group.peers ?? [] { byNode[peer.node] = peer }
+    for entry in group.entries where entry.kind == .configChange {
+      let change: ConfigChange
+      do { change = try WireCodec.decodeConfigChange(entry.data) } catch {
+        throw ConsensusError.storage("group \(id): the membership change at \(entry.index) does not decode: \(error)")
+      }
+      guard !change.context.isEmpty else { continue }
+      for peer in try decodeContextPeers(change.context, group: id) { byNode[peer.node] = peer }
+    }
+    return byNode.values.sorted { $0.node < $1.node }
   }
 
   static func appendU64(_ bytes: inout [UInt8], _ value: UInt64) {

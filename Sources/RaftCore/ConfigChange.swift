@@ -20,12 +20,21 @@ public struct ConfigChangeStep: Equatable, Hashable, Sendable {
 /// configuration".
 public struct ConfigChange: Equatable, Hashable, Sendable {
   public var steps: [ConfigChangeStep]
-  public init(_ steps: [ConfigChangeStep]) { self.steps = steps }
+  /// Bytes the core carries but never reads (etcd's ConfChange.Context): the host puts there what
+  /// every replica must learn with the change, such as the network addresses of new members.
+  public var context: [UInt8]
+  public init(_ steps: [ConfigChangeStep], context: [UInt8] = []) {
+    self.steps = steps
+    self.context = context
+  }
   public static let leaveJoint = ConfigChange([])
   public var isLeaveJoint: Bool { steps.isEmpty }
 
   /// Upper bound on steps in one change: a change this large is a mistake, and it bounds decoding.
   public static let stepsMax = 64
+  /// Upper bound on `context`: it rides in a log entry (so in every batch that carries it), and
+  /// it bounds decoding. A list of endpoints takes a few hundred bytes.
+  public static let contextBytesMax = 64 << 10
 }
 
 public enum ConfigChangeError: Error, Equatable, Sendable {

@@ -634,6 +634,9 @@ public struct Raft: Sendable {
   public mutating func proposeConfigChange(_ change: ConfigChange) throws(ProposalError) -> LogIndex {
     guard role == .leader else { throw .notLeader(leader: leader) }
     if pendingConfigIndex > log.applied { throw .configChangePending(index: pendingConfigIndex) }
+    guard change.context.count <= ConfigChange.contextBytesMax else {
+      throw .configChangeInvalid("a context of \(change.context.count) bytes exceeds \(ConfigChange.contextBytesMax)")
+    }
     do {
       _ = try membership.applying(change)
     } catch {

@@ -17,7 +17,8 @@
 // entry    := term u64 · index u64 · kind u8 · dataLength u32 · data
 // snapshot := index u64 · term u64 · config · dataLength u32 · data
 // config   := voterCount u32 · u64* · outgoingCount u32 · u64* · learnerCount u32 · u64*
-// change   := version u8 (=1, configChangeVersion) · stepCount u32 · (kind u8 · replica u64)*
+// change   := version u8 (=2, configChangeVersion) · stepCount u32 · (kind u8 · replica u64)* ·
+//             contextLength u32 · context     (version 1 had no context; it still decodes)
 //
 // Version 2 added the coalesced heartbeats (one section per node pair instead of a message per
 // group) and the forwards: a follower hands a client's write to the group's leader inside the
@@ -213,8 +214,9 @@ public enum WireCodec {
   /// cluster run one version.
   public static let version: UInt8 = 2
   /// The format version of an encoded `ConfigChange`: these live in log entries, in the WAL and in
-  /// snapshots, so they keep their own version, apart from the batch's.
-  public static let configChangeVersion: UInt8 = 1
+  /// snapshots, so they keep their own version, apart from the batch's, and every earlier version
+  /// still decodes. Version 2 added the context.
+  public static let configChangeVersion: UInt8 = 2
   public static let magic: [UInt8] = [0x43, 0x41, 0x55, 0x42]  // "CAUB"
 
   // MARK: Encoding
@@ -322,6 +324,9 @@ public enum WireCodec {
       writer.u8(step.kind.rawValue)
       writer.u64(step.replica)
     }
+    precondition(change.context.count <= ConfigChange.contextBytesMax, "proposeConfigChange bounds the context")
+    writer.u32(UInt32(change.context.count))
+    writer.bytes.append(contentsOf: change.context)
     return writer.bytes
   }
 
@@ -492,7 +497,7 @@ public enum WireCodec {
   public static func decodeConfigChange(_ bytes: [UInt8]) throws(WireError) -> ConfigChange {
     var reader = ByteReader(bytes)
     let changeVersion = try reader.u8()
-    guard changeVersion == configChangeVersion else { throw .unsupportedVersion(changeVersion) }
+    guard changeVersion == 1 || changeVersion == configChangeVersion else { throw .unsupportedVersion(changeVersion) }
     let count = try reader.count("config change steps", limit: ConfigChange.stepsMax)
     var steps: [ConfigChangeStep] = []
     for _ in 0..<count {
@@ -502,8 +507,13 @@ public enum WireCodec {
       }
       steps.append(ConfigChangeStep(kind, try reader.u64()))
     }
+    var context: [UInt8] = []
+    if changeVersion >= 2 {
+      let length = try reader.count("config change context bytes", limit: ConfigChange.contextBytesMax)
+      context = Array(try reader.take(length))
+    }
     guard reader.remaining == 0 else { throw .trailingBytes(count: reader.remaining) }
-    return ConfigChange(steps)
+    return ConfigChange(steps, context: context)
   }
 }
 

@@ -195,6 +195,45 @@ final class ClusterTests: XCTestCase {
     }
   }
 
+  /// addPeer gives the new node the data; removePeer takes the group off the removed node.
+  func testAPeerAddedToAGroupServesItsDataAndARemovedOneNoLongerHostsIt() throws {
+    _ = try XCTUnwrap(leader(among: [0, 1, 2]))
+    let created = try HTTPClient(port: nodes[0].port).request("POST", "/v1/groups", text: #"{"id":"DataRegion-5","peers":[1,2]}"#)
+    XCTAssertEqual(created.status, 201, created.text)
+    var written: HTTPReply?
+    waitUntil("DataRegion-5 to elect and take a write") {
+      written = try? HTTPClient(port: nodes[0].port).request("PUT", "/v1/groups/DataRegion-5/kv/k", text: "five")
+      return written?.status == 200
+    }
+    let index = try XCTUnwrap(written?.json["index"] as? Int)
+    // Through node 3, which does not host the group yet: the request goes to the leader.
+    let added = try HTTPClient(port: nodes[2].port).request("POST", "/v1/groups/DataRegion-5/peers", text: #"{"id":3}"#)
+    XCTAssertEqual(added.status, 200, added.text)
+    let members = (added.json["peers"] as? [[String: Any]] ?? []).map { ($0["id"] as? Int ?? 0, $0["learner"] as? Bool ?? true) }
+    XCTAssertEqual(members.map(\.0), [1, 2, 3], added.text)
+    XCTAssertEqual(members.map(\.1), [false, false, false], added.text)
+    XCTAssertEqual(added.json["bootstrapVoters"] as? [Int], [1, 2])
+    let stale = try HTTPClient(port: nodes[2].port).request(
+      "GET", "/v1/groups/DataRegion-5/kv/k?consistency=stale&minIndex=\(index)&raw=true")
+    XCTAssertEqual(stale.status, 200, stale.text)
+    XCTAssertEqual(stale.text, "five")
+    XCTAssertNil(stale.headers["x-caucus-forwarded-by"], "node 3 answered from its own replica")
+    let again = try HTTPClient(port: nodes[1].port).request("POST", "/v1/groups/DataRegion-5/peers", text: #"{"id":3}"#)
+    XCTAssertEqual(again.status, 409, again.text)
+
+    let removed = try HTTPClient(port: nodes[1].port).request("DELETE", "/v1/groups/DataRegion-5/peers/1")
+    XCTAssertEqual(removed.status, 200, removed.text)
+    XCTAssertEqual((removed.json["peers"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? Int }, [2, 3], removed.text)
+    waitUntil("node 1 to drop its replica of DataRegion-5") {
+      let hosted = try? HTTPClient(port: nodes[0].port).request("GET", "/v1/groups")
+      let ids = (hosted?.json["groups"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String }
+      return hosted?.status == 200 && !ids.contains("DataRegion-5")
+    }
+    let gone = try HTTPClient(port: nodes[1].port).request("DELETE", "/v1/groups/DataRegion-5/peers/1")
+    XCTAssertEqual(gone.status, 404, gone.text)
+    XCTAssertEqual(gone.json["error"] as? String, "peer_not_in_group")
+  }
+
   func testARequestDuringAnElectionWaitsForTheNewLeaderAndWithoutAQuorumAnswersNoLeader() throws {
     let first = try XCTUnwrap(leader(among: [0, 1, 2]))
     let survivors = [0, 1, 2].filter { $0 != first }

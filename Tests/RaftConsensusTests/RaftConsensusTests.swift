@@ -10,16 +10,21 @@ import XCTest
 /// data directory, so nodes can be partitioned, stopped and restarted.
 final class TestCluster {
   let network = InMemoryNetwork()
+  /// Every node, members first, then the spares.
   let peers: [Peer]
+  /// The nodes `createGroup` makes a group over; the spares run but host nothing until they join.
+  let members: [Peer]
   let directories: [String]
   var engines: [RaftConsensus?]
   let options: RaftConsensusOptions
 
-  init(nodes: Int, configure: (inout RaftConsensusOptions) -> Void = { _ in }) throws {
-    peers = (1...nodes).map { Peer(node: NodeID(UInt64($0)), endpoint: Endpoint(host: "127.0.0.1", port: UInt16(41_000 + $0))) }
+  init(nodes: Int, spares: Int = 0, configure: (inout RaftConsensusOptions) -> Void = { _ in }) throws {
+    let total = nodes + spares
+    peers = (1...total).map { Peer(node: NodeID(UInt64($0)), endpoint: Endpoint(host: "127.0.0.1", port: UInt16(41_000 + $0))) }
+    members = Array(peers.prefix(nodes))
     let base = NSTemporaryDirectory() + "caucus-raft-\(UUID().uuidString.prefix(8))"
-    directories = (1...nodes).map { base + "/node-\($0)" }
-    engines = Array(repeating: nil, count: nodes)
+    directories = (1...total).map { base + "/node-\($0)" }
+    engines = Array(repeating: nil, count: total)
     var options = RaftConsensusOptions()
     options.tickIntervalMs = 10
     options.electionTicks = 10
@@ -27,7 +32,7 @@ final class TestCluster {
     options.proposalTimeoutMs = 5_000
     configure(&options)
     self.options = options
-    for node in 0..<nodes { try start(node) }
+    for node in 0..<total { try start(node) }
   }
 
   deinit {
@@ -61,20 +66,22 @@ final class TestCluster {
   var running: [RaftConsensus] { engines.compactMap { $0 } }
 
   func createGroup(_ group: GroupID) throws {
-    for engine in running {
-      try waitForCompletion { engine.createPeer(group, peers: self.peers, completion: $0) }.get()
+    for engine in engines.prefix(members.count).compactMap({ $0 }) {
+      try waitForCompletion { engine.createPeer(group, peers: self.members, completion: $0) }.get()
     }
   }
 
-  /// The index of the node every running node (outside `excluding`) agrees leads `group`, once
-  /// exactly one of them claims it.
+  /// The index of the node every running node that hosts `group` (outside `excluding`) agrees
+  /// leads it, once exactly one of them claims it.
   func waitForLeader(
     _ group: GroupID, excluding: Set<Int> = [], timeout: TimeInterval = 10, file: StaticString = #filePath,
     line: UInt = #line
   ) -> Int? {
     var found: Int?
     let agreed = eventually(timeout: timeout) {
-      let candidates = (0..<self.engines.count).filter { !excluding.contains($0) && self.engines[$0] != nil }
+      let candidates = (0..<self.engines.count).filter {
+        !excluding.contains($0) && self.engines[$0]?.status(group) != nil
+      }
       let leaders = candidates.filter { self.engines[$0]!.isLeader(group) }
       guard leaders.count == 1 else { return false }
       let leader = self.peers[leaders[0]]
@@ -396,9 +403,10 @@ final class RaftConsensusTests: XCTestCase {
     cluster.stop(0)
     try cluster.start(0)
     XCTAssertEqual(cluster.engine(0).allGroupIDs(), [other])
+    XCTAssertNotNil(cluster.engine(0).status(other))
     XCTAssertEqual(
-      failure(of: waitForCompletion { cluster.engine(0).addPeer(other, peer: cluster.peers[0], completion: $0) }),
-      .notSupported("adding a peer to a raft group is not supported yet"))
+      failure(of: waitForCompletion { cluster.engine(0).addPeer(self.group, peer: cluster.peers[0], completion: $0) }),
+      .groupNotFound(group))
   }
 
   func testWritesBeyondThePendingLimitAreAnsweredOverloadedAndEveryWriteIsAnswered() throws {

@@ -20,6 +20,11 @@ final class RaftStorageTests: XCTestCase {
     RaftStorage.entryRecord(group: group, Entry(term: term, index: index, data: Array(text.utf8)))
   }
 
+  /// A group created over `peers` (they are its bootstrap voters).
+  private func created(_ id: GroupID) -> WALRecord {
+    RaftStorage.groupCreatedRecord(group: id, peers: peers, bootstrapVoters: peers.map(\.node.rawValue))
+  }
+
   private func recover(_ records: [WALRecord], snapshot: Snapshot? = nil) throws -> [GroupID: RaftStorage.RecoveredGroup] {
     do {
       let wal = try WriteAheadLog(directory: directory)
@@ -40,7 +45,7 @@ final class RaftStorageTests: XCTestCase {
 
   func testPeersHardStateAndEntriesComeBack() throws {
     let recovered = try recover([
-      RaftStorage.groupCreatedRecord(group: group, peers: peers), entry(1, 1, "a"), entry(2, 1, "b"),
+      created(group), entry(1, 1, "a"), entry(2, 1, "b"),
       RaftStorage.hardStateRecord(group: group, HardState(term: 1, vote: 2, commit: 2)),
     ])
     let replica = try XCTUnwrap(recovered[group])
@@ -55,7 +60,7 @@ final class RaftStorageTests: XCTestCase {
   func testEntriesBeforeARestatedCreationRecordBelongToTheGroup() throws {
     let recovered = try recover(
       [
-        entry(189, 1), RaftStorage.groupCreatedRecord(group: group, peers: peers),
+        entry(189, 1), created(group),
         RaftStorage.hardStateRecord(group: group, HardState(term: 1, vote: 1, commit: 189)), entry(190, 1),
       ], snapshot: Snapshot(index: 188, term: 1, config: ConfigState(voters: [1, 2, 3]), data: []))
     XCTAssertEqual(recovered[group]?.entries.map(\.index), [189, 190])
@@ -68,24 +73,24 @@ final class RaftStorageTests: XCTestCase {
 
   func testALaterWriteOfAnIndexOverwritesItAndEverythingAfterIt() throws {
     let recovered = try recover([
-      RaftStorage.groupCreatedRecord(group: group, peers: peers), entry(1, 1), entry(2, 1), entry(3, 1), entry(2, 2),
+      created(group), entry(1, 1), entry(2, 1), entry(3, 1), entry(2, 2),
     ])
     XCTAssertEqual(recovered[group]?.entries.map(\.term), [1, 2])
   }
 
   func testAGapInTheLogRefusesToStart() throws {
     XCTAssertThrowsError(
-      try recover([RaftStorage.groupCreatedRecord(group: group, peers: peers), entry(1, 1), entry(3, 1)]))
+      try recover([created(group), entry(1, 1), entry(3, 1)]))
   }
 
   func testDeletedGroupsAreGoneAndRestatedGroupsKeepTheirLog() throws {
     let other = GroupID(.schemaRegion, 1)
     let recovered = try recover([
-      RaftStorage.groupCreatedRecord(group: group, peers: peers), entry(1, 1), entry(2, 1),
-      RaftStorage.groupCreatedRecord(group: other, peers: peers),
+      created(group), entry(1, 1), entry(2, 1),
+      created(other),
       RaftStorage.groupDeletedRecord(group: other),
       // Restated before a segment release: the log must survive it.
-      RaftStorage.groupCreatedRecord(group: group, peers: peers), entry(3, 1),
+      created(group), entry(3, 1),
     ])
     XCTAssertEqual(Array(recovered.keys), [group])
     XCTAssertEqual(recovered[group]?.entries.map(\.index), [1, 2, 3])
@@ -95,7 +100,7 @@ final class RaftStorageTests: XCTestCase {
     let snapshot = Snapshot(index: 10, term: 3, config: ConfigState(voters: [1, 2, 3]), data: [7])
     let recovered = try recover(
       [
-        RaftStorage.groupCreatedRecord(group: group, peers: peers), entry(1, 1), entry(2, 1), entry(3, 1),
+        created(group), entry(1, 1), entry(2, 1), entry(3, 1),
         RaftStorage.hardStateRecord(group: group, HardState(term: 3, vote: 0, commit: 10), snapshotMarker: (10, 3)),
         entry(11, 3), entry(12, 3),
       ], snapshot: snapshot)
@@ -107,24 +112,75 @@ final class RaftStorageTests: XCTestCase {
   func testEntriesAfterASnapshotAreKeptOnlyWhenTheLogHoldsItsLastEntry() throws {
     let snapshot = Snapshot(index: 2, term: 1, config: ConfigState(voters: [1, 2, 3]), data: [])
     let kept = try recover(
-      [RaftStorage.groupCreatedRecord(group: group, peers: peers), entry(1, 1), entry(2, 1), entry(3, 1)],
+      [created(group), entry(1, 1), entry(2, 1), entry(3, 1)],
       snapshot: snapshot)
     XCTAssertEqual(kept[group]?.entries.map(\.index), [3])
     try FileManager.default.removeItem(atPath: directory)
     // Written snapshot, crash before its marker: the old log's entry 2 has another term.
     let replaced = try recover(
-      [RaftStorage.groupCreatedRecord(group: group, peers: peers), entry(1, 1), entry(2, 2), entry(3, 2)],
+      [created(group), entry(1, 1), entry(2, 2), entry(3, 2)],
       snapshot: Snapshot(index: 2, term: 3, config: ConfigState(voters: [1, 2, 3]), data: []))
     XCTAssertEqual(replaced[group]?.entries.map(\.index), [])
   }
 
   func testSnapshotFilesOfGroupsThatAreNotLiveAreRemoved() throws {
     let recovered = try recover(
-      [RaftStorage.groupCreatedRecord(group: group, peers: peers), RaftStorage.groupDeletedRecord(group: group)],
+      [created(group), RaftStorage.groupDeletedRecord(group: group)],
       snapshot: Snapshot(index: 5, term: 1, config: ConfigState(voters: [1]), data: []))
     XCTAssertTrue(recovered.isEmpty)
     let wal = try WriteAheadLog(directory: directory)
     defer { try? wal.close() }
     XCTAssertEqual(try wal.snapshotGroups(), [])
+  }
+
+  /// Version 2 keeps the bootstrap voters apart from the endpoints: a replica that joined an
+  /// existing group knows endpoints of nodes that were never bootstrap voters.
+  func testCreationRecordVersionTwoRoundTripsEndpointsAndBootstrapVoters() throws {
+    let joiner = Peer(node: NodeID(4), endpoint: Endpoint(host: "10.0.0.4", port: 9000))
+    let record = RaftStorage.groupCreatedRecord(group: group, peers: peers + [joiner], bootstrapVoters: [1, 2, 3])
+    XCTAssertEqual(record.payload.first, 2, "version")
+    XCTAssertEqual(Array(record.payload.suffix(2 + 3 * 8).prefix(2)), [3, 0], "bootstrap count, little-endian")
+    let decoded = try RaftStorage.decodeGroupCreated(record.payload, group: group)
+    XCTAssertEqual(decoded.peers, peers + [joiner])
+    XCTAssertEqual(decoded.bootstrapVoters, [1, 2, 3])
+    let recovered = try XCTUnwrap(try recover([record, entry(1, 1)])[group])
+    XCTAssertEqual(recovered.peers, peers + [joiner])
+    XCTAssertEqual(recovered.bootstrapVoters, [1, 2, 3])
+    for length in 0..<record.payload.count {
+      XCTAssertThrowsError(try RaftStorage.decodeGroupCreated(Array(record.payload[0..<length]), group: group), "prefix \(length)")
+    }
+    XCTAssertThrowsError(try RaftStorage.decodeGroupCreated(record.payload + [0], group: group), "trailing byte")
+  }
+
+  /// Version 1 (written before membership changes): its peers are the bootstrap voters.
+  func testCreationRecordVersionOneStillDecodes() throws {
+    var payload: [UInt8] = [1]
+    payload += RaftStorage.encodePeers(peers)
+    let recovered = try XCTUnwrap(
+      try recover([WALRecord(kind: .groupCreated, group: group.packed, index: 0, term: 0, payload: payload), entry(1, 1)])[group])
+    XCTAssertEqual(recovered.peers, peers)
+    XCTAssertEqual(recovered.bootstrapVoters, [1, 2, 3])
+    XCTAssertThrowsError(try RaftStorage.decodeGroupCreated([3] + Array(payload.dropFirst()), group: group), "unknown version")
+  }
+
+  /// Endpoints added by membership changes come back from the changes' context in the log, later
+  /// ones winning over the creation record's.
+  func testEndpointsOfMembershipChangesInTheLogAreMergedOnRecovery() throws {
+    let joiner = Peer(node: NodeID(4), endpoint: Endpoint(host: "10.0.0.4", port: 9000))
+    let moved = Peer(node: NodeID(2), endpoint: Endpoint(host: "10.0.0.22", port: 9001))
+    func change(_ index: LogIndex, _ steps: [ConfigChangeStep], _ added: [Peer]) -> WALRecord {
+      let bytes = WireCodec.encode(ConfigChange(steps, context: RaftStorage.encodePeers(added)))
+      return RaftStorage.entryRecord(group: group, Entry(term: 1, index: index, kind: .configChange, data: bytes))
+    }
+    let versionOneChange = RaftStorage.entryRecord(
+      group: group,
+      Entry(term: 1, index: 4, kind: .configChange, data: [1, 1, 0, 0, 0, ConfigChangeKind.remove.rawValue, 3, 0, 0, 0, 0, 0, 0, 0]))
+    let recovered = try XCTUnwrap(
+      try recover([
+        created(group), entry(1, 1), change(2, [.init(.addLearner, 4)], [joiner]), change(3, [.init(.addVoter, 2)], [moved]),
+        versionOneChange,
+      ])[group])
+    XCTAssertEqual(recovered.bootstrapVoters, [1, 2, 3])
+    XCTAssertEqual(try RaftStorage.endpoints(of: recovered, id: group), [peers[0], moved, peers[2], joiner])
   }
 }

@@ -208,6 +208,27 @@ final class MembershipTests: XCTestCase {
     XCTAssertEqual(cluster[1].membership.voters, [1, 2, 3, 4])
   }
 
+  /// The context travels with the change to every replica, and an oversized one is refused
+  /// before anything is appended.
+  func testChangeContextReachesEveryReplicaAndIsBounded() throws {
+    var cluster = TestCluster(voters: [1, 2, 3])
+    cluster.elect(1)
+    let before = cluster[1].lastIndex
+    XCTAssertThrowsError(
+      try cluster[1].proposeConfigChange(
+        ConfigChange([.init(.addLearner, 4)], context: Array(repeating: 1, count: ConfigChange.contextBytesMax + 1)))
+    ) { error in
+      guard case .configChangeInvalid = error as? ProposalError else { return XCTFail("\(error)") }
+    }
+    XCTAssertEqual(cluster[1].lastIndex, before, "nothing appended")
+    let index = try cluster[1].proposeConfigChange(ConfigChange([.init(.addLearner, 4)], context: [7, 7]))
+    cluster.stabilize()
+    for replica in [1, 2, 3] as [ReplicaID] {
+      let entry = try XCTUnwrap(cluster[replica].entry(at: index))
+      XCTAssertEqual(try WireCodec.decodeConfigChange(entry.data).context, [7, 7])
+    }
+  }
+
   /// Thesis §4.3: changing two voters enters a joint configuration, which the leader leaves on
   /// its own; while joint, decisions need majorities of both.
   func testJointConsensusEntersAndLeaves_Thesis4_3() throws {

@@ -129,7 +129,8 @@ final class WireCodecTests: XCTestCase {
 
   /// Config changes live in log entries and snapshots: the batch's version bump must not change them.
   func testConfigChangesKeepTheirOwnVersion() {
-    XCTAssertEqual(WireCodec.encode(ConfigChange([.init(.addVoter, 4)]))[0], 1)
+    XCTAssertEqual(WireCodec.encode(ConfigChange([.init(.addVoter, 4)]))[0], WireCodec.configChangeVersion)
+    XCTAssertEqual(WireCodec.configChangeVersion, 2)
   }
 
   /// Every proper prefix of a valid batch is refused with an error, never a crash.
@@ -311,5 +312,31 @@ final class WireCodecTests: XCTestCase {
     for length in 0..<bytes.count {
       XCTAssertThrowsError(try WireCodec.decodeConfigChange(Array(bytes[0..<length])))
     }
+  }
+
+  /// Version 2 carries the host's context (the endpoints of the replicas a change involves).
+  func testConfigChangeWithContextRoundTripsAndEveryTruncationIsAnError() throws {
+    let change = ConfigChange([.init(.addLearner, 4)], context: [9, 8, 7, 6, 5])
+    let bytes = WireCodec.encode(change)
+    XCTAssertEqual(bytes.count, 1 + 4 + 9 + 4 + 5, "version · steps · contextLength · context")
+    XCTAssertEqual(Array(bytes[14..<18]), [5, 0, 0, 0], "context length, little-endian")
+    XCTAssertEqual(try WireCodec.decodeConfigChange(bytes), change)
+    for length in 0..<bytes.count {
+      XCTAssertThrowsError(try WireCodec.decodeConfigChange(Array(bytes[0..<length])), "prefix of \(length) bytes")
+    }
+    XCTAssertThrowsError(try WireCodec.decodeConfigChange(bytes + [0]), "trailing byte")
+    var oversized = Array(bytes[0..<14])
+    oversized += [0xFF, 0xFF, 0xFF, 0x7F]
+    XCTAssertThrowsError(try WireCodec.decodeConfigChange(oversized), "a context past contextBytesMax")
+  }
+
+  /// Changes written before the context existed sit in logs and snapshots: they still decode.
+  func testConfigChangeVersionOneStillDecodes() throws {
+    let versionOne: [UInt8] = [1, 2, 0, 0, 0, ConfigChangeKind.addVoter.rawValue, 4, 0, 0, 0, 0, 0, 0, 0,
+      ConfigChangeKind.remove.rawValue, 1, 0, 0, 0, 0, 0, 0, 0]
+    XCTAssertEqual(
+      try WireCodec.decodeConfigChange(versionOne), ConfigChange([.init(.addVoter, 4), .init(.remove, 1)]))
+    XCTAssertThrowsError(try WireCodec.decodeConfigChange(versionOne + [0, 0, 0, 0]), "version 1 has no context")
+    XCTAssertThrowsError(try WireCodec.decodeConfigChange([3, 0, 0, 0, 0]), "an unknown version")
   }
 }

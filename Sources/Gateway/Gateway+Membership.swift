@@ -1,0 +1,193 @@
+import Consensus
+import HTTPServer
+
+/// The membership routes (API.md "Groups and membership"). A node that does not lead the group
+/// hands the request to the engine, which answers the leader error (or `groupNotFound`), and
+/// `Exchange.fail` takes it to the leader. At the leader: create the joining replicas on the new
+/// nodes first (`POST /v1/node/groups` with the group's bootstrap voters), then run the engine's
+/// change, then delete the replicas of the removed nodes (best effort), then record the new
+/// placement in the directory, then answer the group's status. A leader asked to remove itself
+/// first hands leadership to another voter that stays, and the request follows it there: the
+/// new leader removes it like any other node, and deletes its replica once the removal applied.
+extension Gateway {
+  /// How long a leader that removed itself waits for another node to take over before it deletes
+  /// its own replica: until then the others may not know the removal committed, and may need this
+  /// replica to learn it (it keeps replicating until the hand-over).
+  static let removedLeaderHandOverWaitMs: UInt32 = 5_000
+  static let removedLeaderPollMs: UInt32 = 50
+
+  /// `POST /v1/groups/{group}/peers` `{peer}`.
+  func addPeer(_ group: GroupID, _ exchange: Exchange, route: String) throws(GatewayError) {
+    let specification = try parsePeerSpecification(try exchange.jsonBody())
+    resolvePeers([specification]) { [self] result in
+      switch result {
+      case .failure(let error): exchange.fail(error, route: route)
+      case .success(let resolved):
+        let peer = resolved[0]
+        prepareJoiners(group, [peer], exchange, route: route) { [self] in
+          engine.addPeer(group, peer: peer) { [self] result in
+            finishMembership(result, group, removed: [], exchange, route: route)
+          }
+        }
+      }
+    }
+  }
+
+  /// `DELETE /v1/groups/{group}/peers/{nodeId}`.
+  func removePeer(_ group: GroupID, _ node: NodeID, _ exchange: Exchange, route: String) {
+    // Its endpoint, while the membership still has it (only the leader's answer counts).
+    let removed = engine.status(group)?.peers.first { $0.peer.node == node }.map(\.peer)
+    handOverIfLeaving(group, staying: { $0 != node }, exchange, route: route) { [self] in
+      engine.removePeer(group, node: node) { [self] result in
+        finishMembership(result, group, removed: removed.map { [$0] } ?? [], exchange, route: route)
+      }
+    }
+  }
+
+  /// `PUT /v1/groups/{group}/peers` `{"peers":[...]}`.
+  func changePeer(_ group: GroupID, _ exchange: Exchange, route: String) throws(GatewayError) {
+    let body = try exchange.jsonBody()
+    guard let items = body["peers"]?.arrayValue else { throw .badRequest("the body needs \"peers\": an array of peers") }
+    guard items.count <= DirectoryRecords.groupPeersMax else {
+      throw .badRequest("\"peers\" names \(items.count) peers; the limit is \(DirectoryRecords.groupPeersMax)")
+    }
+    let specifications = try items.map { value throws(GatewayError) in try parsePeerSpecification(value) }
+    guard Set(specifications.map(\.node)).count == specifications.count else { throw .badRequest("\"peers\" names a node twice") }
+    resolvePeers(specifications) { [self] result in
+      switch result {
+      case .failure(let error): exchange.fail(error, route: route)
+      case .success(let peers):
+        let old = engine.status(group)
+        // Refused here before any replica is created for nothing; the engine checks again.
+        if let old, old.role == .leader {
+          let voters = Set(old.peers.filter { !$0.learner }.map(\.peer.node))
+          if peers.isEmpty || voters.isDisjoint(with: peers.map(\.node)) {
+            return exchange.fail(
+              .consensus(.illegalPeerNumber(count: peers.count, reason: "the new peers share no member with the current voters")),
+              route: route)
+          }
+        }
+        let staying = Set(peers.map(\.node))
+        prepareJoiners(group, peers, exchange, route: route) { [self] in
+          handOverIfLeaving(group, staying: { staying.contains($0) }, exchange, route: route) { [self] in
+            changePeerAtLeader(group, peers, old, exchange, route: route)
+          }
+        }
+      }
+    }
+  }
+
+  private func changePeerAtLeader(
+    _ group: GroupID, _ peers: [Peer], _ old: GroupStatus?, _ exchange: Exchange, route: String
+  ) {
+          engine.changePeer(group, peers: peers) { [self] result in
+            let removed = (old?.peers ?? []).map(\.peer).filter { member in !peers.contains { $0.node == member.node } }
+            finishMembership(result, group, removed: removed, exchange, route: route)
+          }
+  }
+
+  /// At a leader that the change removes: hands leadership to the most caught-up voter that
+  /// stays, then `then` (where the engine answers `notLeader`, and the request goes to the new
+  /// leader). A leader that deleted its replica right after applying its own removal could strand
+  /// the others: they may not know yet that the removal committed, and may still count its vote.
+  private func handOverIfLeaving(
+    _ group: GroupID, staying: @escaping @Sendable (NodeID) -> Bool, _ exchange: Exchange, route: String,
+    then: @escaping @Sendable () -> Void
+  ) {
+    let local = engine.localPeer.node
+    guard let status = engine.status(group), status.role == .leader, !staying(local) else { return then() }
+    let candidates = status.peers.filter { !$0.learner && $0.peer.node != local && staying($0.peer.node) }
+    // None: the engine refuses the change (no voter would be left) or the change makes one.
+    guard let target = candidates.max(by: { $0.matchIndex < $1.matchIndex }) else { return then() }
+    engine.transferLeader(group, to: target.peer.node) { result in
+      switch result {
+      case .failure(let error): exchange.fail(.consensus(error), route: route)
+      case .success: then()
+      }
+    }
+  }
+
+  /// At the leader: creates a joining replica on every candidate that is not a member yet, then
+  /// `then`. Elsewhere `then` at once: the engine answers the leader error and the request goes
+  /// to the leader. A node that already hosts the group (409, a retry) counts as done.
+  private func prepareJoiners(
+    _ group: GroupID, _ candidates: [Peer], _ exchange: Exchange, route: String, then: @escaping @Sendable () -> Void
+  ) {
+    guard let status = engine.status(group), status.role == .leader, let forwarder = configuration.forwarder else {
+      return then()
+    }
+    let members = status.peers.map(\.peer)
+    let joiners = candidates.filter { candidate in
+      candidate.node != engine.localPeer.node && !members.contains { $0.node == candidate.node }
+    }
+    guard !joiners.isEmpty else { return then() }
+    let body = Gateway.groupDocument(group, members + joiners, bootstrapVoters: status.bootstrapVoters)
+    fanOut(joiners, exchange, route: route, local: { done in done(201) }, remote: { peer, done in
+      forwarder.nodeLocal("POST", on: peer, target: "/v1/node/groups", body: body) { status, _ in done(status) }
+    }) { statuses in
+      let failed = statuses.filter { $0.value != 201 && $0.value != 409 }.map(\.key).sorted()
+      guard failed.isEmpty else {
+        return exchange.fail(
+          .consensus(
+            .storage(
+              "the joining replica of \(group) was not created on node(s) \(failed.map(\.description).joined(separator: ", ")); retry the request")),
+          route: route)
+      }
+      then()
+    }
+  }
+
+  /// After the engine's answer: on success, delete the removed nodes' replicas (best effort),
+  /// record the new placement, and answer the status as of the change.
+  private func finishMembership(
+    _ result: Result<Void, ConsensusError>, _ group: GroupID, removed: [Peer], _ exchange: Exchange, route: String
+  ) {
+    // Failures (the leader error among them, which forwards) and answers without a status.
+    guard case .success = result, let status = engine.status(group) else {
+      return answerMembership(result, group, exchange, route: route)
+    }
+    let members = status.peers.map(\.peer)
+    let answer: @Sendable () -> Void = { [self] in
+      recordInDirectory(group, members) { [self] in
+        exchange.respond(json: statusDocument(status), headers: groupHeaders(status), route: route)
+      }
+    }
+    guard !removed.isEmpty, let forwarder = configuration.forwarder else { return answer() }
+    fanOut(removed, exchange, route: route, local: { [self] done in
+      deleteRemovedLocally(group, waitedMs: 0) { done(200) }
+    }, remote: { [self] peer, done in
+      forwarder.nodeLocal("DELETE", on: peer, target: "/v1/node/groups/\(group)", body: []) { [self] status, _ in
+        if status != 200 && status != 404 {
+          logger.warning(
+            "the replica of a removed peer was not deleted; delete it with DELETE /v1/node/groups/{group} on that node",
+            metadata: ["group": "\(group)", "peer": "\(peer.node)", "status": "\(status)"])
+        }
+        done(status)
+      }
+    }) { _ in answer() }
+  }
+
+  /// This node removed itself: deletes its replica once another node leads (the core hands
+  /// leadership over), or leaves it in place after `removedLeaderHandOverWaitMs` and says so.
+  private func deleteRemovedLocally(_ group: GroupID, waitedMs: UInt32, then: @escaping @Sendable () -> Void) {
+    let leader = engine.leader(group)?.node
+    guard leader == nil || leader == engine.localPeer.node else {
+      return engine.deletePeer(group) { [self] result in
+        if case .failure(let error) = result {
+          logger.warning(
+            "deleting this node's removed replica failed", metadata: ["group": "\(group)", "error": "\(error)"])
+        }
+        then()
+      }
+    }
+    guard waitedMs < Gateway.removedLeaderHandOverWaitMs else {
+      logger.warning(
+        "no other node took over the group this node left; its replica stays until DELETE /v1/node/groups/{group}",
+        metadata: ["group": "\(group)"])
+      return then()
+    }
+    deadlines.after(delayMs: Gateway.removedLeaderPollMs) { [self] in
+      deleteRemovedLocally(group, waitedMs: waitedMs + Gateway.removedLeaderPollMs, then: then)
+    }
+  }
+}
