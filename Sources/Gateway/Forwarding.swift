@@ -89,8 +89,28 @@ public final class LeaderForwarder: Sendable {
     }
   }
 
-  /// Runs a node-local group operation (`POST /v1/node/groups`, `DELETE /v1/node/groups/{group}`)
-  /// on `peer` through its client API, and hands back the status it answered (0: unreachable).
+  /// Runs a group operation for other nodes (`POST /v1/node/groups`, `DELETE
+  /// /v1/node/groups/{group}`: createPeer, deletePeer) on `peer` over its consensus port, and
+  /// hands back the status it answered (0: unreachable).
+  func groupOperation(
+    _ method: String, on peer: Peer, target: String, body: [UInt8], completion: @escaping @Sendable (Int, [UInt8]) -> Void
+  ) {
+    precondition(target.hasPrefix("/v1/node/groups"), "the consensus port serves only the group operations")
+    // At the hop limit: the receiver answers for itself and never forwards or locates.
+    let request = PeerRequest(
+      method: method, host: peer.endpoint.host, port: peer.endpoint.port, target: target,
+      headers: [("Content-Type", HTTPResponse.jsonContentType), ("X-Caucus-Hops", String(LeaderForwarder.hopsMax))],
+      body: body, timeoutMs: relayTimeoutMs)
+    client.send(request) { result in
+      switch result {
+      case .success(let response): completion(response.status, response.body)
+      case .failure: completion(0, [])
+      }
+    }
+  }
+
+  /// Runs a node-local request on `peer` through its client API (client URL looked up over its
+  /// consensus port), and hands back the status it answered (0: unreachable).
   func nodeLocal(
     _ method: String, on peer: Peer, target: String, body: [UInt8], completion: @escaping @Sendable (Int, [UInt8]) -> Void
   ) {

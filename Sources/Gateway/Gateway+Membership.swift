@@ -123,7 +123,7 @@ extension Gateway {
     guard !joiners.isEmpty else { return then() }
     let body = Gateway.groupDocument(group, members + joiners, bootstrapVoters: status.bootstrapVoters)
     fanOut(joiners, exchange, route: route, local: { done in done(201) }, remote: { peer, done in
-      forwarder.nodeLocal("POST", on: peer, target: "/v1/node/groups", body: body) { status, _ in done(status) }
+      forwarder.groupOperation("POST", on: peer, target: "/v1/node/groups", body: body) { status, _ in done(status) }
     }) { statuses in
       let failed = statuses.filter { $0.value != 201 && $0.value != 409 }.map(\.key).sorted()
       guard failed.isEmpty else {
@@ -156,7 +156,7 @@ extension Gateway {
     fanOut(removed, exchange, route: route, local: { [self] done in
       deleteRemovedLocally(group, waitedMs: 0) { done(200) }
     }, remote: { [self] peer, done in
-      forwarder.nodeLocal("DELETE", on: peer, target: "/v1/node/groups/\(group)", body: []) { [self] status, _ in
+      forwarder.groupOperation("DELETE", on: peer, target: "/v1/node/groups/\(group)", body: []) { [self] status, _ in
         if status != 200 && status != 404 {
           logger.warning(
             "the replica of a removed peer was not deleted; delete it with DELETE /v1/node/groups/{group} on that node",

@@ -958,7 +958,7 @@ public final class Gateway: HTTPHandler {
         }
       }
     }, remote: { peer, done in
-      forwarder.nodeLocal("POST", on: peer, target: "/v1/node/groups", body: body) { status, _ in done(status) }
+      forwarder.groupOperation("POST", on: peer, target: "/v1/node/groups", body: body) { status, _ in done(status) }
     }) { [self] statuses in
       if statuses.values.allSatisfy({ $0 == 409 }) {
         return exchange.fail(.consensus(.groupAlreadyExists(group)), route: route)
@@ -1011,7 +1011,7 @@ public final class Gateway: HTTPHandler {
         }
       }
     }, remote: { peer, done in
-      forwarder.nodeLocal("DELETE", on: peer, target: "/v1/node/groups/\(group)", body: []) { status, _ in done(status) }
+      forwarder.groupOperation("DELETE", on: peer, target: "/v1/node/groups/\(group)", body: []) { status, _ in done(status) }
     }) { [self] statuses in
       let failed = statuses.filter { $0.value != 200 && $0.value != 404 }.map(\.key).sorted()
       guard failed.isEmpty else {

@@ -122,6 +122,8 @@ func runNode(_ settings: NodeSettings) -> Int32 {
     }
   }
   let gateway = Gateway(engine: engine, configuration: gatewayConfiguration)
+  // Other nodes run createPeer/deletePeer here over the consensus port.
+  cluster?.handler.setGroupOperationsHandler(gateway)
   var serverConfiguration = HTTPServerConfiguration()
   serverConfiguration.host = settings.rpcAddress
   serverConfiguration.port = settings.rpcPort
@@ -218,6 +220,7 @@ struct ClusterLink {
   let client: PeerClient
   let transport: HTTPRaftTransport
   let server: HTTPServer
+  let handler: ConsensusPortHandler
 
   static func start(_ settings: NodeSettings) throws -> ClusterLink {
     let members: [Peer]
@@ -263,7 +266,9 @@ struct ClusterLink {
       transport: transport, node: settings.nodeID, clientURL: settings.clientURL, consensusEndpoint: localEndpoint)
     let server = HTTPServer(configuration: configuration, handler: handler)
     _ = try server.start()
-    return ClusterLink(members: members, join: join, localEndpoint: localEndpoint, client: client, transport: transport, server: server)
+    return ClusterLink(
+      members: members, join: join, localEndpoint: localEndpoint, client: client, transport: transport, server: server,
+      handler: handler)
   }
 
   func stop() {

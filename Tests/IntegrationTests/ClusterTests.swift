@@ -147,6 +147,23 @@ final class ClusterTests: XCTestCase {
     for node in nodes { XCTAssertTrue(node.isRunning, "a node crashed on garbage:\n\(node.log().suffix(2000))") }
   }
 
+  /// createPeer and deletePeer for other nodes are served on the consensus port (the fan-out of
+  /// `POST /v1/groups` uses it); nothing else of the client API is.
+  func testGroupOperationsAreServedOnTheConsensusPort() throws {
+    _ = try XCTUnwrap(leader(among: [0, 1, 2]))
+    let consensus = try HTTPClient(port: nodes[1].consensusPort)
+    let created = try consensus.request("POST", "/v1/node/groups", text: #"{"id":"SchemaRegion-4","peers":[2]}"#)
+    XCTAssertEqual(created.status, 201, created.text)
+    XCTAssertEqual(try HTTPClient(port: nodes[1].port).request("GET", "/v1/groups/SchemaRegion-4?forward=none").status, 200)
+    let bad = try HTTPClient(port: nodes[1].consensusPort).request("POST", "/v1/node/groups", text: "{")
+    XCTAssertEqual(bad.status, 400, bad.text)
+    XCTAssertEqual(bad.json["error"] as? String, "invalid_json")
+    XCTAssertEqual(try HTTPClient(port: nodes[1].consensusPort).request("GET", "/v1/groups").status, 404, "not the client API")
+    let deleted = try HTTPClient(port: nodes[1].consensusPort).request("DELETE", "/v1/node/groups/SchemaRegion-4")
+    XCTAssertEqual(deleted.status, 200, deleted.text)
+    XCTAssertEqual(try HTTPClient(port: nodes[1].port).request("GET", "/v1/groups/SchemaRegion-4?forward=none").status, 404)
+  }
+
   func testAGroupCreatedThroughOneNodeExistsOnEveryPeerServesWritesAndIsDeletedEverywhere() throws {
     _ = try XCTUnwrap(leader(among: [0, 1, 2]))
     let created = try HTTPClient(port: nodes[0].port).request("POST", "/v1/groups", text: #"{"id":"DataRegion-7","peers":[1,2,3]}"#)
