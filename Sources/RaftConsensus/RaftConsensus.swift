@@ -86,6 +86,11 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   /// turn, at most `WireLimits.forwardsPerBatchMax` per node (past it the follower times out).
   private var forwardAnswersUnsent: [ReplicaID: [ForwardedProposal]] = [:]
   private var seed: UInt64 = 0
+  /// Heartbeat responses that confirm only liveness (no ReadIndex round), held per destination
+  /// and group (a later one replaces an earlier one) until the next batch to that node leaves,
+  /// or the next tick at the latest (`RaftConsensusOptions.holdHeartbeatResponses`). Bounded by
+  /// destinations × groups.
+  private var heldHeartbeatResponses: [ReplicaID: [UInt64: Message]] = [:]
   /// The WAL's segment count after the last round of snapshots forced by `walSegmentsSoftMax`.
   private var segmentsAfterForcedSnapshots = 0
 
@@ -667,6 +672,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
           early[message.to, default: []].append(GroupMessage(group: replica.id.packed, message: message))
         }
       }
+      // Held heartbeat responses ride with this turn's batches; at a tick every one leaves.
+      releaseHeldHeartbeatResponses(into: &early, all: ticked)
       let sentEarly = send(early, forwards: turn.forwards, &turn)
       do {
         try persist(readies, &turn, wal)
@@ -681,9 +688,14 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       for action in turn.onDurable { action(.success(())) }
       for (replica, ready) in readies {
         for message in ready.messagesAfterPersist {
+          if options.holdHeartbeatResponses && message.kind == .heartbeatResponse && message.context == 0 {
+            heldHeartbeatResponses[message.to, default: [:]][replica.id.packed] = message
+            continue
+          }
           turn.outgoing[message.to, default: []].append(GroupMessage(group: replica.id.packed, message: message))
         }
       }
+      releaseHeldHeartbeatResponses(into: &turn.outgoing, all: false)
       let sentAfter = send(turn.outgoing, forwards: [:], &turn)
       let sent = (
         batches: sentEarly.batches + sentAfter.batches, messages: sentEarly.messages + sentAfter.messages,
@@ -1358,6 +1370,16 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       if !ready.entries.isEmpty || ready.hardState != nil || ready.snapshot != nil {
         turn.groupsWithRecords.insert(replica.id)
       }
+    }
+  }
+
+  /// Moves the held heartbeat responses into `outgoing`: those for destinations it already has a
+  /// batch for, or all of them.
+  private func releaseHeldHeartbeatResponses(into outgoing: inout [ReplicaID: [GroupMessage]], all: Bool) {
+    guard !heldHeartbeatResponses.isEmpty else { return }
+    for (destination, held) in heldHeartbeatResponses where all || outgoing[destination] != nil {
+      outgoing[destination, default: []].append(contentsOf: held.map { GroupMessage(group: $0.key, message: $0.value) })
+      heldHeartbeatResponses[destination] = nil
     }
   }
 

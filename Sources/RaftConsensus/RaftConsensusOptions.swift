@@ -11,6 +11,12 @@ public struct RaftConsensusOptions: Sendable {
   public var electionTicks = 10
   /// Ticks between two heartbeats of a leader.
   public var heartbeatTicks = 1
+  /// Hold a heartbeat response that confirms only liveness until the next batch to its leader's
+  /// node, at most until the next tick, instead of sending it at once. With leadership spread
+  /// over the nodes, a node's own heartbeats to a peer then carry its responses to that peer's
+  /// heartbeats: one batch per node pair and direction per interval instead of two, which halves
+  /// an idle cluster's traffic. Responses to ReadIndex rounds always leave at once.
+  public var holdHeartbeatResponses = true
   /// Writes accepted but not yet answered (queued, proposed or waiting for commit), across all
   /// groups. Past it a write is answered `overloaded` rather than queued without bound.
   public var pendingWritesMax = 16_384

@@ -310,6 +310,47 @@ final class RaftConsensusTests: XCTestCase {
     XCTAssertEqual(cluster.engine(2).allGroupIDs(), groups)
   }
 
+  /// With each of two nodes leading half the groups, a node's heartbeat responses wait for its own
+  /// next heartbeats to the other node: one batch per direction per interval instead of two.
+  func testHeldHeartbeatResponsesRideWithTheNodesOwnHeartbeats() throws {
+    func batchesPerHeartbeat(holding: Bool) throws -> Double {
+      let cluster = try TestCluster(nodes: 2) { $0.holdHeartbeatResponses = holding }
+      let groups = (1...10).map { GroupID(.dataRegion, UInt32($0)) }
+      for group in groups { try cluster.createGroup(group) }
+      for (position, group) in groups.enumerated() {
+        let wanted = position < 5 ? 0 : 1
+        XCTAssertTrue(
+          eventually(timeout: 10) {
+            guard let leader = cluster.waitForLeader(group) else { return false }
+            if leader == wanted { return true }
+            _ = waitForCompletion {
+              cluster.engine(leader).transferLeader(group, to: cluster.peers[wanted].node, completion: $0)
+            }
+            return false
+          }, "node \(wanted + 1) leads \(group)")
+      }
+      func totals() -> (batches: Double, heartbeats: Double) {
+        cluster.running.reduce((0, 0)) { sum, engine in
+          let text = engine.prometheusMetrics()
+          return (
+            sum.batches + metric(text, "caucus_raft_batches_sent_total"),
+            sum.heartbeats + metric(text, "caucus_raft_heartbeats_coalesced_total")
+          )
+        }
+      }
+      let before = totals()
+      // About twenty rounds: 5 heartbeats and 5 responses each way per round.
+      XCTAssertTrue(eventually(timeout: 10) { totals().heartbeats - before.heartbeats >= 400 }, "heartbeats flow")
+      let after = totals()
+      return (after.batches - before.batches) / (after.heartbeats - before.heartbeats)
+    }
+    // Per round 20 heartbeats and responses: in 2 batches when held, in 4 when sent at once.
+    let held = try batchesPerHeartbeat(holding: true)
+    let eager = try batchesPerHeartbeat(holding: false)
+    XCTAssertLessThan(held, 0.15, "held: \(held) batches per heartbeat")
+    XCTAssertGreaterThan(eager, 0.15, "sent at once: \(eager) batches per heartbeat")
+  }
+
   /// Idle groups' heartbeats (and their responses) between two nodes travel as one coalesced
   /// section per batch, not one message per group.
   func testHeartbeatsOfEveryGroupTravelCoalescedPerNodePair() throws {
