@@ -121,6 +121,18 @@ extension Gateway {
       candidate.node != engine.localPeer.node && !members.contains { $0.node == candidate.node }
     }
     guard !joiners.isEmpty else { return then() }
+    // A replica of an initial voter starts from the bootstrap configuration, in which it votes:
+    // re-created with an empty log, two of them could elect each other and overwrite the group.
+    // Such a node comes back under a new node id.
+    if let initial = joiners.first(where: { status.bootstrapVoters.contains($0.node) }) {
+      return exchange.fail(
+        .consensus(
+          .illegalPeerNumber(
+            count: candidates.count,
+            reason:
+              "node \(initial.node) was one of \(group)'s initial voters and cannot rejoin it; add its replacement under a new node id")),
+        route: route)
+    }
     let body = Gateway.groupDocument(group, members + joiners, bootstrapVoters: status.bootstrapVoters)
     fanOut(joiners, exchange, route: route, local: { done in done(201) }, remote: { peer, done in
       forwarder.groupOperation("POST", on: peer, target: "/v1/node/groups", body: body) { status, _ in done(status) }

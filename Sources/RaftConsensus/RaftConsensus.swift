@@ -961,8 +961,11 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       switch change.stage {
       case .applying(let index, let term, let next):
         guard replica.raft.applied >= index else {
-          if replica.raft.role != .leader { return answer(.failure(leaderError)) }
-          if now >= change.deadline { return answer(.failure(.timeout(indeterminate: true))) }
+          // Deposed before it applied: the next leader may still commit the entry, so its
+          // outcome is unknown (a retry at the new leader resumes or reports it).
+          if replica.raft.role != .leader || now >= change.deadline {
+            return answer(.failure(.timeout(indeterminate: true)))
+          }
           return
         }
         guard let appliedTerm = replica.raft.term(at: index) else {
@@ -979,7 +982,14 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
               "membership changed", metadata: ["group": "\(replica.id)", "membership": "\(replica.raft.membership)"])
             return answer(.success(()))
           }
-          if replica.raft.role != .leader { return answer(.failure(leaderError)) }
+          // The joint configuration is in force: the change is made, and whichever node leads
+          // leaves the joint configuration on its own (the core retries that every tick).
+          if replica.raft.role != .leader {
+            logger.info(
+              "membership changed (joint; the next leader leaves it)",
+              metadata: ["group": "\(replica.id)", "membership": "\(replica.raft.membership)"])
+            return answer(.success(()))
+          }
           if now >= change.deadline { return answer(.failure(.timeout(indeterminate: true))) }
           return
         case .catchUp(let learner):
@@ -1036,7 +1046,9 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     case .transferInProgress, .uncommittedBytesExceeded, .tooManyPendingReads: return .overloaded(retryAfterMs: 100)
     case .commandTooLarge(let bytes, let limit):
       return .invalidRequest("the command is \(bytes) bytes; a raft entry takes at most \(limit)")
-    case .configChangePending, .configChangeInvalid: return .invalidRequest(error.description)
+    // Another change (or a new leader's first entry) must apply first: retry shortly.
+    case .configChangePending: return .overloaded(retryAfterMs: 500)
+    case .configChangeInvalid: return .invalidRequest(error.description)
     }
   }
 

@@ -249,6 +249,10 @@ final class ClusterTests: XCTestCase {
     let gone = try HTTPClient(port: nodes[1].port).request("DELETE", "/v1/groups/DataRegion-5/peers/1")
     XCTAssertEqual(gone.status, 404, gone.text)
     XCTAssertEqual(gone.json["error"] as? String, "peer_not_in_group")
+    // An initial voter cannot come back: with an empty log it would still vote as one.
+    let back = try HTTPClient(port: nodes[1].port).request("POST", "/v1/groups/DataRegion-5/peers", text: #"{"id":1}"#)
+    XCTAssertEqual(back.status, 400, back.text)
+    XCTAssertEqual(back.json["error"] as? String, "illegal_peer_num")
   }
 
   func testARequestDuringAnElectionWaitsForTheNewLeaderAndWithoutAQuorumAnswersNoLeader() throws {
