@@ -792,6 +792,12 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     case .create(let id, let peers, let bootstrapVoters, let completion):
       state.withLock { controlQueued -= 1 }
       guard live[id] == nil else { return turn.answers.append { completion(.failure(.groupAlreadyExists(id))) } }
+      guard live.count < options.groupsMax else {
+        let limit = options.groupsMax
+        return turn.answers.append {
+          completion(.failure(.invalidRequest("this node hosts \(limit) groups, the most it may (raft.groupsMax)")))
+        }
+      }
       let replica: RaftGroup
       do {
         replica = try makeGroup(

@@ -28,6 +28,11 @@ public struct RaftConsensusOptions: Sendable {
   /// Linearizable reads queued or waiting for their read index, plus stale reads waiting for
   /// `minIndex`, across all groups.
   public var readWaitersMax = 4_096
+  /// Groups this node may host. Every group ticks every turn and has a heartbeat (or response)
+  /// in the batch to each peer, so this bounds a turn's work and a batch's coalesced section
+  /// (at most `WireLimits.heartbeatsPerBatchMax / 2`: a group can have a held response and a new
+  /// heartbeat in one batch). Past it, creating or joining a group is refused.
+  public var groupsMax = 10_000
   /// Group creations, deletions, leader transfers and membership changes queued for the loop
   /// (each costs an fsync).
   public var pendingControlMax = 64
@@ -71,6 +76,7 @@ public struct RaftConsensusOptions: Sendable {
     if let value = try number("membershipChangeTimeoutMs", 1...3_600_000) { membershipChangeTimeoutMs = value }
     if let value = try number("snapshotEntriesThreshold", 1...UInt64(UInt32.max)) { snapshotEntriesThreshold = value }
     if let value = try number("walSegmentsSoftMax", 2...100_000) { walSegmentsSoftMax = Int(value) }
+    if let value = try number("groupsMax", 1...UInt64(WireLimits.heartbeatsPerBatchMax / 2)) { groupsMax = Int(value) }
     if let value = try number("walSegmentBytes", 1 << 16...1 << 34) { wal.segmentBytesMax = value }
     try validate()
   }
@@ -83,6 +89,9 @@ public struct RaftConsensusOptions: Sendable {
     guard pendingWritesMax >= 1, pendingWriteBytesMax >= 1, inboundBatchesMax >= 1, readWaitersMax >= 1,
       pendingControlMax >= 1, walSegmentsSoftMax >= 2
     else { throw .invalidRequest("queue limits must be ≥ 1") }
+    guard groupsMax >= 1, groupsMax <= WireLimits.heartbeatsPerBatchMax / 2 else {
+      throw .invalidRequest("groupsMax must be 1 to \(WireLimits.heartbeatsPerBatchMax / 2)")
+    }
     do { try wal.validate() } catch { throw .invalidRequest("\(error)") }
   }
 

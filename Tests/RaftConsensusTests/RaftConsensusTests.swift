@@ -516,6 +516,19 @@ final class RaftConsensusTests: XCTestCase {
     XCTAssertEqual(try cluster.readFromLeader(busy, "k199"), value)
   }
 
+  func testANodeRefusesGroupsPastItsLimit() throws {
+    let cluster = try TestCluster(nodes: 1) { $0.groupsMax = 2 }
+    try cluster.createGroup(GroupID(.dataRegion, 1))
+    try cluster.createGroup(GroupID(.dataRegion, 2))
+    let third = waitForCompletion {
+      cluster.engine(0).createPeer(GroupID(.dataRegion, 3), peers: cluster.peers, completion: $0)
+    }
+    guard case .failure(.invalidRequest(let message)) = third else { return XCTFail("\(third)") }
+    XCTAssertTrue(message.contains("groupsMax"), message)
+    XCTAssertEqual(cluster.engine(0).allGroupIDs().count, 2)
+    XCTAssertThrowsError(try RaftConsensusOptions(options: ["groupsMax": "40000"]), "above half the batch's heartbeat limit")
+  }
+
   func testSingleReplicaGroupElectsItselfAndServesWritesAndReads() throws {
     let cluster = try TestCluster(nodes: 3)
     let solo = GroupID(.partitionRegion, 0)
