@@ -132,6 +132,11 @@ enum RaftStorage {
     /// Set by a snapshot marker: the index the (received) snapshot ended at; entries follow it.
     var base: LogIndex? = nil
     var snapshot: Snapshot? = nil
+    /// The endpoints every replayed membership change's context carried, with the change's
+    /// index, in log order. Gathered during replay, so that entries the snapshot covers (trimmed
+    /// after replay) or overwritten later still count: knowing an endpoint too many costs
+    /// nothing, forgetting one stalls the group.
+    var contextPeers: [(index: LogIndex, peer: Peer)] = []
   }
 
   /// Replays the whole log into the live groups' persisted Raft state, and loads their snapshots.
@@ -167,6 +172,9 @@ enum RaftStorage {
           throw ConsensusError.storage("group \(id): entry \(record.index) has no valid kind byte")
         }
         let entry = Entry(term: record.term, index: record.index, kind: kind, data: Array(record.payload.dropFirst()))
+        if entry.kind == .configChange {
+          for peer in try contextPeers(of: entry, group: id) { groups[id]!.contextPeers.append((entry.index, peer)) }
+        }
         try append(entry, to: &groups[id]!, group: id)
       }
     }
@@ -297,19 +305,24 @@ enum RaftStorage {
     return peers
   }
 
-  /// The endpoints of a recovered group: its creation record's, then those the membership
-  /// changes in its log (and so in its snapshot's past) carried, later ones winning.
+  /// The endpoints a configuration-change entry's context carries (none when it has no context).
+  static func contextPeers(of entry: Entry, group id: GroupID) throws -> [Peer] {
+    precondition(entry.kind == .configChange, "only membership changes carry endpoints")
+    let change: ConfigChange
+    do { change = try WireCodec.decodeConfigChange(entry.data) } catch {
+      throw ConsensusError.storage("group \(id): the membership change at \(entry.index) does not decode: \(error)")
+    }
+    guard !change.context.isEmpty else { return [] }
+    return try decodeContextPeers(change.context, group: id)
+  }
+
+  /// The endpoints of a recovered group: its creation record's, then those every replayed
+  /// membership change carried (including changes the snapshot covers, whose entries recovery
+  /// trimmed); later ones win.
   static func endpoints(of group: RecoveredGroup, id: GroupID) throws -> [Peer] {
     var byNode: [NodeID: Peer] = [:]
     for peer in group.peers ?? [] { byNode[peer.node] = peer }
-    for entry in group.entries where entry.kind == .configChange {
-      let change: ConfigChange
-      do { change = try WireCodec.decodeConfigChange(entry.data) } catch {
-        throw ConsensusError.storage("group \(id): the membership change at \(entry.index) does not decode: \(error)")
-      }
-      guard !change.context.isEmpty else { continue }
-      for peer in try decodeContextPeers(change.context, group: id) { byNode[peer.node] = peer }
-    }
+    for (_, peer) in group.contextPeers { byNode[peer.node] = peer }
     return byNode.values.sorted { $0.node < $1.node }
   }
 

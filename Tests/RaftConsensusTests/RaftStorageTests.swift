@@ -183,4 +183,49 @@ final class RaftStorageTests: XCTestCase {
     XCTAssertEqual(recovered.bootstrapVoters, [1, 2, 3])
     XCTAssertEqual(try RaftStorage.endpoints(of: recovered, id: group), [peers[0], moved, peers[2], joiner])
   }
+
+  private func change(_ index: LogIndex, _ steps: [ConfigChangeStep], _ added: [Peer]) -> WALRecord {
+    let bytes = WireCodec.encode(ConfigChange(steps, context: RaftStorage.encodePeers(added)))
+    return RaftStorage.entryRecord(group: group, Entry(term: 1, index: index, kind: .configChange, data: bytes))
+  }
+
+  /// A snapshot file as version 1 wrote it: the state machine's bytes right after the config.
+  private func versionOneSnapshotFile(config: ConfigState, machine: [UInt8]) -> [UInt8] {
+    var bytes: [UInt8] = [1]
+    for list in [config.voters, config.votersOutgoing, config.learners] {
+      RaftStorage.appendU32(&bytes, UInt32(list.count))
+      for replica in list { RaftStorage.appendU64(&bytes, replica) }
+    }
+    return bytes + machine
+  }
+
+  /// Writes `records` and a raw snapshot file for the group, then recovers.
+  private func recover(_ records: [WALRecord], snapshotFile: [UInt8], index: LogIndex, term: Term) throws
+    -> [GroupID: RaftStorage.RecoveredGroup]
+  {
+    do {
+      let wal = try WriteAheadLog(directory: directory)
+      try wal.append(records)
+      try wal.sync()
+      try wal.writeSnapshot(WALSnapshot(group: group.packed, index: index, term: term, data: snapshotFile))
+      try wal.close()
+    }
+    let wal = try WriteAheadLog(directory: directory)
+    defer { try? wal.close() }
+    return try RaftStorage.recover(wal)
+  }
+
+  /// Regression: recovery gathered endpoints only from the entries left after trimming those the
+  /// snapshot covers, so a snapshot written (here: by a build whose snapshots carried no
+  /// endpoints) without the creation record restated after it lost the members added before it.
+  func testRecoveryMergesEndpointsOfChangesTheSnapshotCovers() throws {
+    let joiner = Peer(node: NodeID(4), endpoint: Endpoint(host: "10.0.0.4", port: 9000))
+    let recovered = try XCTUnwrap(
+      try recover(
+        [created(group), entry(1, 1), change(2, [.init(.addLearner, 4)], [joiner]), entry(3, 1), entry(4, 1)],
+        snapshotFile: versionOneSnapshotFile(config: ConfigState(voters: [1, 2, 3], learners: [4]), machine: []),
+        index: 3, term: 1)[group])
+    XCTAssertEqual(recovered.entries.map(\.index), [4], "the snapshot covers the change")
+    XCTAssertEqual(try RaftStorage.endpoints(of: recovered, id: group), peers + [joiner])
+  }
 }
