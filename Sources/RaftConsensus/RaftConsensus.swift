@@ -31,8 +31,10 @@ import WriteAheadLog
 /// Membership changes (`addPeer`, `removePeer`, `changePeer`) run at the leader as a sequence of
 /// configuration-change entries (`MembershipChange`), each waited for until applied; their
 /// context carries the endpoints of the replicas they add, which every replica learns when it
-/// applies them. A replica that joins an existing group (`joinPeer`) starts from the group's
-/// bootstrap voters, not an empty membership (see `RaftStorage`).
+/// applies them; snapshots carry every endpoint their group knew (the changes they replace took
+/// their contexts with them), which a replica learns when it installs one. A replica that joins
+/// an existing group (`joinPeer`) starts from the group's bootstrap voters, not an empty
+/// membership (see `RaftStorage`).
 ///
 /// Not yet: lease reads (served as ReadIndex reads).
 ///
@@ -261,7 +263,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     let raft = try Raft(config: options.raftConfig(node: localPeer.node), random: random, restored: restored)
     let replica = RaftGroup(id: id, peers: peers, bootstrapVoters: bootstrapVoters, stateMachine: machine, raft: raft)
     if let snapshot = restored.snapshot {
-      try machine.restore(snapshot: snapshot.data)
+      // The payload's endpoints are already among `peers` (`RaftStorage.endpoints(of:)`).
+      try machine.restore(snapshot: try RaftStorage.decodeSnapshotPayload(snapshot.data, group: id).machine)
       replica.appliedIndex = snapshot.index
       replica.durableSnapshotIndex = snapshot.index
       replica.nextSnapshotAttemptIndex = snapshot.index
@@ -507,9 +510,9 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     case .follower: role = .follower
     case .candidate, .preCandidate: role = .candidate
     }
-    // The membership in force, with each member's endpoint (an unknown one shows empty: a
-    // member added by a change whose context this replica has not applied cannot be, but a
-    // replica that installed a snapshot knows only the members it was created with and learned).
+    // The membership in force, with each member's endpoint (an unknown one shows empty; it
+    // should not happen: changes carry the endpoints of the members they add, and snapshots the
+    // endpoints their group knew — except a snapshot written by a build before snapshots did).
     let peers = view.membership.allReplicas.map { replicaID -> PeerStatus in
       let peer = replica.peer(replicaID) ?? Peer(node: NodeID(replicaID), endpoint: Endpoint(host: "", port: 0))
       let learner = !view.membership.isVoter(replicaID)
@@ -1468,14 +1471,19 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   private func apply(_ replica: RaftGroup, _ ready: Ready, _ turn: inout Turn) {
     if let snapshot = ready.snapshot {
       do {
+        // The snapshot replaced the changes whose contexts carried the endpoints of the members
+        // they added: learn them from it (merged: endpoints known here stay), before `advance`
+        // makes the core send to those members.
+        let (peers, machine) = try RaftStorage.decodeSnapshotPayload(snapshot.data, group: replica.id)
+        replica.learn(peers)
         try replica.lock.withLock {
-          try replica.stateMachine.restore(snapshot: snapshot.data)
+          try replica.stateMachine.restore(snapshot: machine)
           replica.appliedIndex = snapshot.index
         }
       } catch {
-        // The leader's snapshot passed its own state machine; a refusal here is a bug, and
-        // going on would diverge from the group.
-        preconditionFailure("group \(replica.id): the state machine refused the leader's snapshot at \(snapshot.index): \(error)")
+        // The leader built the payload with the same encoder and its snapshot passed its own
+        // state machine; a refusal here is a bug, and going on would diverge from the group.
+        preconditionFailure("group \(replica.id): the leader's snapshot at \(snapshot.index) does not install: \(error)")
       }
       replica.durableSnapshotIndex = snapshot.index
       replica.nextSnapshotAttemptIndex = snapshot.index
@@ -1689,12 +1697,16 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   }
 
   /// Captures, compacts and writes one group's snapshot; with nothing new to capture, answers
-  /// the latest snapshot.
+  /// the latest snapshot. `SnapshotInfo.bytes` is the payload's size: what the file holds and a
+  /// leader sends, the endpoints included.
   private func snapshot(_ replica: RaftGroup, _ wal: WriteAheadLog) -> (Result<SnapshotInfo, ConsensusError>, wrote: Bool) {
-    let data: [UInt8] = replica.lock.withLock {
+    // The endpoints go with the state: the changes that carried them are compacted away here.
+    let peers = replica.knownPeers()
+    let machine: [UInt8] = replica.lock.withLock {
       precondition(replica.appliedIndex == replica.raft.applied, "group \(replica.id): state machine lags the core")
       return replica.stateMachine.takeSnapshot()
     }
+    let data = RaftStorage.encodeSnapshotPayload(peers: peers, machine: machine)
     guard let snapshot = replica.raft.compact(data: data) else {
       guard let latest = replica.raft.latestSnapshot else {
         return (.failure(.invalidRequest("group \(replica.id) has applied nothing yet to snapshot")), false)

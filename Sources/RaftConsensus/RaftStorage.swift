@@ -24,9 +24,14 @@ import WriteAheadLog
 /// - `.groupDeleted`: no payload; what came before it for the group is void.
 /// Within one loop turn a group's entries precede its hard state (a marker precedes both).
 ///
-/// Snapshots live in the WAL's snapshot files, one per group: data = version u8 (=1) · config
-/// (voterCount u32 · u64* · outgoingCount u32 · u64* · learnerCount u32 · u64*) · the state
-/// machine's bytes. On recovery the entries after the snapshot are kept when the log holds the
+/// Snapshots live in the WAL's snapshot files, one per group: data = version u8 (=2) · config
+/// (voterCount u32 · u64* · outgoingCount u32 · u64* · learnerCount u32 · u64*) · payload, where
+/// payload (what the host hands the core as `Snapshot.data`, so also what a leader sends) =
+/// payloadVersion u8 (=1) · peers · the state machine's bytes. The peers are the endpoints the
+/// group knew when the snapshot was taken: the changes whose contexts carried them are compacted
+/// away, and a replica that installs the snapshot would otherwise never learn them. Version 1
+/// files held the state machine's bytes where the payload is: they load as a payload without
+/// peers. On recovery the entries after the snapshot are kept when the log holds the
 /// snapshot's last entry with its term, or starts right after it (Raft paper §7); otherwise the
 /// snapshot replaced them.
 enum RaftStorage {
@@ -91,8 +96,9 @@ enum RaftStorage {
     WALRecord(kind: .groupDeleted, group: group.packed, index: 0, term: 0)
   }
 
-  static let snapshotVersion: UInt8 = 1
+  static let snapshotVersion: UInt8 = 2
 
+  /// `data` is a snapshot payload (`encodeSnapshotPayload`).
   static func encodeSnapshot(config: ConfigState, data: [UInt8]) -> [UInt8] {
     var bytes: [UInt8] = [snapshotVersion]
     for list in [config.voters, config.votersOutgoing, config.learners] {
@@ -103,9 +109,13 @@ enum RaftStorage {
     return bytes
   }
 
+  /// The configuration and the payload (checked; a version 1 file's bytes become a payload
+  /// without peers).
   static func decodeSnapshot(_ bytes: [UInt8], group: GroupID) throws -> (ConfigState, [UInt8]) {
     func malformed(_ what: String) -> ConsensusError { .storage("group \(group): snapshot is malformed: \(what)") }
-    guard bytes.first == snapshotVersion else { throw malformed("version") }
+    guard let fileVersion = bytes.first, fileVersion == 1 || fileVersion == snapshotVersion else {
+      throw malformed("version \(bytes.first.map(String.init) ?? "missing"); this build reads 1 and 2")
+    }
     var offset = 1
     var lists: [[ReplicaID]] = []
     for _ in 0..<3 {
@@ -116,7 +126,36 @@ enum RaftStorage {
       lists.append((0..<count).map { readU64(bytes, at: offset + 8 * $0) })
       offset += 8 * count
     }
-    return (ConfigState(voters: lists[0], votersOutgoing: lists[1], learners: lists[2]), Array(bytes[offset...]))
+    let config = ConfigState(voters: lists[0], votersOutgoing: lists[1], learners: lists[2])
+    let rest = Array(bytes[offset...])
+    guard fileVersion == snapshotVersion else { return (config, encodeSnapshotPayload(peers: [], machine: rest)) }
+    _ = try decodeSnapshotPayload(rest, group: group)
+    return (config, rest)
+  }
+
+  static let snapshotPayloadVersion: UInt8 = 1
+
+  /// The core's `Snapshot.data` for this host: payloadVersion u8 (=1) · peers (`encodePeers`) ·
+  /// the state machine's bytes. The only place that builds it.
+  static func encodeSnapshotPayload(peers: [Peer], machine: [UInt8]) -> [UInt8] {
+    var bytes: [UInt8] = [snapshotPayloadVersion]
+    bytes.append(contentsOf: encodePeers(peers))
+    bytes.append(contentsOf: machine)
+    precondition(bytes.count >= 3, "a payload holds at least its version and peer count")
+    return bytes
+  }
+
+  /// Reads a payload; it may come from another node (a leader's snapshot), so anything
+  /// malformed throws.
+  static func decodeSnapshotPayload(_ bytes: [UInt8], group: GroupID) throws -> (peers: [Peer], machine: [UInt8]) {
+    guard let payloadVersion = bytes.first, payloadVersion == snapshotPayloadVersion else {
+      throw ConsensusError.storage(
+        "group \(group): snapshot payload version \(bytes.first.map(String.init) ?? "missing"); this build reads 1")
+    }
+    var offset = 1
+    let peers = try decodePeers(bytes, offset: &offset, group: group)
+    precondition(offset <= bytes.count, "decodePeers stays within the bytes")
+    return (peers, Array(bytes[offset...]))
   }
 
   /// A live group as the log describes it.
@@ -131,7 +170,13 @@ enum RaftStorage {
     var entries: [Entry] = []
     /// Set by a snapshot marker: the index the (received) snapshot ended at; entries follow it.
     var base: LogIndex? = nil
+    /// Its `data` is a payload (`encodeSnapshotPayload`), whatever the file's version.
     var snapshot: Snapshot? = nil
+    /// The endpoints every replayed membership change's context carried, with the change's
+    /// index, in log order. Gathered during replay, so that entries the snapshot covers (trimmed
+    /// after replay) or overwritten later still count: knowing an endpoint too many costs
+    /// nothing, forgetting one stalls the group.
+    var contextPeers: [(index: LogIndex, peer: Peer)] = []
   }
 
   /// Replays the whole log into the live groups' persisted Raft state, and loads their snapshots.
@@ -167,6 +212,9 @@ enum RaftStorage {
           throw ConsensusError.storage("group \(id): entry \(record.index) has no valid kind byte")
         }
         let entry = Entry(term: record.term, index: record.index, kind: kind, data: Array(record.payload.dropFirst()))
+        if entry.kind == .configChange {
+          for peer in try contextPeers(of: entry, group: id) { groups[id]!.contextPeers.append((entry.index, peer)) }
+        }
         try append(entry, to: &groups[id]!, group: id)
       }
     }
@@ -297,19 +345,29 @@ enum RaftStorage {
     return peers
   }
 
-  /// The endpoints of a recovered group: its creation record's, then those the membership
-  /// changes in its log (and so in its snapshot's past) carried, later ones winning.
+  /// The endpoints a configuration-change entry's context carries (none when it has no context).
+  static func contextPeers(of entry: Entry, group id: GroupID) throws -> [Peer] {
+    precondition(entry.kind == .configChange, "only membership changes carry endpoints")
+    let change: ConfigChange
+    do { change = try WireCodec.decodeConfigChange(entry.data) } catch {
+      throw ConsensusError.storage("group \(id): the membership change at \(entry.index) does not decode: \(error)")
+    }
+    guard !change.context.isEmpty else { return [] }
+    return try decodeContextPeers(change.context, group: id)
+  }
+
+  /// The endpoints of a recovered group: its creation record's, then those every replayed
+  /// membership change carried (including changes the snapshot covers, whose entries recovery
+  /// trimmed), with the snapshot's taking effect at its index; later ones win.
   static func endpoints(of group: RecoveredGroup, id: GroupID) throws -> [Peer] {
     var byNode: [NodeID: Peer] = [:]
     for peer in group.peers ?? [] { byNode[peer.node] = peer }
-    for entry in group.entries where entry.kind == .configChange {
-      let change: ConfigChange
-      do { change = try WireCodec.decodeConfigChange(entry.data) } catch {
-        throw ConsensusError.storage("group \(id): the membership change at \(entry.index) does not decode: \(error)")
-      }
-      guard !change.context.isEmpty else { continue }
-      for peer in try decodeContextPeers(change.context, group: id) { byNode[peer.node] = peer }
+    let snapshotIndex = group.snapshot?.index ?? 0
+    for (index, peer) in group.contextPeers where index <= snapshotIndex { byNode[peer.node] = peer }
+    if let snapshot = group.snapshot {
+      for peer in try decodeSnapshotPayload(snapshot.data, group: id).peers { byNode[peer.node] = peer }
     }
+    for (index, peer) in group.contextPeers where index > snapshotIndex { byNode[peer.node] = peer }
     return byNode.values.sorted { $0.node < $1.node }
   }
 

@@ -149,6 +149,60 @@ final class MembershipChangeTests: XCTestCase {
     XCTAssertTrue(eventually(timeout: 10) { self.voters(cluster.engine(3)) == [1, 2, 3, 4] })
   }
 
+  /// Regression: a member that was down while node 4 was added, and then caught up by
+  /// installing a snapshot that covers the change, never learned node 4's endpoint (snapshots
+  /// carried none, and the change's context was compacted away): its status showed node 4 with
+  /// an empty endpoint, and leading, it could not replicate to node 4.
+  func testMemberCatchingUpBySnapshotLearnsTheEndpointsOfMembersAddedMeanwhile() throws {
+    let cluster = try TestCluster(nodes: 3, spares: 1)
+    try cluster.createGroup(group)
+    let first = try XCTUnwrap(cluster.waitForLeader(group))
+    let lagging = (first + 1) % 3
+    cluster.stop(lagging)
+    try join(cluster, 3, bootstrapVoters: cluster.members.map(\.node))
+    try addPeer(cluster, 3)
+    var last = WriteResult(index: 0, response: [])
+    for number in 0..<5 { last = try cluster.writeToLeader(group, "k\(number)", "v\(number)", excluding: [lagging]) }
+    // Every running member compacts past the change, so whichever leads must send a snapshot.
+    for node in 0..<4 where node != lagging {
+      _ = try read(cluster.engine(node), group, "k4", ReadOptions(consistency: .stale, minIndex: last.index, waitMs: 5_000))
+      let info = try waitForCompletion { cluster.engine(node).triggerSnapshot(self.group, completion: $0) }.get()
+      XCTAssertGreaterThanOrEqual(info.index, last.index, "node \(node + 1)")
+    }
+    try cluster.start(lagging)
+    let restarted = cluster.engine(lagging)
+    XCTAssertEqual(
+      try read(restarted, group, "k4", ReadOptions(consistency: .stale, minIndex: last.index, waitMs: 5_000)), "v4")
+    XCTAssertGreaterThanOrEqual(metric(restarted, "caucus_raft_snapshots_installed_total"), 1, "caught up by snapshot")
+    XCTAssertTrue(eventually(timeout: 10) { self.voters(restarted) == [1, 2, 3, 4] })
+    let statusPeers = try XCTUnwrap(restarted.status(group)).peers.map(\.peer)
+    XCTAssertEqual(statusPeers, cluster.peers, "every member with its real endpoint")
+
+    // Leading, it replicates to node 4 (which it knows only from the snapshot).
+    var written: WriteResult?
+    for _ in 0..<5 where written == nil {
+      let leader = try XCTUnwrap(cluster.waitForLeader(group))
+      if leader != lagging {
+        let outcome = waitForCompletion {
+          cluster.engine(leader).transferLeader(self.group, to: cluster.peers[lagging].node, completion: $0)
+        }
+        // Leadership moved on its own before the request reached the leader: try again.
+        guard case .success = outcome else { continue }
+      }
+      guard cluster.waitForLeader(group) == lagging else { continue }
+      written = try? write(restarted, group, "led-by", "\(lagging + 1)").get()
+    }
+    let index = try XCTUnwrap(written, "a write led by node \(lagging + 1)").index
+    XCTAssertEqual(
+      try read(cluster.engine(3), group, "led-by", ReadOptions(consistency: .stale, minIndex: index, waitMs: 5_000)),
+      "\(lagging + 1)")
+    cluster.stop(lagging)
+    try cluster.start(lagging)
+    XCTAssertEqual(
+      try XCTUnwrap(cluster.engine(lagging).status(group)).peers.map(\.peer), cluster.peers,
+      "endpoints recovered from the installed snapshot")
+  }
+
   func testRemovedMemberIsGoneFromEveryNodesStatus() throws {
     let cluster = try TestCluster(nodes: 3)
     try cluster.createGroup(group)

@@ -25,6 +25,9 @@ final class RaftStorageTests: XCTestCase {
     RaftStorage.groupCreatedRecord(group: id, peers: peers, bootstrapVoters: peers.map(\.node.rawValue))
   }
 
+  /// A snapshot payload without endpoints: the core's `Snapshot.data` as this host writes it.
+  private func payload(_ machine: [UInt8]) -> [UInt8] { RaftStorage.encodeSnapshotPayload(peers: [], machine: machine) }
+
   private func recover(_ records: [WALRecord], snapshot: Snapshot? = nil) throws -> [GroupID: RaftStorage.RecoveredGroup] {
     do {
       let wal = try WriteAheadLog(directory: directory)
@@ -62,7 +65,7 @@ final class RaftStorageTests: XCTestCase {
       [
         entry(189, 1), created(group),
         RaftStorage.hardStateRecord(group: group, HardState(term: 1, vote: 1, commit: 189)), entry(190, 1),
-      ], snapshot: Snapshot(index: 188, term: 1, config: ConfigState(voters: [1, 2, 3]), data: []))
+      ], snapshot: Snapshot(index: 188, term: 1, config: ConfigState(voters: [1, 2, 3]), data: payload([])))
     XCTAssertEqual(recovered[group]?.entries.map(\.index), [189, 190])
     XCTAssertEqual(recovered[group]?.peers, peers)
   }
@@ -97,7 +100,7 @@ final class RaftStorageTests: XCTestCase {
   }
 
   func testASnapshotMarkerVoidsTheLogItReplaced() throws {
-    let snapshot = Snapshot(index: 10, term: 3, config: ConfigState(voters: [1, 2, 3]), data: [7])
+    let snapshot = Snapshot(index: 10, term: 3, config: ConfigState(voters: [1, 2, 3]), data: payload([7]))
     let recovered = try recover(
       [
         created(group), entry(1, 1), entry(2, 1), entry(3, 1),
@@ -110,7 +113,7 @@ final class RaftStorageTests: XCTestCase {
   }
 
   func testEntriesAfterASnapshotAreKeptOnlyWhenTheLogHoldsItsLastEntry() throws {
-    let snapshot = Snapshot(index: 2, term: 1, config: ConfigState(voters: [1, 2, 3]), data: [])
+    let snapshot = Snapshot(index: 2, term: 1, config: ConfigState(voters: [1, 2, 3]), data: payload([]))
     let kept = try recover(
       [created(group), entry(1, 1), entry(2, 1), entry(3, 1)],
       snapshot: snapshot)
@@ -119,7 +122,7 @@ final class RaftStorageTests: XCTestCase {
     // Written snapshot, crash before its marker: the old log's entry 2 has another term.
     let replaced = try recover(
       [created(group), entry(1, 1), entry(2, 2), entry(3, 2)],
-      snapshot: Snapshot(index: 2, term: 3, config: ConfigState(voters: [1, 2, 3]), data: []))
+      snapshot: Snapshot(index: 2, term: 3, config: ConfigState(voters: [1, 2, 3]), data: payload([])))
     XCTAssertEqual(replaced[group]?.entries.map(\.index), [])
   }
 
@@ -182,5 +185,119 @@ final class RaftStorageTests: XCTestCase {
       ])[group])
     XCTAssertEqual(recovered.bootstrapVoters, [1, 2, 3])
     XCTAssertEqual(try RaftStorage.endpoints(of: recovered, id: group), [peers[0], moved, peers[2], joiner])
+  }
+
+  private func change(_ index: LogIndex, _ steps: [ConfigChangeStep], _ added: [Peer]) -> WALRecord {
+    let bytes = WireCodec.encode(ConfigChange(steps, context: RaftStorage.encodePeers(added)))
+    return RaftStorage.entryRecord(group: group, Entry(term: 1, index: index, kind: .configChange, data: bytes))
+  }
+
+  /// A snapshot file as version 1 wrote it: the state machine's bytes right after the config.
+  private func versionOneSnapshotFile(config: ConfigState, machine: [UInt8]) -> [UInt8] {
+    var bytes: [UInt8] = [1]
+    for list in [config.voters, config.votersOutgoing, config.learners] {
+      RaftStorage.appendU32(&bytes, UInt32(list.count))
+      for replica in list { RaftStorage.appendU64(&bytes, replica) }
+    }
+    return bytes + machine
+  }
+
+  /// Writes `records` and a raw snapshot file for the group, then recovers.
+  private func recover(_ records: [WALRecord], snapshotFile: [UInt8], index: LogIndex, term: Term) throws
+    -> [GroupID: RaftStorage.RecoveredGroup]
+  {
+    do {
+      let wal = try WriteAheadLog(directory: directory)
+      try wal.append(records)
+      try wal.sync()
+      try wal.writeSnapshot(WALSnapshot(group: group.packed, index: index, term: term, data: snapshotFile))
+      try wal.close()
+    }
+    let wal = try WriteAheadLog(directory: directory)
+    defer { try? wal.close() }
+    return try RaftStorage.recover(wal)
+  }
+
+  func testSnapshotPayloadRoundTripsEndpointsAndMachineBytes() throws {
+    let joiner = Peer(node: NodeID(4), endpoint: Endpoint(host: "10.0.0.4", port: 9000))
+    let machine: [UInt8] = [9, 8, 7, 0, 255]
+    let bytes = RaftStorage.encodeSnapshotPayload(peers: peers + [joiner], machine: machine)
+    XCTAssertEqual(bytes.first, 1, "payload version")
+    XCTAssertEqual(Array(bytes[1...2]), [4, 0], "peer count, little-endian")
+    let decoded = try RaftStorage.decodeSnapshotPayload(bytes, group: group)
+    XCTAssertEqual(decoded.peers, peers + [joiner])
+    XCTAssertEqual(decoded.machine, machine)
+    let empty = try RaftStorage.decodeSnapshotPayload(RaftStorage.encodeSnapshotPayload(peers: [], machine: []), group: group)
+    XCTAssertEqual(empty.peers, [])
+    XCTAssertEqual(empty.machine, [])
+  }
+
+  /// A payload comes from another node: every cut through its version and endpoints, and every
+  /// hostile header, is an error, never a crash. (A cut inside the machine bytes is theirs to find.)
+  func testSnapshotPayloadTruncatedOrHostileIsAnError() throws {
+    let machine: [UInt8] = [1, 2, 3]
+    let bytes = RaftStorage.encodeSnapshotPayload(peers: peers, machine: machine)
+    for length in 0..<(bytes.count - machine.count) {
+      XCTAssertThrowsError(try RaftStorage.decodeSnapshotPayload(Array(bytes[0..<length]), group: group), "prefix \(length)")
+    }
+    XCTAssertThrowsError(try RaftStorage.decodeSnapshotPayload([2] + bytes.dropFirst(), group: group), "unknown version")
+    XCTAssertThrowsError(try RaftStorage.decodeSnapshotPayload([1, 0xFF, 0xFF] + machine, group: group), "peer count")
+    XCTAssertThrowsError(try RaftStorage.decodeSnapshotPayload([1, 1, 0] + [UInt8](repeating: 0, count: 11), group: group), "node 0")
+    var longHost = bytes
+    longHost[1 + 2 + 10] = 200  // the first peer's host length runs past the end
+    XCTAssertThrowsError(try RaftStorage.decodeSnapshotPayload(longHost, group: group), "host length")
+    // The snapshot file checks its payload when read back.
+    let file = RaftStorage.encodeSnapshot(config: ConfigState(voters: [1, 2, 3]), data: Array(bytes.prefix(5)))
+    XCTAssertEqual(file.first, 2, "file version")
+    XCTAssertThrowsError(try RaftStorage.decodeSnapshot(file, group: group), "truncated payload")
+    XCTAssertThrowsError(try RaftStorage.decodeSnapshot([3] + file.dropFirst(), group: group), "unknown file version")
+  }
+
+  /// A snapshot file written before snapshots carried endpoints loads: its bytes are the state
+  /// machine's, and the endpoints come from the creation record and the log.
+  func testVersionOneSnapshotFileStillLoads() throws {
+    let config = ConfigState(voters: [1, 2, 3])
+    let recovered = try XCTUnwrap(
+      try recover(
+        [created(group), entry(1, 1), entry(2, 1), entry(3, 1)],
+        snapshotFile: versionOneSnapshotFile(config: config, machine: [5, 6]), index: 2, term: 1)[group])
+    let snapshot = try XCTUnwrap(recovered.snapshot)
+    XCTAssertEqual(snapshot.config, config)
+    XCTAssertEqual(snapshot.data, RaftStorage.encodeSnapshotPayload(peers: [], machine: [5, 6]))
+    XCTAssertEqual(recovered.entries.map(\.index), [3])
+    XCTAssertEqual(try RaftStorage.endpoints(of: recovered, id: group), peers)
+  }
+
+  /// Regression: recovery gathered endpoints only from the entries left after trimming those the
+  /// snapshot covers, so a snapshot written (here: by a build whose snapshots carried no
+  /// endpoints) without the creation record restated after it lost the members added before it.
+  func testRecoveryMergesEndpointsOfChangesTheSnapshotCovers() throws {
+    let joiner = Peer(node: NodeID(4), endpoint: Endpoint(host: "10.0.0.4", port: 9000))
+    let recovered = try XCTUnwrap(
+      try recover(
+        [created(group), entry(1, 1), change(2, [.init(.addLearner, 4)], [joiner]), entry(3, 1), entry(4, 1)],
+        snapshotFile: versionOneSnapshotFile(config: ConfigState(voters: [1, 2, 3], learners: [4]), machine: []),
+        index: 3, term: 1)[group])
+    XCTAssertEqual(recovered.entries.map(\.index), [4], "the snapshot covers the change")
+    XCTAssertEqual(try RaftStorage.endpoints(of: recovered, id: group), peers + [joiner])
+  }
+
+  /// Endpoints whose changes were released with the log come back from the snapshot that covers
+  /// them; the snapshot wins over changes it covers, later changes win over it.
+  func testRecoveryMergesTheSnapshotsEndpoints() throws {
+    let fifthBefore = Peer(node: NodeID(5), endpoint: Endpoint(host: "10.0.0.50", port: 9000))
+    let fifth = Peer(node: NodeID(5), endpoint: Endpoint(host: "10.0.0.5", port: 9000))
+    let movedInSnapshot = Peer(node: NodeID(3), endpoint: Endpoint(host: "10.0.0.33", port: 9000))
+    let movedLater = Peer(node: NodeID(3), endpoint: Endpoint(host: "10.0.0.34", port: 9000))
+    let data = RaftStorage.encodeSnapshotPayload(peers: [fifth, movedInSnapshot], machine: [1])
+    let recovered = try XCTUnwrap(
+      try recover(
+        [
+          created(group), entry(8, 1), change(9, [.init(.addVoter, 5)], [fifthBefore]), entry(10, 1), entry(11, 1),
+          change(12, [.init(.addVoter, 3)], [movedLater]),
+        ],
+        snapshot: Snapshot(index: 10, term: 1, config: ConfigState(voters: [1, 2, 3, 5]), data: data))[group])
+    XCTAssertEqual(recovered.snapshot?.data, data)
+    XCTAssertEqual(try RaftStorage.endpoints(of: recovered, id: group), [peers[0], peers[1], movedLater, fifth])
   }
 }
