@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Platform
 import XCTest
 
 /// Paths of the package and of the binaries `swift build` put beside this test bundle.
@@ -33,17 +34,36 @@ func temporaryDirectory(_ label: String) -> String {
   return path
 }
 
+/// Ports handed out by `freePort` in this process: never handed out twice.
+private let portsHandedOut = Locked<Set<UInt16>>([])
+
+/// A port to start a node on: free now, below the kernel's ephemeral range and never handed out
+/// before in this run. A port from the ephemeral range (what binding port 0 gives) can be taken,
+/// before the node binds it, as the local port of another node's outgoing connection, and the
+/// node then fails to start.
 func freePort() -> UInt16 {
+  var generator = SystemRandomNumberGenerator()
+  for _ in 0..<1_000 {
+    let candidate = UInt16.random(in: 20_000...32_000, using: &generator)
+    let fresh = portsHandedOut.withLock { $0.insert(candidate).inserted }
+    guard fresh, canBind(candidate) else { continue }
+    return candidate
+  }
+  preconditionFailure("no free port in 20000...32000")
+}
+
+private func canBind(_ port: UInt16) -> Bool {
   let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+  guard descriptor >= 0 else { return false }
   defer { close(descriptor) }
   var address = sockaddr_in()
   address.sin_family = sa_family_t(AF_INET)
   address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
-  address.sin_port = 0
-  _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-  var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-  _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) } }
-  return UInt16(bigEndian: address.sin_port)
+  address.sin_port = port.bigEndian
+  let result = withUnsafePointer(to: &address) {
+    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+  }
+  return result == 0
 }
 
 /// `count` nodes of one `--cluster` (ids 1…count) with short raft timings, not yet started, and
