@@ -18,7 +18,7 @@ final class DirectoryRecordTests: XCTestCase {
     let group = DirectoryGroup(
       id: GroupID(.dataRegion, 7),
       peers: [Peer(node: NodeID(2), endpoint: Endpoint(host: "h2", port: 2)), Peer(node: NodeID(4), endpoint: Endpoint(host: "h4", port: 4))])
-    let groupBytes = DirectoryRecords.encode(group)
+    let groupBytes = try DirectoryRecords.encode(group)
     XCTAssertEqual(
       String(decoding: groupBytes, as: UTF8.self),
       #"{"id":"DataRegion-7","peers":[{"id":2,"endpoint":"h2:2"},{"id":4,"endpoint":"h4:4"}]}"#)
@@ -150,5 +150,75 @@ final class RegisterNodeTests: XCTestCase {
     let member = request("POST", "/v1/cluster/nodes", #"{"id":1,"clientURL":"http://127.0.0.1:7","consensusEndpoint":"127.0.0.1:10"}"#)
     XCTAssertEqual(member.status, 409, "a --cluster member's id is taken even before it registers")
     XCTAssertEqual(registeredKeys(), ["nodes/5"])
+  }
+}
+
+/// The background write queue of the directory (`PendingDirectoryWrites`): one pending write per
+/// key, latest wins, a bounded number of keys.
+final class PendingDirectoryWriteTests: XCTestCase {
+  private typealias Writes = PendingDirectoryWrites<DirectoryWrite>
+
+  /// Regression: addPeer #1's record write failed and was retried; addPeer #2 wrote the new
+  /// placement; the retry then wrote the old placement over it. Now the retry chain writes the
+  /// latest placement of the key, and only one chain runs per key.
+  func testARetryWritesTheLatestPlacementNotTheOneItStartedWith() throws {
+    var writes = Writes(keysMax: 4)
+    let (first, dropped) = writes.submit("groups/DataRegion-1", .put(Array("old".utf8)))
+    XCTAssertNil(dropped)
+    guard case .start(let chain) = first else { return XCTFail("the first write of a key starts a chain") }
+    XCTAssertEqual(writes.submit("groups/DataRegion-1", .put(Array("new".utf8))).submitted, .replaced, "no second chain for the key")
+    let next = try XCTUnwrap(writes.next("groups/DataRegion-1", chain: chain))
+    XCTAssertEqual(next.write, .put(Array("new".utf8)))
+    XCTAssertTrue(writes.written("groups/DataRegion-1", chain: chain, generation: next.generation))
+    XCTAssertFalse(writes.isPending("groups/DataRegion-1"))
+    XCTAssertNil(writes.next("groups/DataRegion-1", chain: chain), "a finished chain has nothing more to write")
+  }
+
+  /// A write that arrives while an older one is in flight is written after it, by the same chain.
+  func testAWriteArrivingDuringATryIsWrittenNextBySameChain() throws {
+    var writes = Writes(keysMax: 4)
+    guard case .start(let chain) = writes.submit("groups/DataRegion-1", .put(Array("old".utf8))).submitted else { return XCTFail() }
+    let inFlight = try XCTUnwrap(writes.next("groups/DataRegion-1", chain: chain))
+    _ = writes.submit("groups/DataRegion-1", .put(Array("new".utf8)))
+    XCTAssertFalse(writes.written("groups/DataRegion-1", chain: chain, generation: inFlight.generation), "a newer write waits")
+    let again = try XCTUnwrap(writes.next("groups/DataRegion-1", chain: chain))
+    XCTAssertEqual(again.write, .put(Array("new".utf8)))
+    XCTAssertTrue(writes.written("groups/DataRegion-1", chain: chain, generation: again.generation))
+  }
+
+  /// Regression: a record write retried after DELETE removed the group brought the record back.
+  func testARemovalSupersedesAPendingPut() throws {
+    var writes = Writes(keysMax: 4)
+    guard case .start(let chain) = writes.submit("groups/DataRegion-2", .put(Array("placement".utf8))).submitted else { return XCTFail() }
+    XCTAssertEqual(writes.submit("groups/DataRegion-2", .delete).submitted, .replaced)
+    XCTAssertEqual(try XCTUnwrap(writes.next("groups/DataRegion-2", chain: chain)).write, .delete)
+  }
+
+  /// Past `keysMax` the oldest key is given up; its chain stops, and does not take over the key if
+  /// it is written again (which starts a chain of its own).
+  func testTheNumberOfPendingKeysIsBoundedAndTheOldestIsDropped() throws {
+    var writes = Writes(keysMax: 2)
+    guard case .start(let oldChain) = writes.submit("a", .delete).submitted else { return XCTFail() }
+    _ = writes.submit("b", .delete)
+    let (submitted, dropped) = writes.submit("c", .delete)
+    XCTAssertEqual(dropped, "a")
+    XCTAssertNotEqual(submitted, .replaced)
+    XCTAssertEqual(writes.count, 2)
+    XCTAssertNil(writes.next("a", chain: oldChain), "the dropped key's chain stops")
+    let (again, droppedAgain) = writes.submit("a", .put([1]))
+    XCTAssertEqual(droppedAgain, "b")
+    guard case .start(let newChain) = again else { return XCTFail("a dropped key starts a new chain") }
+    XCTAssertNil(writes.next("a", chain: oldChain), "the old chain never writes the key again")
+    XCTAssertEqual(writes.next("a", chain: newChain)?.write, .put([1]))
+    XCTAssertTrue(writes.written("a", chain: oldChain, generation: 1), "the old chain is done")
+    XCTAssertTrue(writes.isPending("a"), "and the new chain's write still waits")
+  }
+
+  /// Bug: recording a group of more than groupPeersMax peers crashed the node (a precondition).
+  func testAGroupRecordOfMoreThanTheMaximumPeersIsAnErrorNotACrash() {
+    let peers = (1...UInt64(DirectoryRecords.groupPeersMax + 1)).map { Peer(node: NodeID($0), endpoint: Endpoint(host: "h\($0)", port: 1)) }
+    XCTAssertThrowsError(try DirectoryRecords.encode(DirectoryGroup(id: GroupID(.partitionRegion, 0), peers: peers))) { error in
+      XCTAssertTrue("\(error)".contains("at most \(DirectoryRecords.groupPeersMax)"), "\(error)")
+    }
   }
 }
