@@ -186,6 +186,8 @@ enum DirectoryError: Error, Equatable, CustomStringConvertible {
   case nodeAlreadyExists(DirectoryNode)
   /// The record cannot be written as it is (a group of more than `groupPeersMax` peers).
   case invalidRecord(String)
+  /// `POST /v1/cluster/nodes`: `registeredNodesMax` nodes are registered already.
+  case tooManyNodes(Int)
 
   var description: String {
     switch self {
@@ -193,6 +195,8 @@ enum DirectoryError: Error, Equatable, CustomStringConvertible {
     case .preconditionFailed: return "the directory entry changed concurrently"
     case .nodeAlreadyExists(let node): return "node \(node.id) is already registered at \(node.consensusEndpoint)"
     case .invalidRecord(let reason): return reason
+    case .tooManyNodes(let count):
+      return "the cluster has \(count) registered nodes, the most it takes (\(ClusterDirectory.registeredNodesMax)); delete a departed node's record (DELETE /v1/groups/PartitionRegion-0/kv/nodes/<id>) first"
     }
   }
 }
@@ -319,6 +323,11 @@ public final class ClusterDirectory: Sendable {
   public static let retryMsMax: UInt32 = 5_000
   /// Nodes a directory listing returns at most (one page of the key-value listing).
   public static let nodesMax = GatewayLimits.listItemsMax
+  /// Nodes `POST /v1/cluster/nodes` registers at most: every `GET /v1/cluster` asks each of them,
+  /// and every routing miss may read their records. Checked against a (stale) listing before the
+  /// write, so concurrent registrations can pass it by a few; the listing's `nodesMax` is well
+  /// above it, so every registered node is still listed.
+  public static let registeredNodesMax = 256
   /// Keys with a background write waiting to be retried, at most. Each is one small record, and
   /// while the directory is down every placement change of a group and every node's start adds
   /// one; past the limit the oldest is given up and logged (its record is written again on the
@@ -478,23 +487,37 @@ public final class ClusterDirectory: Sendable {
     }
     let key = DirectoryRecords.key(node: node.id)
     get(key, local: false) { [self] result in
-      var precondition = KVPrecondition.absent
       switch result {
-      case .failure(let error): return completion(.failure(error))
-      case .success(nil): break
+      case .failure(let error): completion(.failure(error))
+      case .success(nil):
+        // A new node: refused once registeredNodesMax are registered.
+        nodes { [self] nodes in
+          guard let nodes else { return completion(.failure(.unavailable("the node list could not be read"))) }
+          guard nodes.count < ClusterDirectory.registeredNodesMax else {
+            return completion(.failure(.tooManyNodes(nodes.count)))
+          }
+          write(node, precondition: .absent, completion)
+        }
       case .success(let entry?):
         if let existing = try? DirectoryRecords.decodeNode(entry.value), existing.consensusEndpoint != node.consensusEndpoint {
           return completion(.failure(.nodeAlreadyExists(existing)))
         }
-        precondition = .revisionEquals(entry.revision)
+        write(node, precondition: .revisionEquals(entry.revision), completion)
       }
-      forget(key)
-      put(key, DirectoryRecords.encode(node), precondition: precondition) { [self] result in
-        if case .failure(let error) = result { return completion(.failure(error)) }
-        nodes { nodes in
-          guard let nodes else { return completion(.failure(.unavailable("the node list could not be read back"))) }
-          completion(.success(nodes))
-        }
+    }
+  }
+
+  /// `register`'s write of `nodes/<id>`, then the node list it answers.
+  private func write(
+    _ node: DirectoryNode, precondition: KVPrecondition, _ completion: @escaping @Sendable (Result<[DirectoryNode], DirectoryError>) -> Void
+  ) {
+    let key = DirectoryRecords.key(node: node.id)
+    forget(key)
+    put(key, DirectoryRecords.encode(node), precondition: precondition) { [self] result in
+      if case .failure(let error) = result { return completion(.failure(error)) }
+      nodes { nodes in
+        guard let nodes else { return completion(.failure(.unavailable("the node list could not be read back"))) }
+        completion(.success(nodes))
       }
     }
   }

@@ -41,6 +41,8 @@ extension Gateway {
         writer.member("consensusEndpoint", existing.consensusEndpoint.description)
         writer.endObject()
         exchange.respond(json: writer.bytes, status: 409, route: route)
+      case .failure(.tooManyNodes(let count)):
+        exchange.fail(.badRequest(DirectoryError.tooManyNodes(count).description), route: route)
       case .failure(let error):
         exchange.fail(.consensus(.storage("\(error); retry the request")), route: route)
       case .success(let nodes):

@@ -103,7 +103,7 @@ final class RegisterNodeTests: XCTestCase {
 
   /// The keys under `nodes/` in the directory.
   private func registeredKeys() -> [String] {
-    let listing = json(request("GET", "/v1/groups/PartitionRegion-0/kv?prefix=nodes/"))
+    let listing = json(request("GET", "/v1/groups/PartitionRegion-0/kv?prefix=nodes/&limit=1000"))
     return (listing["items"] as? [[String: Any]] ?? []).compactMap { $0["key"] as? String }
   }
 
@@ -118,6 +118,9 @@ final class RegisterNodeTests: XCTestCase {
       (#"{"id":5,"clientURL":"http://127.0.0.1:7","consensusEndpoint":"127.0.0.1:99999"}"#, "bad_request"),
       (#"{"id":5,"clientURL":"127.0.0.1:7","consensusEndpoint":"127.0.0.1:8"}"#, "bad_request"),
       (#"{"id":-5,"clientURL":"http://127.0.0.1:7","consensusEndpoint":"127.0.0.1:8"}"#, "bad_request"),
+      // Hosts end up in URLs: only names, IPv4 and bracketed IPv6 literals are hosts.
+      (#"{"id":5,"clientURL":"http://127.0.0.1:7","consensusEndpoint":"evil/x?:8"}"#, "bad_request"),
+      (#"{"id":5,"clientURL":"http://127.0.0.1:7","consensusEndpoint":"a@b:8"}"#, "bad_request"),
     ]
     for (body, code) in bodies {
       let response = request("POST", "/v1/cluster/nodes", body)
@@ -150,6 +153,22 @@ final class RegisterNodeTests: XCTestCase {
     let member = request("POST", "/v1/cluster/nodes", #"{"id":1,"clientURL":"http://127.0.0.1:7","consensusEndpoint":"127.0.0.1:10"}"#)
     XCTAssertEqual(member.status, 409, "a --cluster member's id is taken even before it registers")
     XCTAssertEqual(registeredKeys(), ["nodes/5"])
+  }
+
+  /// Registrations stop at registeredNodesMax with a 400 that says why; a registered node may
+  /// still register again (a restart).
+  func testRegistrationsStopAtTheNodeLimit() throws {
+    let limit = ClusterDirectory.registeredNodesMax
+    for id in 2...(limit + 1) {
+      let body = #"{"id":\#(id),"clientURL":"http://127.0.0.1:7","consensusEndpoint":"127.0.0.1:\#(id)"}"#
+      XCTAssertEqual(request("POST", "/v1/cluster/nodes", body).status, 200, "node \(id)")
+    }
+    let refused = request("POST", "/v1/cluster/nodes", #"{"id":9999,"clientURL":"http://127.0.0.1:7","consensusEndpoint":"127.0.0.1:1"}"#)
+    XCTAssertEqual(refused.status, 400)
+    XCTAssertTrue((json(refused)["message"] as? String ?? "").contains("the most it takes (\(limit))"), "\(json(refused))")
+    XCTAssertEqual(registeredKeys().count, limit, "the refused node was not written")
+    let restart = request("POST", "/v1/cluster/nodes", #"{"id":2,"clientURL":"http://127.0.0.1:9","consensusEndpoint":"127.0.0.1:2"}"#)
+    XCTAssertEqual(restart.status, 200)
   }
 }
 
