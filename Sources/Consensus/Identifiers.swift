@@ -99,13 +99,36 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
     self.port = port
   }
 
-  /// Parses `host:port`; the host is non-empty, the port 1...65535.
+  /// A host name is at most 255 bytes (DNS), and so is every host we accept.
+  public static let hostBytesMax = 255
+
+  /// Parses `host:port`: the host as `isHost` accepts it, the port 1...65535. Every endpoint that
+  /// arrives from outside (a request body, a flag, a directory record) is parsed here.
   public init?(parsing text: some StringProtocol) {
     guard let colon = text.lastIndex(of: ":") else { return nil }
     let host = String(text[..<colon])
-    guard !host.isEmpty, host.utf8.count <= 255, let port = UInt16(text[text.index(after: colon)...]), port > 0
-    else { return nil }
+    guard Endpoint.isHost(host), let port = UInt16(text[text.index(after: colon)...]), port > 0 else { return nil }
     self.init(host: host, port: port)
+  }
+
+  /// A DNS name or IPv4 literal (letters, digits, `-` and `.`), or a bracketed IPv6 literal
+  /// (`[` hex digits, `:` and `.` `]`), non-empty and at most `hostBytesMax` bytes. Hosts are put
+  /// into URLs (`http://host:port/…`) and request lines, so nothing that could end the authority
+  /// (`/`, `?`, `#`, `@`, spaces) may pass.
+  public static func isHost(_ host: String) -> Bool {
+    let bytes = Array(host.utf8)
+    guard !bytes.isEmpty, bytes.count <= hostBytesMax else { return false }
+    if bytes.first == UInt8(ascii: "[") {
+      guard bytes.count > 2, bytes.last == UInt8(ascii: "]") else { return false }
+      return bytes.dropFirst().dropLast().allSatisfy { byte in
+        (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(byte | 0x20)
+          || byte == UInt8(ascii: ":") || byte == UInt8(ascii: ".")
+      }
+    }
+    return bytes.allSatisfy { byte in
+      (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte | 0x20)
+        || byte == UInt8(ascii: "-") || byte == UInt8(ascii: ".")
+    }
   }
 
   public var description: String { "\(host):\(port)" }

@@ -83,8 +83,13 @@ public enum DirectoryRecords {
     writer.endObject()
   }
 
-  public static func encode(_ group: DirectoryGroup) -> [UInt8] {
-    precondition(group.peers.count <= groupPeersMax, "a group record names at most \(groupPeersMax) peers")
+  /// Throws for a group of more than `groupPeersMax` peers, which no record may name (the decoder
+  /// refuses it): a caller answers that as an error, never by crashing the node.
+  public static func encode(_ group: DirectoryGroup) throws(DirectoryRecordError) -> [UInt8] {
+    guard group.peers.count <= groupPeersMax else {
+      throw DirectoryRecordError(
+        description: "group \(group.id) has \(group.peers.count) peers; a directory record names at most \(groupPeersMax)")
+    }
     var writer = JSONWriter()
     writer.beginObject()
     writer.member("id", group.id.description)
@@ -179,13 +184,117 @@ enum DirectoryError: Error, Equatable, CustomStringConvertible {
   case preconditionFailed
   /// `POST /v1/cluster/nodes`: the id is taken by a node at another consensus endpoint.
   case nodeAlreadyExists(DirectoryNode)
+  /// The record cannot be written as it is (a group of more than `groupPeersMax` peers).
+  case invalidRecord(String)
+  /// `POST /v1/cluster/nodes`: `registeredNodesMax` nodes are registered already.
+  case tooManyNodes(Int)
 
   var description: String {
     switch self {
     case .unavailable(let reason): return "the cluster directory is unavailable: \(reason)"
     case .preconditionFailed: return "the directory entry changed concurrently"
     case .nodeAlreadyExists(let node): return "node \(node.id) is already registered at \(node.consensusEndpoint)"
+    case .invalidRecord(let reason): return reason
+    case .tooManyNodes(let count):
+      return "the cluster has \(count) registered nodes, the most it takes (\(ClusterDirectory.registeredNodesMax)); delete a departed node's record (DELETE /v1/groups/PartitionRegion-0/kv/nodes/<id>) first"
     }
+  }
+}
+
+/// What `ClusterDirectory.reserve` found for a group about to be created.
+enum DirectoryReservation: Equatable, Sendable {
+  /// The record was absent and is now written: this request creates the group.
+  case reserved
+  /// A record with the same peers exists: a retried creation (or an identical one racing it).
+  case recordedWithTheSamePeers
+  /// A record names other peers: the group exists elsewhere, and nothing may be created.
+  case recordedWithOtherPeers(DirectoryGroup)
+
+  init(existing: DirectoryGroup, wanted: DirectoryGroup) {
+    precondition(existing.id == wanted.id, "a reservation compares records of one group")
+    self = Set(existing.peers) == Set(wanted.peers) ? .recordedWithTheSamePeers : .recordedWithOtherPeers(existing)
+  }
+}
+
+/// A background write of one directory key.
+enum DirectoryWrite: Equatable, Sendable {
+  case put([UInt8])
+  case delete
+}
+
+/// Directory writes being retried in the background, at most one per key: a newer write of a key
+/// replaces the pending one (latest wins; a removal supersedes a pending put), so a retry can
+/// never write an old placement over a newer one, nor bring back a removed record. Each key's
+/// writes run in one chain at a time, so they land in order. A value type that says what to do;
+/// `ClusterDirectory.writeLatest` runs it.
+struct PendingDirectoryWrites<Write: Sendable>: Sendable {
+  enum Submitted: Equatable {
+    /// No chain runs for the key: the caller starts one with this id.
+    case start(chain: UInt64)
+    /// The key's running chain writes this next, instead of what it had.
+    case replaced
+  }
+
+  private struct Entry: Sendable {
+    var write: Write
+    var generation: UInt64
+    let chain: UInt64
+  }
+
+  let keysMax: Int
+  private var entries: [String: Entry] = [:]
+  /// The pending keys, oldest chain first; the same keys as `entries`.
+  private var order: [String] = []
+  /// Numbers writes and chains; every submit takes the next.
+  private var counter: UInt64 = 0
+
+  init(keysMax: Int) {
+    precondition(keysMax > 0, "at least one key may wait")
+    self.keysMax = keysMax
+  }
+
+  var count: Int { entries.count }
+  func isPending(_ key: String) -> Bool { entries[key] != nil }
+
+  /// Takes `write` as the latest of `key`; `dropped` is the oldest key given up to stay within
+  /// `keysMax` (its chain finds nothing more to write).
+  mutating func submit(_ key: String, _ write: Write) -> (submitted: Submitted, dropped: String?) {
+    counter += 1
+    if var entry = entries[key] {
+      entry.write = write
+      entry.generation = counter
+      entries[key] = entry
+      return (.replaced, nil)
+    }
+    var dropped: String?
+    if entries.count >= keysMax {
+      let oldest = order.removeFirst()
+      entries[oldest] = nil
+      dropped = oldest
+    }
+    entries[key] = Entry(write: write, generation: counter, chain: counter)
+    order.append(key)
+    precondition(entries.count <= keysMax, "pending keys stay within keysMax")
+    precondition(order.count == entries.count, "the order lists every pending key once")
+    return (.start(chain: counter), dropped)
+  }
+
+  /// What chain `chain` writes next for `key`, and its generation; nil when the chain is over
+  /// (its key was written or dropped, and maybe owned by a newer chain since).
+  func next(_ key: String, chain: UInt64) -> (write: Write, generation: UInt64)? {
+    guard let entry = entries[key], entry.chain == chain else { return nil }
+    return (entry.write, entry.generation)
+  }
+
+  /// Chain `chain` wrote `generation` of `key`. Answers whether the chain is done: false when a
+  /// newer write arrived meanwhile, which the chain writes next.
+  mutating func written(_ key: String, chain: UInt64, generation: UInt64) -> Bool {
+    guard let entry = entries[key], entry.chain == chain else { return true }
+    guard entry.generation == generation else { return false }
+    precondition(entry.generation <= counter, "a generation was handed out by submit")
+    entries[key] = nil
+    order.removeAll { $0 == key }  // at most keysMax keys
+    return true
   }
 }
 
@@ -214,6 +323,16 @@ public final class ClusterDirectory: Sendable {
   public static let retryMsMax: UInt32 = 5_000
   /// Nodes a directory listing returns at most (one page of the key-value listing).
   public static let nodesMax = GatewayLimits.listItemsMax
+  /// Nodes `POST /v1/cluster/nodes` registers at most: every `GET /v1/cluster` asks each of them,
+  /// and every routing miss may read their records. Checked against a (stale) listing before the
+  /// write, so concurrent registrations can pass it by a few; the listing's `nodesMax` is well
+  /// above it, so every registered node is still listed.
+  public static let registeredNodesMax = 256
+  /// Keys with a background write waiting to be retried, at most. Each is one small record, and
+  /// while the directory is down every placement change of a group and every node's start adds
+  /// one; past the limit the oldest is given up and logged (its record is written again on the
+  /// next start of that node, or the next membership change of that group).
+  public static let pendingWriteKeysMax = 256
 
   let engine: any ConsensusEngine
   let forwarder: LeaderForwarder?
@@ -225,6 +344,7 @@ public final class ClusterDirectory: Sendable {
   private let cache = Locked<[String: (entry: DirectoryEntry, expiresAtMs: UInt64)]>([:])
   private let timer = DeadlineWheel()
   private let stopped = Atomic<Bool>(false)
+  private let pendingWrites = Locked(PendingDirectoryWrites<DirectoryWrite>(keysMax: ClusterDirectory.pendingWriteKeysMax))
 
   public init(engine: any ConsensusEngine, forwarder: LeaderForwarder?, members: [Peer], localNode: DirectoryNode, logger: Logger) {
     precondition(localNode.id == engine.localPeer.node, "the directory registers the engine's own node")
@@ -298,24 +418,62 @@ public final class ClusterDirectory: Sendable {
     }
   }
 
-  /// Writes `groups/<id>` (only if absent with `ifAbsent`; an existing record then counts as done).
-  func record(_ group: DirectoryGroup, ifAbsent: Bool = false, _ completion: @escaping @Sendable (Result<Void, DirectoryError>) -> Void) {
-    let key = DirectoryRecords.key(group: group.id)
-    forget(key)
-    put(key, DirectoryRecords.encode(group), precondition: ifAbsent ? .absent : .none) { result in
+  /// Writes `groups/<id>`: the group's placement changed (a membership change). The latest
+  /// placement wins: the write goes through `writeLatest`, so a retry of an older one never lands
+  /// after it. `completion` has the first try's result; a failed write keeps being retried.
+  func record(_ group: DirectoryGroup, _ completion: @escaping @Sendable (Result<Void, DirectoryError>) -> Void) {
+    let value: [UInt8]
+    do { value = try DirectoryRecords.encode(group) } catch { return completion(.failure(.invalidRecord(error.description))) }
+    writeLatest(DirectoryRecords.key(group: group.id), .put(value), completion)
+  }
+
+  /// Removes `groups/<id>` (after the group's replicas were deleted); supersedes a pending write of
+  /// the record, and is retried like one.
+  func removeRecord(_ group: GroupID, _ completion: @escaping @Sendable (Result<Void, DirectoryError>) -> Void) {
+    writeLatest(DirectoryRecords.key(group: group), .delete, completion)
+  }
+
+  /// `groups/<id>` as the directory's leader has it (no cache, no stale read): nil when absent.
+  func recordedGroup(_ id: GroupID, _ completion: @escaping @Sendable (Result<DirectoryGroup?, DirectoryError>) -> Void) {
+    get(DirectoryRecords.key(group: id), local: false) { result in
       switch result {
-      case .success: completion(.success(()))
-      case .failure(.preconditionFailed) where ifAbsent: completion(.success(()))
       case .failure(let error): completion(.failure(error))
+      case .success(nil): completion(.success(nil))
+      case .success(let entry?):
+        do { completion(.success(try DirectoryRecords.decodeGroup(entry.value))) } catch {
+          completion(.failure(.invalidRecord("the directory's record of \(id) is damaged (\(error)); fix or delete the key \(entry.key)")))
+        }
       }
     }
   }
 
-  /// Removes `groups/<id>`.
-  func removeRecord(_ group: GroupID, _ completion: @escaping @Sendable (Result<Void, DirectoryError>) -> Void) {
-    let key = DirectoryRecords.key(group: group)
+  /// Writes `groups/<id>` only if absent (a create-only put, the KV's `.absent` precondition), so
+  /// of two creations of one id only one can go ahead. On a conflict the record is read back
+  /// through the leader and compared by peers. Refused while a background write of the record is
+  /// pending: the directory is about to change under it.
+  func reserve(_ group: DirectoryGroup, _ completion: @escaping @Sendable (Result<DirectoryReservation, DirectoryError>) -> Void) {
+    let key = DirectoryRecords.key(group: group.id)
+    guard !pendingWrites.withLock({ $0.isPending(key) }) else {
+      return completion(.failure(.unavailable("an earlier change of \(group.id)'s record is still being written; retry")))
+    }
+    let value: [UInt8]
+    do { value = try DirectoryRecords.encode(group) } catch { return completion(.failure(.invalidRecord(error.description))) }
     forget(key)
-    delete(key, completion)
+    put(key, value, precondition: .absent) { [self] result in
+      switch result {
+      case .success: completion(.success(.reserved))
+      case .failure(.preconditionFailed):
+        recordedGroup(group.id) { result in
+          switch result {
+          case .failure(let error): completion(.failure(error))
+          // Removed again between the two requests: the caller's retry decides afresh.
+          case .success(nil): completion(.failure(.unavailable("the record of \(group.id) changed concurrently; retry")))
+          case .success(let existing?): completion(.success(DirectoryReservation(existing: existing, wanted: group)))
+          }
+        }
+      case .failure(let error): completion(.failure(error))
+      }
+    }
   }
 
   /// `POST /v1/cluster/nodes`: records `node` unless its id is taken by a node at another consensus
@@ -329,23 +487,37 @@ public final class ClusterDirectory: Sendable {
     }
     let key = DirectoryRecords.key(node: node.id)
     get(key, local: false) { [self] result in
-      var precondition = KVPrecondition.absent
       switch result {
-      case .failure(let error): return completion(.failure(error))
-      case .success(nil): break
+      case .failure(let error): completion(.failure(error))
+      case .success(nil):
+        // A new node: refused once registeredNodesMax are registered.
+        nodes { [self] nodes in
+          guard let nodes else { return completion(.failure(.unavailable("the node list could not be read"))) }
+          guard nodes.count < ClusterDirectory.registeredNodesMax else {
+            return completion(.failure(.tooManyNodes(nodes.count)))
+          }
+          write(node, precondition: .absent, completion)
+        }
       case .success(let entry?):
         if let existing = try? DirectoryRecords.decodeNode(entry.value), existing.consensusEndpoint != node.consensusEndpoint {
           return completion(.failure(.nodeAlreadyExists(existing)))
         }
-        precondition = .revisionEquals(entry.revision)
+        write(node, precondition: .revisionEquals(entry.revision), completion)
       }
-      forget(key)
-      put(key, DirectoryRecords.encode(node), precondition: precondition) { [self] result in
-        if case .failure(let error) = result { return completion(.failure(error)) }
-        nodes { nodes in
-          guard let nodes else { return completion(.failure(.unavailable("the node list could not be read back"))) }
-          completion(.success(nodes))
-        }
+    }
+  }
+
+  /// `register`'s write of `nodes/<id>`, then the node list it answers.
+  private func write(
+    _ node: DirectoryNode, precondition: KVPrecondition, _ completion: @escaping @Sendable (Result<[DirectoryNode], DirectoryError>) -> Void
+  ) {
+    let key = DirectoryRecords.key(node: node.id)
+    forget(key)
+    put(key, DirectoryRecords.encode(node), precondition: precondition) { [self] result in
+      if case .failure(let error) = result { return completion(.failure(error)) }
+      nodes { nodes in
+        guard let nodes else { return completion(.failure(.unavailable("the node list could not be read back"))) }
+        completion(.success(nodes))
       }
     }
   }
@@ -355,35 +527,25 @@ public final class ClusterDirectory: Sendable {
   /// A `--cluster` member's registration, on every start: `nodes/<self>`, and a record for each
   /// group created with the cluster (`PartitionRegion-0`, `DataRegion-0`) that this node hosts,
   /// written only if absent so a later change of placement is never overwritten. Retries with
-  /// capped backoff until each is written; never blocks the caller.
+  /// capped backoff until each is written; never blocks the caller. (This is also where records a
+  /// full write queue gave up are written again: see `pendingWriteKeysMax`.)
   public func registerMember(recording groups: [GroupID]) {
-    keepTrying("register node \(localNode.id) in the cluster directory") { [self] done in
-      put(DirectoryRecords.key(node: localNode.id), DirectoryRecords.encode(localNode), precondition: .none) { result in
-        done(result.failureReason)
-      }
-    }
+    writeLatest(DirectoryRecords.key(node: localNode.id), .put(DirectoryRecords.encode(localNode))) { _ in }
     for id in groups {
       guard let status = engine.status(id) else { continue }
       let record = DirectoryGroup(id: id, peers: status.peers.map(\.peer))
       keepTrying("record \(id) in the cluster directory") { [self] done in
-        self.record(record, ifAbsent: true) { result in done(result.failureReason) }
+        reserve(record) { [self] result in
+          switch result {
+          case .success: done(nil)
+          case .failure(.invalidRecord(let reason)):
+            // Start-up refuses a --cluster list this large; a group grown past it is not recorded.
+            logger.error("cannot record a group in the cluster directory", metadata: ["group": "\(id)", "reason": "\(reason)"])
+            done(nil)
+          case .failure(let error): done(error.description)
+          }
+        }
       }
-    }
-  }
-
-  /// Hands a record that could not be written at once to the background, retried until written.
-  func recordLater(_ group: DirectoryGroup) {
-    keepTrying("record \(group.id) in the cluster directory") { [self] done in
-      record(group) { result in done(result.failureReason) }
-    }
-  }
-
-  /// Hands a removal that could not be done at once to the background, retried until done. (A
-  /// record written again meanwhile for a new group of the same id would go too; routing then
-  /// falls back to asking the directory's members, so that costs time, not correctness.)
-  func removeRecordLater(_ group: GroupID) {
-    keepTrying("remove \(group) from the cluster directory") { [self] done in
-      removeRecord(group) { result in done(result.failureReason) }
     }
   }
 
@@ -442,6 +604,59 @@ public final class ClusterDirectory: Sendable {
         level: attempt < ClusterDirectory.quietRetries ? .info : .warning,
         "cannot \(what) yet; will retry", metadata: ["reason": "\(failure)", "attempt": "\(attempt)", "retryInMs": "\(delayMs)"])
       timer.after(delayMs: delayMs) { [self] in keepTrying(what, attempt: attempt + 1, operation) }
+    }
+  }
+
+  // MARK: Background writes
+
+  /// Writes `write` to `key` now and, while it fails, again in the background, until it is
+  /// written or a newer write of the key replaces it (`PendingDirectoryWrites`: one pending write
+  /// per key, latest wins). `firstTry` gets the first try's result; a write queued behind a
+  /// running chain reports that it was queued.
+  private func writeLatest(
+    _ key: String, _ write: DirectoryWrite, _ firstTry: @escaping @Sendable (Result<Void, DirectoryError>) -> Void
+  ) {
+    forget(key)
+    let (submitted, dropped) = pendingWrites.withLock { $0.submit(key, write) }
+    if let dropped {
+      logger.warning(
+        "too many directory records wait to be written; giving up the oldest (a node's own record is written again on its next start, a group's on its next membership change)",
+        metadata: ["key": "\(dropped)", "pendingWriteKeysMax": "\(ClusterDirectory.pendingWriteKeysMax)"])
+    }
+    guard case .start(let chain) = submitted else {
+      return firstTry(.failure(.unavailable("an earlier write of \(key) is being retried; this one replaces it")))
+    }
+    writePending(key, chain: chain, attempt: 1, firstTry)
+  }
+
+  /// One try of chain `chain` for `key`: writes the key's latest pending write; on success the key
+  /// is done unless a newer write arrived meanwhile (written next, at once); on failure it waits
+  /// `retryMsMin` doubling to `retryMsMax`. Stops when the directory stops or the chain lost its key.
+  private func writePending(
+    _ key: String, chain: UInt64, attempt: Int, _ firstTry: (@Sendable (Result<Void, DirectoryError>) -> Void)?
+  ) {
+    guard !stopped.load(ordering: .acquiring), let next = pendingWrites.withLock({ $0.next(key, chain: chain) }) else {
+      firstTry?(.failure(.unavailable("the directory stopped, or a newer write of \(key) took over")))
+      return
+    }
+    let written: @Sendable (Result<Void, DirectoryError>) -> Void = { [self] result in
+      firstTry?(result)
+      switch result {
+      case .success:
+        let done = pendingWrites.withLock { $0.written(key, chain: chain, generation: next.generation) }
+        if !done { writePending(key, chain: chain, attempt: 1, nil) }
+      case .failure(let error):
+        let delayMs = min(ClusterDirectory.retryMsMin << UInt32(min(attempt - 1, 16)), ClusterDirectory.retryMsMax)
+        logger.log(
+          level: attempt < ClusterDirectory.quietRetries ? .info : .warning,
+          "cannot write a directory record yet; will retry",
+          metadata: ["key": "\(key)", "reason": "\(error)", "attempt": "\(attempt)", "retryInMs": "\(delayMs)"])
+        timer.after(delayMs: delayMs) { [self] in writePending(key, chain: chain, attempt: attempt + 1, nil) }
+      }
+    }
+    switch next.write {
+    case .put(let value): put(key, value, precondition: .none, written)
+    case .delete: delete(key, written)
     }
   }
 
@@ -601,14 +816,6 @@ public final class ClusterDirectory: Sendable {
         completion(response)
       }
     }
-  }
-}
-
-extension Result where Failure == DirectoryError {
-  /// nil on success, the reason otherwise (for `keepTrying`).
-  var failureReason: String? {
-    if case .failure(let error) = self { return error.description }
-    return nil
   }
 }
 

@@ -1,5 +1,6 @@
 import Consensus
 import HTTPServer
+import Logging
 
 /// A peer as a request names it: complete, or by node id only (the endpoint comes from the directory).
 enum PeerSpecification {
@@ -40,6 +41,8 @@ extension Gateway {
         writer.member("consensusEndpoint", existing.consensusEndpoint.description)
         writer.endObject()
         exchange.respond(json: writer.bytes, status: 409, route: route)
+      case .failure(.tooManyNodes(let count)):
+        exchange.fail(.badRequest(DirectoryError.tooManyNodes(count).description), route: route)
       case .failure(let error):
         exchange.fail(.consensus(.storage("\(error); retry the request")), route: route)
       case .success(let nodes):
@@ -89,27 +92,25 @@ extension Gateway {
     "node \(node) is not in the cluster directory; start it with --join, or give {\"id\", \"endpoint\"}"
   }
 
-  /// Records `groups/<group>` after the group was created, then answers. A record that cannot be
-  /// written now is retried in the background: the group exists, and until it is recorded a node
-  /// outside it finds it by asking the directory's members.
+  /// Records `groups/<group>`'s new placement after a membership change, then answers. A record
+  /// that cannot be written now is retried in the background (latest placement wins): the change
+  /// is done, and until it is recorded a node outside the group may first ask a former peer.
   func recordInDirectory(_ group: GroupID, _ peers: [Peer], then answer: @escaping @Sendable () -> Void) {
     guard let directory = configuration.directory else { return answer() }
-    let record = DirectoryGroup(id: group, peers: peers)
-    directory.record(record) { result in
-      if case .failure = result { directory.recordLater(record) }
+    directory.record(DirectoryGroup(id: group, peers: peers)) { [logger] result in
+      if case .failure(.invalidRecord(let reason)) = result {
+        logger.error("the group's placement cannot be recorded", metadata: ["group": "\(group)", "reason": "\(reason)"])
+      }
       answer()
     }
   }
 
-  /// Removes `groups/<group>` after the group was deleted, then answers. A removal that cannot be
-  /// done now is retried in the background: until then the record only sends a lookup to peers
-  /// that answer "not hosted".
+  /// Removes `groups/<group>` after the group's replicas were deleted, then answers. A removal that
+  /// cannot be done now is retried in the background: until then the record only sends a lookup
+  /// to peers that answer "not hosted", and a new creation of the id answers 503 (retry).
   func forgetInDirectory(_ group: GroupID, then answer: @escaping @Sendable () -> Void) {
     guard let directory = configuration.directory else { return answer() }
-    directory.removeRecord(group) { result in
-      if case .failure = result { directory.removeRecordLater(group) }
-      answer()
-    }
+    directory.removeRecord(group) { _ in answer() }
   }
 
   /// The group's peers: this node's replica's when it hosts one, else the directory's record,

@@ -24,6 +24,13 @@ extension Gateway {
       case .failure(let error): exchange.fail(error, route: route)
       case .success(let resolved):
         let peer = resolved[0]
+        // A group record names at most groupPeersMax peers (changePeer checks its list likewise).
+        if let status = engine.status(group), status.peers.count >= DirectoryRecords.groupPeersMax,
+          !status.peers.contains(where: { $0.peer.node == peer.node })
+        {
+          return exchange.fail(
+            .badRequest("\(group) has \(status.peers.count) peers; a group has at most \(DirectoryRecords.groupPeersMax)"), route: route)
+        }
         prepareJoiners(group, [peer], exchange, route: route) { [self] in
           engine.addPeer(group, peer: peer) { [self] result in
             finishMembership(result, group, removed: [], exchange, route: route)

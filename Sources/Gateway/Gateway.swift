@@ -844,7 +844,93 @@ public final class Gateway: HTTPHandler {
   private func createGroup(
     _ group: GroupID, _ peers: [Peer], bootstrapVoters: [NodeID]? = nil, _ exchange: Exchange, route: String
   ) {
-    // POST /v1/groups: createPeer on every peer (node-local creation on the others).
+    // POST /v1/groups in a cluster: the directory's record first (a single node keeps none).
+    guard route == "groups_create", let directory = configuration.directory else {
+      return createReplicas(group, peers, bootstrapVoters: bootstrapVoters, exchange, route: route)
+    }
+    reservePlacement(group, peers, directory, exchange, route: route) { [self] in
+      createReplicas(group, peers, exchange, route: route)
+    }
+  }
+
+  /// Claims `groups/<group>` for `peers` before any replica is created: a fresh replica created
+  /// beside a live group (a node of another placement, or one the group was never created on)
+  /// would start a second group of the same id whose higher term truncates the real one's log.
+  /// So: a record with other peers → 409 and nothing is created; with the same peers → a retry,
+  /// `create` runs (peers that have their replica answer 409, which counts as done); no record →
+  /// every peer is asked whether it hosts the group already (groups created before the directory
+  /// existed have no record): any does → 409, none → the record is written only if absent (the
+  /// KV's create-only put, so a concurrent creation of the id is decided by the directory), then
+  /// `create` runs. A directory or a peer that does not answer → 503 and nothing is created.
+  private func reservePlacement(
+    _ group: GroupID, _ peers: [Peer], _ directory: ClusterDirectory, _ exchange: Exchange, route: String,
+    create: @escaping @Sendable () -> Void
+  ) {
+    let wanted = DirectoryGroup(id: group, peers: peers)
+    let decide: @Sendable (Result<DirectoryReservation, DirectoryError>) -> Void = { [self] result in
+      switch result {
+      case .success(.reserved), .success(.recordedWithTheSamePeers): create()
+      case .success(.recordedWithOtherPeers(let existing)):
+        exchange.fail(.consensus(.groupAlreadyExists(group)), route: route)
+        logger.info(
+          "refused to create a group the directory records on other peers",
+          metadata: ["group": "\(group)", "recorded": "\(existing.peers.map(\.description))", "asked": "\(peers.map(\.description))"])
+      case .failure(.invalidRecord(let reason)): exchange.fail(.badRequest(reason), route: route)
+      case .failure(let error): exchange.fail(.consensus(.storage("\(error); nothing was created, retry the request")), route: route)
+      }
+    }
+    directory.recordedGroup(group) { [self] result in
+      switch result {
+      case .failure(let error): return decide(.failure(error))
+      case .success(let existing?): return decide(.success(DirectoryReservation(existing: existing, wanted: wanted)))
+      case .success(nil): break
+      }
+      hostingPeers(group, peers) { [self] hosting in
+        guard let hosting else {
+          return decide(.failure(.unavailable("not every peer answered whether it hosts \(group) already")))
+        }
+        guard hosting.isEmpty else {
+          logger.info(
+            "refused to create a group some of its peers host without a directory record",
+            metadata: ["group": "\(group)", "hosting": "\(hosting.map(\.description))"])
+          return exchange.fail(.consensus(.groupAlreadyExists(group)), route: route)
+        }
+        directory.reserve(wanted, decide)
+      }
+    }
+  }
+
+  /// The peers that host a replica of `group` (this node's engine, the others'
+  /// `GET /v1/groups/{group}?forward=none`: 200 hosts; 404 does not, nor 421, a node that does
+  /// not host it but names where it lives); nil when one did not answer.
+  private func hostingPeers(_ group: GroupID, _ peers: [Peer], _ completion: @escaping @Sendable ([NodeID]?) -> Void) {
+    let answers = Locked<(remaining: Int, hosting: [NodeID], unanswered: Bool)>((peers.count, [], false))
+    for peer in peers {
+      let answered: @Sendable (Bool?) -> Void = { hosts in
+        let done: (hosting: [NodeID], unanswered: Bool)? = answers.withLock { state in
+          state.remaining -= 1
+          if hosts == true { state.hosting.append(peer.node) }
+          if hosts == nil { state.unanswered = true }
+          return state.remaining == 0 ? (state.hosting, state.unanswered) : nil
+        }
+        if let done { completion(done.unanswered ? nil : done.hosting.sorted()) }
+      }
+      if peer.node == engine.localPeer.node {
+        answered(engine.status(group) != nil)
+      } else if let forwarder = configuration.forwarder {
+        forwarder.nodeLocal("GET", on: peer, target: "/v1/groups/\(group)?forward=none", body: []) { status, _ in
+          answered(status == 200 ? true : status == 404 || status == 421 ? false : nil)
+        }
+      } else {
+        answered(nil)
+      }
+    }
+  }
+
+  /// createPeer: on every peer for `POST /v1/groups` (after `reservePlacement`), else on this node.
+  private func createReplicas(
+    _ group: GroupID, _ peers: [Peer], bootstrapVoters: [NodeID]? = nil, _ exchange: Exchange, route: String
+  ) {
     if route == "groups_create", let forwarder = configuration.forwarder,
       peers.contains(where: { $0.node != engine.localPeer.node })
     {
@@ -858,12 +944,9 @@ public final class Gateway: HTTPHandler {
           exchange.fail(.consensus(.groupNotFound(group)), route: route)
           return
         }
-        let answer: @Sendable () -> Void = { [self] in
-          exchange.respond(
-            json: statusDocument(status), status: 201,
-            headers: groupHeaders(status) + [("Location", "/v1/groups/\(group)")], route: route)
-        }
-        if route == "groups_create" { recordInDirectory(group, peers, then: answer) } else { answer() }
+        exchange.respond(
+          json: statusDocument(status), status: 201,
+          headers: groupHeaders(status) + [("Location", "/v1/groups/\(group)")], route: route)
       }
     }
     if let bootstrapVoters {
@@ -939,9 +1022,10 @@ public final class Gateway: HTTPHandler {
   }
 
   /// createPeer on every peer: this node's engine for itself, `POST /v1/node/groups` on the others.
-  /// 201 when every peer created its replica; 409 when every peer already had one; otherwise
-  /// `503 not_ready` naming the peers that did not (retrying the request is safe: creation is
-  /// idempotent per peer, answered 409 by those that have it).
+  /// 201 when every peer created its replica or some did and the rest had one; 409 when every peer
+  /// already had one; otherwise `503 not_ready` naming the peers that did not (retrying is safe:
+  /// in a cluster `reservePlacement` ran first, so the peers are the group's recorded ones and a
+  /// peer's 409 means its replica is of this group).
   private func createEverywhere(
     _ group: GroupID, _ peers: [Peer], _ forwarder: LeaderForwarder, _ exchange: Exchange, route: String
   ) {
@@ -969,10 +1053,8 @@ public final class Gateway: HTTPHandler {
           .consensus(.storage("group \(group) was not created on node(s) \(failed.map(\.description).joined(separator: ", ")); retry the request")),
           route: route)
       }
-      recordInDirectory(group, peers) { [self] in
-        let body = engine.status(group).map(statusDocument) ?? summary
-        exchange.respond(json: body, status: 201, headers: [("Location", "/v1/groups/\(group)")], route: route)
-      }
+      let body = engine.status(group).map(statusDocument) ?? summary
+      exchange.respond(json: body, status: 201, headers: [("Location", "/v1/groups/\(group)")], route: route)
     }
   }
 

@@ -48,7 +48,7 @@ struct Serve: ParsableCommand {
   var dataDir: String?
   @Option(name: .customLong("protocol"), help: "standalone or raft (IoTDB class names accepted). (default: standalone)")
   var protocolName: String?
-  @Option(name: .long, help: "The config-node group (the cluster directory's members): 1=host:cport,2=host:cport,...")
+  @Option(name: .long, help: "The config-node group (the cluster directory's members): 1=host:cport,2=host:cport,... (at most 16; more nodes --join)")
   var cluster: String?
   @Option(
     name: .long,

@@ -295,5 +295,11 @@ func parseClusterList(_ text: String) throws -> [Peer] {
     peers.append(Peer(node: node, endpoint: endpoint))
   }
   guard !peers.isEmpty else { throw SettingsError(description: "--cluster is empty") }
+  // The members form the directory group, whose record names at most groupPeersMax peers.
+  guard peers.count <= DirectoryRecords.groupPeersMax else {
+    throw SettingsError(
+      description:
+        "--cluster names \(peers.count) members; the directory group has at most \(DirectoryRecords.groupPeersMax) (add further nodes with --join)")
+  }
   return peers
 }

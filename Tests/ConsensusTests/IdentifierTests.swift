@@ -48,6 +48,23 @@ final class IdentifierTests: XCTestCase {
       XCTAssertNil(Endpoint(parsing: text), text)
     }
   }
+
+  /// Bug: any non-empty host passed (`evil/x?:1`), and hosts are put into URLs.
+  func testEndpointHostsAreNamesIPv4OrBracketedIPv6Only() {
+    for (text, host) in [
+      ("Node-A.example.com:1", "Node-A.example.com"), ("10.0.0.4:40010", "10.0.0.4"), ("[::1]:80", "[::1]"),
+      ("[2001:DB8::ff]:9", "[2001:DB8::ff]"), ("[::ffff:10.0.0.1]:7", "[::ffff:10.0.0.1]"),
+      (String(repeating: "a", count: Endpoint.hostBytesMax) + ":1", String(repeating: "a", count: Endpoint.hostBytesMax)),
+    ] {
+      XCTAssertEqual(Endpoint(parsing: text)?.host, host, text)
+    }
+    for text in [
+      "evil/x?:1", "a b:1", "user@host:1", "host#x:1", "ho%2Fst:1", "h_st:1", "::1:80", "[]:1", "[::1:80", "[::g]:1", "[::1]x:1",
+      "ünïcode:1", "host\n:1", String(repeating: "a", count: Endpoint.hostBytesMax + 1) + ":1",
+    ] {
+      XCTAssertNil(Endpoint(parsing: text), text)
+    }
+  }
 }
 
 final class FactoryTests: XCTestCase {

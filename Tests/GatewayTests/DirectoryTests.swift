@@ -18,7 +18,7 @@ final class DirectoryRecordTests: XCTestCase {
     let group = DirectoryGroup(
       id: GroupID(.dataRegion, 7),
       peers: [Peer(node: NodeID(2), endpoint: Endpoint(host: "h2", port: 2)), Peer(node: NodeID(4), endpoint: Endpoint(host: "h4", port: 4))])
-    let groupBytes = DirectoryRecords.encode(group)
+    let groupBytes = try DirectoryRecords.encode(group)
     XCTAssertEqual(
       String(decoding: groupBytes, as: UTF8.self),
       #"{"id":"DataRegion-7","peers":[{"id":2,"endpoint":"h2:2"},{"id":4,"endpoint":"h4:4"}]}"#)
@@ -103,7 +103,7 @@ final class RegisterNodeTests: XCTestCase {
 
   /// The keys under `nodes/` in the directory.
   private func registeredKeys() -> [String] {
-    let listing = json(request("GET", "/v1/groups/PartitionRegion-0/kv?prefix=nodes/"))
+    let listing = json(request("GET", "/v1/groups/PartitionRegion-0/kv?prefix=nodes/&limit=1000"))
     return (listing["items"] as? [[String: Any]] ?? []).compactMap { $0["key"] as? String }
   }
 
@@ -118,6 +118,9 @@ final class RegisterNodeTests: XCTestCase {
       (#"{"id":5,"clientURL":"http://127.0.0.1:7","consensusEndpoint":"127.0.0.1:99999"}"#, "bad_request"),
       (#"{"id":5,"clientURL":"127.0.0.1:7","consensusEndpoint":"127.0.0.1:8"}"#, "bad_request"),
       (#"{"id":-5,"clientURL":"http://127.0.0.1:7","consensusEndpoint":"127.0.0.1:8"}"#, "bad_request"),
+      // Hosts end up in URLs: only names, IPv4 and bracketed IPv6 literals are hosts.
+      (#"{"id":5,"clientURL":"http://127.0.0.1:7","consensusEndpoint":"evil/x?:8"}"#, "bad_request"),
+      (#"{"id":5,"clientURL":"http://127.0.0.1:7","consensusEndpoint":"a@b:8"}"#, "bad_request"),
     ]
     for (body, code) in bodies {
       let response = request("POST", "/v1/cluster/nodes", body)
@@ -150,5 +153,91 @@ final class RegisterNodeTests: XCTestCase {
     let member = request("POST", "/v1/cluster/nodes", #"{"id":1,"clientURL":"http://127.0.0.1:7","consensusEndpoint":"127.0.0.1:10"}"#)
     XCTAssertEqual(member.status, 409, "a --cluster member's id is taken even before it registers")
     XCTAssertEqual(registeredKeys(), ["nodes/5"])
+  }
+
+  /// Registrations stop at registeredNodesMax with a 400 that says why; a registered node may
+  /// still register again (a restart).
+  func testRegistrationsStopAtTheNodeLimit() throws {
+    let limit = ClusterDirectory.registeredNodesMax
+    for id in 2...(limit + 1) {
+      let body = #"{"id":\#(id),"clientURL":"http://127.0.0.1:7","consensusEndpoint":"127.0.0.1:\#(id)"}"#
+      XCTAssertEqual(request("POST", "/v1/cluster/nodes", body).status, 200, "node \(id)")
+    }
+    let refused = request("POST", "/v1/cluster/nodes", #"{"id":9999,"clientURL":"http://127.0.0.1:7","consensusEndpoint":"127.0.0.1:1"}"#)
+    XCTAssertEqual(refused.status, 400)
+    XCTAssertTrue((json(refused)["message"] as? String ?? "").contains("the most it takes (\(limit))"), "\(json(refused))")
+    XCTAssertEqual(registeredKeys().count, limit, "the refused node was not written")
+    let restart = request("POST", "/v1/cluster/nodes", #"{"id":2,"clientURL":"http://127.0.0.1:9","consensusEndpoint":"127.0.0.1:2"}"#)
+    XCTAssertEqual(restart.status, 200)
+  }
+}
+
+/// The background write queue of the directory (`PendingDirectoryWrites`): one pending write per
+/// key, latest wins, a bounded number of keys.
+final class PendingDirectoryWriteTests: XCTestCase {
+  private typealias Writes = PendingDirectoryWrites<DirectoryWrite>
+
+  /// Regression: addPeer #1's record write failed and was retried; addPeer #2 wrote the new
+  /// placement; the retry then wrote the old placement over it. Now the retry chain writes the
+  /// latest placement of the key, and only one chain runs per key.
+  func testARetryWritesTheLatestPlacementNotTheOneItStartedWith() throws {
+    var writes = Writes(keysMax: 4)
+    let (first, dropped) = writes.submit("groups/DataRegion-1", .put(Array("old".utf8)))
+    XCTAssertNil(dropped)
+    guard case .start(let chain) = first else { return XCTFail("the first write of a key starts a chain") }
+    XCTAssertEqual(writes.submit("groups/DataRegion-1", .put(Array("new".utf8))).submitted, .replaced, "no second chain for the key")
+    let next = try XCTUnwrap(writes.next("groups/DataRegion-1", chain: chain))
+    XCTAssertEqual(next.write, .put(Array("new".utf8)))
+    XCTAssertTrue(writes.written("groups/DataRegion-1", chain: chain, generation: next.generation))
+    XCTAssertFalse(writes.isPending("groups/DataRegion-1"))
+    XCTAssertNil(writes.next("groups/DataRegion-1", chain: chain), "a finished chain has nothing more to write")
+  }
+
+  /// A write that arrives while an older one is in flight is written after it, by the same chain.
+  func testAWriteArrivingDuringATryIsWrittenNextBySameChain() throws {
+    var writes = Writes(keysMax: 4)
+    guard case .start(let chain) = writes.submit("groups/DataRegion-1", .put(Array("old".utf8))).submitted else { return XCTFail() }
+    let inFlight = try XCTUnwrap(writes.next("groups/DataRegion-1", chain: chain))
+    _ = writes.submit("groups/DataRegion-1", .put(Array("new".utf8)))
+    XCTAssertFalse(writes.written("groups/DataRegion-1", chain: chain, generation: inFlight.generation), "a newer write waits")
+    let again = try XCTUnwrap(writes.next("groups/DataRegion-1", chain: chain))
+    XCTAssertEqual(again.write, .put(Array("new".utf8)))
+    XCTAssertTrue(writes.written("groups/DataRegion-1", chain: chain, generation: again.generation))
+  }
+
+  /// Regression: a record write retried after DELETE removed the group brought the record back.
+  func testARemovalSupersedesAPendingPut() throws {
+    var writes = Writes(keysMax: 4)
+    guard case .start(let chain) = writes.submit("groups/DataRegion-2", .put(Array("placement".utf8))).submitted else { return XCTFail() }
+    XCTAssertEqual(writes.submit("groups/DataRegion-2", .delete).submitted, .replaced)
+    XCTAssertEqual(try XCTUnwrap(writes.next("groups/DataRegion-2", chain: chain)).write, .delete)
+  }
+
+  /// Past `keysMax` the oldest key is given up; its chain stops, and does not take over the key if
+  /// it is written again (which starts a chain of its own).
+  func testTheNumberOfPendingKeysIsBoundedAndTheOldestIsDropped() throws {
+    var writes = Writes(keysMax: 2)
+    guard case .start(let oldChain) = writes.submit("a", .delete).submitted else { return XCTFail() }
+    _ = writes.submit("b", .delete)
+    let (submitted, dropped) = writes.submit("c", .delete)
+    XCTAssertEqual(dropped, "a")
+    XCTAssertNotEqual(submitted, .replaced)
+    XCTAssertEqual(writes.count, 2)
+    XCTAssertNil(writes.next("a", chain: oldChain), "the dropped key's chain stops")
+    let (again, droppedAgain) = writes.submit("a", .put([1]))
+    XCTAssertEqual(droppedAgain, "b")
+    guard case .start(let newChain) = again else { return XCTFail("a dropped key starts a new chain") }
+    XCTAssertNil(writes.next("a", chain: oldChain), "the old chain never writes the key again")
+    XCTAssertEqual(writes.next("a", chain: newChain)?.write, .put([1]))
+    XCTAssertTrue(writes.written("a", chain: oldChain, generation: 1), "the old chain is done")
+    XCTAssertTrue(writes.isPending("a"), "and the new chain's write still waits")
+  }
+
+  /// Bug: recording a group of more than groupPeersMax peers crashed the node (a precondition).
+  func testAGroupRecordOfMoreThanTheMaximumPeersIsAnErrorNotACrash() {
+    let peers = (1...UInt64(DirectoryRecords.groupPeersMax + 1)).map { Peer(node: NodeID($0), endpoint: Endpoint(host: "h\($0)", port: 1)) }
+    XCTAssertThrowsError(try DirectoryRecords.encode(DirectoryGroup(id: GroupID(.partitionRegion, 0), peers: peers))) { error in
+      XCTAssertTrue("\(error)".contains("at most \(DirectoryRecords.groupPeersMax)"), "\(error)")
+    }
   }
 }

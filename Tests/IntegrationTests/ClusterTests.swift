@@ -212,6 +212,51 @@ final class ClusterTests: XCTestCase {
     }
   }
 
+  /// Regression (review): `POST /v1/groups` over an existing group with other peers created fresh
+  /// replicas on the nodes that had none (their leader's higher term would truncate the real
+  /// group's log) and overwrote the directory's record. Now the record is reserved first: other
+  /// peers → 409 and nothing is created; the same peers → 409 when every peer has its replica.
+  func testCreatingAnExistingGroupWithOtherPeersIsRefusedAndCreatesNothing() throws {
+    _ = try XCTUnwrap(leader(among: [0, 1, 2]))
+    let recordPath = "/v1/groups/PartitionRegion-0/kv/groups/DataRegion-3?raw=true"
+    let created = try HTTPClient(port: nodes[0].port).request("POST", "/v1/groups", text: #"{"id":"DataRegion-3","peers":[1,2]}"#)
+    XCTAssertEqual(created.status, 201, created.text)
+    waitUntil("DataRegion-3 to take a write") {
+      (try? HTTPClient(port: nodes[0].port).request("PUT", "/v1/groups/DataRegion-3/kv/k", text: "kept").status) == 200
+    }
+    let record = try HTTPClient(port: nodes[0].port).request("GET", recordPath).text
+    XCTAssertTrue(record.contains(#""id":"DataRegion-3""#), record)
+
+    for (through, peers) in [(2, "[2,3]"), (1, "[1,2,3]"), (0, "[3]")] {
+      let other = try HTTPClient(port: nodes[through].port).request("POST", "/v1/groups", text: #"{"id":"DataRegion-3","peers":\#(peers)}"#)
+      XCTAssertEqual(other.status, 409, "peers \(peers): \(other.text)")
+      XCTAssertEqual(other.json["error"] as? String, "group_already_exists")
+      XCTAssertEqual(
+        try HTTPClient(port: nodes[2].port).request("GET", "/v1/groups/DataRegion-3?forward=none").status, 421,
+        "node 3 got no replica (it only knows where the group lives), peers \(peers)")
+      XCTAssertEqual(try HTTPClient(port: nodes[1].port).request("GET", recordPath).text, record, "the record is unchanged")
+    }
+    // The same request again: every peer has its replica, nothing is created, the data is intact.
+    let same = try HTTPClient(port: nodes[2].port).request("POST", "/v1/groups", text: #"{"id":"DataRegion-3","peers":[2,1]}"#)
+    XCTAssertEqual(same.status, 409, same.text)
+    XCTAssertEqual(try HTTPClient(port: nodes[1].port).request("GET", "/v1/groups/DataRegion-3/kv/k?raw=true").text, "kept")
+    XCTAssertEqual(try HTTPClient(port: nodes[1].port).request("GET", recordPath).text, record)
+
+    // A group created node by node (no directory record, as before the directory existed): a
+    // creation naming a node that hosts it is refused, and the other node gets nothing.
+    for index in [0, 1] {
+      let local = try HTTPClient(port: nodes[index].port).request("POST", "/v1/node/groups", text: #"{"id":"DataRegion-4","peers":[1,2]}"#)
+      XCTAssertEqual(local.status, 201, local.text)
+    }
+    let unrecorded = try HTTPClient(port: nodes[0].port).request("POST", "/v1/groups", text: #"{"id":"DataRegion-4","peers":[2,3]}"#)
+    XCTAssertEqual(unrecorded.status, 409, unrecorded.text)
+    XCTAssertEqual(try HTTPClient(port: nodes[2].port).request("GET", "/v1/node").status, 200)
+    XCTAssertEqual(try HTTPClient(port: nodes[2].port).request("GET", "/v1/groups").text.contains("DataRegion-4"), false)
+    XCTAssertEqual(
+      try HTTPClient(port: nodes[0].port).request("GET", "/v1/groups/PartitionRegion-0/kv/groups/DataRegion-4").status, 404,
+      "nothing was recorded")
+  }
+
   /// addPeer gives the new node the data; removePeer takes the group off the removed node.
   func testAPeerAddedToAGroupServesItsDataAndARemovedOneNoLongerHostsIt() throws {
     _ = try XCTUnwrap(leader(among: [0, 1, 2]))

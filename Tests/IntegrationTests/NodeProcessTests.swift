@@ -132,6 +132,18 @@ final class NodeProcessTests: XCTestCase {
     XCTAssertTrue(output2.contains("accepted names: raft, standalone"), output2)
   }
 
+  /// Bug: a --cluster list of more than groupPeersMax members made every member crash at start
+  /// (recording PartitionRegion-0 hit a precondition). Now start-up refuses it with a clear message.
+  func testAClusterListLongerThanAGroupMayBeIsRefusedAtStart() throws {
+    let list = (1...17).map { "\($0)=127.0.0.1:\(40_000 + $0)" }.joined(separator: ",")
+    let (status, output) = try runCommand(
+      try Paths.binary("caucus"),
+      ["serve", "--protocol", "raft", "--node-id", "1", "--cluster", list, "--rpc-port", String(freePort()),
+       "--data-dir", temporaryDirectory("cluster-limit")])
+    XCTAssertNotEqual(status, 0)
+    XCTAssertTrue(output.contains("--cluster names 17 members; the directory group has at most 16"), output)
+  }
+
   func testBadInputGetsItsDocumentedErrorAndTheNodeKeepsServing() throws {
     let node = freshNode("bad-input")
     try node.start(["--value-bytes-max", "1024"])
