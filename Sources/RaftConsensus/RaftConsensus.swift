@@ -941,16 +941,9 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       change = ConfigChange(steps, context: added.isEmpty ? [] : RaftStorage.encodePeers(added))
       next = .finish
     }
-    do {
-      let index = try replica.raft.proposeConfigChange(change)
-      replica.membershipChange = MembershipChange(
-        stage: .applying(index: index, term: replica.raft.term, then: next), deadline: deadline, completion: completion)
-      logger.info(
-        "membership change proposed",
-        metadata: ["group": "\(replica.id)", "index": "\(index)", "steps": "\(change.steps.map { "\($0.kind) \($0.replica)" })"])
-    } catch {
-      refuse(proposalError(replica, error))
-    }
+    replica.membershipChange = MembershipChange(
+      stage: .proposing(change, then: next), deadline: deadline, completion: completion)
+    settleMembershipChange(replica, now: MonotonicClock.nowNanoseconds(), &turn)
   }
 
   /// Moves the membership change of `replica` on as far as it can go now: to its next entry once
@@ -968,6 +961,25 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       }
       let leaderError = replica.leaderError(leader: replica.raft.leader)
       switch change.stage {
+      case .proposing(let configChange, let next):
+        guard replica.raft.role == .leader else { return answer(.failure(leaderError)) }
+        do {
+          let index = try replica.raft.proposeConfigChange(configChange)
+          replica.membershipChange!.stage = .applying(index: index, term: replica.raft.term, then: next)
+          logger.info(
+            "membership change proposed",
+            metadata: [
+              "group": "\(replica.id)", "index": "\(index)",
+              "steps": "\(configChange.steps.map { "\($0.kind) \($0.replica)" })",
+            ])
+        } catch .configChangePending {
+          // A just-elected leader first applies its own entries: wait for them, not the caller.
+          if now >= change.deadline { return answer(.failure(.timeout(indeterminate: false))) }
+          return
+        } catch {
+          return answer(.failure(proposalError(replica, error)))
+        }
+        return
       case .applying(let index, let term, let next):
         guard replica.raft.applied >= index else {
           // Deposed before it applied: the next leader may still commit the entry, so its

@@ -51,6 +51,9 @@ struct UnsentWrite: Sendable {
 /// or when this node stops leading.
 struct MembershipChange: Sendable {
   enum Stage: Sendable {
+    /// Not proposed yet: the core takes no change until the previous one (or a new leader's
+    /// first entry) applied; proposed as soon as it does.
+    case proposing(ConfigChange, then: Next)
     /// Waiting for the entry proposed at `index` in `term` to be applied; `then` says what next.
     case applying(index: LogIndex, term: Term, then: Next)
     /// addPeer: the learner is in; waiting until its match index reaches `target` (the leader's
