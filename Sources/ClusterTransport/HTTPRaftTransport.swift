@@ -119,8 +119,7 @@ public final class HTTPRaftTransport: RaftTransport, HTTPHandler {
       ("received", "Batches received from peers and handed to the engine.", statistics.batchesReceived),
       ("refused", "Requests on the consensus port refused (wrong route, method, empty body, not ready).", statistics.batchesRefused),
     ] {
-      let metric = "caucus_transport_batches_\(name)_total"
-      text += "# HELP \(metric) \(help)\n# TYPE \(metric) counter\n\(metric) \(value)\n"
+      text += Prometheus.metric("caucus_transport_batches_\(name)_total", help: help, value)
     }
     return text
   }

@@ -96,17 +96,10 @@ public final class LeaderForwarder: Sendable {
     _ method: String, on peer: Peer, target: String, body: [UInt8], completion: @escaping @Sendable (Int, [UInt8]) -> Void
   ) {
     precondition(target.hasPrefix("/v1/node/groups"), "the consensus port serves only the group operations")
-    // At the hop limit: the receiver answers for itself and never forwards or locates.
-    let request = PeerRequest(
-      method: method, host: peer.endpoint.host, port: peer.endpoint.port, target: target,
-      headers: [("Content-Type", HTTPResponse.jsonContentType), ("X-Caucus-Hops", String(LeaderForwarder.hopsMax))],
-      body: body, timeoutMs: relayTimeoutMs)
-    client.send(request) { result in
-      switch result {
-      case .success(let response): completion(response.status, response.body)
-      case .failure: completion(0, [])
-      }
-    }
+    sendAnswered(
+      PeerRequest(
+        method: method, host: peer.endpoint.host, port: peer.endpoint.port, target: target,
+        headers: answeredHereHeaders, body: body, timeoutMs: relayTimeoutMs), completion)
   }
 
   /// Runs a node-local request on `peer` through its client API (client URL looked up over its
@@ -114,18 +107,25 @@ public final class LeaderForwarder: Sendable {
   func nodeLocal(
     _ method: String, on peer: Peer, target: String, body: [UInt8], completion: @escaping @Sendable (Int, [UInt8]) -> Void
   ) {
-    clientURL(of: peer) { [client, relayTimeoutMs] url in
+    clientURL(of: peer) { [self] url in
       guard let url else { return completion(0, []) }
-      // At the hop limit: the receiver answers for itself and never forwards or locates.
-      let request = PeerRequest(
-        method: method, url: url + target,
-        headers: [("Content-Type", HTTPResponse.jsonContentType), ("X-Caucus-Hops", String(LeaderForwarder.hopsMax))],
-        body: body, timeoutMs: relayTimeoutMs)
-      client.send(request) { result in
-        switch result {
-        case .success(let response): completion(response.status, response.body)
-        case .failure: completion(0, [])
-        }
+      sendAnswered(
+        PeerRequest(method: method, url: url + target, headers: answeredHereHeaders, body: body, timeoutMs: relayTimeoutMs),
+        completion)
+    }
+  }
+
+  /// At the hop limit: the receiver answers for itself and never forwards or locates.
+  private var answeredHereHeaders: [(name: String, value: String)] {
+    [("Content-Type", HTTPResponse.jsonContentType), ("X-Caucus-Hops", String(LeaderForwarder.hopsMax))]
+  }
+
+  /// Sends `request` and hands back the status and body, or status 0 when there is no answer.
+  private func sendAnswered(_ request: PeerRequest, _ completion: @escaping @Sendable (Int, [UInt8]) -> Void) {
+    client.send(request) { result in
+      switch result {
+      case .success(let response): completion(response.status, response.body)
+      case .failure: completion(0, [])
       }
     }
   }

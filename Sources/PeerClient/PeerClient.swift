@@ -140,8 +140,7 @@ public final class PeerClient: Sendable {
       ("connections_opened", "TCP connections opened.", statistics.connectionsOpenedTotal),
       ("connections_reused", "Transfers that ran on a kept-alive connection.", statistics.connectionsReusedTotal),
     ] {
-      let metric = "caucus_peer_client_\(name)_total"
-      text += "# HELP \(metric) \(help)\n# TYPE \(metric) counter\n\(metric) \(value)\n"
+      text += Prometheus.metric("caucus_peer_client_\(name)_total", help: help, UInt64(value))
     }
     return text
   }

@@ -547,7 +547,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     }
     var text = ""
     func counter(_ name: String, _ help: String, _ value: UInt64, type: String = "counter") {
-      text += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n\(name) \(value)\n"
+      text += Prometheus.metric(name, help: help, value, type: type)
     }
     counter("caucus_wal_records_appended_total", "Records appended to the write-ahead log.", metrics.wal.recordsAppended)
     counter("caucus_wal_bytes_appended_total", "Bytes appended to the write-ahead log.", metrics.wal.bytesAppended)
