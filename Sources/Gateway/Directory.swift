@@ -440,7 +440,15 @@ public final class ClusterDirectory: Sendable {
       case .failure(let error): completion(.failure(error))
       case .success(nil): completion(.success(nil))
       case .success(let entry?):
-        do { completion(.success(try DirectoryRecords.decodeGroup(entry.value))) } catch {
+        do {
+          let decoded = try DirectoryRecords.decodeGroup(entry.value)
+          // The key names the group; a record naming another (written by hand) is damaged too.
+          guard decoded.id == id else {
+            return completion(
+              .failure(.invalidRecord("the directory's record \(entry.key) names \(decoded.id); fix or delete the key")))
+          }
+          completion(.success(decoded))
+        } catch {
           completion(.failure(.invalidRecord("the directory's record of \(id) is damaged (\(error)); fix or delete the key \(entry.key)")))
         }
       }

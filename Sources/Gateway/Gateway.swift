@@ -828,6 +828,9 @@ public final class Gateway: HTTPHandler {
     }
     guard let items = body["peers"] else { return createGroup(group, [engine.localPeer], exchange, route: route) }
     guard let array = items.arrayValue else { throw .badRequest("\"peers\" must be an array of node ids or peers") }
+    guard !array.isEmpty else {
+      throw .consensus(.illegalPeerNumber(count: 0, reason: "\"peers\" is empty; omit it to create the group on this node alone"))
+    }
     guard array.count <= DirectoryRecords.groupPeersMax else {
       throw .badRequest("\"peers\" names \(array.count) peers; the limit is \(DirectoryRecords.groupPeersMax)")
     }

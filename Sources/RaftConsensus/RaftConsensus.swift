@@ -1708,12 +1708,20 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     for answer in answers { answer() }
   }
 
+  /// The endpoints a snapshot or a restated creation record keeps: the members' and this node's.
+  /// Those of removed members are dropped, so what a group ever knew cannot outgrow
+  /// `RaftStorage.peersMax` over many membership changes.
+  private func endpointsToKeep(_ replica: RaftGroup) -> [Peer] {
+    let keep = Set(replica.inspect { $0.membership.allReplicas }).union([localPeer.node.rawValue])
+    return replica.knownPeers().filter { keep.contains($0.node.rawValue) }
+  }
+
   /// Captures, compacts and writes one group's snapshot; with nothing new to capture, answers
   /// the latest snapshot. `SnapshotInfo.bytes` is the payload's size: what the file holds and a
   /// leader sends, the endpoints included.
   private func snapshot(_ replica: RaftGroup, _ wal: WriteAheadLog) -> (Result<SnapshotInfo, ConsensusError>, wrote: Bool) {
     // The endpoints go with the state: the changes that carried them are compacted away here.
-    let peers = replica.knownPeers()
+    let peers = endpointsToKeep(replica)
     let machine: [UInt8] = replica.lock.withLock {
       precondition(replica.appliedIndex == replica.raft.applied, "group \(replica.id): state machine lags the core")
       return replica.stateMachine.takeSnapshot()
@@ -1750,7 +1758,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     var covered: [UInt64: UInt64] = [:]
     for replica in live.values {
       records.append(
-        RaftStorage.groupCreatedRecord(group: replica.id, peers: replica.knownPeers(), bootstrapVoters: replica.bootstrapVoters))
+        RaftStorage.groupCreatedRecord(group: replica.id, peers: endpointsToKeep(replica), bootstrapVoters: replica.bootstrapVoters))
       records.append(RaftStorage.hardStateRecord(group: replica.id, replica.raft.hardState))
       covered[replica.id.packed] = replica.durableSnapshotIndex
     }

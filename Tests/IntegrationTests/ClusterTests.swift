@@ -147,6 +147,25 @@ final class ClusterTests: XCTestCase {
     for node in nodes { XCTAssertTrue(node.isRunning, "a node crashed on garbage:\n\(node.log().suffix(2000))") }
   }
 
+  /// A directory record edited by hand to name another group is refused as damaged: no crash,
+  /// nothing created.
+  func testAGroupRecordNamingAnotherGroupIsRefusedWithoutHarm() throws {
+    _ = try XCTUnwrap(leader(among: [0, 1, 2]))
+    let endpoint = "127.0.0.1:\(nodes[0].consensusPort)"
+    var planted: HTTPReply?
+    waitUntil("the hand-written record to be stored") {
+      planted = try? HTTPClient(port: nodes[0].port).request(
+        "PUT", "/v1/groups/PartitionRegion-0/kv/groups/DataRegion-9",
+        text: #"{"id":"DataRegion-8","peers":[{"id":1,"endpoint":""# + endpoint + #""}]}"#)
+      return planted?.status == 200
+    }
+    let created = try HTTPClient(port: nodes[1].port).request("POST", "/v1/groups", text: #"{"id":"DataRegion-9","peers":[1]}"#)
+    XCTAssertTrue((400..<500).contains(created.status), "\(created.status) \(created.text)")
+    XCTAssertTrue(created.text.contains("DataRegion-8"), created.text)
+    for node in nodes { XCTAssertTrue(node.isRunning, "a node crashed:\n\(node.log().suffix(2000))") }
+    XCTAssertEqual(try HTTPClient(port: nodes[0].port).request("GET", "/v1/groups/DataRegion-9?forward=none").status, 404)
+  }
+
   /// createPeer and deletePeer for other nodes are served on the consensus port (the fan-out of
   /// `POST /v1/groups` uses it); nothing else of the client API is.
   func testGroupOperationsAreServedOnTheConsensusPort() throws {
@@ -166,6 +185,9 @@ final class ClusterTests: XCTestCase {
 
   func testAGroupCreatedThroughOneNodeExistsOnEveryPeerServesWritesAndIsDeletedEverywhere() throws {
     _ = try XCTUnwrap(leader(among: [0, 1, 2]))
+    let empty = try HTTPClient(port: nodes[0].port).request("POST", "/v1/groups", text: #"{"id":"DataRegion-7","peers":[]}"#)
+    XCTAssertEqual(empty.status, 400, empty.text)
+    XCTAssertEqual(empty.json["error"] as? String, "illegal_peer_num")
     let created = try HTTPClient(port: nodes[0].port).request("POST", "/v1/groups", text: #"{"id":"DataRegion-7","peers":[1,2,3]}"#)
     XCTAssertEqual(created.status, 201, created.text)
     XCTAssertEqual(created.headers["location"], "/v1/groups/DataRegion-7")
