@@ -885,7 +885,25 @@ public final class Gateway: HTTPHandler {
     directory.recordedGroup(group) { [self] result in
       switch result {
       case .failure(let error): return decide(.failure(error))
-      case .success(let existing?): return decide(.success(DirectoryReservation(existing: existing, wanted: wanted)))
+      case .success(let existing?):
+        let reservation = DirectoryReservation(existing: existing, wanted: wanted)
+        guard case .recordedWithTheSamePeers = reservation else { return decide(.success(reservation)) }
+        // A retry — or what a DELETE that failed on some peers left behind. Fresh replicas next
+        // to a surviving one would form a quorum of empty logs beside it, so go ahead only when
+        // none of the peers hosts the group (the first attempt created nothing) and refuse when
+        // some do: finish that create or DELETE first.
+        return hostingPeers(group, peers) { [self] hosting in
+          guard let hosting else {
+            return decide(.failure(.unavailable("not every peer answered whether it hosts \(group) already")))
+          }
+          guard hosting.isEmpty else {
+            logger.info(
+              "refused to create a group some of its recorded peers still host",
+              metadata: ["group": "\(group)", "hosting": "\(hosting.map(\.description))"])
+            return exchange.fail(.consensus(.groupAlreadyExists(group)), route: route)
+          }
+          decide(.success(reservation))
+        }
       case .success(nil): break
       }
       hostingPeers(group, peers) { [self] hosting in

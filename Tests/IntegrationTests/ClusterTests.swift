@@ -263,6 +263,15 @@ final class ClusterTests: XCTestCase {
     XCTAssertEqual(same.status, 409, same.text)
     XCTAssertEqual(try HTTPClient(port: nodes[1].port).request("GET", "/v1/groups/DataRegion-3/kv/k?raw=true").text, "kept")
     XCTAssertEqual(try HTTPClient(port: nodes[1].port).request("GET", recordPath).text, record)
+    // What a DELETE that failed on one peer leaves: the record, and a replica on node 1 only.
+    // The same request must not put a fresh replica beside the surviving one.
+    let dropped = try HTTPClient(port: nodes[1].consensusPort).request("DELETE", "/v1/node/groups/DataRegion-3")
+    XCTAssertEqual(dropped.status, 200, dropped.text)
+    let again = try HTTPClient(port: nodes[2].port).request("POST", "/v1/groups", text: #"{"id":"DataRegion-3","peers":[1,2]}"#)
+    XCTAssertEqual(again.status, 409, again.text)
+    XCTAssertNotEqual(
+      try HTTPClient(port: nodes[1].port).request("GET", "/v1/groups/DataRegion-3?forward=none").status, 200,
+      "node 2 got no fresh replica")
 
     // A group created node by node (no directory record, as before the directory existed): a
     // creation naming a node that hosts it is refused, and the other node gets nothing.
