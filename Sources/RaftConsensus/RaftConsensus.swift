@@ -113,12 +113,6 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     case membership(GroupID, MembershipRequest, ConsensusCompletion<Void>)
   }
 
-  private enum MembershipRequest {
-    case add(Peer)
-    case remove(NodeID)
-    case change([Peer])
-  }
-
   private struct StaleReadWaiter: Sendable {
     let group: GroupID
     let query: [UInt8]
@@ -893,7 +887,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
 
   // MARK: Membership changes
 
-  /// Checks `request` against the membership in force and proposes its first entry.
+  /// Takes `request` as the group's membership change; it is checked against the membership in
+  /// force when it is proposed (`plan`), which may be later than now.
   private func beginMembershipChange(
     _ replica: RaftGroup, _ request: MembershipRequest, _ completion: @escaping ConsensusCompletion<Void>,
     _ turn: inout Turn
@@ -902,34 +897,39 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     guard replica.raft.role == .leader else { return refuse(replica.leaderError(leader: replica.raft.leader)) }
     // The core takes one change at a time; this one's steps would interleave with it.
     guard replica.membershipChange == nil else { return refuse(.overloaded(retryAfterMs: 1_000)) }
-    let membership = replica.raft.membership
     let deadline = MonotonicClock.nowNanoseconds() + options.membershipChangeTimeoutMs * 1_000_000
-    let change: ConfigChange
-    let next: MembershipChange.Next
+    replica.membershipChange = MembershipChange(stage: .proposing(request), deadline: deadline, completion: completion)
+    settleMembershipChange(replica, now: MonotonicClock.nowNanoseconds(), &turn)
+  }
+
+  /// What `request` takes from `membership`.
+  private enum MembershipPlan {
+    case propose(ConfigChange, then: MembershipChange.Next)
+    /// addPeer of a node that is a learner already (an earlier attempt): catch it up, promote.
+    case resumeCatchUp(ReplicaID)
+    /// Nothing to change.
+    case done
+    case refused(ConsensusError)
+  }
+
+  private func plan(_ request: MembershipRequest, _ membership: ConfigState, group: GroupID) -> MembershipPlan {
     switch request {
     case .add(let peer):
       let node = peer.node.rawValue
-      guard !membership.isVoter(node) else { return refuse(.peerAlreadyInGroup(peer.node, replica.id)) }
-      if membership.learners.contains(node) {
-        // An earlier attempt added it: go on from the catch-up.
-        replica.membershipChange = MembershipChange(
-          stage: .catchingUp(learner: node, target: replica.raft.committed), deadline: deadline, completion: completion)
-        return settleMembershipChange(replica, now: MonotonicClock.nowNanoseconds(), &turn)
-      }
-      change = ConfigChange([.init(.addLearner, node)], context: RaftStorage.encodePeers([peer]))
-      next = .catchUp(node)
+      guard !membership.isVoter(node) else { return .refused(.peerAlreadyInGroup(peer.node, group)) }
+      if membership.learners.contains(node) { return .resumeCatchUp(node) }
+      return .propose(ConfigChange([.init(.addLearner, node)], context: RaftStorage.encodePeers([peer])), then: .catchUp(node))
     case .remove(let node):
-      guard membership.allReplicas.contains(node.rawValue) else { return refuse(.peerNotInGroup(node, replica.id)) }
+      guard membership.allReplicas.contains(node.rawValue) else { return .refused(.peerNotInGroup(node, group)) }
       guard membership.voters != [node.rawValue] else {
-        return refuse(.illegalPeerNumber(count: 0, reason: "node \(node) is the group's only voter"))
+        return .refused(.illegalPeerNumber(count: 0, reason: "node \(node) is the group's only voter"))
       }
-      change = ConfigChange([.init(.remove, node.rawValue)])
-      next = .finish
+      return .propose(ConfigChange([.init(.remove, node.rawValue)]), then: .finish)
     case .change(let peers):
       let wanted = Set(peers.map(\.node.rawValue))
       let current = Set(membership.voters + membership.votersOutgoing)
       guard !wanted.isDisjoint(with: current) else {
-        return refuse(
+        return .refused(
           .illegalPeerNumber(
             count: peers.count, reason: "the new peers share no member with the current voters \(current.sorted())"))
       }
@@ -937,13 +937,9 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       let removed = Set(membership.allReplicas).subtracting(wanted).sorted()
       // Wanted learners are among `added`: they become voters.
       let steps = added.map { ConfigChangeStep(.addVoter, $0.node.rawValue) } + removed.map { ConfigChangeStep(.remove, $0) }
-      guard !steps.isEmpty else { return turn.answers.append { completion(.success(())) } }
-      change = ConfigChange(steps, context: added.isEmpty ? [] : RaftStorage.encodePeers(added))
-      next = .finish
+      guard !steps.isEmpty else { return .done }
+      return .propose(ConfigChange(steps, context: added.isEmpty ? [] : RaftStorage.encodePeers(added)), then: .finish)
     }
-    replica.membershipChange = MembershipChange(
-      stage: .proposing(change, then: next), deadline: deadline, completion: completion)
-    settleMembershipChange(replica, now: MonotonicClock.nowNanoseconds(), &turn)
   }
 
   /// Moves the membership change of `replica` on as far as it can go now: to its next entry once
@@ -961,25 +957,34 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       }
       let leaderError = replica.leaderError(leader: replica.raft.leader)
       switch change.stage {
-      case .proposing(let configChange, let next):
+      case .proposing(let request):
         guard replica.raft.role == .leader else { return answer(.failure(leaderError)) }
-        do {
-          let index = try replica.raft.proposeConfigChange(configChange)
-          replica.membershipChange!.stage = .applying(index: index, term: replica.raft.term, then: next)
-          logger.info(
-            "membership change proposed",
-            metadata: [
-              "group": "\(replica.id)", "index": "\(index)",
-              "steps": "\(configChange.steps.map { "\($0.kind) \($0.replica)" })",
-            ])
-        } catch .configChangePending {
-          // A just-elected leader first applies its own entries: wait for them, not the caller.
-          if now >= change.deadline { return answer(.failure(.timeout(indeterminate: false))) }
+        // Planned against the membership in force now: an earlier change may have applied while
+        // this one waited.
+        switch plan(request, replica.raft.membership, group: replica.id) {
+        case .refused(let error): return answer(.failure(error))
+        case .done: return answer(.success(()))
+        case .resumeCatchUp(let learner):
+          replica.membershipChange!.stage = .catchingUp(learner: learner, target: replica.raft.committed)
+          continue
+        case .propose(let configChange, let next):
+          do {
+            let index = try replica.raft.proposeConfigChange(configChange)
+            replica.membershipChange!.stage = .applying(index: index, term: replica.raft.term, then: next)
+            logger.info(
+              "membership change proposed",
+              metadata: [
+                "group": "\(replica.id)", "index": "\(index)",
+                "steps": "\(configChange.steps.map { "\($0.kind) \($0.replica)" })",
+              ])
+          } catch .configChangePending {
+            // A just-elected leader first applies its own entries: wait for them, not the caller.
+            if now >= change.deadline { return answer(.failure(.timeout(indeterminate: false))) }
+          } catch {
+            return answer(.failure(proposalError(replica, error)))
+          }
           return
-        } catch {
-          return answer(.failure(proposalError(replica, error)))
         }
-        return
       case .applying(let index, let term, let next):
         guard replica.raft.applied >= index else {
           // Deposed before it applied: the next leader may still commit the entry, so its

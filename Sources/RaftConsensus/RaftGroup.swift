@@ -49,11 +49,18 @@ struct UnsentWrite: Sendable {
 /// A membership change the leader drives (addPeer, removePeer, changePeer): one configuration
 /// change entry after another, each waited for until applied, answered at the end, at `deadline`,
 /// or when this node stops leading.
+/// A membership change as asked.
+enum MembershipRequest: Sendable {
+  case add(Peer)
+  case remove(NodeID)
+  case change([Peer])
+}
+
 struct MembershipChange: Sendable {
   enum Stage: Sendable {
     /// Not proposed yet: the core takes no change until the previous one (or a new leader's
-    /// first entry) applied; proposed as soon as it does.
-    case proposing(ConfigChange, then: Next)
+    /// first entry) applied; planned and proposed as soon as it does.
+    case proposing(MembershipRequest)
     /// Waiting for the entry proposed at `index` in `term` to be applied; `then` says what next.
     case applying(index: LogIndex, term: Term, then: Next)
     /// addPeer: the learner is in; waiting until its match index reaches `target` (the leader's
