@@ -219,7 +219,9 @@ enum DirectoryReservation: Equatable, Sendable {
 /// A background write of one directory key.
 enum DirectoryWrite: Equatable, Sendable {
   case put([UInt8])
-  case delete
+  /// Removes the key only while it still has `ifRevision` (the record a DELETE of the group
+  /// found): a record written since belongs to a newer creation and is kept.
+  case delete(ifRevision: UInt64)
 }
 
 /// Directory writes being retried in the background, at most one per key: a newer write of a key
@@ -427,10 +429,41 @@ public final class ClusterDirectory: Sendable {
     writeLatest(DirectoryRecords.key(group: group.id), .put(value), completion)
   }
 
-  /// Removes `groups/<id>` (after the group's replicas were deleted); supersedes a pending write of
-  /// the record, and is retried like one.
-  func removeRecord(_ group: GroupID, _ completion: @escaping @Sendable (Result<Void, DirectoryError>) -> Void) {
-    writeLatest(DirectoryRecords.key(group: group), .delete, completion)
+  /// Removes `groups/<id>` (after the group's replicas were deleted) if it still has `revision`,
+  /// the one the DELETE found; supersedes a pending write of the record, and is retried like one.
+  func removeRecord(
+    _ group: GroupID, ifRevision revision: UInt64, _ completion: @escaping @Sendable (Result<Void, DirectoryError>) -> Void
+  ) {
+    writeLatest(DirectoryRecords.key(group: group), .delete(ifRevision: revision), completion)
+  }
+
+  /// The revision of `groups/<id>` as the directory's leader has it: nil when there is no record.
+  func recordRevision(_ id: GroupID, _ completion: @escaping @Sendable (Result<UInt64?, DirectoryError>) -> Void) {
+    get(DirectoryRecords.key(group: id), local: false) { result in completion(result.map { $0?.revision }) }
+  }
+
+  /// Writes `groups/<id>` again, unchanged but with a new revision, if it still has the peers of
+  /// `group`: a creation that reuses a record left by an earlier attempt makes it its own, so a
+  /// pending removal by an earlier DELETE (conditional on the old revision) cannot take it away.
+  func renewRecord(_ group: DirectoryGroup, _ completion: @escaping @Sendable (Result<Void, DirectoryError>) -> Void) {
+    let key = DirectoryRecords.key(group: group.id)
+    get(key, local: false) { [self] result in
+      switch result {
+      case .failure(let error): return completion(.failure(error))
+      case .success(nil): return completion(.failure(.unavailable("the record of \(group.id) disappeared meanwhile; retry")))
+      case .success(let entry?):
+        guard let recorded = try? DirectoryRecords.decodeGroup(entry.value), Set(recorded.peers) == Set(group.peers) else {
+          return completion(.failure(.unavailable("the record of \(group.id) changed meanwhile; retry")))
+        }
+        forget(key)
+        put(key, entry.value, precondition: .revisionEquals(entry.revision)) { result in
+          switch result {
+          case .failure(.preconditionFailed): completion(.failure(.unavailable("the record of \(group.id) changed meanwhile; retry")))
+          default: completion(result)
+          }
+        }
+      }
+    }
   }
 
   /// `groups/<id>` as the directory's leader has it (no cache, no stale read): nil when absent.
@@ -648,12 +681,14 @@ public final class ClusterDirectory: Sendable {
       return
     }
     let written: @Sendable (Result<Void, DirectoryError>) -> Void = { [self] result in
-      firstTry?(result)
       switch result {
       case .success:
         let done = pendingWrites.withLock { $0.written(key, chain: chain, generation: next.generation) }
+        // After the bookkeeping: a caller told "written" may write the key again at once.
+        firstTry?(result)
         if !done { writePending(key, chain: chain, attempt: 1, nil) }
       case .failure(let error):
+        firstTry?(result)
         let delayMs = min(ClusterDirectory.retryMsMin << UInt32(min(attempt - 1, 16)), ClusterDirectory.retryMsMax)
         logger.log(
           level: attempt < ClusterDirectory.quietRetries ? .info : .warning,
@@ -664,7 +699,12 @@ public final class ClusterDirectory: Sendable {
     }
     switch next.write {
     case .put(let value): put(key, value, precondition: .none, written)
-    case .delete: delete(key, written)
+    case .delete(let revision):
+      delete(key, ifRevision: revision) { result in
+        // Written since the DELETE read it: a newer creation's record, not ours to remove.
+        if case .failure(.preconditionFailed) = result { return written(.success(())) }
+        written(result)
+      }
     }
   }
 
@@ -743,8 +783,10 @@ public final class ClusterDirectory: Sendable {
     write(.put(key: Array(key.utf8), value: value, precondition: precondition), method: "PUT", key: key, body: value, completion)
   }
 
-  private func delete(_ key: String, _ completion: @escaping @Sendable (Result<Void, DirectoryError>) -> Void) {
-    write(.delete(key: Array(key.utf8), precondition: .none), method: "DELETE", key: key, body: [], completion)
+  private func delete(
+    _ key: String, ifRevision revision: UInt64, _ completion: @escaping @Sendable (Result<Void, DirectoryError>) -> Void
+  ) {
+    write(.delete(key: Array(key.utf8), precondition: .revisionEquals(revision)), method: "DELETE", key: key, body: [], completion)
   }
 
   /// One write, by this node's engine when it leads the directory, else through a member.
@@ -754,12 +796,14 @@ public final class ClusterDirectory: Sendable {
   ) {
     precondition(key.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "?") && $0 != UInt8(ascii: "%") }, "directory keys need no escaping")
     var conditions: [(name: String, value: String)] = []
-    if case .put(_, _, let precondition) = operation {
-      switch precondition {
-      case .none: break
-      case .absent: conditions.append(("If-None-Match", "*"))
-      case .revisionEquals(let revision): conditions.append(("If-Match", "\"\(revision)\""))
-      }
+    let precondition: KVPrecondition
+    switch operation {
+    case .put(_, _, let condition), .delete(_, let condition): precondition = condition
+    }
+    switch precondition {
+    case .none: break
+    case .absent: conditions.append(("If-None-Match", "*"))
+    case .revisionEquals(let revision): conditions.append(("If-Match", "\"\(revision)\""))
     }
     let headers = conditions
     let viaMember: @Sendable () -> Void = { [self] in

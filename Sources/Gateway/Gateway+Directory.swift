@@ -105,12 +105,14 @@ extension Gateway {
     }
   }
 
-  /// Removes `groups/<group>` after the group's replicas were deleted, then answers. A removal that
-  /// cannot be done now is retried in the background: until then the record only sends a lookup
-  /// to peers that answer "not hosted", and a new creation of the id answers 503 (retry).
-  func forgetInDirectory(_ group: GroupID, then answer: @escaping @Sendable () -> Void) {
+  /// Removes `groups/<group>` after the group's replicas were deleted, if it still has `revision`
+  /// (the one found before deleting them), then answers. A removal that cannot be done now is
+  /// retried in the background: until then the record only sends a lookup to peers that answer
+  /// "not hosted", and a new creation of the id makes the record its own (a new revision), which
+  /// the pending removal then leaves alone.
+  func forgetInDirectory(_ group: GroupID, ifRevision revision: UInt64, then answer: @escaping @Sendable () -> Void) {
     guard let directory = configuration.directory else { return answer() }
-    directory.removeRecord(group) { _ in answer() }
+    directory.removeRecord(group, ifRevision: revision) { _ in answer() }
   }
 
   /// The group's peers: this node's replica's when it hosts one, else the directory's record,

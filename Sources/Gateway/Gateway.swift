@@ -902,7 +902,14 @@ public final class Gateway: HTTPHandler {
               metadata: ["group": "\(group)", "hosting": "\(hosting.map(\.description))"])
             return exchange.fail(.consensus(.groupAlreadyExists(group)), route: route)
           }
-          decide(.success(reservation))
+          // Make the record this creation's, so an earlier DELETE's pending removal (conditional
+          // on the record's old revision) leaves it alone.
+          directory.renewRecord(wanted) { result in
+            switch result {
+            case .success: decide(.success(reservation))
+            case .failure(let error): decide(.failure(error))
+            }
+          }
         }
       case .success(nil): break
       }
@@ -979,25 +986,42 @@ public final class Gateway: HTTPHandler {
 
   private func deleteGroup(_ group: GroupID, _ exchange: Exchange, route: String) {
     // DELETE /v1/groups/{group}: deletePeer on every peer of the group.
-    guard route == "group_delete", let forwarder = configuration.forwarder else { return deleteLocally(group, exchange, route: route) }
-    placement(of: group) { [self] peers in
-      guard peers.contains(where: { $0.node != engine.localPeer.node }) else { return deleteLocally(group, exchange, route: route) }
-      deleteEverywhere(group, peers, forwarder, exchange, route: route)
+    guard route == "group_delete", let forwarder = configuration.forwarder else {
+      return deleteLocally(group, exchange, route: route, recordRevision: nil)
+    }
+    let deleteFound: @Sendable (UInt64?) -> Void = { [self] revision in
+      placement(of: group) { [self] peers in
+        guard peers.contains(where: { $0.node != engine.localPeer.node }) else {
+          return deleteLocally(group, exchange, route: route, recordRevision: revision)
+        }
+        deleteEverywhere(group, peers, forwarder, exchange, route: route, recordRevision: revision)
+      }
+    }
+    guard let directory = configuration.directory else { return deleteFound(nil) }
+    // The record as found now is the one to remove afterwards, and only it: a record written
+    // after the replicas are gone belongs to a new creation of the id.
+    directory.recordRevision(group) { result in
+      switch result {
+      case .success(let revision): deleteFound(revision)
+      case .failure(.invalidRecord(let reason)): exchange.fail(.badRequest(reason), route: route)
+      case .failure(let error):
+        exchange.fail(.consensus(.storage("\(error); nothing was deleted, retry the request")), route: route)
+      }
     }
   }
 
-  private func deleteLocally(_ group: GroupID, _ exchange: Exchange, route: String) {
+  private func deleteLocally(_ group: GroupID, _ exchange: Exchange, route: String, recordRevision: UInt64?) {
     engine.deletePeer(group) { [self] result in
       switch result {
       case .failure(let error): exchange.fail(.consensus(error), route: route)
-      case .success: answerDeleted(group, exchange, route: route)
+      case .success: answerDeleted(group, exchange, route: route, recordRevision: recordRevision)
       }
     }
   }
 
   /// The answer to a deletion; `DELETE /v1/groups/{group}` (not the node-local route) first
-  /// removes the group's directory record.
-  private func answerDeleted(_ group: GroupID, _ exchange: Exchange, route: String) {
+  /// removes the group's directory record, if it still has `recordRevision`.
+  private func answerDeleted(_ group: GroupID, _ exchange: Exchange, route: String, recordRevision: UInt64?) {
     let answer: @Sendable () -> Void = {
       var writer = JSONWriter()
       writer.beginObject()
@@ -1006,7 +1030,11 @@ public final class Gateway: HTTPHandler {
       writer.endObject()
       exchange.respond(json: writer.bytes, route: route)
     }
-    if route == "group_delete" { forgetInDirectory(group, then: answer) } else { answer() }
+    if route == "group_delete", let recordRevision {
+      forgetInDirectory(group, ifRevision: recordRevision, then: answer)
+    } else {
+      answer()
+    }
   }
 
   func answerMembership(_ result: Result<Void, ConsensusError>, _ group: GroupID, _ exchange: Exchange, route: String) {
@@ -1103,7 +1131,8 @@ public final class Gateway: HTTPHandler {
   /// deletePeer on every peer of the group: this node's engine, `DELETE /v1/node/groups/{group}`
   /// on the others.
   private func deleteEverywhere(
-    _ group: GroupID, _ peers: [Peer], _ forwarder: LeaderForwarder, _ exchange: Exchange, route: String
+    _ group: GroupID, _ peers: [Peer], _ forwarder: LeaderForwarder, _ exchange: Exchange, route: String,
+    recordRevision: UInt64?
   ) {
     fanOut(peers, exchange, route: route, local: { [engine] done in
       engine.deletePeer(group) { result in
@@ -1122,7 +1151,7 @@ public final class Gateway: HTTPHandler {
           .consensus(.storage("group \(group) was not deleted on node(s) \(failed.map(\.description).joined(separator: ", ")); retry the request")),
           route: route)
       }
-      answerDeleted(group, exchange, route: route)
+      answerDeleted(group, exchange, route: route, recordRevision: recordRevision)
     }
   }
 

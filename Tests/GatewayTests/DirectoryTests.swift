@@ -64,6 +64,7 @@ final class RegisterNodeTests: XCTestCase {
   private var directoryPath = ""
   private var engine: StandaloneConsensus!
   private var gateway: Gateway!
+  private var directory: ClusterDirectory!
   private let local = Peer(node: NodeID(1), endpoint: Endpoint(host: "127.0.0.1", port: 40010))
 
   override func setUpWithError() throws {
@@ -73,7 +74,7 @@ final class RegisterNodeTests: XCTestCase {
     engine = StandaloneConsensus(config: ConsensusConfig(localPeer: local, dataDirectory: directoryPath, registry: registry))
     try engine.start()
     try waitForCompletion { self.engine.createPeer(ClusterDirectory.group, peers: [self.local], completion: $0) }.get()
-    let directory = ClusterDirectory(
+    directory = ClusterDirectory(
       engine: engine, forwarder: nil, members: [local],
       localNode: DirectoryNode(id: local.node, clientURL: "http://127.0.0.1:6667", consensusEndpoint: local.endpoint),
       logger: Logger(label: "test.directory"))
@@ -105,6 +106,21 @@ final class RegisterNodeTests: XCTestCase {
   private func registeredKeys() -> [String] {
     let listing = json(request("GET", "/v1/groups/PartitionRegion-0/kv?prefix=nodes/&limit=1000"))
     return (listing["items"] as? [[String: Any]] ?? []).compactMap { $0["key"] as? String }
+  }
+
+  /// A DELETE removes a group record only if it still has the revision the DELETE found: a
+  /// record a later creation renewed (made its own) is kept.
+  func testARecordRemovalLeavesARecordRenewedSince() throws {
+    let group = DirectoryGroup(id: GroupID(.dataRegion, 5), peers: [local])
+    try waitForCompletion { directory.record(group, $0) }.get()
+    let found = try XCTUnwrap(try waitForCompletion { directory.recordRevision(group.id, $0) }.get())
+    try waitForCompletion { directory.renewRecord(group, $0) }.get()
+    let renewed = try XCTUnwrap(try waitForCompletion { directory.recordRevision(group.id, $0) }.get())
+    XCTAssertGreaterThan(renewed, found)
+    try waitForCompletion { directory.removeRecord(group.id, ifRevision: found, $0) }.get()
+    XCTAssertEqual(try waitForCompletion { directory.recordRevision(group.id, $0) }.get(), renewed, "the renewed record is kept")
+    try waitForCompletion { directory.removeRecord(group.id, ifRevision: renewed, $0) }.get()
+    XCTAssertNil(try waitForCompletion { directory.recordRevision(group.id, $0) }.get(), "the record it found is removed")
   }
 
   func testBadBodiesAreRefusedWith400AndNothingIsWritten() {
@@ -209,17 +225,17 @@ final class PendingDirectoryWriteTests: XCTestCase {
   func testARemovalSupersedesAPendingPut() throws {
     var writes = Writes(keysMax: 4)
     guard case .start(let chain) = writes.submit("groups/DataRegion-2", .put(Array("placement".utf8))).submitted else { return XCTFail() }
-    XCTAssertEqual(writes.submit("groups/DataRegion-2", .delete).submitted, .replaced)
-    XCTAssertEqual(try XCTUnwrap(writes.next("groups/DataRegion-2", chain: chain)).write, .delete)
+    XCTAssertEqual(writes.submit("groups/DataRegion-2", .delete(ifRevision: 7)).submitted, .replaced)
+    XCTAssertEqual(try XCTUnwrap(writes.next("groups/DataRegion-2", chain: chain)).write, .delete(ifRevision: 7))
   }
 
   /// Past `keysMax` the oldest key is given up; its chain stops, and does not take over the key if
   /// it is written again (which starts a chain of its own).
   func testTheNumberOfPendingKeysIsBoundedAndTheOldestIsDropped() throws {
     var writes = Writes(keysMax: 2)
-    guard case .start(let oldChain) = writes.submit("a", .delete).submitted else { return XCTFail() }
-    _ = writes.submit("b", .delete)
-    let (submitted, dropped) = writes.submit("c", .delete)
+    guard case .start(let oldChain) = writes.submit("a", .delete(ifRevision: 7)).submitted else { return XCTFail() }
+    _ = writes.submit("b", .delete(ifRevision: 7))
+    let (submitted, dropped) = writes.submit("c", .delete(ifRevision: 7))
     XCTAssertEqual(dropped, "a")
     XCTAssertNotEqual(submitted, .replaced)
     XCTAssertEqual(writes.count, 2)
