@@ -1684,7 +1684,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       segments > options.walSegmentsSoftMax
       && segments >= segmentsAfterForcedSnapshots + max(1, options.walSegmentsSoftMax / 4)
     for replica in live.values {
-      let (applied, snapshotIndex) = replica.inspect { ($0.applied, $0.latestSnapshot?.index ?? 0) }
+      // `firstIndex - 1` is the snapshot's index; reading the snapshot itself would copy it.
+      let (applied, snapshotIndex) = replica.inspect { ($0.applied, $0.firstIndex - 1) }
       let since = applied - snapshotIndex
       let automatic = since >= options.snapshotEntriesThreshold && applied >= replica.nextSnapshotAttemptIndex
       guard automatic || !replica.snapshotRequests.isEmpty || (forced && since > 0) else { continue }
