@@ -61,6 +61,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   private var phase = Phase.created
   private var groups: [GroupID: RaftGroup] = [:]
   private var inbox: [InboxItem] = []
+  /// The inbox holds an item that must not wait for the next tick (the loop was signalled).
+  private var inboxUrgent = false
   private var inboundBatchesQueued = 0
   private var writesOutstanding = 0
   private var writeBytesOutstanding = 0
@@ -341,9 +343,14 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   }
 
   /// Must hold `state`.
-  private func enqueue(_ item: InboxItem) {
+  /// Must hold `state`. An item that is not `urgent` waits for the loop's next turn (at the latest
+  /// the next tick) instead of waking it.
+  private func enqueue(_ item: InboxItem, urgent: Bool = true) {
     inbox.append(item)
-    if inbox.count == 1 { state.signal() }
+    if urgent && !inboxUrgent {
+      inboxUrgent = true
+      state.signal()
+    }
   }
 
   /// The transport's receiver: decodes, checks and queues one inbound batch.
@@ -371,7 +378,11 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       }
       inboundBatchesQueued += 1
       metrics.batchesReceived += 1
-      enqueue(.batch(batch))
+      // Heartbeats that only confirm liveness (no ReadIndex round) can wait for the next tick:
+      // an idle node then wakes once per tick, not once per peer batch as well.
+      let livenessOnly =
+        batch.messages.isEmpty && batch.forwards.isEmpty && batch.heartbeats.allSatisfy { $0.context == 0 }
+      enqueue(.batch(batch), urgent: !livenessOnly)
     }
   }
 
@@ -728,7 +739,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   /// the stale reads whose deadline passed.
   private func takeWork(nextTick: UInt64, moreReady: Bool) -> ([InboxItem], Bool, [StaleReadWaiter]) {
     state.withLock {
-      while inbox.isEmpty && phase == .running && !moreReady {
+      while !inboxUrgent && phase == .running && !moreReady {
         let earliest = staleReadWaiters.map(\.deadline).min() ?? UInt64.max
         let now = MonotonicClock.nowNanoseconds()
         if now >= nextTick || now >= earliest { break }
@@ -745,6 +756,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       let items = undeliveredForwards.map { InboxItem.undelivered($0.node, $0.forwards) } + inbox
       undeliveredForwards.removeAll()
       inbox.removeAll(keepingCapacity: true)
+      inboxUrgent = false
       inboundBatchesQueued = 0
       return (items, phase != .running, expired)
     }
