@@ -57,13 +57,13 @@ public final class HTTPRaftTransport: RaftTransport, HTTPHandler {
   public static let batchPath = "/v1/raft/batch"
 
   /// A batch accepted for a peer: posted at once, or queued until an in-flight slot frees.
-  private struct Outbound: Sendable {
+  struct Outbound: Sendable {
     let batch: [UInt8]
     let endpoint: Endpoint
     let undelivered: (@Sendable () -> Void)?
   }
 
-  private struct PeerState {
+  struct PeerState {
     var inFlight = 0
     var backoffMs = 0
     var blockedUntilMs: UInt64 = 0
@@ -80,6 +80,11 @@ public final class HTTPRaftTransport: RaftTransport, HTTPHandler {
       queuedBytes -= next.batch.count
       if queueHead == queue.count {
         queue.removeAll(keepingCapacity: true)
+        queueHead = 0
+      } else if queueHead >= 16 && queueHead * 2 >= queue.count {
+        // Under steady load the queue may never empty: drop the sent prefix (it still holds the
+        // batches' bytes) so the array stays within twice the queue's limit.
+        queue.removeFirst(queueHead)
         queueHead = 0
       }
       return next

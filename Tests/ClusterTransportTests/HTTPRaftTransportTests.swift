@@ -1,4 +1,4 @@
-import ClusterTransport
+@testable import ClusterTransport
 import Consensus
 import Foundation
 import HTTPServer
@@ -148,6 +148,25 @@ final class HTTPRaftTransportTests: XCTestCase {
     XCTAssertTrue(waitUntil("the admitted batches") { b.received.withLock { $0.count } == 7 })
     XCTAssertEqual(Set(b.received.withLock { $0 }.map { $0[0] }), Set(0..<7), "the queued ones follow as slots free")
     XCTAssertEqual(a.transport.statistics.batchesSent, 7)
+  }
+
+  /// A peer's queue that never empties under steady load still drops what it sent: its storage
+  /// stays bounded (it holds the batches' bytes).
+  func testAQueueThatNeverEmptiesKeepsItsStorageBounded() {
+    var peer = HTTPRaftTransport.PeerState()
+    let endpoint = Endpoint(host: "127.0.0.1", port: 1)
+    func push(_ byte: UInt8) {
+      peer.queue.append(HTTPRaftTransport.Outbound(batch: [byte], endpoint: endpoint, undelivered: nil))
+      peer.queuedBytes += 1
+    }
+    for index in 0..<64 { push(UInt8(index)) }
+    for round in 0..<10_000 {
+      XCTAssertEqual(peer.popQueued()?.batch, [UInt8(truncatingIfNeeded: round)], "FIFO")
+      push(UInt8(truncatingIfNeeded: round + 64))
+      XCTAssertLessThanOrEqual(peer.queue.count, 2 * 64 + 16, "round \(round)")
+    }
+    XCTAssertEqual(peer.queuedCount, 64)
+    XCTAssertEqual(peer.queuedBytes, 64)
   }
 
   func testBadInputOnTheConsensusPortIsRefusedAndTheNodeKeepsReceiving() throws {
