@@ -180,10 +180,14 @@ public final class HTTPRaftTransport: RaftTransport, HTTPHandler {
         delivered = (200..<300).contains(response.status)
         // Only a 2xx answer hands the body to the receiver (see `handle`).
         if !delivered { undelivered?() }
-      case .failure(.connectFailed), .failure(.overloaded), .failure(.shuttingDown), .failure(.invalidRequest):
+      case .failure(.connectFailed), .failure(.overloaded), .failure(.invalidRequest):
         // Nothing was sent (PeerError's contract).
         delivered = false
         undelivered?()
+      case .failure(.shuttingDown):
+        // The client also fails requests already on the wire with this: the batch may have
+        // arrived, so its forwards must not be sent again (the engine stops first anyway).
+        delivered = false
       case .failure:
         delivered = false  // it may have arrived
       }
