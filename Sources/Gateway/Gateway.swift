@@ -883,47 +883,34 @@ public final class Gateway: HTTPHandler {
       }
     }
     directory.recordedGroup(group) { [self] result in
+      // How the record becomes this creation's once no peer hosts the group.
+      let claim: @Sendable (@escaping @Sendable (Result<DirectoryReservation, DirectoryError>) -> Void) -> Void
       switch result {
       case .failure(let error): return decide(.failure(error))
       case .success(let existing?):
         let reservation = DirectoryReservation(existing: existing, wanted: wanted)
         guard case .recordedWithTheSamePeers = reservation else { return decide(.success(reservation)) }
-        // A retry — or what a DELETE that failed on some peers left behind. Fresh replicas next
-        // to a surviving one would form a quorum of empty logs beside it, so go ahead only when
-        // none of the peers hosts the group (the first attempt created nothing) and refuse when
-        // some do: finish that create or DELETE first.
-        return hostingPeers(group, peers) { [self] hosting in
-          guard let hosting else {
-            return decide(.failure(.unavailable("not every peer answered whether it hosts \(group) already")))
-          }
-          guard hosting.isEmpty else {
-            logger.info(
-              "refused to create a group some of its recorded peers still host",
-              metadata: ["group": "\(group)", "hosting": "\(hosting.map(\.description))"])
-            return exchange.fail(.consensus(.groupAlreadyExists(group)), route: route)
-          }
-          // Make the record this creation's, so an earlier DELETE's pending removal (conditional
-          // on the record's old revision) leaves it alone.
-          directory.renewRecord(wanted) { result in
-            switch result {
-            case .success: decide(.success(reservation))
-            case .failure(let error): decide(.failure(error))
-            }
-          }
-        }
-      case .success(nil): break
+        // A retry — or what a DELETE that failed on some peers left behind. Renewing the record
+        // makes it this creation's, so that DELETE's pending removal (conditional on the old
+        // revision) leaves it alone.
+        claim = { done in directory.renewRecord(wanted) { done($0.map { reservation }) } }
+      case .success(nil):
+        claim = { done in directory.reserve(wanted, done) }
       }
+      // Fresh replicas beside one that exists (created before the directory, or left by a
+      // partly failed create or DELETE) would form a quorum of empty logs beside it: go ahead
+      // only when none of the peers hosts the group.
       hostingPeers(group, peers) { [self] hosting in
         guard let hosting else {
           return decide(.failure(.unavailable("not every peer answered whether it hosts \(group) already")))
         }
         guard hosting.isEmpty else {
           logger.info(
-            "refused to create a group some of its peers host without a directory record",
+            "refused to create a group some of its peers already host",
             metadata: ["group": "\(group)", "hosting": "\(hosting.map(\.description))"])
           return exchange.fail(.consensus(.groupAlreadyExists(group)), route: route)
         }
-        directory.reserve(wanted, decide)
+        claim(decide)
       }
     }
   }

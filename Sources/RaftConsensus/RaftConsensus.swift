@@ -554,18 +554,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     func counter(_ name: String, _ help: String, _ value: UInt64, type: String = "counter") {
       text += Prometheus.metric(name, help: help, value, type: type)
     }
-    counter("caucus_wal_records_appended_total", "Records appended to the write-ahead log.", metrics.wal.recordsAppended)
-    counter("caucus_wal_bytes_appended_total", "Bytes appended to the write-ahead log.", metrics.wal.bytesAppended)
-    counter("caucus_wal_fsyncs_total", "fsync calls on the write-ahead log.", metrics.wal.syncs)
-    text += "# HELP caucus_wal_fsync_duration_seconds Latency of write-ahead log fsyncs.\n"
-    text += "# TYPE caucus_wal_fsync_duration_seconds histogram\n"
-    let bounds = WALStatistics.syncLatencyBucketBoundsSeconds.map { "\($0)" } + ["+Inf"]
-    for (bound, count) in zip(bounds, metrics.wal.syncLatencyBuckets) {
-      text += "caucus_wal_fsync_duration_seconds_bucket{le=\"\(bound)\"} \(count)\n"
-    }
-    text += "caucus_wal_fsync_duration_seconds_sum \(Double(metrics.wal.syncNanosecondsTotal) / 1e9)\n"
-    text += "caucus_wal_fsync_duration_seconds_count \(metrics.wal.syncs)\n"
-    counter("caucus_wal_segments", "Live write-ahead log segment files.", UInt64(metrics.wal.segments), type: "gauge")
+    text += metrics.wal.prometheusText()
     counter("caucus_raft_loop_turns_total", "Turns of the raft host loop.", metrics.loopTurns)
     counter(
       "caucus_raft_wal_sync_turns_total", "Loop turns that appended to the write-ahead log and synced it once.",

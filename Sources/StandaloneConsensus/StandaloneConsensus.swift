@@ -387,33 +387,10 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
     let (statistics, writes, batches, applied) = state.withLock {
       (walStatistics, writesCommitted, batchesCommitted, groups.map { id, replica in (id, replica.lock.withLock { replica.appliedIndex }) })
     }
-    var text = ""
-    text += "# HELP caucus_wal_records_appended_total Records appended to the write-ahead log.\n"
-    text += "# TYPE caucus_wal_records_appended_total counter\n"
-    text += "caucus_wal_records_appended_total \(statistics.recordsAppended)\n"
-    text += "# HELP caucus_wal_bytes_appended_total Bytes appended to the write-ahead log.\n"
-    text += "# TYPE caucus_wal_bytes_appended_total counter\n"
-    text += "caucus_wal_bytes_appended_total \(statistics.bytesAppended)\n"
-    text += "# HELP caucus_wal_fsyncs_total fsync calls on the write-ahead log.\n"
-    text += "# TYPE caucus_wal_fsyncs_total counter\n"
-    text += "caucus_wal_fsyncs_total \(statistics.syncs)\n"
-    text += "# HELP caucus_wal_fsync_duration_seconds Latency of write-ahead log fsyncs.\n"
-    text += "# TYPE caucus_wal_fsync_duration_seconds histogram\n"
-    let bounds = WALStatistics.syncLatencyBucketBoundsSeconds.map { "\($0)" } + ["+Inf"]
-    for (bound, count) in zip(bounds, statistics.syncLatencyBuckets) {
-      text += "caucus_wal_fsync_duration_seconds_bucket{le=\"\(bound)\"} \(count)\n"
-    }
-    text += "caucus_wal_fsync_duration_seconds_sum \(Double(statistics.syncNanosecondsTotal) / 1e9)\n"
-    text += "caucus_wal_fsync_duration_seconds_count \(statistics.syncs)\n"
-    text += "# HELP caucus_wal_segments Live write-ahead log segment files.\n"
-    text += "# TYPE caucus_wal_segments gauge\n"
-    text += "caucus_wal_segments \(statistics.segments)\n"
-    text += "# HELP caucus_writes_committed_total Writes made durable and applied.\n"
-    text += "# TYPE caucus_writes_committed_total counter\n"
-    text += "caucus_writes_committed_total \(writes)\n"
-    text += "# HELP caucus_commit_batches_total Commit-thread turns that appended and synced a batch.\n"
-    text += "# TYPE caucus_commit_batches_total counter\n"
-    text += "caucus_commit_batches_total \(batches)\n"
+    var text = statistics.prometheusText()
+    text += Prometheus.metric("caucus_writes_committed_total", help: "Writes made durable and applied.", writes)
+    text += Prometheus.metric(
+      "caucus_commit_batches_total", help: "Commit-thread turns that appended and synced a batch.", batches)
     text += "# HELP caucus_group_applied_index The last log index applied, per group.\n"
     text += "# TYPE caucus_group_applied_index gauge\n"
     for (group, index) in applied.sorted(by: { $0.0 < $1.0 }) {

@@ -230,3 +230,22 @@ public enum WALError: Error, CustomStringConvertible, Sendable, Equatable {
     }
   }
 }
+
+extension WALStatistics {
+  /// The log's metrics in Prometheus text format, the same for every engine built on it.
+  public func prometheusText() -> String {
+    var text = Prometheus.metric("caucus_wal_records_appended_total", help: "Records appended to the write-ahead log.", recordsAppended)
+    text += Prometheus.metric("caucus_wal_bytes_appended_total", help: "Bytes appended to the write-ahead log.", bytesAppended)
+    text += Prometheus.metric("caucus_wal_fsyncs_total", help: "fsync calls on the write-ahead log.", syncs)
+    text += "# HELP caucus_wal_fsync_duration_seconds Latency of write-ahead log fsyncs.\n"
+    text += "# TYPE caucus_wal_fsync_duration_seconds histogram\n"
+    let bounds = WALStatistics.syncLatencyBucketBoundsSeconds.map { "\($0)" } + ["+Inf"]
+    for (bound, count) in zip(bounds, syncLatencyBuckets) {
+      text += "caucus_wal_fsync_duration_seconds_bucket{le=\"\(bound)\"} \(count)\n"
+    }
+    text += "caucus_wal_fsync_duration_seconds_sum \(Double(syncNanosecondsTotal) / 1e9)\n"
+    text += "caucus_wal_fsync_duration_seconds_count \(syncs)\n"
+    text += Prometheus.metric("caucus_wal_segments", help: "Live write-ahead log segment files.", UInt64(segments), type: "gauge")
+    return text
+  }
+}
