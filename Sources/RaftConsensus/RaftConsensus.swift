@@ -22,7 +22,8 @@ import WriteAheadLog
 /// the responses come back the same way.
 ///
 /// Forwarded writes (etcd's MsgProp): a write that reaches a follower is handed to the leader in
-/// the follower's early batch; the leader proposes it and answers the index and term (or why
+/// the follower's early batch (in its batch after the fsync when the turn syncs anyway, beside
+/// its acknowledgements: fewer batches and leader turns under load); the leader proposes it and answers the index and term (or why
 /// not) in its own early batch of that turn; the follower answers the client once it applies that
 /// index. Log Matching makes the answer exact: the entry applied there is the write exactly when
 /// its term is the one the leader named. Forwards past `WireLimits.forwardsPerBatchMax` or
@@ -84,6 +85,12 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   /// Forwarded writes waiting in any group (sent, appended, or unsent): every one is answered
   /// exactly once, which `answerForward` and `shutDown` check.
   private var forwardsWaiting = 0
+  /// Leader nodes that were sent our writes and have not answered any since (nor lost the batch),
+  /// with the ticks passed since: further writes for them wait for this node's next batch to
+  /// them after a sync, or for their answers, so writes travel in few batches (Nagle's rule),
+  /// at most `forwardHoldTicksMax` ticks. The answers come with the appends our sync
+  /// acknowledges, so the wait is about one round trip.
+  private var forwardsUnansweredBy: [ReplicaID: Int] = [:]
   /// Groups with `forwardsUnsent`: sent again at the next turn.
   private var groupsWithUnsentForwards: Set<GroupID> = []
   /// A leader's answers to forwards whose batch the transport dropped: sent again at the next
@@ -152,6 +159,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     var refusedForPeers: UInt64 = 0
     /// Forwarded writes of this node whose batch never arrived (sent again).
     var undelivered: UInt64 = 0
+    /// Forwarded writes of this node held for a later batch (`forwardsUnansweredBy`).
+    var held: UInt64 = 0
 
     static func += (total: inout ForwardCounts, turn: ForwardCounts) {
       total.sent += turn.sent
@@ -160,6 +169,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       total.proposedForPeers += turn.proposedForPeers
       total.refusedForPeers += turn.refusedForPeers
       total.undelivered += turn.undelivered
+      total.held += turn.held
     }
   }
 
@@ -594,6 +604,10 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       "Forwarded writes of this node whose batch the transport reports never arrived; they are sent again.",
       metrics.forwards.undelivered)
     counter(
+      "caucus_raft_forwards_held_total",
+      "Times a forwarded write of this node waited a turn for a batch to its leader to share (an answer due from that leader).",
+      metrics.forwards.held)
+    counter(
       "caucus_raft_forwards_proposed_for_peers_total", "Writes other nodes forwarded to this node that it proposed.",
       metrics.forwards.proposedForPeers)
     counter(
@@ -671,7 +685,29 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       }
       // Held heartbeat responses ride with this turn's batches; at a tick every one leaves.
       releaseHeldHeartbeatResponses(into: &early, all: ticked)
-      let sentEarly = send(early, forwards: turn.forwards, &turn)
+      // Our writes for other leaders ride with this turn's acknowledgements when the turn syncs
+      // anyway: one batch instead of two, and the leader takes both in one turn (one fsync there
+      // instead of two). Otherwise they leave now, unless their leader still owes us answers
+      // (`forwardsUnansweredBy`): then they wait for that answer or our next acknowledgement.
+      // A leader's answers to forwards stay with its appends, in the early batch.
+      let syncs = !turn.records.isEmpty || readies.contains { !$0.1.entries.isEmpty || $0.1.hardState != nil || $0.1.snapshot != nil }
+      if ticked {
+        forwardsUnansweredBy = forwardsUnansweredBy.mapValues { $0 + 1 }.filter { $0.value < options.forwardHoldTicksMax }
+      }
+      var (forwardsNow, forwardsAfterSync) = Self.splitProposals(turn.forwards)
+      for (node, proposals) in forwardsAfterSync where !syncs {
+        forwardsAfterSync[node] = nil
+        if forwardsUnansweredBy[node] != nil {
+          hold(proposals, &turn)
+        } else {
+          forwardsNow[node, default: []].append(contentsOf: proposals)
+        }
+      }
+      for (node, forwards) in forwardsNow where forwards.contains(where: \.isProposal) {
+        forwardsUnansweredBy[node] = forwardsUnansweredBy[node] ?? 0
+      }
+      for node in forwardsAfterSync.keys { forwardsUnansweredBy[node] = forwardsUnansweredBy[node] ?? 0 }
+      let sentEarly = send(early, forwards: forwardsNow, &turn)
       do {
         try persist(readies, &turn, wal)
         if !turn.records.isEmpty {
@@ -693,7 +729,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         }
       }
       releaseHeldHeartbeatResponses(into: &turn.outgoing, all: false)
-      let sentAfter = send(turn.outgoing, forwards: [:], &turn)
+      let sentAfter = send(turn.outgoing, forwards: forwardsAfterSync, &turn)
       let sent = (
         batches: sentEarly.batches + sentAfter.batches, messages: sentEarly.messages + sentAfter.messages,
         heartbeats: sentEarly.heartbeats + sentAfter.heartbeats)
@@ -761,8 +797,10 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         replica.raft.step(item.message)
       }
       for forward in batch.forwards { handle(forward, from: batch.fromNode, &turn) }
+      if batch.forwards.contains(where: { !$0.isProposal }) { forwardsUnansweredBy[batch.fromNode] = nil }
     case .undelivered(let node, let forwards):
       keepUnsent(forwards, to: node, &turn)
+      forwardsUnansweredBy[node] = nil
     case .propose(let id, let command, let forward, let completion):
       guard let replica = live[id] else {
         answerWrite(&turn, bytes: command.count) { completion(.failure(.groupNotFound(id))) }
@@ -1287,14 +1325,28 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         }
         continue
       }
-      // Gone when its group was deleted after it was queued this turn (and answered then).
-      guard let id = GroupID(packed: forward.group), let replica = live[id],
-        let write = replica.forwardsAwaitingAcceptance.removeValue(forKey: forward.requestID)
-      else { continue }
-      turn.forwardCounts.undelivered += 1
-      replica.forwardsUnsent.append(UnsentWrite(command: command, deadline: write.deadline, completion: write.completion))
-      groupsWithUnsentForwards.insert(id)
+      if takeBack(forward, command) { turn.forwardCounts.undelivered += 1 }
     }
+  }
+
+  /// Our writes for a leader that owes us answers: back to unsent, forwarded again next turn
+  /// (to whoever leads then), so they leave with a later batch.
+  private func hold(_ proposals: [ForwardedProposal], _ turn: inout Turn) {
+    for forward in proposals {
+      guard case .proposal(let command) = forward.body else { preconditionFailure("only proposals are held") }
+      if takeBack(forward, command) { turn.forwardCounts.held += 1 }
+    }
+  }
+
+  /// Moves one of our forwarded writes that did not leave this node back to unsent. False when
+  /// it is gone: its group was deleted after it was queued this turn (and answered then).
+  private func takeBack(_ forward: ForwardedProposal, _ command: [UInt8]) -> Bool {
+    guard let id = GroupID(packed: forward.group), let replica = live[id],
+      let write = replica.forwardsAwaitingAcceptance.removeValue(forKey: forward.requestID)
+    else { return false }
+    replica.forwardsUnsent.append(UnsentWrite(command: command, deadline: write.deadline, completion: write.completion))
+    groupsWithUnsentForwards.insert(id)
+    return true
   }
 
   private func answerWrite(_ turn: inout Turn, bytes: Int, _ answer: @escaping @Sendable () -> Void) {
@@ -1455,10 +1507,28 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         batches += 1
         messages += batch.messages.count + (batch.heartbeats.isEmpty ? 0 : 1)
         heartbeats += batch.heartbeats.count
-        turn.forwardCounts.sent += UInt64(chunk.lazy.filter { if case .proposal = $0.body { true } else { false } }.count)
+        turn.forwardCounts.sent += UInt64(chunk.lazy.filter(\.isProposal).count)
       }
     }
     return (batches, messages, heartbeats)
+  }
+
+  /// This turn's forwards split into the leader's answers and our own proposals.
+  private static func splitProposals(
+    _ forwards: [ReplicaID: [ForwardedProposal]]
+  ) -> (answers: [ReplicaID: [ForwardedProposal]], proposals: [ReplicaID: [ForwardedProposal]]) {
+    var answers: [ReplicaID: [ForwardedProposal]] = [:]
+    var proposals: [ReplicaID: [ForwardedProposal]] = [:]
+    for (node, items) in forwards {
+      for item in items {
+        if item.isProposal {
+          proposals[node, default: []].append(item)
+        } else {
+          answers[node, default: []].append(item)
+        }
+      }
+    }
+    return (answers, proposals)
   }
 
   /// Splits one destination's forwards into batches of at most `forwardsPerBatchMax` forwards

@@ -17,6 +17,10 @@ public struct RaftConsensusOptions: Sendable {
   /// heartbeats: one batch per node pair and direction per interval instead of two, which halves
   /// an idle cluster's traffic. Responses to ReadIndex rounds always leave at once.
   public var holdHeartbeatResponses = true
+  /// A write forwarded to a leader that still owes this node answers waits for them (or for this
+  /// node's next batch to it after a sync) at most this many ticks before it leaves on its own.
+  /// The answers normally come within a round trip; the bound only matters when they do not.
+  public var forwardHoldTicksMax = 1
   /// Writes accepted but not yet answered (queued, proposed or waiting for commit), across all
   /// groups. Past it a write is answered `overloaded` rather than queued without bound.
   public var pendingWritesMax = 16_384
@@ -73,6 +77,7 @@ public struct RaftConsensusOptions: Sendable {
     if let value = try number("pendingWriteBytesMax", 1 << 20...1 << 40) { pendingWriteBytesMax = Int(value) }
     if let value = try number("inboundBatchesMax", 1...1_000_000) { inboundBatchesMax = Int(value) }
     if let value = try number("proposalTimeoutMs", 1...3_600_000) { proposalTimeoutMs = value }
+    if let value = try number("forwardHoldTicksMax", 1...1_000) { forwardHoldTicksMax = Int(value) }
     if let value = try number("membershipChangeTimeoutMs", 1...3_600_000) { membershipChangeTimeoutMs = value }
     if let value = try number("snapshotEntriesThreshold", 1...UInt64(UInt32.max)) { snapshotEntriesThreshold = value }
     if let value = try number("walSegmentsSoftMax", 2...100_000) { walSegmentsSoftMax = Int(value) }
@@ -86,6 +91,7 @@ public struct RaftConsensusOptions: Sendable {
     guard electionTicks > heartbeatTicks else {
       throw .invalidRequest("electionTicks (\(electionTicks)) must exceed heartbeatTicks (\(heartbeatTicks))")
     }
+    guard forwardHoldTicksMax >= 1 else { throw .invalidRequest("forwardHoldTicksMax must be ≥ 1") }
     guard pendingWritesMax >= 1, pendingWriteBytesMax >= 1, inboundBatchesMax >= 1, readWaitersMax >= 1,
       pendingControlMax >= 1, walSegmentsSoftMax >= 2
     else { throw .invalidRequest("queue limits must be ≥ 1") }

@@ -43,6 +43,8 @@ public final class InMemoryNetwork: Sendable {
   private struct State {
     var receivers: [NodeID: @Sendable ([UInt8]) -> Void] = [:]
     var isolated: Set<NodeID> = []
+    /// Links (from, to) whose batches wait, in order, for `resume`.
+    var paused: [[NodeID]: [[UInt8]]] = [:]
     var batchesDelivered: UInt64 = 0
     var batchesDropped: UInt64 = 0
   }
@@ -57,6 +59,18 @@ public final class InMemoryNetwork: Sendable {
   public func isolate(_ node: NodeID) { state.withLock { _ = $0.isolated.insert(node) } }
   public func heal(_ node: NodeID) { state.withLock { _ = $0.isolated.remove(node) } }
 
+  /// Batches from `from` to `to` wait, in order, until `resume(from:to:)`: a slow link.
+  public func pause(from: NodeID, to: NodeID) { state.withLock { $0.paused[[from, to]] = $0.paused[[from, to]] ?? [] } }
+
+  /// Delivers what waited on the link, in order, and lets later batches through at once.
+  public func resume(from: NodeID, to: NodeID) {
+    let (waiting, receiver) = state.withLock { state in
+      (state.paused.removeValue(forKey: [from, to]) ?? [], state.receivers[to])
+    }
+    guard let receiver else { return }
+    for batch in waiting { receiver(batch) }
+  }
+
   public var batchesDelivered: UInt64 { state.withLock { $0.batchesDelivered } }
   public var batchesDropped: UInt64 { state.withLock { $0.batchesDropped } }
 
@@ -65,17 +79,22 @@ public final class InMemoryNetwork: Sendable {
   }
 
   fileprivate func deliver(_ batch: [UInt8], from: NodeID, to: NodeID) -> Bool {
-    let receiver: (@Sendable ([UInt8]) -> Void)? = state.withLock { state in
+    // nil: dropped; a nil receiver: waiting on a paused link.
+    let outcome: (@Sendable ([UInt8]) -> Void)?? = state.withLock { state in
       guard !state.isolated.contains(from), !state.isolated.contains(to), let receiver = state.receivers[to] else {
         state.batchesDropped += 1
         return nil
       }
       state.batchesDelivered += 1
+      if state.paused[[from, to]] != nil {
+        state.paused[[from, to]]!.append(batch)
+        return .some(nil)
+      }
       return receiver
     }
+    guard let outcome else { return false }
     // Outside the network's lock: the receiver takes the destination engine's lock.
-    guard let receiver else { return false }
-    receiver(batch)
+    outcome?(batch)
     return true
   }
 }

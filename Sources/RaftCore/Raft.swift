@@ -16,6 +16,8 @@ public struct Raft: Sendable {
   var progress: [ReplicaID: ReplicaProgress] = [:]
   var votes: [ReplicaID: Bool] = [:]
   var outbox: [Message] = []
+  /// Entry bytes of each `outbox` message, kept beside it so merging appends stays linear.
+  var outboxEntriesBytes: [Int] = []
   var readStates: [ReadState] = []
   var electionElapsed = 0
   var heartbeatElapsed = 0
@@ -814,8 +816,59 @@ public struct Raft: Sendable {
 
   // MARK: - Output
 
+  /// Queues a message, folding it into the last one queued for the same replica when one
+  /// message says both: a leader appending per proposal and per commit advance would otherwise
+  /// send a message per entry and per acknowledgement, and a follower answer each one.
   private mutating func send(_ message: Message) {
+    let bytes = message.entries.reduce(0) { $0 + $1.sizeBytes }
+    var position = outbox.endIndex
+    var looked = 0
+    while position > outbox.startIndex && looked < Raft.mergeLookbackMessages {
+      position -= 1
+      looked += 1
+      guard outbox[position].to == message.to else { continue }
+      let mergedBytes = outboxEntriesBytes[position] + bytes
+      if mergedBytes <= config.maxEntriesBytesPerMessage, Raft.merge(message, into: &outbox[position]) {
+        outboxEntriesBytes[position] = mergedBytes
+        return
+      }
+      break
+    }
     outbox.append(message)
+    outboxEntriesBytes.append(bytes)
+  }
+
+  /// How far back `send` looks for the last message to the same replica: a few per replica of a
+  /// group. Past it a message is simply queued on its own.
+  static let mergeLookbackMessages = 16
+
+  /// Turns `earlier` into one message equivalent to `earlier` followed by `later` (both to the
+  /// same replica, nothing to that replica between them) when there is one; says whether it did.
+  /// The caller bounds the bytes. In place, so a chain of merges copies no entries twice.
+  /// - Appends of one term, `later` continuing where `earlier`'s entries end: one append of both
+  ///   ranges with the later commit. The follower commits min(commit, last new index) either way.
+  /// - Acceptances of one term: the one acknowledging the higher index. Within a term the
+  ///   follower's log only grows past what it acknowledged (the leader never sends it entries
+  ///   that conflict with its own), so the higher acknowledgement implies the lower.
+  static func merge(_ later: Message, into earlier: inout Message) -> Bool {
+    guard earlier.kind == later.kind, earlier.term == later.term, earlier.from == later.from else { return false }
+    switch earlier.kind {
+    case .append:
+      let earlierLastIndex = earlier.index + LogIndex(earlier.entries.count)
+      let earlierLastTerm = earlier.entries.last?.term ?? earlier.logTerm
+      guard later.index == earlierLastIndex, later.logTerm == earlierLastTerm,
+        earlier.entries.count + later.entries.count <= WireLimits.entriesPerMessageMax
+      else { return false }
+      earlier.entries.append(contentsOf: later.entries)
+      earlier.commit = max(earlier.commit, later.commit)
+      return true
+    case .appendResponse:
+      guard !earlier.reject, !later.reject else { return false }
+      if later.index > earlier.index { earlier.index = later.index }
+      return true
+    default:
+      return false
+    }
   }
 
   public var hasReady: Bool {
@@ -843,6 +896,7 @@ public struct Raft: Sendable {
       committedEntries: log.nextCommittedEntries(maxBytes: config.maxCommittedBytesPerReady),
       readStates: readStates)
     outbox = []
+    outboxEntriesBytes = []
     readStates = []
     return result
   }

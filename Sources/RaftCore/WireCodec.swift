@@ -148,6 +148,12 @@ public struct ForwardedProposal: Equatable, Sendable {
   /// Bytes of one forward on the wire besides its data.
   public static let headerBytes = 46
 
+  /// A follower's write (rather than a leader's answer to one).
+  public var isProposal: Bool {
+    if case .proposal = body { return true }
+    return false
+  }
+
   var tag: UInt8 {
     switch body {
     case .proposal: return 1

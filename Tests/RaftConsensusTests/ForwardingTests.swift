@@ -225,6 +225,45 @@ final class ForwardingTests: XCTestCase {
     XCTAssertEqual(answers.values.filter { $0 == .refused(.overloaded, leaderHint: 0) }.count, 12)
   }
 
+  /// Nagle's rule for forwards: while the leader owes this node answers, further writes wait for
+  /// them (or for this node's next acknowledgement) instead of leaving in a batch of their own;
+  /// the answers release them, and each write is answered once.
+  func testWritesForALeaderThatOwesAnswersWaitForThemThenLeave() throws {
+    let cluster = try TestCluster(nodes: 3) { options in
+      options.forwardHoldTicksMax = 1_000  // here only the answers release them
+      options.electionTicks = 100  // the follower keeps its leader while that link is paused
+    }
+    try cluster.createGroup(group)
+    let leader = try XCTUnwrap(cluster.waitForLeader(group))
+    let follower = (leader + 1) % 3
+    let (leaderNode, followerNode) = (cluster.peers[leader].node, cluster.peers[follower].node)
+    cluster.network.pause(from: leaderNode, to: followerNode)
+    let outcomes = Locked<[String: [Result<WriteResult, ConsensusError>]]>([:])
+    func write(_ key: String) {
+      cluster.engine(follower).write(group, command: putCommand(key, "v"), forwarding: .toLeader) { result in
+        outcomes.withLock { $0[key, default: []].append(result) }
+      }
+    }
+    func proposedAtLeader() -> Double { metric(cluster.engine(leader), "caucus_raft_forwards_proposed_for_peers_total") }
+    write("first")
+    XCTAssertTrue(eventually(timeout: 5) { proposedAtLeader() == 1 }, "the first leaves at once")
+    write("second")
+    XCTAssertTrue(
+      eventually(timeout: 5) { metric(cluster.engine(follower), "caucus_raft_forwards_held_total") >= 1 },
+      "the second waits: the answer to the first has not come")
+    XCTAssertEqual(proposedAtLeader(), 1, "the second did not leave")
+    cluster.network.resume(from: leaderNode, to: followerNode)
+    XCTAssertTrue(eventually(timeout: 5) { outcomes.withLock { $0.count } == 2 }, "both are answered")
+    XCTAssertEqual(proposedAtLeader(), 2)
+    let answers = outcomes.withLock { $0 }
+    let first = try XCTUnwrap(answers["first"]?.first).get()
+    let second = try XCTUnwrap(answers["second"]?.first).get()
+    XCTAssertLessThan(first.index, second.index)
+    XCTAssertEqual(try cluster.readFromLeader(group, "second"), "v")
+    for node in 0..<3 { cluster.stop(node) }
+    XCTAssertEqual(outcomes.withLock { $0.values.map(\.count) }, [1, 1], "answered exactly once")
+  }
+
   func testForwardedWritesCountAgainstTheFollowersPendingLimitAndAreEachAnswered() throws {
     let cluster = try TestCluster(nodes: 3) { options in options.pendingWritesMax = 4 }
     try cluster.createGroup(group)

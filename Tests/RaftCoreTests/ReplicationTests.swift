@@ -124,6 +124,43 @@ final class ReplicationTests: XCTestCase {
     XCTAssertEqual(cluster[2].lastIndex, 11, "acknowledgements reopen the window until all arrive")
   }
 
+  /// Proposals taken in one step sequence leave as one append per follower (not one per entry),
+  /// each within `maxEntriesBytesPerMessage`, and replicate as before.
+  func testAppendsOfOneReadyMergePerFollower() throws {
+    var cluster = TestCluster(voters: [1, 2, 3]) { $0.maxEntriesBytesPerMessage = 3 * (Entry.headerBytes + 1) }
+    cluster.elect(1)
+    for value in 0..<5 { try cluster[1].propose([UInt8(value)]) }
+    cluster.flush()
+    for follower: ReplicaID in [2, 3] {
+      let appends = cluster.inFlight.filter { $0.to == follower && $0.kind == .append }
+      XCTAssertEqual(appends.map(\.entries.count), [3, 2], "five entries in two messages at a three-entry limit")
+      XCTAssertEqual(appends.flatMap(\.entries).map(\.index), Array(2...6), "contiguous, in order")
+      XCTAssertEqual(appends.last?.index, 4, "the second continues where the first ends")
+    }
+    cluster.stabilize()
+    for id: ReplicaID in [1, 2, 3] { XCTAssertEqual(cluster.applied[id]?.map(\.index), Array(1...6)) }
+  }
+
+  /// A follower stepping several appends before its Ready answers once, with the highest index;
+  /// a rejection is never folded into an acceptance.
+  func testAcknowledgementsOfOneReadyMerge() {
+    var raft = makeRaft(id: 2, voters: [1, 2, 3], hardState: HardState(term: 1), entries: entries([1]))
+    for index: LogIndex in 1...3 {
+      raft.step(
+        Message(
+          kind: .append, from: 1, to: 2, term: 1, logTerm: 1, index: index,
+          entries: [Entry(term: 1, index: index + 1, data: [UInt8(index)])], commit: 1))
+    }
+    let responses = drain(&raft).messagesAfterPersist
+    XCTAssertEqual(responses.count, 1)
+    XCTAssertEqual(responses.first?.index, 4)
+    XCTAssertEqual(responses.first?.reject, false)
+    // A gap is rejected; the acceptance after it stays a separate message.
+    raft.step(Message(kind: .append, from: 1, to: 2, term: 1, logTerm: 1, index: 9, entries: [], commit: 1))
+    raft.step(Message(kind: .append, from: 1, to: 2, term: 1, logTerm: 1, index: 4, entries: [], commit: 1))
+    XCTAssertEqual(drain(&raft).messagesAfterPersist.map(\.reject), [true, false])
+  }
+
   /// Flow control in bytes: a byte-limited window pauses replication the same way.
   func testInflightBytesBoundPipelining() throws {
     var cluster = TestCluster(voters: [1, 2]) {
