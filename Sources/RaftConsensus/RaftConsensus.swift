@@ -64,6 +64,9 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   private var inbox: [InboxItem] = []
   /// The inbox holds an item that must not wait for the next tick (the loop was signalled).
   private var inboxUrgent = false
+  /// The loop's `forwardsUnansweredBy` as of its last turn: a forwarded write for one of these
+  /// leaders would only be held, so it does not wake the loop (the answers will).
+  private var forwardLeadersOwingAnswers: Set<ReplicaID> = []
   private var inboundBatchesQueued = 0
   private var writesOutstanding = 0
   private var writeBytesOutstanding = 0
@@ -310,7 +313,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       else { return .overloaded(retryAfterMs: 100) }
       writesOutstanding += 1
       writeBytesOutstanding += command.count
-      enqueue(.propose(group, command, forward: forward, completion))
+      let held = forward && view.role != .leader && forwardLeadersOwingAnswers.contains(view.leader)
+      enqueue(.propose(group, command, forward: forward, completion), urgent: !held)
       return nil
     }
     if let refusal { completion(.failure(refusal)) }
@@ -634,6 +638,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   /// Everything one turn collects to do after its fsync.
   private struct Turn {
     var records: [WALRecord] = []
+    /// Whether the turn fsyncs its records (they may only move commit indexes: `Ready.mustSync`).
+    var synced = false
     var groupsWithRecords: Set<GroupID> = []
     var entries = 0
     var outgoing: [ReplicaID: [GroupMessage]] = [:]
@@ -690,7 +696,10 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       // instead of two). Otherwise they leave now, unless their leader still owes us answers
       // (`forwardsUnansweredBy`): then they wait for that answer or our next acknowledgement.
       // A leader's answers to forwards stay with its appends, in the early batch.
-      let syncs = !turn.records.isEmpty || readies.contains { !$0.1.entries.isEmpty || $0.1.hardState != nil || $0.1.snapshot != nil }
+      // Group creations and deletions (records already in the turn) and Readies with entries, a
+      // snapshot or a new term or vote need the fsync; a commit index alone does not (`mustSync`).
+      let syncs = !turn.records.isEmpty || readies.contains { $0.1.mustSync }
+      turn.synced = syncs
       if ticked {
         forwardsUnansweredBy = forwardsUnansweredBy.mapValues { $0 + 1 }.filter { $0.value < options.forwardHoldTicksMax }
       }
@@ -710,10 +719,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       let sentEarly = send(early, forwards: forwardsNow, &turn)
       do {
         try persist(readies, &turn, wal)
-        if !turn.records.isEmpty {
-          try wal.append(turn.records)
-          try wal.sync()
-        }
+        if !turn.records.isEmpty { try wal.append(turn.records) }
+        if syncs { try wal.sync() }
       } catch {
         failStorage("appending to the log failed: \(error)", &turn)
         break
@@ -1694,9 +1701,13 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   /// Publishes the turn's counters, releases its queue slots, and collects the stale reads it satisfied.
   private func finishTurn(_ turn: inout Turn, wal: WriteAheadLog, sent: (batches: Int, messages: Int, heartbeats: Int)) {
     let statistics = wal.statistics
-    let synced = !turn.records.isEmpty
+    let synced = turn.synced
     let groupsSynced = UInt64(turn.groupsWithRecords.count)
+    let owingAnswers = Set(forwardsUnansweredBy.keys)
     let satisfied: [(StaleReadWaiter, ReadResult)] = state.withLock {
+      // Writes queued without waking the loop for a leader that has answered since go now.
+      if !inbox.isEmpty && !forwardLeadersOwingAnswers.isSubset(of: owingAnswers) { inboxUrgent = true }
+      forwardLeadersOwingAnswers = owingAnswers
       metrics.loopTurns += 1
       if synced {
         metrics.walSyncTurns += 1

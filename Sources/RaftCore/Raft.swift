@@ -888,10 +888,13 @@ public struct Raft: Sendable {
     for message in outbox {
       if message.kind.maySendBeforePersist { early.append(message) } else { late.append(message) }
     }
+    let entries = log.unstableEntries
     let result = Ready(
       role: role, leader: leader, term: term,
       hardState: current == lastReadyHardState ? nil : current,
-      entries: log.unstableEntries, snapshot: log.pendingSnapshot, messages: early,
+      mustSync: !entries.isEmpty || log.pendingSnapshot != nil || current.term != lastReadyHardState.term
+        || current.vote != lastReadyHardState.vote,
+      entries: entries, snapshot: log.pendingSnapshot, messages: early,
       messagesAfterPersist: late,
       committedEntries: log.nextCommittedEntries(maxBytes: config.maxCommittedBytesPerReady),
       readStates: readStates)

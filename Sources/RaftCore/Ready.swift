@@ -7,7 +7,10 @@
 ///    leader's appends, heartbeats, snapshots and TimeoutNow. A leader only counts its own log
 ///    toward a commit quorum after `advance` confirms it durable (thesis §10.2.1).
 /// 2. Persist, and fsync, in one atomic step: `snapshot` (if any), then `entries` (truncate the
-///    stored log at `entries.first.index`, then append), then `hardState` (if non-nil).
+///    stored log at `entries.first.index`, then append), then `hardState` (if non-nil). When
+///    `mustSync` is false the write need not be fsynced before going on (etcd's MustSync): only
+///    the commit index changed, which Raft keeps as volatile state (paper Figure 2) — a crash that
+///    loses it costs nothing, the leader tells it again.
 /// 3. Only after step 2 is durable, send `messagesAfterPersist`: votes and acknowledgements
 ///    promise that what they acknowledge survives a crash (Raft paper Figure 2).
 /// 4. Install `snapshot` into the state machine (if any), then apply `committedEntries` in order.
@@ -21,6 +24,9 @@ public struct Ready: Equatable, Sendable {
   public var term: Term
   /// Persist when non-nil (it changed since the last Ready).
   public var hardState: HardState?
+  /// Whether step 2 must be durable before steps 3–5: new entries, a snapshot, or a new term or
+  /// vote. False when only the commit index moved.
+  public var mustSync: Bool
   /// Persist: new or overwritten log entries, contiguous.
   public var entries: [Entry]
   /// Persist and install: a snapshot received from the leader; it replaces the whole log.

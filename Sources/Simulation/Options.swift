@@ -70,6 +70,8 @@ public struct Coverage: Sendable, Equatable {
   public var configChangesApplied = 0
   public var transfersStarted = 0
   public var readsServed = 0
+  /// Hard states written without an fsync (only their commit moved), which a crash may lose.
+  public var unsyncedHardStates = 0
 
   public init() {}
 
@@ -81,12 +83,13 @@ public struct Coverage: Sendable, Equatable {
     configChangesApplied += other.configChangesApplied
     transfersStarted += other.transfersStarted
     readsServed += other.readsServed
+    unsyncedHardStates += other.unsyncedHardStates
   }
 
   var line: String {
     "torn=\(tornWrites) leaderCrashes=\(leaderCrashesMidReady) partitions=\(partitions) "
       + "snapshots=\(snapshotsInstalled) confchanges=\(configChangesApplied) transfers=\(transfersStarted) "
-      + "reads=\(readsServed)"
+      + "reads=\(readsServed) unsyncedHardStates=\(unsyncedHardStates)"
   }
 }
 

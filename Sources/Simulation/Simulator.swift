@@ -44,6 +44,9 @@ public final class Simulator {
 
   struct Disk {
     var hardState = HardState()
+    /// A hard state written without an fsync (`Ready.mustSync` false: only its commit moved): a
+    /// crash loses it (the worst case), the group's next synced Ready keeps it.
+    var unsyncedHardState: HardState? = nil
     var snapshot: Snapshot? = nil
     var entries: [Entry] = []
 
@@ -285,6 +288,7 @@ public final class Simulator {
     for group in 0..<options.groups {
       replicas[node][group].raft = nil
       replicas[node][group].machine = Machine()
+      replicas[node][group].disk.unsyncedHardState = nil
     }
   }
 
@@ -308,6 +312,23 @@ public final class Simulator {
       }
     }
     send(from: node, outgoing)
+  }
+
+  /// Step 2 for the hard state: durable now when the Ready must sync (with any earlier unsynced
+  /// one), else only written.
+  private func persist(_ ready: Ready, node: Int, group: Int) {
+    var durable: HardState?
+    if ready.mustSync {
+      durable = ready.hardState ?? replicas[node][group].disk.unsyncedHardState
+      replicas[node][group].disk.unsyncedHardState = nil
+    } else if let hardState = ready.hardState {
+      coverage.unsyncedHardStates += 1
+      replicas[node][group].disk.unsyncedHardState = hardState
+    }
+    if let durable {
+      replicas[node][group].disk.hardState = durable
+      checker.persisted(node: node, group: UInt64(group), hardState: durable)
+    }
   }
 
   /// Executes one Ready; returns false if the node crashed in the middle of it.
@@ -335,10 +356,7 @@ public final class Simulator {
       // then dies before anything of it leaves (the interleavings of Figure 8).
       if let snapshot = ready.snapshot { replicas[node][group].disk.install(snapshot) }
       replicas[node][group].disk.append(ready.entries)
-      if let hardState = ready.hardState {
-        replicas[node][group].disk.hardState = hardState
-        checker.persisted(node: node, group: groupID, hardState: hardState)
-      }
+      persist(ready, node: node, group: group)
       send(from: node, outgoing)
       outgoing = [:]
       coverage.leaderCrashesMidReady += 1
@@ -363,10 +381,7 @@ public final class Simulator {
     }
     if let snapshot = ready.snapshot { replicas[node][group].disk.install(snapshot) }
     replicas[node][group].disk.append(ready.entries)
-    if let hardState = ready.hardState {
-      replicas[node][group].disk.hardState = hardState
-      checker.persisted(node: node, group: groupID, hardState: hardState)
-    }
+    persist(ready, node: node, group: group)
     // 3. Messages that promise durability.
     for message in ready.messagesAfterPersist {
       outgoing[Int(message.to), default: []].append(GroupMessage(group: groupID, message: message))

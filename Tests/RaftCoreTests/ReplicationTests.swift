@@ -161,6 +161,26 @@ final class ReplicationTests: XCTestCase {
     XCTAssertEqual(drain(&raft).messagesAfterPersist.map(\.reject), [true, false])
   }
 
+  /// etcd's MustSync: a Ready whose only durable change is the commit index (volatile state in
+  /// Raft, Figure 2) need not be fsynced; entries, a new term or a vote must be.
+  func testOnlyACommitIndexChangeNeedsNoSync() throws {
+    var follower = makeRaft(id: 2, voters: [1, 2, 3])
+    follower.step(Message(kind: .append, from: 1, to: 2, term: 1, logTerm: 0, index: 0, entries: entries([1]), commit: 0))
+    let appended = drain(&follower)
+    XCTAssertTrue(appended.mustSync, "new entries and a new term")
+    XCTAssertEqual(appended.messagesAfterPersist.first?.kind, .appendResponse)
+    follower.step(Message(kind: .append, from: 1, to: 2, term: 1, logTerm: 1, index: 1, entries: [], commit: 1))
+    let committed = drain(&follower)
+    XCTAssertEqual(committed.hardState?.commit, 1)
+    XCTAssertFalse(committed.mustSync, "only the commit index moved")
+    XCTAssertEqual(committed.committedEntries.map(\.index), [1], "and it is applied without waiting for a sync")
+    // A transfer's vote (context 1) is granted although the leader was heard from just now.
+    follower.step(Message(kind: .vote, from: 3, to: 2, term: 2, logTerm: 1, index: 1, context: 1))
+    let voted = drain(&follower)
+    XCTAssertEqual(voted.hardState?.vote, 3)
+    XCTAssertTrue(voted.mustSync, "a vote must be durable before it is sent")
+  }
+
   /// Flow control in bytes: a byte-limited window pauses replication the same way.
   func testInflightBytesBoundPipelining() throws {
     var cluster = TestCluster(voters: [1, 2]) {
