@@ -9,8 +9,9 @@ import WriteAheadLog
 ///
 /// One loop turn: take the inbox (proposals, reads, inbound batches, group operations) → tick every
 /// group when the tick interval passed → step → collect each group's `Ready` → append every
-/// group's entries and hard state to the WAL and fsync ONCE → send the batches that wait for it
-/// → apply committed entries and answer the writes and reads waiting on them → `advance`.
+/// group's entries and hard state to the WAL and fsync ONCE (not at all when every Ready only
+/// moved its commit index: `Ready.mustSync`) → send the batches that wait for it → apply
+/// committed entries and answer the writes and reads waiting on them → `advance`.
 ///
 /// A turn sends two batches per destination: the Ready's `messages` (a leader's appends and
 /// heartbeats) before its fsync, so followers persist in parallel with the leader, and
@@ -22,12 +23,13 @@ import WriteAheadLog
 /// the responses come back the same way.
 ///
 /// Forwarded writes (etcd's MsgProp): a write that reaches a follower is handed to the leader in
-/// the follower's early batch (in its batch after the fsync when the turn syncs anyway, beside
-/// its acknowledgements: fewer batches and leader turns under load); the leader proposes it and answers the index and term (or why
-/// not) in its own early batch of that turn; the follower answers the client once it applies that
-/// index. Log Matching makes the answer exact: the entry applied there is the write exactly when
-/// its term is the one the leader named. Forwards past `WireLimits.forwardsPerBatchMax` or
-/// `forwardDataBytesPerBatchMax` go in further batches of the same turn.
+/// the follower's early batch (in its batch after the fsync when the turn syncs anyway, beside its
+/// acknowledgements; or later, while the leader still owes answers: `forwardsUnansweredBy`); the
+/// leader proposes it and answers the index and term (or why not) in its own early batch of that
+/// turn; the follower answers the client once it applies that index. Log Matching makes the
+/// answer exact: the entry applied there is the write exactly when its term is the one the leader
+/// named. Forwards past `WireLimits.forwardsPerBatchMax` or `forwardDataBytesPerBatchMax` go in
+/// further batches of the same turn.
 ///
 /// Membership changes (`addPeer`, `removePeer`, `changePeer`) run at the leader as a sequence of
 /// configuration-change entries (`MembershipChange`), each waited for until applied; their
@@ -691,15 +693,15 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       }
       // Held heartbeat responses ride with this turn's batches; at a tick every one leaves.
       releaseHeldHeartbeatResponses(into: &early, all: ticked)
+      // Group creations and deletions (records already in the turn) and Readies with entries, a
+      // snapshot or a new term or vote need the fsync; a commit index alone does not (`mustSync`).
+      let syncs = !turn.records.isEmpty || readies.contains { $0.1.mustSync }
+      turn.synced = syncs
       // Our writes for other leaders ride with this turn's acknowledgements when the turn syncs
       // anyway: one batch instead of two, and the leader takes both in one turn (one fsync there
       // instead of two). Otherwise they leave now, unless their leader still owes us answers
       // (`forwardsUnansweredBy`): then they wait for that answer or our next acknowledgement.
       // A leader's answers to forwards stay with its appends, in the early batch.
-      // Group creations and deletions (records already in the turn) and Readies with entries, a
-      // snapshot or a new term or vote need the fsync; a commit index alone does not (`mustSync`).
-      let syncs = !turn.records.isEmpty || readies.contains { $0.1.mustSync }
-      turn.synced = syncs
       if ticked {
         forwardsUnansweredBy = forwardsUnansweredBy.mapValues { $0 + 1 }.filter { $0.value < options.forwardHoldTicksMax }
       }
