@@ -163,12 +163,16 @@ public enum DirectoryRecords {
 
   /// `"members"` of the `POST /v1/cluster/nodes` answer: the directory group's peers.
   static func decodePeers(_ json: JSONValue?) -> [Peer] {
-    (json?.arrayValue ?? []).compactMap { item in
-      guard let node = item["id"]?.unsignedIntegerValue, node > 0, let text = item["endpoint"]?.stringValue,
-        let endpoint = Endpoint(parsing: text)
-      else { return nil }
-      return Peer(node: NodeID(node), endpoint: endpoint)
-    }
+    (json?.arrayValue ?? []).compactMap(decodePeer)
+  }
+
+  /// One `{"id","endpoint"}` as `write(_:to:)` writes it (and a group's status lists its peers),
+  /// or nil when it is not one.
+  static func decodePeer(_ item: JSONValue) -> Peer? {
+    guard let node = item["id"]?.unsignedIntegerValue, node > 0, let text = item["endpoint"]?.stringValue,
+      let endpoint = Endpoint(parsing: text)
+    else { return nil }
+    return Peer(node: NodeID(node), endpoint: endpoint)
   }
 
   private static func parse(_ bytes: [UInt8]) throws(DirectoryRecordError) -> JSONValue {
@@ -895,12 +899,9 @@ struct GroupLocator: Sendable {
         // A peer hosting the group names its leader; the first such answer decides.
         let document = status == 200 ? try? JSONParser.parse(body) : nil
         let leaderID = document?["leader"]?.unsignedIntegerValue
-        let leader = (document?["peers"]?.arrayValue ?? []).lazy.compactMap { item -> Peer? in
-          guard let id = item["id"]?.unsignedIntegerValue, id == leaderID, let text = item["endpoint"]?.stringValue,
-            let endpoint = Endpoint(parsing: text)
-          else { return nil }
-          return Peer(node: NodeID(id), endpoint: endpoint)
-        }.first
+        let leader = (document?["peers"]?.arrayValue ?? []).lazy.compactMap(DirectoryRecords.decodePeer).first {
+          $0.node.rawValue == leaderID
+        }
         let decided: GroupLocation? = answers.withLock { state in
           state.remaining -= 1
           state.hosted = state.hosted || document != nil

@@ -414,6 +414,27 @@ final class RaftConsensusTests: XCTestCase {
     }
   }
 
+  /// etcd's MustSync: in a quiet cluster one write costs each node one fsync (the entry); the
+  /// commit index that follows is written without one (Raft keeps it as volatile state).
+  func testACommitIndexAloneIsWrittenWithoutAnFsync() throws {
+    let cluster = try TestCluster(nodes: 3)
+    let group = GroupID(.dataRegion, 1)
+    try cluster.createGroup(group)
+    let leader = try XCTUnwrap(cluster.waitForLeader(group))
+    // Quiet: every node has applied the leader's no-op, so no record but the write's follows.
+    let settled = eventually(timeout: 5) {
+      (0..<3).allSatisfy { cluster.engine($0).status(group)?.appliedIndex == cluster.engine(leader).status(group)?.commitIndex }
+    }
+    XCTAssertTrue(settled)
+    func fsyncs() -> [Double] { (0..<3).map { metric(cluster.engine($0), "caucus_wal_fsyncs_total") } }
+    let before = fsyncs()
+    let written = try write(cluster.engine(leader), group, "k", "v").get()
+    XCTAssertTrue(
+      eventually(timeout: 5) { (0..<3).allSatisfy { cluster.engine($0).status(group)?.appliedIndex == written.index } },
+      "every node applies the write")
+    XCTAssertEqual(zip(fsyncs(), before).map { $0 - $1 }, [1, 1, 1], "one fsync per node: the entry, not the commit")
+  }
+
   func testGarbageInboundBatchesAreRejectedWithoutHarm() throws {
     let cluster = try TestCluster(nodes: 3)
     try cluster.createGroup(group)
