@@ -96,6 +96,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   /// at most `forwardHoldTicksMax` ticks. The answers come with the appends our sync
   /// acknowledges, so the wait is about one round trip.
   private var forwardsUnansweredBy: [ReplicaID: Int] = [:]
+  /// Ticks passed with commit-only records unsynced in the WAL (`unsyncedRecordsTicksMax`).
+  private var ticksWithUnsyncedRecords = 0
   /// Groups with `forwardsUnsent`: sent again at the next turn.
   private var groupsWithUnsentForwards: Set<GroupID> = []
   /// A leader's answers to forwards whose batch the transport dropped: sent again at the next
@@ -164,7 +166,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     var refusedForPeers: UInt64 = 0
     /// Forwarded writes of this node whose batch never arrived (sent again).
     var undelivered: UInt64 = 0
-    /// Forwarded writes of this node held for a later batch (`forwardsUnansweredBy`).
+    /// Times a forwarded write of this node was held for a later batch (`forwardsUnansweredBy`).
     var held: UInt64 = 0
 
     static func += (total: inout ForwardCounts, turn: ForwardCounts) {
@@ -678,6 +680,9 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         nextTick = now + tickNanoseconds
         for replica in live.values { replica.raft.tick() }
       }
+      // Writes that waited go first (in arrival order), then this turn's; then those whose batch
+      // this turn learned was lost.
+      resendUnsentForwards(&turn)
       for item in items { handle(item, &turn, wal) }
       resendUnsentForwards(&turn)
       if ticked { expireDeadlines(now: now, &turn) }
@@ -695,7 +700,10 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       releaseHeldHeartbeatResponses(into: &early, all: ticked)
       // Group creations and deletions (records already in the turn) and Readies with entries, a
       // snapshot or a new term or vote need the fsync; a commit index alone does not (`mustSync`).
-      let syncs = !turn.records.isEmpty || readies.contains { $0.1.mustSync }
+      if ticked && wal.hasUnsyncedRecords { ticksWithUnsyncedRecords += 1 }
+      let syncs =
+        !turn.records.isEmpty || readies.contains { $0.1.mustSync }
+        || ticksWithUnsyncedRecords >= options.unsyncedRecordsTicksMax
       turn.synced = syncs
       // Our writes for other leaders ride with this turn's acknowledgements when the turn syncs
       // anyway: one batch instead of two, and the leader takes both in one turn (one fsync there
@@ -709,7 +717,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       for (node, proposals) in forwardsAfterSync where !syncs {
         forwardsAfterSync[node] = nil
         if forwardsUnansweredBy[node] != nil {
-          hold(proposals, &turn)
+          hold(proposals, for: node, &turn)
         } else {
           forwardsNow[node, default: []].append(contentsOf: proposals)
         }
@@ -722,7 +730,10 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       do {
         try persist(readies, &turn, wal)
         if !turn.records.isEmpty { try wal.append(turn.records) }
-        if syncs { try wal.sync() }
+        if syncs {
+          try wal.sync()
+          ticksWithUnsyncedRecords = 0
+        }
       } catch {
         failStorage("appending to the log failed: \(error)", &turn)
         break
@@ -1156,9 +1167,11 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   /// not lead either: the write never left it).
   private func forward(
     _ replica: RaftGroup, _ command: [UInt8], deadline: UInt64, _ completion: @escaping ConsensusCompletion<WriteResult>,
-    _ turn: inout Turn
+    _ turn: inout Turn, heldFor: ReplicaID = 0
   ) {
-    let leader = replica.raft.leader
+    // A held write whose leader is no longer known (an election started while it waited) goes
+    // where it would have gone at once: that node takes it if it still leads, else says why not.
+    let leader = replica.raft.leader == 0 ? heldFor : replica.raft.leader
     guard replica.raft.role != .leader, leader != localPeer.node.rawValue, replica.peer(leader) != nil else {
       return propose(replica, command, deadline: deadline, completion, &turn)
     }
@@ -1310,7 +1323,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
           answerWrite(&turn, bytes: write.command.count) { completion(.failure(.timeout(indeterminate: false))) }
           continue
         }
-        forward(replica, write.command, deadline: write.deadline, write.completion, &turn)
+        forward(replica, write.command, deadline: write.deadline, write.completion, &turn, heldFor: write.heldFor)
       }
     }
   }
@@ -1334,26 +1347,27 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         }
         continue
       }
-      if takeBack(forward, command) { turn.forwardCounts.undelivered += 1 }
+      if takeBack(forward, command, heldFor: 0) { turn.forwardCounts.undelivered += 1 }
     }
   }
 
   /// Our writes for a leader that owes us answers: back to unsent, forwarded again next turn
   /// (to whoever leads then), so they leave with a later batch.
-  private func hold(_ proposals: [ForwardedProposal], _ turn: inout Turn) {
+  private func hold(_ proposals: [ForwardedProposal], for node: ReplicaID, _ turn: inout Turn) {
     for forward in proposals {
       guard case .proposal(let command) = forward.body else { preconditionFailure("only proposals are held") }
-      if takeBack(forward, command) { turn.forwardCounts.held += 1 }
+      if takeBack(forward, command, heldFor: node) { turn.forwardCounts.held += 1 }
     }
   }
 
   /// Moves one of our forwarded writes that did not leave this node back to unsent. False when
   /// it is gone: its group was deleted after it was queued this turn (and answered then).
-  private func takeBack(_ forward: ForwardedProposal, _ command: [UInt8]) -> Bool {
+  private func takeBack(_ forward: ForwardedProposal, _ command: [UInt8], heldFor: ReplicaID) -> Bool {
     guard let id = GroupID(packed: forward.group), let replica = live[id],
       let write = replica.forwardsAwaitingAcceptance.removeValue(forKey: forward.requestID)
     else { return false }
-    replica.forwardsUnsent.append(UnsentWrite(command: command, deadline: write.deadline, completion: write.completion))
+    replica.forwardsUnsent.append(
+      UnsentWrite(command: command, deadline: write.deadline, completion: write.completion, heldFor: heldFor))
     groupsWithUnsentForwards.insert(id)
     return true
   }

@@ -21,6 +21,11 @@ public struct RaftConsensusOptions: Sendable {
   /// node's next batch to it after a sync) at most this many ticks before it leaves on its own.
   /// The answers normally come within a round trip; the bound only matters when they do not.
   public var forwardHoldTicksMax = 1
+  /// Commit indexes are written without an fsync when nothing else needs one (`Ready.mustSync`);
+  /// after this many ticks with such records unsynced, a turn syncs them anyway. Losing them to a
+  /// crash is harmless, but records left unsynced for long widen the window in which a power
+  /// loss can leave a hole before a later record, which recovery refuses to read past.
+  public var unsyncedRecordsTicksMax = 1
   /// Writes accepted but not yet answered (queued, proposed or waiting for commit), across all
   /// groups. Past it a write is answered `overloaded` rather than queued without bound.
   public var pendingWritesMax = 16_384
@@ -78,6 +83,7 @@ public struct RaftConsensusOptions: Sendable {
     if let value = try number("inboundBatchesMax", 1...1_000_000) { inboundBatchesMax = Int(value) }
     if let value = try number("proposalTimeoutMs", 1...3_600_000) { proposalTimeoutMs = value }
     if let value = try number("forwardHoldTicksMax", 1...1_000) { forwardHoldTicksMax = Int(value) }
+    if let value = try number("unsyncedRecordsTicksMax", 1...1_000) { unsyncedRecordsTicksMax = Int(value) }
     if let value = try number("membershipChangeTimeoutMs", 1...3_600_000) { membershipChangeTimeoutMs = value }
     if let value = try number("snapshotEntriesThreshold", 1...UInt64(UInt32.max)) { snapshotEntriesThreshold = value }
     if let value = try number("walSegmentsSoftMax", 2...100_000) { walSegmentsSoftMax = Int(value) }
@@ -91,7 +97,11 @@ public struct RaftConsensusOptions: Sendable {
     guard electionTicks > heartbeatTicks else {
       throw .invalidRequest("electionTicks (\(electionTicks)) must exceed heartbeatTicks (\(heartbeatTicks))")
     }
-    guard forwardHoldTicksMax >= 1 else { throw .invalidRequest("forwardHoldTicksMax must be ≥ 1") }
+    guard forwardHoldTicksMax >= 1, UInt64(forwardHoldTicksMax) * tickIntervalMs < proposalTimeoutMs else {
+      // A write held that long would time out without ever leaving this node.
+      throw .invalidRequest("forwardHoldTicksMax must be ≥ 1 and shorter than proposalTimeoutMs in ticks")
+    }
+    guard unsyncedRecordsTicksMax >= 1 else { throw .invalidRequest("unsyncedRecordsTicksMax must be ≥ 1") }
     guard pendingWritesMax >= 1, pendingWriteBytesMax >= 1, inboundBatchesMax >= 1, readWaitersMax >= 1,
       pendingControlMax >= 1, walSegmentsSoftMax >= 2
     else { throw .invalidRequest("queue limits must be ≥ 1") }

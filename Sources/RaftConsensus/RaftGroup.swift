@@ -44,6 +44,9 @@ struct UnsentWrite: Sendable {
   let command: [UInt8]
   let deadline: UInt64
   let completion: ConsensusCompletion<WriteResult>
+  /// The leader it waited for (held, not lost): it goes there if no leader is known by then, as
+  /// it would have gone there had it not waited. 0 for a write whose batch was lost.
+  var heldFor: ReplicaID = 0
 }
 
 /// A membership change the leader drives (addPeer, removePeer, changePeer): one configuration

@@ -62,13 +62,23 @@ public final class InMemoryNetwork: Sendable {
   /// Batches from `from` to `to` wait, in order, until `resume(from:to:)`: a slow link.
   public func pause(from: NodeID, to: NodeID) { state.withLock { $0.paused[[from, to]] = $0.paused[[from, to]] ?? [] } }
 
-  /// Delivers what waited on the link, in order, and lets later batches through at once.
+  /// Delivers what waited on the link, in order (batches sent meanwhile queue behind it), then
+  /// lets later batches through at once. A node gone by then loses them.
   public func resume(from: NodeID, to: NodeID) {
-    let (waiting, receiver) = state.withLock { state in
-      (state.paused.removeValue(forKey: [from, to]) ?? [], state.receivers[to])
+    while true {
+      let next: ([UInt8], (@Sendable ([UInt8]) -> Void)?)? = state.withLock { state in
+        guard var waiting = state.paused[[from, to]] else { return nil }
+        guard !waiting.isEmpty else {
+          state.paused[[from, to]] = nil
+          return nil
+        }
+        let batch = waiting.removeFirst()
+        state.paused[[from, to]] = waiting
+        return (batch, state.receivers[to])
+      }
+      guard let (batch, receiver) = next else { return }
+      receiver?(batch)
     }
-    guard let receiver else { return }
-    for batch in waiting { receiver(batch) }
   }
 
   public var batchesDelivered: UInt64 { state.withLock { $0.batchesDelivered } }

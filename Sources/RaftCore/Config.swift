@@ -25,7 +25,8 @@ public struct RaftConfig: Sendable {
   /// always sent, so a single larger entry still makes progress.
   public var maxEntriesBytesPerMessage: Int = 1 << 20
   /// Upper bound on append messages in flight to one follower while replicating (pipelining,
-  /// thesis §10.2.2). Bounds the transport buffers a slow follower can pin on the leader.
+  /// thesis §10.2.2). Bounds the transport buffers a slow follower can pin on the leader. Counted
+  /// before appends of one Ready fold into one message, so a folded message may take several.
   public var maxInflightMessages: Int = 256
   /// Upper bound on entry bytes in flight to one follower, for the same reason in bytes.
   public var maxInflightBytes: Int = 32 << 20

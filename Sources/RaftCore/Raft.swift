@@ -423,10 +423,19 @@ public struct Raft: Sendable {
 
   // MARK: - Replication, follower side
 
-  private mutating func handleAppend(_ message: Message) {
+  private mutating func handleAppend(_ incoming: Message) {
+    var message = incoming
     if message.index < log.committed {
-      send(Message(kind: .appendResponse, from: id, to: message.from, term: term, index: log.committed))
-      return
+      // Our entries through the commit index are the leader's too (Leader Completeness): take
+      // only what follows it. A folded append may start below it and still bring new entries.
+      let known = Int(log.committed - message.index)
+      guard message.entries.count > known, let committedTerm = log.term(at: log.committed) else {
+        send(Message(kind: .appendResponse, from: id, to: message.from, term: term, index: log.committed))
+        return
+      }
+      message.entries.removeFirst(known)
+      message.index = log.committed
+      message.logTerm = committedTerm
     }
     if let lastNew = log.maybeAppend(
       index: message.index, logTerm: message.logTerm, commit: message.commit, incoming: message.entries)

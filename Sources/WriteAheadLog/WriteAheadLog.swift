@@ -180,6 +180,9 @@ public final class WriteAheadLog {
     if frameBuffer.capacity > Self.frameBufferRetainedBytesMax { frameBuffer = [] }
   }
 
+  /// Whether records were appended since the last sync.
+  public var hasUnsyncedRecords: Bool { unsynced }
+
   /// Makes every appended record durable: fdatasync of the current segment (earlier segments were
   /// fsynced when sealed). Nothing to do if nothing was appended since the last sync. A failure
   /// makes the log unusable: after a failed fsync the kernel may have dropped the dirty pages.

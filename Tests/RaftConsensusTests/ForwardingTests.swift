@@ -230,7 +230,7 @@ final class ForwardingTests: XCTestCase {
   /// the answers release them, and each write is answered once.
   func testWritesForALeaderThatOwesAnswersWaitForThemThenLeave() throws {
     let cluster = try TestCluster(nodes: 3) { options in
-      options.forwardHoldTicksMax = 1_000  // here only the answers release them
+      options.forwardHoldTicksMax = 400  // 4 s: here only the answers release them
       options.electionTicks = 100  // the follower keeps its leader while that link is paused
     }
     try cluster.createGroup(group)

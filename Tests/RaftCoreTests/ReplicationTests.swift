@@ -181,6 +181,22 @@ final class ReplicationTests: XCTestCase {
     XCTAssertTrue(voted.mustSync, "a vote must be durable before it is sent")
   }
 
+  /// An append that starts below the follower's commit index (as a folded one may) still brings
+  /// the entries after it: those through the commit index are the follower's already.
+  func testAppendStartingBelowTheCommitIndexAppendsWhatFollowsIt() {
+    var follower = makeRaft(
+      id: 2, voters: [1, 2, 3], hardState: HardState(term: 1, commit: 3), entries: entries([1, 1, 1]))
+    let incoming = (2...5).map { Entry(term: 1, index: LogIndex($0), data: [UInt8($0 - 1)]) }
+    follower.step(Message(kind: .append, from: 1, to: 2, term: 1, logTerm: 1, index: 1, entries: incoming, commit: 5))
+    let ready = drain(&follower)
+    XCTAssertEqual(ready.entries.map(\.index), [4, 5], "only what follows the commit index is new")
+    XCTAssertEqual(ready.messagesAfterPersist.map(\.index), [5])
+    XCTAssertEqual(follower.committed, 5)
+    // Nothing past the commit index: acknowledged at it, as before.
+    follower.step(Message(kind: .append, from: 1, to: 2, term: 1, logTerm: 1, index: 1, entries: Array(incoming.prefix(1)), commit: 5))
+    XCTAssertEqual(drain(&follower).messagesAfterPersist.map(\.index), [5])
+  }
+
   /// Flow control in bytes: a byte-limited window pauses replication the same way.
   func testInflightBytesBoundPipelining() throws {
     var cluster = TestCluster(voters: [1, 2]) {

@@ -39,6 +39,7 @@ final class SimulationTests: XCTestCase {
     XCTAssertEqual(summary.seeds, 300)
     XCTAssertGreaterThan(summary.entriesCommitted, 10_000, "the workload commits entries")
     XCTAssertGreaterThan(summary.crashes, 100, "the faults really happen")
+    XCTAssertGreaterThan(summary.coverage.unsyncedHardStates, 1_000, "commit-only hard states go unsynced, and crashes lose them")
     print(summary.line(nodes: 3, groups: 3))
   }
 

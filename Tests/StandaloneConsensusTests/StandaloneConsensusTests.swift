@@ -260,8 +260,9 @@ final class StandaloneConsensusTests: XCTestCase {
   func testOversizedCommandsAndAFullControlQueueAreRefusedWithoutHarm() throws {
     let gate = ConditionLock()
     let open = Locked(false)
+    let applyStarted = Locked(0)
     var registry = StateMachineRegistry()
-    registry.registerDefault { _ in RecordingStateMachine(gate: gate, gateOpen: open) }
+    registry.registerDefault { _ in RecordingStateMachine(gate: gate, gateOpen: open, applyStarted: applyStarted) }
     let engine = try makeEngine(options: ["pendingControlMax": "2"], registry: registry)
     defer { engine.stop() }
     try waitForCompletion { engine.createPeer(self.group, peers: [self.peer], completion: $0) }.get()
@@ -274,12 +275,14 @@ final class StandaloneConsensusTests: XCTestCase {
     engine.write(group, command: [1]) { result in blocked.withLock { $0 = result } }
     let outcomes = Locked<[Result<SnapshotInfo, ConsensusError>]>([])
     let deadline = Date().addingTimeInterval(10)
+    // The commit thread must be held in apply before the control work queues up behind it.
+    while applyStarted.withLock({ $0 }) < 1 && Date() < deadline { usleep(1000) }
+    XCTAssertEqual(applyStarted.withLock { $0 }, 1, "the write is held in apply")
     for _ in 0..<3 {
       engine.triggerSnapshot(group) { result in outcomes.withLock { $0.append(result) } }
     }
     while outcomes.withLock({ $0.count }) < 1 && Date() < deadline { usleep(1000) }
-    // The first snapshot may have been taken by the commit thread before it blocked; at least one
-    // request past the limit was refused at once.
+    // Two requests fill the control queue; the third is refused at once.
     XCTAssertTrue(outcomes.withLock { $0 }.contains { if case .failure(.overloaded) = $0 { return true } else { return false } })
     gate.withLock {
       open.withLock { $0 = true }
