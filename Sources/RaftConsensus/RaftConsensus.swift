@@ -700,12 +700,12 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       releaseHeldHeartbeatResponses(into: &early, all: ticked)
       // Group creations and deletions (records already in the turn) and Readies with entries, a
       // snapshot or a new term or vote need the fsync; a commit index alone does not (`mustSync`).
+      let readiesSync = !turn.records.isEmpty || readies.contains { $0.1.mustSync }
+      // Commit-only records left unsynced get an fsync after `unsyncedRecordsTicksMax` ticks.
       if ticked && wal.hasUnsyncedRecords { ticksWithUnsyncedRecords += 1 }
-      let syncs =
-        !turn.records.isEmpty || readies.contains { $0.1.mustSync }
-        || ticksWithUnsyncedRecords >= options.unsyncedRecordsTicksMax
+      let syncs = readiesSync || ticksWithUnsyncedRecords >= options.unsyncedRecordsTicksMax
       turn.synced = syncs
-      // Our writes for other leaders ride with this turn's acknowledgements when the turn syncs
+      // Our writes for other leaders ride with this turn's acknowledgements when its Readies sync
       // anyway: one batch instead of two, and the leader takes both in one turn (one fsync there
       // instead of two). Otherwise they leave now, unless their leader still owes us answers
       // (`forwardsUnansweredBy`): then they wait for that answer or our next acknowledgement.
@@ -714,7 +714,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         forwardsUnansweredBy = forwardsUnansweredBy.mapValues { $0 + 1 }.filter { $0.value < options.forwardHoldTicksMax }
       }
       var (forwardsNow, forwardsAfterSync) = Self.splitProposals(turn.forwards)
-      for (node, proposals) in forwardsAfterSync where !syncs {
+      for (node, proposals) in forwardsAfterSync where !readiesSync {
         forwardsAfterSync[node] = nil
         if forwardsUnansweredBy[node] != nil {
           hold(proposals, for: node, &turn)

@@ -99,7 +99,9 @@ public struct RaftConsensusOptions: Sendable {
     }
     guard forwardHoldTicksMax >= 1, UInt64(forwardHoldTicksMax) * tickIntervalMs < proposalTimeoutMs else {
       // A write held that long would time out without ever leaving this node.
-      throw .invalidRequest("forwardHoldTicksMax must be ≥ 1 and shorter than proposalTimeoutMs in ticks")
+      throw .invalidRequest(
+        "forwardHoldTicksMax (\(forwardHoldTicksMax)) must be ≥ 1, and that many ticks of \(tickIntervalMs) ms (the "
+          + "heartbeat interval) shorter than proposalTimeoutMs (\(proposalTimeoutMs))")
     }
     guard unsyncedRecordsTicksMax >= 1 else { throw .invalidRequest("unsyncedRecordsTicksMax must be ≥ 1") }
     guard pendingWritesMax >= 1, pendingWriteBytesMax >= 1, inboundBatchesMax >= 1, readWaitersMax >= 1,
