@@ -39,6 +39,9 @@ for _ in $(seq 1 300); do
   [ -n "$leader" ] && curl -fsS localhost:22371/health >/dev/null 2>&1 && break
   sleep 0.1
 done
+# Both clusters just started: let their start-up work (directory registration, etcd's bootstrap
+# and first fsyncs) finish before the first measurement, so it lands in neither system's figures.
+sleep 2
 follower=$(( leader % 3 + 1 ))
 etcd_leader_port="$(for i in 1 2 3; do curl -fsS -X POST localhost:2237$i/v3/maintenance/status -d '{}' | python3 -c "import json,sys; d=json.load(sys.stdin); print($i if d['leader']==d['header']['member_id'] else '')"; done | tr -d '\n')"
 etcd_follower=$(( etcd_leader_port % 3 + 1 ))
