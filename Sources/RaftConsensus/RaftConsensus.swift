@@ -23,13 +23,13 @@ import WriteAheadLog
 /// the responses come back the same way.
 ///
 /// Forwarded writes (etcd's MsgProp): a write that reaches a follower is handed to the leader in
-/// the follower's early batch (in its batch after the fsync when the turn syncs anyway, beside its
-/// acknowledgements; or later, while the leader still owes answers: `forwardsUnansweredBy`); the
-/// leader proposes it and answers the index and term (or why not) in its own early batch of that
-/// turn; the follower answers the client once it applies that index. Log Matching makes the
-/// answer exact: the entry applied there is the write exactly when its term is the one the leader
-/// named. Forwards past `WireLimits.forwardsPerBatchMax` or `forwardDataBytesPerBatchMax` go in
-/// further batches of the same turn.
+/// the follower's early batch (in its batch after the fsync when the turn's Readies sync anyway,
+/// beside its acknowledgements; or later, while the leader still owes answers:
+/// `forwardsUnansweredBy`); the leader proposes it and answers the index and term (or why not) in
+/// its own early batch of that turn; the follower answers the client once it applies that index.
+/// Log Matching makes the answer exact: the entry applied there is the write exactly when its
+/// term is the one the leader named. Forwards past `WireLimits.forwardsPerBatchMax` or
+/// `forwardDataBytesPerBatchMax` go in further batches of the same turn.
 ///
 /// Membership changes (`addPeer`, `removePeer`, `changePeer`) run at the leader as a sequence of
 /// configuration-change entries (`MembershipChange`), each waited for until applied; their
