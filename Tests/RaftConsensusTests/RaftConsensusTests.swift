@@ -177,6 +177,14 @@ func failure<Value>(of result: Result<Value, ConsensusError>) -> ConsensusError?
 
 func metric(_ engine: RaftConsensus, _ name: String) -> Double { metric(engine.prometheusMetrics(), name) }
 
+/// Each named counter summed over the running nodes, every node's read from one snapshot.
+func metricTotals(_ cluster: TestCluster, _ names: String...) -> [Double] {
+  cluster.running.reduce(into: Array(repeating: 0, count: names.count)) { totals, engine in
+    let text = engine.prometheusMetrics()
+    for (position, name) in names.enumerated() { totals[position] += metric(text, name) }
+  }
+}
+
 /// One sample from a metrics text, so several samples can come from one consistent snapshot.
 func metric(_ text: String, _ name: String) -> Double {
   for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
@@ -330,13 +338,8 @@ final class RaftConsensusTests: XCTestCase {
           }, "node \(wanted + 1) leads \(group)")
       }
       func totals() -> (batches: Double, heartbeats: Double) {
-        cluster.running.reduce((0, 0)) { sum, engine in
-          let text = engine.prometheusMetrics()
-          return (
-            sum.batches + metric(text, "caucus_raft_batches_sent_total"),
-            sum.heartbeats + metric(text, "caucus_raft_heartbeats_coalesced_total")
-          )
-        }
+        let sums = metricTotals(cluster, "caucus_raft_batches_sent_total", "caucus_raft_heartbeats_coalesced_total")
+        return (sums[0], sums[1])
       }
       let before = totals()
       // About twenty rounds: 5 heartbeats and 5 responses each way per round.
@@ -359,13 +362,8 @@ final class RaftConsensusTests: XCTestCase {
     for group in groups { try cluster.createGroup(group) }
     for group in groups { XCTAssertNotNil(cluster.waitForLeader(group)) }
     func totals() -> (messages: Double, heartbeats: Double) {
-      cluster.running.reduce((0, 0)) { sum, engine in
-        let text = engine.prometheusMetrics()
-        return (
-          sum.messages + metric(text, "caucus_raft_messages_sent_total"),
-          sum.heartbeats + metric(text, "caucus_raft_heartbeats_coalesced_total")
-        )
-      }
+      let sums = metricTotals(cluster, "caucus_raft_messages_sent_total", "caucus_raft_heartbeats_coalesced_total")
+      return (sums[0], sums[1])
     }
     let before = totals()
     // 400 heartbeats and responses: about ten heartbeat rounds of 10 groups × 2 followers × 2.
