@@ -87,4 +87,8 @@ package enum PlantedBug: String, Sendable, CaseIterable {
   case voteWithoutLogCheck = "vote-without-log-check"
   /// Commit entries of earlier terms by counting replicas (the mistake of Figure 8, §5.4.2).
   case commitPreviousTerm = "commit-previous-term"
+  /// Send a leader's appends before the Ready that made it leader is durable, even when that
+  /// Ready changed the term or vote (the single-voter bug: a crash before the fsync lets the
+  /// replica win the same term again with other entries at the same indexes).
+  case sendBeforeTermDurable = "send-before-term-durable"
 }

@@ -165,7 +165,8 @@ struct Quorum {
     outgoing = config.votersOutgoing
   }
 
-  /// The largest index acknowledged by a majority of `voters`; an empty set agrees to anything.
+  /// The largest index acknowledged by a majority of `voters`; an empty set agrees to anything
+  /// (only ever the outgoing half outside a joint configuration: see `committedIndex`).
   private static func majorityIndex(_ voters: [ReplicaID], _ acked: (ReplicaID) -> LogIndex) -> LogIndex {
     if voters.isEmpty { return LogIndex.max }
     var indexes = voters.map(acked)
@@ -173,8 +174,12 @@ struct Quorum {
     return indexes[voters.count / 2]
   }
 
+  /// The largest index a quorum acknowledged. No voters at all commit nothing: an empty
+  /// membership has no quorum (etcd's convention of "an empty config wins" is only safe behind
+  /// its promotable rule; here the quorum itself refuses).
   func committedIndex(_ acked: (ReplicaID) -> LogIndex) -> LogIndex {
-    min(Quorum.majorityIndex(incoming, acked), Quorum.majorityIndex(outgoing, acked))
+    if incoming.isEmpty { return 0 }
+    return min(Quorum.majorityIndex(incoming, acked), Quorum.majorityIndex(outgoing, acked))
   }
 
   enum VoteResult { case pending, won, lost }
@@ -196,7 +201,9 @@ struct Quorum {
     return .lost
   }
 
+  /// An election in a membership without voters is lost, never won: no quorum exists to win it.
   func voteResult(_ votes: [ReplicaID: Bool]) -> VoteResult {
+    if incoming.isEmpty { return .lost }
     let first = Quorum.majorityResult(incoming, votes)
     let second = Quorum.majorityResult(outgoing, votes)
     if first == .won && second == .won { return .won }

@@ -37,6 +37,17 @@ public struct Raft: Sendable {
   var readsAwaitingTermCommit: [UInt64] = []
   var readRound: UInt64 = 0
   var lastReadyHardState: HardState
+  /// The role and leader the host last saw in a Ready. A change of either alone (a CheckQuorum
+  /// step-down, a leader learned from a heartbeat) makes a Ready, so the host answers the reads
+  /// and writes waiting on the old role at once, not at some later Ready (etcd's SoftState).
+  /// Follower: a TimeoutNow from this leader that arrived while a committed configuration change
+  /// was unapplied, with the ticks since. The election starts once the change is applied (in
+  /// `advance`), unless the term or leader changes or an election timeout passes first (the
+  /// leader has abandoned the transfer by then). 0: none.
+  var timeoutNowDeferredFrom: ReplicaID = 0
+  var timeoutNowDeferredTicks = 0
+  var lastReadyRole: Role = .follower
+  var lastReadyLeader: ReplicaID = 0
   var awaitingAdvance = false
 
   struct PendingRead {
@@ -79,13 +90,15 @@ public struct Raft: Sendable {
   public func term(at index: LogIndex) -> Term? { log.term(at: index) }
   public func entry(at index: LogIndex) -> Entry? { log.entry(at: index) }
   public var latestSnapshot: Snapshot? { log.snapshot }
-  /// Whether this replica may campaign: voters may; learners never do. A replica removed from
-  /// the membership (not a learner, with a log) may too: it may hold the only copy of entries
-  /// the remaining voters need (e.g. a leader that applied its own removal and restarted before
-  /// the others learned the change committed), and it counts only the membership's voters, so
-  /// any quorum it wins intersects every quorum of the configurations in flight (thesis §4.2.2).
+  /// Whether this replica may campaign (etcd's promotable): only a voter of the membership in
+  /// force, and not while a snapshot from the leader waits to be installed (its membership is
+  /// about to replace ours). Learners, replicas removed from the group and replicas that joined
+  /// but have not yet applied their own addition never campaign: a non-member counts the votes
+  /// of a membership it is not part of, and with an empty or stale membership could elect
+  /// itself. A removed replica still votes, so a group whose old leader removed itself can
+  /// elect one of the remaining voters.
   var isPromotable: Bool {
-    membership.isVoter(id) || (!membership.learners.contains(id) && log.lastIndex > 0)
+    membership.isVoter(id) && log.pendingSnapshot == nil
   }
 
   public var status: RaftStatus {
@@ -147,6 +160,7 @@ public struct Raft: Sendable {
     resetRandomizedElectionTimeout()
     votes = [:]
     leadTransferee = 0
+    timeoutNowDeferredFrom = 0
     uncommittedBytes = 0
     pendingReads = []
     readsAwaitingTermCommit = []
@@ -191,6 +205,10 @@ public struct Raft: Sendable {
 
   private mutating func tickElection() {
     electionElapsed += 1
+    if timeoutNowDeferredFrom != 0 {
+      timeoutNowDeferredTicks += 1
+      if timeoutNowDeferredTicks >= config.electionTicks { timeoutNowDeferredFrom = 0 }
+    }
     if isPromotable && electionElapsed >= randomizedElectionTimeout {
       electionElapsed = 0
       campaignIfAllowed()
@@ -363,8 +381,18 @@ public struct Raft: Sendable {
       leader = message.from
       handleSnapshot(message)
     case .timeoutNow:
-      // Thesis §3.10: the leader asks us to start an election at once, skipping PreVote.
-      if isPromotable { startElection(preVote: false, transfer: true) }
+      // Thesis §3.10: the leader asks us to start an election at once, skipping PreVote. Not
+      // with a committed configuration change still unapplied, exactly as for a campaign of our
+      // own (etcd's hup): the membership we would count votes in is about to change.
+      // The host steps a whole batch before it applies anything, so the commit of a change and
+      // the leader's TimeoutNow often arrive together: defer the election until it is applied.
+      guard isPromotable else { return }
+      if hasUnappliedConfigChange {
+        timeoutNowDeferredFrom = message.from
+        timeoutNowDeferredTicks = 0
+        return
+      }
+      startElection(preVote: false, transfer: true)
     default:
       break
     }
@@ -882,6 +910,7 @@ public struct Raft: Sendable {
 
   public var hasReady: Bool {
     if hardState != lastReadyHardState { return true }
+    if role != lastReadyRole || leader != lastReadyLeader { return true }
     if log.pendingSnapshot != nil || log.stableIndex < log.lastIndex { return true }
     if !outbox.isEmpty || !readStates.isEmpty { return true }
     return log.pendingSnapshot == nil && log.committed > log.applied
@@ -892,17 +921,25 @@ public struct Raft: Sendable {
     precondition(!awaitingAdvance, "ready() twice without advance()")
     awaitingAdvance = true
     let current = hardState
+    // A Ready that changes the term or vote sends nothing before it is durable. A leader's
+    // appends may otherwise leave early (thesis §10.2.1), but not in the Ready that made it
+    // leader of a new term: a one-voter group elects itself and appends in one Ready, and a
+    // crash before the fsync would let it win the same term again with other entries at the
+    // same indexes, which a learner that got the first ones keeps (Log Matching broken). With
+    // the term durable first, a re-election takes a new term (etcd persists the self-vote the
+    // same way before any message of the term leaves).
+    let termOrVoteChanged = current.term != lastReadyHardState.term || current.vote != lastReadyHardState.vote
+    let holdAll = termOrVoteChanged && config.plantedBug != .sendBeforeTermDurable
     var early: [Message] = []
     var late: [Message] = []
     for message in outbox {
-      if message.kind.maySendBeforePersist { early.append(message) } else { late.append(message) }
+      if message.kind.maySendBeforePersist && !holdAll { early.append(message) } else { late.append(message) }
     }
     let entries = log.unstableEntries
     let result = Ready(
       role: role, leader: leader, term: term,
       hardState: current == lastReadyHardState ? nil : current,
-      mustSync: !entries.isEmpty || log.pendingSnapshot != nil || current.term != lastReadyHardState.term
-        || current.vote != lastReadyHardState.vote,
+      mustSync: !entries.isEmpty || log.pendingSnapshot != nil || termOrVoteChanged,
       entries: entries, snapshot: log.pendingSnapshot, messages: early,
       messagesAfterPersist: late,
       committedEntries: log.nextCommittedEntries(maxBytes: config.maxCommittedBytesPerReady),
@@ -910,6 +947,8 @@ public struct Raft: Sendable {
     outbox = []
     outboxEntriesBytes = []
     readStates = []
+    lastReadyRole = role
+    lastReadyLeader = leader
     return result
   }
 
@@ -923,6 +962,12 @@ public struct Raft: Sendable {
     for entry in ready.committedEntries {
       log.markApplied(entry.index)
       if entry.kind == .configChange { applyConfigChange(entry) }
+    }
+    if timeoutNowDeferredFrom != 0 && role == .follower && leader == timeoutNowDeferredFrom
+      && !hasUnappliedConfigChange
+    {
+      timeoutNowDeferredFrom = 0
+      if isPromotable { startElection(preVote: false, transfer: true) }
     }
     if role == .leader, progress[id] != nil {
       let durable = min(log.stableIndex, log.lastIndex)

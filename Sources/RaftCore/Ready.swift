@@ -5,7 +5,10 @@
 /// The host executes a `Ready` in this order, then calls `Raft.advance(_:)` with it:
 /// 1. `messages` may be sent at once, even before anything below is durable: they are a
 ///    leader's appends, heartbeats, snapshots and TimeoutNow. A leader only counts its own log
-///    toward a commit quorum after `advance` confirms it durable (thesis §10.2.1).
+///    toward a commit quorum after `advance` confirms it durable (thesis §10.2.1). A Ready that
+///    changes the term or vote has none here: everything it sends waits for step 2, so no
+///    message of a term leaves before the term is durable (a one-voter leader elected and
+///    appending in one Ready could otherwise reuse the term after a crash).
 /// 2. Persist, and fsync, in one atomic step: `snapshot` (if any), then `entries` (truncate the
 ///    stored log at `entries.first.index`, then append), then `hardState` (if non-nil). When
 ///    `mustSync` is false the write need not be fsynced before going on (etcd's MustSync): only
@@ -18,7 +21,8 @@
 /// 5. Serve the reads in `readStates` once the state machine has applied their `index`.
 /// 6. Call `advance(ready)`. Stepping the core between `ready()` and `advance` is forbidden.
 public struct Ready: Equatable, Sendable {
-  /// Soft state, always present: not persisted.
+  /// Soft state, always present: not persisted. A change of `role` or `leader` alone makes a
+  /// Ready, so the host learns of a step-down at once.
   public var role: Role
   public var leader: ReplicaID
   public var term: Term

@@ -345,16 +345,18 @@ final class SimulatorRegressionTests: XCTestCase {
     XCTAssertEqual(response?.term, 9)
   }
 
-  /// Found by seed 1187: a removed leader restarted holding entries the joint voters needed, but
-  /// would not campaign. A removed replica with a log may campaign, counting only the voters.
-  func testRemovedReplicaWithLogMayCampaign_Thesis4_2_2() {
-    var raft = makeRaft(id: 3, voters: [1, 2], hardState: HardState(term: 2), entries: entries([1, 2]))
-    XCTAssertTrue(raft.isPromotable)
-    raft.campaign()
-    XCTAssertEqual(raft.role, .preCandidate)
-    var learner = makeRaft(id: 4, voters: [1, 2], hardState: HardState(term: 2), entries: entries([1, 2]))
-    learner = try! Raft(
-      config: learner.config, random: SplitMix64(seed: 1),
+  /// Seed 1187 once had a removed leader campaign (an earlier rule let replicas removed from
+  /// the group campaign); issue 9 finding 3 replaced that rule with etcd's promotable rule. A
+  /// removed replica and a learner never campaign; a removed replica still votes.
+  func testRemovedReplicaAndLearnerNeverCampaign_Thesis4_2_2() {
+    var removed = makeRaft(id: 3, voters: [1, 2], hardState: HardState(term: 2), entries: entries([1, 2]))
+    XCTAssertFalse(removed.isPromotable)
+    removed.campaign()
+    XCTAssertEqual(removed.role, .follower)
+    removed.step(Message(kind: .vote, from: 1, to: 3, term: 3, logTerm: 2, index: 2))
+    XCTAssertEqual(drain(&removed).messagesAfterPersist.first?.reject, false, "a removed replica still votes")
+    let learner = try! Raft(
+      config: RaftConfig(id: 4), random: SplitMix64(seed: 1),
       restored: RestoredState(
         hardState: HardState(term: 2), entries: entries([1, 2]), bootstrapConfig: ConfigState(voters: [1, 2], learners: [4])))
     XCTAssertFalse(learner.isPromotable, "learners never campaign")

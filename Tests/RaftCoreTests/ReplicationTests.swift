@@ -94,7 +94,9 @@ final class ReplicationTests: XCTestCase {
     leader.step(Message(kind: .voteResponse, from: 3, to: 1, term: 4))
     XCTAssertEqual(leader.role, .leader)
     var roundTrips = 0
-    var messages = drain(&leader).messages.filter { $0.to == 2 && $0.kind == .append }
+    // The Ready that made it leader changed the term: its appends wait for the fsync.
+    let elected = drain(&leader)
+    var messages = (elected.messages + elected.messagesAfterPersist).filter { $0.to == 2 && $0.kind == .append }
     while !messages.isEmpty && roundTrips < 20 {
       roundTrips += 1
       for message in messages { follower.step(message) }
