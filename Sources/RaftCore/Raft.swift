@@ -334,6 +334,9 @@ public struct Raft: Sendable {
       return
     }
 
+    if (message.kind == .voteResponse || message.kind == .preVoteResponse) && message.reject && message.commit > 0 {
+      maybeLearnCommit(index: message.commit, term: message.logTerm)
+    }
     switch message.kind {
     case .vote, .preVote:
       handleVote(message)
@@ -362,8 +365,27 @@ public struct Raft: Sendable {
         vote = message.from
       }
     } else {
-      send(Message(kind: responseKind, from: id, to: message.from, term: term, reject: true))
+      // A refusal shares what this replica knows committed, up to the candidate's last index:
+      // see `maybeLearnCommit`.
+      let shared = min(log.committed, message.index)
+      send(
+        Message(
+          kind: responseKind, from: id, to: message.from, term: term, logTerm: log.term(at: shared) ?? 0,
+          index: 0, commit: log.term(at: shared) == nil ? 0 : shared, reject: true))
     }
+  }
+
+  /// A refused vote told us that the entry at `index` with `term` is committed. Commitment is a
+  /// fact about the group, not about who reports it: if our log holds that very entry, Log
+  /// Matching makes our prefix through it the committed one, so we may commit it too. This is
+  /// what lets a group whose only up-to-date replica may no longer campaign make progress: a
+  /// replica removed by a change it applied (it holds entries the remaining voters lack, and
+  /// refuses their votes), while they have not learned the change committed and still count
+  /// its vote. Once they commit and apply the change, they elect among themselves (the same
+  /// deadlock is known in other Raft libraries: a removed leader with the newest log).
+  private mutating func maybeLearnCommit(index: LogIndex, term: Term) {
+    guard role != .leader, index > log.committed, index <= log.lastIndex, log.matchTerm(index, term) else { return }
+    log.commit(to: index)
   }
 
   private mutating func stepFollower(_ message: Message) {

@@ -152,6 +152,20 @@ struct Checker {
     return nil
   }
 
+  /// Durable Term (Raft paper Figure 2: "persistent state … updated on stable storage before
+  /// responding to RPCs"): a message leaves only once the term it carries is durable at its
+  /// sender, or the sender could, after a crash, act in that term again as if it never had. Pre-
+  /// votes and granted pre-vote answers carry the term of an election not yet held: exempt.
+  func sent(_ message: Message, node: Int, group: UInt64, durableTerm: Term) -> Violation? {
+    if message.kind == .preVote || message.kind == .preVoteResponse { return nil }
+    guard message.term <= durableTerm else {
+      return Violation(
+        property: "Durable Term",
+        detail: "n\(node) g\(group) sent \(message.kind) of term \(message.term) to n\(message.to) with term \(durableTerm) durable")
+    }
+    return nil
+  }
+
   /// Records the hard state the replica just made durable.
   mutating func persisted(node: Int, group: UInt64, hardState: HardState) {
     durable[ReplicaKey(node: node, group: group)] = hardState

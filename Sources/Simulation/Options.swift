@@ -5,8 +5,9 @@ public struct SimulationOptions: Sendable {
   public var seed: UInt64
   /// Nodes in the cluster (3 or 5). Every node hosts a replica of every group.
   public var nodes: Int = 3
-  /// Raft groups hosted by every node.
-  public var groups: Int = 3
+  /// Raft groups hosted by every node; group `g` starts with `Simulator.bootstrapMembership`
+  /// (all voters, three, one, two: four groups cover every shape).
+  public var groups: Int = 4
   /// Events (ticks and message deliveries) in the safety phase, with faults on.
   public var safetyEvents: Int = 3000
   /// Ticks allowed after healing for every group to elect a leader, commit a proposal and for
@@ -36,11 +37,13 @@ public struct SimulationOptions: Sendable {
 public enum PlantedBugName: String, Sendable, CaseIterable {
   case voteWithoutLogCheck = "vote-without-log-check"
   case commitPreviousTerm = "commit-previous-term"
+  case sendBeforeTermDurable = "send-before-term-durable"
 
   var bug: PlantedBug {
     switch self {
     case .voteWithoutLogCheck: return .voteWithoutLogCheck
     case .commitPreviousTerm: return .commitPreviousTerm
+    case .sendBeforeTermDurable: return .sendBeforeTermDurable
     }
   }
 }
@@ -65,6 +68,7 @@ public struct Violation: Sendable, CustomStringConvertible {
 public struct Coverage: Sendable, Equatable {
   public var tornWrites = 0
   public var leaderCrashesMidReady = 0
+  public var leaderCrashesBeforePersist = 0
   public var partitions = 0
   public var snapshotsInstalled = 0
   public var configChangesApplied = 0
@@ -78,6 +82,7 @@ public struct Coverage: Sendable, Equatable {
   mutating func add(_ other: Coverage) {
     tornWrites += other.tornWrites
     leaderCrashesMidReady += other.leaderCrashesMidReady
+    leaderCrashesBeforePersist += other.leaderCrashesBeforePersist
     partitions += other.partitions
     snapshotsInstalled += other.snapshotsInstalled
     configChangesApplied += other.configChangesApplied
@@ -87,7 +92,8 @@ public struct Coverage: Sendable, Equatable {
   }
 
   var line: String {
-    "torn=\(tornWrites) leaderCrashes=\(leaderCrashesMidReady) partitions=\(partitions) "
+    "torn=\(tornWrites) leaderCrashes=\(leaderCrashesMidReady) leaderCrashesBeforePersist=\(leaderCrashesBeforePersist) "
+      + "partitions=\(partitions) "
       + "snapshots=\(snapshotsInstalled) confchanges=\(configChangesApplied) transfers=\(transfersStarted) "
       + "reads=\(readsServed) unsyncedHardStates=\(unsyncedHardStates)"
   }

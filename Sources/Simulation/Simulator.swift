@@ -15,6 +15,10 @@ public final class Simulator {
     /// A leader crashes right after persisting a Ready in which it was elected or advanced its
     /// commit index, before any of that Ready's messages leave (Figure 8's interleavings).
     var leaderCrashMidReadyPpm: Int
+    /// A replica just elected leader crashes while persisting the Ready that made it leader:
+    /// what the Ready allowed to leave early is sent, nothing of it is durable (power lost
+    /// during the fsync). One-voter groups elect themselves in that very Ready.
+    var leaderCrashBeforePersistPpm: Int
     var partitionPpm: Int
     var healPpm: Int
     var proposePpm: Int
@@ -30,7 +34,8 @@ public final class Simulator {
 
     var description: String {
       "drop=\(dropPpm)ppm duplicate=\(duplicatePpm)ppm delayMax=\(delayUnitsMax)u crash=\(crashPpm)ppm "
-        + "restart=\(restartPpm)ppm torn=\(tornWritePpm)ppm leaderCrash=\(leaderCrashMidReadyPpm)ppm partition=\(partitionPpm)ppm heal=\(healPpm)ppm "
+        + "restart=\(restartPpm)ppm torn=\(tornWritePpm)ppm leaderCrash=\(leaderCrashMidReadyPpm)ppm "
+        + "leaderCrashBeforePersist=\(leaderCrashBeforePersistPpm)ppm partition=\(partitionPpm)ppm heal=\(healPpm)ppm "
         + "propose=\(proposePpm)ppm confchange=\(configChangePpm)ppm transfer=\(transferPpm)ppm "
         + "compact=\(compactPpm)ppm/\(compactAfterEntries) read=\(readPpm)ppm "
         + "msgBytes=\(maxEntriesBytesPerMessage) inflight=\(maxInflightMessages) "
@@ -159,6 +164,7 @@ public final class Simulator {
       restartPpm: random.pick([50_000, 150_000]),
       tornWritePpm: random.pick([0, 2_000, 10_000]),
       leaderCrashMidReadyPpm: random.pick([0, 50_000, 150_000, 400_000]),
+      leaderCrashBeforePersistPpm: random.pick([0, 100_000, 300_000]),
       partitionPpm: random.pick([0, 10_000, 30_000]),
       healPpm: random.pick([30_000, 100_000]),
       proposePpm: random.pick([100_000, 400_000, 900_000]),
@@ -174,17 +180,27 @@ public final class Simulator {
     self.random = random
     alive = Array(repeating: true, count: options.nodes + 1)
     replicas = Array(repeating: Array(repeating: Replica(), count: options.groups), count: options.nodes + 1)
-    bootstrap = (0..<options.groups).map { group in
-      if options.nodes == 5 && group % 2 == 1 {
-        // Three of the five nodes, rotating: the others can join as learners.
-        let start = group % 5
-        return ConfigState(voters: (0..<3).map { ReplicaID((start + $0) % 5 + 1) })
-      }
-      return ConfigState(voters: (1...options.nodes).map { ReplicaID($0) })
-    }
+    bootstrap = (0..<options.groups).map { group in Simulator.bootstrapMembership(group: group, nodes: options.nodes) }
     trace = TraceRing(capacity: options.traceLinesMax)
     for node in 1...options.nodes { start(node: node) }
     queue.push(time: Simulator.unitsPerTick, .tick)
+  }
+
+  /// The membership group `group` starts with, by `group % 4`: every node a voter; three voters
+  /// (on five nodes; every node on three); one voter; two voters. The voters rotate with the
+  /// group number, and the other nodes of the smaller groups start as learners, so one- and
+  /// two-voter groups replicate to learners from the start (the shape in which a one-voter
+  /// leader elects itself and appends in one Ready).
+  static func bootstrapMembership(group: Int, nodes: Int) -> ConfigState {
+    let voterCount: Int
+    switch group % 4 {
+    case 0: voterCount = nodes
+    case 1: voterCount = 3
+    case 2: voterCount = 1
+    default: voterCount = 2
+    }
+    let all = (0..<nodes).map { ReplicaID((group + $0) % nodes + 1) }
+    return ConfigState(voters: Array(all.prefix(voterCount)), learners: Array(all.dropFirst(voterCount)))
   }
 
   // MARK: Running
@@ -344,6 +360,20 @@ public final class Simulator {
         .role(time: now, node: node, group: groupID, role: ready.role, term: ready.term, lastIndex: raft.lastIndex,
           committed: raft.committed))
     }
+    if !healed && ready.role == .leader && !wasLeader && random.chance(ppm: parameters.leaderCrashBeforePersistPpm) {
+      // Step 1 only: what may leave before persistence leaves; the fsync never completes.
+      for message in ready.messages {
+        outgoing[Int(message.to), default: []].append(GroupMessage(group: groupID, message: message))
+      }
+      send(from: node, outgoing)
+      outgoing = [:]
+      coverage.leaderCrashesBeforePersist += 1
+      crash(node: node, torn: true)
+      return false
+    }
+    // Checked from here on: a Ready lost before its fsync made no leader and no entry anywhere
+    // (nothing of its term left the node, which `Checker.sent` checks), so the replica may win
+    // the same term again after its restart.
     if let failure = checker.check(ready: ready, node: node, group: groupID, raft: raft) {
       violation = failure
       return false
@@ -429,6 +459,13 @@ public final class Simulator {
   private func send(from node: Int, _ outgoing: [Int: [GroupMessage]]) {
     for destination in outgoing.keys.sorted() {
       let messages = outgoing[destination]!
+      for item in messages {
+        let durableTerm = replicas[node][Int(item.group)].disk.hardState.term
+        if let failure = checker.sent(item.message, node: node, group: item.group, durableTerm: durableTerm) {
+          violation = failure
+          return
+        }
+      }
       // Every simulated message goes through the real wire codec.
       let bytes = WireCodec.encode(MessageBatch(fromNode: UInt64(node), toNode: UInt64(destination), messages: messages))
       var lost = false
@@ -585,7 +622,7 @@ public final class Simulator {
       steps = [ConfigChangeStep(.addLearner, random.pick(outsiders))]
     case 1 where !learners.isEmpty:
       steps = [ConfigChangeStep(.addVoter, random.pick(learners))]
-    case 2 where voters.count > 3 || (voters.count > 2 && options.nodes == 3):
+    case 2 where voters.count > 1:
       steps = [ConfigChangeStep(.remove, random.pick(voters))]
     case 3 where !learners.isEmpty || !outsiders.isEmpty:
       // Replace a voter: two voters change, so this goes through a joint configuration.

@@ -29,8 +29,8 @@ struct CaucusSim: ParsableCommand {
   @Option(help: "Nodes per cluster: 3 or 5.")
   var nodes: Int = 3
 
-  @Option(help: "Raft groups hosted by every node.")
-  var groups: Int = 3
+  @Option(help: "Raft groups hosted by every node (group g starts with all, three, one or two voters by g % 4).")
+  var groups: Int = 4
 
   @Option(help: "Events in the safety phase of each seed (faults on).")
   var events: Int = 3000

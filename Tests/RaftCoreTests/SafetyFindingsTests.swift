@@ -97,6 +97,56 @@ final class SafetyFindingsTests: XCTestCase {
     XCTAssertTrue([2, 3].contains(cluster.leaders.first ?? 0))
   }
 
+  /// Found by the simulator (seed 34, 3 nodes, 4 groups) once only voters campaigned: the
+  /// replica a change removed holds entries the remaining voter lacks, so it refuses its votes,
+  /// while the remaining voter does not know the change committed and still needs that vote.
+  /// The refusal shares the voter's commit index; the candidate, holding that very entry,
+  /// commits and applies the change, then elects itself alone.
+  func testRefusedVoteSharesCommitSoRemainingVoterApplies_Finding3() {
+    let removal = Entry(term: 1, index: 2, kind: .configChange, data: WireCodec.encode(ConfigChange([.init(.remove, 1)])))
+    let first = Entry(term: 1, index: 1, data: [1])
+    // The removed replica applied its removal and holds one more entry (of its later term).
+    var removed = makeRaft(
+      id: 1, voters: [1, 2], hardState: HardState(term: 2, vote: 1, commit: 2),
+      entries: [first, removal, Entry(term: 2, index: 3)])
+    XCTAssertEqual(removed.membership.voters, [2])
+    var remaining = makeRaft(id: 2, voters: [1, 2], hardState: HardState(term: 2, commit: 1), entries: [first, removal])
+    for _ in 0..<5 {
+      remaining.campaign()
+      for message in drainAll(&remaining) where message.to == 1 { removed.step(message) }
+      for message in drainAll(&removed) where message.to == 2 { remaining.step(message) }
+      drain(&remaining)
+      if remaining.role == .leader { break }
+    }
+    XCTAssertEqual(remaining.membership.voters, [2], "the removal was learned committed and applied")
+    remaining.campaign()
+    drain(&remaining)
+    XCTAssertEqual(remaining.role, .leader)
+    XCTAssertNotEqual(removed.role, .leader)
+  }
+
+  /// A shared commit index is taken only where the log holds the very entry it names.
+  func testSharedCommitNeedsMatchingEntry_Finding3() {
+    var candidate = makeRaft(id: 2, voters: [1, 2, 3], hardState: HardState(term: 3), entries: entries([1, 2]))
+    candidate.campaign()
+    drain(&candidate)
+    candidate.step(
+      Message(kind: .preVoteResponse, from: 1, to: 2, term: 3, logTerm: 3, commit: 2, reject: true))
+    XCTAssertEqual(candidate.committed, 0, "index 2 has term 2 here, not 3")
+    candidate.step(
+      Message(kind: .preVoteResponse, from: 3, to: 2, term: 3, logTerm: 2, commit: 2, reject: true))
+    XCTAssertEqual(candidate.committed, 2)
+  }
+
+  private func drainAll(_ raft: inout Raft) -> [Message] {
+    var messages: [Message] = []
+    while raft.hasReady {
+      let ready = drain(&raft)
+      messages += ready.messages + ready.messagesAfterPersist
+    }
+    return messages
+  }
+
   // MARK: Finding 4: TimeoutNow respects an unapplied configuration change
 
   func testTimeoutNowWaitsForUnappliedConfigChange_Finding4() {

@@ -32,18 +32,20 @@ final class SimulationTests: XCTestCase {
   }
 
   /// Raft paper Figure 3 (Election Safety, Leader Append-Only, Log Matching, Leader Completeness,
-  /// State Machine Safety) on 3-node clusters with 3 groups, 300 seeds.
+  /// State Machine Safety) on 3-node clusters with 4 groups (three, three, one and two voters,
+  /// learners beside the smaller ones), 300 seeds.
   func testSafetyAndLivenessThreeNodes_Figure3() throws {
-    let summary = try run(seeds: 1...300, nodes: 3, groups: 3)
-    assertNoViolation(summary, nodes: 3, groups: 3)
+    let summary = try run(seeds: 1...300, nodes: 3, groups: 4)
+    assertNoViolation(summary, nodes: 3, groups: 4)
     XCTAssertEqual(summary.seeds, 300)
     XCTAssertGreaterThan(summary.entriesCommitted, 10_000, "the workload commits entries")
     XCTAssertGreaterThan(summary.crashes, 100, "the faults really happen")
     XCTAssertGreaterThan(summary.coverage.unsyncedHardStates, 1_000, "commit-only hard states go unsynced, and crashes lose them")
-    print(summary.line(nodes: 3, groups: 3))
+    XCTAssertGreaterThan(summary.coverage.leaderCrashesBeforePersist, 100, "leaders die before their first fsync")
+    print(summary.line(nodes: 3, groups: 4))
   }
 
-  /// The same on 5-node clusters with 4 groups (some groups on 3 of the 5 nodes), 150 seeds.
+  /// The same on 5-node clusters with 4 groups (five, three, one and two voters), 150 seeds.
   func testSafetyAndLivenessFiveNodes_Figure3() throws {
     let summary = try run(seeds: 1...150, nodes: 5, groups: 4)
     assertNoViolation(summary, nodes: 5, groups: 4)
@@ -64,6 +66,14 @@ final class SimulationTests: XCTestCase {
     let failure = try XCTUnwrap(summary.failures.first, "the planted bug went unnoticed for 2000 seeds")
     XCTAssertNotEqual(failure.violation?.property, "Liveness")
     XCTAssertLessThan(failure.seed, 2000)
+  }
+
+  /// Issue 9 finding 1's old behaviour (a Ready that changes the term sends early), planted,
+  /// is caught: a one-voter leader's appends leave before its new term is durable.
+  func testPlantedSendBeforeTermDurableIsCaught_Finding1() throws {
+    let summary = try run(seeds: 1...500, nodes: 3, groups: 4, bug: .sendBeforeTermDurable)
+    let failure = try XCTUnwrap(summary.failures.first, "the planted bug went unnoticed for 500 seeds")
+    XCTAssertEqual(failure.violation?.property, "Durable Term")
   }
 
   /// The planted bug is caught on five nodes as well.
@@ -124,6 +134,8 @@ final class SimulationTests: XCTestCase {
       (8, 3, 3, 3000, "lease without CheckQuorum and no stale-term reply stranded a leader"),
       (1187, 3, 3, 3000, "removed leader restarted holding entries the joint voters needed"),
       (71, 3, 2, 8000, "stalled-window probes raced appends on a slow network and starved a learner"),
+      (34, 3, 4, 3000, "a removed replica held the newest log and refused the only voter that needed its vote"),
+      (22, 3, 4, 3000, "a one-voter leader crashed before its fsync and won the same term again"),
     ]
     for case let (seed, nodes, groups, events, what) in pinned {
       var options = SimulationOptions(seed: seed)
