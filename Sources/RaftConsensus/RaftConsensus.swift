@@ -28,8 +28,11 @@ import WriteAheadLog
 /// `forwardsUnansweredBy`); the leader proposes it and answers the index and term (or why not) in
 /// its own early batch of that turn; the follower answers the client once it applies that index.
 /// Log Matching makes the answer exact: the entry applied there is the write exactly when its
-/// term is the one the leader named. Forwards past `WireLimits.forwardsPerBatchMax` or
-/// `forwardDataBytesPerBatchMax` go in further batches of the same turn.
+/// term is the one the leader named. What does not fit one batch (`WireLimits.batchBytesTarget`,
+/// and the per-batch counts) goes in further batches of the same turn (`MessageBatch.packed`).
+///
+/// Snapshots larger than `snapshotInlineBytesMax` stream in chunks (`SnapshotStreams`), a tick's
+/// budget per destination at a time, and the receiver assembles them before its core sees them.
 ///
 /// Membership changes (`addPeer`, `removePeer`, `changePeer`) run at the leader as a sequence of
 /// configuration-change entries (`MembershipChange`), each waited for until applied; their
@@ -111,6 +114,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   private var heldHeartbeatResponses: [ReplicaID: [UInt64: Message]] = [:]
   /// The WAL's segment count after the last round of snapshots forced by `walSegmentsSoftMax`.
   private var segmentsAfterForcedSnapshots = 0
+  /// Snapshots streamed to followers and being assembled from leaders (finding 5 of issue 9).
+  private var snapshotStreams: SnapshotStreams
 
   private enum Phase { case created, running, stopping, stopped }
 
@@ -154,6 +159,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     var forwards = ForwardCounts()
     var snapshotsTaken: UInt64 = 0
     var snapshotsInstalled: UInt64 = 0
+    var snapshotChunksSent: UInt64 = 0
+    var snapshotChunksReceived: UInt64 = 0
     var wal = WALStatistics()
   }
 
@@ -190,6 +197,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     self.options = options
     self.transport = transport
     self.tickNanoseconds = options.tickIntervalMs * 1_000_000
+    self.snapshotStreams = SnapshotStreams(chunkBytes: options.snapshotChunkBytes)
     var logger = logger ?? Logger(label: "caucus.raft")
     logger[metadataKey: "node"] = "\(config.localPeer.node)"
     self.logger = logger
@@ -399,7 +407,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       // Heartbeats that only confirm liveness (no ReadIndex round) can wait for the next tick:
       // an idle node then wakes once per tick, not once per peer batch as well.
       let livenessOnly =
-        batch.messages.isEmpty && batch.forwards.isEmpty && batch.heartbeats.allSatisfy { $0.context == 0 }
+        batch.messages.isEmpty && batch.forwards.isEmpty && batch.snapshotChunks.isEmpty
+        && batch.heartbeats.allSatisfy { $0.context == 0 }
       enqueue(.batch(batch), urgent: !livenessOnly)
     }
   }
@@ -623,6 +632,12 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       metrics.forwards.refusedForPeers)
     counter("caucus_raft_snapshots_taken_total", "Snapshots taken of local state machines.", metrics.snapshotsTaken)
     counter("caucus_raft_snapshots_installed_total", "Snapshots received from leaders and installed.", metrics.snapshotsInstalled)
+    counter(
+      "caucus_raft_snapshot_chunks_sent_total", "Chunks of snapshots too large to send inline, sent to followers.",
+      metrics.snapshotChunksSent)
+    counter(
+      "caucus_raft_snapshot_chunks_received_total", "Chunks of streamed snapshots received from leaders.",
+      metrics.snapshotChunksReceived)
     counter("caucus_wal_segments_released_total", "Write-ahead log segments released after snapshots.", metrics.wal.segmentsReleased)
     let sorted = views.sorted { $0.0 < $1.0 }
     text += "# HELP caucus_group_is_leader Whether this node leads the group.\n# TYPE caucus_group_is_leader gauge\n"
@@ -663,6 +678,11 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     /// Snapshot files written this turn (received from a leader): segments may be released.
     var snapshotsWritten = 0
     var snapshotsInstalled = 0
+    /// Chunks of streamed snapshots for the early batches, and the streams they finished.
+    var snapshotChunks: [ReplicaID: [SnapshotChunk]] = [:]
+    var snapshotStreamsFinished: [SnapshotStreams.Key] = []
+    var snapshotChunksReceived = 0
+    var snapshotChunksSent = 0
   }
 
   private func runLoop(_ wal: WriteAheadLog) {
@@ -691,10 +711,31 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       // A Ready's `messages` (a leader's appends and heartbeats) may leave before its own fsync,
       // so followers persist while the leader does: one batch per destination now, one after.
       var early: [ReplicaID: [GroupMessage]] = [:]
+      var streamStarted = false
       for (replica, ready) in readies {
         for message in ready.messages {
+          if streams(message) {
+            snapshotStreams.start(message, group: replica.id.packed)
+            streamStarted = true
+            continue
+          }
           early[message.to, default: []].append(GroupMessage(group: replica.id.packed, message: message))
         }
+      }
+      // Streamed snapshots send a tick's share of their chunks per tick (and at once when one
+      // starts), beside the early batch.
+      if ticked {
+        let dropped = snapshotStreams.tick(idleTicksMax: options.snapshotAssemblyIdleTicksMax)
+        if dropped > 0 { logger.notice("dropped idle snapshot assemblies", metadata: ["count": "\(dropped)"]) }
+      }
+      if ticked || streamStarted {
+        let (chunks, finished) = snapshotStreams.takeChunks(bytesPerDestination: options.snapshotStreamBytesPerTick) {
+          key, term in
+          guard let id = GroupID(packed: key.group), let replica = live[id] else { return false }
+          return replica.raft.role == .leader && replica.raft.term == term
+        }
+        turn.snapshotChunks = chunks
+        turn.snapshotStreamsFinished = finished
       }
       // Held heartbeat responses ride with this turn's batches; at a tick every one leaves.
       releaseHeldHeartbeatResponses(into: &early, all: ticked)
@@ -726,7 +767,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         forwardsUnansweredBy[node] = forwardsUnansweredBy[node] ?? 0
       }
       for node in forwardsAfterSync.keys { forwardsUnansweredBy[node] = forwardsUnansweredBy[node] ?? 0 }
-      let sentEarly = send(early, forwards: forwardsNow, &turn)
+      let sentEarly = send(early, forwards: forwardsNow, chunks: turn.snapshotChunks, &turn)
       do {
         try persist(readies, &turn, wal)
         if !turn.records.isEmpty { try wal.append(turn.records) }
@@ -749,7 +790,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         }
       }
       releaseHeldHeartbeatResponses(into: &turn.outgoing, all: false)
-      let sentAfter = send(turn.outgoing, forwards: forwardsAfterSync, &turn)
+      let sentAfter = send(turn.outgoing, forwards: forwardsAfterSync, chunks: [:], &turn)
       let sent = (
         batches: sentEarly.batches + sentAfter.batches, messages: sentEarly.messages + sentAfter.messages,
         heartbeats: sentEarly.heartbeats + sentAfter.heartbeats)
@@ -758,11 +799,16 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         replica.raft.advance(ready)
         // The transport reports no delivery: count a snapshot as delivered; if it was lost, the
         // follower's next response shows it and the leader probes (and sends it) again.
-        for message in ready.messages where message.kind == .snapshot {
+        for message in ready.messages where message.kind == .snapshot && !streams(message) {
           replica.raft.reportSnapshot(to: message.to, failed: false)
         }
         if !replica.transfers.isEmpty { settleTransfers(replica, now: now, &turn) }
         if replica.membershipChange != nil { settleMembershipChange(replica, now: now, &turn) }
+      }
+      // A streamed snapshot whose last chunk left counts as delivered, as an inline one does.
+      for key in turn.snapshotStreamsFinished {
+        guard let id = GroupID(packed: key.group), let replica = live[id] else { continue }
+        replica.raft.reportSnapshot(to: key.replica, failed: false)
       }
       let touched = ticked ? Array(live.values) : readies.map(\.0)
       for replica in touched { replica.refreshView() }
@@ -817,6 +863,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         replica.raft.step(item.message)
       }
       for forward in batch.forwards { handle(forward, from: batch.fromNode, &turn) }
+      for chunk in batch.snapshotChunks { receive(chunk, from: batch.fromNode, &turn) }
       if batch.forwards.contains(where: { !$0.isProposal }) { forwardsUnansweredBy[batch.fromNode] = nil }
     case .undelivered(let node, let forwards):
       keepUnsent(forwards, to: node, &turn)
@@ -890,6 +937,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       turn.records.append(RaftStorage.groupDeletedRecord(group: id))
       turn.groupsWithRecords.insert(id)
       failAllWaiting(replica, .groupNotFound(id), &turn)
+      snapshotStreams.forget(group: id.packed)
       let walBox = UncheckedSendableBox(wal)
       turn.onDurable.append { [self] result in
         guard case .success = result else { return completion(result) }
@@ -1497,43 +1545,79 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     }
   }
 
-  /// Hands one batch per destination node to the transport, and more for forwards past one
-  /// batch's share (`forwardChunks`). Forwards in a batch the transport dropped are kept for the
-  /// next turn. Heartbeats between the two nodes travel coalesced (`MessageBatch.coalescing`).
-  /// Returns the batches, the messages (a coalesced heartbeat section counts as one) and the
-  /// heartbeats coalesced into those sections.
+  /// Hands this turn's messages, forwards and snapshot chunks for each destination to the
+  /// transport, packed into as few batches as keep each under `WireLimits.batchBytesTarget`
+  /// (`MessageBatch.packed`): one batch per destination in the common case. Forwards in a batch
+  /// the transport dropped are kept for the next turn. Heartbeats between the two nodes travel
+  /// coalesced. Returns the batches, the messages (a coalesced heartbeat section counts as one)
+  /// and the heartbeats coalesced into those sections.
   private func send(
-    _ outgoing: [ReplicaID: [GroupMessage]], forwards: [ReplicaID: [ForwardedProposal]], _ turn: inout Turn
+    _ outgoing: [ReplicaID: [GroupMessage]], forwards: [ReplicaID: [ForwardedProposal]],
+    chunks: [ReplicaID: [SnapshotChunk]], _ turn: inout Turn
   ) -> (batches: Int, messages: Int, heartbeats: Int) {
     var batches = 0
     var messages = 0
     var heartbeats = 0
-    for destination in Set(outgoing.keys).union(forwards.keys) {
+    for destination in Set(outgoing.keys).union(forwards.keys).union(chunks.keys) {
       let items = outgoing[destination] ?? []
-      let chunks = forwardChunks(forwards[destination] ?? [])
+      let destinationForwards = forwards[destination] ?? []
+      let destinationChunks = chunks[destination] ?? []
       // The endpoint of a destination: any group that has it as a peer knows it.
-      let groups = items.lazy.map(\.group) + (forwards[destination] ?? []).lazy.map(\.group)
+      let groups = items.lazy.map(\.group) + destinationForwards.lazy.map(\.group) + destinationChunks.lazy.map(\.group)
       guard destination != 0,
         let peer = groups.lazy.compactMap({ GroupID(packed: $0).flatMap { self.live[$0] }?.peer(destination) }).first
           ?? live.values.lazy.compactMap({ $0.peer(destination) }).first
       else {
-        for chunk in chunks { keepUnsent(chunk, to: destination, &turn) }
+        keepUnsent(destinationForwards[...], to: destination, &turn)
         continue
       }
-      for (position, chunk) in chunks.enumerated() {
-        var batch = MessageBatch.coalescing(
-          fromNode: localPeer.node.rawValue, toNode: destination, messages: position == 0 ? items : [])
-        batch.forwards = Array(chunk)
+      let packed = MessageBatch.packed(
+        fromNode: localPeer.node.rawValue, toNode: destination, messages: items, forwards: destinationForwards,
+        snapshotChunks: destinationChunks)
+      for batch in packed {
+        let carried = batch.forwards[...]
         var undelivered: (@Sendable () -> Void)?
-        if !chunk.isEmpty { undelivered = { [weak self] in self?.undelivered(chunk, to: destination) } }
+        if !carried.isEmpty { undelivered = { [weak self] in self?.undelivered(carried, to: destination) } }
         transport.send(batch: WireCodec.encode(batch), to: peer.node, endpoint: peer.endpoint, undelivered: undelivered)
         batches += 1
         messages += batch.messages.count + (batch.heartbeats.isEmpty ? 0 : 1)
         heartbeats += batch.heartbeats.count
-        turn.forwardCounts.sent += UInt64(chunk.lazy.filter(\.isProposal).count)
+        turn.forwardCounts.sent += UInt64(carried.lazy.filter(\.isProposal).count)
+        turn.snapshotChunksSent += batch.snapshotChunks.count
       }
     }
     return (batches, messages, heartbeats)
+  }
+
+  /// Whether the core's `message` is a snapshot this host streams in chunks rather than sends
+  /// inline: one larger than `snapshotInlineBytesMax`.
+  private func streams(_ message: Message) -> Bool {
+    guard message.kind == .snapshot, let snapshot = message.snapshot else { return false }
+    return snapshot.data.count > options.snapshotInlineBytesMax
+  }
+
+  /// One chunk of a snapshot a leader streams to this node: once every chunk is in, the whole
+  /// `.snapshot` message is stepped into the group's core.
+  private func receive(_ chunk: SnapshotChunk, from node: ReplicaID, _ turn: inout Turn) {
+    guard chunk.from == node, chunk.to == localPeer.node.rawValue, let id = GroupID(packed: chunk.group),
+      let replica = live[id]
+    else { return }
+    turn.snapshotChunksReceived += 1
+    switch snapshotStreams.receive(chunk, bytesMax: options.snapshotAssemblyBytesMax) {
+    case .complete(let message):
+      logger.info(
+        "streamed snapshot received",
+        metadata: ["group": "\(id)", "index": "\(chunk.snapshotIndex)", "bytes": "\(chunk.totalBytes)"])
+      replica.raft.step(message)
+    case .pending:
+      break
+    case .refused:
+      logger.warning(
+        "refused a streamed snapshot: assemblies would exceed raft.snapshotAssemblyBytesMax",
+        metadata: [
+          "group": "\(id)", "bytes": "\(chunk.totalBytes)", "limit": "\(options.snapshotAssemblyBytesMax)",
+        ])
+    }
   }
 
   /// This turn's forwards split into the leader's answers and our own proposals.
@@ -1552,30 +1636,6 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       }
     }
     return (answers, proposals)
-  }
-
-  /// Splits one destination's forwards into batches of at most `forwardsPerBatchMax` forwards
-  /// and `forwardDataBytesPerBatchMax` bytes (but at least one forward). Always one chunk, maybe
-  /// empty, to go with the messages.
-  private func forwardChunks(_ forwards: [ForwardedProposal]) -> [ArraySlice<ForwardedProposal>] {
-    var chunks: [ArraySlice<ForwardedProposal>] = []
-    var start = 0
-    var bytes = 0
-    for (position, forward) in forwards.enumerated() {
-      var size = ForwardedProposal.headerBytes
-      if case .proposal(let command) = forward.body { size += command.count }
-      if position > start
-        && (position - start == WireLimits.forwardsPerBatchMax || bytes + size > WireLimits.forwardDataBytesPerBatchMax)
-      {
-        chunks.append(forwards[start..<position])
-        start = position
-        bytes = 0
-      }
-      bytes += size
-    }
-    chunks.append(forwards[start...])
-    precondition(chunks.allSatisfy { $0.count <= WireLimits.forwardsPerBatchMax }, "chunks respect the wire limit")
-    return chunks
   }
 
   /// Steps 4–5 of the Ready contract for one group: apply, answer writes, serve read indexes.
@@ -1737,6 +1797,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       metrics.writesCommitted += UInt64(turn.writesCommitted)
       metrics.forwards += turn.forwardCounts
       metrics.snapshotsInstalled += UInt64(turn.snapshotsInstalled)
+      metrics.snapshotChunksSent += UInt64(turn.snapshotChunksSent)
+      metrics.snapshotChunksReceived += UInt64(turn.snapshotChunksReceived)
       metrics.wal = statistics
       writesOutstanding -= turn.writesAnswered
       writeBytesOutstanding -= turn.writeBytesAnswered

@@ -62,6 +62,21 @@ public struct RaftConsensusOptions: Sendable {
   /// answered `timeout(indeterminate: true)`: its entries may still commit. It covers every step,
   /// including a new member catching up, which takes as long as copying the group's data.
   public var membershipChangeTimeoutMs: UInt64 = 60_000
+  /// A snapshot for a follower whose data exceeds this travels as chunks over several batches
+  /// instead of inline in one message: a batch then never outgrows what a receiver accepts
+  /// (`WireLimits.batchBytesTarget`, the consensus port's body limit), and one large group's
+  /// catch-up cannot hold up every other group's messages in the same batch.
+  public var snapshotInlineBytesMax = 4 << 20
+  /// The size of one streamed snapshot chunk.
+  public var snapshotChunkBytes = 1 << 20
+  /// Chunk bytes sent to one destination per tick, over all snapshots streaming to it: paces a
+  /// large catch-up so the transport's per-peer queue (and the link) keep room for other groups.
+  public var snapshotStreamBytesPerTick = 16 << 20
+  /// Bytes of snapshots being assembled from leaders at once; past it a new stream is refused
+  /// (its leader sends it again later). Bounds the memory a follower spends on catch-ups.
+  public var snapshotAssemblyBytesMax = 1 << 30
+  /// Ticks an assembly may go without a new chunk before it is dropped (its leader gave up).
+  public var snapshotAssemblyIdleTicksMax = 100
   /// Seed for the election-timeout jitter of every group (mixed with the node and group ids).
   /// Nil: taken from the clock at start.
   public var seed: UInt64? = nil
@@ -89,6 +104,17 @@ public struct RaftConsensusOptions: Sendable {
     if let value = try number("walSegmentsSoftMax", 2...100_000) { walSegmentsSoftMax = Int(value) }
     if let value = try number("groupsMax", 1...UInt64(WireLimits.heartbeatsPerBatchMax / 2)) { groupsMax = Int(value) }
     if let value = try number("walSegmentBytes", 1 << 16...1 << 34) { wal.segmentBytesMax = value }
+    if let value = try number("snapshotInlineBytesMax", 0...UInt64(WireLimits.batchBytesTarget / 2)) {
+      snapshotInlineBytesMax = Int(value)
+    }
+    if let value = try number(
+      "snapshotChunkBytes", UInt64(WireLimits.snapshotChunkBytesMin)...UInt64(WireLimits.snapshotChunkBytesMax))
+    {
+      snapshotChunkBytes = Int(value)
+    }
+    if let value = try number("snapshotStreamBytesPerTick", 1...1 << 30) { snapshotStreamBytesPerTick = Int(value) }
+    if let value = try number("snapshotAssemblyBytesMax", 1 << 20...1 << 40) { snapshotAssemblyBytesMax = Int(value) }
+    if let value = try number("snapshotAssemblyIdleTicksMax", 1...1_000_000) { snapshotAssemblyIdleTicksMax = Int(value) }
     try validate()
   }
 
@@ -107,6 +133,17 @@ public struct RaftConsensusOptions: Sendable {
     guard pendingWritesMax >= 1, pendingWriteBytesMax >= 1, inboundBatchesMax >= 1, readWaitersMax >= 1,
       pendingControlMax >= 1, walSegmentsSoftMax >= 2
     else { throw .invalidRequest("queue limits must be ≥ 1") }
+    guard snapshotInlineBytesMax >= 0, snapshotInlineBytesMax <= WireLimits.batchBytesTarget / 2 else {
+      throw .invalidRequest("snapshotInlineBytesMax must be 0 to \(WireLimits.batchBytesTarget / 2)")
+    }
+    guard snapshotChunkBytes >= WireLimits.snapshotChunkBytesMin, snapshotChunkBytes <= WireLimits.snapshotChunkBytesMax
+    else {
+      throw .invalidRequest(
+        "snapshotChunkBytes must be \(WireLimits.snapshotChunkBytesMin) to \(WireLimits.snapshotChunkBytesMax)")
+    }
+    guard snapshotStreamBytesPerTick >= 1, snapshotAssemblyBytesMax >= 1, snapshotAssemblyIdleTicksMax >= 1 else {
+      throw .invalidRequest("snapshot stream limits must be ≥ 1")
+    }
     guard groupsMax >= 1, groupsMax <= WireLimits.heartbeatsPerBatchMax / 2 else {
       throw .invalidRequest("groupsMax must be 1 to \(WireLimits.heartbeatsPerBatchMax / 2)")
     }

@@ -2,8 +2,8 @@
 // little-endian integers, length-prefixed, and every decode bounds-checked: hostile bytes are an
 // error, never a crash and never an unbounded allocation.
 //
-// batch    := magic "CAUB" · version u8 (=2) · fromNode u64 · toNode u64 · count u32 · item* ·
-//             heartbeatCount u32 · heartbeat* · forwardCount u32 · forward*
+// batch    := magic "CAUB" · version u8 (=3) · fromNode u64 · toNode u64 · count u32 · item* ·
+//             heartbeatCount u32 · heartbeat* · forwardCount u32 · forward* · chunkCount u32 · chunk*
 // item     := group u64 · length u32 · message (exactly `length` bytes)
 // heartbeat:= group u64 · kind u8 (3 heartbeat | 4 heartbeatResponse) · term u64 · commit u64 ·
 //             context u64   (from/to are the batch's nodes: a replica's id is its node's id)
@@ -20,9 +20,14 @@
 // change   := version u8 (=2, configChangeVersion) · stepCount u32 · (kind u8 · replica u64)* ·
 //             contextLength u32 · context     (version 1 had no context; it still decodes)
 //
+// chunk    := group u64 · from u64 · to u64 · term u64 · snapshotIndex u64 · snapshotTerm u64 ·
+//             config · totalBytes u64 · chunkBytes u32 · chunkIndex u32 · dataLength u32 · data
+//
 // Version 2 added the coalesced heartbeats (one section per node pair instead of a message per
 // group) and the forwards: a follower hands a client's write to the group's leader inside the
-// batch it sends anyway (etcd's MsgProp), instead of relaying the whole HTTP request.
+// batch it sends anyway (etcd's MsgProp), instead of relaying the whole HTTP request. Version 3
+// added the snapshot chunks (after the forwards): a snapshot larger than the sender's inline
+// limit travels as chunks over several batches instead of one message no receiver accepts.
 
 /// Upper bounds the decoder enforces; each bounds what a single hostile input can make us do.
 public enum WireLimits {
@@ -43,9 +48,20 @@ public enum WireLimits {
   /// Bounds the loop over forwarded proposals and their answers in one batch. A sender with more
   /// in one turn splits them over several batches.
   public static let forwardsPerBatchMax = 1 << 14
-  /// What a sender puts of forwarded commands in one batch (at least one, whatever its size),
-  /// so that a batch stays well under `batchBytesMax` beside the turn's appends.
-  public static let forwardDataBytesPerBatchMax = 16 << 20
+  /// What a sender puts in one batch (at least one item, whatever its size): batches this size
+  /// stay far below `batchBytesMax` and below what a peer's HTTP route accepts, so no group's
+  /// large message can make a receiver refuse the batch that carries every other group's.
+  public static let batchBytesTarget = 16 << 20
+  /// Bounds the loop over a batch's snapshot chunks.
+  public static let snapshotChunksPerBatchMax = 64
+  /// A stream's chunk size: at least this (bounds a stream's chunk count, so a receiver's
+  /// bookkeeping per stream is small) …
+  public static let snapshotChunkBytesMin = 64 << 10
+  /// … and at most this (one chunk always fits a batch beside other messages).
+  public static let snapshotChunkBytesMax = 8 << 20
+  /// Bounds one streamed snapshot's size; the receiving host keeps a lower limit of its own on
+  /// the bytes it assembles at once.
+  public static let snapshotStreamBytesMax = 1 << 40
 }
 
 public enum WireError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -99,6 +115,9 @@ public struct CoalescedHeartbeat: Equatable, Sendable {
     self.commit = commit
     self.context = context
   }
+
+  /// Bytes of one coalesced heartbeat on the wire.
+  static let wireBytes = 33
 
   /// The message this stands for, from `fromNode`'s replica to `toNode`'s.
   public func message(fromNode: UInt64, toNode: UInt64) -> Message {
@@ -173,16 +192,66 @@ public struct MessageBatch: Equatable, Sendable {
   public var heartbeats: [CoalescedHeartbeat]
   /// Forwarded proposals and their answers; after the heartbeats on the wire.
   public var forwards: [ForwardedProposal]
+  /// Pieces of snapshots too large to travel inline; last on the wire.
+  public var snapshotChunks: [SnapshotChunk]
 
   public init(
     fromNode: UInt64, toNode: UInt64, messages: [GroupMessage], heartbeats: [CoalescedHeartbeat] = [],
-    forwards: [ForwardedProposal] = []
+    forwards: [ForwardedProposal] = [], snapshotChunks: [SnapshotChunk] = []
   ) {
     self.fromNode = fromNode
     self.toNode = toNode
     self.messages = messages
     self.heartbeats = heartbeats
     self.forwards = forwards
+    self.snapshotChunks = snapshotChunks
+  }
+
+  public var isEmpty: Bool { messages.isEmpty && heartbeats.isEmpty && forwards.isEmpty && snapshotChunks.isEmpty }
+
+  /// Bytes of a batch's fixed parts: magic, version, nodes and the four section counts.
+  static let headerBytes = 4 + 1 + 8 + 8 + 4 * 4
+
+  /// Everything one node has for another in one turn, packed into as few batches as keep each
+  /// under `bytesTarget` (an item larger than that travels alone) and within every per-batch
+  /// count limit: the coalesced heartbeats and the first messages go in the first batch, the
+  /// forwards and chunks after the messages. Empty when there is nothing to send.
+  public static func packed(
+    fromNode: UInt64, toNode: UInt64, messages: [GroupMessage], forwards: [ForwardedProposal] = [],
+    snapshotChunks: [SnapshotChunk] = [], bytesTarget: Int = WireLimits.batchBytesTarget
+  ) -> [MessageBatch] {
+    precondition(bytesTarget >= 1, "a positive byte target")
+    let first = coalescing(fromNode: fromNode, toNode: toNode, messages: messages)
+    precondition(first.heartbeats.count <= WireLimits.heartbeatsPerBatchMax, "groupsMax bounds the heartbeats")
+    var batches: [MessageBatch] = []
+    var current = MessageBatch(fromNode: fromNode, toNode: toNode, messages: [], heartbeats: first.heartbeats)
+    var bytes = headerBytes + first.heartbeats.count * CoalescedHeartbeat.wireBytes
+    /// Starts a new batch unless `size` more bytes fit this one (or it holds nothing yet).
+    func makeRoom(_ size: Int, full: Bool) {
+      if (bytes + size > bytesTarget || full) && !current.isEmpty {
+        batches.append(current)
+        current = MessageBatch(fromNode: fromNode, toNode: toNode, messages: [])
+        bytes = headerBytes
+      }
+      bytes += size
+    }
+    for item in first.messages {
+      makeRoom(12 + WireCodec.encodedBytes(item.message), full: current.messages.count == WireLimits.messagesPerBatchMax)
+      current.messages.append(item)
+    }
+    for forward in forwards {
+      var size = ForwardedProposal.headerBytes
+      if case .proposal(let command) = forward.body { size += command.count }
+      makeRoom(size, full: current.forwards.count == WireLimits.forwardsPerBatchMax)
+      current.forwards.append(forward)
+    }
+    for chunk in snapshotChunks {
+      let size = SnapshotChunk.headerBytes + 8 * chunk.config.allReplicas.count + chunk.data.count
+      makeRoom(size, full: current.snapshotChunks.count == WireLimits.snapshotChunksPerBatchMax)
+      current.snapshotChunks.append(chunk)
+    }
+    if !current.isEmpty { batches.append(current) }
+    return batches
   }
 
   /// A batch of `messages` with every heartbeat and heartbeat response between the two nodes
@@ -216,9 +285,9 @@ public struct MessageBatch: Equatable, Sendable {
 }
 
 public enum WireCodec {
-  /// The batch format's version: 2 added the coalesced heartbeats and the forwards. Nodes of one
-  /// cluster run one version.
-  public static let version: UInt8 = 2
+  /// The batch format's version: 2 added the coalesced heartbeats and the forwards, 3 the
+  /// snapshot chunks. Nodes of one cluster run one version.
+  public static let version: UInt8 = 3
   /// The format version of an encoded `ConfigChange`: these live in log entries, in the WAL and in
   /// snapshots, so they keep their own version, apart from the batch's, and every earlier version
   /// still decodes. Version 2 added the context.
@@ -249,7 +318,41 @@ public enum WireCodec {
       writer.u64(heartbeat.context)
     }
     encodeForwards(batch.forwards, &writer)
+    precondition(batch.snapshotChunks.count <= WireLimits.snapshotChunksPerBatchMax, "the sender splits chunks over batches")
+    writer.u32(UInt32(batch.snapshotChunks.count))
+    for chunk in batch.snapshotChunks {
+      writer.u64(chunk.group)
+      writer.u64(chunk.from)
+      writer.u64(chunk.to)
+      writer.u64(chunk.term)
+      writer.u64(chunk.snapshotIndex)
+      writer.u64(chunk.snapshotTerm)
+      encodeConfig(chunk.config, &writer)
+      writer.u64(UInt64(chunk.totalBytes))
+      writer.u32(UInt32(chunk.chunkBytes))
+      writer.u32(UInt32(chunk.chunkIndex))
+      writer.u32(UInt32(chunk.data.count))
+      writer.bytes.append(contentsOf: chunk.data)
+    }
     return writer.bytes
+  }
+
+  static func encodeConfig(_ config: ConfigState, _ writer: inout ByteWriter) {
+    for list in [config.voters, config.votersOutgoing, config.learners] {
+      writer.u32(UInt32(list.count))
+      for replica in list { writer.u64(replica) }
+    }
+  }
+
+  /// The bytes `encode(message)` produces, without encoding it: what a sender packs by.
+  public static func encodedBytes(_ message: Message) -> Int {
+    var bytes = 1 + 8 * 8 + 1 + 4 + 1
+    for entry in message.entries { bytes += Entry.headerBytes + entry.data.count }
+    if let snapshot = message.snapshot {
+      bytes += 8 + 8 + 4 * 3 + 8 * (snapshot.config.voters.count + snapshot.config.votersOutgoing.count + snapshot.config.learners.count)
+      bytes += 4 + snapshot.data.count
+    }
+    return bytes
   }
 
   /// The forwards section, last in the batch.
@@ -310,10 +413,7 @@ public enum WireCodec {
       writer.u8(1)
       writer.u64(snapshot.index)
       writer.u64(snapshot.term)
-      for list in [snapshot.config.voters, snapshot.config.votersOutgoing, snapshot.config.learners] {
-        writer.u32(UInt32(list.count))
-        for replica in list { writer.u64(replica) }
-      }
+      encodeConfig(snapshot.config, &writer)
       writer.u32(UInt32(snapshot.data.count))
       writer.bytes.append(contentsOf: snapshot.data)
     } else {
@@ -377,9 +477,72 @@ public enum WireCodec {
           commit: try reader.u64(), context: try reader.u64()))
     }
     let forwards = try decodeForwards(&reader)
+    let chunks = try decodeSnapshotChunks(&reader)
     guard reader.remaining == 0 else { throw .trailingBytes(count: reader.remaining) }
     return MessageBatch(
-      fromNode: fromNode, toNode: toNode, messages: messages, heartbeats: heartbeats, forwards: forwards)
+      fromNode: fromNode, toNode: toNode, messages: messages, heartbeats: heartbeats, forwards: forwards,
+      snapshotChunks: chunks)
+  }
+
+  /// The snapshot chunks section. Each chunk's size fields are checked against each other: a
+  /// chunk size within the wire's limits, an index within the stream, and exactly the data
+  /// length that index must have, so an assembly never writes outside its buffer.
+  static func decodeSnapshotChunks(_ reader: inout ByteReader) throws(WireError) -> [SnapshotChunk] {
+    let count = try reader.count("snapshot chunk count", limit: WireLimits.snapshotChunksPerBatchMax)
+    var chunks: [SnapshotChunk] = []
+    for _ in 0..<count {
+      let headOffset = reader.offset
+      let group = try reader.u64()
+      let from = try reader.u64()
+      let to = try reader.u64()
+      guard from != 0, to != 0 else { throw .invalidField(name: "snapshot chunk replica id 0", offset: headOffset) }
+      let term = try reader.u64()
+      let snapshotIndex = try reader.u64()
+      let snapshotTerm = try reader.u64()
+      let config = try decodeConfig(&reader)
+      let totalOffset = reader.offset
+      let total = try reader.u64()
+      guard total >= 1, total <= UInt64(WireLimits.snapshotStreamBytesMax) else {
+        throw .invalidField(name: "snapshot chunk total bytes", offset: totalOffset)
+      }
+      let sizeOffset = reader.offset
+      let chunkBytes = Int(try reader.u32())
+      guard chunkBytes >= WireLimits.snapshotChunkBytesMin, chunkBytes <= WireLimits.snapshotChunkBytesMax else {
+        throw .invalidField(name: "snapshot chunk size", offset: sizeOffset)
+      }
+      let totalBytes = Int(total)
+      let indexOffset = reader.offset
+      let chunkIndex = Int(try reader.u32())
+      guard chunkIndex < SnapshotChunk.chunkCount(totalBytes: totalBytes, chunkBytes: chunkBytes) else {
+        throw .invalidField(name: "snapshot chunk index", offset: indexOffset)
+      }
+      let lengthOffset = reader.offset
+      let length = try reader.count("snapshot chunk data length", limit: WireLimits.snapshotChunkBytesMax)
+      guard length == SnapshotChunk.expectedBytes(totalBytes: totalBytes, chunkBytes: chunkBytes, chunkIndex: chunkIndex)
+      else { throw .invalidField(name: "snapshot chunk data length", offset: lengthOffset) }
+      chunks.append(
+        SnapshotChunk(
+          group: group, from: from, to: to, term: term, snapshotIndex: snapshotIndex, snapshotTerm: snapshotTerm,
+          config: config, totalBytes: totalBytes, chunkBytes: chunkBytes, chunkIndex: chunkIndex,
+          data: Array(try reader.take(length))))
+    }
+    return chunks
+  }
+
+  static func decodeConfig(_ reader: inout ByteReader) throws(WireError) -> ConfigState {
+    var lists: [[ReplicaID]] = []
+    for name in ["voters", "outgoing voters", "learners"] {
+      let listOffset = reader.offset
+      let count = try reader.count(name, limit: WireLimits.replicasPerConfigMax)
+      var list: [ReplicaID] = []
+      list.reserveCapacity(min(count, reader.remaining / 8))
+      for _ in 0..<count { list.append(try reader.u64()) }
+      guard Set(list).count == list.count, !list.contains(0) else {
+        throw .invalidField(name: name, offset: listOffset)
+      }
+      lists.append(list)
+    }
+    return ConfigState(voters: lists[0], votersOutgoing: lists[1], learners: lists[2])
   }
 
   /// The forwards section. Each forward is checked against its tag: the fields the tag does not
@@ -476,23 +639,10 @@ public enum WireCodec {
     if try reader.bool("snapshot flag") {
       let index = try reader.u64()
       let term = try reader.u64()
-      var lists: [[ReplicaID]] = []
-      for name in ["voters", "outgoing voters", "learners"] {
-        let listOffset = reader.offset
-        let count = try reader.count(name, limit: WireLimits.replicasPerConfigMax)
-        var list: [ReplicaID] = []
-        list.reserveCapacity(min(count, reader.remaining / 8))
-        for _ in 0..<count { list.append(try reader.u64()) }
-        guard Set(list).count == list.count, !list.contains(0) else {
-          throw .invalidField(name: name, offset: listOffset)
-        }
-        lists.append(list)
-      }
+      let config = try decodeConfig(&reader)
       let length = try reader.count("snapshot data length", limit: WireLimits.snapshotDataBytesMax)
       let data = Array(try reader.take(length))
-      message.snapshot = Snapshot(
-        index: index, term: term,
-        config: ConfigState(voters: lists[0], votersOutgoing: lists[1], learners: lists[2]), data: data)
+      message.snapshot = Snapshot(index: index, term: term, config: config, data: data)
     }
     guard (message.kind == .snapshot) == (message.snapshot != nil) else {
       throw .invalidField(name: "snapshot presence", offset: reader.offset)

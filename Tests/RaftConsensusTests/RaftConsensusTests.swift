@@ -670,6 +670,41 @@ final class RaftConsensusTests: XCTestCase {
     }
   }
 
+  /// Issue 9 finding 5: a group whose state exceeds the inline snapshot limit catches a lagging
+  /// follower up through a streamed snapshot, paced over ticks, while another group on the same
+  /// nodes keeps serving writes.
+  func testAGroupLargerThanTheInlineLimitCatchesUpAFollowerByStreamingWhileOthersWork() throws {
+    let cluster = try TestCluster(nodes: 3) { options in
+      options.snapshotInlineBytesMax = 16 << 10
+      options.snapshotChunkBytes = WireLimits.snapshotChunkBytesMin
+      options.snapshotStreamBytesPerTick = WireLimits.snapshotChunkBytesMin
+    }
+    let other = GroupID(.schemaRegion, 3)
+    try cluster.createGroup(group)
+    try cluster.createGroup(other)
+    let leader = try XCTUnwrap(cluster.waitForLeader(group))
+    let lagging = (leader + 1) % 3
+    cluster.network.isolate(cluster.peers[lagging].node)
+    let value = String(repeating: "v", count: 40 << 10)
+    var last = WriteResult(index: 0, response: [])
+    for number in 0..<12 { last = try cluster.writeToLeader(group, "k\(number)", value, excluding: [lagging]) }
+    for node in 0..<3 where node != lagging {
+      _ = try read(cluster.engine(node), group, "k11", ReadOptions(consistency: .stale, minIndex: last.index))
+      _ = try waitForCompletion { cluster.engine(node).triggerSnapshot(self.group, completion: $0) }.get()
+    }
+    cluster.network.heal(cluster.peers[lagging].node)
+    // The other group works while the stream is under way.
+    for number in 0..<5 { _ = try cluster.writeToLeader(other, "o\(number)", "x") }
+    XCTAssertEqual(
+      try read(cluster.engine(lagging), group, "k11", ReadOptions(consistency: .stale, minIndex: last.index)), value)
+    XCTAssertGreaterThanOrEqual(metric(cluster.engine(lagging), "caucus_raft_snapshots_installed_total"), 1)
+    XCTAssertGreaterThanOrEqual(
+      metric(cluster.engine(lagging), "caucus_raft_snapshot_chunks_received_total"), 480_000 / 65_536,
+      "a snapshot of about half a megabyte arrived in 64 KiB chunks")
+    let sent = cluster.running.map { metric($0, "caucus_raft_snapshot_chunks_sent_total") }.reduce(0, +)
+    XCTAssertGreaterThanOrEqual(sent, 7)
+  }
+
   func testAutomaticSnapshotsReleaseWALSegmentsAndRestartKeepsEveryWrite() throws {
     let cluster = try TestCluster(nodes: 3) { options in
       options.snapshotEntriesThreshold = 25

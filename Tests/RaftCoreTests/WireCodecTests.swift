@@ -57,15 +57,16 @@ final class WireCodecTests: XCTestCase {
   func testFixedWidthLittleEndianLayout() {
     let bytes = WireCodec.encode(MessageBatch(fromNode: 0x0102, toNode: 3, messages: []))
     XCTAssertEqual(Array(bytes[0..<4]), Array("CAUB".utf8), "magic")
-    XCTAssertEqual(bytes[4], 2, "version")
+    XCTAssertEqual(bytes[4], 3, "version")
     XCTAssertEqual(Array(bytes[5..<13]), [0x02, 0x01, 0, 0, 0, 0, 0, 0], "from node, little-endian u64")
     XCTAssertEqual(Array(bytes[21..<25]), [0, 0, 0, 0], "message count, u32")
     XCTAssertEqual(Array(bytes[25..<29]), [0, 0, 0, 0], "heartbeat count, u32")
-    XCTAssertEqual(Array(bytes[29..<33]), [0, 0, 0, 0], "forward count, u32, last")
-    XCTAssertEqual(bytes.count, 33)
+    XCTAssertEqual(Array(bytes[29..<33]), [0, 0, 0, 0], "forward count, u32")
+    XCTAssertEqual(Array(bytes[33..<37]), [0, 0, 0, 0], "snapshot chunk count, u32, last")
+    XCTAssertEqual(bytes.count, 37)
     let heartbeat = CoalescedHeartbeat(group: 0x0A, isResponse: true, term: 5, commit: 6, context: 7)
     let one = WireCodec.encode(MessageBatch(fromNode: 1, toNode: 2, messages: [], heartbeats: [heartbeat]))
-    XCTAssertEqual(one.count, 33 + 33, "a coalesced heartbeat is 33 bytes")
+    XCTAssertEqual(one.count, 37 + 33, "a coalesced heartbeat is 33 bytes")
     XCTAssertEqual(Array(one[25..<29]), [1, 0, 0, 0])
     XCTAssertEqual(Array(one[29..<37]), [0x0A, 0, 0, 0, 0, 0, 0, 0], "group")
     XCTAssertEqual(one[37], MessageKind.heartbeatResponse.rawValue, "kind")
@@ -109,7 +110,7 @@ final class WireCodecTests: XCTestCase {
     let bytes = WireCodec.encode(batch)
     XCTAssertEqual(Array(bytes[25..<29]), [0, 0, 0, 0], "heartbeat count")
     XCTAssertEqual(Array(bytes[29..<33]), [1, 0, 0, 0], "forward count")
-    let forward = Array(bytes[33...])
+    let forward = Array(bytes[33..<(bytes.count - 4)])
     XCTAssertEqual(forward.count, ForwardedProposal.headerBytes)
     XCTAssertEqual(forward[0], 3, "tag: refused")
     XCTAssertEqual(Array(forward[1..<9]), [0x0B, 0x0A, 0, 0, 0, 0, 0, 0], "group")
@@ -161,7 +162,7 @@ final class WireCodecTests: XCTestCase {
     var bytes = WireCodec.encode(Self.sampleBatch())
     bytes[0] = 0x58
     XCTAssertThrowsError(try WireCodec.decodeBatch(bytes)) { XCTAssertEqual($0 as? WireError, .badMagic) }
-    for other: UInt8 in [1, 3] {
+    for other: UInt8 in [1, 2, 4] {
       bytes = WireCodec.encode(Self.sampleBatch())
       bytes[4] = other
       XCTAssertThrowsError(try WireCodec.decodeBatch(bytes)) { XCTAssertEqual($0 as? WireError, .unsupportedVersion(other)) }
@@ -190,6 +191,7 @@ final class WireCodecTests: XCTestCase {
     writer.u64(leaderHint)
     writer.u32(dataLength)
     writer.bytes.append(contentsOf: data)
+    writer.u32(0)  // snapshot chunks
     return writer.bytes
   }
 
