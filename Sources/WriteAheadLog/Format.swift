@@ -4,7 +4,12 @@ import Checksum
 
 enum SegmentFormat {
   static let magic: [UInt8] = Array("CAUCUSWL".utf8)
-  static let version: UInt16 = 1
+  /// Version 2 added sync markers (`FrameFormat.syncMarkerKind`). Version 1 segments (no markers)
+  /// are still read; recovery applies version 1's stricter tail rule to them, and the log never
+  /// appends to one (see `WriteAheadLog.recoverSegments`).
+  static let version: UInt16 = 2
+  static let versionOldestReadable: UInt16 = 1
+  static let versionWithSyncMarkers: UInt16 = 2
   /// magic 8 | version u16 | reserved 6 (zero) | sequence u64 | reserved 8 (zero)
   static let headerBytes = 32
   static let filePrefix = "wal-"
@@ -30,9 +35,10 @@ enum SegmentFormat {
     return bytes
   }
 
-  /// Checks a segment header; throws naming the file.
+  /// Checks a segment header; throws naming the file. Returns the segment's format version.
+  @discardableResult
   static func checkHeader(_ bytes: UnsafeRawBufferPointer, file: String, sequence: UInt64)
-    throws(WALError)
+    throws(WALError) -> UInt16
   {
     guard bytes.count >= headerBytes else {
       // Segments are created complete (temporary file, fsync, rename), so a short one was damaged.
@@ -42,7 +48,9 @@ enum SegmentFormat {
     }
     guard bytes.prefix(magic.count).elementsEqual(magic) else { throw .badMagic(file: file) }
     let version = readLittleEndian(bytes, at: 8, as: UInt16.self)
-    guard version == Self.version else { throw .badVersion(file: file, found: version) }
+    guard (versionOldestReadable...Self.version).contains(version) else {
+      throw .badVersion(file: file, found: version)
+    }
     guard bytes[10..<16].allSatisfy({ $0 == 0 }) && bytes[24..<32].allSatisfy({ $0 == 0 }) else {
       throw .corrupt(file: file, offset: 10, reason: "reserved header bytes are not zero")
     }
@@ -51,6 +59,7 @@ enum SegmentFormat {
       throw .corrupt(
         file: file, offset: 16, reason: "header says segment \(found), file name says \(sequence)")
     }
+    return version
   }
 }
 
@@ -60,23 +69,47 @@ enum FrameFormat {
   /// kind u8 | group u64 | index u64 | term u64 (then the payload)
   static let recordFixedBytes = 25
 
+  /// Kind byte of a sync marker: the log's own frame, never a `WALRecordKind` and never replayed.
+  /// Group 0, index = the marker's own offset in its segment, term = the segment's sequence, no
+  /// payload. It is written after a sync completed, with the next write to the segment, so finding
+  /// it on disk proves every byte before it was synced (see `WriteAheadLog`, "Recovery").
+  static let syncMarkerKind: UInt8 = 0xFF
+  static let syncMarkerFrameBytes = headerBytes + recordFixedBytes
+
   /// Appends the frame of `record` to `buffer`. The caller checked the size against the limit.
   /// Hot path (every record written): the fixed fields are stored in place, no per-field appends.
   static func encode(_ record: WALRecord, into buffer: inout [UInt8], recordBytesMax: UInt32) {
-    let recordBytes = recordFixedBytes + record.payload.count
     precondition(
-      recordBytes <= Int(recordBytesMax), "record larger than recordBytesMax reached encode")
+      record.recordBytes <= Int(recordBytesMax), "record larger than recordBytesMax reached encode")
+    encodeFrame(
+      kind: record.kind.rawValue, group: record.group, index: record.index, term: record.term,
+      payload: record.payload, into: &buffer)
+  }
+
+  /// Appends a sync marker for offset `offset` of segment `sequence` to `buffer`; `offset` is where
+  /// the marker will lie in the segment.
+  static func encodeSyncMarker(offset: UInt64, sequence: UInt64, into buffer: inout [UInt8]) {
+    precondition(offset >= UInt64(SegmentFormat.headerBytes), "a marker follows the header")
+    encodeFrame(
+      kind: syncMarkerKind, group: 0, index: offset, term: sequence, payload: [], into: &buffer)
+  }
+
+  private static func encodeFrame(
+    kind: UInt8, group: UInt64, index: UInt64, term: UInt64, payload: [UInt8],
+    into buffer: inout [UInt8]
+  ) {
+    let recordBytes = recordFixedBytes + payload.count
     let start = buffer.count
     buffer.append(contentsOf: repeatElement(0, count: headerBytes + recordFixedBytes))
-    buffer.append(contentsOf: record.payload)
+    buffer.append(contentsOf: payload)
     precondition(buffer.count - start == headerBytes + recordBytes, "frame size")
     buffer.withUnsafeMutableBytes { raw in
       let body = start + headerBytes
       raw.storeBytes(of: UInt32(recordBytes).littleEndian, toByteOffset: start, as: UInt32.self)
-      raw.storeBytes(of: record.kind.rawValue, toByteOffset: body, as: UInt8.self)
-      raw.storeBytes(of: record.group.littleEndian, toByteOffset: body + 1, as: UInt64.self)
-      raw.storeBytes(of: record.index.littleEndian, toByteOffset: body + 9, as: UInt64.self)
-      raw.storeBytes(of: record.term.littleEndian, toByteOffset: body + 17, as: UInt64.self)
+      raw.storeBytes(of: kind, toByteOffset: body, as: UInt8.self)
+      raw.storeBytes(of: group.littleEndian, toByteOffset: body + 1, as: UInt64.self)
+      raw.storeBytes(of: index.littleEndian, toByteOffset: body + 9, as: UInt64.self)
+      raw.storeBytes(of: term.littleEndian, toByteOffset: body + 17, as: UInt64.self)
       let crc = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[body..<(body + recordBytes)]))
       raw.storeBytes(of: crc.littleEndian, toByteOffset: start + 4, as: UInt32.self)
     }
@@ -93,14 +126,47 @@ enum FrameFormat {
     var next: Int
   }
 
+  /// A decoded sync marker's fields, and where the next frame starts.
+  struct SyncMarker {
+    var group: UInt64
+    var offset: UInt64
+    var sequence: UInt64
+    var next: Int
+
+    /// Whether this marker was written where it was found, in this segment: a copy elsewhere (a
+    /// stale block, a payload that holds a frame) proves nothing about what precedes it.
+    func isGenuine(at found: Int, sequence segment: UInt64) -> Bool {
+      group == 0 && offset == UInt64(found) && sequence == segment
+    }
+  }
+
   enum Decoding {
     case valid(Frame)
+    /// CRC-valid sync marker; whether it belongs where it was found is `SyncMarker.isGenuine`.
+    case syncMarker(SyncMarker)
     /// Damaged or incomplete: a torn tail if nothing valid follows, corruption otherwise.
     case invalid(reason: String)
     /// CRC-valid but of a kind this build does not know: never a torn write.
     case unknownKind(UInt8)
     /// CRC-valid, whole, but longer than recordBytesMax (the limit was lowered): never a torn write.
     case oversized(length: UInt32)
+  }
+
+  /// Whether a genuine sync marker of segment `sequence` starts at `offset`. The cheap checks
+  /// (length, kind, offset field) come first: recovery tries every byte offset of a damaged tail.
+  static func isGenuineSyncMarker(
+    _ bytes: UnsafeRawBufferPointer, at offset: Int, end: Int, sequence: UInt64
+  ) -> Bool {
+    guard offset + syncMarkerFrameBytes <= end,
+      readLittleEndian(bytes, at: offset, as: UInt32.self) == UInt32(recordFixedBytes),
+      bytes[offset + headerBytes] == syncMarkerKind,
+      readLittleEndian(bytes, at: offset + headerBytes + 9, as: UInt64.self) == UInt64(offset)
+    else {
+      return false
+    }
+    let decoding = decode(bytes, at: offset, end: end, recordBytesMax: UInt32(recordFixedBytes))
+    guard case .syncMarker(let marker) = decoding else { return false }
+    return marker.isGenuine(at: offset, sequence: sequence)
   }
 
   /// Decodes the frame at `offset`, reading nothing at or past `end`.
@@ -137,6 +203,17 @@ enum FrameFormat {
       return .invalid(reason: "CRC mismatch: stored \(hex8(stored)), computed \(hex8(computed))")
     }
     let kindByte = bytes[recordStart]
+    if kindByte == syncMarkerKind {
+      guard length == UInt32(recordFixedBytes) else {
+        return .invalid(reason: "sync marker with a payload (record length \(length))")
+      }
+      return .syncMarker(
+        SyncMarker(
+          group: readLittleEndian(bytes, at: recordStart + 1, as: UInt64.self),
+          offset: readLittleEndian(bytes, at: recordStart + 9, as: UInt64.self),
+          sequence: readLittleEndian(bytes, at: recordStart + 17, as: UInt64.self),
+          next: recordEnd))
+    }
     guard let kind = WALRecordKind(rawValue: kindByte) else { return .unknownKind(kindByte) }
     let frame = Frame(
       kind: kind,

@@ -73,6 +73,7 @@ public enum WALRecordKind: UInt8, Sendable, CaseIterable {
   case groupCreated = 3
   /// A group was deleted from this node.
   case groupDeleted = 4
+  // 0xFF is taken on disk by the log's own sync markers (`FrameFormat.syncMarkerKind`).
 }
 
 /// One record of the log. `group` is `GroupID.packed`; `index` and `term` mean what `kind` says
@@ -126,7 +127,8 @@ public struct WALStatistics: Sendable, Equatable {
 
   /// Records written by `append`.
   public var recordsAppended: UInt64 = 0
-  /// Bytes written by `append`, frame headers included.
+  /// Bytes written to segments by `append` (and `close`), frame headers and the log's sync
+  /// markers included.
   public var bytesAppended: UInt64 = 0
   /// Segment syncs: each `sync()` that had something to sync (fdatasync) and each fsync of a
   /// segment sealed by a roll.
@@ -160,14 +162,14 @@ public struct WALStatistics: Sendable, Equatable {
 public struct WALRecovery: Sendable, Equatable {
   /// Segment files found (0 for a new log).
   public var segmentsFound: Int = 0
-  /// Records found in them (after truncation).
+  /// Records found in them (after truncation; the log's sync markers are not records).
   public var recordsFound: UInt64 = 0
-  /// The segment whose torn tail was cut, if any.
+  /// The segment whose torn or unsynced tail was cut, if any.
   public var truncatedFile: String? = nil
   /// Where the cut was made (the torn record's frame offset) and how many bytes went.
   public var truncatedOffset: UInt64 = 0
   public var truncatedBytes: UInt64 = 0
-  /// Why the tail was judged torn (the first bad frame's problem).
+  /// Why the tail was cut (the first bad frame's problem; no sync marker followed it).
   public var truncationReason: String? = nil
   /// Leftover temporary files of an interrupted segment roll or snapshot write, removed.
   public var temporaryFilesRemoved: [String] = []
@@ -215,8 +217,9 @@ public enum WALError: Error, CustomStringConvertible, Sendable, Equatable {
     case .badMagic(let file):
       return "\(file) is not a Caucus write-ahead log file (wrong magic). Refusing to start"
     case .badVersion(let file, let found):
-      return
-        "\(file) has format version \(found); this build reads version \(SegmentFormat.version). Refusing to start"
+      return "\(file) has format version \(found); this build reads segment versions "
+        + "\(SegmentFormat.versionOldestReadable) to \(SegmentFormat.version) and snapshot version "
+        + "\(SnapshotFormat.version). Refusing to start"
     case .invalidOptions(let reason):
       return "invalid write-ahead log options: \(reason)"
     case .locked(let directory):

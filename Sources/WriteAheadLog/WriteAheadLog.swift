@@ -19,13 +19,13 @@ import Platform
 /// Not thread-safe, and not `Sendable`: one thread (the engine's loop) owns the log and makes every
 /// call. Calls block on disk I/O, so that thread must not be an event loop.
 ///
-/// # On-disk format (version 1). All integers fixed-width little-endian.
+/// # On-disk format (version 2). All integers fixed-width little-endian.
 /// The directory holds:
 /// - `LOCK`: empty; held with an exclusive `flock` while a log is open, so two logs never share it.
 /// - Segments `wal-<sequence: 16 lowercase hex digits>.log`, sequences contiguous (a gap is
 ///   corruption: a missing file would be silent loss). Each starts with a 32-byte header:
 ///   ```
-///   0  magic "CAUCUSWL" (8 bytes)     8  version u16 = 1     10 reserved (6 bytes, zero)
+///   0  magic "CAUCUSWL" (8 bytes)     8  version u16 = 2     10 reserved (6 bytes, zero)
 ///   16 sequence u64 (= the file name) 24 reserved (8 bytes, zero)
 ///   ```
 ///   followed by records, each framed as
@@ -34,10 +34,15 @@ import Platform
 ///   4  crc u32: CRC-32C (Castagnoli) of the bytes after it (kind ... payload)
 ///   8  kind u8 (WALRecordKind)   9 group u64   17 index u64   25 term u64   33 payload
 ///   ```
-///   A segment is created complete: header written to `<name>.tmp`, fsynced, renamed, directory
-///   fsynced. When the next record would take the current segment past `segmentBytesMax`, the
-///   segment is fsynced (sealed) and a new one created; so every segment but the last ends exactly
-///   after its last record.
+///   A frame of kind 0xFF is a sync marker, the log's own (33 bytes, never replayed): group 0,
+///   index = the marker's own offset in the segment, term = the segment's sequence, no payload.
+///   After a `sync()` completes, the next write to the segment (the next `append`'s, or
+///   `close()`'s) starts with one, so a marker found on disk proves that every byte before it was
+///   synced. Version 1 segments (no markers) are still read; the log appends only to a version 2
+///   segment. A segment is created complete: header written to `<name>.tmp`, fsynced, renamed,
+///   directory fsynced. When the next record would take the current segment past `segmentBytesMax`,
+///   the segment is fsynced (sealed) and a new one created; so every segment but the last ends
+///   exactly after its last frame.
 /// - Snapshots `snapshot-<group: 16 lowercase hex digits>.snap`, written to `<name>.tmp`, fsynced,
 ///   renamed over the old one, directory fsynced:
 ///   ```
@@ -49,13 +54,32 @@ import Platform
 ///
 /// # Recovery (in `init`)
 /// Every segment is read and every record's frame and CRC checked. A wrong magic or version refuses
-/// start (`badMagic`, `badVersion`). A bad frame (short, impossible length, CRC mismatch) in the
-/// LAST segment after which no valid frame can be found at any byte offset is a torn tail from a
-/// crash: the file is truncated there and fsynced (reported in `recovery`). A bad frame in any other
-/// segment, or one followed by a valid frame, or a CRC-valid record of an unknown kind or over
-/// `recordBytesMax` (the limit was lowered since it was written), refuses start
-/// with `WALError.corrupt` naming the file and offset: never silent loss. Records are not kept in
-/// memory; only, per segment, each group's highest `.entry` index (for `releaseSegments`).
+/// start (`badMagic`, `badVersion`). Every segment but the last was fsynced when it was sealed, so
+/// a bad frame (short, impossible length, CRC mismatch, a marker not written where it lies) in one
+/// refuses start with `WALError.corrupt` naming the file and offset: never silent loss. So does a
+/// CRC-valid record of an unknown kind or over `recordBytesMax` (the limit was lowered since it was
+/// written) anywhere. In the LAST segment, a bad frame followed by a genuine sync marker (one whose
+/// offset and sequence say it was written where it lies) is damage to synced bytes and refuses
+/// start too. A bad frame with no genuine marker after it lies past the last point proven synced:
+/// it starts the unsynced tail, which a power loss may leave in any shape (cut short, zeros,
+/// garbage, or a hole followed by frames that did reach the disk); the file is truncated there and
+/// fsynced (reported in `recovery`). Records are not kept in memory; only, per segment, each
+/// group's highest `.entry` index (for `releaseSegments`).
+///
+/// Why markers, written after the sync: appends are not synced one by one (the engine appends a
+/// commit-only turn without `sync()`), and after a power loss the unsynced bytes may come back with
+/// a hole before frames that did reach the disk. Without anything on disk saying how far the syncs
+/// got, recovery must either refuse every such hole (start-up fails after an ordinary power loss)
+/// or cut at the first damage (bit rot in synced records is cut silently). A marker covered by its
+/// own fsync would not do: if the power fails during that fsync, the marker's page may be on disk
+/// and an earlier page not, and nothing was synced. A marker written with the next write after the
+/// sync completed proves the sync by being there at all, costs no fsync and no extra write (it
+/// rides in the next append's write), and 33 bytes per synced turn. What no marker proves is
+/// whether the LAST sync completed (its marker would be the next write): damage in the last synced
+/// turn before a crash reads as unsynced and is cut; a clean `close()` writes the marker for its
+/// sync (when the segment has room), so after one nothing synced is left unproven. A version 1 last
+/// segment has no markers and keeps version 1's rule: a bad frame followed by any valid frame
+/// refuses start.
 public final class WriteAheadLog {
   public let directory: String
   public let options: WALOptions
@@ -95,6 +119,9 @@ public final class WriteAheadLog {
   private var lockFile: File?
   /// Records appended to the current segment since its last sync.
   private var unsynced = false
+  /// A sync of the current segment completed and nothing was written to it since: its next write
+  /// starts with a sync marker. Invariant: true only when the current segment holds records.
+  private var syncMarkerDue = false
   private var frameBuffer: [UInt8] = []
   private var counters = WALStatistics()
 
@@ -141,8 +168,9 @@ public final class WriteAheadLog {
 
   /// Frames `records` and writes them to the current segment: one write for the batch, or one per
   /// segment when the batch crosses `segmentBytesMax` (the full segment is fsynced before the next
-  /// is started). Not durable until `sync()`. A record over `recordBytesMax` refuses the whole batch
-  /// before anything is written. An I/O failure makes the log unusable until reopened.
+  /// is started). The first append after a `sync()` starts with a sync marker. Not durable until
+  /// `sync()`. A record over `recordBytesMax` refuses the whole batch before anything is written.
+  /// An I/O failure makes the log unusable until reopened.
   public func append(_ records: [WALRecord]) throws(WALError) {
     try checkOpen()
     for record in records where record.recordBytes > Int(options.recordBytesMax) {
@@ -155,14 +183,25 @@ public final class WriteAheadLog {
     var bufferedRecords: UInt64 = 0
     do throws(SystemError) {
       for record in records {
+        // A due marker goes just before the batch's first record, in the same segment: if the two
+        // do not fit, the roll makes the marker pointless (it fsyncs this segment and clears it).
+        let markerBytes = syncMarkerDue ? UInt64(FrameFormat.syncMarkerFrameBytes) : 0
         let frameBytes = UInt64(record.frameBytes)
         let segmentHasRecords = current.records + bufferedRecords > 0
+        precondition(!syncMarkerDue || segmentHasRecords, "a marker is due only after records")
         if segmentHasRecords
-          && current.bytes + UInt64(frameBuffer.count) + frameBytes > options.segmentBytesMax
+          && current.bytes + UInt64(frameBuffer.count) + markerBytes + frameBytes
+            > options.segmentBytesMax
         {
           try writeFrameBuffer(records: bufferedRecords)
           bufferedRecords = 0
           try roll()
+        }
+        if syncMarkerDue {
+          precondition(frameBuffer.isEmpty, "the marker precedes the batch")
+          FrameFormat.encodeSyncMarker(
+            offset: current.bytes, sequence: current.sequence, into: &frameBuffer)
+          syncMarkerDue = false
         }
         FrameFormat.encode(record, into: &frameBuffer, recordBytesMax: options.recordBytesMax)
         bufferedRecords += 1
@@ -199,6 +238,7 @@ public final class WriteAheadLog {
       throw .io(error)
     }
     unsynced = false
+    syncMarkerDue = true
   }
 
   /// Calls `visit` with every record in the log, oldest first, reading one segment at a time from
@@ -231,6 +271,14 @@ public final class WriteAheadLog {
                 payload: payload))
             records += 1
             offset = frame.next
+          case .syncMarker(let marker)
+          where marker.isGenuine(at: offset, sequence: segment.sequence):
+            offset = marker.next
+          case .syncMarker(let marker):
+            throw WALError.corrupt(
+              file: segment.path, offset: UInt64(offset),
+              reason: "sync marker of offset \(marker.offset) in segment \(marker.sequence) "
+                + "(changed while the log was open)")
           case .invalid(let reason):
             throw WALError.corrupt(
               file: segment.path, offset: UInt64(offset),
@@ -296,16 +344,31 @@ public final class WriteAheadLog {
   /// Counters since the log was opened.
   public var statistics: WALStatistics { counters }
 
-  /// Syncs what was appended (unless an earlier failure made that pointless) and closes the files.
-  /// Further calls throw `closed`; closing again does nothing.
+  /// Syncs what was appended (unless an earlier failure made that pointless), writes the sync
+  /// marker that proves it (if the segment has room; not synced: only that proof would be lost) and
+  /// closes the files. Further calls throw `closed`; closing again does nothing.
   public func close() throws(WALError) {
     var firstError: SystemError? = nil
-    if case .open = state, unsynced, let file = currentFile {
+    if case .open = state, let file = currentFile {
       do throws(SystemError) {
-        let start = MonotonicClock.nowNanoseconds()
-        try file.syncData()
-        counters.recordSync(nanoseconds: MonotonicClock.nowNanoseconds() &- start)
-        unsynced = false
+        if unsynced {
+          let start = MonotonicClock.nowNanoseconds()
+          try file.syncData()
+          counters.recordSync(nanoseconds: MonotonicClock.nowNanoseconds() &- start)
+          unsynced = false
+          syncMarkerDue = true
+        }
+        let markerBytes = UInt64(FrameFormat.syncMarkerFrameBytes)
+        if syncMarkerDue && current.bytes + markerBytes <= options.segmentBytesMax {
+          var marker: [UInt8] = []
+          FrameFormat.encodeSyncMarker(
+            offset: current.bytes, sequence: current.sequence, into: &marker)
+          precondition(marker.count == FrameFormat.syncMarkerFrameBytes, "marker size")
+          try file.write(all: marker, at: current.bytes)
+          current.bytes += markerBytes
+          counters.bytesAppended += markerBytes
+          syncMarkerDue = false
+        }
       } catch {
         firstError = error
       }
@@ -486,6 +549,9 @@ public final class WriteAheadLog {
     try file.sync()
     counters.recordSync(nanoseconds: MonotonicClock.nowNanoseconds() &- start)
     unsynced = false
+    // Nothing to mark: this segment is sealed (every segment but the last is trusted whole), and
+    // the next one's header was synced when it was created.
+    syncMarkerDue = false
     currentFile = nil
     try file.close()
     sealed.append(current)
@@ -515,7 +581,8 @@ public final class WriteAheadLog {
     return (segment, file)
   }
 
-  /// Finds, checks and (last one only) repairs the segments; creates the first one for a new log.
+  /// Finds, checks and (last one only) repairs the segments; creates the first one for a new log,
+  /// and a new last one when the last is of an older version (markers go only into version 2).
   /// Returns them oldest first, the last with its file open for appending.
   private static func recoverSegments(
     directory: String, options: WALOptions, recovery: inout WALRecovery
@@ -581,8 +648,16 @@ public final class WriteAheadLog {
           recovery.truncationReason = torn.reason
         }
         recovery.recordsFound += segment.records
-        if isLast {
+        if isLast && scan.version >= SegmentFormat.versionWithSyncMarkers {
           segments.append((segment, file))
+        } else if isLast {
+          // Sealed like a roll does (fsync), so that it is trusted whole from now on; appending
+          // markers to it would not help, since its header keeps it under version 1's tail rule.
+          try file.sync()
+          try file.close()
+          segments.append((segment, nil))
+          let next = try createSegment(directory: directory, sequence: sequence + 1)
+          segments.append((next.segment, next.file))
         } else {
           try file.close()
           segments.append((segment, nil))
@@ -598,17 +673,21 @@ public final class WriteAheadLog {
     }
   }
 
-  /// Checks one segment's header and frames. Returns its in-memory index and, for the last segment,
-  /// where a torn tail starts; throws `corrupt` for damage that is not a torn tail.
+  /// Checks one segment's header and frames. Returns its version, its in-memory index and, for the
+  /// last segment, where its unsynced (or torn) tail starts; throws `corrupt` for damage that is
+  /// not in such a tail.
   static func scanSegment(
     _ raw: UnsafeRawBufferPointer, path: String, sequence: UInt64, isLast: Bool,
     recordBytesMax: UInt32
-  ) throws(WALError) -> (segment: Segment, tornAt: (offset: UInt64, reason: String)?) {
-    try SegmentFormat.checkHeader(raw, file: path, sequence: sequence)
+  ) throws(WALError) -> (
+    version: UInt16, segment: Segment, tornAt: (offset: UInt64, reason: String)?
+  ) {
+    let version = try SegmentFormat.checkHeader(raw, file: path, sequence: sequence)
     var segment = Segment(sequence: sequence, path: path, bytes: 0, records: 0, entryIndexMax: [:])
     var offset = SegmentFormat.headerBytes
     let end = raw.count
     while offset < end {
+      let damage: String
       switch FrameFormat.decode(raw, at: offset, end: end, recordBytesMax: recordBytesMax) {
       case .valid(let frame):
         if frame.kind == .entry {
@@ -617,6 +696,17 @@ public final class WriteAheadLog {
         }
         segment.records += 1
         offset = frame.next
+        continue
+      case .syncMarker(let marker) where marker.isGenuine(at: offset, sequence: sequence):
+        offset = marker.next
+        continue
+      case .syncMarker(let marker):
+        // CRC-valid but written elsewhere (a stale block): damage like any other bad frame.
+        damage =
+          "sync marker of offset \(marker.offset) in segment \(marker.sequence) found at offset "
+          + "\(offset) of segment \(sequence)"
+      case .invalid(let reason):
+        damage = reason
       case .unknownKind(let kind):
         throw .corrupt(
           file: path, offset: UInt64(offset), reason: "unknown record kind \(kind) (CRC valid)")
@@ -626,35 +716,63 @@ public final class WriteAheadLog {
           reason:
             "record length \(length) exceeds recordBytesMax \(recordBytesMax) (CRC valid: was the limit lowered?)"
         )
-      case .invalid(let reason):
-        guard isLast else {
-          throw .corrupt(
-            file: path, offset: UInt64(offset), reason: "\(reason), in a sealed segment")
-        }
-        if let valid = firstValidFrame(raw, after: offset, end: end, recordBytesMax: recordBytesMax)
+      }
+      guard isLast else {
+        throw .corrupt(file: path, offset: UInt64(offset), reason: "\(damage), in a sealed segment")
+      }
+      if version < SegmentFormat.versionWithSyncMarkers {
+        // Version 1 wrote no markers: it cannot tell an unsynced hole from damage to synced bytes.
+        if let valid = firstValidFrame(
+          raw, after: offset, end: end, recordBytesMax: recordBytesMax)
         {
           throw .corrupt(
             file: path, offset: UInt64(offset),
-            reason: "\(reason), and a valid record follows at offset \(valid)")
+            reason: "\(damage), and a valid record follows at offset \(valid) (version 1 segment)")
         }
-        segment.bytes = UInt64(offset)
-        return (segment, (UInt64(offset), reason))
+      } else if let marker = firstGenuineSyncMarker(
+        raw, after: offset, end: end, sequence: sequence)
+      {
+        throw .corrupt(
+          file: path, offset: UInt64(offset),
+          reason: "\(damage), before the sync marker at offset \(marker) (every byte before it "
+            + "was synced)")
       }
+      precondition(offset < end, "a tail to cut")
+      segment.bytes = UInt64(offset)
+      return (version, segment, (UInt64(offset), damage))
     }
     precondition(offset == end, "frames end exactly at the file's end")
     segment.bytes = UInt64(end)
-    return (segment, nil)
+    return (version, segment, nil)
   }
 
-  /// The first offset after `offset` where a CRC-valid frame starts, if any. Every byte offset is
-  /// tried, since a damaged length field says nothing about where the next frame is.
+  /// The first offset after `offset` where a genuine sync marker of segment `sequence` starts, if
+  /// any. Every byte offset is tried, since a damaged length field says nothing about where the
+  /// next frame is; the loop is bounded by `end`, and each try is a few compares unless it looks
+  /// like a marker.
+  static func firstGenuineSyncMarker(
+    _ raw: UnsafeRawBufferPointer, after offset: Int, end: Int, sequence: UInt64
+  ) -> Int? {
+    var candidate = offset + 1
+    while candidate + FrameFormat.syncMarkerFrameBytes <= end {
+      if FrameFormat.isGenuineSyncMarker(raw, at: candidate, end: end, sequence: sequence) {
+        return candidate
+      }
+      candidate += 1
+    }
+    return nil
+  }
+
+  /// The first offset after `offset` where a CRC-valid frame starts, if any (version 1's tail
+  /// rule). Every byte offset is tried, since a damaged length field says nothing about where the
+  /// next frame is.
   static func firstValidFrame(
     _ raw: UnsafeRawBufferPointer, after offset: Int, end: Int, recordBytesMax: UInt32
   ) -> Int? {
     var candidate = offset + 1
     while candidate + FrameFormat.headerBytes + FrameFormat.recordFixedBytes <= end {
       switch FrameFormat.decode(raw, at: candidate, end: end, recordBytesMax: recordBytesMax) {
-      case .valid, .unknownKind, .oversized: return candidate
+      case .valid, .syncMarker, .unknownKind, .oversized: return candidate
       case .invalid: candidate += 1
       }
     }

@@ -122,3 +122,34 @@ enum Disk {
 }
 
 let segmentHeaderBytes = 32
+/// Kind byte of the log's sync markers (its own frames, never replayed): group 0, index = the
+/// marker's offset, term = the segment's sequence, no payload.
+let syncMarkerKind: UInt8 = 0xFF
+let syncMarkerFrameBytes = 33
+
+extension Disk {
+  /// The frames of a segment file the log wrote whole, walked by their length fields independently
+  /// of the log: where each starts and ends, and its kind byte (`syncMarkerKind` for markers).
+  static func frames(_ path: String) throws -> [(start: Int, end: Int, kind: UInt8)] {
+    let bytes = try read(path)
+    var frames: [(start: Int, end: Int, kind: UInt8)] = []
+    var offset = segmentHeaderBytes
+    while offset + 8 <= bytes.count {
+      let length = bytes[offset..<(offset + 4)].reversed().reduce(0) { $0 << 8 | Int($1) }
+      let end = offset + 8 + length
+      precondition(end <= bytes.count, "test reads only logs it wrote whole")
+      frames.append((offset, end, bytes[offset + 8]))
+      offset = end
+    }
+    return frames
+  }
+
+  /// Overwrites `bytes.count` bytes at `offset`, keeping the file's length (what a power loss
+  /// leaves where the file grew but its data blocks did not all reach the disk).
+  static func overwrite(_ path: String, at offset: Int, with bytes: [UInt8]) throws {
+    var content = try read(path)
+    precondition(offset + bytes.count <= content.count, "overwrite keeps the length")
+    content.replaceSubrange(offset..<(offset + bytes.count), with: bytes)
+    try write(path, content)
+  }
+}
