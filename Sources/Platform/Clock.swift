@@ -14,6 +14,18 @@ public enum MonotonicClock {
   public static func nowMilliseconds() -> UInt64 { nowNanoseconds() / 1_000_000 }
 }
 
+/// A source of monotonic nanoseconds, injected where time drives behaviour: the system's clock
+/// on a node, a virtual one in the deterministic simulator.
+public protocol NanosecondClock: Sendable {
+  func nowNanoseconds() -> UInt64
+}
+
+/// The system's monotonic clock.
+public struct SystemClock: NanosecondClock {
+  public init() {}
+  public func nowNanoseconds() -> UInt64 { MonotonicClock.nowNanoseconds() }
+}
+
 /// Wall-clock seconds since the epoch, for display only (uptime start, logs).
 public func wallClockSeconds() -> Double {
   var spec = timespec()

@@ -185,3 +185,33 @@ final class RaftGroup: @unchecked Sendable {
     return ReadResult(index: appliedIndex, response: stateMachine.query(query))
   }
 }
+
+/// The groups the loop runs, by id and in id order: a turn visits them in that order, so what it
+/// writes and sends does not depend on a dictionary's hash seed, and one seed replays a whole
+/// simulated run (`caucus-sim`). Loop only.
+struct LiveGroups {
+  private var byID: [GroupID: RaftGroup] = [:]
+  /// Every group, sorted by id.
+  private(set) var ordered: [RaftGroup] = []
+
+  var count: Int { byID.count }
+  var isEmpty: Bool { byID.isEmpty }
+
+  subscript(id: GroupID) -> RaftGroup? { byID[id] }
+
+  mutating func insert(_ group: RaftGroup) {
+    precondition(byID[group.id] == nil, "group \(group.id) is live already")
+    byID[group.id] = group
+    let position = ordered.firstIndex { $0.id > group.id } ?? ordered.endIndex
+    ordered.insert(group, at: position)
+    precondition(ordered.count == byID.count, "the order holds every group once")
+  }
+
+  @discardableResult
+  mutating func remove(_ id: GroupID) -> RaftGroup? {
+    guard let group = byID.removeValue(forKey: id) else { return nil }
+    ordered.removeAll { $0.id == id }
+    precondition(ordered.count == byID.count, "the order holds every group once")
+    return group
+  }
+}

@@ -1,0 +1,120 @@
+import Consensus
+import Logging
+import Platform
+import RaftCore
+import WriteAheadLog
+
+// Snapshots of local state machines and the release of the WAL segments they cover.
+
+extension RaftConsensus {
+  // MARK: Snapshots and log release
+
+  /// Snapshots the groups that asked for it or passed `snapshotEntriesThreshold`, then releases
+  /// the WAL segments all snapshots cover. When the WAL holds more than `walSegmentsSoftMax`
+  /// segments, every group with applied entries beyond its snapshot is snapshotted too: one quiet
+  /// group would otherwise pin every segment since its last snapshot. Such a forced round runs
+  /// again only after the count grew by another quarter of the limit, so a group that cannot
+  /// compact (nothing applied) costs a bounded amount of work. Throws only when the WAL failed.
+  func snapshotDueGroups(_ wal: WriteAheadLog, releasing received: Int) throws {
+    var written = received
+    var answers: [@Sendable () -> Void] = []
+    let segments = wal.statistics.segments
+    let forced =
+      segments > options.walSegmentsSoftMax
+      && segments >= segmentsAfterForcedSnapshots + max(1, options.walSegmentsSoftMax / 4)
+    for replica in live.ordered {
+      // `firstIndex - 1` is the snapshot's index; reading the snapshot itself would copy it.
+      let (applied, snapshotIndex) = replica.inspect { ($0.applied, $0.firstIndex - 1) }
+      let since = applied - snapshotIndex
+      let automatic = since >= options.snapshotEntriesThreshold && applied >= replica.nextSnapshotAttemptIndex
+      guard automatic || !replica.snapshotRequests.isEmpty || (forced && since > 0) else { continue }
+      let requests = replica.snapshotRequests
+      replica.snapshotRequests = []
+      let (outcome, wrote) = snapshot(replica, wal)
+      if wrote {
+        written += 1
+      } else {
+        // Nothing to compact (just after a restart the membership may run ahead of the applied
+        // index) or the write failed: try again after another tenth of the threshold.
+        replica.nextSnapshotAttemptIndex = applied + max(1, options.snapshotEntriesThreshold / 10)
+        if case .failure(let error) = outcome {
+          logger.warning("snapshot failed", metadata: ["group": "\(replica.id)", "error": "\(error)"])
+        }
+      }
+      for completion in requests { answers.append { completion(outcome) } }
+    }
+    if written > 0 || forced { try releaseLog(wal) }
+    if forced {
+      segmentsAfterForcedSnapshots = wal.statistics.segments
+      logger.notice(
+        "snapshotted every group to release log segments",
+        metadata: ["segmentsBefore": "\(segments)", "segmentsAfter": "\(segmentsAfterForcedSnapshots)"])
+    }
+    for answer in answers { answer() }
+  }
+
+  /// The endpoints a snapshot or a restated creation record keeps: the members' and this node's.
+  /// Those of removed members are dropped, so what a group ever knew cannot outgrow
+  /// `RaftStorage.peersMax` over many membership changes.
+  func endpointsToKeep(_ replica: RaftGroup) -> [Peer] {
+    let keep = Set(replica.inspect { $0.membership.allReplicas }).union([localPeer.node.rawValue])
+    return replica.knownPeers().filter { keep.contains($0.node.rawValue) }
+  }
+
+  /// Captures, compacts and writes one group's snapshot; with nothing new to capture, answers
+  /// the latest snapshot. `SnapshotInfo.bytes` is the payload's size: what the file holds and a
+  /// leader sends, the endpoints included.
+  func snapshot(_ replica: RaftGroup, _ wal: WriteAheadLog) -> (Result<SnapshotInfo, ConsensusError>, wrote: Bool) {
+    // The endpoints go with the state: the changes that carried them are compacted away here.
+    let peers = endpointsToKeep(replica)
+    let machine: [UInt8] = replica.lock.withLock {
+      precondition(replica.appliedIndex == replica.raft.applied, "group \(replica.id): state machine lags the core")
+      return replica.stateMachine.takeSnapshot()
+    }
+    let data = RaftStorage.encodeSnapshotPayload(peers: peers, machine: machine)
+    guard let snapshot = replica.raft.compact(data: data) else {
+      guard let latest = replica.raft.latestSnapshot else {
+        return (.failure(.invalidRequest("group \(replica.id) has applied nothing yet to snapshot")), false)
+      }
+      return (.success(SnapshotInfo(index: latest.index, term: latest.term, bytes: UInt64(latest.data.count))), false)
+    }
+    do {
+      try wal.writeSnapshot(
+        WALSnapshot(
+          group: replica.id.packed, index: snapshot.index, term: snapshot.term,
+          data: RaftStorage.encodeSnapshot(config: snapshot.config, data: snapshot.data)))
+    } catch {
+      // The log in memory is compacted, the WAL still holds the entries: nothing is lost, and
+      // nothing is released until a snapshot file covers them.
+      return (.failure(.storage("\(error)")), false)
+    }
+    replica.durableSnapshotIndex = snapshot.index
+    replica.refreshView()
+    state.withLock { metrics.snapshotsTaken += 1 }
+    logger.info(
+      "snapshot taken", metadata: ["group": "\(replica.id)", "index": "\(snapshot.index)", "bytes": "\(data.count)"])
+    return (.success(SnapshotInfo(index: snapshot.index, term: snapshot.term, bytes: UInt64(data.count))), true)
+  }
+
+  /// Restates every live group's creation record and hard state in the current segment (release
+  /// deletes every record kind of a released segment), syncs, and releases what snapshots cover.
+  func releaseLog(_ wal: WriteAheadLog) throws {
+    var records: [WALRecord] = []
+    var covered: [UInt64: UInt64] = [:]
+    for replica in live.ordered {
+      records.append(
+        RaftStorage.groupCreatedRecord(group: replica.id, peers: endpointsToKeep(replica), bootstrapVoters: replica.bootstrapVoters))
+      records.append(RaftStorage.hardStateRecord(group: replica.id, replica.raft.hardState))
+      covered[replica.id.packed] = replica.durableSnapshotIndex
+    }
+    if !records.isEmpty {
+      try wal.append(records)
+      try wal.sync()
+    }
+    let released = try wal.releaseSegments(coveredIndex: covered)
+    if released > 0 { logger.info("log segments released", metadata: ["segments": "\(released)"]) }
+    let statistics = wal.statistics
+    state.withLock { metrics.wal = statistics }
+  }
+
+}

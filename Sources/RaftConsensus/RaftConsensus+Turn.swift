@@ -1,0 +1,651 @@
+import Consensus
+import Logging
+import Platform
+import RaftCore
+import WriteAheadLog
+
+// The loop: one turn executes every group's Ready in the order the contract asks, batched
+// across groups (one WAL append and fsync, one batch per destination).
+
+extension RaftConsensus {
+  // MARK: The loop
+
+  /// Everything one turn collects to do after its fsync.
+  struct Turn {
+    /// The clock when the turn started, and whether it ticked.
+    let now: UInt64
+    var ticked = false
+    init(now: UInt64) { self.now = now }
+    var records: [WALRecord] = []
+    /// Whether the turn fsyncs its records (they may only move commit indexes: `Ready.mustSync`).
+    var synced = false
+    var groupsWithRecords: Set<GroupID> = []
+    var entries = 0
+    var outgoing: [ReplicaID: [GroupMessage]] = [:]
+    /// Forwarded writes and the answers to them, sent in the early batch.
+    var forwards: [ReplicaID: [ForwardedProposal]] = [:]
+    /// What this turn may still propose for other nodes' forwards: the pending-write limits
+    /// left when the first one came. Nil until then.
+    var forwardCapacity: (writes: Int, bytes: Int)?
+    var forwardCounts = ForwardCounts()
+    /// Called once the turn's records are durable (success) or failed to be (failure).
+    var onDurable: [(Result<Void, ConsensusError>) -> Void] = []
+    var answers: [@Sendable () -> Void] = []
+    var writesAnswered = 0
+    var writeBytesAnswered = 0
+    var readsAnswered = 0
+    var writesCommitted = 0
+    /// Snapshot files written this turn (received from a leader): segments may be released.
+    var snapshotsWritten = 0
+    var snapshotsInstalled = 0
+    /// Chunks of streamed snapshots for the early batches, and the streams they finished.
+    var snapshotChunks: [ReplicaID: [SnapshotChunk]] = [:]
+    var snapshotStreamsFinished: [SnapshotStreams.Key] = []
+    var snapshotChunksReceived = 0
+    var snapshotChunksSent = 0
+  }
+
+  /// What the loop keeps from one turn to the next. Loop only.
+  struct LoopState {
+    let wal: WriteAheadLog
+    /// When the next tick is due, on `clock`.
+    var nextTickNanoseconds: UInt64
+    /// A group still has a Ready after the last turn (more committed entries than one Ready
+    /// applies): the next turn must not wait.
+    var moreReady = false
+  }
+
+  /// What a turn takes from the inbox.
+  struct Work {
+    var items: [InboxItem]
+    var stopping: Bool
+    /// Stale reads whose deadline passed.
+    var expired: [StaleReadWaiter]
+  }
+
+  /// The loop thread: waits for work (or the next tick), runs a turn, again, until stopped or
+  /// the storage fails. All the logic is in `runTurn`; this only waits.
+  func runLoop() {
+    while true {
+      let work = takeWork(wait: true)
+      if !runTurn(work) { break }
+    }
+    shutDown(loop!.wal)
+  }
+
+  /// One turn of the host, in the order the Ready contract asks (`Ready`), for every group at
+  /// once. Returns false when the engine must stop (asked to, or its storage failed).
+  func runTurn(_ work: Work) -> Bool {
+    for waiter in work.expired { waiter.completion(.failure(.timeout(indeterminate: false))) }
+    if work.stopping { return false }
+    let wal = loop!.wal
+    var turn = Turn(now: clock.nowNanoseconds())
+    // 1. Time: at most one tick per turn, even after a stall (ticks measure time between turns).
+    if turn.now >= loop!.nextTickNanoseconds {
+      turn.ticked = true
+      loop!.nextTickNanoseconds = turn.now + tickNanoseconds
+      for replica in live.ordered { replica.raft.tick() }
+    }
+    // 2. Input: writes that waited first (in arrival order), then the inbox, then writes whose
+    //    batch this turn learned was lost; then deadlines.
+    resendUnsentForwards(&turn)
+    for item in work.items { handle(item, &turn, wal) }
+    resendUnsentForwards(&turn)
+    if turn.ticked { expireDeadlines(now: turn.now, &turn) }
+    // 3. Every group's Ready, in group order.
+    var readies: [(RaftGroup, Ready)] = []
+    for replica in live.ordered where replica.inspect({ $0.hasReady }) { readies.append((replica, replica.raft.ready())) }
+    // 4. Send what may leave before the fsync: a leader's appends and heartbeats (followers
+    //    persist while the leader does), streamed snapshot chunks, and our forwarded writes
+    //    unless they ride after the fsync.
+    var plan = planEarlySends(readies, wal: wal, &turn)
+    let sentEarly = send(plan.early, forwards: plan.forwardsNow, chunks: turn.snapshotChunks, &turn)
+    // 5. Persist every group's records in one append; fsync once if any must sync.
+    do {
+      try persist(readies, &turn, wal)
+      if !turn.records.isEmpty { try wal.append(turn.records) }
+      if turn.synced {
+        try wal.sync()
+        ticksWithUnsyncedRecords = 0
+      }
+    } catch {
+      failStorage("appending to the log failed: \(error)", &turn)
+      return false
+    }
+    for action in turn.onDurable { action(.success(())) }
+    // 6. Send what promised durability: votes and acknowledgements (and forwards riding along).
+    let sentAfter = sendAfterPersist(readies, forwards: plan.forwardsAfterSync, &turn)
+    plan.forwardsAfterSync = [:]
+    // 7. Apply, answer what waited for it, advance.
+    for (replica, ready) in readies { applyAndAdvance(replica, ready, &turn) }
+    reportStreamedSnapshots(&turn)
+    // 8. Publish views and counters, then answer every caller of the turn.
+    for replica in turn.ticked ? live.ordered : readies.map(\.0) { replica.refreshView() }
+    finishTurn(&turn, wal: wal, sent: sentEarly + sentAfter)
+    for answer in turn.answers { answer() }
+    // 9. Snapshots due, and the release of the log they cover.
+    do {
+      try snapshotDueGroups(wal, releasing: turn.snapshotsWritten)
+    } catch {
+      var failed = Turn(now: turn.now)
+      failStorage("releasing log segments failed: \(error)", &failed)
+      return false
+    }
+    loop!.moreReady = live.ordered.contains { $0.inspect { $0.hasReady } }
+    return true
+  }
+
+  /// What step 4 of a turn sends before the fsync, and the forwards that wait for it.
+  struct EarlySends {
+    var early: [ReplicaID: [GroupMessage]] = [:]
+    var forwardsNow: [ReplicaID: [ForwardedProposal]] = [:]
+    var forwardsAfterSync: [ReplicaID: [ForwardedProposal]] = [:]
+  }
+
+  /// Step 4's plan: the Readies' early messages (a snapshot larger than the inline limit starts
+  /// a stream instead), the streams' chunks due, held heartbeat responses, whether the turn
+  /// syncs, and where this turn's forwarded writes go.
+  func planEarlySends(_ readies: [(RaftGroup, Ready)], wal: WriteAheadLog, _ turn: inout Turn) -> EarlySends {
+    var plan = EarlySends()
+    var streamStarted = false
+    for (replica, ready) in readies {
+      for message in ready.messages {
+        if streams(message) {
+          snapshotStreams.start(message, group: replica.id.packed)
+          streamStarted = true
+          continue
+        }
+        plan.early[message.to, default: []].append(GroupMessage(group: replica.id.packed, message: message))
+      }
+    }
+    // Streamed snapshots send a tick's share of their chunks per tick (and at once when one
+    // starts), beside the early batch.
+    if turn.ticked {
+      let dropped = snapshotStreams.tick(idleTicksMax: options.snapshotAssemblyIdleTicksMax)
+      if dropped > 0 { logger.notice("dropped idle snapshot assemblies", metadata: ["count": "\(dropped)"]) }
+    }
+    if turn.ticked || streamStarted {
+      let (chunks, finished) = snapshotStreams.takeChunks(bytesPerDestination: options.snapshotStreamBytesPerTick) {
+        key, term in
+        guard let id = GroupID(packed: key.group), let replica = live[id] else { return false }
+        return replica.raft.role == .leader && replica.raft.term == term
+      }
+      turn.snapshotChunks = chunks
+      turn.snapshotStreamsFinished = finished
+    }
+    // Held heartbeat responses ride with this turn's batches; at a tick every one leaves.
+    releaseHeldHeartbeatResponses(into: &plan.early, all: turn.ticked)
+    // Group creations and deletions (records already in the turn) and Readies with entries, a
+    // snapshot or a new term or vote need the fsync; a commit index alone does not (`mustSync`).
+    let readiesSync = !turn.records.isEmpty || readies.contains { $0.1.mustSync }
+    // Commit-only records left unsynced get an fsync after `unsyncedRecordsTicksMax` ticks.
+    if turn.ticked && wal.hasUnsyncedRecords { ticksWithUnsyncedRecords += 1 }
+    turn.synced = readiesSync || ticksWithUnsyncedRecords >= options.unsyncedRecordsTicksMax
+    // Our writes for other leaders ride with this turn's acknowledgements when its Readies sync
+    // anyway: one batch instead of two, and the leader takes both in one turn (one fsync there
+    // instead of two). Otherwise they leave now, unless their leader still owes us answers
+    // (`forwardsUnansweredBy`): then they wait for that answer or our next acknowledgement.
+    // A leader's answers to forwards stay with its appends, in the early batch.
+    if turn.ticked {
+      forwardsUnansweredBy = forwardsUnansweredBy.mapValues { $0 + 1 }.filter { $0.value < options.forwardHoldTicksMax }
+    }
+    (plan.forwardsNow, plan.forwardsAfterSync) = Self.splitProposals(turn.forwards)
+    if !readiesSync {
+      for node in plan.forwardsAfterSync.keys.sorted() {
+        let proposals = plan.forwardsAfterSync.removeValue(forKey: node)!
+        if forwardsUnansweredBy[node] != nil {
+          hold(proposals, for: node, &turn)
+        } else {
+          plan.forwardsNow[node, default: []].append(contentsOf: proposals)
+        }
+      }
+    }
+    for (node, forwards) in plan.forwardsNow where forwards.contains(where: \.isProposal) {
+      forwardsUnansweredBy[node] = forwardsUnansweredBy[node] ?? 0
+    }
+    for node in plan.forwardsAfterSync.keys { forwardsUnansweredBy[node] = forwardsUnansweredBy[node] ?? 0 }
+    return plan
+  }
+
+  /// Step 6: the Readies' `messagesAfterPersist` (heartbeat responses that only confirm
+  /// liveness are held for a later batch, `holdHeartbeatResponses`) and the forwards that rode
+  /// with them.
+  func sendAfterPersist(
+    _ readies: [(RaftGroup, Ready)], forwards: [ReplicaID: [ForwardedProposal]], _ turn: inout Turn
+  ) -> SendCounts {
+    for (replica, ready) in readies {
+      for message in ready.messagesAfterPersist {
+        if options.holdHeartbeatResponses && message.kind == .heartbeatResponse && message.context == 0 {
+          heldHeartbeatResponses[message.to, default: [:]][replica.id.packed] = message
+          continue
+        }
+        turn.outgoing[message.to, default: []].append(GroupMessage(group: replica.id.packed, message: message))
+      }
+    }
+    releaseHeldHeartbeatResponses(into: &turn.outgoing, all: false)
+    return send(turn.outgoing, forwards: forwards, chunks: [:], &turn)
+  }
+
+  /// Step 7 for one group: apply, advance, then what waited on the group's progress.
+  func applyAndAdvance(_ replica: RaftGroup, _ ready: Ready, _ turn: inout Turn) {
+    apply(replica, ready, &turn)
+    replica.raft.advance(ready)
+    // The transport reports no delivery: count a snapshot as delivered; if it was lost, the
+    // follower's next response shows it and the leader probes (and sends it) again.
+    for message in ready.messages where message.kind == .snapshot && !streams(message) {
+      replica.raft.reportSnapshot(to: message.to, failed: false)
+    }
+    if !replica.transfers.isEmpty { settleTransfers(replica, now: turn.now, &turn) }
+    if replica.membershipChange != nil { settleMembershipChange(replica, now: turn.now, &turn) }
+  }
+
+  /// A streamed snapshot whose last chunk left counts as delivered, as an inline one does.
+  func reportStreamedSnapshots(_ turn: inout Turn) {
+    for key in turn.snapshotStreamsFinished {
+      guard let id = GroupID(packed: key.group), let replica = live[id] else { continue }
+      replica.raft.reportSnapshot(to: key.replica, failed: false)
+    }
+  }
+
+  /// Takes the inbox. With `wait`, first waits for urgent work, the next tick, a stale read's
+  /// deadline or a stop (the loop thread); without, takes what is there (a manual driver).
+  func takeWork(wait: Bool) -> Work {
+    let nextTick = loop!.nextTickNanoseconds
+    let moreReady = loop!.moreReady
+    return state.withLock {
+      while wait && !inboxUrgent && phase == .running && !moreReady {
+        let earliest = staleReadWaiters.map(\.deadline).min() ?? UInt64.max
+        let now = clock.nowNanoseconds()
+        if now >= nextTick || now >= earliest { break }
+        state.wait(untilNanoseconds: min(nextTick, earliest))
+      }
+      let now = clock.nowNanoseconds()
+      var expired: [StaleReadWaiter] = []
+      staleReadWaiters.removeAll { waiter in
+        guard waiter.deadline <= now else { return false }
+        expired.append(waiter)
+        return true
+      }
+      readsOutstanding -= expired.count
+      let items = undeliveredForwards.map { InboxItem.undelivered($0.node, $0.forwards) } + inbox
+      undeliveredForwards.removeAll()
+      inbox.removeAll(keepingCapacity: true)
+      inboxUrgent = false
+      inboundBatchesQueued = 0
+      return Work(items: items, stopping: phase != .running, expired: expired)
+    }
+  }
+
+  func handle(_ item: InboxItem, _ turn: inout Turn, _ wal: WriteAheadLog) {
+    switch item {
+    case .batch(let batch):
+      for item in batch.allMessages {
+        // Messages for a group this node does not (yet) host are dropped: the sender retries.
+        guard let id = GroupID(packed: item.group), let replica = live[id] else { continue }
+        guard item.message.from == batch.fromNode, item.message.to == localPeer.node.rawValue else { continue }
+        replica.raft.step(item.message)
+      }
+      for forward in batch.forwards { handle(forward, from: batch.fromNode, &turn) }
+      for chunk in batch.snapshotChunks { receive(chunk, from: batch.fromNode, &turn) }
+      if batch.forwards.contains(where: { !$0.isProposal }) { forwardsUnansweredBy[batch.fromNode] = nil }
+    case .undelivered(let node, let forwards):
+      keepUnsent(forwards, to: node, &turn)
+      forwardsUnansweredBy[node] = nil
+    case .propose(let id, let command, let forward, let completion):
+      guard let replica = live[id] else {
+        answerWrite(&turn, bytes: command.count) { completion(.failure(.groupNotFound(id))) }
+        return
+      }
+      let deadline = clock.nowNanoseconds() + options.proposalTimeoutMs * 1_000_000
+      if forward {
+        self.forward(replica, command, deadline: deadline, completion, &turn)
+      } else {
+        propose(replica, command, deadline: deadline, completion, &turn)
+      }
+    case .read(let id, let read):
+      guard let replica = live[id] else {
+        answerRead(&turn) { read.completion(.failure(.groupNotFound(id))) }
+        return
+      }
+      nextReadContext += 1
+      do {
+        try replica.raft.readIndex(context: nextReadContext)
+        replica.readsAwaitingIndex[nextReadContext] = read
+      } catch {
+        let answer = proposalError(replica, error)
+        answerRead(&turn) { read.completion(.failure(answer)) }
+      }
+    case .create(let id, let peers, let bootstrapVoters, let completion):
+      state.withLock { controlQueued -= 1 }
+      guard live[id] == nil else { return turn.answers.append { completion(.failure(.groupAlreadyExists(id))) } }
+      guard live.count < options.groupsMax else {
+        let limit = options.groupsMax
+        return turn.answers.append {
+          completion(.failure(.invalidRequest("this node hosts \(limit) groups, the most it may (raft.groupsMax)")))
+        }
+      }
+      let replica: RaftGroup
+      do {
+        replica = try makeGroup(
+          id, peers: peers, bootstrapVoters: bootstrapVoters,
+          restored: RestoredState(bootstrapConfig: ConfigState(voters: bootstrapVoters)))
+      } catch {
+        return turn.answers.append { completion(.failure(.invalidRequest("\(error)"))) }
+      }
+      do {
+        // A snapshot file left by an earlier incarnation whose unlink failed must not revive it.
+        try wal.deleteSnapshot(group: id.packed)
+      } catch {
+        return turn.answers.append { completion(.failure(.storage("\(error)"))) }
+      }
+      live.insert(replica)
+      turn.records.append(RaftStorage.groupCreatedRecord(group: id, peers: peers, bootstrapVoters: bootstrapVoters))
+      turn.groupsWithRecords.insert(id)
+      turn.onDurable.append { [self] result in
+        if case .success = result {
+          state.withLock { groups[id] = replica }
+          logger.info(
+            "group created",
+            metadata: [
+              "group": "\(id)", "peers": "\(peers.map(\.description))", "bootstrapVoters": "\(bootstrapVoters)",
+            ])
+        }
+        completion(result)
+      }
+    case .delete(let id, let completion):
+      state.withLock { controlQueued -= 1 }
+      guard let replica = live.remove(id) else {
+        return turn.answers.append { completion(.failure(.groupNotFound(id))) }
+      }
+      turn.records.append(RaftStorage.groupDeletedRecord(group: id))
+      turn.groupsWithRecords.insert(id)
+      failAllWaiting(replica, .groupNotFound(id), &turn)
+      snapshotStreams.forget(group: id.packed)
+      let walBox = UncheckedSendableBox(wal)
+      turn.onDurable.append { [self] result in
+        guard case .success = result else { return completion(result) }
+        do {
+          try walBox.value.deleteSnapshot(group: id.packed)
+        } catch {
+          // Recovery removes snapshot files of groups that are not live.
+          logger.warning("deleting a group's snapshot failed", metadata: ["group": "\(id)", "error": "\(error)"])
+        }
+        let orphans: [StaleReadWaiter] = state.withLock {
+          groups[id] = nil
+          var orphans: [StaleReadWaiter] = []
+          staleReadWaiters.removeAll { waiter in
+            guard waiter.group == id else { return false }
+            orphans.append(waiter)
+            return true
+          }
+          readsOutstanding -= orphans.count
+          return orphans
+        }
+        for waiter in orphans { waiter.completion(.failure(.groupNotFound(id))) }
+        logger.info("group deleted", metadata: ["group": "\(id)"])
+        completion(result)
+      }
+    case .snapshot(let id, let completion):
+      state.withLock { controlQueued -= 1 }
+      guard let replica = live[id] else { return turn.answers.append { completion(.failure(.groupNotFound(id))) } }
+      replica.snapshotRequests.append(completion)
+    case .transfer(let id, let node, let completion):
+      state.withLock { controlQueued -= 1 }
+      guard let replica = live[id] else { return turn.answers.append { completion(.failure(.groupNotFound(id))) } }
+      guard replica.raft.membership.allReplicas.contains(node.rawValue) else {
+        return turn.answers.append { completion(.failure(.peerNotInGroup(node, id))) }
+      }
+      guard replica.raft.role == .leader else {
+        let answer = replica.leaderError(leader: replica.raft.leader)
+        return turn.answers.append { completion(.failure(answer)) }
+      }
+      if node == localPeer.node { return turn.answers.append { completion(.success(())) } }
+      do {
+        try replica.raft.transferLeadership(to: node.rawValue)
+      } catch {
+        let answer = proposalError(replica, error)
+        return turn.answers.append { completion(.failure(answer)) }
+      }
+      let timeout = options.transferElectionTimeoutsMax * UInt64(options.electionTicks) * tickNanoseconds
+      replica.transfers.append((node.rawValue, clock.nowNanoseconds() + timeout, completion))
+    case .membership(let id, let request, let completion):
+      state.withLock { controlQueued -= 1 }
+      guard let replica = live[id] else { return turn.answers.append { completion(.failure(.groupNotFound(id))) } }
+      beginMembershipChange(replica, request, completion, &turn)
+    }
+  }
+
+  /// Step 2 of the Ready contract, for every group at once: records for one append and one sync.
+  /// A snapshot received from a leader is written to its file first (its own fsyncs: rare), then
+  /// marked in the log so that recovery voids the entries it replaced.
+  func persist(_ readies: [(RaftGroup, Ready)], _ turn: inout Turn, _ wal: WriteAheadLog) throws {
+    for (replica, ready) in readies {
+      if let snapshot = ready.snapshot {
+        try wal.writeSnapshot(
+          WALSnapshot(
+            group: replica.id.packed, index: snapshot.index, term: snapshot.term,
+            data: RaftStorage.encodeSnapshot(config: snapshot.config, data: snapshot.data)))
+        turn.records.append(
+          RaftStorage.hardStateRecord(
+            group: replica.id, ready.hardState ?? replica.raft.hardState, snapshotMarker: (snapshot.index, snapshot.term)))
+        turn.snapshotsWritten += 1
+      }
+      for entry in ready.entries {
+        turn.records.append(RaftStorage.entryRecord(group: replica.id, entry))
+      }
+      turn.entries += ready.entries.count
+      if let hardState = ready.hardState {
+        turn.records.append(RaftStorage.hardStateRecord(group: replica.id, hardState))
+      }
+      if !ready.entries.isEmpty || ready.hardState != nil || ready.snapshot != nil {
+        turn.groupsWithRecords.insert(replica.id)
+      }
+    }
+  }
+
+  /// Moves the held heartbeat responses into `outgoing`: those for destinations it already has a
+  /// batch for, or all of them.
+  func releaseHeldHeartbeatResponses(into outgoing: inout [ReplicaID: [GroupMessage]], all: Bool) {
+    guard !heldHeartbeatResponses.isEmpty else { return }
+    for destination in heldHeartbeatResponses.keys.sorted() where all || outgoing[destination] != nil {
+      let held = heldHeartbeatResponses.removeValue(forKey: destination)!
+      outgoing[destination, default: []].append(
+        contentsOf: held.keys.sorted().map { GroupMessage(group: $0, message: held[$0]!) })
+    }
+  }
+
+
+  /// Hands this turn's messages, forwards and snapshot chunks for each destination to the
+  /// transport, packed into as few batches as keep each under `WireLimits.batchBytesTarget`
+  /// (`MessageBatch.packed`): one batch per destination in the common case. Forwards in a batch
+  /// the transport dropped are kept for the next turn. Heartbeats between the two nodes travel
+  /// coalesced. Returns the batches, the messages (a coalesced heartbeat section counts as one)
+  /// and the heartbeats coalesced into those sections.
+  func send(
+    _ outgoing: [ReplicaID: [GroupMessage]], forwards: [ReplicaID: [ForwardedProposal]],
+    chunks: [ReplicaID: [SnapshotChunk]], _ turn: inout Turn
+  ) -> SendCounts {
+    var counts = SendCounts()
+    for destination in Set(outgoing.keys).union(forwards.keys).union(chunks.keys).sorted() {
+      let items = outgoing[destination] ?? []
+      let destinationForwards = forwards[destination] ?? []
+      let destinationChunks = chunks[destination] ?? []
+      // The endpoint of a destination: any group that has it as a peer knows it.
+      let groups = items.lazy.map(\.group) + destinationForwards.lazy.map(\.group) + destinationChunks.lazy.map(\.group)
+      guard destination != 0,
+        let peer = groups.lazy.compactMap({ GroupID(packed: $0).flatMap { self.live[$0] }?.peer(destination) }).first
+          ?? live.ordered.lazy.compactMap({ $0.peer(destination) }).first
+      else {
+        keepUnsent(destinationForwards[...], to: destination, &turn)
+        continue
+      }
+      let packed = MessageBatch.packed(
+        fromNode: localPeer.node.rawValue, toNode: destination, messages: items, forwards: destinationForwards,
+        snapshotChunks: destinationChunks)
+      for batch in packed {
+        let carried = batch.forwards[...]
+        var undelivered: (@Sendable () -> Void)?
+        if !carried.isEmpty { undelivered = { [weak self] in self?.undelivered(carried, to: destination) } }
+        transport.send(batch: WireCodec.encode(batch), to: peer.node, endpoint: peer.endpoint, undelivered: undelivered)
+        counts.batches += 1
+        counts.messages += batch.messages.count + (batch.heartbeats.isEmpty ? 0 : 1)
+        counts.heartbeats += batch.heartbeats.count
+        turn.forwardCounts.sent += UInt64(carried.lazy.filter(\.isProposal).count)
+        turn.snapshotChunksSent += batch.snapshotChunks.count
+      }
+    }
+    return counts
+  }
+
+  /// What `send` handed to the transport: batches, messages (a coalesced heartbeat section counts
+  /// as one) and the heartbeats coalesced into those sections.
+  struct SendCounts {
+    var batches = 0
+    var messages = 0
+    var heartbeats = 0
+    static func + (left: SendCounts, right: SendCounts) -> SendCounts {
+      SendCounts(
+        batches: left.batches + right.batches, messages: left.messages + right.messages,
+        heartbeats: left.heartbeats + right.heartbeats)
+    }
+  }
+
+  /// Whether the core's `message` is a snapshot this host streams in chunks rather than sends
+  /// inline: one larger than `snapshotInlineBytesMax`.
+  func streams(_ message: Message) -> Bool {
+    guard message.kind == .snapshot, let snapshot = message.snapshot else { return false }
+    return snapshot.data.count > options.snapshotInlineBytesMax
+  }
+
+  /// One chunk of a snapshot a leader streams to this node: once every chunk is in, the whole
+  /// `.snapshot` message is stepped into the group's core.
+  func receive(_ chunk: SnapshotChunk, from node: ReplicaID, _ turn: inout Turn) {
+    guard chunk.from == node, chunk.to == localPeer.node.rawValue, let id = GroupID(packed: chunk.group),
+      let replica = live[id]
+    else { return }
+    turn.snapshotChunksReceived += 1
+    switch snapshotStreams.receive(chunk, bytesMax: options.snapshotAssemblyBytesMax) {
+    case .complete(let message):
+      logger.info(
+        "streamed snapshot received",
+        metadata: ["group": "\(id)", "index": "\(chunk.snapshotIndex)", "bytes": "\(chunk.totalBytes)"])
+      replica.raft.step(message)
+    case .pending:
+      break
+    case .refused:
+      logger.warning(
+        "refused a streamed snapshot: assemblies would exceed raft.snapshotAssemblyBytesMax",
+        metadata: [
+          "group": "\(id)", "bytes": "\(chunk.totalBytes)", "limit": "\(options.snapshotAssemblyBytesMax)",
+        ])
+    }
+  }
+
+  /// This turn's forwards split into the leader's answers and our own proposals.
+  static func splitProposals(
+    _ forwards: [ReplicaID: [ForwardedProposal]]
+  ) -> (answers: [ReplicaID: [ForwardedProposal]], proposals: [ReplicaID: [ForwardedProposal]]) {
+    var answers: [ReplicaID: [ForwardedProposal]] = [:]
+    var proposals: [ReplicaID: [ForwardedProposal]] = [:]
+    for (node, items) in forwards {
+      for item in items {
+        if item.isProposal {
+          proposals[node, default: []].append(item)
+        } else {
+          answers[node, default: []].append(item)
+        }
+      }
+    }
+    return (answers, proposals)
+  }
+
+  /// Publishes the turn's counters, releases its queue slots, and collects the stale reads it satisfied.
+  func finishTurn(_ turn: inout Turn, wal: WriteAheadLog, sent: SendCounts) {
+    let statistics = wal.statistics
+    let synced = turn.synced
+    let groupsSynced = UInt64(turn.groupsWithRecords.count)
+    let owingAnswers = Set(forwardsUnansweredBy.keys)
+    let satisfied: [(StaleReadWaiter, ReadResult)] = state.withLock {
+      // Writes queued without waking the loop for a leader that has answered since go now.
+      if !inbox.isEmpty && !forwardLeadersOwingAnswers.isSubset(of: owingAnswers) { inboxUrgent = true }
+      forwardLeadersOwingAnswers = owingAnswers
+      metrics.loopTurns += 1
+      if synced {
+        metrics.walSyncTurns += 1
+        metrics.groupsPersisted += groupsSynced
+        metrics.groupsPerSyncMax = max(metrics.groupsPerSyncMax, groupsSynced)
+      }
+      metrics.entriesPersisted += UInt64(turn.entries)
+      metrics.batchesSent += UInt64(sent.batches)
+      metrics.messagesSent += UInt64(sent.messages)
+      metrics.heartbeatsCoalesced += UInt64(sent.heartbeats)
+      metrics.writesCommitted += UInt64(turn.writesCommitted)
+      metrics.forwards += turn.forwardCounts
+      metrics.snapshotsInstalled += UInt64(turn.snapshotsInstalled)
+      metrics.snapshotChunksSent += UInt64(turn.snapshotChunksSent)
+      metrics.snapshotChunksReceived += UInt64(turn.snapshotChunksReceived)
+      metrics.wal = statistics
+      writesOutstanding -= turn.writesAnswered
+      writeBytesOutstanding -= turn.writeBytesAnswered
+      readsOutstanding -= turn.readsAnswered
+      precondition(writesOutstanding >= 0 && writeBytesOutstanding >= 0 && readsOutstanding >= 0, "queue accounting")
+      guard !staleReadWaiters.isEmpty else { return [] }
+      var satisfied: [(StaleReadWaiter, ReadResult)] = []
+      staleReadWaiters.removeAll { waiter in
+        guard let replica = groups[waiter.group],
+          let answer = replica.lock.withLock({ replica.answer(waiter.query, ifAppliedAtLeast: waiter.minIndex) })
+        else { return false }
+        satisfied.append((waiter, answer))
+        return true
+      }
+      readsOutstanding -= satisfied.count
+      return satisfied
+    }
+    for (waiter, answer) in satisfied { turn.answers.append { waiter.completion(.success(answer)) } }
+  }
+
+  /// The WAL failed: nothing of this turn is known durable. Refuse all further work (the node
+  /// reports not ready) rather than risk acknowledging writes that are not durable.
+  func failStorage(_ reason: String, _ turn: inout Turn) {
+    logger.critical("storage failure; refusing work until restart", metadata: ["reason": "\(reason)"])
+    state.withLock { if failure == nil { failure = reason } }
+    for action in turn.onDurable { action(.failure(.storage(reason))) }
+    for answer in turn.answers { answer() }
+  }
+
+  func shutDown(_ wal: WriteAheadLog) {
+    var turn = Turn(now: clock.nowNanoseconds())
+    for replica in live.ordered { failAllWaiting(replica, .shuttingDown, &turn) }
+    precondition(forwardsWaiting == 0, "every forwarded write is answered: \(forwardsWaiting) were dropped")
+    // Entry points refuse new work from here on: `phase` is no longer running (stop) or
+    // `failure` is set (storage failure; `stop` still joins this thread).
+    let (items, waiters): ([InboxItem], [StaleReadWaiter]) = state.withLock {
+      precondition(phase != .running || failure != nil, "the loop stops only when asked to or on failure")
+      defer {
+        inbox.removeAll()
+        staleReadWaiters.removeAll()
+      }
+      return (inbox, staleReadWaiters)
+    }
+    for answer in turn.answers { answer() }
+    for item in items {
+      switch item {
+      case .propose(_, _, _, let completion): completion(.failure(.shuttingDown))
+      case .read(_, let read): read.completion(.failure(.shuttingDown))
+      case .create(_, _, _, let completion), .delete(_, let completion), .transfer(_, _, let completion),
+        .membership(_, _, let completion):
+        completion(.failure(.shuttingDown))
+      case .snapshot(_, let completion): completion(.failure(.shuttingDown))
+      case .batch, .undelivered: break
+      }
+    }
+    for waiter in waiters { waiter.completion(.failure(.shuttingDown)) }
+    do {
+      try wal.sync()
+      try wal.close()
+    } catch {
+      logger.error("closing the log failed", metadata: ["error": "\(error)"])
+    }
+    logger.info("raft engine stopped")
+  }
+}
