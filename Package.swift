@@ -54,7 +54,12 @@ let package = Package(
     .target(
       name: "RaftConsensus",
       dependencies: ["Consensus", "RaftCore", "WriteAheadLog", "Platform", .product(name: "Logging", package: "swift-log")]),
-    .target(name: "Simulation", dependencies: ["RaftCore"]),
+    .target(
+      name: "Simulation",
+      dependencies: [
+        "RaftCore", "RaftConsensus", "Consensus", "KeyValueStore", "Platform",
+        .product(name: "Logging", package: "swift-log"),
+      ]),
     .executableTarget(
       name: "caucus",
       dependencies: [
@@ -91,7 +96,7 @@ let package = Package(
     .testTarget(
       name: "RaftConsensusTests",
       dependencies: ["RaftConsensus", "RaftCore", "Consensus", "KeyValueStore", "WriteAheadLog", "Platform"]),
-    .testTarget(name: "SimulationTests", dependencies: ["Simulation", "RaftCore"]),
+    .testTarget(name: "SimulationTests", dependencies: ["Simulation", "RaftCore", "Platform"]),
     .testTarget(name: "IntegrationTests", dependencies: ["Platform"]),
     .testTarget(name: "PeerClientTests", dependencies: ["PeerClient", "HTTPServer", "Platform"]),
   ],

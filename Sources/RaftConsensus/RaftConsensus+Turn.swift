@@ -113,6 +113,11 @@ extension RaftConsensus {
       return false
     }
     for action in turn.onDurable { action(.success(())) }
+    if let readyObserver {
+      for (replica, ready) in readies {
+        replica.inspect { readyObserver.persisted(replica.id, ready: ready, raft: $0, synced: turn.synced) }
+      }
+    }
     // 6. Send what promised durability: votes and acknowledgements (and forwards riding along).
     let sentAfter = sendAfterPersist(readies, forwards: plan.forwardsAfterSync, &turn)
     plan.forwardsAfterSync = [:]
@@ -229,6 +234,7 @@ extension RaftConsensus {
   /// Step 7 for one group: apply, advance, then what waited on the group's progress.
   func applyAndAdvance(_ replica: RaftGroup, _ ready: Ready, _ turn: inout Turn) {
     apply(replica, ready, &turn)
+    readyObserver?.applied(replica.id, ready: ready)
     replica.raft.advance(ready)
     // The transport reports no delivery: count a snapshot as delivered; if it was lost, the
     // follower's next response shows it and the leader probes (and sends it) again.

@@ -68,7 +68,14 @@ extension RaftConsensus {
     let replica = GroupID(packed: forward.group).flatMap { live[$0] }
     switch forward.body {
     case .proposal(let command):
+      if let repeated = forwardWindow.answer(from: node, requestID: forward.requestID) {
+        // The same request again (a duplicated batch): the first answer, nothing appended.
+        turn.forwards[node, default: []].append(
+          ForwardedProposal(group: forward.group, requestID: forward.requestID, body: repeated))
+        return
+      }
       func answer(_ body: ForwardedProposal.Body) {
+        forwardWindow.remember(from: node, requestID: forward.requestID, answer: body)
         turn.forwards[node, default: []].append(
           ForwardedProposal(group: forward.group, requestID: forward.requestID, body: body))
       }

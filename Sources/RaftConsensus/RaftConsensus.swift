@@ -62,6 +62,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   let logger: Logger
   let tickNanoseconds: UInt64
   let clock: any NanosecondClock
+  let fileStore: any FileStore
 
   let state = ConditionLock()
   // Guarded by `state`.
@@ -91,8 +92,12 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   var live = LiveGroups()
   /// The loop's state between turns (nil before `start`).
   var loop: LoopState?
+  /// The simulator's checker (set before `start`; loop only after).
+  package var readyObserver: (any ReadyObserver)?
   var nextReadContext: UInt64 = 0
   var nextForwardRequestID: UInt64 = 0
+  /// Forwarded proposals this node answered as a leader, per sender: duplicates get the first answer.
+  var forwardWindow = ForwardWindow(perNodeMax: 16_384)
   /// Forwarded writes waiting in any group (sent, appended, or unsent): every one is answered
   /// exactly once, which `answerForward` and `shutDown` check.
   var forwardsWaiting = 0
@@ -191,12 +196,14 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   }
 
   /// `clock` times ticks and deadlines: the system's monotonic clock for a node, a virtual one
-  /// in the simulator.
+  /// in the simulator. `fileStore` holds the write-ahead log: the node's file system, or the
+  /// simulator's disk.
   public init(
     config: ConsensusConfig, options: RaftConsensusOptions = RaftConsensusOptions(), transport: any RaftTransport,
-    logger: Logger? = nil, clock: any NanosecondClock = SystemClock()
+    logger: Logger? = nil, clock: any NanosecondClock = SystemClock(), fileStore: any FileStore = PosixFileStore()
   ) {
     self.clock = clock
+    self.fileStore = fileStore
     self.localPeer = config.localPeer
     self.directory = config.dataDirectory
     self.registry = config.registry
@@ -279,13 +286,26 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     let wal: WriteAheadLog
     let recovered: [GroupID: RaftStorage.RecoveredGroup]
     do {
-      wal = try WriteAheadLog(directory: directory + "/wal", options: options.wal)
+      wal = try WriteAheadLog(directory: directory + "/wal", options: options.wal, fileStore: fileStore)
       recovered = try RaftStorage.recover(wal)
+      // Finish installs a crash interrupted: their markers, before anything follows them.
+      let markers = recovered.keys.sorted().filter { recovered[$0]!.snapshotMarkerMissing }.map {
+        RaftStorage.snapshotMarkerRecord(group: $0, recovered[$0]!)
+      }
+      if !markers.isEmpty {
+        try wal.append(markers)
+        try wal.sync()
+        logger.notice("wrote the markers of snapshot installs a crash interrupted", metadata: ["groups": "\(markers.count)"])
+      }
     } catch {
       logger.error("storage recovery failed", metadata: ["directory": "\(directory)", "error": "\(error)"])
       throw error
     }
     seed = options.seed ?? clock.nowNanoseconds()
+    // Request ids of this incarnation start at a random base, so a leader's window of answers
+    // (`ForwardWindow`) never mistakes a new request after a restart for an old one.
+    var requestIDs = SplitMix64(seed: seed ^ 0x5EED_F0D0_F0D0_5EED)
+    nextForwardRequestID = requestIDs.next() & 0x7FFF_FFFF_0000_0000
     var restored: [GroupID: RaftGroup] = [:]
     for id in recovered.keys.sorted() {
       let group = recovered[id]!
@@ -338,6 +358,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     _ = random.next()
     let raft = try Raft(config: options.raftConfig(node: localPeer.node), random: random, restored: restored)
     let replica = RaftGroup(id: id, peers: peers, bootstrapVoters: bootstrapVoters, stateMachine: machine, raft: raft)
+    readyObserver?.groupStarted(id, raft: raft)
     if let snapshot = restored.snapshot {
       // The payload's endpoints are already among `peers` (`RaftStorage.endpoints(of:)`).
       try machine.restore(snapshot: try RaftStorage.decodeSnapshotPayload(snapshot.data, group: id).machine)

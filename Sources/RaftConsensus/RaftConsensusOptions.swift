@@ -81,6 +81,19 @@ public struct RaftConsensusOptions: Sendable {
   /// Nil: taken from the clock at start.
   public var seed: UInt64? = nil
   public var wal = WALOptions()
+  /// The entry bytes one append message carries at most (the core's `maxEntriesBytesPerMessage`;
+  /// one entry always goes, whatever its size): bounds a message's memory on both ends.
+  public var entriesBytesPerMessageMax = 1 << 20
+  /// Append messages in flight to one follower at most while it keeps up (the core's
+  /// `maxInflightMessages`): bounds what a slow follower pins in the transport.
+  public var inflightMessagesMax = 256
+  /// The core's PreVote and CheckQuorum (thesis §9.6, §6.2): always on for a node; the simulator
+  /// also runs without them, where more interleavings (Figure 8's) are reachable.
+  package var preVote = true
+  package var checkQuorum = true
+  /// A deliberately wrong rule in every replica, for proving the simulator catches it; only
+  /// code inside this package can set it.
+  package var plantedBug: PlantedBug? = nil
 
   public init() {}
 
@@ -104,6 +117,10 @@ public struct RaftConsensusOptions: Sendable {
     if let value = try number("walSegmentsSoftMax", 2...100_000) { walSegmentsSoftMax = Int(value) }
     if let value = try number("groupsMax", 1...UInt64(WireLimits.heartbeatsPerBatchMax / 2)) { groupsMax = Int(value) }
     if let value = try number("walSegmentBytes", 1 << 16...1 << 34) { wal.segmentBytesMax = value }
+    if let value = try number("entriesBytesPerMessageMax", 1...UInt64(WireLimits.batchBytesTarget)) {
+      entriesBytesPerMessageMax = Int(value)
+    }
+    if let value = try number("inflightMessagesMax", 1...65_536) { inflightMessagesMax = Int(value) }
     if let value = try number("snapshotInlineBytesMax", 0...UInt64(WireLimits.batchBytesTarget / 2)) {
       snapshotInlineBytesMax = Int(value)
     }
@@ -153,6 +170,11 @@ public struct RaftConsensusOptions: Sendable {
   /// The core's configuration of this node's replica in one group.
   func raftConfig(node: NodeID) -> RaftConfig {
     var config = RaftConfig(id: node.rawValue)
+    config.plantedBug = plantedBug
+    config.preVote = preVote
+    config.checkQuorum = checkQuorum
+    config.maxEntriesBytesPerMessage = entriesBytesPerMessageMax
+    config.maxInflightMessages = inflightMessagesMax
     config.electionTicks = electionTicks
     config.heartbeatTicks = heartbeatTicks
     // A command must fit in one WAL record beside the entry's kind byte.

@@ -177,6 +177,25 @@ enum RaftStorage {
     /// after replay) or overwritten later still count: knowing an endpoint too many costs
     /// nothing, forgetting one stalls the group.
     var contextPeers: [(index: LogIndex, peer: Peer)] = []
+    /// The snapshot replaced the log (a received snapshot whose file was written, but not the
+    /// marker that voids the old log: a crash between the two). The host writes the marker now
+    /// (`snapshotMarkerRecord`), or the next replay would read the new entries after the old
+    /// ones: a gap when the old log ended before the snapshot, or an old entry at the snapshot's
+    /// index whose term disagrees, for which the new entries after it would be thrown away.
+    var snapshotMarkerMissing = false
+  }
+
+  /// The marker a recovery writes for a group whose snapshot replaced its log
+  /// (`RecoveredGroup.snapshotMarkerMissing`).
+  static func snapshotMarkerRecord(group id: GroupID, _ group: RecoveredGroup) -> WALRecord {
+    guard let snapshot = group.snapshot, group.snapshotMarkerMissing else {
+      preconditionFailure("group \(id): a marker only for a snapshot that replaced the log")
+    }
+    var hardState = group.hardState
+    hardState.commit = max(hardState.commit, snapshot.index)
+    hardState.term = max(hardState.term, snapshot.term)
+    if hardState.term != group.hardState.term { hardState.vote = 0 }
+    return hardStateRecord(group: id, hardState, snapshotMarker: (snapshot.index, snapshot.term))
   }
 
   /// Replays the whole log into the live groups' persisted Raft state, and loads their snapshots.
@@ -274,15 +293,16 @@ enum RaftStorage {
       throw ConsensusError.storage(
         "group \(id): the log starts at entry \(first), after the snapshot at \(snapshot.index); entries are missing")
     }
-    if last <= snapshot.index {
-      group.entries = []
-    } else if first == snapshot.index + 1 {
-      return
-    } else if group.entries[Int(snapshot.index - first)].term == snapshot.term {
+    if first == snapshot.index + 1 { return }
+    // Here first ≤ snapshot.index (the log starts at or before it).
+    let holdsSnapshotEntry = last >= snapshot.index && group.entries[Int(snapshot.index - first)].term == snapshot.term
+    if holdsSnapshotEntry {
       group.entries.removeFirst(Int(snapshot.index - first) + 1)
     } else {
-      // The snapshot was received and written, but the marker voiding the old log was not.
+      // The log ends before the snapshot, or disagrees with it at its index: the snapshot was
+      // received and written, but the marker voiding the old log was not.
       group.entries = []
+      if (group.base ?? 0) < snapshot.index { group.snapshotMarkerMissing = true }
     }
   }
 

@@ -5,7 +5,7 @@ public struct SimulationOptions: Sendable {
   public var seed: UInt64
   /// Nodes in the cluster (3 or 5). Every node hosts a replica of every group.
   public var nodes: Int = 3
-  /// Raft groups hosted by every node; group `g` starts with `Simulator.bootstrapMembership`
+  /// Raft groups hosted by every node; group `g` starts with `ClusterSimulator.bootstrapVoters`
   /// (all voters, three, one, two: four groups cover every shape).
   public var groups: Int = 4
   /// Events (ticks and message deliveries) in the safety phase, with faults on.
@@ -66,36 +66,44 @@ public struct Violation: Sendable, CustomStringConvertible {
 
 /// Counts of the faults and features a run exercised, so a passing run shows what it tried.
 public struct Coverage: Sendable, Equatable {
-  public var tornWrites = 0
-  public var leaderCrashesMidReady = 0
-  public var leaderCrashesBeforePersist = 0
+  /// Nodes that lost power during an fsync (what they sent early is in flight, nothing of the
+  /// Ready they were persisting is durable).
+  public var crashesAtSync = 0
   public var partitions = 0
   public var snapshotsInstalled = 0
-  public var configChangesApplied = 0
+  /// Snapshot chunks sent (snapshots over the inline limit stream).
+  public var snapshotChunksSent = 0
+  /// Membership changes asked of a leader (joins with addPeer, removePeer).
+  public var membershipChanges = 0
   public var transfersStarted = 0
   public var readsServed = 0
   /// Hard states written without an fsync (only their commit moved), which a crash may lose.
   public var unsyncedHardStates = 0
+  /// Client operations checked for linearizability, and per-key histories whose search hit its
+  /// bound (neither proven nor refuted).
+  public var clientOperations = 0
+  public var historiesUndecided = 0
 
   public init() {}
 
   mutating func add(_ other: Coverage) {
-    tornWrites += other.tornWrites
-    leaderCrashesMidReady += other.leaderCrashesMidReady
-    leaderCrashesBeforePersist += other.leaderCrashesBeforePersist
+    crashesAtSync += other.crashesAtSync
     partitions += other.partitions
     snapshotsInstalled += other.snapshotsInstalled
-    configChangesApplied += other.configChangesApplied
+    snapshotChunksSent += other.snapshotChunksSent
+    membershipChanges += other.membershipChanges
     transfersStarted += other.transfersStarted
     readsServed += other.readsServed
     unsyncedHardStates += other.unsyncedHardStates
+    clientOperations += other.clientOperations
+    historiesUndecided += other.historiesUndecided
   }
 
   var line: String {
-    "torn=\(tornWrites) leaderCrashes=\(leaderCrashesMidReady) leaderCrashesBeforePersist=\(leaderCrashesBeforePersist) "
-      + "partitions=\(partitions) "
-      + "snapshots=\(snapshotsInstalled) confchanges=\(configChangesApplied) transfers=\(transfersStarted) "
-      + "reads=\(readsServed) unsyncedHardStates=\(unsyncedHardStates)"
+    "crashesAtSync=\(crashesAtSync) partitions=\(partitions) snapshots=\(snapshotsInstalled) "
+      + "chunks=\(snapshotChunksSent) membership=\(membershipChanges) transfers=\(transfersStarted) "
+      + "reads=\(readsServed) unsyncedHardStates=\(unsyncedHardStates) clientOps=\(clientOperations) "
+      + "undecided=\(historiesUndecided)"
   }
 }
 

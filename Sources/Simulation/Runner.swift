@@ -43,7 +43,7 @@ public enum SimulationRunner {
     for seed in seeds {
       var options = template
       options.seed = seed
-      let result = try Simulator(options: options).run()
+      let result = try ClusterSimulator(options: options).run()
       summary.add(result)
       if result.violation != nil && stopAtFirst { break }
     }

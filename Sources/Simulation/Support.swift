@@ -61,6 +61,9 @@ struct EventQueue<Payload> {
     }
   }
 
+  /// The earliest event's time.
+  var peekTime: Int? { heap.first?.time }
+
   mutating func pop() -> (time: Int, payload: Payload)? {
     guard !heap.isEmpty else { return nil }
     heap.swapAt(0, heap.count - 1)

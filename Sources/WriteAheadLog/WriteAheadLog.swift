@@ -15,6 +15,12 @@ import Platform
 /// before releasing, appends the latest hard state and group record of every live group again and
 /// `sync()`s; those copies are in the current segment, which is never released.
 ///
+/// # I/O
+/// Every file and directory operation goes through the injected `FileStore` (`PosixFileStore` on a
+/// node, a simulated disk in the deterministic simulator), and nothing depends on the order a
+/// directory lists its entries in: names are sorted before anything is decided from them. So a
+/// simulated run replays from its seed through this very code.
+///
 /// # Threads
 /// Not thread-safe, and not `Sendable`: one thread (the engine's loop) owns the log and makes every
 /// call. Calls block on disk I/O, so that thread must not be an event loop.
@@ -83,6 +89,8 @@ import Platform
 public final class WriteAheadLog {
   public let directory: String
   public let options: WALOptions
+  /// Where every file and directory operation of the log goes.
+  public let fileStore: any FileStore
   /// What recovery found and did when this log was opened.
   public let recovery: WALRecovery
 
@@ -115,8 +123,8 @@ public final class WriteAheadLog {
   private var sealed: [Segment]
   private var current: Segment
   /// Open read-write; nil only after a failed roll or close.
-  private var currentFile: File?
-  private var lockFile: File?
+  private var currentFile: (any FileHandle)?
+  private var lockFile: (any FileHandle)?
   /// Records appended to the current segment since its last sync.
   private var unsynced = false
   /// A sync of the current segment completed and nothing was written to it since: its next write
@@ -127,16 +135,20 @@ public final class WriteAheadLog {
 
   /// Opens (creating if needed, like mkdir -p) the log in `directory` and runs recovery; see the
   /// type's documentation. Throws `corrupt`/`badMagic`/`badVersion` naming the file when the log
-  /// cannot be trusted, `locked` when another open log holds the directory.
-  public init(directory: String, options: WALOptions = .init()) throws(WALError) {
+  /// cannot be trusted, `locked` when another open log holds the directory. Every file operation
+  /// goes through `fileStore`.
+  public init(
+    directory: String, options: WALOptions = .init(), fileStore: any FileStore = PosixFileStore()
+  ) throws(WALError) {
     try options.validate()
     self.directory = directory
     self.options = options
-    let lock: File
+    self.fileStore = fileStore
+    let lock: any FileHandle
     let locked: Bool
     do throws(SystemError) {
-      try FileSystem.makeDirectories(directory, durable: true)
-      lock = try File.open(directory + "/" + Self.lockFileName, mode: .readWriteCreate)
+      try fileStore.makeDirectories(directory, durable: true)
+      lock = try fileStore.open(directory + "/" + Self.lockFileName, mode: .readWriteCreate)
       locked = try lock.tryLockExclusive()
     } catch {
       throw .io(error)
@@ -144,7 +156,7 @@ public final class WriteAheadLog {
     guard locked else { throw .locked(directory: directory) }
     var recovery = WALRecovery()
     var segments = try Self.recoverSegments(
-      directory: directory, options: options, recovery: &recovery)
+      fileStore: fileStore, directory: directory, options: options, recovery: &recovery)
     precondition(!segments.isEmpty, "recovery leaves at least one segment")
     let last = segments.removeLast()
     self.sealed = segments.map(\.segment)
@@ -161,7 +173,7 @@ public final class WriteAheadLog {
   }
 
   deinit {
-    // Files close themselves; nothing is synced here: call `close()` for that.
+    // Handles are dropped (a `File` closes itself); nothing is synced here: call `close()` for that.
   }
 
   // MARK: - Records
@@ -247,7 +259,7 @@ public final class WriteAheadLog {
     try checkOpen()
     for segment in sealed + [current] {
       let bytes: [UInt8]
-      do { bytes = try FileSystem.readFile(segment.path) } catch { throw WALError.io(error) }
+      do { bytes = try fileStore.readFile(segment.path) } catch { throw WALError.io(error) }
       guard bytes.count >= segment.bytes else {
         throw WALError.corrupt(
           file: segment.path, offset: UInt64(bytes.count),
@@ -314,6 +326,8 @@ public final class WriteAheadLog {
     try checkOpen()
     var releasable = 0
     for segment in sealed {
+      // A pure test over the dictionary: its (hash-seeded) order cannot change the answer, and
+      // the unlinks below follow `sealed`, oldest first.
       let covered = segment.entryIndexMax.allSatisfy { group, indexMax in
         guard let coveredMax = coveredIndex[group] else { return true }
         return indexMax <= coveredMax
@@ -330,10 +344,10 @@ public final class WriteAheadLog {
     }
     do throws(SystemError) {
       for segment in sealed.prefix(releasable) {
-        try FileSystem.unlink(segment.path)
+        try fileStore.unlink(segment.path)
         deleted += 1
       }
-      try FileSystem.syncDirectory(directory)
+      try fileStore.syncDirectory(directory)
     } catch {
       throw .io(error)
     }
@@ -406,15 +420,15 @@ public final class WriteAheadLog {
       prefix.count == SnapshotFormat.headerBytes + SnapshotFormat.bodyFixedBytes,
       "snapshot prefix size")
     do throws(SystemError) {
-      let file = try File.open(temporaryPath, mode: .writeCreateTruncate)
+      let file = try fileStore.open(temporaryPath, mode: .writeCreateTruncate)
       try file.write(all: prefix, at: 0)
       try file.write(all: snapshot.data, at: UInt64(prefix.count))
       try file.sync()
       try file.close()
-      try FileSystem.rename(temporaryPath, to: path)
-      try FileSystem.syncDirectory(directory)
+      try fileStore.rename(temporaryPath, to: path)
+      try fileStore.syncDirectory(directory)
     } catch {
-      try? FileSystem.unlink(temporaryPath)
+      try? fileStore.unlink(temporaryPath)
       throw .io(error)
     }
   }
@@ -424,9 +438,9 @@ public final class WriteAheadLog {
   public func loadSnapshot(group: UInt64) throws(WALError) -> WALSnapshot? {
     try checkOpen()
     let path = snapshotPath(group: group)
-    let file: File
+    let file: any FileHandle
     do throws(SystemError) {
-      file = try File.open(path, mode: .readOnly)
+      file = try fileStore.open(path, mode: .readOnly)
     } catch {
       if error.errno == ENOENT { return nil }
       throw .io(error)
@@ -494,11 +508,11 @@ public final class WriteAheadLog {
     try checkOpen()
     do throws(SystemError) {
       do throws(SystemError) {
-        try FileSystem.unlink(snapshotPath(group: group))
-      } catch  where error.errno == ENOENT {
+        try fileStore.unlink(snapshotPath(group: group))
+      } catch where error.errno == ENOENT {
         return
       }
-      try FileSystem.syncDirectory(directory)
+      try fileStore.syncDirectory(directory)
     } catch {
       throw .io(error)
     }
@@ -508,7 +522,7 @@ public final class WriteAheadLog {
   public func snapshotGroups() throws(WALError) -> [UInt64] {
     try checkOpen()
     do throws(SystemError) {
-      return try FileSystem.listDirectory(directory).compactMap(SnapshotFormat.group(fileName:))
+      return try fileStore.listDirectory(directory).compactMap(SnapshotFormat.group(fileName:))
         .sorted()
     } catch {
       throw .io(error)
@@ -555,7 +569,8 @@ public final class WriteAheadLog {
     currentFile = nil
     try file.close()
     sealed.append(current)
-    let next = try Self.createSegment(directory: directory, sequence: current.sequence + 1)
+    let next = try Self.createSegment(
+      fileStore: fileStore, directory: directory, sequence: current.sequence + 1)
     current = next.segment
     currentFile = next.file
     counters.segments = sealed.count + 1
@@ -563,18 +578,18 @@ public final class WriteAheadLog {
 
   /// Creates segment `sequence` complete (temporary file, header, fsync, rename, directory fsync)
   /// and opens it for appending.
-  private static func createSegment(directory: String, sequence: UInt64) throws(SystemError) -> (
-    segment: Segment, file: File
-  ) {
+  private static func createSegment(
+    fileStore: any FileStore, directory: String, sequence: UInt64
+  ) throws(SystemError) -> (segment: Segment, file: any FileHandle) {
     let path = directory + "/" + SegmentFormat.fileName(sequence: sequence)
     let temporaryPath = path + SegmentFormat.temporarySuffix
-    let temporary = try File.open(temporaryPath, mode: .writeCreateTruncate)
+    let temporary = try fileStore.open(temporaryPath, mode: .writeCreateTruncate)
     try temporary.write(all: SegmentFormat.header(sequence: sequence), at: 0)
     try temporary.sync()
     try temporary.close()
-    try FileSystem.rename(temporaryPath, to: path)
-    try FileSystem.syncDirectory(directory)
-    let file = try File.open(path, mode: .readWrite)
+    try fileStore.rename(temporaryPath, to: path)
+    try fileStore.syncDirectory(directory)
+    let file = try fileStore.open(path, mode: .readWrite)
     let segment = Segment(
       sequence: sequence, path: path, bytes: UInt64(SegmentFormat.headerBytes), records: 0,
       entryIndexMax: [:])
@@ -585,16 +600,18 @@ public final class WriteAheadLog {
   /// and a new last one when the last is of an older version (markers go only into version 2).
   /// Returns them oldest first, the last with its file open for appending.
   private static func recoverSegments(
-    directory: String, options: WALOptions, recovery: inout WALRecovery
-  ) throws(WALError) -> [(segment: Segment, file: File?)] {
+    fileStore: any FileStore, directory: String, options: WALOptions, recovery: inout WALRecovery
+  ) throws(WALError) -> [(segment: Segment, file: (any FileHandle)?)] {
     do {
-      let names = try FileSystem.listDirectory(directory)
+      // Sorted: which leftover is unlinked first, the order `temporaryFilesRemoved` reports and
+      // which bad name is refused must not depend on the order the directory lists them in.
+      let names = try fileStore.listDirectory(directory).sorted()
       var sequences: [UInt64] = []
       for name in names {
         if name.hasSuffix(SegmentFormat.temporarySuffix)
           && (name.hasPrefix(SegmentFormat.filePrefix) || name.hasPrefix(SnapshotFormat.filePrefix))
         {
-          try FileSystem.unlink(directory + "/" + name)
+          try fileStore.unlink(directory + "/" + name)
           recovery.temporaryFilesRemoved.append(name)
         } else if let sequence = SegmentFormat.sequence(fileName: name) {
           sequences.append(sequence)
@@ -610,11 +627,11 @@ public final class WriteAheadLog {
             file: directory, offset: 0, reason: "more than \(segmentsMax) segments")
         }
       }
-      if !recovery.temporaryFilesRemoved.isEmpty { try FileSystem.syncDirectory(directory) }
+      if !recovery.temporaryFilesRemoved.isEmpty { try fileStore.syncDirectory(directory) }
       sequences.sort()
       recovery.segmentsFound = sequences.count
       guard !sequences.isEmpty else {
-        let first = try createSegment(directory: directory, sequence: 1)
+        let first = try createSegment(fileStore: fileStore, directory: directory, sequence: 1)
         return [(first.segment, first.file)]
       }
       for (previous, next) in zip(sequences, sequences.dropFirst()) where next != previous + 1 {
@@ -623,11 +640,11 @@ public final class WriteAheadLog {
           reason: "segment missing: found \(SegmentFormat.fileName(sequence: previous)) and "
             + "\(SegmentFormat.fileName(sequence: next)) but nothing between")
       }
-      var segments: [(segment: Segment, file: File?)] = []
+      var segments: [(segment: Segment, file: (any FileHandle)?)] = []
       for (position, sequence) in sequences.enumerated() {
         let isLast = position == sequences.count - 1
         let path = directory + "/" + SegmentFormat.fileName(sequence: sequence)
-        let file = try File.open(path, mode: isLast ? .readWrite : .readOnly)
+        let file = try fileStore.open(path, mode: isLast ? .readWrite : .readOnly)
         let bytes = try file.readAll()
         let scan = try bytes.withUnsafeBytes { raw in
           Result { () throws(WALError) in
@@ -656,7 +673,8 @@ public final class WriteAheadLog {
           try file.sync()
           try file.close()
           segments.append((segment, nil))
-          let next = try createSegment(directory: directory, sequence: sequence + 1)
+          let next = try createSegment(
+            fileStore: fileStore, directory: directory, sequence: sequence + 1)
           segments.append((next.segment, next.file))
         } else {
           try file.close()

@@ -126,6 +126,41 @@ final class RaftStorageTests: XCTestCase {
     XCTAssertEqual(replaced[group]?.entries.map(\.index), [])
   }
 
+  /// Found by the cluster simulator (seed 290): a received snapshot's file was written, the node
+  /// lost power before the marker; recovery used the snapshot, the node appended the next entry,
+  /// and the next recovery read that entry right after the old log's end: a gap. The marker the
+  /// first recovery asks for keeps the log readable.
+  func testASnapshotWhoseMarkerWasLostAsksForItAndTheLogStaysReadable() throws {
+    let snapshot = Snapshot(index: 19, term: 4, config: ConfigState(voters: [1, 2, 3]), data: payload([1]))
+    let first = try recover([created(group), entry(17, 2), entry(18, 3)], snapshot: snapshot)
+    var replica = try XCTUnwrap(first[group])
+    XCTAssertEqual(replica.entries, [])
+    XCTAssertTrue(replica.snapshotMarkerMissing)
+    // What the host writes at that start, then the entry it appends later.
+    let marker = RaftStorage.snapshotMarkerRecord(group: group, replica)
+    try FileManager.default.removeItem(atPath: directory)
+    let second = try recover([created(group), entry(17, 2), entry(18, 3), marker, entry(20, 5)], snapshot: snapshot)
+    replica = try XCTUnwrap(second[group])
+    XCTAssertEqual(replica.entries.map(\.index), [20])
+    XCTAssertFalse(replica.snapshotMarkerMissing)
+    // Without the marker the gap refuses to start.
+    try FileManager.default.removeItem(atPath: directory)
+    XCTAssertThrowsError(try recover([created(group), entry(17, 2), entry(18, 3), entry(20, 5)], snapshot: snapshot))
+  }
+
+  /// The same with an old entry at the snapshot's index in another term: without the marker, the
+  /// next recovery would drop the new entries after it.
+  func testAStaleEntryAtTheSnapshotsIndexAsksForTheMarker() throws {
+    let snapshot = Snapshot(index: 2, term: 3, config: ConfigState(voters: [1, 2, 3]), data: payload([]))
+    let first = try recover([created(group), entry(1, 1), entry(2, 2)], snapshot: snapshot)
+    let replica = try XCTUnwrap(first[group])
+    XCTAssertTrue(replica.snapshotMarkerMissing)
+    let marker = RaftStorage.snapshotMarkerRecord(group: group, replica)
+    try FileManager.default.removeItem(atPath: directory)
+    let second = try recover([created(group), entry(1, 1), entry(2, 2), marker, entry(3, 3)], snapshot: snapshot)
+    XCTAssertEqual(second[group]?.entries.map(\.index), [3])
+  }
+
   func testSnapshotFilesOfGroupsThatAreNotLiveAreRemoved() throws {
     let recovered = try recover(
       [created(group), RaftStorage.groupDeletedRecord(group: group)],
