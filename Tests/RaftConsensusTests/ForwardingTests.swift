@@ -209,6 +209,29 @@ final class ForwardingTests: XCTestCase {
     XCTAssertEqual(metric(cluster.engine(follower), "caucus_raft_forwards_refused_for_peers_total"), 1)
   }
 
+  /// Found by the cluster simulator: a batch the transport delivers twice must not append its
+  /// forwarded writes twice (a compare-and-set applied, then refused on its duplicate, and the
+  /// follower answered "refused"). The duplicate gets the first answer; the log grows once.
+  func testADuplicatedForwardIsAppendedOnceAndAnsweredTheSame() throws {
+    let cluster = try TestCluster(nodes: 3)
+    try cluster.createGroup(group)
+    let leader = try XCTUnwrap(cluster.waitForLeader(group))
+    _ = try cluster.writeToLeader(group, "before", "x")
+    let standIn = StandInNode(replacing: (leader + 1) % 3, of: cluster)
+    let lastBefore = try XCTUnwrap(cluster.engine(leader).status(group)).commitIndex
+    let forward = ForwardedProposal(group: group.packed, requestID: 7, body: .proposal(data: putCommand("once", "v")))
+    standIn.send([forward], to: cluster.peers[leader])
+    let first = standIn.answers(to: [7])[7]
+    standIn.received.withLock { $0 = [] }
+    standIn.send([forward], to: cluster.peers[leader])
+    let second = standIn.answers(to: [7])[7]
+    guard case .accepted(let index, _)? = first else { return XCTFail("the leader takes it: \(String(describing: first))") }
+    XCTAssertEqual(second, first, "the duplicate is answered with the first answer")
+    XCTAssertEqual(index, lastBefore + 1)
+    let after = try cluster.writeToLeader(group, "after", "y")
+    XCTAssertEqual(after.index, index + 1, "nothing was appended for the duplicate")
+  }
+
   func testALeaderTakesForwardsUpToItsPendingLimitsAndRefusesTheRestOverloaded() throws {
     let cluster = try TestCluster(nodes: 3) { options in options.pendingWritesMax = 8 }
     try cluster.createGroup(group)

@@ -72,3 +72,19 @@ final class SnapshotStreamTests: XCTestCase {
     XCTAssertEqual(streams.inboundBytes, old[0].totalBytes)
   }
 }
+
+/// The leader's window of answered forwards.
+final class ForwardWindowTests: XCTestCase {
+  func testAnswersAreRememberedPerNodeWithinTheWindow() {
+    var window = ForwardWindow(perNodeMax: 2)
+    window.remember(from: 1, requestID: 10, answer: .accepted(index: 5, term: 2))
+    window.remember(from: 2, requestID: 10, answer: .refused(.overloaded, leaderHint: 0))
+    XCTAssertEqual(window.answer(from: 1, requestID: 10), .accepted(index: 5, term: 2))
+    XCTAssertEqual(window.answer(from: 2, requestID: 10), .refused(.overloaded, leaderHint: 0))
+    window.remember(from: 1, requestID: 11, answer: .accepted(index: 6, term: 2))
+    window.remember(from: 1, requestID: 12, answer: .accepted(index: 7, term: 2))
+    XCTAssertNil(window.answer(from: 1, requestID: 10), "the oldest leaves a full window")
+    XCTAssertEqual(window.answer(from: 1, requestID: 12), .accepted(index: 7, term: 2))
+    XCTAssertEqual(window.answer(from: 2, requestID: 10), .refused(.overloaded, leaderHint: 0), "per node")
+  }
+}
