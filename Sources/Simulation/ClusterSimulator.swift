@@ -54,6 +54,9 @@ public final class ClusterSimulator: @unchecked Sendable {
     var valuePaddingBytes: Int
     /// A node's fsync fails with EIO: it must stop taking writes (and is restarted).
     var fsyncFailurePpm: Int
+    /// A node's disk fills up (ENOSPC past a little more than it holds) until a heal: it must
+    /// refuse writes rather than acknowledge them, and recover once space returns.
+    var diskFullPpm: Int
     /// The core's message limits: one-entry messages and a window of one make the
     /// interleavings of Figure 8 reachable (an old entry acknowledged apart from the new one).
     var entriesBytesPerMessageMax: Int
@@ -67,7 +70,7 @@ public final class ClusterSimulator: @unchecked Sendable {
         + "leaderCrashes=\(leaderCrashPercent)% leaderMilestoneCrash=\(leaderCrashAtMilestonePpm)ppm partition=\(partitionPpm)ppm heal=\(healPpm)ppm "
         + "client=\(clientOperationPpm)ppm membership=\(membershipPpm)ppm transfer=\(transferPpm)ppm "
         + "snapshot=\(snapshotPpm)ppm/\(snapshotEntriesThreshold) inline=\(snapshotInlineBytesMax) "
-        + "padding=\(valuePaddingBytes) fsyncEIO=\(fsyncFailurePpm)ppm msgBytes=\(entriesBytesPerMessageMax) "
+        + "padding=\(valuePaddingBytes) fsyncEIO=\(fsyncFailurePpm)ppm diskFull=\(diskFullPpm)ppm msgBytes=\(entriesBytesPerMessageMax) "
         + "inflight=\(inflightMessagesMax) preVote=\(preVote) checkQuorum=\(checkQuorum)"
     }
   }
@@ -172,6 +175,7 @@ public final class ClusterSimulator: @unchecked Sendable {
       snapshotInlineBytesMax: random.pick([0, 4 << 20]),
       valuePaddingBytes: random.pick([0, 0, 1_000, 24_000]),
       fsyncFailurePpm: random.pick([0, 0, 300]),
+      diskFullPpm: random.pick([0, 0, 2_000]),
       entriesBytesPerMessageMax: random.pick([1, 1, 64, 1 << 20]),
       inflightMessagesMax: random.pick([1, 4, 256]),
       preVote: random.below(4) != 0,
@@ -330,14 +334,14 @@ public final class ClusterSimulator: @unchecked Sendable {
       guard !healed, !node.disk.crashRequested, random.chance(ppm: parameters.leaderCrashAtMilestonePpm) else { return }
       node.disk.losePowerNow()
     }
-    let injectedFailures = node.disk.fsyncFailures
+    let injectedFailures = node.disk.fsyncFailures + node.disk.spaceFailures
     do {
       try engine.startDriven()
     } catch {
-      if node.disk.crashRequested || node.disk.fsyncFailures > injectedFailures {
+      if node.disk.crashRequested || node.disk.fsyncFailures + node.disk.spaceFailures > injectedFailures {
         // A fault the disk injected during recovery (power lost at one of its fsyncs): the node
         // is down again; a later restart tries anew.
-        trace.append(.note(time: now, text: "n\(index) lost power while recovering"))
+        trace.append(.note(time: now, text: "n\(index) failed to recover on a faulty disk: \(error)"))
         node.disk.crash()
         return
       }
@@ -461,6 +465,18 @@ public final class ClusterSimulator: @unchecked Sendable {
       blocked = []
       trace.append(.partition(time: now, description: "healed"))
     }
+    if random.chance(ppm: parameters.diskFullPpm) {
+      let node = random.pick(nodes)
+      node.disk.capacityBytes = node.disk.bytesStored + random.below(64 << 10)
+      coverage.disksFilled += 1
+      trace.append(.note(time: now, text: "n\(node.peer.node) disk full at \(node.disk.capacityBytes) bytes"))
+    }
+    if random.chance(ppm: parameters.healPpm) {
+      for node in nodes where node.disk.capacityBytes != Int.max {
+        node.disk.capacityBytes = Int.max
+        trace.append(.note(time: now, text: "n\(node.peer.node) disk has space again"))
+      }
+    }
     for client in 0..<clients.count where !clients[client].busy && random.chance(ppm: parameters.clientOperationPpm) {
       issue(client: client)
     }
@@ -508,6 +524,7 @@ public final class ClusterSimulator: @unchecked Sendable {
       node.disk.crashAtSyncPpm = 0
       node.disk.crashAfterSyncPpm = 0
       node.disk.fsyncFailurePpm = 0
+      node.disk.capacityBytes = Int.max
     }
     trace.append(.partition(time: now, description: "healed for the liveness phase"))
     for index in 1...options.nodes where nodes[index - 1].engine == nil { restart(index) }

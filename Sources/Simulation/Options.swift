@@ -69,6 +69,8 @@ public struct Coverage: Sendable, Equatable {
   /// Nodes that lost power during an fsync (what they sent early is in flight, nothing of the
   /// Ready they were persisting is durable).
   public var crashesAtSync = 0
+  /// Disks that filled up (ENOSPC) for a while.
+  public var disksFilled = 0
   public var partitions = 0
   public var snapshotsInstalled = 0
   /// Snapshot chunks sent (snapshots over the inline limit stream).
@@ -88,6 +90,7 @@ public struct Coverage: Sendable, Equatable {
 
   mutating func add(_ other: Coverage) {
     crashesAtSync += other.crashesAtSync
+    disksFilled += other.disksFilled
     partitions += other.partitions
     snapshotsInstalled += other.snapshotsInstalled
     snapshotChunksSent += other.snapshotChunksSent
@@ -100,7 +103,7 @@ public struct Coverage: Sendable, Equatable {
   }
 
   var line: String {
-    "crashesAtSync=\(crashesAtSync) partitions=\(partitions) snapshots=\(snapshotsInstalled) "
+    "crashesAtSync=\(crashesAtSync) disksFull=\(disksFilled) partitions=\(partitions) snapshots=\(snapshotsInstalled) "
       + "chunks=\(snapshotChunksSent) membership=\(membershipChanges) transfers=\(transfersStarted) "
       + "reads=\(readsServed) unsyncedHardStates=\(unsyncedHardStates) clientOps=\(clientOperations) "
       + "undecided=\(historiesUndecided)"

@@ -194,7 +194,8 @@ public final class SimulatedDisk: FileStore, @unchecked Sendable {
     }
   }
 
-  private var bytesStored: Int {
+  /// Bytes of file data the disk holds now.
+  public var bytesStored: Int {
     var seen: Set<ObjectIdentifier> = []
     var total = 0
     for inode in names.values where seen.insert(ObjectIdentifier(inode)).inserted { total += inode.current.count }
