@@ -29,13 +29,13 @@ extension RaftConsensus {
       replica.nextSnapshotAttemptIndex = snapshot.index
       turn.snapshotsInstalled += 1
       // Writes proposed here up to the snapshot: whether they made it is not known here.
-      for (index, proposal) in replica.proposals.sorted(by: { $0.key < $1.key }) where index <= snapshot.index {
-        replica.proposals[index] = nil
+      for (index, proposal) in replica.pending.proposals.sorted(by: { $0.key < $1.key }) where index <= snapshot.index {
+        replica.pending.proposals[index] = nil
         let completion = proposal.completion
         answerWrite(&turn, bytes: proposal.bytes) { completion(.failure(.timeout(indeterminate: true))) }
       }
-      for (index, waiting) in replica.forwardsAwaitingApply.sorted(by: { $0.key < $1.key }) where index <= snapshot.index {
-        replica.forwardsAwaitingApply[index] = nil
+      for (index, waiting) in replica.pending.forwardsAwaitingApply.sorted(by: { $0.key < $1.key }) where index <= snapshot.index {
+        replica.pending.forwardsAwaitingApply[index] = nil
         for (_, write) in waiting { answerForward(write, .failure(.timeout(indeterminate: true)), &turn) }
       }
       logger.info("snapshot installed", metadata: ["group": "\(replica.id)", "index": "\(snapshot.index)"])
@@ -56,10 +56,10 @@ extension RaftConsensus {
       }
       for entry in ready.committedEntries where entry.kind == .configChange { learnEndpoints(replica, entry) }
       for (index, term, response) in responses {
-        if !replica.forwardsAwaitingApply.isEmpty {
+        if !replica.pending.forwardsAwaitingApply.isEmpty {
           settleForwards(replica, index: index, term: term, response: response, &turn)
         }
-        guard let proposal = replica.proposals.removeValue(forKey: index) else { continue }
+        guard let proposal = replica.pending.proposals.removeValue(forKey: index) else { continue }
         let completion = proposal.completion
         if proposal.term == term {
           turn.writesCommitted += 1
@@ -72,31 +72,31 @@ extension RaftConsensus {
       }
     }
     for readState in ready.readStates {
-      guard let read = replica.readsAwaitingIndex.removeValue(forKey: readState.context) else { continue }
-      replica.readsAwaitingApply.append((readState.index, read))
+      guard let read = replica.pending.readsAwaitingIndex.removeValue(forKey: readState.context) else { continue }
+      replica.pending.readsAwaitingApply.append((readState.index, read))
     }
     if ready.role != .leader {
       // The core drops unconfirmed reads when it loses leadership.
       let answer = replica.leaderError(leader: ready.leader)
-      for (_, read) in replica.readsAwaitingIndex.sorted(by: { $0.key < $1.key }) {
+      for (_, read) in replica.pending.readsAwaitingIndex.sorted(by: { $0.key < $1.key }) {
         answerRead(&turn) { read.completion(.failure(answer)) }
       }
-      replica.readsAwaitingIndex = [:]
+      replica.pending.readsAwaitingIndex = [:]
       // Writes proposed while leading stay unknown until a leader commits or overwrites their
       // index. That normally takes an election or two; without a quorum it never happens, so
       // they are answered `timeout(indeterminate: true)` after two election timeouts rather
       // than at the full proposal timeout.
-      if !replica.proposals.isEmpty {
+      if !replica.pending.proposals.isEmpty {
         let cap = clock.nowNanoseconds() + 2 * UInt64(options.electionTicks) * tickNanoseconds
-        for (index, proposal) in replica.proposals where proposal.deadline > cap {
-          replica.proposals[index]!.deadline = cap
+        for (index, proposal) in replica.pending.proposals where proposal.deadline > cap {
+          replica.pending.proposals[index]!.deadline = cap
         }
       }
     }
-    if !replica.readsAwaitingApply.isEmpty {
+    if !replica.pending.readsAwaitingApply.isEmpty {
       var served: [(LinearizableRead, ReadResult)] = []
       replica.lock.withLock {
-        replica.readsAwaitingApply.removeAll { waiting in
+        replica.pending.readsAwaitingApply.removeAll { waiting in
           guard let answer = replica.answer(waiting.read.query, ifAppliedAtLeast: waiting.index) else { return false }
           served.append((waiting.read, answer))
           return true

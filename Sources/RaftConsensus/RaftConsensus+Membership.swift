@@ -18,9 +18,9 @@ extension RaftConsensus {
     func refuse(_ error: ConsensusError) { turn.answers.append { completion(.failure(error)) } }
     guard replica.raft.role == .leader else { return refuse(replica.leaderError(leader: replica.raft.leader)) }
     // The core takes one change at a time; this one's steps would interleave with it.
-    guard replica.membershipChange == nil else { return refuse(.overloaded(retryAfterMs: 1_000)) }
+    guard replica.pending.membershipChange == nil else { return refuse(.overloaded(retryAfterMs: 1_000)) }
     let deadline = clock.nowNanoseconds() + options.membershipChangeTimeoutMs * 1_000_000
-    replica.membershipChange = MembershipChange(stage: .proposing(request), deadline: deadline, completion: completion)
+    replica.pending.membershipChange = MembershipChange(stage: .proposing(request), deadline: deadline, completion: completion)
     settleMembershipChange(replica, now: clock.nowNanoseconds(), &turn)
   }
 
@@ -71,9 +71,9 @@ extension RaftConsensus {
   func settleMembershipChange(_ replica: RaftGroup, now: UInt64, _ turn: inout Turn) {
     let stagesMax = 3
     for _ in 0..<stagesMax {
-      guard let change = replica.membershipChange else { return }
+      guard let change = replica.pending.membershipChange else { return }
       func answer(_ result: Result<Void, ConsensusError>) {
-        replica.membershipChange = nil
+        replica.pending.membershipChange = nil
         let completion = change.completion
         turn.answers.append { completion(result) }
       }
@@ -87,12 +87,12 @@ extension RaftConsensus {
         case .refused(let error): return answer(.failure(error))
         case .done: return answer(.success(()))
         case .resumeCatchUp(let learner):
-          replica.membershipChange!.stage = .catchingUp(learner: learner, target: replica.raft.committed)
+          replica.pending.membershipChange!.stage = .catchingUp(learner: learner, target: replica.raft.committed)
           continue
         case .propose(let configChange, let next):
           do {
             let index = try replica.raft.proposeConfigChange(configChange)
-            replica.membershipChange!.stage = .applying(index: index, term: replica.raft.term, then: next)
+            replica.pending.membershipChange!.stage = .applying(index: index, term: replica.raft.term, then: next)
             logger.info(
               "membership change proposed",
               metadata: [
@@ -141,7 +141,7 @@ extension RaftConsensus {
           if now >= change.deadline { return answer(.failure(.timeout(indeterminate: true))) }
           return
         case .catchUp(let learner):
-          replica.membershipChange!.stage = .catchingUp(learner: learner, target: replica.raft.committed)
+          replica.pending.membershipChange!.stage = .catchingUp(learner: learner, target: replica.raft.committed)
         }
       case .catchingUp(let learner, let target):
         guard replica.raft.role == .leader else { return answer(.failure(leaderError)) }
@@ -156,7 +156,7 @@ extension RaftConsensus {
         do {
           let context = replica.peer(learner).map { RaftStorage.encodePeers([$0]) } ?? []
           let index = try replica.raft.proposeConfigChange(ConfigChange([.init(.addVoter, learner)], context: context))
-          replica.membershipChange!.stage = .applying(index: index, term: replica.raft.term, then: .finish)
+          replica.pending.membershipChange!.stage = .applying(index: index, term: replica.raft.term, then: .finish)
           logger.info(
             "learner caught up; promoting it",
             metadata: ["group": "\(replica.id)", "node": "\(learner)", "match": "\(match)", "index": "\(index)"])
@@ -174,7 +174,7 @@ extension RaftConsensus {
   /// ran out of time.
   func settleTransfers(_ replica: RaftGroup, now: UInt64, _ turn: inout Turn) {
     let leader = replica.raft.leader
-    replica.transfers.removeAll { transfer in
+    replica.pending.transfers.removeAll { transfer in
       let completion = transfer.completion
       if leader == transfer.target {
         turn.answers.append { completion(.success(())) }

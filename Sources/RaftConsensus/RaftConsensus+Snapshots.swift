@@ -27,9 +27,9 @@ extension RaftConsensus {
       let (applied, snapshotIndex) = replica.inspect { ($0.applied, $0.firstIndex - 1) }
       let since = applied - snapshotIndex
       let automatic = since >= options.snapshotEntriesThreshold && applied >= replica.nextSnapshotAttemptIndex
-      guard automatic || !replica.snapshotRequests.isEmpty || (forced && since > 0) else { continue }
-      let requests = replica.snapshotRequests
-      replica.snapshotRequests = []
+      guard automatic || !replica.pending.snapshotRequests.isEmpty || (forced && since > 0) else { continue }
+      let requests = replica.pending.snapshotRequests
+      replica.pending.snapshotRequests = []
       let (outcome, wrote) = snapshot(replica, wal)
       if wrote {
         written += 1

@@ -241,8 +241,8 @@ extension RaftConsensus {
     for message in ready.messages where message.kind == .snapshot && !streams(message) {
       replica.raft.reportSnapshot(to: message.to, failed: false)
     }
-    if !replica.transfers.isEmpty { settleTransfers(replica, now: turn.now, &turn) }
-    if replica.membershipChange != nil { settleMembershipChange(replica, now: turn.now, &turn) }
+    if !replica.pending.transfers.isEmpty { settleTransfers(replica, now: turn.now, &turn) }
+    if replica.pending.membershipChange != nil { settleMembershipChange(replica, now: turn.now, &turn) }
   }
 
   /// A streamed snapshot whose last chunk left counts as delivered, as an inline one does.
@@ -316,7 +316,7 @@ extension RaftConsensus {
       nextReadContext += 1
       do {
         try replica.raft.readIndex(context: nextReadContext)
-        replica.readsAwaitingIndex[nextReadContext] = read
+        replica.pending.readsAwaitingIndex[nextReadContext] = read
       } catch {
         let answer = proposalError(replica, error)
         answerRead(&turn) { read.completion(.failure(answer)) }
@@ -394,7 +394,7 @@ extension RaftConsensus {
     case .snapshot(let id, let completion):
       state.withLock { controlQueued -= 1 }
       guard let replica = live[id] else { return turn.answers.append { completion(.failure(.groupNotFound(id))) } }
-      replica.snapshotRequests.append(completion)
+      replica.pending.snapshotRequests.append(completion)
     case .transfer(let id, let node, let completion):
       state.withLock { controlQueued -= 1 }
       guard let replica = live[id] else { return turn.answers.append { completion(.failure(.groupNotFound(id))) } }
@@ -413,7 +413,7 @@ extension RaftConsensus {
         return turn.answers.append { completion(.failure(answer)) }
       }
       let timeout = options.transferElectionTimeoutsMax * UInt64(options.electionTicks) * tickNanoseconds
-      replica.transfers.append((node.rawValue, clock.nowNanoseconds() + timeout, completion))
+      replica.pending.transfers.append((node.rawValue, clock.nowNanoseconds() + timeout, completion))
     case .membership(let id, let request, let completion):
       state.withLock { controlQueued -= 1 }
       guard let replica = live[id] else { return turn.answers.append { completion(.failure(.groupNotFound(id))) } }

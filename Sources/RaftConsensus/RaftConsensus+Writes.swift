@@ -16,14 +16,14 @@ extension RaftConsensus {
   ) {
     do {
       let index = try replica.raft.propose(command)
-      if let overwritten = replica.proposals[index] {
+      if let overwritten = replica.pending.proposals[index] {
         // Our earlier entry at this index was truncated while we were not the leader. Other
         // replicas may still hold it, and a later leader that has it could still commit it
         // (Raft paper Figure 8): its outcome is unknown, not a definite failure.
         let completion = overwritten.completion
         answerWrite(&turn, bytes: overwritten.bytes) { completion(.failure(.timeout(indeterminate: true))) }
       }
-      replica.proposals[index] = Proposal(
+      replica.pending.proposals[index] = Proposal(
         term: replica.raft.term, bytes: command.count, deadline: deadline, completion: completion)
     } catch {
       let answer = proposalError(replica, error)
@@ -55,8 +55,8 @@ extension RaftConsensus {
     nextForwardRequestID += 1
     let write = ForwardedWrite(
       requestID: nextForwardRequestID, leader: leader, bytes: command.count, deadline: deadline, completion: completion)
-    precondition(replica.forwardsAwaitingAcceptance[write.requestID] == nil, "request ids are unique")
-    replica.forwardsAwaitingAcceptance[write.requestID] = write
+    precondition(replica.pending.forwardsAwaitingAcceptance[write.requestID] == nil, "request ids are unique")
+    replica.pending.forwardsAwaitingAcceptance[write.requestID] = write
     forwardsWaiting += 1
     turn.forwards[leader, default: []].append(
       ForwardedProposal(group: replica.id.packed, requestID: write.requestID, body: .proposal(data: command)))
@@ -112,10 +112,10 @@ extension RaftConsensus {
       }
     case .accepted(let index, let term):
       // Unknown: answered already (deadline, group deleted) or not ours.
-      guard let replica, let write = replica.forwardsAwaitingAcceptance[forward.requestID], write.leader == node else {
+      guard let replica, let write = replica.pending.forwardsAwaitingAcceptance[forward.requestID], write.leader == node else {
         return
       }
-      replica.forwardsAwaitingAcceptance[forward.requestID] = nil
+      replica.pending.forwardsAwaitingAcceptance[forward.requestID] = nil
       turn.forwardCounts.accepted += 1
       guard index > replica.appliedIndex else {
         // Applied before the answer came (a later batch overtook this one). Log Matching tells
@@ -123,12 +123,12 @@ extension RaftConsensus {
         let overwritten = replica.raft.term(at: index).map { $0 != term } ?? false
         return answerForward(write, .failure(overwritten ? .noLeader(replica.id) : .timeout(indeterminate: true)), &turn)
       }
-      replica.forwardsAwaitingApply[index, default: []].append((term, write))
+      replica.pending.forwardsAwaitingApply[index, default: []].append((term, write))
     case .refused(let refusal, let leaderHint):
-      guard let replica, let write = replica.forwardsAwaitingAcceptance[forward.requestID], write.leader == node else {
+      guard let replica, let write = replica.pending.forwardsAwaitingAcceptance[forward.requestID], write.leader == node else {
         return
       }
-      replica.forwardsAwaitingAcceptance[forward.requestID] = nil
+      replica.pending.forwardsAwaitingAcceptance[forward.requestID] = nil
       turn.forwardCounts.refused += 1
       let answer: ConsensusError
       switch refusal {
@@ -169,7 +169,7 @@ extension RaftConsensus {
   func settleForwards(
     _ replica: RaftGroup, index: LogIndex, term: Term, response: [UInt8], _ turn: inout Turn
   ) {
-    guard let waiting = replica.forwardsAwaitingApply.removeValue(forKey: index) else { return }
+    guard let waiting = replica.pending.forwardsAwaitingApply.removeValue(forKey: index) else { return }
     for (acceptedTerm, write) in waiting {
       if acceptedTerm == term {
         turn.writesCommitted += 1
@@ -192,8 +192,8 @@ extension RaftConsensus {
     groupsWithUnsentForwards = []
     for id in ids.sorted() {
       guard let replica = live[id] else { continue }  // deleted: `failAllWaiting` answered them
-      let unsent = replica.forwardsUnsent
-      replica.forwardsUnsent = []
+      let unsent = replica.pending.forwardsUnsent
+      replica.pending.forwardsUnsent = []
       let now = clock.nowNanoseconds()
       for write in unsent {
         forwardsWaiting -= 1  // `forward` counts it again if it goes out
@@ -244,9 +244,9 @@ extension RaftConsensus {
   /// it is gone: its group was deleted after it was queued this turn (and answered then).
   func takeBack(_ forward: ForwardedProposal, _ command: [UInt8], heldFor: ReplicaID) -> Bool {
     guard let id = GroupID(packed: forward.group), let replica = live[id],
-      let write = replica.forwardsAwaitingAcceptance.removeValue(forKey: forward.requestID)
+      let write = replica.pending.forwardsAwaitingAcceptance.removeValue(forKey: forward.requestID)
     else { return false }
-    replica.forwardsUnsent.append(
+    replica.pending.forwardsUnsent.append(
       UnsentWrite(command: command, deadline: write.deadline, completion: write.completion, heldFor: heldFor))
     groupsWithUnsentForwards.insert(id)
     return true
@@ -265,79 +265,39 @@ extension RaftConsensus {
 
   /// Fails every write and read waiting in `replica` (deleted, or the engine is stopping).
   func failAllWaiting(_ replica: RaftGroup, _ error: ConsensusError, _ turn: inout Turn) {
-    for (_, proposal) in replica.proposals.sorted(by: { $0.key < $1.key }) {
-      let completion = proposal.completion
-      let answer: ConsensusError = error == .shuttingDown ? .timeout(indeterminate: true) : error
-      answerWrite(&turn, bytes: proposal.bytes) { completion(.failure(answer)) }
-    }
-    replica.proposals = [:]
-    // Sent forwards may still be written by the leader, whatever happens here.
-    for (_, write) in replica.forwardsAwaitingAcceptance.sorted(by: { $0.key < $1.key }) {
-      answerForward(write, .failure(.timeout(indeterminate: true)), &turn)
-    }
-    for (_, write) in replica.forwardsAwaitingApply.sorted(by: { $0.key < $1.key }).map(\.value).joined() {
-      answerForward(write, .failure(.timeout(indeterminate: true)), &turn)
-    }
-    for unsent in replica.forwardsUnsent {
-      forwardsWaiting -= 1
-      let completion = unsent.completion
-      answerWrite(&turn, bytes: unsent.command.count) { completion(.failure(error)) }
-    }
-    replica.forwardsAwaitingAcceptance = [:]
-    replica.forwardsAwaitingApply = [:]
-    replica.forwardsUnsent = []
-    for read in replica.readsAwaitingIndex.sorted(by: { $0.key < $1.key }).map(\.value) + replica.readsAwaitingApply.map(\.read) {
-      answerRead(&turn) { read.completion(.failure(error)) }
-    }
-    replica.readsAwaitingIndex = [:]
-    replica.readsAwaitingApply = []
-    for completion in replica.snapshotRequests { turn.answers.append { completion(.failure(error)) } }
-    replica.snapshotRequests = []
-    for transfer in replica.transfers {
-      let completion = transfer.completion
-      turn.answers.append { completion(.failure(error)) }
-    }
-    replica.transfers = []
-    if let change = replica.membershipChange {
-      // Its entries may still commit.
-      let answer: ConsensusError = error == .shuttingDown ? .timeout(indeterminate: true) : error
-      let completion = change.completion
-      turn.answers.append { completion(.failure(answer)) }
-      replica.membershipChange = nil
+    deliver(replica.pending.failAll(error), &turn)
+  }
+
+  /// Hands answers taken out of a group's pending requests to the turn, counting what they
+  /// release of the outstanding-work limits.
+  func deliver(_ answers: [PendingRequests.Answer], _ turn: inout Turn) {
+    for answer in answers {
+      switch answer {
+      case .write(let completion, let result, let bytes):
+        answerWrite(&turn, bytes: bytes) { completion(result) }
+      case .forward(let write, let result):
+        answerForward(write, result, &turn)
+      case .unsentForward(let unsent, let error):
+        precondition(forwardsWaiting > 0, "a forwarded write is answered once")
+        forwardsWaiting -= 1
+        let completion = unsent.completion
+        answerWrite(&turn, bytes: unsent.command.count) { completion(.failure(error)) }
+      case .read(let read, let result):
+        answerRead(&turn) { read.completion(result) }
+      case .snapshot(let completion, let result):
+        turn.answers.append { completion(result) }
+      case .control(let completion, let result):
+        turn.answers.append { completion(result) }
+      }
     }
   }
 
   func expireDeadlines(now: UInt64, _ turn: inout Turn) {
     for replica in live.ordered {
-      for (index, proposal) in replica.proposals.sorted(by: { $0.key < $1.key }) where proposal.deadline <= now {
-        replica.proposals[index] = nil
-        let completion = proposal.completion
-        answerWrite(&turn, bytes: proposal.bytes) { completion(.failure(.timeout(indeterminate: true))) }
-      }
-      for (requestID, write) in replica.forwardsAwaitingAcceptance.sorted(by: { $0.key < $1.key })
-      where write.deadline <= now {
-        replica.forwardsAwaitingAcceptance[requestID] = nil
-        answerForward(write, .failure(.timeout(indeterminate: true)), &turn)
-      }
-      for (index, waiting) in replica.forwardsAwaitingApply.sorted(by: { $0.key < $1.key })
-      where waiting.contains(where: { $0.write.deadline <= now }) {
-        let (expired, kept) = (waiting.filter { $0.write.deadline <= now }, waiting.filter { $0.write.deadline > now })
-        replica.forwardsAwaitingApply[index] = kept.isEmpty ? nil : kept
-        for (_, write) in expired { answerForward(write, .failure(.timeout(indeterminate: true)), &turn) }
-      }
-      for (context, read) in replica.readsAwaitingIndex.sorted(by: { $0.key < $1.key }) where read.deadline <= now {
-        replica.readsAwaitingIndex[context] = nil
-        answerRead(&turn) { read.completion(.failure(.timeout(indeterminate: false))) }
-      }
-      if !replica.transfers.isEmpty { settleTransfers(replica, now: now, &turn) }
+      if !replica.pending.isEmpty { deliver(replica.pending.expire(now: now), &turn) }
+      if !replica.pending.transfers.isEmpty { settleTransfers(replica, now: now, &turn) }
       // Also how a learner's catch-up is noticed: its acknowledgements need not make a Ready.
-      if replica.membershipChange != nil { settleMembershipChange(replica, now: now, &turn) }
-      replica.readsAwaitingApply.removeAll { waiting in
-        guard waiting.read.deadline <= now else { return false }
-        let read = waiting.read
-        answerRead(&turn) { read.completion(.failure(.timeout(indeterminate: false))) }
-        return true
-      }
+      if replica.pending.membershipChange != nil { settleMembershipChange(replica, now: now, &turn) }
     }
   }
 

@@ -113,25 +113,14 @@ final class RaftGroup: @unchecked Sendable {
 
   // Loop only.
   var raft: Raft
-  var proposals: [LogIndex: Proposal] = [:]
-  var readsAwaitingIndex: [UInt64: LinearizableRead] = [:]
-  var readsAwaitingApply: [(index: LogIndex, read: LinearizableRead)] = []
+  /// What callers wait for in this group.
+  var pending = PendingRequests()
   var announcedLeader: ReplicaID = 0
   var announcedTerm: Term = 0
   /// The index of the group's snapshot file: what the WAL may release up to.
   var durableSnapshotIndex: LogIndex = 0
   /// An automatic snapshot that failed is tried again from this applied index on.
   var nextSnapshotAttemptIndex: LogIndex = 0
-  var snapshotRequests: [ConsensusCompletion<SnapshotInfo>] = []
-  var transfers: [(target: ReplicaID, deadline: UInt64, completion: ConsensusCompletion<Void>)] = []
-  /// The membership change in progress, at most one: the core takes one at a time.
-  var membershipChange: MembershipChange?
-  /// Writes forwarded to the leader that it has not answered yet, by request id.
-  var forwardsAwaitingAcceptance: [UInt64: ForwardedWrite] = [:]
-  /// Writes the leader appended, by index, each with the term it was appended in. An index may
-  /// hold several when leaders changed: at most one of them (the applied entry's term) is written.
-  var forwardsAwaitingApply: [LogIndex: [(term: Term, write: ForwardedWrite)]] = [:]
-  var forwardsUnsent: [UnsentWrite] = []
 
   init(id: GroupID, peers: [Peer], bootstrapVoters: [ReplicaID], stateMachine: any StateMachine, raft: Raft) {
     precondition(!bootstrapVoters.isEmpty, "group \(id): a group has bootstrap voters")
