@@ -107,11 +107,13 @@ extension RaftConsensus {
       records.append(RaftStorage.hardStateRecord(group: replica.id, replica.raft.hardState))
       covered[replica.id.packed] = replica.durableSnapshotIndex
     }
+    // The restatement may roll into a new segment: the one it starts in stays.
+    let restatedFrom = wal.currentSegmentSequence
     if !records.isEmpty {
       try wal.append(records)
       try wal.sync()
     }
-    let released = try wal.releaseSegments(coveredIndex: covered)
+    let released = try wal.releaseSegments(coveredIndex: covered, before: restatedFrom)
     if released > 0 { logger.info("log segments released", metadata: ["segments": "\(released)"]) }
     let statistics = wal.statistics
     state.withLock { metrics.wal = statistics }

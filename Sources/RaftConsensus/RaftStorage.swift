@@ -237,7 +237,7 @@ enum RaftStorage {
         try append(entry, to: &groups[id]!, group: id)
       }
     }
-    for (id, group) in groups where group.peers == nil {
+    for id in groups.keys.sorted() where groups[id]!.peers == nil {
       throw ConsensusError.storage("group \(id) has records in the log but no creation record")
     }
     let snapshotted = try wal.snapshotGroups()

@@ -320,12 +320,16 @@ public final class WriteAheadLog {
   /// covered (deleted). Other record kinds never block release. Oldest first, so a crash midway
   /// leaves a contiguous suffix; the directory is fsynced at the end. Returns how many were deleted.
   /// Hard states and group records in released segments are gone: re-append and sync the live
-  /// groups' latest ones first (see the type's documentation).
+  /// groups' latest ones first (see the type's documentation), and pass the segment they started
+  /// in as `before`: only segments older than it go. A restatement that filled a segment rolls
+  /// into the next one, and the segment holding its first part must not be released with the
+  /// rest (found by the cluster simulator: recovery then met records of a group without its
+  /// creation record).
   @discardableResult
-  public func releaseSegments(coveredIndex: [UInt64: UInt64]) throws(WALError) -> Int {
+  public func releaseSegments(coveredIndex: [UInt64: UInt64], before sequence: UInt64 = .max) throws(WALError) -> Int {
     try checkOpen()
     var releasable = 0
-    for segment in sealed {
+    for segment in sealed where segment.sequence < sequence {
       // A pure test over the dictionary: its (hash-seeded) order cannot change the answer, and
       // the unlinks below follow `sealed`, oldest first.
       let covered = segment.entryIndexMax.allSatisfy { group, indexMax in
@@ -357,6 +361,9 @@ public final class WriteAheadLog {
 
   /// Counters since the log was opened.
   public var statistics: WALStatistics { counters }
+
+  /// The sequence of the segment appends go to now: what `releaseSegments(before:)` keeps.
+  public var currentSegmentSequence: UInt64 { current.sequence }
 
   /// Syncs what was appended (unless an earlier failure made that pointless), writes the sync
   /// marker that proves it (if the segment has room; not synced: only that proof would be lost) and

@@ -78,6 +78,25 @@ final class SimulationTests: XCTestCase {
     XCTAssertEqual(failure.violation?.property, "Durable Term")
   }
 
+  /// Pinned regressions: seeds outside the ranges above that once failed, with what they found.
+  func testPinnedRegressionSeeds() throws {
+    let pinned: [(seed: UInt64, nodes: Int, what: String)] = [
+      (290, 3, "a received snapshot's marker was lost to a power failure; the next recovery found a gap"),
+      (332, 3, "a restatement rolled into a new segment and the release took its first part"),
+      (1803, 3, "a node was added to a group after its joinPeer failed (simulator's client)"),
+      (1230, 5, "the same on five nodes"),
+    ]
+    for (seed, nodes, what) in pinned {
+      var options = SimulationOptions(seed: seed)
+      options.nodes = nodes
+      options.safetyEvents = 3000
+      let result = try ClusterSimulator(options: options).run()
+      if result.violation != nil {
+        XCTFail("pinned seed \(seed) (\(what)):\n" + SimulationRunner.report(result, options: options))
+      }
+    }
+  }
+
   /// One seed replays exactly: same events, same counts, same trace.
   func testSeedReplaysExactly() throws {
     var options = SimulationOptions(seed: 77)

@@ -20,32 +20,10 @@ final class CrashTests: WALTestCase {
     for trial in 0..<40 {
       let trialDirectory = directory + "/trial-\(trial)"
       let options = WALOptions(segmentBytesMax: 200 + random.nextRandom() % 800)
-      var appended: [WALRecord] = []
-      var syncedCount = 0
-      var index: UInt64 = 0
-      do {
-        let log = try WriteAheadLog(directory: trialDirectory, options: options)
-        for _ in 0..<(5 + random.nextRandom() % 25) {
-          var batch: [WALRecord] = []
-          for _ in 0..<(1 + random.nextRandom() % 6) {
-            index += 1
-            batch.append(
-              random.entry(
-                group: random.nextRandom() % 3, index: index,
-                payloadBytes: Int(random.nextRandom() % 150)))
-          }
-          try log.append(batch)
-          appended += batch
-          if random.nextRandom() % 3 == 0 {
-            try log.sync()
-            syncedCount = appended.count
-          }
-        }
-        // The crash: the log is dropped without close (nothing more is synced).
-      }
-      let names = try FileSystem.listDirectory(trialDirectory).filter { $0.hasSuffix(".log") }
-        .sorted()
-      let lastPath = trialDirectory + "/" + names.last!
+      let (appended, syncedCount, lastPath) = try randomWorkloadThenCrash(
+        directory: trialDirectory, options: options, &random, batchesExtraMax: 25, recordsPerBatchMax: 6, groups: 3,
+        payloadBytesMax: 150)
+      let index = UInt64(appended.count)
       let ends = try frameEnds(lastPath)
       let recordsBeforeLast = appended.count - ends.count
       // Sealed segments were fsynced when they were sealed.

@@ -212,27 +212,9 @@ final class PowerLossTests: WALTestCase {
     for trial in 0..<40 {
       let trialDirectory = directory + "/trial-\(trial)"
       let options = WALOptions(segmentBytesMax: 300 + random.nextRandom() % 3000)
-      var appended: [WALRecord] = []
-      var syncedCount = 0
-      do {
-        let log = try WriteAheadLog(directory: trialDirectory, options: options)
-        for _ in 0..<(5 + random.nextRandom() % 30) {
-          let batch = (0..<(1 + random.nextRandom() % 8)).map { _ in
-            random.entry(
-              group: random.nextRandom() % 4, index: UInt64(appended.count + 1),
-              payloadBytes: Int(random.nextRandom() % 200))
-          }
-          try log.append(batch)
-          appended += batch
-          if random.nextRandom() % 3 == 0 {
-            try log.sync()
-            syncedCount = appended.count
-          }
-        }
-      }
-      let names = try FileSystem.listDirectory(trialDirectory).filter { $0.hasSuffix(".log") }
-        .sorted()
-      let lastPath = trialDirectory + "/" + names.last!
+      let (appended, syncedCount, lastPath) = try randomWorkloadThenCrash(
+        directory: trialDirectory, options: options, &random, batchesExtraMax: 30, recordsPerBatchMax: 8, groups: 4,
+        payloadBytesMax: 200)
       let frames = try Disk.frames(lastPath)
       let recordFrames = frames.filter { $0.kind != syncMarkerKind }
       let recordsBeforeLast = appended.count - recordFrames.count

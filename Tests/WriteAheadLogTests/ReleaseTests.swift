@@ -108,4 +108,27 @@ final class ReleaseTests: WALTestCase {
     XCTAssertEqual(try log.releaseSegments(coveredIndex: [0: 4, 1: 4]), 2)
     try log.close()
   }
+
+  /// Found by the cluster simulator (seed 332): a restatement of every group's records that
+  /// fills the current segment rolls into the next; releasing "every sealed segment" then took
+  /// the first part of the restatement with it. Only segments older than the one it started in go.
+  func testASegmentHoldingPartOfTheRestatementIsKept() throws {
+    var maker = RecordMaker(seed: 5)
+    let log = try WriteAheadLog(directory: directory, options: WALOptions(segmentBytesMax: 400))
+    try log.append([maker.entry(group: 1, index: 1, payloadBytes: 100)])
+    try log.append([maker.entry(group: 1, index: 2, payloadBytes: 100)])
+    try log.append([maker.entry(group: 1, index: 3, payloadBytes: 100)])
+    try log.sync()
+    let restatedFrom = log.currentSegmentSequence
+    XCTAssertEqual(restatedFrom, 2, "the entries already filled segment 1")
+    let restatement = (1...6).map { WALRecord(kind: .groupCreated, group: UInt64($0), index: 0, term: 0, payload: [1, 2, 3]) }
+    try log.append(restatement)
+    try log.sync()
+    XCTAssertGreaterThan(log.currentSegmentSequence, restatedFrom, "the restatement rolled over")
+    let released = try log.releaseSegments(coveredIndex: [1: 3], before: restatedFrom)
+    XCTAssertEqual(released, 1, "only the segment before the restatement")
+    var groupsSeen: Set<UInt64> = []
+    try log.replay { record in if record.kind == .groupCreated { groupsSeen.insert(record.group) } }
+    XCTAssertEqual(groupsSeen, Set(1...6), "every restated record survives")
+  }
 }

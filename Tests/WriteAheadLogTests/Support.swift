@@ -153,3 +153,34 @@ extension Disk {
     try write(path, content)
   }
 }
+
+/// A random workload (batches of entries, a sync after about a third of them), then a crash:
+/// the log is dropped without `close`, so nothing more is synced. Returns every record appended,
+/// how many of them a sync covered, and the path of the last segment.
+func randomWorkloadThenCrash(
+  directory: String, options: WALOptions, _ random: inout RecordMaker, batchesExtraMax: UInt64,
+  recordsPerBatchMax: UInt64, groups: UInt64, payloadBytesMax: UInt64
+) throws -> (appended: [WALRecord], syncedCount: Int, lastPath: String) {
+  var appended: [WALRecord] = []
+  var syncedCount = 0
+  do {
+    let log = try WriteAheadLog(directory: directory, options: options)
+    for _ in 0..<(5 + random.nextRandom() % batchesExtraMax) {
+      var batch: [WALRecord] = []
+      for _ in 0..<(1 + random.nextRandom() % recordsPerBatchMax) {
+        batch.append(
+          random.entry(
+            group: random.nextRandom() % groups, index: UInt64(appended.count + batch.count + 1),
+            payloadBytes: Int(random.nextRandom() % payloadBytesMax)))
+      }
+      try log.append(batch)
+      appended += batch
+      if random.nextRandom() % 3 == 0 {
+        try log.sync()
+        syncedCount = appended.count
+      }
+    }
+  }
+  let names = try FileSystem.listDirectory(directory).filter { $0.hasSuffix(".log") }.sorted()
+  return (appended, syncedCount, directory + "/" + names.last!)
+}
