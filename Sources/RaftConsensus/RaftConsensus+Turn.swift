@@ -220,6 +220,12 @@ extension RaftConsensus {
   ) -> SendCounts {
     for (replica, ready) in readies {
       for message in ready.messagesAfterPersist {
+        // A snapshot waits for the fsync in a Ready that changed the term: over the inline
+        // limit it streams from the next tick on, as one sent early does.
+        if streams(message) {
+          snapshotStreams.start(message, group: replica.id.packed)
+          continue
+        }
         if options.holdHeartbeatResponses && message.kind == .heartbeatResponse && message.context == 0 {
           heldHeartbeatResponses[message.to, default: [:]][replica.id.packed] = message
           continue
@@ -238,7 +244,7 @@ extension RaftConsensus {
     replica.raft.advance(ready)
     // The transport reports no delivery: count a snapshot as delivered; if it was lost, the
     // follower's next response shows it and the leader probes (and sends it) again.
-    for message in ready.messages where message.kind == .snapshot && !streams(message) {
+    for message in ready.messages + ready.messagesAfterPersist where message.kind == .snapshot && !streams(message) {
       replica.raft.reportSnapshot(to: message.to, failed: false)
     }
     if !replica.pending.transfers.isEmpty { settleTransfers(replica, now: turn.now, &turn) }

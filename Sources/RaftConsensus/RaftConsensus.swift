@@ -304,7 +304,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     seed = options.seed ?? clock.nowNanoseconds()
     // Request ids of this incarnation start at a random base, so a leader's window of answers
     // (`ForwardWindow`) never mistakes a new request after a restart for an old one.
-    var requestIDs = SplitMix64(seed: seed ^ 0x5EED_F0D0_F0D0_5EED)
+    // The clock goes in even with a fixed seed: every incarnation must draw another base.
+    var requestIDs = SplitMix64(seed: seed ^ clock.nowNanoseconds() ^ 0x5EED_F0D0_F0D0_5EED)
     nextForwardRequestID = requestIDs.next() & 0x7FFF_FFFF_0000_0000
     var restored: [GroupID: RaftGroup] = [:]
     for id in recovered.keys.sorted() {

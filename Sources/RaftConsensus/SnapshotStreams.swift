@@ -116,6 +116,11 @@ struct SnapshotStreams {
       inboundBytes -= assembly.totalBytes
       return .complete(message)
     }
+    if let current = inbound[key],
+      (chunk.term, chunk.snapshotIndex) < (current.term, current.snapshotIndex)
+    {
+      return .pending  // a late chunk of an older stream: the newer one keeps its progress
+    }
     if let replaced = inbound.removeValue(forKey: key) { inboundBytes -= replaced.totalBytes }
     guard inboundBytes + chunk.totalBytes <= bytesMax else { return .refused }
     var assembly = SnapshotAssembly(first: chunk)

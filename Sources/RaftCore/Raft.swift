@@ -42,8 +42,8 @@ public struct Raft: Sendable {
   /// and writes waiting on the old role at once, not at some later Ready (etcd's SoftState).
   /// Follower: a TimeoutNow from this leader that arrived while a committed configuration change
   /// was unapplied, with the ticks since. The election starts once the change is applied (in
-  /// `advance`), unless the term or leader changes or an election timeout passes first (the
-  /// leader has abandoned the transfer by then). 0: none.
+  /// `advance`), unless the term or leader changes or half an election timeout passes first
+  /// (the leader abandons the transfer after a whole one). 0: none.
   var timeoutNowDeferredFrom: ReplicaID = 0
   var timeoutNowDeferredTicks = 0
   var lastReadyRole: Role = .follower
@@ -207,7 +207,8 @@ public struct Raft: Sendable {
     electionElapsed += 1
     if timeoutNowDeferredFrom != 0 {
       timeoutNowDeferredTicks += 1
-      if timeoutNowDeferredTicks >= config.electionTicks { timeoutNowDeferredFrom = 0 }
+      // Well inside the leader's own deadline (it abandons a transfer after an election timeout).
+      if timeoutNowDeferredTicks >= max(1, config.electionTicks / 2) { timeoutNowDeferredFrom = 0 }
     }
     if isPromotable && electionElapsed >= randomizedElectionTimeout {
       electionElapsed = 0
@@ -409,6 +410,8 @@ public struct Raft: Sendable {
       // The host steps a whole batch before it applies anything, so the commit of a change and
       // the leader's TimeoutNow often arrive together: defer the election until it is applied.
       guard isPromotable else { return }
+      // Only this term's leader sends TimeoutNow: a replica that just restarted learns it here.
+      leader = message.from
       if hasUnappliedConfigChange {
         timeoutNowDeferredFrom = message.from
         timeoutNowDeferredTicks = 0

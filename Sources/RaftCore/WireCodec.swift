@@ -222,10 +222,9 @@ public struct MessageBatch: Equatable, Sendable {
   ) -> [MessageBatch] {
     precondition(bytesTarget >= 1, "a positive byte target")
     let first = coalescing(fromNode: fromNode, toNode: toNode, messages: messages)
-    precondition(first.heartbeats.count <= WireLimits.heartbeatsPerBatchMax, "groupsMax bounds the heartbeats")
     var batches: [MessageBatch] = []
-    var current = MessageBatch(fromNode: fromNode, toNode: toNode, messages: [], heartbeats: first.heartbeats)
-    var bytes = headerBytes + first.heartbeats.count * CoalescedHeartbeat.wireBytes
+    var current = MessageBatch(fromNode: fromNode, toNode: toNode, messages: [])
+    var bytes = headerBytes
     /// Starts a new batch unless `size` more bytes fit this one (or it holds nothing yet).
     func makeRoom(_ size: Int, full: Bool) {
       if (bytes + size > bytesTarget || full) && !current.isEmpty {
@@ -234,6 +233,12 @@ public struct MessageBatch: Equatable, Sendable {
         bytes = headerBytes
       }
       bytes += size
+    }
+    // Usually one section; more than a batch takes (many ReadIndex rounds' responses in one turn)
+    // go on in further batches, never past the receiver's limit.
+    for heartbeat in first.heartbeats {
+      makeRoom(CoalescedHeartbeat.wireBytes, full: current.heartbeats.count == WireLimits.heartbeatsPerBatchMax)
+      current.heartbeats.append(heartbeat)
     }
     for item in first.messages {
       makeRoom(12 + WireCodec.encodedBytes(item.message), full: current.messages.count == WireLimits.messagesPerBatchMax)

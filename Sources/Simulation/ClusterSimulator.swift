@@ -100,6 +100,9 @@ public final class ClusterSimulator: @unchecked Sendable {
   /// A client with at most one operation outstanding (Jepsen's process).
   struct Client {
     var busy = false
+    /// The node its outstanding operation went to: if that node crashes, the operation's
+    /// outcome stays unknown and the client moves on.
+    var node = 0
     /// The revision and value this client last read per (group, key): what its compare-and-set
     /// expects.
     var lastRead: [String: (revision: UInt64, value: [UInt8]?)] = [:]
@@ -367,6 +370,10 @@ public final class ClusterSimulator: @unchecked Sendable {
     node.observer = nil
     node.transportReceiver = nil
     node.disk.crash()
+    // Callers waiting on the dead engine never hear back: their operations stay unknown.
+    for client in clients.indices where clients[client].busy && clients[client].node == index {
+      clients[client].busy = false
+    }
   }
 
   private func restart(_ index: Int) {
@@ -393,6 +400,14 @@ public final class ClusterSimulator: @unchecked Sendable {
     for item in batch.allMessages {
       let durableTerm = nodes[from - 1].observer?.durableTerms[item.group] ?? 0
       if let failure = checker.value.sent(item.message, node: from, group: item.group, durableTerm: durableTerm) {
+        violation = failure
+        return
+      }
+    }
+    for chunk in batch.snapshotChunks {
+      let durableTerm = nodes[from - 1].observer?.durableTerms[chunk.group] ?? 0
+      let message = Message(kind: .snapshot, from: chunk.from, to: chunk.to, term: chunk.term)
+      if let failure = checker.value.sent(message, node: from, group: chunk.group, durableTerm: durableTerm) {
         violation = failure
         return
       }
@@ -552,6 +567,7 @@ public final class ClusterSimulator: @unchecked Sendable {
     let key = "k\(random.below(Self.keysPerGroup))"
     let historyKey = "\(group)/\(key)"
     clients[client].busy = true
+    clients[client].node = index
     let call = clock.now
     switch random.below(5) {
     case 0, 1:

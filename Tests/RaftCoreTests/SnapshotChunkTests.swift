@@ -67,6 +67,17 @@ final class BatchPackingAndSnapshotChunkTests: XCTestCase {
     XCTAssertEqual(MessageBatch.packed(fromNode: 1, toNode: 2, messages: []), [])
   }
 
+  /// More heartbeats than one batch's section takes (many ReadIndex rounds in a turn) go on in
+  /// further batches: the receiver's limit holds, the sender does not crash.
+  func testHeartbeatsPastOneSectionGoOnInFurtherBatches() throws {
+    let heartbeats = (0..<(WireLimits.heartbeatsPerBatchMax + 3)).map { round in
+      GroupMessage(group: 1, message: Message(kind: .heartbeatResponse, from: 1, to: 2, term: 3, context: UInt64(round)))
+    }
+    let batches = MessageBatch.packed(fromNode: 1, toNode: 2, messages: heartbeats)
+    XCTAssertEqual(batches.map(\.heartbeats.count), [WireLimits.heartbeatsPerBatchMax, 3])
+    XCTAssertNoThrow(try WireCodec.decodeBatch(WireCodec.encode(batches[0])))
+  }
+
   func testPackedBatchesRespectThePerBatchCountLimits() {
     let forwards = (0..<(WireLimits.forwardsPerBatchMax + 5)).map {
       ForwardedProposal(group: 1, requestID: UInt64($0), body: .refused(.overloaded, leaderHint: 0))

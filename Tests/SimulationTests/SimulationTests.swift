@@ -49,6 +49,7 @@ final class SimulationTests: XCTestCase {
     XCTAssertGreaterThan(summary.coverage.snapshotsInstalled, 5, "followers catch up from snapshots")
     XCTAssertGreaterThan(summary.coverage.snapshotChunksSent, 10, "large snapshots stream in chunks")
     XCTAssertGreaterThan(summary.coverage.unsyncedHardStates, 100, "commit-only hard states go unsynced")
+    XCTAssertEqual(summary.coverage.historiesUndecided, 0, "every history was decided")
     print(summary.line(nodes: 3, groups: 4))
   }
 
@@ -57,6 +58,7 @@ final class SimulationTests: XCTestCase {
     let summary = try run(seeds: 1...100, nodes: 5)
     assertNoViolation(summary, nodes: 5)
     XCTAssertEqual(summary.seeds, 100)
+    XCTAssertEqual(summary.coverage.historiesUndecided, 0, "every history was decided")
     print(summary.line(nodes: 5, groups: 4))
   }
 
