@@ -38,6 +38,8 @@ let package = Package(
     .target(name: "PeerClient", dependencies: ["CCurl", "Platform"]),
     .target(name: "Consensus"),
     .target(name: "Checksum"),
+    // Checks recorded client histories (the simulator's and `caucus torture`'s); standard library only.
+    .target(name: "Linearizability"),
     .target(name: "KeyValueStore", dependencies: ["Consensus", "Checksum"]),
     .target(name: "WriteAheadLog", dependencies: ["Platform", "Checksum"]),
     .target(
@@ -57,14 +59,14 @@ let package = Package(
     .target(
       name: "Simulation",
       dependencies: [
-        "RaftCore", "RaftConsensus", "Consensus", "KeyValueStore", "Platform",
+        "RaftCore", "RaftConsensus", "Consensus", "KeyValueStore", "Platform", "Linearizability",
         .product(name: "Logging", package: "swift-log"),
       ]),
     .executableTarget(
       name: "caucus",
       dependencies: [
         "Consensus", "Gateway", "HTTPServer", "KeyValueStore", "StandaloneConsensus", "Platform",
-        "PeerClient", "RaftConsensus", "ClusterTransport",
+        "PeerClient", "RaftConsensus", "ClusterTransport", "Linearizability",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ]),
@@ -96,7 +98,7 @@ let package = Package(
     .testTarget(
       name: "RaftConsensusTests",
       dependencies: ["RaftConsensus", "RaftCore", "Consensus", "KeyValueStore", "WriteAheadLog", "Platform"]),
-    .testTarget(name: "SimulationTests", dependencies: ["Simulation", "RaftCore", "Platform"]),
+    .testTarget(name: "SimulationTests", dependencies: ["Simulation", "RaftCore", "Platform", "Linearizability"]),
     .testTarget(name: "IntegrationTests", dependencies: ["Platform"]),
     .testTarget(name: "PeerClientTests", dependencies: ["PeerClient", "HTTPServer", "Platform"]),
   ],

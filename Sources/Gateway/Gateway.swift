@@ -27,6 +27,10 @@ public struct GatewayConfiguration: Sendable {
   public var additionalMetrics: (@Sendable () -> String)?
   /// How long a request for a group with no leader waits for an election before `503 no_leader`.
   public var noLeaderWaitMs: UInt32 = 2_000
+  /// A deliberately wrong rule, for proving `caucus torture` catches it: linearizable and lease
+  /// reads are served from this node's replica as it is (stale reads). Package access: only the
+  /// `caucus` executable sets it, and only when `caucus torture --plant-bug local-reads` asks.
+  package var plantedLocalReads = false
 
   public init(
     clientURL: String, dataDirectory: String, version: String, valueBytesMax: Int = 1 << 20,
@@ -796,6 +800,7 @@ public final class Gateway: HTTPHandler {
       }
       options.consistency = consistency
     }
+    if configuration.plantedLocalReads { options.consistency = .stale }
     if let text = query["minIndex"] {
       guard let value = UInt64(text) else { throw .badRequest("minIndex must be a non-negative integer, not '\(text)'") }
       options.minIndex = value

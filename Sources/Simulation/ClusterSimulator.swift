@@ -1,5 +1,6 @@
 import Consensus
 import KeyValueStore
+import Linearizability
 import Logging
 import Platform
 import RaftConsensus

@@ -16,7 +16,7 @@ struct Caucus: ParsableCommand {
     commandName: "caucus",
     abstract: "A consensus layer with an HTTP/JSON gateway.",
     version: caucusVersion,
-    subcommands: [Serve.self, DevCluster.self],
+    subcommands: [Serve.self, DevCluster.self, Torture.self],
     defaultSubcommand: Serve.self)
 }
 

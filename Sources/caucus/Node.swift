@@ -121,6 +121,19 @@ func runNode(_ settings: NodeSettings) -> Int32 {
       transport.prometheusMetrics() + client.prometheusMetrics()
     }
   }
+  if let bug = getenv(plantedBugEnvironmentVariable).map({ String(cString: $0) }) {
+    // Only `caucus torture --plant-bug` sets it, to prove its checker catches the bug.
+    guard bug == "local-reads" else {
+      logger.critical("unknown planted bug", metadata: ["variable": "\(plantedBugEnvironmentVariable)", "value": "\(bug)"])
+      engine.stop()
+      cluster?.stop()
+      return 1
+    }
+    gatewayConfiguration.plantedLocalReads = true
+    Logger(label: "caucus").critical(
+      "PLANTED BUG: linearizable reads are served locally (stale); this node is for torture tests only",
+      metadata: ["variable": "\(plantedBugEnvironmentVariable)"])
+  }
   let gateway = Gateway(engine: engine, configuration: gatewayConfiguration)
   // Other nodes run createPeer/deletePeer here over the consensus port.
   cluster?.handler.setGroupOperationsHandler(gateway)

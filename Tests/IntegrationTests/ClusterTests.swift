@@ -397,19 +397,9 @@ final class DevClusterTests: XCTestCase {
   func testDevClusterStartsAWorkingClusterAndCtrlCStopsEveryNode() throws {
     let directory = temporaryDirectory("dev-cluster")
     defer { try? FileManager.default.removeItem(atPath: directory) }
-    // Three consecutive free ports for each side: probe a base that is free for all three.
-    var base: UInt16 = 0
-    var consensusBase: UInt16 = 0
-    for _ in 0..<50 {
-      let candidate = freePort()
-      guard candidate < 60_000 else { continue }
-      if (0..<6).allSatisfy({ isFree(candidate + UInt16($0)) }) {
-        base = candidate
-        consensusBase = candidate + 3
-        break
-      }
-    }
-    XCTAssertNotEqual(base, 0, "found six consecutive free ports")
+    // Three consecutive free ports for each side.
+    let base = try XCTUnwrap(freePortRange(count: 6), "six consecutive free ports")
+    let consensusBase = base + 3
     let process = Process()
     process.executableURL = URL(fileURLWithPath: try Paths.binary("caucus"))
     process.arguments = [
@@ -436,17 +426,5 @@ final class DevClusterTests: XCTestCase {
     for port in [base, base + 1, base + 2] {
       XCTAssertThrowsError(try HTTPClient(port: port).request("GET", "/healthz"), "node on \(port) stopped")
     }
-  }
-
-  private func isFree(_ port: UInt16) -> Bool {
-    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(descriptor) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
-    address.sin_port = port.bigEndian
-    return withUnsafePointer(to: &address) {
-      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    } == 0
   }
 }

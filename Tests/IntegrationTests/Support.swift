@@ -46,13 +46,28 @@ func freePort() -> UInt16 {
   for _ in 0..<1_000 {
     let candidate = UInt16.random(in: 20_000...32_000, using: &generator)
     let fresh = portsHandedOut.withLock { $0.insert(candidate).inserted }
-    guard fresh, canBind(candidate) else { continue }
+    guard fresh, isFree(candidate) else { continue }
     return candidate
   }
   preconditionFailure("no free port in 20000...32000")
 }
 
-private func canBind(_ port: UInt16) -> Bool {
+/// `count` consecutive ports, each free as `freePort` picks them: for the commands that number
+/// their nodes' ports from a base (`dev-cluster`, `torture`).
+func freePortRange(count: Int) -> UInt16? {
+  for _ in 0..<50 {
+    let candidate = freePort()
+    guard Int(candidate) + count <= 32_000 else { continue }
+    let rest = (1..<count).map { candidate + UInt16($0) }
+    if rest.allSatisfy({ port in portsHandedOut.withLock { $0.insert(port).inserted } && isFree(port) }) {
+      return candidate
+    }
+  }
+  return nil
+}
+
+/// Whether a listener could bind `port` on loopback now.
+func isFree(_ port: UInt16) -> Bool {
   let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
   guard descriptor >= 0 else { return false }
   defer { close(descriptor) }

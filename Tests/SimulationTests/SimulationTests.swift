@@ -1,3 +1,4 @@
+import Linearizability
 import Platform
 import RaftCore
 import XCTest

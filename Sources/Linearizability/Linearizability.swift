@@ -202,3 +202,48 @@ public enum KeyValueModel: LinearizabilityModel {
     return String(decoding: value.prefix { $0 != 0x7C }, as: UTF8.self)
   }
 }
+
+/// The client operations of a run, per key, as `LinearizabilityChecker` takes them.
+public struct History {
+  public typealias Operation = HistoryOperation<KeyValueModel.Input, KeyValueModel.Output>
+  private var operations: [(key: String, operation: Operation, dropped: Bool)] = []
+
+  public init() {}
+  /// Why each dropped operation was dropped, for reports.
+  public private(set) var dropReasons: [Int: String] = [:]
+
+  /// Records a call; returns its handle.
+  public mutating func start(key: String, client: Int, input: KeyValueModel.Input, call: UInt64) -> Int {
+    operations.append((key, Operation(client: client, input: input, output: nil, call: call, returned: nil), false))
+    return operations.count - 1
+  }
+
+  public mutating func finish(_ handle: Int, output: KeyValueModel.Output, at time: UInt64) {
+    precondition(operations[handle].operation.returned == nil && !operations[handle].dropped, "finished once")
+    operations[handle].operation.output = output
+    operations[handle].operation.returned = time
+  }
+
+  /// The operation certainly had no effect (refused before it was proposed): not in the history.
+  public mutating func discard(_ handle: Int, reason: String = "") {
+    operations[handle].dropped = true
+    dropReasons[handle] = reason
+  }
+
+  /// Every operation on `key`, dropped ones too, with the reason they were dropped.
+  public func report(for key: String) -> [(Operation, String?)] {
+    operations.enumerated().filter { $0.element.key == key }.map {
+      ($0.element.operation, $0.element.dropped ? (dropReasons[$0.offset] ?? "dropped") : nil)
+    }
+  }
+
+  /// The operation may or may not have taken effect: it stays with no return.
+  public mutating func leaveUnknown(_ handle: Int) {}
+
+  public var keys: [String] { Array(Set(operations.lazy.filter { !$0.dropped }.map(\.key))).sorted() }
+
+  public func operations(for key: String) -> [Operation] {
+    operations.filter { $0.key == key && !$0.dropped }.map(\.operation)
+  }
+}
+
