@@ -260,8 +260,10 @@ final class TortureRun: @unchecked Sendable {
     var random = SplitMix64(seed: seed &+ UInt64(client) &* 0x9E37_79B9_7F4A_7C15)
     var lastRead: [String: (revision: UInt64, value: [UInt8]?)] = [:]
     var counter = 0
-    let operationsMax = 1_000_000
-    for _ in 0..<operationsMax where MonotonicClock.nowNanoseconds() < deadline {
+    let operationsMax = 10_000_000
+    var operations = 0
+    while operations < operationsMax && MonotonicClock.nowNanoseconds() < deadline {
+      operations += 1
       let node = Int(random.next() % UInt64(options.nodes))
       let key = "k\(random.next() % UInt64(options.keys))"
       let mode = random.next() % 3 == 0 ? "redirect" : "proxy"
