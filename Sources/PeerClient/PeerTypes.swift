@@ -66,7 +66,8 @@ public struct PeerResponse: Sendable {
 /// Why a request produced no response.
 public enum PeerError: Error, Sendable, Equatable, CustomStringConvertible {
   /// No connection to the peer: refused, unreachable, name not resolved, or the connect did not
-  /// finish within the connect timeout. The peer is likely down; nothing was sent.
+  /// finish within the connect timeout. The peer is likely down; nothing was sent (a connect that
+  /// fails after the request went out on an earlier, kept-alive connection is `transport`).
   case connectFailed(String)
   /// The request's deadline passed after connecting (the peer may have processed it).
   case timeout(String)

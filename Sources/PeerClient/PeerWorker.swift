@@ -267,16 +267,25 @@ final class PeerWorker {
     }
     guard code == CURLE_OK else {
       let message = transfer.errorMessage(code)
+      // A connect failure after bytes of this request went out is not "nothing was sent": libcurl
+      // sends on a kept-alive connection, and when that connection dies before any answer it
+      // retries once on a fresh connect; if that connect fails it reports the connect failure.
+      // The first copy may have been processed (found by `caucus torture`: a write reported
+      // refused was applied, and a relaying gateway would have sent it again).
+      var requestBytes = 0
+      _ = caucus_curl_getinfo_long(easy, CURLINFO_REQUEST_SIZE, &requestBytes)
+      let sentEarlier = requestBytes > 0
+      let sentNote = " (after \(requestBytes) bytes of the request were sent on an earlier connection)"
       switch code {
       case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_RESOLVE_PROXY:
-        return .failure(.connectFailed(message))
+        return .failure(sentEarlier ? .transport(message + sentNote) : .connectFailed(message))
       case CURLE_OPERATION_TIMEDOUT:
         // curl reports a connect (or name resolution) timeout with the same code as a transfer
         // timeout; its message tells them apart.
         if message.hasPrefix("Connection timed out") || message.hasPrefix("Resolving timed out")
           || message.hasPrefix("Failed to connect")
         {
-          return .failure(.connectFailed(message))
+          return .failure(sentEarlier ? .timeout(message + sentNote) : .connectFailed(message))
         }
         return .failure(.timeout(message))
       case CURLE_URL_MALFORMAT, CURLE_UNSUPPORTED_PROTOCOL:

@@ -16,8 +16,8 @@ struct Torture: ParsableCommand {
       Starts --nodes processes of this executable on loopback in a fresh directory, runs concurrent \
       HTTP clients (put, get, compare-and-set, two-key batches; through random nodes, proxied or \
       redirected) against a few keys, and a nemesis that, one fault at a time with healing between, \
-      kills a node with SIGKILL and restarts it (the leader half the time) or pauses it with SIGSTOP \
-      beyond the election timeout. At the end it heals, reads every key through every node and \
+      kills a node with SIGKILL and restarts it (the leader half the time), pauses it with SIGSTOP \
+      beyond the election timeout, or moves the leadership with a leader transfer. At the end it heals, reads every key through every node and \
       checks each key's history for linearizability. The last line is \
       `torture: linearizable=yes|no ops=N faults=N indeterminate=N`; a violation exits 1 and \
       leaves the history and the nodes' logs in the directory. Network partitions (namespaces) \
@@ -250,8 +250,8 @@ final class TortureRun: @unchecked Sendable {
   /// What one answer means for the history.
   private enum Outcome {
     case output(KeyValueModel.Output)
-    /// Certainly no effect: refused before anything was proposed.
-    case refused
+    /// Certainly no effect: refused before anything was proposed (why, for the report).
+    case refused(String)
     /// It may or may not have taken effect.
     case unknown
   }
@@ -283,7 +283,7 @@ final class TortureRun: @unchecked Sendable {
           lastRead[key] = (read?.revision ?? 0, read?.value)
           record(handle, .output(.value(read?.value)))
         } else {
-          record(handle, .refused)  // a read that did not answer has no effect
+          record(handle, .refused("read: \(describe(result))"))  // a read that did not answer has no effect
         }
       case 3:
         let known = lastRead[key]
@@ -323,21 +323,30 @@ final class TortureRun: @unchecked Sendable {
   ) -> Outcome {
     switch result {
     case .failure(.connectFailed), .failure(.overloaded), .failure(.shuttingDown), .failure(.invalidRequest):
-      return .refused
+      return .refused(describe(result))
     case .failure:
       return .unknown
     case .success(let response):
       switch response.status {
       case 200: return .output(output(200))
       case 412: return .output(output(412))
-      case 307, 421, 503: return .refused
+      case 307, 421, 503: return .refused(describe(result))
       case 504, 500, 502, 508: return .unknown
       default:
         state.withLock {
           $0.unexpected.append("status \(response.status): \(String(decoding: response.body.prefix(200), as: UTF8.self))")
         }
-        return .refused
+        return .refused(describe(result))
       }
+    }
+  }
+
+  /// An answer in a few words, for reports.
+  private func describe(_ result: Result<PeerResponse, PeerError>) -> String {
+    switch result {
+    case .failure(let error): return "\(error)"
+    case .success(let response):
+      return "\(response.status) \(String(decoding: response.body.prefix(120), as: UTF8.self))"
     }
   }
 
@@ -346,7 +355,7 @@ final class TortureRun: @unchecked Sendable {
     state.withLock { shared in
       switch outcome {
       case .output(let output): shared.history.finish(handle, output: output, at: returned)
-      case .refused: shared.history.discard(handle)
+      case .refused(let reason): shared.history.discard(handle, reason: reason)
       case .unknown: shared.history.leaveUnknown(handle)
       }
     }
@@ -382,7 +391,16 @@ final class TortureRun: @unchecked Sendable {
         target = Int(random.next() % UInt64(options.nodes))
       }
       let faultMilliseconds = 1_500 + Int(random.next() % 2_000)
-      if random.next() % 2 == 0 {
+      let action = random.next() % 5
+      if action == 4 {
+        // A leader transfer through a random node (the gateway routes it to the leader).
+        let through = Int(random.next() % UInt64(options.nodes))
+        let body = Array("{\"id\":\(target + 1)}".utf8)
+        let result = send("POST", url(through, "/v1/groups/\(group)/leader"), body: body)
+        let status = (try? result.get().status).map(String.init) ?? "no answer"
+        say("nemesis: transfer leadership to node \(target + 1) through node \(through + 1): \(status)")
+        state.withLock { $0.faults["transfer", default: 0] += 1 }
+      } else if action % 2 == 0 {
         say("nemesis: kill -9 node \(target + 1)\(role)")
         kill9(target)
         usleep(UInt32(faultMilliseconds) * 1_000)
@@ -427,7 +445,7 @@ final class TortureRun: @unchecked Sendable {
         if case .success(let response) = result, response.status == 200 || response.status == 404 {
           record(handle, .output(.value(response.status == 200 ? parseEntry(response.body)?.value : nil)))
         } else {
-          record(handle, .refused)
+          record(handle, .refused("final read failed"))
           state.withLock { $0.unexpected.append("final read of \(key) at node \(index + 1) failed: \(result)") }
         }
       }
@@ -451,10 +469,11 @@ final class TortureRun: @unchecked Sendable {
         linearizable = false
       case .notLinearizable:
         linearizable = false
-        failing.append("key \(key):")
-        for operation in history.sorted(by: { $0.call < $1.call }) {
+        failing.append("key \(key) (operations refused for certain, which the check leaves out, marked 'refused'):")
+        for (operation, refusal) in shared.history.report(for: key).sorted(by: { $0.0.call < $1.0.call }) {
+          let output = refusal.map { "refused: \($0)" } ?? operation.output.map { "\($0)" } ?? "?"
           failing.append(
-            "  c\(operation.client) \(operation.input) → \(operation.output.map { "\($0)" } ?? "?") "
+            "  c\(operation.client) \(operation.input) → \(output) "
               + "[\(operation.call / 1_000_000) ms, \(operation.returned.map { "\($0 / 1_000_000) ms" } ?? "∞"))")
         }
       }

@@ -174,6 +174,23 @@ final class PeerClientTests: PeerClientTestCase {
     XCTAssertTrue(answer.body == handler.body)
   }
 
+  /// Found by `caucus torture`: the peer takes the request on the kept-alive connection and dies
+  /// before answering; libcurl retries on a fresh connect, which is refused. The request may
+  /// have been processed, so this is not `connectFailed` ("nothing was sent").
+  func testAPeerThatDiesAfterTakingTheRequestIsNotAConnectFailure() throws {
+    let handler = DyingHandler()
+    let (server, port) = try startServer(handler)
+    handler.server.withLock { $0 = server }
+    let client = try makeClient()
+    let request = PeerRequest(method: "PUT", host: "127.0.0.1", port: port, target: "/k", body: [7])
+    XCTAssertEqual(response(roundTrip(client, request))?.status, 200, "the first request sets up the connection")
+    let failure = error(roundTrip(client, request))
+    XCTAssertEqual(handler.received.withLock { $0 }, 2, "the second request reached the peer")
+    if case .connectFailed = failure {
+      XCTFail("a request the peer took is not a connect failure: \(String(describing: failure))")
+    }
+  }
+
   func testConnectToClosedPortFailsFastWithConnectFailed() throws {
     // A port that was just bound and released: nothing listens there.
     let (server, port) = try startServer(EchoHandler())

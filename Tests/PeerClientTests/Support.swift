@@ -22,6 +22,23 @@ struct EchoHandler: HTTPHandler {
   }
 }
 
+/// Answers the first request; on the second, stops the whole server without answering (a peer
+/// killed after it took the request).
+final class DyingHandler: HTTPHandler {
+  let received = Locked(0)
+  let server = Locked<HTTPServer?>(nil)
+  func handle(_ request: HTTPRequest, responder: HTTPResponder) {
+    let count = received.withLock { count -> Int in
+      count += 1
+      return count
+    }
+    if count == 1 { return responder.respond(HTTPResponse(status: 200)) }
+    // Off the event loop: shutdown joins it.
+    let server = self.server.withLock { $0 }
+    _ = OSThread(name: "dying-handler") { server?.shutdown(gracePeriodMs: 0) }
+  }
+}
+
 /// Never answers; keeps every responder so the connection stays open and waiting.
 final class SilentHandler: HTTPHandler {
   let responders = Locked<[HTTPResponder]>([])
