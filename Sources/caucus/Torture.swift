@@ -42,6 +42,8 @@ struct Torture: ParsableCommand {
   var dataDir: String?
   @Flag(help: "Keep the data directory after a run without violation.")
   var keepData = false
+  @Option(help: "Check a history file a failing run wrote (history.txt) again, and exit: 0 when linearizable.")
+  var check: String?
   @Option(help: "Plant a deliberately wrong rule in every node to prove the checker catches it: local-reads (linearizable reads served from any replica as it is).")
   var plantBug: String?
 
@@ -57,6 +59,11 @@ struct Torture: ParsableCommand {
   }
 
   func run() throws {
+    if let check {
+      let code = HistoryFile.check(path: check)
+      if code != 0 { throw ExitCode(code) }
+      return
+    }
     let code = TortureRun(self).run()
     if code != 0 { throw ExitCode(code) }
   }
@@ -469,19 +476,16 @@ final class TortureRun: @unchecked Sendable {
         linearizable = false
       case .notLinearizable:
         linearizable = false
-        failing.append("key \(key) (operations refused for certain, which the check leaves out, marked 'refused'):")
+        failing.append("# key \(key): no linearization. Refused operations (no effect) are comments.")
         for (operation, refusal) in shared.history.report(for: key).sorted(by: { $0.0.call < $1.0.call }) {
-          let output = refusal.map { "refused: \($0)" } ?? operation.output.map { "\($0)" } ?? "?"
-          failing.append(
-            "  c\(operation.client) \(operation.input) → \(output) "
-              + "[\(operation.call / 1_000_000) ms, \(operation.returned.map { "\($0 / 1_000_000) ms" } ?? "∞"))")
+          failing.append(HistoryFile.line(key: key, operation, refusal: refusal))
         }
       }
     }
     for line in shared.unexpected.prefix(20) { say("torture: unexpected answer: \(line)") }
     if !failing.isEmpty {
       let path = directory + "/history.txt"
-      let text = failing.joined(separator: "\n") + "\n"
+      let text = HistoryFile.header + failing.joined(separator: "\n") + "\n"
       do {
         let file = try File.open(path, mode: .writeCreateTruncate)
         try file.write(all: Array(text.utf8), at: 0)
@@ -497,5 +501,93 @@ final class TortureRun: @unchecked Sendable {
     print("torture: linearizable=\(linearizable ? "yes" : "no") ops=\(operations) faults=\(faults) indeterminate=\(unknown)")
     fflush(nil)
     return linearizable && shared.unexpected.isEmpty ? 0 : 1
+  }
+}
+
+/// The failing history a torture run writes, one operation a line, and its re-check
+/// (`caucus torture --check FILE`). A line is
+/// `key client call-ns return-ns|- put VALUE - ok|?`, `… get - - VALUE|∅`, or
+/// `… cas EXPECTED|∅ NEW swapped|refused|?`; `#` starts a comment (refused operations, which
+/// had no effect, are kept as comments for the reader).
+enum HistoryFile {
+  typealias Operation = HistoryOperation<KeyValueModel.Input, KeyValueModel.Output>
+
+  static let header = "# caucus torture history; re-check with: caucus torture --check <this file>\n"
+
+  private static func text(_ value: [UInt8]?) -> String { value.map { String(decoding: $0, as: UTF8.self) } ?? "∅" }
+
+  static func line(key: String, _ operation: Operation, refusal: String?) -> String {
+    let returned = operation.returned.map(String.init) ?? "-"
+    let fields: String
+    switch operation.input {
+    case .put(let value): fields = "put \(text(value)) -"
+    case .get: fields = "get - -"
+    case .compareAndSet(let expected, let new): fields = "cas \(text(expected)) \(text(new))"
+    case .delete: fields = "delete - -"
+    }
+    let output: String
+    switch operation.output {
+    case nil: output = "?"
+    case .written?: output = "ok"
+    case .value(let value)?: output = text(value)
+    case .swapped(let done)?: output = done ? "swapped" : "refused"
+    }
+    let line = "\(key) \(operation.client) \(operation.call) \(returned) \(fields) \(output)"
+    return refusal.map { "# \(line)  (refused: \($0))" } ?? line
+  }
+
+  /// Parses one non-comment line; nil when it is not one.
+  static func parse(_ line: Substring) -> (key: String, operation: Operation)? {
+    let fields = line.split(separator: " ")
+    guard fields.count == 8, let client = Int(fields[1]), let call = UInt64(fields[2]) else { return nil }
+    let returned = fields[3] == "-" ? nil : UInt64(fields[3])
+    guard fields[3] == "-" || returned != nil else { return nil }
+    func value(_ field: Substring) -> [UInt8]? { field == "∅" ? nil : Array(field.utf8) }
+    let input: KeyValueModel.Input
+    var output: KeyValueModel.Output?
+    switch fields[4] {
+    case "put":
+      input = .put(Array(fields[5].utf8))
+      output = fields[7] == "ok" ? .written : nil
+    case "get":
+      input = .get
+      output = .value(value(fields[7]))
+    case "cas":
+      input = .compareAndSet(expected: value(fields[5]), new: Array(fields[6].utf8))
+      output = fields[7] == "?" ? nil : .swapped(fields[7] == "swapped")
+    case "delete":
+      input = .delete
+      output = fields[7] == "ok" ? .written : nil
+    default:
+      return nil
+    }
+    if returned == nil { output = nil }
+    return (String(fields[0]), Operation(client: client, input: input, output: output, call: call, returned: returned))
+  }
+
+  static func check(path: String) -> Int32 {
+    let bytes: [UInt8]
+    do { bytes = try FileSystem.readFile(path) } catch {
+      print("torture: cannot read \(path): \(error)")
+      return 2
+    }
+    var byKey: [String: [Operation]] = [:]
+    for (number, line) in String(decoding: bytes, as: UTF8.self).split(separator: "\n").enumerated() {
+      let trimmed = line.drop { $0 == " " }
+      if trimmed.isEmpty || trimmed.hasPrefix("#") { continue }
+      guard let (key, operation) = parse(trimmed) else {
+        print("torture: \(path):\(number + 1) is not a history line: \(line.prefix(120))")
+        return 2
+      }
+      byKey[key, default: []].append(operation)
+    }
+    var linearizable = true
+    for key in byKey.keys.sorted() {
+      let verdict = LinearizabilityChecker.check(KeyValueModel.self, byKey[key]!)
+      print("torture: key \(key): \(byKey[key]!.count) operations, \(verdict)")
+      if verdict != .linearizable { linearizable = false }
+    }
+    print("torture: linearizable=\(linearizable ? "yes" : "no") ops=\(byKey.values.reduce(0) { $0 + $1.count })")
+    return linearizable ? 0 : 1
   }
 }

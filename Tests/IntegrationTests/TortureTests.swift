@@ -7,6 +7,7 @@ import XCTest
 /// locally) is caught end to end. Longer runs are documented in the README.
 final class TortureTests: XCTestCase {
   private struct Outcome {
+    var directory: String
     var status: Int32
     var lastLine: String
     var output: String
@@ -15,7 +16,7 @@ final class TortureTests: XCTestCase {
   /// Runs `caucus torture` with `arguments` on free ports and a fresh directory.
   private func torture(_ arguments: [String]) throws -> Outcome {
     let directory = temporaryDirectory("torture")
-    defer { try? FileManager.default.removeItem(atPath: directory) }
+    addTeardownBlock { try? FileManager.default.removeItem(atPath: directory) }
     // Six consecutive free ports: three client ports, then three consensus ports.
     let base = try XCTUnwrap(freePortRange(count: 6), "six consecutive free ports")
     let process = Process()
@@ -30,7 +31,7 @@ final class TortureTests: XCTestCase {
     let printed = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     process.waitUntilExit()
     let lastLine = printed.split(separator: "\n").last.map(String.init) ?? ""
-    return Outcome(status: process.terminationStatus, lastLine: lastLine, output: printed)
+    return Outcome(directory: directory, status: process.terminationStatus, lastLine: lastLine, output: printed)
   }
 
   /// Numbers of the summary line, `torture: linearizable=… ops=N faults=N indeterminate=N`.
@@ -51,5 +52,16 @@ final class TortureTests: XCTestCase {
     XCTAssertEqual(outcome.status, 1, outcome.output)
     XCTAssertTrue(outcome.lastLine.hasPrefix("torture: linearizable=no "), outcome.lastLine)
     XCTAssertTrue(outcome.output.contains("the failing history is in"), outcome.output)
+    // The history it wrote checks again to the same verdict.
+    let check = Process()
+    check.executableURL = URL(fileURLWithPath: try Paths.binary("caucus"))
+    check.arguments = ["torture", "--check", outcome.directory + "/run/history.txt"]
+    let printed = Pipe()
+    check.standardOutput = printed
+    try check.run()
+    let text = String(decoding: printed.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    check.waitUntilExit()
+    XCTAssertEqual(check.terminationStatus, 1, text)
+    XCTAssertTrue(text.contains("torture: linearizable=no"), text)
   }
 }
