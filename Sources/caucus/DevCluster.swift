@@ -51,8 +51,10 @@ func runDevCluster(_ cluster: DevCluster) -> Int32 {
   return 0
 }
 
-/// posix_spawn of `arguments[0]` with the parent's environment and an empty signal mask.
-private func spawn(_ arguments: [String]) -> pid_t? {
+/// posix_spawn of `arguments[0]` with the parent's environment and an empty signal mask; with
+/// `log`, standard output and error are appended to that file (created if missing), so a child's
+/// logs do not mix with the parent's output.
+func spawn(_ arguments: [String], log: String? = nil) -> pid_t? {
   var attributes = posix_spawnattr_t()
   posix_spawnattr_init(&attributes)
   defer { posix_spawnattr_destroy(&attributes) }
@@ -60,10 +62,17 @@ private func spawn(_ arguments: [String]) -> pid_t? {
   sigemptyset(&empty)
   posix_spawnattr_setsigmask(&attributes, &empty)
   posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK))
+  var actions = posix_spawn_file_actions_t()
+  posix_spawn_file_actions_init(&actions)
+  defer { posix_spawn_file_actions_destroy(&actions) }
+  if let log {
+    posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+    posix_spawn_file_actions_adddup2(&actions, 1, 2)
+  }
   var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
   defer { for pointer in argv { free(pointer) } }
   var child: pid_t = 0
-  let result = posix_spawn(&child, arguments[0], nil, &attributes, &argv, environ)
+  let result = posix_spawn(&child, arguments[0], &actions, &attributes, &argv, environ)
   guard result == 0 else {
     errno = result
     return nil
@@ -78,30 +87,4 @@ private func stop(_ children: [pid_t]) {
     _ = waitpid(child, &status, 0)
   }
   print("dev-cluster: stopped")
-}
-
-/// posix_spawn of `arguments[0]` as `spawn` does, with standard output and error appended to the
-/// file at `log` (created if missing), so a child's logs do not mix with the parent's output.
-func spawnLogging(_ arguments: [String], log: String) -> pid_t? {
-  var attributes = posix_spawnattr_t()
-  posix_spawnattr_init(&attributes)
-  defer { posix_spawnattr_destroy(&attributes) }
-  var empty = sigset_t()
-  sigemptyset(&empty)
-  posix_spawnattr_setsigmask(&attributes, &empty)
-  posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK))
-  var actions = posix_spawn_file_actions_t()
-  posix_spawn_file_actions_init(&actions)
-  defer { posix_spawn_file_actions_destroy(&actions) }
-  posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-  posix_spawn_file_actions_adddup2(&actions, 1, 2)
-  var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-  defer { for pointer in argv { free(pointer) } }
-  var child: pid_t = 0
-  let result = posix_spawn(&child, arguments[0], &actions, &attributes, &argv, environ)
-  guard result == 0 else {
-    errno = result
-    return nil
-  }
-  return child
 }

@@ -165,7 +165,7 @@ final class TortureRun: @unchecked Sendable {
       "--cluster", members,
     ]
     if let bug = options.plantBug { setenv(plantedBugEnvironmentVariable, bug, 1) }
-    guard let pid = spawnLogging(arguments, log: "\(directory)/node-\(index + 1).log") else {
+    guard let pid = spawn(arguments, log: "\(directory)/node-\(index + 1).log") else {
       say("torture: cannot start node \(index + 1): \(String(cString: strerror(errno)))")
       return false
     }
