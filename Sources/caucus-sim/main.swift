@@ -10,8 +10,10 @@ struct CaucusSim: ParsableCommand {
     commandName: "caucus-sim",
     abstract: "Deterministic simulation of Caucus Raft clusters: faults, then healing, checked after every event.",
     discussion: """
-      Runs seeds 1...N, or one seed with --seed, of a cluster whose nodes each host several Raft \
-      groups. Each seed derives the network, crash, disk-fault and workload parameters, so the \
+      Runs seeds 1...N, or one seed with --seed, of a cluster of production Raft hosts \
+      (RaftConsensus on the real write-ahead log over a simulated disk, a simulated network, \
+      virtual time) whose nodes each host several groups, with clients whose histories are \
+      checked for linearizability. Each seed derives the network, crash, disk-fault and workload parameters, so the \
       same arguments print the same output, byte for byte. The last line is a summary: \
       seeds=… nodes=… groups=… events=… violations=0.
 
