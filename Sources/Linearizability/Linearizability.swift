@@ -37,7 +37,8 @@ public struct HistoryOperation<Input, Output> {
 public enum LinearizabilityVerdict: Equatable {
   case linearizable
   case notLinearizable
-  /// The search passed `statesMax` without an answer: neither proven nor refuted.
+  /// The search passed `statesMax` or `visitedBytesMax` without an answer: neither proven nor
+  /// refuted.
   case undecided
 }
 
@@ -45,9 +46,10 @@ public enum LinearizabilityChecker {
   /// Whether `operations` can be ordered so that each takes effect at one instant between its
   /// call and its return, in an order the model accepts.
   public static func check<Model: LinearizabilityModel>(
-    _ model: Model.Type, _ operations: [HistoryOperation<Model.Input, Model.Output>], statesMax: Int = 2_000_000
+    _ model: Model.Type, _ operations: [HistoryOperation<Model.Input, Model.Output>], statesMax: Int = 2_000_000,
+    visitedBytesMax: Int = 512 << 20
   ) -> LinearizabilityVerdict {
-    precondition(statesMax >= 1, "a positive search bound")
+    precondition(statesMax >= 1 && visitedBytesMax >= 1, "positive search bounds")
     let count = operations.count
     if count == 0 { return .linearizable }
     // Events in time order; at equal times calls go first, so operations that meet at one
@@ -98,6 +100,9 @@ public enum LinearizabilityChecker {
         if let after = Model.step(state, operation.input, operation.output) {
           var marked = linearized
           marked[event.operation / 64] |= 1 << UInt64(event.operation % 64)
+          // Every remembered point holds a bitset of the whole history: long histories (split
+          // them, e.g. by rotating keys) would need quadratic memory, so the search gives up first.
+          guard visited.count * (marked.count * 8 + 64) <= visitedBytesMax else { return .undecided }
           if visited.insert(LinearizationVisit(linearized: marked, state: after)).inserted {
             stack.append((event.operation, state))
             state = after

@@ -32,8 +32,10 @@ struct Torture: ParsableCommand {
   var seed: UInt64?
   @Option(help: "Concurrent clients, one operation outstanding each.")
   var clients: Int = 4
-  @Option(help: "Keys the clients work on.")
+  @Option(help: "Keys the clients work on at a time.")
   var keys: Int = 3
+  @Option(help: "Operations on a set of keys before the clients move on to fresh keys: each key's history stays short enough to check (the check's memory grows with the square of a key's operations).")
+  var operationsPerKeySet: Int = 1_000
   @Option(help: "The first node's client port (node i uses port + i - 1).")
   var rpcPort: UInt16 = 21_701
   @Option(help: "The first node's consensus port.")
@@ -52,6 +54,9 @@ struct Torture: ParsableCommand {
     guard (5...86_400).contains(duration) else { throw ValidationError("--duration must be 5 to 86400 seconds") }
     guard (1...64).contains(clients) else { throw ValidationError("--clients must be 1 to 64") }
     guard (1...64).contains(keys) else { throw ValidationError("--keys must be 1 to 64") }
+    guard (10...20_000).contains(operationsPerKeySet) else {
+      throw ValidationError("--operations-per-key-set must be 10 to 20000")
+    }
     guard Int(rpcPort) + nodes <= 65_536, Int(consensusPort) + nodes <= 65_536 else {
       throw ValidationError("the ports run past 65535")
     }
@@ -92,6 +97,9 @@ final class TortureRun: @unchecked Sendable {
     var faults: [String: Int] = [:]
     /// Requests answered 4xx that a valid request should never get: a client or server bug.
     var unexpected: [String] = []
+    /// Operations the clients started, which picks the current set of keys, and every key used.
+    var operationsStarted = 0
+    var keysUsed: Set<String> = []
   }
 
   let state: Locked<Shared>
@@ -272,12 +280,18 @@ final class TortureRun: @unchecked Sendable {
     while operations < operationsMax && MonotonicClock.nowNanoseconds() < deadline {
       operations += 1
       let node = Int(random.next() % UInt64(options.nodes))
-      let key = "k\(random.next() % UInt64(options.keys))"
+      let slot = Int(random.next() % UInt64(options.keys))
+      let keySet = state.withLock { shared -> Int in
+        shared.operationsStarted += 1
+        return shared.operationsStarted / options.operationsPerKeySet
+      }
+      let key = "k\(keySet).\(slot)"
       let mode = random.next() % 3 == 0 ? "redirect" : "proxy"
       let path = "/v1/groups/\(group)/kv/\(key)?forward=\(mode)"
       counter += 1
       let value = Array("c\(client)v\(counter)".utf8)
       let call = MonotonicClock.nowNanoseconds() - started
+      state.withLock { _ = $0.keysUsed.insert(key) }
       switch random.next() % 5 {
       case 0, 1:
         let handle = state.withLock { $0.history.start(key: key, client: client, input: .put(value), call: call) }
@@ -303,8 +317,9 @@ final class TortureRun: @unchecked Sendable {
         let result = sendFollowing("PUT", url(node, path), body: value, headers: [precondition])
         record(handle, classifyWrite(result) { status in .swapped(status == 200) })
       default:
-        let other = "k\((Int(key.dropFirst())! + 1) % options.keys)"
+        let other = "k\(keySet).\((slot + 1) % options.keys)"
         guard other != key else { continue }
+        state.withLock { _ = $0.keysUsed.insert(other) }
         let second = Array("c\(client)v\(counter)b".utf8)
         let body = Array(
           "{\"ops\":[{\"op\":\"put\",\"key\":\"\(key)\",\"value\":\"\(String(decoding: value, as: UTF8.self))\"},{\"op\":\"put\",\"key\":\"\(other)\",\"value\":\"\(String(decoding: second, as: UTF8.self))\"}]}".utf8)
@@ -444,7 +459,8 @@ final class TortureRun: @unchecked Sendable {
 
   /// Every key through every node, linearizable, after healing: the last word on what survived.
   private func finalReads() {
-    for key in (0..<options.keys).map({ "k\($0)" }) {
+    let keys = state.withLock { $0.keysUsed.sorted() }
+    for key in keys {
       for index in 0..<options.nodes {
         let call = MonotonicClock.nowNanoseconds() - started
         let handle = state.withLock { $0.history.start(key: key, client: 1_000 + index, input: .get, call: call) }
