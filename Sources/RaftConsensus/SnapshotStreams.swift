@@ -48,7 +48,7 @@ struct SnapshotStreams {
     guard let snapshot = message.snapshot, message.kind == .snapshot, !snapshot.data.isEmpty else {
       preconditionFailure("only a non-empty snapshot message streams")
     }
-    let count = (snapshot.data.count + chunkBytes - 1) / chunkBytes
+    let count = SnapshotChunk.chunkCount(totalBytes: snapshot.data.count, chunkBytes: chunkBytes)
     outbound[Key(group: group, replica: message.to)] = Outbound(message: message, chunkCount: count)
   }
 
@@ -72,7 +72,7 @@ struct SnapshotStreams {
       while !queue.isEmpty && bytes < bytesPerDestination {
         let key = queue[position]
         var stream = outbound[key]!
-        let chunk = cut(stream, index: stream.nextChunk, group: key.group)
+        let chunk = SnapshotChunk.cut(stream.message, group: key.group, chunkBytes: chunkBytes, chunkIndex: stream.nextChunk)
         bytes += chunk.data.count
         chunks[destination, default: []].append(chunk)
         stream.nextChunk += 1
@@ -88,17 +88,6 @@ struct SnapshotStreams {
       }
     }
     return (chunks, finished)
-  }
-
-  private func cut(_ stream: Outbound, index: Int, group: UInt64) -> SnapshotChunk {
-    let snapshot = stream.message.snapshot!
-    let start = index * chunkBytes
-    let end = min(start + chunkBytes, snapshot.data.count)
-    precondition(start < end, "a chunk inside the snapshot")
-    return SnapshotChunk(
-      group: group, from: stream.message.from, to: stream.message.to, term: stream.message.term,
-      snapshotIndex: snapshot.index, snapshotTerm: snapshot.term, config: snapshot.config,
-      totalBytes: snapshot.data.count, chunkBytes: chunkBytes, chunkIndex: index, data: Array(snapshot.data[start..<end]))
   }
 
   // MARK: Follower side

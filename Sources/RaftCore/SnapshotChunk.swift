@@ -41,7 +41,7 @@ public struct SnapshotChunk: Equatable, Sendable {
   /// `totalBytes ≥ 1`; an empty snapshot always travels inline).
   public var chunkCount: Int { SnapshotChunk.chunkCount(totalBytes: totalBytes, chunkBytes: chunkBytes) }
 
-  static func chunkCount(totalBytes: Int, chunkBytes: Int) -> Int { (totalBytes + chunkBytes - 1) / chunkBytes }
+  public static func chunkCount(totalBytes: Int, chunkBytes: Int) -> Int { (totalBytes + chunkBytes - 1) / chunkBytes }
 
   /// The data length chunk `chunkIndex` of such a snapshot must have.
   static func expectedBytes(totalBytes: Int, chunkBytes: Int, chunkIndex: Int) -> Int {
@@ -53,6 +53,14 @@ public struct SnapshotChunk: Equatable, Sendable {
 
   /// The chunks of a `.snapshot` message, in order, each `chunkBytes` long but the last.
   public static func split(_ message: Message, group: UInt64, chunkBytes: Int) -> [SnapshotChunk] {
+    guard let snapshot = message.snapshot else { preconditionFailure("a snapshot message carries a snapshot") }
+    let count = chunkCount(totalBytes: snapshot.data.count, chunkBytes: chunkBytes)
+    return (0..<count).map { cut(message, group: group, chunkBytes: chunkBytes, chunkIndex: $0) }
+  }
+
+  /// Chunk `chunkIndex` of a `.snapshot` message, cut when it is sent (a stream keeps the message,
+  /// not its chunks).
+  public static func cut(_ message: Message, group: UInt64, chunkBytes: Int, chunkIndex: Int) -> SnapshotChunk {
     precondition(message.kind == .snapshot, "only a snapshot message is split")
     guard let snapshot = message.snapshot else { preconditionFailure("a snapshot message carries a snapshot") }
     precondition(!snapshot.data.isEmpty, "an empty snapshot travels inline")
@@ -60,15 +68,13 @@ public struct SnapshotChunk: Equatable, Sendable {
       chunkBytes >= WireLimits.snapshotChunkBytesMin && chunkBytes <= WireLimits.snapshotChunkBytesMax,
       "chunk size within the wire's limits")
     precondition(snapshot.data.count <= WireLimits.snapshotStreamBytesMax, "snapshot within the stream limit")
-    let count = chunkCount(totalBytes: snapshot.data.count, chunkBytes: chunkBytes)
-    return (0..<count).map { position in
-      let start = position * chunkBytes
-      let end = min(start + chunkBytes, snapshot.data.count)
-      return SnapshotChunk(
-        group: group, from: message.from, to: message.to, term: message.term, snapshotIndex: snapshot.index,
-        snapshotTerm: snapshot.term, config: snapshot.config, totalBytes: snapshot.data.count, chunkBytes: chunkBytes,
-        chunkIndex: position, data: Array(snapshot.data[start..<end]))
-    }
+    let start = chunkIndex * chunkBytes
+    let end = min(start + chunkBytes, snapshot.data.count)
+    precondition(chunkIndex >= 0 && start < end, "a chunk inside the snapshot")
+    return SnapshotChunk(
+      group: group, from: message.from, to: message.to, term: message.term, snapshotIndex: snapshot.index,
+      snapshotTerm: snapshot.term, config: snapshot.config, totalBytes: snapshot.data.count, chunkBytes: chunkBytes,
+      chunkIndex: chunkIndex, data: Array(snapshot.data[start..<end]))
   }
 }
 

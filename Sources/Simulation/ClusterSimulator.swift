@@ -245,10 +245,7 @@ public final class ClusterSimulator: @unchecked Sendable {
     }
     if violation == nil { checkHistory() }
     for node in nodes {
-      if let observer = node.observer {
-        coverage.snapshotsInstalled += observer.snapshotsInstalled
-        coverage.unsyncedHardStates += observer.unsyncedHardStates
-      }
+      collectCoverage(of: node)
       // The engines hold completions that hold this simulator: let them go with the run.
       node.engine = nil
       node.observer = nil
@@ -361,10 +358,7 @@ public final class ClusterSimulator: @unchecked Sendable {
   private func crash(_ index: Int, reason: String) {
     let node = nodes[index - 1]
     guard node.engine != nil else { return }
-    if let observer = node.observer {
-      coverage.snapshotsInstalled += observer.snapshotsInstalled
-      coverage.unsyncedHardStates += observer.unsyncedHardStates
-    }
+    collectCoverage(of: node)
     trace.append(.note(time: now, text: "crash n\(index) (\(reason))"))
     crashes += 1
     node.engine = nil
@@ -375,6 +369,14 @@ public final class ClusterSimulator: @unchecked Sendable {
     for client in clients.indices where clients[client].busy && clients[client].node == index {
       clients[client].busy = false
     }
+  }
+
+  /// Adds what a node's observer counted to the run's coverage, before the observer goes (a
+  /// crash, or the end of the run).
+  private func collectCoverage(of node: Node) {
+    guard let observer = node.observer else { return }
+    coverage.snapshotsInstalled += observer.snapshotsInstalled
+    coverage.unsyncedHardStates += observer.unsyncedHardStates
   }
 
   private func restart(_ index: Int) {
