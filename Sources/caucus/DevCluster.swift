@@ -51,10 +51,11 @@ func runDevCluster(_ cluster: DevCluster) -> Int32 {
   return 0
 }
 
-/// posix_spawn of `arguments[0]` with the parent's environment and an empty signal mask; with
-/// `log`, standard output and error are appended to that file (created if missing), so a child's
-/// logs do not mix with the parent's output.
-func spawn(_ arguments: [String], log: String? = nil) -> pid_t? {
+/// posix_spawn of `arguments[0]` with the parent's environment (plus `environment`, `NAME=value`
+/// items that come first and so win) and an empty signal mask; with `log`, standard output and
+/// error are appended to that file (created if missing), so a child's logs do not mix with the
+/// parent's output.
+func spawn(_ arguments: [String], log: String? = nil, environment: [String] = []) -> pid_t? {
   var attributes = posix_spawnattr_t()
   posix_spawnattr_init(&attributes)
   defer { posix_spawnattr_destroy(&attributes) }
@@ -71,8 +72,17 @@ func spawn(_ arguments: [String], log: String? = nil) -> pid_t? {
   }
   var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
   defer { for pointer in argv { free(pointer) } }
+  let extra: [UnsafeMutablePointer<CChar>?] = environment.map { strdup($0) }
+  defer { for pointer in extra { free(pointer) } }
+  var inherited: [UnsafeMutablePointer<CChar>?] = []
+  var cursor = environ
+  while let item = cursor.pointee {
+    inherited.append(item)
+    cursor += 1
+  }
+  var envp = extra + inherited + [nil]
   var child: pid_t = 0
-  let result = posix_spawn(&child, arguments[0], &actions, &attributes, &argv, environ)
+  let result = posix_spawn(&child, arguments[0], &actions, &attributes, &argv, &envp)
   guard result == 0 else {
     errno = result
     return nil

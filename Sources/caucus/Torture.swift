@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import Gateway
 import Linearizability
 import PeerClient
 import Platform
@@ -13,15 +14,19 @@ struct Torture: ParsableCommand {
     commandName: "torture",
     abstract: "Run a cluster of real caucus processes under faults and check every client history.",
     discussion: """
-      Starts --nodes processes of this executable on loopback in a fresh directory, runs concurrent \
-      HTTP clients (put, get, compare-and-set, two-key batches; through random nodes, proxied or \
-      redirected) against a few keys, and a nemesis that, one fault at a time with healing between, \
-      kills a node with SIGKILL and restarts it (the leader half the time), pauses it with SIGSTOP \
-      beyond the election timeout, or moves the leadership with a leader transfer. At the end it heals, reads every key through every node and \
-      checks each key's history for linearizability. The last line is \
-      `torture: linearizable=yes|no ops=N faults=N indeterminate=N`; a violation exits 1 and \
-      leaves the history and the nodes' logs in the directory. Network partitions (namespaces) \
-      are not in this version: it says so and runs without them.
+      Starts --nodes processes of this executable in a fresh directory, each in its own network \
+      namespace joined to a private bridge (as root with iproute2 and iptables; otherwise all on \
+      loopback, without network faults, and it says so). It runs concurrent HTTP clients (put, \
+      get, compare-and-set, two-key batches; through random nodes, proxied or redirected) on a \
+      few keys in a few groups, and a nemesis that, one fault at a time with healing between, \
+      kills a node with SIGKILL and restarts it (the leader half the time), pauses it with \
+      SIGSTOP beyond the election timeout, partitions the network (a node cut off, the cluster \
+      split in two, or a one-way cut), drops a share of packets, or slows a node's link. Meanwhile \
+      a second actor moves leaderships and removes and re-adds members, faults or not. At the \
+      end it heals, reads every key through every node and checks each key's history for \
+      linearizability. The last line is `torture: linearizable=yes|no ops=N faults=N \
+      indeterminate=N`; a violation exits 1 and leaves the history and the nodes' logs in the \
+      directory.
       """)
 
   @Option(help: "Nodes in the cluster: 3 or 5.")
@@ -32,8 +37,10 @@ struct Torture: ParsableCommand {
   var seed: UInt64?
   @Option(help: "Concurrent clients, one operation outstanding each.")
   var clients: Int = 4
-  @Option(help: "Keys the clients work on at a time.")
-  var keys: Int = 3
+  @Option(help: "Keys the clients work on at a time, spread over the groups.")
+  var keys: Int = 6
+  @Option(help: "Groups the keys live in (DataRegion-0 and the ones the run creates), each on every node.")
+  var groups: Int = 3
   @Option(help: "Operations on a set of keys before the clients move on to fresh keys: each key's history stays short enough to check (the check's memory grows with the square of a key's operations).")
   var operationsPerKeySet: Int = 1_000
   @Option(help: "The first node's client port (node i uses port + i - 1).")
@@ -46,6 +53,10 @@ struct Torture: ParsableCommand {
   var keepData = false
   @Option(help: "Check a history file a failing run wrote (history.txt) again, and exit: 0 when linearizable.")
   var check: String?
+  @Flag(help: "Run every node on loopback even when network namespaces are available (no network faults).")
+  var noNamespaces = false
+  @Option(help: "The third byte of the nodes' subnet 10.231.S.0/24 (namespaces only; default from the process id, so concurrent runs differ).")
+  var subnet: Int?
   @Option(help: "Plant a deliberately wrong rule in every node to prove the checker catches it: local-reads (linearizable reads served from any replica as it is).")
   var plantBug: String?
 
@@ -54,6 +65,8 @@ struct Torture: ParsableCommand {
     guard (5...86_400).contains(duration) else { throw ValidationError("--duration must be 5 to 86400 seconds") }
     guard (1...64).contains(clients) else { throw ValidationError("--clients must be 1 to 64") }
     guard (1...64).contains(keys) else { throw ValidationError("--keys must be 1 to 64") }
+    guard (1...16).contains(groups), groups <= keys else { throw ValidationError("--groups must be 1 to 16 and at most --keys") }
+    if let subnet, !(1...253).contains(subnet) { throw ValidationError("--subnet must be 1 to 253") }
     guard (10...20_000).contains(operationsPerKeySet) else {
       throw ValidationError("--operations-per-key-set must be 10 to 20000")
     }
@@ -74,17 +87,23 @@ struct Torture: ParsableCommand {
   }
 }
 
-/// One torture run: the processes, the clients, the nemesis and the history.
+/// Set by SIGINT or SIGTERM during a run: the clients and the nemesis stop early, and the run
+/// still heals, checks and removes its namespaces. (A signal handler can only store a flag.)
+nonisolated(unsafe) private var tortureInterrupted: sig_atomic_t = 0
+
+/// One torture run: the processes, the network, the clients, the nemesis, the churn and the history.
 final class TortureRun: @unchecked Sendable {
   // @unchecked Sendable: the mutable state is behind `state` (a lock), or set before the threads
-  // start and only read after they are joined.
+  // start (`network`) and only read after they are joined.
   let options: Torture
   let seed: UInt64
   let directory: String
   let executable: String
   let http: PeerClient
-  let group = "DataRegion-0"
+  /// The groups the keys live in: `DataRegion-0`, which every cluster has, and the ones the run creates.
+  let groups: [String]
   let started = MonotonicClock.nowNanoseconds()
+  private var network: TortureNetwork!
 
   struct NodeState {
     var pid: pid_t = 0
@@ -95,20 +114,30 @@ final class TortureRun: @unchecked Sendable {
     var nodes: [NodeState] = []
     var history = History()
     var faults: [String: Int] = [:]
+    /// Membership changes and leader transfers: attempted, and answered 200.
+    var churnTried: [String: Int] = [:]
+    var churnDone: [String: Int] = [:]
     /// Requests answered 4xx that a valid request should never get: a client or server bug.
     var unexpected: [String] = []
     /// Operations the clients started, which picks the current set of keys, and every key used.
     var operationsStarted = 0
-    var keysUsed: Set<String> = []
+    var keysUsed: [String: String] = [:]  // key → group
   }
 
   let state: Locked<Shared>
+
+  /// Bounds on the nemesis' and the churn's loops (a run ends at its deadline long before).
+  static let faultsMax = 100_000
+  static let churnMax = 100_000
+  /// How long setting up (groups, members) and the final recovery may take.
+  static let recoverySecondsMax = 90
 
   init(_ options: Torture) {
     self.options = options
     seed = options.seed ?? MonotonicClock.nowNanoseconds()
     directory = options.dataDir ?? "/tmp/caucus-torture-\(getpid())-\(seed % 1_000_000)"
     executable = (try? FileSystem.readLink("/proc/self/exe")) ?? CommandLine.arguments[0]
+    groups = (0..<options.groups).map { "DataRegion-\($0)" }
     PeerClient.globalInit()
     var configuration = PeerClientConfiguration()
     configuration.timeoutMs = 5_000
@@ -124,10 +153,16 @@ final class TortureRun: @unchecked Sendable {
     fflush(nil)
   }
 
+  /// Before the deadline and not interrupted.
+  private func running(_ deadline: UInt64, leaving milliseconds: Int = 0) -> Bool {
+    tortureInterrupted == 0 && MonotonicClock.nowNanoseconds() + UInt64(milliseconds) * 1_000_000 < deadline
+  }
+
   func run() -> Int32 {
     if let bug = options.plantBug { say("torture: PLANTED BUG \(bug): the checker must find a violation") }
-    say("torture: seed=\(seed) nodes=\(options.nodes) duration=\(options.duration)s clients=\(options.clients) keys=\(options.keys) directory=\(directory)")
-    say("torture: network partitions need network namespaces, which this version does not set up: running without partitions")
+    say(
+      "torture: seed=\(seed) nodes=\(options.nodes) duration=\(options.duration)s clients=\(options.clients) keys=\(options.keys) groups=\(options.groups) directory=\(directory)"
+    )
     guard !FileSystem.exists(directory) else {
       say("torture: \(directory) exists; give a fresh --data-dir")
       return 2
@@ -138,9 +173,15 @@ final class TortureRun: @unchecked Sendable {
       say("torture: cannot create \(directory): \(error)")
       return 2
     }
+    network = TortureNetwork.make(
+      nodes: options.nodes, subnet: options.subnet ?? Int(getpid() % 200) + 20, log: "\(directory)/network.log",
+      allowNamespaces: !options.noNamespaces)
+    say("torture: network: \(network.summary)")
+    signal(SIGINT) { _ in tortureInterrupted = 1 }
+    signal(SIGTERM) { _ in tortureInterrupted = 1 }
     for index in 0..<options.nodes where !start(index) { return stopAll(code: 2) }
-    guard waitUntilReady(seconds: 60) else {
-      say("torture: the cluster did not become ready within 60 s (logs in \(directory))")
+    guard waitUntilReady(seconds: Self.recoverySecondsMax), createGroups() else {
+      say("torture: the cluster did not become ready within \(Self.recoverySecondsMax) s (logs in \(directory))")
       return stopAll(code: 2)
     }
     say("torture: cluster ready")
@@ -150,10 +191,12 @@ final class TortureRun: @unchecked Sendable {
       threads.append(OSThread(name: "torture-client-\(client)") { [self] in runClient(client, until: deadline) })
     }
     threads.append(OSThread(name: "torture-nemesis") { [self] in runNemesis(until: deadline) })
+    threads.append(OSThread(name: "torture-churn") { [self] in runChurn(until: deadline) })
     for thread in threads { thread.join() }
+    if tortureInterrupted != 0 { say("torture: interrupted; healing and checking what ran") }
     heal()
-    guard waitUntilReady(seconds: 60) else {
-      say("torture: the cluster did not recover within 60 s after healing (logs in \(directory))")
+    guard waitUntilReady(seconds: Self.recoverySecondsMax), restoreMembers() else {
+      say("torture: the cluster did not recover within \(Self.recoverySecondsMax) s after healing (logs in \(directory))")
       return stopAll(code: 1)
     }
     finalReads()
@@ -163,17 +206,23 @@ final class TortureRun: @unchecked Sendable {
 
   // MARK: Processes
 
-  private func url(_ index: Int, _ path: String) -> String { "http://127.0.0.1:\(Int(options.rpcPort) + index)\(path)" }
+  private func url(_ index: Int, _ path: String) -> String {
+    "http://\(network.address(index)):\(Int(options.rpcPort) + index)\(path)"
+  }
 
   private func start(_ index: Int) -> Bool {
-    let members = (0..<options.nodes).map { "\($0 + 1)=127.0.0.1:\(Int(options.consensusPort) + $0)" }.joined(separator: ",")
-    let arguments = [
-      executable, "serve", "--node-id", String(index + 1), "--rpc-port", String(Int(options.rpcPort) + index),
-      "--consensus-port", String(Int(options.consensusPort) + index), "--data-dir", "\(directory)/node-\(index + 1)",
-      "--cluster", members,
-    ]
-    if let bug = options.plantBug { setenv(plantedBugEnvironmentVariable, bug, 1) }
-    guard let pid = spawn(arguments, log: "\(directory)/node-\(index + 1).log") else {
+    let members = (0..<options.nodes).map { "\($0 + 1)=\(network.address($0)):\(Int(options.consensusPort) + $0)" }
+      .joined(separator: ",")
+    let address = network.address(index)
+    let arguments =
+      network.launcher(index) + [
+        executable, "serve", "--node-id", String(index + 1), "--rpc-address", address, "--rpc-port",
+        String(Int(options.rpcPort) + index), "--consensus-address", address, "--consensus-port",
+        String(Int(options.consensusPort) + index), "--data-dir", "\(directory)/node-\(index + 1)", "--cluster", members,
+      ]
+    var environment: [String] = []
+    if let bug = options.plantBug { environment.append("\(plantedBugEnvironmentVariable)=\(bug)") }
+    guard let pid = spawn(arguments, log: "\(directory)/node-\(index + 1).log", environment: environment) else {
       say("torture: cannot start node \(index + 1): \(String(cString: strerror(errno)))")
       return false
     }
@@ -201,8 +250,9 @@ final class TortureRun: @unchecked Sendable {
     if pid > 0 { kill(pid, paused ? SIGSTOP : SIGCONT) }
   }
 
-  /// Every node running and not paused.
+  /// Every link whole, every node running and not paused.
   private func heal() {
+    network.heal()
     for index in 0..<options.nodes {
       let (pid, paused) = state.withLock { ($0.nodes[index].pid, $0.nodes[index].paused) }
       if pid == 0 { _ = start(index) } else if paused { pause(index, false) }
@@ -221,6 +271,7 @@ final class TortureRun: @unchecked Sendable {
       _ = waitpid(pid, &status, 0)
     }
     http.shutdown()
+    network?.tearDown()
     if code == 0 && !options.keepData { try? FileSystem.removeTree(directory) }
     return code
   }
@@ -236,6 +287,57 @@ final class TortureRun: @unchecked Sendable {
       if ready { return true }
       usleep(200_000)
     }
+    return false
+  }
+
+  /// The one node group `index` (≥ 1) is created on; the others join it. A group's initial voters
+  /// can never rejoin it once removed (a rule of the engine: their bootstrap would be ambiguous),
+  /// so the churn moves only the members that joined.
+  private func pinnedNode(ofGroup index: Int) -> Int { (index - 1) % options.nodes }
+
+  /// Creates the groups after `DataRegion-0` (all nodes its initial voters): each on its pinned
+  /// node, the others added (201/200, or 409 when a retry finds it done).
+  private func createGroups() -> Bool {
+    for (index, group) in groups.enumerated().dropFirst() {
+      let body = Array("{\"id\":\"\(group)\",\"peers\":[\(pinnedNode(ofGroup: index) + 1)]}".utf8)
+      guard retry(seconds: Self.recoverySecondsMax, { send("POST", url(0, "/v1/groups"), body: body) }, until: [201, 409])
+      else {
+        say("torture: cannot create \(group)")
+        return false
+      }
+    }
+    return restoreMembers()
+  }
+
+  /// Every node a member of every group again (the churn may have left one out), within the deadline.
+  private func restoreMembers() -> Bool {
+    for (index, group) in groups.enumerated().dropFirst() {
+      for node in 0..<options.nodes where node != pinnedNode(ofGroup: index) {
+        let body = Array("{\"id\":\(node + 1)}".utf8)
+        guard
+          retry(
+            seconds: Self.recoverySecondsMax,
+            { send("POST", url(pinnedNode(ofGroup: index), "/v1/groups/\(group)/peers"), body: body) }, until: [200, 409])
+        else {
+          say("torture: cannot make node \(node + 1) a member of \(group) again")
+          return false
+        }
+      }
+    }
+    return waitUntilReady(seconds: Self.recoverySecondsMax)
+  }
+
+  /// Sends until the answer is one of `statuses` or the time is up (then says the last answer).
+  private func retry(seconds: Int, _ request: () -> Result<PeerResponse, PeerError>, until statuses: Set<Int>) -> Bool {
+    let deadline = MonotonicClock.nowNanoseconds() + UInt64(seconds) * 1_000_000_000
+    var last = "nothing"
+    while MonotonicClock.nowNanoseconds() < deadline {
+      let result = request()
+      if case .success(let response) = result, statuses.contains(response.status) { return true }
+      last = describe(result)
+      usleep(200_000)
+    }
+    say("torture: gave up after \(seconds) s; the last answer: \(last)")
     return false
   }
 
@@ -271,13 +373,16 @@ final class TortureRun: @unchecked Sendable {
     case unknown
   }
 
+  /// The group of key slot `slot`: slots go round the groups.
+  private func group(ofSlot slot: Int) -> String { groups[slot % groups.count] }
+
   private func runClient(_ client: Int, until deadline: UInt64) {
     var random = SplitMix64(seed: seed &+ UInt64(client) &* 0x9E37_79B9_7F4A_7C15)
     var lastRead: [String: (revision: UInt64, value: [UInt8]?)] = [:]
     var counter = 0
     let operationsMax = 10_000_000
     var operations = 0
-    while operations < operationsMax && MonotonicClock.nowNanoseconds() < deadline {
+    while operations < operationsMax && running(deadline) {
       operations += 1
       let node = Int(random.next() % UInt64(options.nodes))
       let slot = Int(random.next() % UInt64(options.keys))
@@ -286,12 +391,13 @@ final class TortureRun: @unchecked Sendable {
         return shared.operationsStarted / options.operationsPerKeySet
       }
       let key = "k\(keySet).\(slot)"
+      let group = group(ofSlot: slot)
       let mode = random.next() % 3 == 0 ? "redirect" : "proxy"
       let path = "/v1/groups/\(group)/kv/\(key)?forward=\(mode)"
       counter += 1
       let value = Array("c\(client)v\(counter)".utf8)
       let call = MonotonicClock.nowNanoseconds() - started
-      state.withLock { _ = $0.keysUsed.insert(key) }
+      state.withLock { $0.keysUsed[key] = group }
       switch random.next() % 5 {
       case 0, 1:
         let handle = state.withLock { $0.history.start(key: key, client: client, input: .put(value), call: call) }
@@ -317,9 +423,11 @@ final class TortureRun: @unchecked Sendable {
         let result = sendFollowing("PUT", url(node, path), body: value, headers: [precondition])
         record(handle, classifyWrite(result) { status in .swapped(status == 200) })
       default:
-        let other = "k\(keySet).\((slot + 1) % options.keys)"
+        // A batch writes two keys of the same group (a batch is one group's entry).
+        let otherSlot = slot + groups.count < options.keys ? slot + groups.count : slot % groups.count
+        let other = "k\(keySet).\(otherSlot)"
         guard other != key else { continue }
-        state.withLock { _ = $0.keysUsed.insert(other) }
+        state.withLock { $0.keysUsed[other] = group }
         let second = Array("c\(client)v\(counter)b".utf8)
         let body = Array(
           "{\"ops\":[{\"op\":\"put\",\"key\":\"\(key)\",\"value\":\"\(String(decoding: value, as: UTF8.self))\"},{\"op\":\"put\",\"key\":\"\(other)\",\"value\":\"\(String(decoding: second, as: UTF8.self))\"}]}".utf8)
@@ -352,7 +460,7 @@ final class TortureRun: @unchecked Sendable {
       switch response.status {
       case 200: return .output(output(200))
       case 412: return .output(output(412))
-      case 307, 421, 503: return .refused(describe(result))
+      case 307, 421, 503, 507: return .refused(describe(result))
       case 504, 500, 502, 508: return .unknown
       default:
         state.withLock {
@@ -397,60 +505,161 @@ final class TortureRun: @unchecked Sendable {
 
   // MARK: Nemesis
 
+  /// The faults the nemesis picks from, by weight; the network's only with namespaces.
+  private enum Fault: String, CaseIterable {
+    case kill, pause, partition, loss, slow
+  }
+
+  private func faultChoices() -> [Fault] {
+    var choices: [Fault] = [.kill, .kill, .pause, .pause]
+    if network.usesNamespaces {
+      choices += [.partition, .partition, .partition, .loss]
+      if network.canSlow { choices.append(.slow) }
+    }
+    return choices
+  }
+
   private func runNemesis(until deadline: UInt64) {
     var random = SplitMix64(seed: seed ^ 0xFA17_0000_0000_0001)
-    let faultsMax = 100_000
-    for _ in 0..<faultsMax {
+    let choices = faultChoices()
+    for _ in 0..<Self.faultsMax {
       let pauseMilliseconds = 1_000 + Int(random.next() % 2_000)
-      guard MonotonicClock.nowNanoseconds() + UInt64(pauseMilliseconds) * 3_000_000 < deadline else { break }
+      // The last seconds stay quiet, so a run ends with a cluster that served for a while.
+      guard running(deadline, leaving: pauseMilliseconds * 3) else { break }
       usleep(UInt32(pauseMilliseconds) * 1_000)
       let target: Int
       var role = ""
-      if random.next() % 2 == 0, let leader = currentLeader() {
+      if random.next() % 2 == 0, let leader = currentLeader(of: groups[Int(random.next() % UInt64(groups.count))]) {
         target = leader
-        role = " (the leader)"
+        role = " (a leader)"
       } else {
         target = Int(random.next() % UInt64(options.nodes))
       }
-      let faultMilliseconds = 1_500 + Int(random.next() % 2_000)
-      let action = random.next() % 5
-      if action == 4 {
-        // A leader transfer through a random node (the gateway routes it to the leader).
-        let through = Int(random.next() % UInt64(options.nodes))
-        let body = Array("{\"id\":\(target + 1)}".utf8)
-        let result = send("POST", url(through, "/v1/groups/\(group)/leader"), body: body)
-        let status = (try? result.get().status).map(String.init) ?? "no answer"
-        say("nemesis: transfer leadership to node \(target + 1) through node \(through + 1): \(status)")
-        state.withLock { $0.faults["transfer", default: 0] += 1 }
-      } else if action % 2 == 0 {
+      let faultMilliseconds = 1_500 + Int(random.next() % 3_000)
+      let fault = choices[Int(random.next() % UInt64(choices.count))]
+      switch fault {
+      case .kill:
         say("nemesis: kill -9 node \(target + 1)\(role)")
         kill9(target)
         usleep(UInt32(faultMilliseconds) * 1_000)
         say("nemesis: restart node \(target + 1)")
         _ = start(target)
-        state.withLock { $0.faults["kill", default: 0] += 1 }
-      } else {
+      case .pause:
         say("nemesis: SIGSTOP node \(target + 1)\(role) for \(faultMilliseconds) ms")
         pause(target, true)
         usleep(UInt32(faultMilliseconds) * 1_000)
         pause(target, false)
         say("nemesis: SIGCONT node \(target + 1)")
-        state.withLock { $0.faults["pause", default: 0] += 1 }
+      case .partition:
+        say("nemesis: partition: \(partition(around: target, &random)) for \(faultMilliseconds) ms")
+        usleep(UInt32(faultMilliseconds) * 1_000)
+        network.heal()
+        say("nemesis: partition healed")
+      case .loss:
+        let percent = 10 + Int(random.next() % 31)
+        say("nemesis: every node drops \(percent) % of the packets from the others for \(faultMilliseconds) ms")
+        for index in 0..<options.nodes { network.loseInbound(index, percent: percent) }
+        usleep(UInt32(faultMilliseconds) * 1_000)
+        network.heal()
+        say("nemesis: loss healed")
+      case .slow:
+        let delayMs = 50 + Int(random.next() % 150)
+        say("nemesis: slow link out of node \(target + 1)\(role) (\(delayMs) ms) for \(faultMilliseconds) ms")
+        network.slow(target, delayMs: delayMs)
+        usleep(UInt32(faultMilliseconds) * 1_000)
+        network.heal()
+        say("nemesis: slow link healed")
+      }
+      state.withLock { $0.faults[fault.rawValue, default: 0] += 1 }
+    }
+  }
+
+  /// Cuts the network around `target` one of three ways; says which.
+  private func partition(around target: Int, _ random: inout SplitMix64) -> String {
+    let others = (0..<options.nodes).filter { $0 != target }
+    switch random.next() % 3 {
+    case 0:
+      for other in others {
+        network.cut(from: target, to: other)
+        network.cut(from: other, to: target)
+      }
+      return "node \(target + 1) cut off"
+    case 1:
+      // A minority with the target, the rest a majority; every link between them cut both ways.
+      var rest = others
+      for index in stride(from: rest.count - 1, to: 0, by: -1) {
+        rest.swapAt(index, Int(random.next() % UInt64(index + 1)))
+      }
+      let minority = [target] + rest.prefix(options.nodes / 2 - 1)
+      let majority = rest.dropFirst(options.nodes / 2 - 1)
+      for a in minority {
+        for b in majority {
+          network.cut(from: a, to: b)
+          network.cut(from: b, to: a)
+        }
+      }
+      let names = { (nodes: [Int]) in nodes.sorted().map { String($0 + 1) }.joined(separator: ",") }
+      return "{\(names(minority))} | {\(names(Array(majority)))}"
+    default:
+      if random.next() % 2 == 0 {
+        for other in others { network.cut(from: target, to: other) }
+        return "one way: node \(target + 1) is not heard by the others (it hears them)"
+      }
+      for other in others { network.cut(from: other, to: target) }
+      return "one way: node \(target + 1) hears no one (the others hear it)"
+    }
+  }
+
+  /// Leader transfers and membership changes, faults or not: one every few seconds. A group has
+  /// at most one member out at a time; the next change of that group puts it back.
+  private func runChurn(until deadline: UInt64) {
+    var random = SplitMix64(seed: seed ^ 0xC4A2_0000_0000_0002)
+    var removed: [String: Int] = [:]  // group → the node taken out
+    for _ in 0..<Self.churnMax {
+      let waitMilliseconds = 2_000 + Int(random.next() % 3_000)
+      guard running(deadline, leaving: waitMilliseconds * 2) else { break }
+      usleep(UInt32(waitMilliseconds) * 1_000)
+      let groupIndex = Int(random.next() % UInt64(groups.count))
+      let group = groups[groupIndex]
+      let through = Int(random.next() % UInt64(options.nodes))
+      var node = Int(random.next() % UInt64(options.nodes))
+      // DataRegion-0's members are all initial voters: only its leadership moves.
+      let movable = groupIndex > 0 && node != pinnedNode(ofGroup: groupIndex)
+      let kind: String
+      let result: Result<PeerResponse, PeerError>
+      if let out = removed[group] {
+        kind = "add-peer"
+        node = out
+        result = send("POST", url(through, "/v1/groups/\(group)/peers"), body: Array("{\"id\":\(out + 1)}".utf8))
+        // 409: it is a member (an earlier answer that did not arrive took effect).
+        if case .success(let response) = result, response.status == 200 || response.status == 409 { removed[group] = nil }
+      } else if random.next() % 2 == 0 || !movable {
+        kind = "transfer"
+        result = send("POST", url(through, "/v1/groups/\(group)/leader"), body: Array("{\"id\":\(node + 1)}".utf8))
+      } else {
+        kind = "remove-peer"
+        result = send("DELETE", url(through, "/v1/groups/\(group)/peers/\(node + 1)"))
+        // Whatever the answer, the node may be out now: the next change of the group re-adds it.
+        removed[group] = node
+      }
+      let status = (try? result.get().status) ?? 0
+      say("churn: \(kind) node \(node + 1) of \(group) through node \(through + 1): \(status == 200 ? "200" : describe(result))")
+      state.withLock {
+        $0.churnTried[kind, default: 0] += 1
+        if status == 200 { $0.churnDone[kind, default: 0] += 1 }
       }
     }
   }
 
-  /// The leader of the group as some running node reports it (0-based), if any.
-  private func currentLeader() -> Int? {
+  /// The leader of `group` as some running node reports it (0-based), if any.
+  private func currentLeader(of group: String) -> Int? {
     for index in 0..<options.nodes {
       let (pid, paused) = state.withLock { ($0.nodes[index].pid, $0.nodes[index].paused) }
       guard pid > 0, !paused, case .success(let response) = send("GET", url(index, "/v1/groups/\(group)")),
-        response.status == 200
+        response.status == 200, let status = try? JSONParser.parse(response.body),
+        let leader = status["leader"]?.unsignedIntegerValue, (1...UInt64(options.nodes)).contains(leader)
       else { continue }
-      let text = String(decoding: response.body, as: UTF8.self)
-      guard let leader = text.firstRange(of: "\"leader\":") else { continue }
-      let digits = text[leader.upperBound...].prefix { $0.isNumber }
-      if let id = Int(digits), (1...options.nodes).contains(id) { return id - 1 }
+      return Int(leader) - 1
     }
     return nil
   }
@@ -459,8 +668,8 @@ final class TortureRun: @unchecked Sendable {
 
   /// Every key through every node, linearizable, after healing: the last word on what survived.
   private func finalReads() {
-    let keys = state.withLock { $0.keysUsed.sorted() }
-    for key in keys {
+    let keys = state.withLock { $0.keysUsed.sorted { $0.key < $1.key } }
+    for (key, group) in keys {
       for index in 0..<options.nodes {
         let call = MonotonicClock.nowNanoseconds() - started
         let handle = state.withLock { $0.history.start(key: key, client: 1_000 + index, input: .get, call: call) }
@@ -514,6 +723,8 @@ final class TortureRun: @unchecked Sendable {
     let faults = shared.faults.values.reduce(0, +)
     let kinds = shared.faults.keys.sorted().map { "\($0)=\(shared.faults[$0]!)" }.joined(separator: " ")
     say("torture: faults \(kinds.isEmpty ? "none" : kinds); unexpected answers \(shared.unexpected.count)")
+    let churn = shared.churnTried.keys.sorted().map { "\($0)=\(shared.churnDone[$0, default: 0])/\(shared.churnTried[$0]!)" }
+    say("torture: churn (answered 200 / tried) \(churn.isEmpty ? "none" : churn.joined(separator: " "))")
     print("torture: linearizable=\(linearizable ? "yes" : "no") ops=\(operations) faults=\(faults) indeterminate=\(unknown)")
     fflush(nil)
     return linearizable && shared.unexpected.isEmpty ? 0 : 1
