@@ -867,7 +867,7 @@ public final class ClusterDirectory: Sendable {
       forwarder.client.send(peerRequest) { result in
         guard case .success(let response) = result else { return next() }
         // A member that does not host the directory, has no leader, or is part of a loop: ask the next.
-        let notHosted = response.status == 404 && (try? JSONParser.parse(response.body))?["error"]?.stringValue == "group_not_found"
+        let notHosted = saysGroupNotHosted(status: response.status, body: response.body)
         if notHosted || [421, 503, 504, 508].contains(response.status) { return next() }
         completion(response)
       }
@@ -886,25 +886,36 @@ struct GroupLocator: Sendable {
   func locate(_ group: GroupID, _ completion: @escaping @Sendable (GroupLocation) -> Void) {
     directory.group(group) { [self] record in
       let local = directory.engine.localPeer.node
-      let candidates = (record?.peers ?? directory.knownMembers).filter { $0.node != local }
-      askForLeader(group, among: candidates, completion)
+      // The record's peers first; then every other member, because a record read during a
+      // membership change (or while the directory has no leader) can miss the peers that host
+      // the group now.
+      let recorded = record?.peers ?? []
+      let others = directory.knownMembers.filter { member in !recorded.contains { $0.node == member.node } }
+      askForLeader(group, among: (recorded + others).filter { $0.node != local }, local: local, completion)
     }
   }
 
-  private func askForLeader(_ group: GroupID, among candidates: [Peer], _ completion: @escaping @Sendable (GroupLocation) -> Void) {
+  private func askForLeader(
+    _ group: GroupID, among candidates: [Peer], local: NodeID, _ completion: @escaping @Sendable (GroupLocation) -> Void
+  ) {
     guard !candidates.isEmpty else { return completion(.nowhere) }
-    let answers = Locked<(remaining: Int, hosted: Bool, done: Bool)>((candidates.count, false, false))
+    // `unsure`: a peer that did not answer, or not with "hosted" or "not hosted"; the group may be
+    // there, so the answer is "no leader" (retry), never "nowhere" (a 404 says it does not exist).
+    let answers = Locked<(remaining: Int, hosted: Bool, unsure: Bool, done: Bool)>((candidates.count, false, false, false))
     for candidate in candidates {
       forwarder.nodeLocal("GET", on: candidate, target: "/v1/groups/\(group)?forward=none", body: []) { status, body in
         // A peer hosting the group names its leader; the first such answer decides.
         let document = status == 200 ? try? JSONParser.parse(body) : nil
         let leaderID = document?["leader"]?.unsignedIntegerValue
+        // A peer's stale view can name this node, which does not host the group: not a leader.
         let leader = (document?["peers"]?.arrayValue ?? []).lazy.compactMap(DirectoryRecords.decodePeer).first {
-          $0.node.rawValue == leaderID
+          $0.node.rawValue == leaderID && $0.node != local
         }
+        let notHosted = saysGroupNotHosted(status: status, body: body)
         let decided: GroupLocation? = answers.withLock { state in
           state.remaining -= 1
           state.hosted = state.hosted || document != nil
+          state.unsure = state.unsure || (document == nil && !notHosted)
           guard !state.done else { return nil }
           if let leader {
             state.done = true
@@ -912,7 +923,7 @@ struct GroupLocator: Sendable {
           }
           guard state.remaining == 0 else { return nil }
           state.done = true
-          return state.hosted ? .noLeader : .nowhere
+          return state.hosted || state.unsure ? .noLeader : .nowhere
         }
         if let decided { completion(decided) }
       }

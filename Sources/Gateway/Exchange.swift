@@ -178,6 +178,10 @@ final class Exchange: Sendable {
       case .proxy:
         forwarder.relay(request, to: url, hops: hops) { [self] result in
           switch result {
+          case .success(let response) where saysGroupNotHosted(status: response.status, body: response.body):
+            // The node we took for the leader no longer hosts the group (it was just removed):
+            // nothing happened there; wait for the leader to be known here, as with no leader.
+            fail(unreachable, route: route, group: group)
           case .success(let response):
             respond(response, route: route)
           case .failure(.connectFailed):

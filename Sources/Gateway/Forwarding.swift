@@ -138,3 +138,9 @@ enum GroupLocation: Sendable {
   case noLeader
   case nowhere
 }
+
+/// `404 group_not_found`: the node that answered does not host the group (as opposed to a
+/// missing key, or no answer at all).
+func saysGroupNotHosted(status: Int, body: [UInt8]) -> Bool {
+  status == 404 && (try? JSONParser.parse(body))?["error"]?.stringValue == "group_not_found"
+}

@@ -53,6 +53,8 @@ struct Torture: ParsableCommand {
   var keepData = false
   @Option(help: "Check a history file a failing run wrote (history.txt) again, and exit: 0 when linearizable.")
   var check: String?
+  @Option(help: "The faults the nemesis takes turns with, comma-separated, from: kill, pause, partition, loss, slow (default: all this machine supports; the network's need namespaces).")
+  var faults: String?
   @Flag(help: "Run every node on loopback even when network namespaces are available (no network faults).")
   var noNamespaces = false
   @Option(help: "The third byte of the nodes' subnet 10.231.S.0/24 (namespaces only; default from the process id, so concurrent runs differ).")
@@ -67,6 +69,11 @@ struct Torture: ParsableCommand {
     guard (1...64).contains(keys) else { throw ValidationError("--keys must be 1 to 64") }
     guard (1...16).contains(groups), groups <= keys else { throw ValidationError("--groups must be 1 to 16 and at most --keys") }
     if let subnet, !(1...253).contains(subnet) { throw ValidationError("--subnet must be 1 to 253") }
+    if let faults {
+      for name in faults.split(separator: ",", omittingEmptySubsequences: false) where TortureFault(rawValue: String(name)) == nil {
+        throw ValidationError("unknown fault '\(name)'; known: \(TortureFault.allCases.map(\.rawValue).joined(separator: ", "))")
+      }
+    }
     guard (10...20_000).contains(operationsPerKeySet) else {
       throw ValidationError("--operations-per-key-set must be 10 to 20000")
     }
@@ -90,6 +97,11 @@ struct Torture: ParsableCommand {
 /// Set by SIGINT or SIGTERM during a run: the clients and the nemesis stop early, and the run
 /// still heals, checks and removes its namespaces. (A signal handler can only store a flag.)
 nonisolated(unsafe) private var tortureInterrupted: sig_atomic_t = 0
+
+/// What the nemesis can do to the cluster.
+enum TortureFault: String, CaseIterable {
+  case kill, pause, partition, loss, slow
+}
 
 /// One torture run: the processes, the network, the clients, the nemesis, the churn and the history.
 final class TortureRun: @unchecked Sendable {
@@ -177,6 +189,8 @@ final class TortureRun: @unchecked Sendable {
       nodes: options.nodes, subnet: options.subnet ?? Int(getpid() % 200) + 20, log: "\(directory)/network.log",
       allowNamespaces: !options.noNamespaces)
     say("torture: network: \(network.summary)")
+    guard let kinds = faultKinds() else { return stopAll(code: 2) }
+    say("torture: faults: \(kinds.map(\.rawValue).joined(separator: ", "))")
     signal(SIGINT) { _ in tortureInterrupted = 1 }
     signal(SIGTERM) { _ in tortureInterrupted = 1 }
     for index in 0..<options.nodes where !start(index) { return stopAll(code: 2) }
@@ -190,7 +204,7 @@ final class TortureRun: @unchecked Sendable {
     for client in 0..<options.clients {
       threads.append(OSThread(name: "torture-client-\(client)") { [self] in runClient(client, until: deadline) })
     }
-    threads.append(OSThread(name: "torture-nemesis") { [self] in runNemesis(until: deadline) })
+    threads.append(OSThread(name: "torture-nemesis") { [self] in runNemesis(until: deadline, kinds: kinds) })
     threads.append(OSThread(name: "torture-churn") { [self] in runChurn(until: deadline) })
     for thread in threads { thread.join() }
     if tortureInterrupted != 0 { say("torture: interrupted; healing and checking what ran") }
@@ -401,16 +415,22 @@ final class TortureRun: @unchecked Sendable {
       switch random.next() % 5 {
       case 0, 1:
         let handle = state.withLock { $0.history.start(key: key, client: client, input: .put(value), call: call) }
-        record(handle, classifyWrite(sendFollowing("PUT", url(node, path), body: value)) { _ in .written })
+        record(handle, classifyWrite(sendFollowing("PUT", url(node, path), body: value), "PUT \(url(node, path))") { _ in .written })
       case 2:
         let handle = state.withLock { $0.history.start(key: key, client: client, input: .get, call: call) }
         let result = sendFollowing("GET", url(node, path))
-        if case .success(let response) = result, response.status == 200 || response.status == 404 {
+        if case .success(let response) = result, response.status == 200 || isKeyNotFound(response) {
           let read = response.status == 200 ? parseEntry(response.body) : nil
           lastRead[key] = (read?.revision ?? 0, read?.value)
           record(handle, .output(.value(read?.value)))
         } else {
           record(handle, .refused("read: \(describe(result))"))  // a read that did not answer has no effect
+          if case .success(let response) = result, (400..<500).contains(response.status), response.status != 421 {
+            state.withLock {
+              $0.unexpected.append(
+                "GET \(url(node, path)) at \(Double((MonotonicClock.nowNanoseconds() - started) / 10_000_000) / 100) s: \(describe(result))")
+            }
+          }
         }
       case 3:
         let known = lastRead[key]
@@ -421,7 +441,7 @@ final class TortureRun: @unchecked Sendable {
           $0.history.start(key: key, client: client, input: .compareAndSet(expected: known?.value, new: value), call: call)
         }
         let result = sendFollowing("PUT", url(node, path), body: value, headers: [precondition])
-        record(handle, classifyWrite(result) { status in .swapped(status == 200) })
+        record(handle, classifyWrite(result, "PUT \(url(node, path)) (\(precondition.name))") { status in .swapped(status == 200) })
       default:
         // A batch writes two keys of the same group (a batch is one group's entry).
         let otherSlot = slot + groups.count < options.keys ? slot + groups.count : slot % groups.count
@@ -437,7 +457,8 @@ final class TortureRun: @unchecked Sendable {
             shared.history.start(key: other, client: client, input: .put(second), call: call),
           ]
         }
-        let outcome = classifyWrite(sendFollowing("POST", url(node, "/v1/groups/\(group)/write?forward=\(mode)"), body: body)) {
+        let target = url(node, "/v1/groups/\(group)/write?forward=\(mode)")
+        let outcome = classifyWrite(sendFollowing("POST", target, body: body), "POST \(target)") {
           _ in .written
         }
         for handle in handles { record(handle, outcome) }
@@ -449,7 +470,7 @@ final class TortureRun: @unchecked Sendable {
   /// proposal (no connection, 421, 503, 307 not followed) have no effect; a timeout, a 504 or a
   /// broken connection may have taken effect.
   private func classifyWrite(
-    _ result: Result<PeerResponse, PeerError>, output: (Int) -> KeyValueModel.Output
+    _ result: Result<PeerResponse, PeerError>, _ request: String, output: (Int) -> KeyValueModel.Output
   ) -> Outcome {
     switch result {
     case .failure(.connectFailed), .failure(.overloaded), .failure(.shuttingDown), .failure(.invalidRequest):
@@ -464,7 +485,8 @@ final class TortureRun: @unchecked Sendable {
       case 504, 500, 502, 508: return .unknown
       default:
         state.withLock {
-          $0.unexpected.append("status \(response.status): \(String(decoding: response.body.prefix(200), as: UTF8.self))")
+          $0.unexpected.append(
+            "\(request) at \(Double((MonotonicClock.nowNanoseconds() - started) / 10_000_000) / 100) s: status \(response.status) \(response.header("X-Caucus-Forwarded-By").map { "(forwarded by node \($0)) " } ?? "")\(String(decoding: response.body.prefix(200), as: UTF8.self))")
         }
         return .refused(describe(result))
       }
@@ -491,6 +513,11 @@ final class TortureRun: @unchecked Sendable {
     }
   }
 
+  /// A 404 that says the key is absent (not, say, that the group is not on the node asked).
+  private func isKeyNotFound(_ response: PeerResponse) -> Bool {
+    response.status == 404 && (try? JSONParser.parse(response.body))?["error"]?.stringValue == "key_not_found"
+  }
+
   /// `{"key":…,"value":"…","revision":N}` as this run writes it (plain ASCII values).
   private func parseEntry(_ body: [UInt8]) -> (value: [UInt8], revision: UInt64)? {
     let text = String(decoding: body, as: UTF8.self)
@@ -505,38 +532,54 @@ final class TortureRun: @unchecked Sendable {
 
   // MARK: Nemesis
 
-  /// The faults the nemesis picks from, by weight; the network's only with namespaces.
-  private enum Fault: String, CaseIterable {
-    case kill, pause, partition, loss, slow
-  }
-
-  private func faultChoices() -> [Fault] {
-    var choices: [Fault] = [.kill, .kill, .pause, .pause]
-    if network.usesNamespaces {
-      choices += [.partition, .partition, .partition, .loss]
-      if network.canSlow { choices.append(.slow) }
+  /// The faults asked for (all by default) that this machine supports; nil, having said why, when
+  /// one asked for explicitly is not supported.
+  private func faultKinds() -> [TortureFault]? {
+    let asked = options.faults.map { $0.split(separator: ",").compactMap { TortureFault(rawValue: String($0)) } }
+    var kinds: [TortureFault] = []
+    for kind in asked ?? TortureFault.allCases where !kinds.contains(kind) {
+      let supported: Bool
+      switch kind {
+      case .kill, .pause: supported = true
+      case .partition, .loss: supported = network.usesNamespaces
+      case .slow: supported = network.usesNamespaces && network.canSlow
+      }
+      if supported {
+        kinds.append(kind)
+      } else if asked != nil {
+        say("torture: this machine cannot do the fault \(kind.rawValue) (network: \(network.summary))")
+        return nil
+      }
     }
-    return choices
+    return kinds
   }
 
-  private func runNemesis(until deadline: UInt64) {
+  /// One fault at a time, healed before the next. The kinds take turns in shuffled rounds, so a
+  /// run of N faults has at least N / kinds of each.
+  private func runNemesis(until deadline: UInt64, kinds: [TortureFault]) {
     var random = SplitMix64(seed: seed ^ 0xFA17_0000_0000_0001)
-    let choices = faultChoices()
+    var round: [TortureFault] = []
     for _ in 0..<Self.faultsMax {
       let pauseMilliseconds = 1_000 + Int(random.next() % 2_000)
       // The last seconds stay quiet, so a run ends with a cluster that served for a while.
       guard running(deadline, leaving: pauseMilliseconds * 3) else { break }
       usleep(UInt32(pauseMilliseconds) * 1_000)
-      let target: Int
+      // Every draw happens whatever the cluster answers, so a seed gives the same faults.
+      let aimAtLeader = random.next() % 2 == 0
+      let leaderGroup = groups[Int(random.next() % UInt64(groups.count))]
+      let anyNode = Int(random.next() % UInt64(options.nodes))
+      let faultMilliseconds = 1_500 + Int(random.next() % 3_000)
+      if round.isEmpty {
+        round = kinds
+        for index in stride(from: round.count - 1, to: 0, by: -1) { round.swapAt(index, Int(random.next() % UInt64(index + 1))) }
+      }
+      let fault = round.removeLast()
+      var target = anyNode
       var role = ""
-      if random.next() % 2 == 0, let leader = currentLeader(of: groups[Int(random.next() % UInt64(groups.count))]) {
+      if aimAtLeader, let leader = currentLeader(of: leaderGroup) {
         target = leader
         role = " (a leader)"
-      } else {
-        target = Int(random.next() % UInt64(options.nodes))
       }
-      let faultMilliseconds = 1_500 + Int(random.next() % 3_000)
-      let fault = choices[Int(random.next() % UInt64(choices.count))]
       switch fault {
       case .kill:
         say("nemesis: kill -9 node \(target + 1)\(role)")
@@ -674,7 +717,7 @@ final class TortureRun: @unchecked Sendable {
         let call = MonotonicClock.nowNanoseconds() - started
         let handle = state.withLock { $0.history.start(key: key, client: 1_000 + index, input: .get, call: call) }
         let result = send("GET", url(index, "/v1/groups/\(group)/kv/\(key)"))
-        if case .success(let response) = result, response.status == 200 || response.status == 404 {
+        if case .success(let response) = result, response.status == 200 || isKeyNotFound(response) {
           record(handle, .output(.value(response.status == 200 ? parseEntry(response.body)?.value : nil)))
         } else {
           record(handle, .refused("final read failed"))
