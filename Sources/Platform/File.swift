@@ -172,6 +172,9 @@ public final class File {
 
   /// fdatasync(2): data (and the metadata needed to read it, e.g. the size) durable.
   public func syncData() throws(SystemError) {
+    // The write-ahead log's fsync is this call (the log is its only caller): the `wal-fsync`
+    // failpoint stands here, so an injected EIO takes the path a real one would.
+    try Failpoints.walFsync.passIO(call: "fdatasync", context: path)
     try syscall("fdatasync", context: path) { fdatasync(descriptor) }
   }
 

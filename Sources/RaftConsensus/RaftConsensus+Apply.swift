@@ -41,6 +41,7 @@ extension RaftConsensus {
       logger.info("snapshot installed", metadata: ["group": "\(replica.id)", "index": "\(snapshot.index)"])
     }
     if !ready.committedEntries.isEmpty {
+      turn.entriesApplied += ready.committedEntries.count
       var responses: [(LogIndex, Term, [UInt8])] = []
       replica.lock.withLock {
         for entry in ready.committedEntries {

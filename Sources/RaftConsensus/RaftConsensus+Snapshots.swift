@@ -82,7 +82,8 @@ extension RaftConsensus {
       try wal.writeSnapshot(
         WALSnapshot(
           group: replica.id.packed, index: snapshot.index, term: snapshot.term,
-          data: RaftStorage.encodeSnapshot(config: snapshot.config, data: snapshot.data)))
+          data: RaftStorage.encodeSnapshot(config: snapshot.config, data: snapshot.data)),
+        partway: Failpoints.snapshotSave)
     } catch {
       // The log in memory is compacted, the WAL still holds the entries: nothing is lost, and
       // nothing is released until a snapshot file covers them.

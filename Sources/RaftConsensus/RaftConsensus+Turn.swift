@@ -35,6 +35,8 @@ extension RaftConsensus {
     var writeBytesAnswered = 0
     var readsAnswered = 0
     var writesCommitted = 0
+    /// Committed entries applied this turn, over all groups.
+    var entriesApplied = 0
     /// Snapshot files written this turn (received from a leader): segments may be released.
     var snapshotsWritten = 0
     var snapshotsInstalled = 0
@@ -103,7 +105,10 @@ extension RaftConsensus {
     // 5. Persist every group's records in one append; fsync once if any must sync.
     do {
       try persist(readies, &turn, wal)
-      if !turn.records.isEmpty { try wal.append(turn.records) }
+      if !turn.records.isEmpty {
+        try wal.append(turn.records)
+        Failpoints.walAfterAppendBeforeFsync.pass()
+      }
       if turn.synced {
         try wal.sync()
         ticksWithUnsyncedRecords = 0
@@ -112,6 +117,7 @@ extension RaftConsensus {
       failStorage("appending to the log failed: \(error)", &turn)
       return false
     }
+    if turn.synced { Failpoints.raftAfterFsyncBeforeSend.pass() }
     for action in turn.onDurable { action(.success(())) }
     if let readyObserver {
       for (replica, ready) in readies {
@@ -123,6 +129,8 @@ extension RaftConsensus {
     plan.forwardsAfterSync = [:]
     // 7. Apply, answer what waited for it, advance.
     for (replica, ready) in readies { applyAndAdvance(replica, ready, &turn) }
+    // Every answer of the turn waits in `turn.answers` until step 8.
+    if turn.entriesApplied > 0 { Failpoints.applyAfterApplyBeforeAnswer.pass() }
     reportStreamedSnapshots(&turn)
     // 8. Publish views and counters, then answer every caller of the turn.
     for replica in turn.ticked ? live.ordered : readies.map(\.0) { replica.refreshView() }
@@ -437,6 +445,8 @@ extension RaftConsensus {
           WALSnapshot(
             group: replica.id.packed, index: snapshot.index, term: snapshot.term,
             data: RaftStorage.encodeSnapshot(config: snapshot.config, data: snapshot.data)))
+        // The file is complete; until the marker below is in the log, recovery finishes the install.
+        Failpoints.snapshotInstall.pass()
         turn.records.append(
           RaftStorage.hardStateRecord(
             group: replica.id, ready.hardState ?? replica.raft.hardState, snapshotMarker: (snapshot.index, snapshot.term)))

@@ -504,6 +504,7 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
     }
     do {
       try wal.append(records)
+      Failpoints.walAfterAppendBeforeFsync.pass()
       try wal.sync()
     } catch {
       let answer: ConsensusError
@@ -543,6 +544,7 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
       batchesCommitted += 1
       return takeSatisfiedWaiters()
     }
+    Failpoints.applyAfterApplyBeforeAnswer.pass()
     for (completion, result) in results { completion(.success(result)) }
     for (waiter, result) in waiters { waiter.completion(.success(result)) }
     for replica in snapshotDue {
@@ -640,7 +642,8 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
 
   private func takeSnapshot(_ replica: GroupReplica, _ wal: WriteAheadLog) throws -> SnapshotInfo {
     let (index, data) = replica.lock.withLock { (replica.appliedIndex, replica.stateMachine.takeSnapshot()) }
-    try wal.writeSnapshot(WALSnapshot(group: replica.id.packed, index: index, term: 1, data: data))
+    try wal.writeSnapshot(
+      WALSnapshot(group: replica.id.packed, index: index, term: 1, data: data), partway: Failpoints.snapshotSave)
     replica.lock.withLock {
       replica.snapshotIndex = index
       replica.logEntries = 0

@@ -413,7 +413,9 @@ public final class WriteAheadLog {
   }
 
   /// Replaces `snapshot.group`'s snapshot atomically: temporary file, fsync, rename, directory fsync.
-  public func writeSnapshot(_ snapshot: WALSnapshot) throws(WALError) {
+  /// `partway` is passed once the temporary file holds the header and not yet the data (the
+  /// caller's failpoint: a snapshot taken here, not one received).
+  public func writeSnapshot(_ snapshot: WALSnapshot, partway: Failpoint? = nil) throws(WALError) {
     try checkOpen()
     let bodyBytes = UInt64(SnapshotFormat.bodyFixedBytes + snapshot.data.count)
     guard bodyBytes <= options.snapshotBytesMax else {
@@ -429,6 +431,7 @@ public final class WriteAheadLog {
     do throws(SystemError) {
       let file = try fileStore.open(temporaryPath, mode: .writeCreateTruncate)
       try file.write(all: prefix, at: 0)
+      partway?.pass()
       try file.write(all: snapshot.data, at: UInt64(prefix.count))
       try file.sync()
       try file.close()

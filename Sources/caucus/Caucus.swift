@@ -27,7 +27,9 @@ struct Serve: ParsableCommand {
       With no options: a single standalone node on 127.0.0.1:6667 with data in ./caucus-data and \
       DataRegion-0 created on first start. Options override the properties file given with --config, \
       which accepts IoTDB's property names (rpc_address, rpc_port, internal_ip, consensus_port, \
-      consensus_dir, data_node_consensus_protocol_class, config_node_group_address_list).
+      consensus_dir, data_node_consensus_protocol_class, config_node_group_address_list). \
+      For torture tests only, CAUCUS_FAILPOINTS=name:action:hit,... arms crash and I/O-error \
+      failpoints (see the README's "Failpoints").
       """)
 
   @Option(name: .long, help: "Properties file (key=value lines, # comments).")

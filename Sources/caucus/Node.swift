@@ -13,6 +13,9 @@ import StandaloneConsensus
 /// The group a fresh node creates so that `curl -X PUT …/DataRegion-0/kv/hello -d world` works at once.
 let defaultGroup = GroupID(.dataRegion, 0)
 
+/// The exit status when `CAUCUS_FAILPOINTS` cannot be honoured (a usage error, not a crash).
+let failpointsRefusedExitCode: Int32 = 2
+
 /// Set when the cluster refuses a `--join` for good; the node then stops and exits 1.
 private let joinRefused = Locked<String?>(nil)
 
@@ -37,6 +40,23 @@ func runNode(_ settings: NodeSettings) -> Int32 {
   logger[metadataKey: "node"] = "\(settings.nodeID)"
   for property in settings.unknownProperties {
     logger.warning("ignoring a property Caucus does not use", metadata: ["property": "\(property)"])
+  }
+  // Armed before anything touches the data directory or starts a thread that passes a point.
+  let failpoints: [FailpointArming]
+  do {
+    failpoints = try Failpoints.armFromEnvironment()
+  } catch {
+    logger.critical("refusing to start: \(error)")
+    return failpointsRefusedExitCode
+  }
+  if !failpoints.isEmpty {
+    // Only a torture harness sets it: the node is meant to crash or fail its I/O on purpose.
+    logger.critical(
+      "FAILPOINTS ARMED: this node kills itself or fails its I/O on purpose; for torture tests only",
+      metadata: [
+        "variable": "\(Failpoints.environmentVariable)",
+        "failpoints": "\(failpoints.map(\.description).joined(separator: ","))",
+      ])
   }
 
   var factory = ConsensusFactory()

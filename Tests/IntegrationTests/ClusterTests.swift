@@ -16,21 +16,8 @@ final class ClusterTests: XCTestCase {
   override func tearDown() { removeNodes(nodes, directories) }
 
   /// The leader of DataRegion-0 as the given nodes agree on it (index into `nodes`).
-  private func leader(among candidates: [Int], seconds: Double = 20) -> Int? {
-    var found: Int?
-    waitUntil("a leader every live node agrees on", seconds: seconds) {
-      let views = candidates.compactMap { index -> Int? in
-        guard let reply = try? HTTPClient(port: nodes[index].port).request("GET", "/v1/groups/DataRegion-0?forward=none")
-        else { return nil }
-        return reply.json["leader"] as? Int
-      }
-      guard views.count == candidates.count, let first = views.first, views.allSatisfy({ $0 == first }),
-        candidates.contains(first - 1)
-      else { return false }
-      found = first - 1
-      return true
-    }
-    return found
+  private func leader(among candidates: [Int], seconds: Double = 20, file: StaticString = #filePath, line: UInt = #line) -> Int? {
+    agreedLeader(nodes, among: candidates, seconds: seconds, file: file, line: line)
   }
 
   func testAWriteThroughAFollowerIsReadableThroughTheOtherFollowerAndRedirectAndNoneBehave() throws {

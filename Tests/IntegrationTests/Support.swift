@@ -110,6 +110,28 @@ func removeNodes(_ nodes: [NodeProcess], _ directories: [String]) {
   }
 }
 
+/// The leader of `group` as the `candidates` (indexes into `nodes`) agree on it, as an index
+/// into `nodes`; nil (and a test failure) if they do not agree on one of them within `seconds`.
+func agreedLeader(
+  _ nodes: [NodeProcess], among candidates: [Int], group: String = "DataRegion-0", seconds: Double = 20,
+  file: StaticString = #filePath, line: UInt = #line
+) -> Int? {
+  var found: Int?
+  waitUntil("a leader every live node agrees on", seconds: seconds, file: file, line: line) {
+    let views = candidates.compactMap { index -> Int? in
+      guard let reply = try? HTTPClient(port: nodes[index].port).request("GET", "/v1/groups/\(group)?forward=none")
+      else { return nil }
+      return reply.json["leader"] as? Int
+    }
+    guard views.count == candidates.count, let first = views.first, views.allSatisfy({ $0 == first }),
+      candidates.contains(first - 1)
+    else { return false }
+    found = first - 1
+    return true
+  }
+  return found
+}
+
 /// Waits for `condition` up to `seconds`, polling; fails the test at the deadline.
 func waitUntil(_ what: String, seconds: Double = 30, file: StaticString = #filePath, line: UInt = #line, _ condition: () -> Bool) {
   let deadline = Date().addingTimeInterval(seconds)
@@ -130,6 +152,8 @@ final class NodeProcess: @unchecked Sendable {
   let logPath: String
   /// Arguments every start adds (a cluster member's id, cluster list and timings).
   var extraArguments: [String] = []
+  /// Environment variables every start adds to the test's own (failpoints).
+  var environment: [String: String] = [:]
 
   init(dataDirectory: String, port: UInt16 = freePort(), consensusPort: UInt16 = freePort()) {
     self.port = port
@@ -155,6 +179,9 @@ final class NodeProcess: @unchecked Sendable {
     process.arguments = [
       "serve", "--rpc-port", String(port), "--consensus-port", String(consensusPort), "--data-dir", dataDirectory,
     ] + extraArguments + extra
+    if !environment.isEmpty {
+      process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    }
     _ = FileManager.default.createFile(atPath: logPath, contents: nil)
     let logFile = FileHandle(forWritingAtPath: logPath)!
     logFile.seekToEndOfFile()
@@ -166,6 +193,16 @@ final class NodeProcess: @unchecked Sendable {
   }
 
   var isRunning: Bool { process?.isRunning ?? false }
+
+  /// Waits up to `seconds` for the process to end on its own; returns it, ended, to be asked
+  /// how (nil, and a test failure, if it is still running).
+  func waitForExit(seconds: Double = 30, file: StaticString = #filePath, line: UInt = #line) -> Process? {
+    guard let process else { return nil }
+    waitUntil("the node on port \(port) to exit", seconds: seconds, file: file, line: line) { !process.isRunning }
+    guard !process.isRunning else { return nil }
+    self.process = nil
+    return process
+  }
 
   func log() -> String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
