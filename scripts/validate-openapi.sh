@@ -83,6 +83,7 @@ ERROR_CODES = {
     "no_leader", "not_ready", "overloaded",
     "timeout",
     "forward_loop",
+    "insufficient_storage",
 }
 
 # Codes the implementation answers beyond API.md's table (documented as additions in the spec):

@@ -183,12 +183,17 @@ public protocol ConsensusEngine: AnyObject, Sendable {
 
   /// Whether storage has been recovered and the engine serves requests.
   var isReady: Bool { get }
+  /// Whether storage works, is out of space (passing) or failed (until restart).
+  var storageCondition: StorageCondition { get }
 
   /// The engine's own metrics in Prometheus text exposition format (lines ending in "\n").
   func prometheusMetrics() -> String
 }
 
 extension ConsensusEngine {
+  /// Engines that never report a storage problem of their own (test fakes).
+  public var storageCondition: StorageCondition { .ok }
+
   /// Protocols with one replica per group have nothing to join.
   public func joinPeer(
     _ group: GroupID, peers: [Peer], bootstrapVoters: [NodeID], completion: @escaping ConsensusCompletion<Void>

@@ -17,8 +17,14 @@ public enum ConsensusError: Error, Equatable, Sendable, CustomStringConvertible 
   case notSupported(String)
   /// The engine is stopping or stopped.
   case shuttingDown
-  /// Storage failed (disk full, I/O error). The write was not acknowledged.
+  /// Storage failed (I/O error, corruption): the engine refuses work until the process restarts.
+  /// The write was not acknowledged.
   case storage(String)
+  /// The file system of the data directory `directory` is full (ENOSPC) or over quota (EDQUOT):
+  /// the request was refused before anything of it was written. Unlike `storage`, this passes:
+  /// the engine tries its storage again every `retryAfterMs` and serves writes once space returns,
+  /// without a restart.
+  case outOfSpace(directory: String, retryAfterMs: UInt32)
   /// The command or query was rejected before reaching the state machine.
   case invalidRequest(String)
 
@@ -40,6 +46,10 @@ public enum ConsensusError: Error, Equatable, Sendable, CustomStringConvertible 
     case .notSupported(let what): return what
     case .shuttingDown: return "the node is shutting down"
     case .storage(let what): return "storage failure: \(what)"
+    case .outOfSpace(let directory, let retryAfterMs):
+      return "the data directory \(directory) is out of space (disk full or quota exceeded), so this node "
+        + "refuses writes; free space on that file system (delete files or grow it) and the node resumes "
+        + "by itself within \(retryAfterMs) ms, without a restart; reads with consistency=stale still work"
     case .invalidRequest(let what): return what
     }
   }
@@ -47,3 +57,24 @@ public enum ConsensusError: Error, Equatable, Sendable, CustomStringConvertible 
 
 /// A completion called exactly once, from any thread.
 public typealias ConsensusCompletion<Value> = @Sendable (Result<Value, ConsensusError>) -> Void
+
+/// The state of an engine's storage, for readiness, status and metrics.
+public enum StorageCondition: Sendable, Equatable {
+  /// Storage works.
+  case ok
+  /// The data directory's file system is full (or over quota): writes are refused with
+  /// `ConsensusError.outOfSpace`, and the engine retries on its own until space returns.
+  /// `reason` is the failure that started it.
+  case outOfSpace(directory: String, reason: String)
+  /// Storage failed otherwise (I/O error, corruption): the engine refuses work until restart.
+  case failed(reason: String)
+
+  /// The name used in JSON (`GET /v1/node`) and logs.
+  public var name: String {
+    switch self {
+    case .ok: return "ok"
+    case .outOfSpace: return "out_of_space"
+    case .failed: return "failed"
+    }
+  }
+}

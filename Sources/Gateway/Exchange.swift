@@ -268,6 +268,12 @@ final class Exchange: Sendable {
       case .storage:
         headers.append(("Retry-After", "1"))
         status = code(503, "not_ready", error.description)
+      case .outOfSpace(let directory, let retryAfterMs):
+        // 507 (RFC 4918): the server cannot store what the request needs; it passes when space
+        // returns, so the client may retry after the engine's next attempt.
+        headers.append(("Retry-After", String(max(1, (retryAfterMs + 999) / 1000))))
+        status = code(507, "insufficient_storage", error.description)
+        writer.member("dataDir", directory)
       case .invalidRequest(let message):
         status = code(400, "bad_request", message)
       }

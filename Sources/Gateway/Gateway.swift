@@ -1205,7 +1205,25 @@ public final class Gateway: HTTPHandler {
     writer.member("version", configuration.version)
     writer.member("uptimeSeconds", (MonotonicClock.nowNanoseconds() - startedAtNanoseconds) / 1_000_000_000)
     writer.member("dataDir", configuration.dataDirectory)
+    let storage = engine.storageCondition
+    writer.key("storage")
+    writer.beginObject()
+    writer.member("state", storage.name)
+    if let message = Self.storageMessage(storage) { writer.member("message", message) }
     writer.endObject()
+    writer.endObject()
+  }
+
+  /// What an operator reads about storage that does not work (nil when it does).
+  static func storageMessage(_ condition: StorageCondition) -> String? {
+    switch condition {
+    case .ok: return nil
+    case .outOfSpace(let directory, let reason):
+      return "the data directory \(directory) is out of space (\(reason)); writes are refused until space is "
+        + "freed there, then the node resumes by itself"
+    case .failed(let reason):
+      return "storage failed (\(reason)); the node refuses work until it is restarted"
+    }
   }
 
   private func groupsDocument() -> [UInt8] {
@@ -1413,7 +1431,11 @@ public final class Gateway: HTTPHandler {
 
   private func readiness(_ exchange: Exchange, route: String) throws(GatewayError) {
     var reasons: [String] = []
-    if !engine.isReady { reasons.append("storage is not recovered or the engine is not running") }
+    if let storage = Self.storageMessage(engine.storageCondition) {
+      reasons.append(storage)
+    } else if !engine.isReady {
+      reasons.append("storage is not recovered or the engine is not running")
+    }
     let groups: [GroupID]
     if let text = exchange.query["group"] {
       let group = try parseGroup(Substring(text))

@@ -13,6 +13,12 @@ public struct SystemError: Error, CustomStringConvertible, Sendable, Equatable {
     self.context = context
   }
 
+  /// The file system is full (ENOSPC) or the user's quota is used up (EDQUOT).
+  public var isOutOfSpace: Bool { errno == ENOSPC || errno == EDQUOT }
+
+  /// The failed call was an fsync or fdatasync (of a file or a directory).
+  public var isSync: Bool { call == "fsync" || call == "fdatasync" }
+
   public var description: String {
     let reason = String(cString: strerror(errno))
     return context.isEmpty ? "\(call): \(reason) (errno \(errno))" : "\(call) \(context): \(reason) (errno \(errno))"

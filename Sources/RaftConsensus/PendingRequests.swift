@@ -37,11 +37,16 @@ struct PendingRequests {
 
   /// Takes every request out, each answered with `error` — except what may still take effect
   /// (proposed or forwarded writes, a membership change), answered `timeout(indeterminate:)`
-  /// when the engine stops, since a later leader may still commit them. In a fixed order (by
-  /// index, request id, arrival), so a replayed run answers in the same order.
+  /// when the engine stops or its data directory ran out of space, since a later leader (or this
+  /// node's own log, reopened) may still commit them. In a fixed order (by index, request id,
+  /// arrival), so a replayed run answers in the same order.
   mutating func failAll(_ error: ConsensusError) -> [Answer] {
     var answers: [Answer] = []
-    let unknown: ConsensusError = error == .shuttingDown ? .timeout(indeterminate: true) : error
+    let unknown: ConsensusError
+    switch error {
+    case .shuttingDown, .outOfSpace: unknown = .timeout(indeterminate: true)
+    default: unknown = error
+    }
     for (_, proposal) in proposals.sorted(by: { $0.key < $1.key }) {
       answers.append(.write(proposal.completion, .failure(unknown), bytes: proposal.bytes))
     }

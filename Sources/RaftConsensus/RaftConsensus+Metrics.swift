@@ -7,6 +7,9 @@ import WriteAheadLog
 // The host's Prometheus metrics: node-level counters and per-group gauges.
 
 extension RaftConsensus {
+  /// The host's record of running out of space (the simulator's coverage reads it).
+  package var outOfSpaceStatistics: OutOfSpaceStatistics { state.withLock { metrics.outOfSpace } }
+
   public func prometheusMetrics() -> String {
     let (metrics, views) = state.withLock {
       (self.metrics, groups.map { id, replica in (id, replica.lock.withLock { (replica.view, replica.appliedIndex) }) })
@@ -16,6 +19,7 @@ extension RaftConsensus {
       text += Prometheus.metric(name, help: help, value, type: type)
     }
     text += metrics.wal.prometheusText()
+    text += metrics.outOfSpace.prometheusText()
     counter("caucus_raft_loop_turns_total", "Turns of the raft host loop.", metrics.loopTurns)
     counter(
       "caucus_raft_wal_sync_turns_total", "Loop turns that appended to the write-ahead log and synced it once.",

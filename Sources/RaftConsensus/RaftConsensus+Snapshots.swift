@@ -86,8 +86,12 @@ extension RaftConsensus {
         partway: Failpoints.snapshotSave)
     } catch {
       // The log in memory is compacted, the WAL still holds the entries: nothing is lost, and
-      // nothing is released until a snapshot file covers them.
-      return (.failure(.storage("\(error)")), false)
+      // nothing is released until a snapshot file covers them. The file is written aside and
+      // renamed, so a full disk changed nothing: the caller may retry once there is room.
+      let refused: ConsensusError =
+        error.isOutOfSpace
+        ? .outOfSpace(directory: directory, retryAfterMs: UInt32(options.outOfSpaceRetryMs)) : .storage("\(error)")
+      return (.failure(refused), false)
     }
     replica.durableSnapshotIndex = snapshot.index
     replica.refreshView()

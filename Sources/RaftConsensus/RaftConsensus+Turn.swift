@@ -49,9 +49,13 @@ extension RaftConsensus {
 
   /// What the loop keeps from one turn to the next. Loop only.
   struct LoopState {
-    let wal: WriteAheadLog
+    /// Nil while the data directory is out of space: the loop then runs no group and reopens the
+    /// log at `nextStorageAttemptNanoseconds` (`runTurnWithoutStorage`).
+    var wal: WriteAheadLog?
     /// When the next tick is due, on `clock`.
     var nextTickNanoseconds: UInt64
+    /// While out of space: when the loop next checks for room and reopens the log, on `clock`.
+    var nextStorageAttemptNanoseconds = UInt64.max
     /// A group still has a Ready after the last turn (more committed entries than one Ready
     /// applies): the next turn must not wait.
     var moreReady = false
@@ -80,7 +84,7 @@ extension RaftConsensus {
   func runTurn(_ work: Work) -> Bool {
     for waiter in work.expired { waiter.completion(.failure(.timeout(indeterminate: false))) }
     if work.stopping { return false }
-    let wal = loop!.wal
+    guard let wal = loop!.wal else { return runTurnWithoutStorage(work) }
     var turn = Turn(now: clock.nowNanoseconds())
     // 1. Time: at most one tick per turn, even after a stall (ticks measure time between turns).
     if turn.now >= loop!.nextTickNanoseconds {
@@ -113,6 +117,9 @@ extension RaftConsensus {
         try wal.sync()
         ticksWithUnsyncedRecords = 0
       }
+    } catch let error as WALError where error.isOutOfSpace {
+      enterOutOfSpace("appending to the log failed", error, &turn, wal)
+      return true
     } catch {
       failStorage("appending to the log failed: \(error)", &turn)
       return false
@@ -139,6 +146,10 @@ extension RaftConsensus {
     // 9. Snapshots due, and the release of the log they cover.
     do {
       try snapshotDueGroups(wal, releasing: turn.snapshotsWritten)
+    } catch let error as WALError where error.isOutOfSpace {
+      var failed = Turn(now: turn.now)
+      enterOutOfSpace("restating records before releasing log segments failed", error, &failed, wal)
+      return true
     } catch {
       var failed = Turn(now: turn.now)
       failStorage("releasing log segments failed: \(error)", &failed)
@@ -607,10 +618,7 @@ extension RaftConsensus {
       metrics.snapshotChunksSent += UInt64(turn.snapshotChunksSent)
       metrics.snapshotChunksReceived += UInt64(turn.snapshotChunksReceived)
       metrics.wal = statistics
-      writesOutstanding -= turn.writesAnswered
-      writeBytesOutstanding -= turn.writeBytesAnswered
-      readsOutstanding -= turn.readsAnswered
-      precondition(writesOutstanding >= 0 && writeBytesOutstanding >= 0 && readsOutstanding >= 0, "queue accounting")
+      releaseQueueSlots(of: turn)
       guard !staleReadWaiters.isEmpty else { return [] }
       var satisfied: [(StaleReadWaiter, ReadResult)] = []
       staleReadWaiters.removeAll { waiter in
@@ -626,6 +634,148 @@ extension RaftConsensus {
     for (waiter, answer) in satisfied { turn.answers.append { waiter.completion(.success(answer)) } }
   }
 
+  /// Must hold `state`. Releases the limits' slots of the writes and reads the turn answered.
+  func releaseQueueSlots(of turn: Turn) {
+    writesOutstanding -= turn.writesAnswered
+    writeBytesOutstanding -= turn.writeBytesAnswered
+    readsOutstanding -= turn.readsAnswered
+    precondition(writesOutstanding >= 0, "queue accounting: writes")
+    precondition(writeBytesOutstanding >= 0, "queue accounting: write bytes")
+    precondition(readsOutstanding >= 0, "queue accounting: reads")
+  }
+
+  // MARK: Out of space
+
+  /// The data directory ran out of space (`WALError.isOutOfSpace`). What the turn appended may be
+  /// in the file in part, and a leader's appends left before its fsync: so everything in flight
+  /// (writes, group creations and deletions, membership changes) is answered
+  /// `timeout(indeterminate: true)` — never a definite failure — and the rest waiting (reads,
+  /// snapshot requests, transfers) `outOfSpace`. Then the log and every group's core are dropped
+  /// (the published groups stay, for stale reads), and the loop refuses work until
+  /// `reopenAfterOutOfSpace` recovers them from disk.
+  func enterOutOfSpace(_ what: String, _ error: WALError, _ turn: inout Turn, _ wal: WriteAheadLog) {
+    let refusal = ConsensusError.outOfSpace(directory: directory, retryAfterMs: UInt32(options.outOfSpaceRetryMs))
+    logger.error(
+      "the data directory is out of space; refusing writes until space returns",
+      metadata: [
+        "directory": "\(directory)", "error": "\(error)", "retryMs": "\(options.outOfSpaceRetryMs)",
+        "action": "free space on that file system (delete files or grow it); no restart is needed",
+      ])
+    state.withLock {
+      outOfSpace = "\(what): \(error)"
+      metrics.outOfSpace.outOfSpace = true
+      metrics.outOfSpace.failures += 1
+    }
+    for action in turn.onDurable { action(.failure(.timeout(indeterminate: true))) }
+    turn.onDurable = []
+    for replica in live.ordered { failAllWaiting(replica, refusal, &turn) }
+    precondition(forwardsWaiting == 0, "every forwarded write is answered: \(forwardsWaiting) were dropped")
+    wal.abandon()
+    forgetIncarnation()
+    loop!.wal = nil
+    loop!.moreReady = false
+    loop!.nextStorageAttemptNanoseconds = clock.nowNanoseconds() + options.outOfSpaceRetryMs * 1_000_000
+    state.withLock {
+      releaseQueueSlots(of: turn)
+      undeliveredForwards.removeAll()
+      forwardLeadersOwingAnswers = []
+    }
+    for answer in turn.answers { answer() }
+  }
+
+  /// Drops every group's core and what the loop kept about them, as a process that exits does:
+  /// a reopen starts from the disk alone. (`nextForwardRequestID` keeps counting up, so no
+  /// request of the new incarnation takes an old one's id.)
+  func forgetIncarnation() {
+    live = LiveGroups()
+    forwardWindow = ForwardWindow(perNodeMax: forwardWindow.perNodeMax)
+    forwardsUnansweredBy = [:]
+    ticksWithUnsyncedRecords = 0
+    groupsWithUnsentForwards = []
+    forwardAnswersUnsent = [:]
+    heldHeartbeatResponses = [:]
+    segmentsAfterForcedSnapshots = 0
+    snapshotStreams = SnapshotStreams(chunkBytes: options.snapshotChunkBytes)
+  }
+
+  /// A turn while the data directory is out of space: every request is refused with
+  /// `outOfSpace` (none was proposed: a definite failure), inbound batches are dropped (their
+  /// senders retry), and every `outOfSpaceRetryMs` the storage is tried again.
+  func runTurnWithoutStorage(_ work: Work) -> Bool {
+    var turn = Turn(now: clock.nowNanoseconds())
+    let refusal =
+      state.withLock { storageRefusal }
+      ?? .outOfSpace(directory: directory, retryAfterMs: UInt32(options.outOfSpaceRetryMs))
+    for item in work.items { refuse(item, refusal, &turn) }
+    if turn.now >= loop!.nextTickNanoseconds { loop!.nextTickNanoseconds = turn.now + tickNanoseconds }
+    var running = true
+    if turn.now >= loop!.nextStorageAttemptNanoseconds {
+      running = reopenAfterOutOfSpace()
+    }
+    state.withLock { releaseQueueSlots(of: turn) }
+    for answer in turn.answers { answer() }
+    return running
+  }
+
+  /// Answers an inbox item the loop cannot serve without storage.
+  func refuse(_ item: InboxItem, _ refusal: ConsensusError, _ turn: inout Turn) {
+    switch item {
+    case .propose(_, let command, _, let completion):
+      answerWrite(&turn, bytes: command.count) { completion(.failure(refusal)) }
+    case .read(_, let read):
+      answerRead(&turn) { read.completion(.failure(refusal)) }
+    case .create(_, _, _, let completion), .delete(_, let completion), .transfer(_, _, let completion),
+      .membership(_, _, let completion):
+      state.withLock { controlQueued -= 1 }
+      turn.answers.append { completion(.failure(refusal)) }
+    case .snapshot(_, let completion):
+      state.withLock { controlQueued -= 1 }
+      turn.answers.append { completion(.failure(refusal)) }
+    case .batch, .undelivered:
+      // Batches: Raft's senders retry. Undelivered forwards: their writes were answered when the
+      // storage ran out of space.
+      break
+    }
+  }
+
+  /// One attempt to leave the out-of-space state: a probe for room, then the log and every
+  /// group recovered from disk as a start does, what recovery kept made durable, and the new
+  /// groups published in place of the old ones. False when storage failed otherwise (the loop
+  /// stops, as on any other storage failure).
+  func reopenAfterOutOfSpace() -> Bool {
+    do {
+      try SpaceProbe.check(directory: directory + "/wal", bytes: options.outOfSpaceProbeBytes, fileStore: fileStore)
+      let (wal, restored, entries) = try recoverStorage()
+      do {
+        try wal.syncRecoveredRecords()
+      } catch {
+        wal.abandon()
+        throw error
+      }
+      install(wal, restored)
+      state.withLock {
+        outOfSpace = nil
+        metrics.outOfSpace.outOfSpace = false
+        metrics.outOfSpace.recoveries += 1
+      }
+      logger.notice(
+        "space returned to the data directory; storage reopened and writes are taken again",
+        metadata: [
+          "directory": "\(directory)", "groups": "\(restored.keys.sorted().map(\.description))",
+          "entries": "\(entries)",
+        ])
+      return true
+    } catch let error as WALError where error.isOutOfSpace {
+      logger.debug("the data directory is still out of space", metadata: ["directory": "\(directory)", "error": "\(error)"])
+      loop!.nextStorageAttemptNanoseconds = clock.nowNanoseconds() + options.outOfSpaceRetryMs * 1_000_000
+      return true
+    } catch {
+      var failed = Turn(now: clock.nowNanoseconds())
+      failStorage("reopening the storage after the data directory ran out of space failed: \(error)", &failed)
+      return false
+    }
+  }
+
   /// The WAL failed: nothing of this turn is known durable. Refuse all further work (the node
   /// reports not ready) rather than risk acknowledging writes that are not durable.
   func failStorage(_ reason: String, _ turn: inout Turn) {
@@ -635,7 +785,7 @@ extension RaftConsensus {
     for answer in turn.answers { answer() }
   }
 
-  func shutDown(_ wal: WriteAheadLog) {
+  func shutDown(_ wal: WriteAheadLog?) {
     var turn = Turn(now: clock.nowNanoseconds())
     for replica in live.ordered { failAllWaiting(replica, .shuttingDown, &turn) }
     precondition(forwardsWaiting == 0, "every forwarded write is answered: \(forwardsWaiting) were dropped")
@@ -663,8 +813,8 @@ extension RaftConsensus {
     }
     for waiter in waiters { waiter.completion(.failure(.shuttingDown)) }
     do {
-      try wal.sync()
-      try wal.close()
+      try wal?.sync()
+      try wal?.close()
     } catch {
       logger.error("closing the log failed", metadata: ["error": "\(error)"])
     }

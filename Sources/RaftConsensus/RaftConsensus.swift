@@ -42,6 +42,16 @@ import WriteAheadLog
 /// an existing group (`joinPeer`) starts from the group's bootstrap voters, not an empty
 /// membership (see `RaftStorage`).
 ///
+/// A full data directory (ENOSPC, EDQUOT on a write: `WALError.isOutOfSpace`) passes, without a
+/// restart: the loop answers what waits (writes and membership changes in flight
+/// `timeout(indeterminate: true)`: their entries may have reached followers, or the file, before
+/// the append failed), abandons the log and every group's core, and refuses writes, group
+/// operations and linearizable reads with `outOfSpace` while stale reads go on from the last
+/// applied state. Every `outOfSpaceRetryMs` it checks for room (`SpaceProbe`) and, once there is
+/// some, recovers the log and every group from disk exactly as a start does (`recoverStorage`):
+/// Raft's safety then rests on what the disk holds, as after any restart, never on the memory
+/// of the incarnation that failed. Any other storage failure stops the engine until restart.
+///
 /// Not yet: lease reads (served as ReadIndex reads).
 ///
 /// Threads: callers on any thread only enqueue (under `state`) or read a group's published view
@@ -85,6 +95,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   /// cannot make the loop spin. At most one entry per batch sent.
   var undeliveredForwards: [(node: ReplicaID, forwards: ArraySlice<ForwardedProposal>)] = []
   var failure: String?
+  /// Why the data directory is out of space, while it is (`outOfSpace` refusals meanwhile).
+  var outOfSpace: String?
   var metrics = Metrics()
   var loopThread: OSThread?
 
@@ -170,6 +182,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     var snapshotChunksSent: UInt64 = 0
     var snapshotChunksReceived: UInt64 = 0
     var wal = WALStatistics()
+    var outOfSpace = OutOfSpaceStatistics()
   }
 
   /// Forwarded writes, as a follower that sends them and as a leader that receives them.
@@ -283,11 +296,38 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   private func open() throws {
     state.withLock { precondition(phase == .created, "start() is called once") }
     try options.validate()
+    seed = options.seed ?? clock.nowNanoseconds()
+    // Request ids of this incarnation start at a random base, so a leader's window of answers
+    // (`ForwardWindow`) never mistakes a new request after a restart for an old one.
+    // The clock goes in even with a fixed seed: every incarnation must draw another base.
+    var requestIDs = SplitMix64(seed: seed ^ clock.nowNanoseconds() ^ 0x5EED_F0D0_F0D0_5EED)
+    nextForwardRequestID = requestIDs.next() & 0x7FFF_FFFF_0000_0000
     let wal: WriteAheadLog
-    let recovered: [GroupID: RaftStorage.RecoveredGroup]
+    let restored: [GroupID: RaftGroup]
+    let entries: Int
     do {
-      wal = try WriteAheadLog(directory: directory + "/wal", options: options.wal, fileStore: fileStore)
-      recovered = try RaftStorage.recover(wal)
+      (wal, restored, entries) = try recoverStorage()
+    } catch {
+      logger.error("storage recovery failed", metadata: ["directory": "\(directory)", "error": "\(error)"])
+      throw error
+    }
+    install(wal, restored)
+    state.withLock { phase = .running }
+    transport.setReceiver { [weak self] bytes in self?.receive(bytes) }
+    logger.info(
+      "raft engine started",
+      metadata: [
+        "groups": "\(restored.keys.sorted().map(\.description))", "directory": "\(directory)", "entries": "\(entries)",
+      ])
+  }
+
+  /// Opens the log and rebuilds every group from it, as a start does: at start, and again once
+  /// space returned to a full data directory. Returns the log, the groups and the entries
+  /// recovered. A log that fails here is abandoned (its lock released) before the error is thrown.
+  func recoverStorage() throws -> (WriteAheadLog, [GroupID: RaftGroup], entries: Int) {
+    let wal = try WriteAheadLog(directory: directory + "/wal", options: options.wal, fileStore: fileStore)
+    do {
+      let recovered = try RaftStorage.recover(wal)
       // Finish installs a crash interrupted: their markers, before anything follows them.
       let markers = recovered.keys.sorted().filter { recovered[$0]!.snapshotMarkerMissing }.map {
         RaftStorage.snapshotMarkerRecord(group: $0, recovered[$0]!)
@@ -297,41 +337,34 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
         try wal.sync()
         logger.notice("wrote the markers of snapshot installs a crash interrupted", metadata: ["groups": "\(markers.count)"])
       }
+      var restored: [GroupID: RaftGroup] = [:]
+      for id in recovered.keys.sorted() {
+        let group = recovered[id]!
+        precondition(group.peers != nil, "recovery refuses groups without a creation record")
+        let state = RestoredState(
+          hardState: group.hardState, snapshot: group.snapshot, entries: group.entries,
+          bootstrapConfig: ConfigState(voters: group.bootstrapVoters))
+        restored[id] = try makeGroup(
+          id, peers: try RaftStorage.endpoints(of: group, id: id), bootstrapVoters: group.bootstrapVoters, restored: state)
+      }
+      return (wal, restored, recovered.values.reduce(0) { $0 + $1.entries.count })
     } catch {
-      logger.error("storage recovery failed", metadata: ["directory": "\(directory)", "error": "\(error)"])
+      wal.abandon()
       throw error
     }
-    seed = options.seed ?? clock.nowNanoseconds()
-    // Request ids of this incarnation start at a random base, so a leader's window of answers
-    // (`ForwardWindow`) never mistakes a new request after a restart for an old one.
-    // The clock goes in even with a fixed seed: every incarnation must draw another base.
-    var requestIDs = SplitMix64(seed: seed ^ clock.nowNanoseconds() ^ 0x5EED_F0D0_F0D0_5EED)
-    nextForwardRequestID = requestIDs.next() & 0x7FFF_FFFF_0000_0000
-    var restored: [GroupID: RaftGroup] = [:]
-    for id in recovered.keys.sorted() {
-      let group = recovered[id]!
-      precondition(group.peers != nil, "recovery refuses groups without a creation record")
-      let state = RestoredState(
-        hardState: group.hardState, snapshot: group.snapshot, entries: group.entries,
-        bootstrapConfig: ConfigState(voters: group.bootstrapVoters))
-      restored[id] = try makeGroup(
-        id, peers: try RaftStorage.endpoints(of: group, id: id), bootstrapVoters: group.bootstrapVoters, restored: state)
-    }
+  }
+
+  /// Hands recovered storage and groups to the loop (loop only, or before it starts) and
+  /// publishes the groups to callers.
+  func install(_ wal: WriteAheadLog, _ restored: [GroupID: RaftGroup]) {
+    precondition(live.isEmpty, "groups are installed into an empty host")
     for id in restored.keys.sorted() { live.insert(restored[id]!) }
-    let statistics = wal.statistics
     loop = LoopState(wal: wal, nextTickNanoseconds: clock.nowNanoseconds() + tickNanoseconds)
+    let statistics = wal.statistics
     state.withLock {
       groups = restored
       metrics.wal = statistics
-      phase = .running
     }
-    transport.setReceiver { [weak self] bytes in self?.receive(bytes) }
-    logger.info(
-      "raft engine started",
-      metadata: [
-        "groups": "\(restored.keys.sorted().map(\.description))", "directory": "\(directory)",
-        "entries": "\(recovered.values.reduce(0) { $0 + $1.entries.count })",
-      ])
   }
 
   public func stop() {
@@ -347,7 +380,23 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     state.withLock { phase = .stopped }
   }
 
-  public var isReady: Bool { state.withLock { phase == .running && failure == nil } }
+  public var isReady: Bool { state.withLock { phase == .running && failure == nil && outOfSpace == nil } }
+
+  public var storageCondition: StorageCondition {
+    state.withLock {
+      if let failure { return .failed(reason: failure) }
+      if let outOfSpace { return .outOfSpace(directory: directory, reason: outOfSpace) }
+      return .ok
+    }
+  }
+
+  /// Must hold `state`. What refuses writes, group operations and linearizable reads, if
+  /// anything does.
+  var storageRefusal: ConsensusError? {
+    if let failure { return .storage(failure) }
+    if outOfSpace != nil { return .outOfSpace(directory: directory, retryAfterMs: UInt32(options.outOfSpaceRetryMs)) }
+    return nil
+  }
 
   func makeGroup(
     _ id: GroupID, peers: [Peer], bootstrapVoters: [ReplicaID], restored: RestoredState
@@ -389,7 +438,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     _ group: GroupID, _ command: [UInt8], forward: Bool, _ completion: @escaping ConsensusCompletion<WriteResult>
   ) {
     let refusal: ConsensusError? = state.withLock {
-      if let failure { return .storage(failure) }
+      if let refusal = storageRefusal { return refusal }
       guard phase == .running else { return .shuttingDown }
       guard let replica = groups[group] else { return .groupNotFound(group) }
       guard !command.isEmpty else { return .invalidRequest("the command is empty") }
@@ -416,8 +465,9 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     let deadline = clock.nowNanoseconds() + UInt64(readOptions.waitMs) * 1_000_000
     let outcome: Result<ReadResult, ConsensusError>? = state.withLock {
       guard phase == .running else { return .failure(.shuttingDown) }
-      // After a storage failure the loop is gone: stale reads still see the applied state.
-      if let failure, readOptions.consistency != .stale { return .failure(.storage(failure)) }
+      // After a storage failure the loop is gone, and while the data directory is out of space
+      // it runs no group: stale reads still see the applied state.
+      if let refusal = storageRefusal, readOptions.consistency != .stale { return .failure(refusal) }
       guard let replica = groups[group] else { return .failure(.groupNotFound(group)) }
       switch readOptions.consistency {
       case .linearizable, .lease:
@@ -474,7 +524,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       return
     }
     state.withLock {
-      guard phase == .running, failure == nil else { return }
+      guard phase == .running, failure == nil, outOfSpace == nil else { return }
       guard inboundBatchesQueued < options.inboundBatchesMax else {
         metrics.batchesDroppedOverloaded += 1
         return
@@ -584,7 +634,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
 
   func enqueueControl(_ item: InboxItem, refuse: (ConsensusError) -> Void) {
     let refusal: ConsensusError? = state.withLock {
-      if let failure { return .storage(failure) }
+      if let refusal = storageRefusal { return refusal }
       guard phase == .running else { return .shuttingDown }
       guard controlQueued < options.pendingControlMax else { return .overloaded(retryAfterMs: 100) }
       controlQueued += 1

@@ -34,6 +34,13 @@ public struct RaftConsensusOptions: Sendable {
   /// Inbound message batches waiting for the loop. Past it a batch is dropped (Raft retries), so
   /// a flood from peers cannot grow memory without bound.
   public var inboundBatchesMax = 4_096
+  /// While the data directory is full (`WALError.isOutOfSpace`), how often the loop checks
+  /// whether space returned (`SpaceProbe`) and recovers its groups from disk. Shorter resumes
+  /// sooner; each attempt writes and deletes `outOfSpaceProbeBytes`.
+  public var outOfSpaceRetryMs: UInt64 = 1_000
+  /// The room a probe must find before the storage is reopened: several turns of appends and a
+  /// snapshot or two, so that a disk with a few bytes free does not reopen only to fill again.
+  public var outOfSpaceProbeBytes = 1 << 20
   /// Linearizable reads queued or waiting for their read index, plus stale reads waiting for
   /// `minIndex`, across all groups.
   public var readWaitersMax = 4_096
@@ -117,6 +124,8 @@ public struct RaftConsensusOptions: Sendable {
     if let value = try number("walSegmentsSoftMax", 2...100_000) { walSegmentsSoftMax = Int(value) }
     if let value = try number("groupsMax", 1...UInt64(WireLimits.heartbeatsPerBatchMax / 2)) { groupsMax = Int(value) }
     if let value = try number("walSegmentBytes", 1 << 16...1 << 34) { wal.segmentBytesMax = value }
+    if let value = try number("outOfSpaceRetryMs", 1...600_000) { outOfSpaceRetryMs = value }
+    if let value = try number("outOfSpaceProbeBytes", 4_096...1 << 30) { outOfSpaceProbeBytes = Int(value) }
     if let value = try number("entriesBytesPerMessageMax", 1...UInt64(WireLimits.batchBytesTarget)) {
       entriesBytesPerMessageMax = Int(value)
     }

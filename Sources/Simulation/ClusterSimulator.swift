@@ -56,7 +56,8 @@ public final class ClusterSimulator: @unchecked Sendable {
     /// A node's fsync fails with EIO: it must stop taking writes (and is restarted).
     var fsyncFailurePpm: Int
     /// A node's disk fills up (ENOSPC past a little more than it holds) until a heal: it must
-    /// refuse writes rather than acknowledge them, and recover once space returns.
+    /// refuse writes rather than acknowledge them, stay up (it is not restarted: the host leaves
+    /// its groups and reopens its storage in-process), and recover once space returns.
     var diskFullPpm: Int
     /// The core's message limits: one-entry messages and a window of one make the
     /// interleavings of Figure 8 reachable (an old entry acknowledged apart from the new one).
@@ -322,6 +323,10 @@ public final class ClusterSimulator: @unchecked Sendable {
     engineOptions.preVote = parameters.preVote
     engineOptions.checkQuorum = parameters.checkQuorum
     engineOptions.snapshotChunkBytes = WireLimits.snapshotChunkBytesMin
+    // A full disk is probed every 5 ticks, for the smallest room: a disk filled to a little more
+    // than it held often has that much, so nodes reopen, fill up and reopen again.
+    engineOptions.outOfSpaceRetryMs = 5 * Self.tickMilliseconds
+    engineOptions.outOfSpaceProbeBytes = 4_096
     var registry = StateMachineRegistry()
     registry.registerDefault { _ in KeyValueStateMachine() }
     let transport = SimulatedTransport(simulator: self, node: index)
@@ -374,6 +379,10 @@ public final class ClusterSimulator: @unchecked Sendable {
   /// Adds what a node's observer counted to the run's coverage, before the observer goes (a
   /// crash, or the end of the run).
   private func collectCoverage(of node: Node) {
+    if let statistics = node.engine?.outOfSpaceStatistics {
+      coverage.outOfSpaceStops += Int(statistics.failures)
+      coverage.outOfSpaceRecoveries += Int(statistics.recoveries)
+    }
     guard let observer = node.observer else { return }
     coverage.snapshotsInstalled += observer.snapshotsInstalled
     coverage.unsyncedHardStates += observer.unsyncedHardStates
@@ -655,7 +664,10 @@ public final class ClusterSimulator: @unchecked Sendable {
       history.finish(operation, output: output(outcome), at: clock.now)
     case .failure(let error):
       switch error {
-      case .notLeader, .noLeader, .overloaded, .groupNotFound, .timeout(indeterminate: false), .invalidRequest:
+      // A write refused because the disk is full was never proposed: a definite failure, which
+      // the history check holds the host to.
+      case .notLeader, .noLeader, .overloaded, .groupNotFound, .timeout(indeterminate: false), .invalidRequest,
+        .outOfSpace:
         history.discard(operation, reason: "\(error)")
       default:
         history.leaveUnknown(operation)

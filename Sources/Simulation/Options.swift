@@ -71,6 +71,10 @@ public struct Coverage: Sendable, Equatable {
   public var crashesAtSync = 0
   /// Disks that filled up (ENOSPC) for a while.
   public var disksFilled = 0
+  /// Times a node's host met a full disk and stopped taking writes (without a restart), and
+  /// times it reopened its storage once there was room again.
+  public var outOfSpaceStops = 0
+  public var outOfSpaceRecoveries = 0
   public var partitions = 0
   public var snapshotsInstalled = 0
   /// Snapshot chunks sent (snapshots over the inline limit stream).
@@ -91,6 +95,8 @@ public struct Coverage: Sendable, Equatable {
   mutating func add(_ other: Coverage) {
     crashesAtSync += other.crashesAtSync
     disksFilled += other.disksFilled
+    outOfSpaceStops += other.outOfSpaceStops
+    outOfSpaceRecoveries += other.outOfSpaceRecoveries
     partitions += other.partitions
     snapshotsInstalled += other.snapshotsInstalled
     snapshotChunksSent += other.snapshotChunksSent
@@ -103,7 +109,8 @@ public struct Coverage: Sendable, Equatable {
   }
 
   var line: String {
-    "crashesAtSync=\(crashesAtSync) disksFull=\(disksFilled) partitions=\(partitions) snapshots=\(snapshotsInstalled) "
+    "crashesAtSync=\(crashesAtSync) disksFull=\(disksFilled) outOfSpace=\(outOfSpaceStops) "
+      + "outOfSpaceRecovered=\(outOfSpaceRecoveries) partitions=\(partitions) snapshots=\(snapshotsInstalled) "
       + "chunks=\(snapshotChunksSent) membership=\(membershipChanges) transfers=\(transfersStarted) "
       + "reads=\(readsServed) unsyncedHardStates=\(unsyncedHardStates) clientOps=\(clientOperations) "
       + "undecided=\(historiesUndecided)"

@@ -30,6 +30,13 @@ public struct StandaloneOptions: Sendable {
   public var groupCommitWritesTarget = 64
   /// Stale reads waiting for `minIndex` to be applied, across all groups.
   public var readWaitersMax = 4_096
+  /// While the data directory is full (`WALError.isOutOfSpace`), how often the commit thread
+  /// checks whether space returned (`SpaceProbe`) and reopens the log. Shorter resumes sooner;
+  /// each attempt writes and deletes `outOfSpaceProbeBytes`.
+  public var outOfSpaceRetryMs: UInt64 = 1_000
+  /// The room a probe must find before the log is reopened: enough for several batches of
+  /// writes, so that a disk with a few bytes free does not reopen only to fail again.
+  public var outOfSpaceProbeBytes = 1 << 20
   public var wal = WALOptions()
 
   public init() {}
@@ -49,6 +56,8 @@ public struct StandaloneOptions: Sendable {
     if let value = try number("groupCommitWindowMicros", 0...100_000) { groupCommitWindowMicros = value }
     if let value = try number("groupCommitQuietMicros", 1...100_000) { groupCommitQuietMicros = value }
     if let value = try number("groupCommitWritesTarget", 1...100_000) { groupCommitWritesTarget = Int(value) }
+    if let value = try number("outOfSpaceRetryMs", 10...600_000) { outOfSpaceRetryMs = value }
+    if let value = try number("outOfSpaceProbeBytes", 4_096...1 << 30) { outOfSpaceProbeBytes = Int(value) }
   }
 }
 
@@ -56,6 +65,14 @@ public struct StandaloneOptions: Sendable {
 /// WAL, fsynced — every write waiting at that moment shares the fsync (group commit) — applied,
 /// then answered. Reads are answered from the applied state, which already holds every
 /// acknowledged write, so every read is linearizable.
+///
+/// A full data directory (ENOSPC, EDQUOT on a write: `WALError.isOutOfSpace`) passes: the writes
+/// of the batch that met it are answered `timeout(indeterminate: true)` (complete records of it may
+/// be in the file), the log is abandoned, and every later write or group operation is refused
+/// with `outOfSpace` until the commit thread, every `outOfSpaceRetryMs`, finds room
+/// (`SpaceProbe`) and recovers the log and the groups from disk exactly as a start does. Reads go
+/// on from the applied state meanwhile: it holds only what was synced. Any other storage failure
+/// stops the engine's writes until restart.
 ///
 /// Threads: one commit thread owns the WAL and runs every mutation in arrival order; callers on any
 /// thread only enqueue. The engine's `state` lock guards the group table and the queues; each
@@ -83,6 +100,9 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
   private var phase = Phase.created
   private var readWaiters: [ReadWaiter] = []
   private var failure: String?
+  /// Why the data directory is out of space, while it is (writes are refused meanwhile).
+  private var outOfSpace: String?
+  private var outOfSpaceStatistics = OutOfSpaceStatistics()
   private var walStatistics = WALStatistics()
   private var writesCommitted: UInt64 = 0
   private var batchesCommitted: UInt64 = 0
@@ -118,8 +138,7 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
     let wal: WriteAheadLog
     let recovered: [GroupID: GroupReplica]
     do {
-      wal = try WriteAheadLog(directory: directory + "/wal", options: options.wal)
-      recovered = try recover(wal)
+      (wal, recovered) = try openStorage()
     } catch {
       logger.error("storage recovery failed", metadata: ["directory": "\(directory)", "error": "\(error)"])
       throw error
@@ -155,9 +174,40 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
     for waiter in waiters { waiter.completion(.failure(.shuttingDown)) }
   }
 
-  public var isReady: Bool { state.withLock { phase == .running && failure == nil } }
+  public var isReady: Bool { state.withLock { phase == .running && failure == nil && outOfSpace == nil } }
+
+  public var storageCondition: StorageCondition {
+    state.withLock {
+      if let failure { return .failed(reason: failure) }
+      if let outOfSpace { return .outOfSpace(directory: directory, reason: outOfSpace) }
+      return .ok
+    }
+  }
+
+  /// Must hold `state`. What refuses new writes and group operations, if anything does.
+  private var storageRefusal: ConsensusError? {
+    if let failure { return .storage(failure) }
+    if outOfSpace != nil { return .outOfSpace(directory: directory, retryAfterMs: UInt32(options.outOfSpaceRetryMs)) }
+    return nil
+  }
 
   // MARK: Recovery
+
+  /// Opens the log and rebuilds every group from it: at start, and again after the data
+  /// directory ran out of space. A log that fails here is abandoned (its lock released).
+  private func openStorage() throws -> (WriteAheadLog, [GroupID: GroupReplica]) {
+    let wal = try WriteAheadLog(directory: directory + "/wal", options: options.wal)
+    do {
+      let recovered = try recover(wal)
+      // What recovery kept that no sync proved (the batch that met a full disk may have left
+      // records in the page cache) becomes durable before any of it is served.
+      try wal.syncRecoveredRecords()
+      return (wal, recovered)
+    } catch {
+      wal.abandon()
+      throw error
+    }
+  }
 
   /// Rebuilds every live group from its snapshot and the log. Relies on the WAL's rules: a group's
   /// snapshot file exists from its creation until its deletion, and segments are released only as
@@ -235,7 +285,7 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
 
   public func write(_ group: GroupID, command: [UInt8], completion: @escaping ConsensusCompletion<WriteResult>) {
     let refusal: ConsensusError? = state.withLock {
-      if let failure { return .storage(failure) }
+      if let refusal = storageRefusal { return refusal }
       guard phase == .running else { return .shuttingDown }
       guard groups[group] != nil else { return .groupNotFound(group) }
       guard WALRecord.fixedBytes + command.count <= Int(options.wal.recordBytesMax) else {
@@ -352,7 +402,7 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
 
   private func enqueueControl(_ work: Work) {
     let refusal: ConsensusError? = state.withLock {
-      if let failure { return .storage(failure) }
+      if let refusal = storageRefusal { return refusal }
       guard phase == .running else { return .shuttingDown }
       guard queuedControl < options.pendingControlMax else { return .overloaded(retryAfterMs: 100) }
       queue.append(work)
@@ -384,10 +434,14 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
   }
 
   public func prometheusMetrics() -> String {
-    let (statistics, writes, batches, applied) = state.withLock {
-      (walStatistics, writesCommitted, batchesCommitted, groups.map { id, replica in (id, replica.lock.withLock { replica.appliedIndex }) })
+    let (statistics, spaceStatistics, writes, batches, applied) = state.withLock {
+      (
+        walStatistics, outOfSpaceStatistics, writesCommitted, batchesCommitted,
+        groups.map { id, replica in (id, replica.lock.withLock { replica.appliedIndex }) }
+      )
     }
     var text = statistics.prometheusText()
+    text += spaceStatistics.prometheusText()
     text += Prometheus.metric("caucus_writes_committed_total", help: "Writes made durable and applied.", writes)
     text += Prometheus.metric(
       "caucus_commit_batches_total", help: "Commit-thread turns that appended and synced a batch.", batches)
@@ -401,28 +455,82 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
 
   // MARK: The commit thread
 
-  private func commitLoop(_ wal: WriteAheadLog) {
+  /// `wal` is nil while the data directory is out of space (and after a failure to reopen it):
+  /// the thread then refuses work, and reopens the log every `outOfSpaceRetryMs` until it can.
+  private func commitLoop(_ opened: WriteAheadLog) {
+    var wal: WriteAheadLog? = opened
+    var nextStorageAttempt = UInt64.max
     while true {
-      let (batch, stopping, expired) = nextBatch()
+      let (batch, stopping, expired) = nextBatch(wakeAt: wal == nil ? nextStorageAttempt : .max)
       for waiter in expired { waiter.completion(.failure(.timeout(indeterminate: false))) }
-      if !batch.isEmpty { process(batch, wal) }
+      if wal == nil && !stopping && MonotonicClock.nowNanoseconds() >= nextStorageAttempt {
+        wal = reopenAfterOutOfSpace()
+        nextStorageAttempt = wal == nil ? MonotonicClock.nowNanoseconds() + options.outOfSpaceRetryMs * 1_000_000 : .max
+      }
+      if let open = wal {
+        if !batch.isEmpty { process(batch, open) }
+        if state.withLock({ outOfSpace != nil || failure != nil }) {
+          // The log met a full disk (or failed): nothing more goes to it. Its lock is released
+          // so that a reopened log can take it.
+          open.abandon()
+          wal = nil
+          let passes = state.withLock { failure == nil }
+          nextStorageAttempt = passes ? MonotonicClock.nowNanoseconds() + options.outOfSpaceRetryMs * 1_000_000 : .max
+        }
+      } else {
+        let refusal = state.withLock { storageRefusal } ?? .shuttingDown
+        for work in batch { work.fail(refusal) }
+      }
       if stopping && batch.isEmpty { break }
     }
     do {
-      try wal.sync()
-      try wal.close()
+      try wal?.sync()
+      try wal?.close()
     } catch {
       logger.error("closing the log failed", metadata: ["error": "\(error)"])
     }
     logger.info("standalone engine stopped")
   }
 
+  /// One attempt to leave the out-of-space state: a probe for room, then the log reopened and
+  /// every group rebuilt from disk as at start; the rebuilt groups replace the ones reads were
+  /// served from. Nil while there is no room yet, or for good when storage failed otherwise.
+  private func reopenAfterOutOfSpace() -> WriteAheadLog? {
+    guard state.withLock({ failure == nil && outOfSpace != nil }) else { return nil }
+    do {
+      try SpaceProbe.check(directory: directory + "/wal", bytes: options.outOfSpaceProbeBytes, fileStore: PosixFileStore())
+      let (wal, recovered) = try openStorage()
+      let statistics = wal.statistics
+      let waiters: [(ReadWaiter, ReadResult)] = state.withLock {
+        groups = recovered
+        walStatistics = statistics
+        outOfSpace = nil
+        outOfSpaceStatistics.outOfSpace = false
+        outOfSpaceStatistics.recoveries += 1
+        return takeSatisfiedWaiters()
+      }
+      for (waiter, result) in waiters { waiter.completion(.success(result)) }
+      logger.notice(
+        "space returned to the data directory; the log is reopened and writes are taken again",
+        metadata: ["directory": "\(directory)", "groups": "\(recovered.count)"])
+      return wal
+    } catch let error as WALError where error.isOutOfSpace {
+      logger.debug("the data directory is still out of space", metadata: ["directory": "\(directory)", "error": "\(error)"])
+      return nil
+    } catch {
+      fail("reopening the log after the data directory ran out of space failed: \(error)")
+      return nil
+    }
+  }
+
   /// Waits for work; returns up to `batchWritesMax` writes (plus control work in order) and the
   /// read waiters whose deadline passed.
-  private func nextBatch() -> ([Work], Bool, [ReadWaiter]) {
+  /// `wakeAt`: the clock time at which the thread has work of its own (a storage attempt).
+  private func nextBatch(wakeAt: UInt64) -> ([Work], Bool, [ReadWaiter]) {
     state.withLock {
       while queue.isEmpty && phase == .running {
-        if let earliest = readWaiters.map(\.deadline).min() {
+        let earliest = min(readWaiters.map(\.deadline).min() ?? .max, wakeAt)
+        if earliest != .max {
           if !state.wait(untilNanoseconds: earliest) { break }
         } else {
           state.wait()
@@ -472,11 +580,17 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
 
   private func process(_ batch: [Work], _ wal: WriteAheadLog) {
     // Control work runs alone, in arrival order; writes between control items share one fsync.
+    // Once the log met a full disk (or failed), the rest of the batch is refused: nothing of it
+    // was written.
     var writes: [(GroupReplica, UInt64, [UInt8], ConsensusCompletion<WriteResult>)] = []
     var nextIndex: [GroupID: UInt64] = [:]
     func flushWrites() {
       guard !writes.isEmpty else { return }
-      commit(writes, wal)
+      if let refusal = state.withLock({ storageRefusal }) {
+        for (_, _, _, completion) in writes { completion(.failure(refusal)) }
+      } else {
+        commit(writes, wal)
+      }
       writes.removeAll(keepingCapacity: true)
       nextIndex.removeAll(keepingCapacity: true)
     }
@@ -492,7 +606,11 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
         writes.append((replica, index, command, completion))
       default:
         flushWrites()
-        runControl(work, wal)
+        if let refusal = state.withLock({ storageRefusal }) {
+          work.fail(refusal)
+        } else {
+          runControl(work, wal)
+        }
       }
     }
     flushWrites()
@@ -507,16 +625,10 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
       Failpoints.walAfterAppendBeforeFsync.pass()
       try wal.sync()
     } catch {
-      let answer: ConsensusError
-      switch error {
-      case .recordTooLarge, .unusable, .closed:
-        // Refused before any byte of this batch reached the file: a definite failure.
-        answer = .storage("\(error)")
-      default:
-        // The entries may or may not be on disk: the outcome is unknown, never a definite failure.
-        answer = .timeout(indeterminate: true)
-      }
-      fail("appending to the log failed: \(error)")
+      // The entries may or may not be in the file (a full disk too may leave whole records of
+      // the batch there, which a reopen keeps): the outcome is unknown, never a definite failure.
+      let answer = outcomeUnknown(error)
+      storageFailed("appending to the log failed", error)
       for (_, _, _, completion) in writes { completion(.failure(answer)) }
       return
     }
@@ -592,8 +704,8 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
         try wal.sync()
         try wal.writeSnapshot(WALSnapshot(group: group.packed, index: 0, term: 1, data: machine.takeSnapshot()))
       } catch {
-        fail("creating group \(group) failed: \(error)")
-        completion(.failure(.storage("\(error)")))
+        storageFailed("creating group \(group) failed", error)
+        completion(.failure(outcomeUnknown(error)))
         return
       }
       state.withLock { groups[group] = replica }
@@ -609,8 +721,8 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
         try wal.sync()
         try wal.deleteSnapshot(group: group.packed)
       } catch {
-        fail("deleting group \(group) failed: \(error)")
-        completion(.failure(.storage("\(error)")))
+        storageFailed("deleting group \(group) failed", error)
+        completion(.failure(outcomeUnknown(error)))
         return
       }
       let orphans: [ReadWaiter] = state.withLock {
@@ -634,6 +746,10 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
       }
       do {
         completion(.success(try takeSnapshot(replica, wal)))
+      } catch let error as WALError where error.isOutOfSpace {
+        // The snapshot file is written aside and renamed: a failed one changed nothing, and the
+        // log is intact, so the engine goes on (its next append finds out whether space is short).
+        completion(.failure(.outOfSpace(directory: directory, retryAfterMs: UInt32(options.outOfSpaceRetryMs))))
       } catch {
         completion(.failure(.storage("\(error)")))
       }
@@ -667,6 +783,34 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
     }
     let statistics = wal.statistics
     state.withLock { walStatistics = statistics }
+  }
+
+  /// The answer to work whose records met a storage failure: refused before any byte was
+  /// written is a definite failure; otherwise its records may be in the log (a reopen or a
+  /// restart keeps them), so its outcome is unknown.
+  private func outcomeUnknown(_ error: any Error) -> ConsensusError {
+    switch error as? WALError {
+    case .recordTooLarge, .unusable, .closed: return .storage("\(error)")
+    default: return .timeout(indeterminate: true)
+    }
+  }
+
+  /// The log failed: out of space passes (`outOfSpace`: the commit thread abandons the log and
+  /// reopens it once space returns); anything else refuses work until restart (`fail`).
+  private func storageFailed(_ what: String, _ error: any Error) {
+    guard let walError = error as? WALError, walError.isOutOfSpace else { return fail("\(what): \(error)") }
+    logger.error(
+      "the data directory is out of space; refusing writes until space returns",
+      metadata: [
+        "directory": "\(directory)", "error": "\(walError)", "retryMs": "\(options.outOfSpaceRetryMs)",
+        "action": "free space on that file system (delete files or grow it); no restart is needed",
+      ])
+    state.withLock {
+      guard failure == nil, outOfSpace == nil else { return }
+      outOfSpace = "\(what): \(walError)"
+      outOfSpaceStatistics.outOfSpace = true
+      outOfSpaceStatistics.failures += 1
+    }
   }
 
   /// Storage failed: refuse further work (the node reports not ready) rather than risk

@@ -234,6 +234,20 @@ public enum WALError: Error, CustomStringConvertible, Sendable, Equatable {
   }
 }
 
+extension WALError {
+  /// The file system is full (ENOSPC) or over quota (EDQUOT), and the call that failed wrote,
+  /// created, renamed or truncated a file. Such a failure passes: what the log's files hold is what
+  /// the calls before it wrote (still in the page cache if unsynced), a reopened log reads exactly
+  /// that back (cutting a torn tail), and a sync then makes it durable. A failed fsync is never
+  /// this, whatever its errno: after one the kernel may have dropped the dirty pages (fsyncgate),
+  /// so what a reopened log reads back need not be what the disk holds, and only a restart
+  /// (recovery from the disk itself) is safe.
+  public var isOutOfSpace: Bool {
+    guard case .io(let error) = self else { return false }
+    return error.isOutOfSpace && !error.isSync
+  }
+}
+
 extension WALStatistics {
   /// The log's metrics in Prometheus text format, the same for every engine built on it.
   public func prometheusText() -> String {

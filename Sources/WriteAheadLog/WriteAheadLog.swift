@@ -405,6 +405,39 @@ public final class WriteAheadLog {
     if let firstError { throw .io(firstError) }
   }
 
+  /// Closes the files without writing or syncing anything (not even a sync marker), for a log
+  /// whose storage failed: its lock is released, so a new `WriteAheadLog` on the directory can
+  /// recover it. Further calls throw `closed`.
+  public func abandon() {
+    state = .closed
+    for file in [currentFile, lockFile] {
+      guard let file, file.isOpen else { continue }
+      try? file.close()
+    }
+    currentFile = nil
+    lockFile = nil
+  }
+
+  /// Fsyncs the current segment even when nothing was appended since the log was opened. After an
+  /// in-process reopen (`abandon`, then a new log on the directory), recovery keeps the records the
+  /// earlier log wrote and never synced: they are in the page cache, not proven on disk. The
+  /// engine treats what it recovers as durable, so it makes it so before acting on it.
+  public func syncRecoveredRecords() throws(WALError) {
+    try checkOpen()
+    guard let file = currentFile else { preconditionFailure("an open log has a current segment") }
+    do throws(SystemError) {
+      let start = MonotonicClock.nowNanoseconds()
+      try file.syncData()
+      counters.recordSync(nanoseconds: MonotonicClock.nowNanoseconds() &- start)
+    } catch {
+      state = .failed(reason: "\(error)")
+      throw .io(error)
+    }
+    unsynced = false
+    // The marker proves this sync to a later recovery; it needs records before it.
+    syncMarkerDue = current.records > 0
+  }
+
   // MARK: - Snapshots
 
   /// Path of `group`'s snapshot file.

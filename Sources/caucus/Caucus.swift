@@ -66,6 +66,10 @@ struct Serve: ParsableCommand {
   var requestTimeoutMs: UInt32?
   @Option(name: .long, help: "Open client connections at most. (default: 10000)")
   var connectionsMax: Int?
+  @Option(
+    name: .long,
+    help: "While the data directory is full, how often the node checks for space and reopens its storage (writes answer 507 meanwhile). (default: 1000)")
+  var outOfSpaceRetryMs: UInt32?
   @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical. (default: info)")
   var logLevel: String?
 

@@ -23,12 +23,15 @@ struct NodeSettings {
   var valueBytesMax = 1 << 20
   var connectionsMax = 10_000
   var requestTimeoutMs: UInt32 = 10_000
+  /// While the data directory is full, the engine's interval between checks for space.
+  var outOfSpaceRetryMs: UInt32 = 1_000
   var logLevel = Logger.Level.info
   /// Protocol options from the properties file (`<protocol>.<name>=value`), by protocol.
   var protocolOptions: [String: [String: String]] = [:]
 
   func engineOptions(for protocolName: String) -> [String: String] {
     var options = protocolOptions[protocolName] ?? [:]
+    options["outOfSpaceRetryMs"] = options["outOfSpaceRetryMs"] ?? String(outOfSpaceRetryMs)
     if protocolName == "raft" {
       // Raft timing from the flags: a tick per heartbeat, an election timeout in ticks.
       options["tickIntervalMs"] = options["tickIntervalMs"] ?? String(heartbeatIntervalMs)
@@ -79,6 +82,7 @@ struct NodeSettings {
     if let value = flags.valueBytesMax { settings.valueBytesMax = value }
     if let value = flags.connectionsMax { settings.connectionsMax = value }
     if let value = flags.requestTimeoutMs { settings.requestTimeoutMs = value }
+    if let value = flags.outOfSpaceRetryMs { settings.outOfSpaceRetryMs = value }
     if let value = flags.logLevel {
       guard let level = Logger.Level(rawValue: value) else {
         throw SettingsError(description: "--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -108,6 +112,9 @@ struct NodeSettings {
     }
     guard (100...600_000).contains(requestTimeoutMs) else {
       throw SettingsError(description: "--request-timeout-ms must be 100...600000")
+    }
+    guard (10...600_000).contains(outOfSpaceRetryMs) else {
+      throw SettingsError(description: "--out-of-space-retry-ms must be 10...600000")
     }
     guard heartbeatIntervalMs > 0, electionTimeoutMs >= 2 * heartbeatIntervalMs else {
       throw SettingsError(description: "the election timeout must be at least twice the heartbeat interval, both positive")
@@ -162,6 +169,7 @@ struct NodeSettings {
     case "value_bytes_max": valueBytesMax = try number(Int.self)
     case "connections_max": connectionsMax = try number(Int.self)
     case "request_timeout_ms": requestTimeoutMs = try number(UInt32.self)
+    case "out_of_space_retry_ms": outOfSpaceRetryMs = try number(UInt32.self)
     case "log_level":
       guard let level = Logger.Level(rawValue: value) else { throw SettingsError(description: "\(location): unknown log_level '\(value)'") }
       logLevel = level

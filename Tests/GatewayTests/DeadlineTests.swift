@@ -39,7 +39,10 @@ final class StalledEngine: ConsensusEngine, @unchecked Sendable {
       id: group, protocolName: protocolName, role: .leader, leader: localPeer, term: 1, commitIndex: 7, appliedIndex: 7,
       snapshotIndex: 0, logEntries: 7, logBytes: 70, peers: [])
   }
-  var isReady: Bool { true }
+  /// What the engine says of its storage (`InsufficientStorageTests` sets it).
+  let condition = Locked<StorageCondition>(.ok)
+  var isReady: Bool { condition.withLock { $0 } == .ok }
+  var storageCondition: StorageCondition { condition.withLock { $0 } }
   func prometheusMetrics() -> String { "" }
 }
 
