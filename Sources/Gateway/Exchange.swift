@@ -36,6 +36,9 @@ final class Exchange: Sendable {
   /// How often the request looked for another member hosting its group (again only while it
   /// may still wait for a leader).
   private let located = Atomic<Int>(0)
+  /// Whether a look found the group hosted elsewhere: then running out of time to find its
+  /// leader is `503 no_leader`, never `404 group_not_found` (the group exists).
+  private let foundElsewhere = Atomic<Bool>(false)
   /// Whether this node handed the request's write to the leader inside the consensus protocol:
   /// its answer then names this node in `X-Caucus-Forwarded-By`, as a relayed one does.
   private let forwardedInProtocol = Atomic<Bool>(false)
@@ -140,6 +143,7 @@ final class Exchange: Sendable {
         || MonotonicClock.nowMilliseconds() < noLeaderDeadlineMs
     {
       return locate(missing) { [self] found in
+        if case .nowhere = found {} else { foundElsewhere.store(true, ordering: .releasing) }
         switch found {
         case .leader(let leader): forward(to: leader, forwarder, route: route, group: missing)
         case .noLeader: fail(.consensus(.noLeader(missing)), route: route, group: missing)
@@ -154,6 +158,9 @@ final class Exchange: Sendable {
         return context.after(GatewayContext.noLeaderRetryMs) { [self] in redispatch(self) }
       default: break
       }
+    }
+    if case .consensus(.groupNotFound(let missing)) = gatewayError, foundElsewhere.load(ordering: .acquiring) {
+      return answerError(.consensus(.noLeader(missing)), route: route, group: group)
     }
     answerError(gatewayError, route: route, group: group)
   }

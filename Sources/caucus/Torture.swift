@@ -101,6 +101,10 @@ nonisolated(unsafe) private var tortureInterrupted: sig_atomic_t = 0
 /// What the nemesis can do to the cluster.
 enum TortureFault: String, CaseIterable {
   case kill, pause, partition, loss, slow
+  /// A restart with a crash failpoint armed (`CAUCUS_FAILPOINTS`): the node kills itself there.
+  case crashPoint = "crash-point"
+  /// A restart with the log's fsync failing (EIO): the node must stop taking writes.
+  case fsyncError = "fsync-error"
 }
 
 /// One torture run: the processes, the network, the clients, the nemesis, the churn and the history.
@@ -129,6 +133,8 @@ final class TortureRun: @unchecked Sendable {
     /// Membership changes and leader transfers: attempted, and answered 200.
     var churnTried: [String: Int] = [:]
     var churnDone: [String: Int] = [:]
+    /// Crash failpoints armed by the nemesis, and how many times the node died there.
+    var crashPoints: [String: (armed: Int, reached: Int)] = [:]
     /// Requests answered 4xx that a valid request should never get: a client or server bug.
     var unexpected: [String] = []
     /// Operations the clients started, which picks the current set of keys, and every key used.
@@ -224,7 +230,9 @@ final class TortureRun: @unchecked Sendable {
     "http://\(network.address(index)):\(Int(options.rpcPort) + index)\(path)"
   }
 
-  private func start(_ index: Int) -> Bool {
+  /// Starts node `index`, with `failpoints` armed (`CAUCUS_FAILPOINTS`; none unless given, even
+  /// when this process has the variable).
+  private func start(_ index: Int, failpoints: String = "") -> Bool {
     let members = (0..<options.nodes).map { "\($0 + 1)=\(network.address($0)):\(Int(options.consensusPort) + $0)" }
       .joined(separator: ",")
     let address = network.address(index)
@@ -234,7 +242,7 @@ final class TortureRun: @unchecked Sendable {
         String(Int(options.rpcPort) + index), "--consensus-address", address, "--consensus-port",
         String(Int(options.consensusPort) + index), "--data-dir", "\(directory)/node-\(index + 1)", "--cluster", members,
       ]
-    var environment: [String] = []
+    var environment = ["\(Failpoints.environmentVariable)=\(failpoints)"]
     if let bug = options.plantBug { environment.append("\(plantedBugEnvironmentVariable)=\(bug)") }
     guard let pid = spawn(arguments, log: "\(directory)/node-\(index + 1).log", environment: environment) else {
       say("torture: cannot start node \(index + 1): \(String(cString: strerror(errno)))")
@@ -540,7 +548,7 @@ final class TortureRun: @unchecked Sendable {
     for kind in asked ?? TortureFault.allCases where !kinds.contains(kind) {
       let supported: Bool
       switch kind {
-      case .kill, .pause: supported = true
+      case .kill, .pause, .crashPoint, .fsyncError: supported = true
       case .partition, .loss: supported = network.usesNamespaces
       case .slow: supported = network.usesNamespaces && network.canSlow
       }
@@ -605,6 +613,17 @@ final class TortureRun: @unchecked Sendable {
         usleep(UInt32(faultMilliseconds) * 1_000)
         network.heal()
         say("nemesis: loss healed")
+      case .crashPoint:
+        crashAtAPoint(target, role: role, faultMilliseconds: faultMilliseconds, &random)
+      case .fsyncError:
+        let hit = 1 + Int(random.next() % 50)
+        say("nemesis: restart node \(target + 1)\(role) with its log's fsync failing (EIO) at the \(hit)th")
+        kill9(target)
+        _ = start(target, failpoints: "wal-fsync:eio:\(hit)")
+        usleep(UInt32(faultMilliseconds) * 1_000)
+        kill9(target)
+        _ = start(target)
+        say("nemesis: restart node \(target + 1) with a working fsync")
       case .slow:
         let delayMs = 50 + Int(random.next() % 150)
         say("nemesis: slow link out of node \(target + 1)\(role) (\(delayMs) ms) for \(faultMilliseconds) ms")
@@ -615,6 +634,54 @@ final class TortureRun: @unchecked Sendable {
       }
       state.withLock { $0.faults[fault.rawValue, default: 0] += 1 }
     }
+  }
+
+  /// Restarts `target` with one crash failpoint armed, helps it get there (snapshots), waits for
+  /// it to die there (or kills it when it does not), and restarts it clean.
+  private func crashAtAPoint(_ target: Int, role: String, faultMilliseconds: Int, _ random: inout SplitMix64) {
+    let point = Failpoints.names[Int(random.next() % UInt64(Failpoints.names.count))]
+    // The turn points pass many times a second under load; the snapshot points once a snapshot.
+    let hit = point.hasPrefix("snapshot") ? 1 : 1 + Int(random.next() % 200)
+    say("nemesis: restart node \(target + 1)\(role) to crash at \(point) (pass \(hit))")
+    kill9(target)
+    if point == "snapshot-install" {
+      // The others compact what it misses, so whichever leads must send it a snapshot.
+      for other in 0..<options.nodes where other != target {
+        for group in groups { _ = send("POST", url(other, "/v1/groups/\(group)/snapshot")) }
+      }
+    }
+    _ = start(target, failpoints: "\(point):crash:\(hit)")
+    let deadline = MonotonicClock.nowNanoseconds() + UInt64(faultMilliseconds * 2) * 1_000_000
+    var died = false
+    var snapshotAsked = false
+    while !died && MonotonicClock.nowNanoseconds() < deadline {
+      if point == "snapshot-save" && !snapshotAsked,
+        case .success(let response) = send("POST", url(target, "/v1/groups/\(groups[0])/snapshot")), response.status != 0
+      {
+        snapshotAsked = true
+      }
+      usleep(50_000)
+      died = reapIfExited(target)
+    }
+    if died {
+      say("nemesis: node \(target + 1) died at \(point); restart it")
+    } else {
+      say("nemesis: node \(target + 1) did not reach \(point) in time; kill -9 and restart it")
+      kill9(target)
+    }
+    state.withLock { $0.crashPoints[point, default: (0, 0)].armed += 1 }
+    if died { state.withLock { $0.crashPoints[point, default: (0, 0)].reached += 1 } }
+    _ = start(target)
+  }
+
+  /// True (and the node marked down) when node `index`'s process has exited.
+  private func reapIfExited(_ index: Int) -> Bool {
+    let pid = state.withLock { $0.nodes[index].pid }
+    guard pid > 0 else { return true }
+    var status: Int32 = 0
+    guard waitpid(pid, &status, WNOHANG) == pid else { return false }
+    state.withLock { $0.nodes[index].pid = 0 }
+    return true
   }
 
   /// Cuts the network around `target` one of three ways; says which.
@@ -768,6 +835,10 @@ final class TortureRun: @unchecked Sendable {
     say("torture: faults \(kinds.isEmpty ? "none" : kinds); unexpected answers \(shared.unexpected.count)")
     let churn = shared.churnTried.keys.sorted().map { "\($0)=\(shared.churnDone[$0, default: 0])/\(shared.churnTried[$0]!)" }
     say("torture: churn (answered 200 / tried) \(churn.isEmpty ? "none" : churn.joined(separator: " "))")
+    if !shared.crashPoints.isEmpty {
+      let points = shared.crashPoints.keys.sorted().map { "\($0)=\(shared.crashPoints[$0]!.reached)/\(shared.crashPoints[$0]!.armed)" }
+      say("torture: crash points (died there / armed) \(points.joined(separator: " "))")
+    }
     print("torture: linearizable=\(linearizable ? "yes" : "no") ops=\(operations) faults=\(faults) indeterminate=\(unknown)")
     fflush(nil)
     return linearizable && shared.unexpected.isEmpty ? 0 : 1
