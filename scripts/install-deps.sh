@@ -2,7 +2,8 @@
 # Installs the system packages Caucus needs to build and test, only when they are missing, so
 # repeated runs stay fast. Debian/Ubuntu; needs root or sudo for the first run.
 set -euo pipefail
-packages=(libcurl4-openssl-dev curl)
+# iproute2 and iptables: the torture runs' network namespaces, partitions and packet loss.
+packages=(libcurl4-openssl-dev curl iproute2 iptables)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -84,6 +84,18 @@ final class TortureTests: XCTestCase {
     XCTAssertGreaterThanOrEqual(faults["slow"] ?? 0, 1, "slow faults: \(faults)")
   }
 
+  /// Restarts with a crash failpoint armed (the node dies there) and with a failing fsync (the
+  /// node must stop taking writes): histories stay linearizable, and the points are reached.
+  func testATortureUnderCrashPointsAndFsyncErrorsIsLinearizable() throws {
+    let outcome = try torture(["--duration", "30", "--seed", "31", "--no-namespaces", "--faults", "crash-point,fsync-error"])
+    XCTAssertEqual(outcome.status, 0, outcome.output)
+    XCTAssertTrue(outcome.lastLine.hasPrefix("torture: linearizable=yes "), outcome.lastLine)
+    let faults = faultCounts(outcome.output)
+    XCTAssertGreaterThanOrEqual(faults["crash-point"] ?? 0, 1, "crash-point faults: \(faults)")
+    XCTAssertGreaterThanOrEqual(faults["fsync-error"] ?? 0, 1, "fsync-error faults: \(faults)")
+    XCTAssertTrue(outcome.output.contains("died at "), "a node died at its failpoint: \(outcome.output)")
+  }
+
   func testOnLoopbackATortureSaysItHasNoPartitionsAndRefusesToFakeThem() throws {
     let refused = try torture(["--duration", "5", "--no-namespaces", "--faults", "partition"])
     XCTAssertEqual(refused.status, 2, refused.output)
@@ -92,7 +104,8 @@ final class TortureTests: XCTestCase {
     XCTAssertEqual(outcome.status, 0, outcome.output)
     XCTAssertTrue(outcome.output.contains("loopback (--no-namespaces was given): no partitions"), outcome.output)
     XCTAssertTrue(outcome.lastLine.hasPrefix("torture: linearizable=yes "), outcome.lastLine)
-    XCTAssertEqual(Set(faultCounts(outcome.output).keys).subtracting(["kill", "pause"]), [], outcome.output)
+    XCTAssertEqual(
+      Set(faultCounts(outcome.output).keys).subtracting(["kill", "pause", "crash-point", "fsync-error"]), [], outcome.output)
   }
 
   func testThePlantedLocalReadsBugIsCaught() throws {
