@@ -55,6 +55,8 @@ struct Torture: ParsableCommand {
   var check: String?
   @Option(help: "The faults the nemesis takes turns with, comma-separated, from: kill, pause, partition, loss, slow (default: all this machine supports; the network's need namespaces).")
   var faults: String?
+  @Option(help: "Each node's data directory is on its own tmpfs of this many MiB (as root), which the disk-full fault fills; 0: plain directories.")
+  var diskMb: Int = 1_024
   @Flag(help: "Run every node on loopback even when network namespaces are available (no network faults).")
   var noNamespaces = false
   @Option(help: "The third byte of the nodes' subnet 10.231.S.0/24 (namespaces only; default from the process id, so concurrent runs differ).")
@@ -68,6 +70,7 @@ struct Torture: ParsableCommand {
     guard (1...64).contains(clients) else { throw ValidationError("--clients must be 1 to 64") }
     guard (1...64).contains(keys) else { throw ValidationError("--keys must be 1 to 64") }
     guard (1...16).contains(groups), groups <= keys else { throw ValidationError("--groups must be 1 to 16 and at most --keys") }
+    guard diskMb == 0 || (64...65_536).contains(diskMb) else { throw ValidationError("--disk-mb must be 0 or 64 to 65536") }
     if let subnet, !(1...253).contains(subnet) { throw ValidationError("--subnet must be 1 to 253") }
     if let faults {
       for name in faults.split(separator: ",", omittingEmptySubsequences: false) where TortureFault(rawValue: String(name)) == nil {
@@ -105,6 +108,8 @@ enum TortureFault: String, CaseIterable {
   case crashPoint = "crash-point"
   /// A restart with the log's fsync failing (EIO): the node must stop taking writes.
   case fsyncError = "fsync-error"
+  /// A node's disk filled to the last byte for a while: it must refuse writes (507) and recover.
+  case diskFull = "disk-full"
 }
 
 /// One torture run: the processes, the network, the clients, the nemesis, the churn and the history.
@@ -120,6 +125,7 @@ final class TortureRun: @unchecked Sendable {
   let groups: [String]
   let started = MonotonicClock.nowNanoseconds()
   private var network: TortureNetwork!
+  private var disks: TortureDisks!
 
   struct NodeState {
     var pid: pid_t = 0
@@ -133,6 +139,8 @@ final class TortureRun: @unchecked Sendable {
     /// Membership changes and leader transfers: attempted, and answered 200.
     var churnTried: [String: Int] = [:]
     var churnDone: [String: Int] = [:]
+    /// Writes refused `507 insufficient_storage` (a full disk).
+    var insufficientStorageAnswers = 0
     /// Crash failpoints armed by the nemesis, and how many times the node died there.
     var crashPoints: [String: (armed: Int, reached: Int)] = [:]
     /// Requests answered 4xx that a valid request should never get: a client or server bug.
@@ -195,6 +203,8 @@ final class TortureRun: @unchecked Sendable {
       nodes: options.nodes, subnet: options.subnet ?? Int(getpid() % 200) + 20, log: "\(directory)/network.log",
       allowNamespaces: !options.noNamespaces)
     say("torture: network: \(network.summary)")
+    disks = TortureDisks.make(directory: directory, nodes: options.nodes, megabytes: options.diskMb, allowMounts: options.diskMb > 0)
+    say("torture: disks: \(disks.summary)")
     guard let kinds = faultKinds() else { return stopAll(code: 2) }
     say("torture: faults: \(kinds.map(\.rawValue).joined(separator: ", "))")
     signal(SIGINT) { _ in tortureInterrupted = 1 }
@@ -215,7 +225,9 @@ final class TortureRun: @unchecked Sendable {
     for thread in threads { thread.join() }
     if tortureInterrupted != 0 { say("torture: interrupted; healing and checking what ran") }
     heal()
-    guard waitUntilReady(seconds: Self.recoverySecondsMax), restoreMembers() else {
+    // Members first: a node the churn removed may keep its replica (when the removal could not
+    // delete it), which knows no leader and keeps the node unready until it is a member again.
+    guard restoreMembers() else {
       say("torture: the cluster did not recover within \(Self.recoverySecondsMax) s after healing (logs in \(directory))")
       return stopAll(code: 1)
     }
@@ -240,7 +252,7 @@ final class TortureRun: @unchecked Sendable {
       network.launcher(index) + [
         executable, "serve", "--node-id", String(index + 1), "--rpc-address", address, "--rpc-port",
         String(Int(options.rpcPort) + index), "--consensus-address", address, "--consensus-port",
-        String(Int(options.consensusPort) + index), "--data-dir", "\(directory)/node-\(index + 1)", "--cluster", members,
+        String(Int(options.consensusPort) + index), "--data-dir", disks.dataDirectory(index), "--cluster", members,
       ]
     var environment = ["\(Failpoints.environmentVariable)=\(failpoints)"]
     if let bug = options.plantBug { environment.append("\(plantedBugEnvironmentVariable)=\(bug)") }
@@ -294,6 +306,16 @@ final class TortureRun: @unchecked Sendable {
     }
     http.shutdown()
     network?.tearDown()
+    if let disks, disks.limited, code != 0 || options.keepData {
+      // The tmpfs go with the run: keep a copy of what the nodes wrote, for the reader.
+      for index in 0..<options.nodes {
+        if let pid = spawn(["/bin/cp", "-a", disks.dataDirectory(index), "\(directory)/node-\(index + 1)"]) {
+          var status: Int32 = 0
+          _ = waitpid(pid, &status, 0)
+        }
+      }
+    }
+    disks?.tearDown()
     if code == 0 && !options.keepData { try? FileSystem.removeTree(directory) }
     return code
   }
@@ -489,7 +511,10 @@ final class TortureRun: @unchecked Sendable {
       switch response.status {
       case 200: return .output(output(200))
       case 412: return .output(output(412))
-      case 307, 421, 503, 507: return .refused(describe(result))
+      case 507:
+        state.withLock { $0.insufficientStorageAnswers += 1 }
+        return .refused(describe(result))
+      case 307, 421, 503: return .refused(describe(result))
       case 504, 500, 502, 508: return .unknown
       default:
         state.withLock {
@@ -551,6 +576,7 @@ final class TortureRun: @unchecked Sendable {
       case .kill, .pause, .crashPoint, .fsyncError: supported = true
       case .partition, .loss: supported = network.usesNamespaces
       case .slow: supported = network.usesNamespaces && network.canSlow
+      case .diskFull: supported = disks.limited
       }
       if supported {
         kinds.append(kind)
@@ -617,13 +643,19 @@ final class TortureRun: @unchecked Sendable {
         crashAtAPoint(target, role: role, faultMilliseconds: faultMilliseconds, &random)
       case .fsyncError:
         let hit = 1 + Int(random.next() % 50)
-        say("nemesis: restart node \(target + 1)\(role) with its log's fsync failing (EIO) at the \(hit)th")
+        say("nemesis: restart node \(target + 1)\(role) whose log fsync number \(hit) fails (EIO)")
         kill9(target)
         _ = start(target, failpoints: "wal-fsync:eio:\(hit)")
         usleep(UInt32(faultMilliseconds) * 1_000)
         kill9(target)
         _ = start(target)
         say("nemesis: restart node \(target + 1) with a working fsync")
+      case .diskFull:
+        let taken = disks.fill(target)
+        say("nemesis: node \(target + 1)\(role)'s disk full (\(taken / 1_048_576) MiB taken) for \(faultMilliseconds) ms")
+        usleep(UInt32(faultMilliseconds) * 1_000)
+        disks.free(target)
+        say("nemesis: node \(target + 1)'s disk has room again")
       case .slow:
         let delayMs = 50 + Int(random.next() % 150)
         say("nemesis: slow link out of node \(target + 1)\(role) (\(delayMs) ms) for \(faultMilliseconds) ms")
@@ -832,7 +864,7 @@ final class TortureRun: @unchecked Sendable {
     }
     let faults = shared.faults.values.reduce(0, +)
     let kinds = shared.faults.keys.sorted().map { "\($0)=\(shared.faults[$0]!)" }.joined(separator: " ")
-    say("torture: faults \(kinds.isEmpty ? "none" : kinds); unexpected answers \(shared.unexpected.count)")
+    say("torture: faults \(kinds.isEmpty ? "none" : kinds); unexpected answers \(shared.unexpected.count); writes refused for a full disk (507) \(shared.insufficientStorageAnswers)")
     let churn = shared.churnTried.keys.sorted().map { "\($0)=\(shared.churnDone[$0, default: 0])/\(shared.churnTried[$0]!)" }
     say("torture: churn (answered 200 / tried) \(churn.isEmpty ? "none" : churn.joined(separator: " "))")
     if !shared.crashPoints.isEmpty {
