@@ -15,6 +15,11 @@ extension Gateway {
   /// replica to learn it (it keeps replicating until the hand-over).
   static let removedLeaderHandOverWaitMs: UInt32 = 5_000
   static let removedLeaderPollMs: UInt32 = 50
+  /// A removed peer whose replica could not be deleted (down, paused, cut off) is asked again
+  /// this often, this many times, after the answer: a replica left behind knows no leader and
+  /// keeps its node unready until it is deleted or the node rejoins.
+  static let removedReplicaDeleteRetryMs: UInt32 = 1_000
+  static let removedReplicaDeleteAttemptsMax = 120
 
   /// `POST /v1/groups/{group}/peers` `{peer}`.
   func addPeer(_ group: GroupID, _ exchange: Exchange, route: String) throws(GatewayError) {
@@ -175,15 +180,31 @@ extension Gateway {
     fanOut(removed, exchange, route: route, local: { [self] done in
       deleteRemovedLocally(group, waitedMs: 0) { done(200) }
     }, remote: { [self] peer, done in
-      forwarder.groupOperation("DELETE", on: peer, target: "/v1/node/groups/\(group)", body: []) { [self] status, _ in
-        if status != 200 && status != 404 {
-          logger.warning(
-            "the replica of a removed peer was not deleted; delete it with DELETE /v1/node/groups/{group} on that node",
-            metadata: ["group": "\(group)", "peer": "\(peer.node)", "status": "\(status)"])
-        }
-        done(status)
+      let target = "/v1/node/groups/\(group)?ifCommitAtMost=\(status.commitIndex)"
+      forwarder.groupOperation("DELETE", on: peer, target: target, body: []) { [self] deleted, _ in
+        if ![200, 404, 412].contains(deleted) { deleteRemovedReplica(target, group, on: peer, forwarder, attempt: 1) }
+        done(deleted)
       }
     }) { _ in answer() }
+  }
+
+  /// Asks a removed peer again, in the background, to delete its replica of `group` (`target`
+  /// carries `ifCommitAtMost`, the commit index when the removal was answered), until it has
+  /// (200), never had one (404), or is a member again (412: committed past the removal), or the
+  /// attempts run out (then says how to do it by hand).
+  private func deleteRemovedReplica(
+    _ target: String, _ group: GroupID, on peer: Peer, _ forwarder: LeaderForwarder, attempt: Int
+  ) {
+    guard attempt < Gateway.removedReplicaDeleteAttemptsMax else {
+      return logger.warning(
+        "the replica of a removed peer was not deleted; delete it with DELETE /v1/node/groups/{group} on that node",
+        metadata: ["group": "\(group)", "peer": "\(peer.node)", "attempts": "\(attempt)"])
+    }
+    deadlines.after(delayMs: Gateway.removedReplicaDeleteRetryMs) { [self] in
+      forwarder.groupOperation("DELETE", on: peer, target: target, body: []) { [self] status, _ in
+        if ![200, 404, 412].contains(status) { deleteRemovedReplica(target, group, on: peer, forwarder, attempt: attempt + 1) }
+      }
+    }
   }
 
   /// This node removed itself: deletes its replica once another node leads (the core hands

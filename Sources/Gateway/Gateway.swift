@@ -977,6 +977,28 @@ public final class Gateway: HTTPHandler {
   }
 
   private func deleteGroup(_ group: GroupID, _ exchange: Exchange, route: String) {
+    if route == "node_groups_delete", let text = exchange.query["ifCommitAtMost"] {
+      // The deletion of a removed peer's replica, asked by the leader that removed it: a replica
+      // that committed past the removal has rejoined the group (its re-addition comes later in
+      // the log) and holds a member's durable state, which must never be deleted.
+      guard let bound = UInt64(text) else {
+        return exchange.fail(.badRequest("ifCommitAtMost must be a non-negative integer"), route: route)
+      }
+      if let status = engine.status(group), status.commitIndex > bound {
+        var writer = JSONWriter()
+        writer.beginObject()
+        writer.member("error", "precondition_failed")
+        writer.member(
+          "message",
+          "the replica of \(group) has committed index \(status.commitIndex), past \(bound): it is a member again; not deleted")
+        writer.member("group", group.description)
+        writer.member("commitIndex", status.commitIndex)
+        writer.endObject()
+        return exchange.respond(
+          HTTPResponse(status: 412, headers: [("Content-Type", HTTPResponse.jsonContentType)], body: writer.bytes),
+          route: route)
+      }
+    }
     // DELETE /v1/groups/{group}: deletePeer on every peer of the group.
     guard route == "group_delete", let forwarder = configuration.forwarder else {
       return deleteLocally(group, exchange, route: route, recordRevision: nil)

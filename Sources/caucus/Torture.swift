@@ -21,7 +21,9 @@ struct Torture: ParsableCommand {
       few keys in a few groups, and a nemesis that, one fault at a time with healing between, \
       kills a node with SIGKILL and restarts it (the leader half the time), pauses it with \
       SIGSTOP beyond the election timeout, partitions the network (a node cut off, the cluster \
-      split in two, or a one-way cut), drops a share of packets, or slows a node's link. Meanwhile \
+      split in two, or a one-way cut), drops a share of packets, slows a node's link, restarts a \
+      node with a crash failpoint or a failing fsync armed, or fills a node's disk (each node's \
+      data on its own size-limited tmpfs, as root). Meanwhile \
       a second actor moves leaderships and removes and re-adds members, faults or not. At the \
       end it heals, reads every key through every node and checks each key's history for \
       linearizability. The last line is `torture: linearizable=yes|no ops=N faults=N \
@@ -53,7 +55,7 @@ struct Torture: ParsableCommand {
   var keepData = false
   @Option(help: "Check a history file a failing run wrote (history.txt) again, and exit: 0 when linearizable.")
   var check: String?
-  @Option(help: "The faults the nemesis takes turns with, comma-separated, from: kill, pause, partition, loss, slow (default: all this machine supports; the network's need namespaces).")
+  @Option(help: "The faults the nemesis takes turns with, comma-separated, from: kill, pause, partition, loss, slow, crash-point, fsync-error, disk-full (default: all this machine supports; the network's need namespaces, disk-full a tmpfs).")
   var faults: String?
   @Option(help: "Each node's data directory is on its own tmpfs of this many MiB (as root), which the disk-full fault fills; 0: plain directories.")
   var diskMb: Int = 1_024

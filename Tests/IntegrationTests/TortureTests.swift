@@ -71,17 +71,19 @@ final class TortureTests: XCTestCase {
     XCTAssertTrue(outcome.output.contains("churn: remove-peer"), "a member was removed during the run")
   }
 
-  /// Packet loss and slow links, and the loopback fallback, in a shorter run each.
-  func testATortureUnderLossAndSlowLinksIsLinearizable() throws {
+  /// Packet loss, slow links and full disks (each node on its own small tmpfs).
+  func testATortureUnderLossSlowLinksAndFullDisksIsLinearizable() throws {
     guard geteuid() == 0 || ProcessInfo.processInfo.environment["CI"] != nil else {
-      throw XCTSkip("packet loss and slow links need network namespaces, which need root (CI runs this as root)")
+      throw XCTSkip("packet loss, slow links and size-limited disks need root (CI runs this as root)")
     }
-    let outcome = try torture(["--duration", "25", "--seed", "13", "--faults", "loss,slow"])
+    let outcome = try torture(["--duration", "30", "--seed", "13", "--faults", "loss,slow,disk-full", "--disk-mb", "64"])
     XCTAssertEqual(outcome.status, 0, outcome.output)
     XCTAssertTrue(outcome.lastLine.hasPrefix("torture: linearizable=yes "), outcome.lastLine)
     let faults = faultCounts(outcome.output)
     XCTAssertGreaterThanOrEqual(faults["loss"] ?? 0, 1, "loss faults: \(faults)")
     XCTAssertGreaterThanOrEqual(faults["slow"] ?? 0, 1, "slow faults: \(faults)")
+    XCTAssertGreaterThanOrEqual(faults["disk-full"] ?? 0, 1, "disk-full faults: \(faults)")
+    XCTAssertTrue(outcome.output.contains("'s disk full ("), outcome.output)
   }
 
   /// Restarts with a crash failpoint armed (the node dies there) and with a failing fsync (the
