@@ -168,8 +168,14 @@ public protocol ConsensusEngine: AnyObject, Sendable {
   /// this node is not among: it waits for the leader and never campaigns on its own.
   func joinPeer(
     _ group: GroupID, peers: [Peer], bootstrapVoters: [NodeID], completion: @escaping ConsensusCompletion<Void>)
-  /// Removes this node's replica of `group` and its data.
-  func deletePeer(_ group: GroupID, completion: @escaping ConsensusCompletion<Void>)
+  /// Removes this node's replica of `group` and its data. With `ifLogEndsBy`, only when the
+  /// replica's log ends at or before that position in log order (a lower last term, or the same
+  /// term and an index no higher), checked where the replica's log changes; else
+  /// `peerAlreadyInGroup` and nothing is deleted. How the leader that removed a peer deletes the
+  /// peer's replica: bounded by the end of its own log once the removal applied, since a replica
+  /// added back since holds the later entry that added it (a later index in that term, or a later
+  /// term).
+  func deletePeer(_ group: GroupID, ifLogEndsBy: LogPosition?, completion: @escaping ConsensusCompletion<Void>)
   func addPeer(_ group: GroupID, peer: Peer, completion: @escaping ConsensusCompletion<Void>)
   func removePeer(_ group: GroupID, node: NodeID, completion: @escaping ConsensusCompletion<Void>)
   func changePeer(_ group: GroupID, peers: [Peer], completion: @escaping ConsensusCompletion<Void>)
@@ -207,5 +213,28 @@ extension ConsensusEngine {
     completion: @escaping ConsensusCompletion<WriteResult>
   ) {
     write(group, command: command, completion: completion)
+  }
+}
+
+extension ConsensusEngine {
+  /// Removes this node's replica of `group` and its data, whatever its log holds.
+  public func deletePeer(_ group: GroupID, completion: @escaping ConsensusCompletion<Void>) {
+    deletePeer(group, ifLogEndsBy: nil, completion: completion)
+  }
+}
+
+/// A place in a replica's log: an entry's index and term.
+public struct LogPosition: Sendable, Equatable {
+  public var index: UInt64
+  public var term: UInt64
+
+  public init(index: UInt64, term: UInt64) {
+    self.index = index
+    self.term = term
+  }
+
+  /// Whether a log whose last entry is at (`lastIndex`, `lastTerm`) ends at or before this place.
+  public func bounds(lastIndex: UInt64, lastTerm: UInt64) -> Bool {
+    lastTerm < term || (lastTerm == term && lastIndex <= index)
   }
 }

@@ -180,18 +180,20 @@ extension Gateway {
     fanOut(removed, exchange, route: route, local: { [self] done in
       deleteRemovedLocally(group, waitedMs: 0) { done(200) }
     }, remote: { [self] peer, done in
-      let target = "/v1/node/groups/\(group)?ifCommitAtMost=\(status.commitIndex)"
+      // The end of this leader's log, the removal applied (a leader's last entry is of its term).
+      let logEnd = "ifLogEndsAtIndex=\(status.snapshotIndex + status.logEntries)&ifLogEndsAtTerm=\(status.term)"
+      let target = "/v1/node/groups/\(group)?\(logEnd)"
       forwarder.groupOperation("DELETE", on: peer, target: target, body: []) { [self] deleted, _ in
-        if ![200, 404, 412].contains(deleted) { deleteRemovedReplica(target, group, on: peer, forwarder, attempt: 1) }
+        if ![200, 404, 409].contains(deleted) { deleteRemovedReplica(target, group, on: peer, forwarder, attempt: 1) }
         done(deleted)
       }
     }) { _ in answer() }
   }
 
   /// Asks a removed peer again, in the background, to delete its replica of `group` (`target`
-  /// carries `ifCommitAtMost`, the commit index when the removal was answered), until it has
-  /// (200), never had one (404), or is a member again (412: committed past the removal), or the
-  /// attempts run out (then says how to do it by hand).
+  /// carries the end of the leader's log once the removal applied), until it has (200), never had
+  /// one (404), or is a member again (409: its log goes further), or the attempts run out (then
+  /// says how to do it by hand).
   private func deleteRemovedReplica(
     _ target: String, _ group: GroupID, on peer: Peer, _ forwarder: LeaderForwarder, attempt: Int
   ) {
@@ -201,8 +203,10 @@ extension Gateway {
         metadata: ["group": "\(group)", "peer": "\(peer.node)", "attempts": "\(attempt)"])
     }
     deadlines.after(delayMs: Gateway.removedReplicaDeleteRetryMs) { [self] in
+      // A member again as this node sees it: stop (the bound protects it anyway).
+      if engine.status(group)?.peers.contains(where: { $0.peer.node == peer.node }) == true { return }
       forwarder.groupOperation("DELETE", on: peer, target: target, body: []) { [self] status, _ in
-        if ![200, 404, 412].contains(status) { deleteRemovedReplica(target, group, on: peer, forwarder, attempt: attempt + 1) }
+        if ![200, 404, 409].contains(status) { deleteRemovedReplica(target, group, on: peer, forwarder, attempt: attempt + 1) }
       }
     }
   }

@@ -977,26 +977,20 @@ public final class Gateway: HTTPHandler {
   }
 
   private func deleteGroup(_ group: GroupID, _ exchange: Exchange, route: String) {
-    if route == "node_groups_delete", let text = exchange.query["ifCommitAtMost"] {
-      // The deletion of a removed peer's replica, asked by the leader that removed it: a replica
-      // that committed past the removal has rejoined the group (its re-addition comes later in
-      // the log) and holds a member's durable state, which must never be deleted.
-      guard let bound = UInt64(text) else {
-        return exchange.fail(.badRequest("ifCommitAtMost must be a non-negative integer"), route: route)
+    if route == "node_groups_delete" {
+      // The deletion of a removed peer's replica, asked by the leader that removed it, bounded by
+      // the end of the leader's log once the removal applied: a replica whose log goes further was
+      // added back since, holds a member's durable state, and is never deleted (409).
+      let index = exchange.query["ifLogEndsAtIndex"]
+      let term = exchange.query["ifLogEndsAtTerm"]
+      guard (index == nil) == (term == nil) else {
+        return exchange.fail(.badRequest("ifLogEndsAtIndex and ifLogEndsAtTerm go together"), route: route)
       }
-      if let status = engine.status(group), status.commitIndex > bound {
-        var writer = JSONWriter()
-        writer.beginObject()
-        writer.member("error", "precondition_failed")
-        writer.member(
-          "message",
-          "the replica of \(group) has committed index \(status.commitIndex), past \(bound): it is a member again; not deleted")
-        writer.member("group", group.description)
-        writer.member("commitIndex", status.commitIndex)
-        writer.endObject()
-        return exchange.respond(
-          HTTPResponse(status: 412, headers: [("Content-Type", HTTPResponse.jsonContentType)], body: writer.bytes),
-          route: route)
+      if let index, let term {
+        guard let index = UInt64(index), let term = UInt64(term) else {
+          return exchange.fail(.badRequest("ifLogEndsAtIndex and ifLogEndsAtTerm are non-negative integers"), route: route)
+        }
+        return deleteLocally(group, exchange, route: route, recordRevision: nil, ifLogEndsBy: LogPosition(index: index, term: term))
       }
     }
     // DELETE /v1/groups/{group}: deletePeer on every peer of the group.
@@ -1024,8 +1018,10 @@ public final class Gateway: HTTPHandler {
     }
   }
 
-  private func deleteLocally(_ group: GroupID, _ exchange: Exchange, route: String, recordRevision: UInt64?) {
-    engine.deletePeer(group) { [self] result in
+  private func deleteLocally(
+    _ group: GroupID, _ exchange: Exchange, route: String, recordRevision: UInt64?, ifLogEndsBy: LogPosition? = nil
+  ) {
+    engine.deletePeer(group, ifLogEndsBy: ifLogEndsBy) { [self] result in
       switch result {
       case .failure(let error): exchange.fail(.consensus(error), route: route)
       case .success: answerDeleted(group, exchange, route: route, recordRevision: recordRevision)

@@ -37,16 +37,13 @@ struct PendingRequests {
 
   /// Takes every request out, each answered with `error` — except what may still take effect
   /// (proposed or forwarded writes, a membership change), answered `timeout(indeterminate:)`
-  /// when the engine stops or its data directory ran out of space, since a later leader (or this
-  /// node's own log, reopened) may still commit them. In a fixed order (by index, request id,
-  /// arrival), so a replayed run answers in the same order.
+  /// whatever the reason (the engine stops, its data directory ran out of space, the replica is
+  /// deleted): another replica, a later leader or this node's own log, reopened, may still commit
+  /// them. A definite error there would let a caller (or a relaying gateway) send the write again.
+  /// In a fixed order (by index, request id, arrival), so a replayed run answers in the same order.
   mutating func failAll(_ error: ConsensusError) -> [Answer] {
     var answers: [Answer] = []
-    let unknown: ConsensusError
-    switch error {
-    case .shuttingDown, .outOfSpace: unknown = .timeout(indeterminate: true)
-    default: unknown = error
-    }
+    let unknown = ConsensusError.timeout(indeterminate: true)
     for (_, proposal) in proposals.sorted(by: { $0.key < $1.key }) {
       answers.append(.write(proposal.completion, .failure(unknown), bytes: proposal.bytes))
     }

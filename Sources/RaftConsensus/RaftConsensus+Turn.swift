@@ -383,8 +383,12 @@ extension RaftConsensus {
         }
         completion(result)
       }
-    case .delete(let id, let completion):
+    case .delete(let id, let bound, let completion):
       state.withLock { controlQueued -= 1 }
+      if let bound, let replica = live[id], !bound.bounds(lastIndex: replica.raft.lastIndex, lastTerm: replica.raft.lastTerm) {
+        // Its log holds entries past the removal: it was added back, and keeps a member's data.
+        return turn.answers.append { [localPeer] in completion(.failure(.peerAlreadyInGroup(localPeer.node, id))) }
+      }
       guard let replica = live.remove(id) else {
         return turn.answers.append { completion(.failure(.groupNotFound(id))) }
       }
@@ -668,7 +672,10 @@ extension RaftConsensus {
     }
     for action in turn.onDurable { action(.failure(.timeout(indeterminate: true))) }
     turn.onDurable = []
-    for replica in live.ordered { failAllWaiting(replica, refusal, &turn) }
+    for replica in live.ordered {
+      failAllWaiting(replica, refusal, &turn)
+      replica.publishLeaderless()
+    }
     precondition(forwardsWaiting == 0, "every forwarded write is answered: \(forwardsWaiting) were dropped")
     wal.abandon()
     forgetIncarnation()
@@ -724,7 +731,7 @@ extension RaftConsensus {
       answerWrite(&turn, bytes: command.count) { completion(.failure(refusal)) }
     case .read(_, let read):
       answerRead(&turn) { read.completion(.failure(refusal)) }
-    case .create(_, _, _, let completion), .delete(_, let completion), .transfer(_, _, let completion),
+    case .create(_, _, _, let completion), .delete(_, _, let completion), .transfer(_, _, let completion),
       .membership(_, _, let completion):
       state.withLock { controlQueued -= 1 }
       turn.answers.append { completion(.failure(refusal)) }
@@ -746,12 +753,6 @@ extension RaftConsensus {
     do {
       try SpaceProbe.check(directory: directory + "/wal", bytes: options.outOfSpaceProbeBytes, fileStore: fileStore)
       let (wal, restored, entries) = try recoverStorage()
-      do {
-        try wal.syncRecoveredRecords()
-      } catch {
-        wal.abandon()
-        throw error
-      }
       install(wal, restored)
       state.withLock {
         outOfSpace = nil
@@ -804,7 +805,7 @@ extension RaftConsensus {
       switch item {
       case .propose(_, _, _, let completion): completion(.failure(.shuttingDown))
       case .read(_, let read): read.completion(.failure(.shuttingDown))
-      case .create(_, _, _, let completion), .delete(_, let completion), .transfer(_, _, let completion),
+      case .create(_, _, _, let completion), .delete(_, _, let completion), .transfer(_, _, let completion),
         .membership(_, _, let completion):
         completion(.failure(.shuttingDown))
       case .snapshot(_, let completion): completion(.failure(.shuttingDown))

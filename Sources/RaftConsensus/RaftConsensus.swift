@@ -148,7 +148,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     case undelivered(ReplicaID, ArraySlice<ForwardedProposal>)
     /// `bootstrapVoters`: the peers for a new group; the group's for a replica that joins it.
     case create(GroupID, [Peer], bootstrapVoters: [ReplicaID], ConsensusCompletion<Void>)
-    case delete(GroupID, ConsensusCompletion<Void>)
+    case delete(GroupID, ifLogEndsBy: LogPosition?, ConsensusCompletion<Void>)
     case snapshot(GroupID, ConsensusCompletion<SnapshotInfo>)
     case transfer(GroupID, NodeID, ConsensusCompletion<Void>)
     case membership(GroupID, MembershipRequest, ConsensusCompletion<Void>)
@@ -328,6 +328,10 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     let wal = try WriteAheadLog(directory: directory + "/wal", options: options.wal, fileStore: fileStore)
     do {
       let recovered = try RaftStorage.recover(wal)
+      // Valid records after the last proven sync are kept, but a killed process may have left
+      // them in the page cache only: make them durable before this node votes or acknowledges
+      // on the strength of them (a power loss later must not take back what it promised).
+      try wal.syncRecoveredRecords()
       // Finish installs a crash interrupted: their markers, before anything follows them.
       let markers = recovered.keys.sorted().filter { recovered[$0]!.snapshotMarkerMissing }.map {
         RaftStorage.snapshotMarkerRecord(group: $0, recovered[$0]!)
@@ -588,8 +592,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     return nil
   }
 
-  public func deletePeer(_ group: GroupID, completion: @escaping ConsensusCompletion<Void>) {
-    enqueueControl(.delete(group, completion)) { completion(.failure($0)) }
+  public func deletePeer(_ group: GroupID, ifLogEndsBy: LogPosition?, completion: @escaping ConsensusCompletion<Void>) {
+    enqueueControl(.delete(group, ifLogEndsBy: ifLogEndsBy, completion)) { completion(.failure($0)) }
   }
 
   /// At the leader: adds `peer` as a learner, waits until it caught up with the commit index of

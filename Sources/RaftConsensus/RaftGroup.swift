@@ -163,6 +163,17 @@ final class RaftGroup: @unchecked Sendable {
     lock.withLock { view = fresh }
   }
 
+  /// The core is dropped (its node's storage ran out of space): the published view keeps what
+  /// was applied, but leads nothing and knows no leader, so that no one is sent here to a leader
+  /// that cannot write.
+  func publishLeaderless() {
+    lock.withLock {
+      view.role = .follower
+      view.leader = 0
+      view.progress = [:]
+    }
+  }
+
   /// The error answered to a request that needs the leader, from the core's view.
   func leaderError(leader: ReplicaID) -> ConsensusError {
     leader == 0 ? .noLeader(id) : .notLeader(id, leader: peer(leader))

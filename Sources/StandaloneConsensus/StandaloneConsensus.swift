@@ -354,7 +354,12 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
     enqueueControl(.create(group, completion))
   }
 
-  public func deletePeer(_ group: GroupID, completion: @escaping ConsensusCompletion<Void>) {
+  public func deletePeer(_ group: GroupID, ifLogEndsBy: LogPosition?, completion: @escaping ConsensusCompletion<Void>) {
+    // One replica and no membership changes: nothing is added back behind a deletion's back, so
+    // the bound is checked against its log's end (its commit index; one term) here.
+    if let ifLogEndsBy, let status = status(group), status.commitIndex > ifLogEndsBy.index {
+      return completion(.failure(.peerAlreadyInGroup(localPeer.node, group)))
+    }
     enqueueControl(.delete(group, completion))
   }
 

@@ -54,15 +54,17 @@ func runDevCluster(_ cluster: DevCluster) -> Int32 {
 /// posix_spawn of `arguments[0]` with the parent's environment (plus `environment`, `NAME=value`
 /// items that come first and so win) and an empty signal mask; with `log`, standard output and
 /// error are appended to that file (created if missing), so a child's logs do not mix with the
-/// parent's output.
-func spawn(_ arguments: [String], log: String? = nil, environment: [String] = []) -> pid_t? {
+/// parent's output; with `ownProcessGroup`, the child leads a process group of its own, out of
+/// reach of the terminal's Ctrl-C.
+func spawn(_ arguments: [String], log: String? = nil, environment: [String] = [], ownProcessGroup: Bool = false) -> pid_t? {
   var attributes = posix_spawnattr_t()
   posix_spawnattr_init(&attributes)
   defer { posix_spawnattr_destroy(&attributes) }
   var empty = sigset_t()
   sigemptyset(&empty)
   posix_spawnattr_setsigmask(&attributes, &empty)
-  posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK))
+  posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | (ownProcessGroup ? POSIX_SPAWN_SETPGROUP : 0)))
+  if ownProcessGroup { posix_spawnattr_setpgroup(&attributes, 0) }
   var actions = posix_spawn_file_actions_t()
   posix_spawn_file_actions_init(&actions)
   defer { posix_spawn_file_actions_destroy(&actions) }

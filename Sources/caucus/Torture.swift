@@ -187,6 +187,9 @@ final class TortureRun: @unchecked Sendable {
   }
 
   func run() -> Int32 {
+    // Before anything is set up, so that an interruption always leads through the clean-up.
+    signal(SIGINT) { _ in tortureInterrupted = 1 }
+    signal(SIGTERM) { _ in tortureInterrupted = 1 }
     if let bug = options.plantBug { say("torture: PLANTED BUG \(bug): the checker must find a violation") }
     say(
       "torture: seed=\(seed) nodes=\(options.nodes) duration=\(options.duration)s clients=\(options.clients) keys=\(options.keys) groups=\(options.groups) directory=\(directory)"
@@ -202,15 +205,14 @@ final class TortureRun: @unchecked Sendable {
       return 2
     }
     network = TortureNetwork.make(
-      nodes: options.nodes, subnet: options.subnet ?? Int(getpid() % 200) + 20, log: "\(directory)/network.log",
+      nodes: options.nodes, subnet: options.subnet ?? TortureNetwork.freeSubnet(from: Int(getpid() % 200) + 20) ?? 1,
+      log: "\(directory)/network.log",
       allowNamespaces: !options.noNamespaces)
     say("torture: network: \(network.summary)")
     disks = TortureDisks.make(directory: directory, nodes: options.nodes, megabytes: options.diskMb, allowMounts: options.diskMb > 0)
     say("torture: disks: \(disks.summary)")
     guard let kinds = faultKinds() else { return stopAll(code: 2) }
     say("torture: faults: \(kinds.map(\.rawValue).joined(separator: ", "))")
-    signal(SIGINT) { _ in tortureInterrupted = 1 }
-    signal(SIGTERM) { _ in tortureInterrupted = 1 }
     for index in 0..<options.nodes where !start(index) { return stopAll(code: 2) }
     guard waitUntilReady(seconds: Self.recoverySecondsMax), createGroups() else {
       say("torture: the cluster did not become ready within \(Self.recoverySecondsMax) s (logs in \(directory))")
@@ -258,7 +260,10 @@ final class TortureRun: @unchecked Sendable {
       ]
     var environment = ["\(Failpoints.environmentVariable)=\(failpoints)"]
     if let bug = options.plantBug { environment.append("\(plantedBugEnvironmentVariable)=\(bug)") }
-    guard let pid = spawn(arguments, log: "\(directory)/node-\(index + 1).log", environment: environment) else {
+    // A process group of its own: a Ctrl-C at the terminal stops the run, not its nodes.
+    guard
+      let pid = spawn(arguments, log: "\(directory)/node-\(index + 1).log", environment: environment, ownProcessGroup: true)
+    else {
       say("torture: cannot start node \(index + 1): \(String(cString: strerror(errno)))")
       return false
     }
@@ -273,9 +278,40 @@ final class TortureRun: @unchecked Sendable {
       return pid
     }
     guard pid > 0 else { return }
-    kill(pid, SIGKILL)
     var status: Int32 = 0
+    // Ended already, on its own: a crash no fault caused (a failed assertion, say).
+    if waitpid(pid, &status, WNOHANG) == pid { return noteExit(index, status, expected: "running") }
+    kill(pid, SIGKILL)
     _ = waitpid(pid, &status, 0)
+  }
+
+  /// How a node's process ended, in words; nil when it was a SIGKILL (ours, or a failpoint's).
+  private static func unexpectedEnd(_ status: Int32) -> String? {
+    // WIFSIGNALED, WTERMSIG and WEXITSTATUS are macros Swift does not import.
+    let signal = status & 0x7f
+    if signal == SIGKILL { return nil }
+    if signal != 0 && signal != 0x7f { return "killed by signal \(signal) (\(String(cString: strsignal(signal))))" }
+    return "exited with status \((status >> 8) & 0xff)"
+  }
+
+  /// Records a node's process that ended otherwise than by SIGKILL while it should have been
+  /// `expected`: the run fails on it.
+  private func noteExit(_ index: Int, _ status: Int32, expected: String) {
+    guard let how = Self.unexpectedEnd(status) else { return }
+    say("torture: node \(index + 1) \(how) while it should have been \(expected) (see node-\(index + 1).log)")
+    state.withLock { $0.unexpected.append("node \(index + 1) \(how) while it should have been \(expected)") }
+  }
+
+  /// Restarts every node whose process ended on its own (noting how), so the run goes on.
+  private func reapCrashed() {
+    for index in 0..<options.nodes {
+      let pid = state.withLock { $0.nodes[index].pid }
+      var status: Int32 = 0
+      guard pid > 0, waitpid(pid, &status, WNOHANG) == pid else { continue }
+      state.withLock { $0.nodes[index].pid = 0 }
+      noteExit(index, status, expected: "running")
+      _ = start(index)
+    }
   }
 
   private func pause(_ index: Int, _ paused: Bool) {
@@ -288,6 +324,7 @@ final class TortureRun: @unchecked Sendable {
 
   /// Every link whole, every node running and not paused.
   private func heal() {
+    reapCrashed()
     network.heal()
     for index in 0..<options.nodes {
       let (pid, paused) = state.withLock { ($0.nodes[index].pid, $0.nodes[index].paused) }
@@ -296,15 +333,34 @@ final class TortureRun: @unchecked Sendable {
     say("torture: healed")
   }
 
+  /// How long a node may take to stop after SIGTERM before it is killed.
+  static let stopSecondsMax: UInt64 = 30
+
   private func stopAll(code: Int32) -> Int32 {
+    var code = code
     let pids = state.withLock { shared in shared.nodes.map(\.pid) }
     for pid in pids where pid > 0 {
       kill(pid, SIGCONT)
       kill(pid, SIGTERM)
     }
-    for pid in pids where pid > 0 {
+    let deadline = MonotonicClock.nowNanoseconds() + Self.stopSecondsMax * 1_000_000_000
+    for (index, pid) in pids.enumerated() where pid > 0 {
       var status: Int32 = 0
-      _ = waitpid(pid, &status, 0)
+      while waitpid(pid, &status, WNOHANG) != pid {
+        if MonotonicClock.nowNanoseconds() > deadline {
+          say("torture: node \(index + 1) did not stop within \(Self.stopSecondsMax) s of SIGTERM; killing it")
+          kill(pid, SIGKILL)
+          _ = waitpid(pid, &status, 0)
+          code = code == 0 ? 1 : code
+          break
+        }
+        usleep(20_000)
+      }
+      // A node asked to stop exits 0; anything else is a failure of the run.
+      if status & 0x7f == 0 && (status >> 8) & 0xff != 0 || status & 0x7f != 0 && status & 0x7f != SIGKILL {
+        say("torture: node \(index + 1) \(Self.unexpectedEnd(status) ?? "was killed") on SIGTERM (see node-\(index + 1).log)")
+        code = code == 0 ? 1 : code
+      }
     }
     http.shutdown()
     network?.tearDown()
@@ -596,6 +652,7 @@ final class TortureRun: @unchecked Sendable {
     var random = SplitMix64(seed: seed ^ 0xFA17_0000_0000_0001)
     var round: [TortureFault] = []
     for _ in 0..<Self.faultsMax {
+      reapCrashed()
       let pauseMilliseconds = 1_000 + Int(random.next() % 2_000)
       // The last seconds stay quiet, so a run ends with a cluster that served for a while.
       guard running(deadline, leaving: pauseMilliseconds * 3) else { break }
@@ -670,6 +727,11 @@ final class TortureRun: @unchecked Sendable {
     }
   }
 
+  /// The ports node `index` listens on: clients', and its peers'.
+  private func listeningPorts(_ index: Int) -> [UInt16] {
+    [UInt16(Int(options.rpcPort) + index), UInt16(Int(options.consensusPort) + index)]
+  }
+
   /// Restarts `target` with one crash failpoint armed, helps it get there (snapshots), waits for
   /// it to die there (or kills it when it does not), and restarts it clean.
   private func crashAtAPoint(_ target: Int, role: String, faultMilliseconds: Int, _ random: inout SplitMix64) {
@@ -715,6 +777,7 @@ final class TortureRun: @unchecked Sendable {
     var status: Int32 = 0
     guard waitpid(pid, &status, WNOHANG) == pid else { return false }
     state.withLock { $0.nodes[index].pid = 0 }
+    noteExit(index, status, expected: "running or killed by its failpoint")
     return true
   }
 
@@ -746,11 +809,11 @@ final class TortureRun: @unchecked Sendable {
       return "{\(names(minority))} | {\(names(Array(majority)))}"
     default:
       if random.next() % 2 == 0 {
-        for other in others { network.cut(from: target, to: other) }
-        return "one way: node \(target + 1) is not heard by the others (it hears them)"
+        for other in others { network.cutRequests(from: target, to: other, answeringFrom: listeningPorts(target)) }
+        return "one way: node \(target + 1)'s messages reach no one (the others' reach it)"
       }
-      for other in others { network.cut(from: other, to: target) }
-      return "one way: node \(target + 1) hears no one (the others hear it)"
+      for other in others { network.cutRequests(from: other, to: target, answeringFrom: listeningPorts(other)) }
+      return "one way: no one's messages reach node \(target + 1) (its reach them)"
     }
   }
 

@@ -50,6 +50,25 @@ final class TortureNetwork {
     self.tc = tc
   }
 
+  /// Whether the host routes `10.231.S.0/24` already (another run's bridge, perhaps one a killed
+  /// run left behind): two bridges with one subnet would misroute the nodes' traffic.
+  static func subnetRouted(_ subnet: Int) -> Bool {
+    guard let table = try? FileSystem.readFile("/proc/net/route") else { return false }
+    // Destinations are hexadecimal in the kernel's (little-endian) byte order: 10.231.S.0 reads 00 S E7 0A.
+    let byte = String(subnet, radix: 16, uppercase: true)
+    let destination = "00" + (byte.count == 1 ? "0" : "") + byte + "E70A"
+    return String(decoding: table, as: UTF8.self).split(separator: "\n").contains { line in
+      let fields = line.split(whereSeparator: { $0 == "\t" || $0 == " " })
+      return fields.count > 1 && fields[1] == destination
+    }
+  }
+
+  /// The first subnet byte from `preferred` on (wrapping within 1...253) that the host does not
+  /// route yet; nil when all are taken.
+  static func freeSubnet(from preferred: Int) -> Int? {
+    (0..<253).lazy.map { (preferred - 1 + $0) % 253 + 1 }.first { !subnetRouted($0) }
+  }
+
   /// Sets up namespaces when it can; otherwise a loopback network whose `mode` says why not.
   /// `subnet` is the third byte of `10.231.S.0/24`.
   static func make(nodes: Int, subnet: Int, log: String, allowNamespaces: Bool) -> TortureNetwork {
@@ -65,6 +84,7 @@ final class TortureNetwork {
       return loopback("iptables is not installed (scripts/install-deps.sh installs it)")
     }
     let tc = tcCandidates.first(where: { access($0, X_OK) == 0 }) ?? ""
+    guard !subnetRouted(subnet) else { return loopback("the host already routes 10.231.\(subnet).0/24") }
     let network = TortureNetwork(
       mode: .namespaces, nodes: nodes, tag: String(getpid()), subnetPrefix: "10.231.\(subnet)", log: log, ip: ip,
       iptables: iptables, tc: tc)
@@ -161,6 +181,18 @@ final class TortureNetwork {
   /// Packets from node `from` no longer reach node `to` (dropped on arrival in `to`'s namespace).
   func cut(from: Int, to: Int) {
     precondition(usesNamespaces && from != to, "a cut needs namespaces and two nodes")
+    run(inNamespace(to, [iptables, "-A", "INPUT", "-s", address(from), "-j", "DROP"]))
+  }
+
+  /// What node `from` sends as a client (its requests, on connections it opened) no longer
+  /// reaches node `to`, while `from`'s answers (from its listening `ports`) to `to`'s requests
+  /// still do: one way at the level of messages. (Dropping every packet one way would stall TCP
+  /// both ways: a cut one way for packets is a cut both ways for connections.)
+  func cutRequests(from: Int, to: Int, answeringFrom ports: [UInt16]) {
+    precondition(usesNamespaces && from != to, "a cut needs namespaces and two nodes")
+    for port in ports {
+      run(inNamespace(to, [iptables, "-A", "INPUT", "-s", address(from), "-p", "tcp", "--sport", String(port), "-j", "ACCEPT"]))
+    }
     run(inNamespace(to, [iptables, "-A", "INPUT", "-s", address(from), "-j", "DROP"]))
   }
 

@@ -24,7 +24,7 @@ final class StalledEngine: ConsensusEngine, @unchecked Sendable {
     pendingReads.withLock { $0.append(completion) }
   }
   func createPeer(_ group: GroupID, peers: [Peer], completion: @escaping ConsensusCompletion<Void>) {}
-  func deletePeer(_ group: GroupID, completion: @escaping ConsensusCompletion<Void>) {}
+  func deletePeer(_ group: GroupID, ifLogEndsBy: LogPosition?, completion: @escaping ConsensusCompletion<Void>) {}
   func addPeer(_ group: GroupID, peer: Peer, completion: @escaping ConsensusCompletion<Void>) {}
   func removePeer(_ group: GroupID, node: NodeID, completion: @escaping ConsensusCompletion<Void>) {}
   func changePeer(_ group: GroupID, peers: [Peer], completion: @escaping ConsensusCompletion<Void>) {}

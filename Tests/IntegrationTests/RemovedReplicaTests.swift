@@ -3,9 +3,10 @@ import Glibc
 import XCTest
 
 /// The replica a removed peer leaves behind, on three real `caucus serve` processes. The leader
-/// that removed the peer deletes that replica with `DELETE /v1/node/groups/{group}?ifCommitAtMost=N`
-/// (N: its commit index when the removal was applied), again in the background while the peer
-/// does not answer; a replica that committed past N was added back and is never deleted.
+/// that removed the peer deletes that replica with `DELETE /v1/node/groups/{group}` bounded by
+/// `ifLogEndsAtIndex`/`ifLogEndsAtTerm` (the end of its log once the removal applied), again in
+/// the background while the peer does not answer; a replica whose log goes further was added back
+/// and is never deleted.
 final class RemovedReplicaTests: XCTestCase {
   private var nodes: [NodeProcess] = []
   private var directories: [String] = []
@@ -32,18 +33,20 @@ final class RemovedReplicaTests: XCTestCase {
     return (reply.json["groups"] as? [[String: Any]] ?? []).contains { $0["id"] as? String == group }
   }
 
-  func testAConditionalDeleteKeepsAReplicaThatCommittedPastTheBound() throws {
+  func testAConditionalDeleteKeepsAReplicaWhoseLogGoesPastTheBound() throws {
     let client = try HTTPClient(port: nodes[2].port)
-    let kept = try client.request("DELETE", "/v1/node/groups/\(group)?ifCommitAtMost=0")
-    XCTAssertEqual(kept.status, 412, kept.text)
-    XCTAssertEqual(kept.json["error"] as? String, "precondition_failed", kept.text)
-    XCTAssertGreaterThan(kept.json["commitIndex"] as? Int ?? 0, 0, kept.text)
+    let kept = try client.request("DELETE", "/v1/node/groups/\(group)?ifLogEndsAtIndex=1&ifLogEndsAtTerm=1")
+    XCTAssertEqual(kept.status, 409, kept.text)
+    XCTAssertEqual(kept.json["error"] as? String, "peer_already_in_group", kept.text)
     XCTAssertTrue(hosts(2), "the replica is still there")
-    let bad = try client.request("DELETE", "/v1/node/groups/\(group)?ifCommitAtMost=soon")
-    XCTAssertEqual(bad.status, 400, bad.text)
-    XCTAssertEqual(bad.json["error"] as? String, "bad_request", bad.text)
+    for bad in ["ifLogEndsAtIndex=5", "ifLogEndsAtTerm=5", "ifLogEndsAtIndex=soon&ifLogEndsAtTerm=1"] {
+      let reply = try client.request("DELETE", "/v1/node/groups/\(group)?\(bad)")
+      XCTAssertEqual(reply.status, 400, "\(bad): \(reply.text)")
+      XCTAssertEqual(reply.json["error"] as? String, "bad_request", reply.text)
+    }
     XCTAssertTrue(hosts(2), "the replica is still there")
-    let deleted = try client.request("DELETE", "/v1/node/groups/\(group)?ifCommitAtMost=\(UInt64(1) << 62)")
+    // A bound past its log (a later term): deleted.
+    let deleted = try client.request("DELETE", "/v1/node/groups/\(group)?ifLogEndsAtIndex=1&ifLogEndsAtTerm=\(UInt64(1) << 40)")
     XCTAssertEqual(deleted.status, 200, deleted.text)
     XCTAssertFalse(hosts(2), "the replica is gone")
   }
