@@ -425,6 +425,9 @@ public final class WriteAheadLog {
   public func syncRecoveredRecords() throws(WALError) {
     try checkOpen()
     guard let file = currentFile else { preconditionFailure("an open log has a current segment") }
+    // A segment without records (a new log) holds nothing to make durable. (Earlier segments were
+    // fsynced when they were sealed.)
+    guard current.records > 0 else { return }
     do throws(SystemError) {
       let start = MonotonicClock.nowNanoseconds()
       try file.syncData()
