@@ -53,6 +53,10 @@ struct Torture: ParsableCommand {
   var dataDir: String?
   @Flag(help: "Keep the data directory after a run without violation.")
   var keepData = false
+  @Option(help: "The checker's bound on search states per key; past it (or past --check-memory-mb) a key is undecided, which fails the run.")
+  var checkStatesMax: Int = 20_000_000
+  @Option(help: "The checker's bound on the memory of one key's search, in MiB.")
+  var checkMemoryMb: Int = 4_096
   @Option(help: "Check a history file a failing run wrote (history.txt) again, and exit: 0 when linearizable.")
   var check: String?
   @Option(help: "The faults the nemesis takes turns with, comma-separated, from: kill, pause, partition, loss, slow, crash-point, fsync-error, disk-full (default: all this machine supports; the network's need namespaces, disk-full a tmpfs).")
@@ -71,6 +75,9 @@ struct Torture: ParsableCommand {
     guard (5...86_400).contains(duration) else { throw ValidationError("--duration must be 5 to 86400 seconds") }
     guard (1...64).contains(clients) else { throw ValidationError("--clients must be 1 to 64") }
     guard (1...64).contains(keys) else { throw ValidationError("--keys must be 1 to 64") }
+    guard checkStatesMax >= 1, (1...1 << 20).contains(checkMemoryMb) else {
+      throw ValidationError("--check-states-max must be positive and --check-memory-mb 1 to 1048576")
+    }
     guard (1...16).contains(groups), groups <= keys else { throw ValidationError("--groups must be 1 to 16 and at most --keys") }
     guard diskMb == 0 || (64...65_536).contains(diskMb) else { throw ValidationError("--disk-mb must be 0 or 64 to 65536") }
     if let subnet, !(1...253).contains(subnet) { throw ValidationError("--subnet must be 1 to 253") }
@@ -90,7 +97,7 @@ struct Torture: ParsableCommand {
 
   func run() throws {
     if let check {
-      let code = HistoryFile.check(path: check)
+      let code = HistoryFile.check(path: check, statesMax: checkStatesMax, visitedBytesMax: checkMemoryMb << 20)
       if code != 0 { throw ExitCode(code) }
       return
     }
@@ -901,14 +908,17 @@ final class TortureRun: @unchecked Sendable {
       let history = shared.history.operations(for: key)
       operations += history.count
       unknown += history.filter { $0.returned == nil }.count
-      switch LinearizabilityChecker.check(KeyValueModel.self, history) {
+      let verdict = LinearizabilityChecker.check(
+        KeyValueModel.self, history, statesMax: options.checkStatesMax, visitedBytesMax: options.checkMemoryMb << 20)
+      switch verdict {
       case .linearizable: continue
-      case .undecided:
-        say("torture: the history of \(key) is too large to decide")
+      case .undecided, .notLinearizable:
+        // Undecided is a failure too: a history with no linearization can take the whole search
+        // to refute. It goes in the file, to be checked again with larger bounds.
         linearizable = false
-      case .notLinearizable:
-        linearizable = false
-        failing.append("# key \(key): no linearization. Refused operations (no effect) are comments.")
+        let why = verdict == .undecided ? "too large to decide within the bounds" : "no linearization"
+        say("torture: the history of \(key): \(why)")
+        failing.append("# key \(key): \(why). Refused operations (no effect) are comments.")
         for (operation, refusal) in shared.history.report(for: key).sorted(by: { $0.0.call < $1.0.call }) {
           failing.append(HistoryFile.line(key: key, operation, refusal: refusal))
         }
@@ -1003,7 +1013,7 @@ enum HistoryFile {
     return (String(fields[0]), Operation(client: client, input: input, output: output, call: call, returned: returned))
   }
 
-  static func check(path: String) -> Int32 {
+  static func check(path: String, statesMax: Int, visitedBytesMax: Int) -> Int32 {
     let bytes: [UInt8]
     do { bytes = try FileSystem.readFile(path) } catch {
       print("torture: cannot read \(path): \(error)")
@@ -1021,7 +1031,8 @@ enum HistoryFile {
     }
     var linearizable = true
     for key in byKey.keys.sorted() {
-      let verdict = LinearizabilityChecker.check(KeyValueModel.self, byKey[key]!)
+      let verdict = LinearizabilityChecker.check(
+        KeyValueModel.self, byKey[key]!, statesMax: statesMax, visitedBytesMax: visitedBytesMax)
       print("torture: key \(key): \(byKey[key]!.count) operations, \(verdict)")
       if verdict != .linearizable { linearizable = false }
     }
