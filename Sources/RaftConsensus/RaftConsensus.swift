@@ -292,16 +292,27 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     state.withLock { phase = .stopped }
   }
 
+  /// Where this incarnation's forwarded-write request ids start. A leader's window of answers
+  /// (`ForwardWindow`) answers a request id it remembers with its first answer, so no two
+  /// incarnations of a node may share a base. A real node (no fixed seed) draws it from the
+  /// system's random source. It used to mix the clock into a seed that was itself the clock, read
+  /// a moment before: the two readings cancelled out, the base was nearly constant, and `caucus
+  /// torture` caught a restarted node whose new compare-and-set was answered with the result of
+  /// an old write the leader remembered under the same id. A fixed seed (the simulator) takes
+  /// its variation from the clock, which moves between incarnations there.
+  static func forwardRequestIDBase(seed: UInt64?, clockNanoseconds: UInt64) -> UInt64 {
+    let entropy = seed.map { $0 ^ clockNanoseconds } ?? UInt64.random(in: .min ... .max)
+    var requestIDs = SplitMix64(seed: entropy ^ 0x5EED_F0D0_F0D0_5EED)
+    // The high 31 bits tell incarnations apart; the low 32 count this one's requests.
+    return requestIDs.next() & 0x7FFF_FFFF_0000_0000
+  }
+
   /// Recovery: opens the log, rebuilds every group, and takes work from then on.
   private func open() throws {
     state.withLock { precondition(phase == .created, "start() is called once") }
     try options.validate()
-    seed = options.seed ?? clock.nowNanoseconds()
-    // Request ids of this incarnation start at a random base, so a leader's window of answers
-    // (`ForwardWindow`) never mistakes a new request after a restart for an old one.
-    // The clock goes in even with a fixed seed: every incarnation must draw another base.
-    var requestIDs = SplitMix64(seed: seed ^ clock.nowNanoseconds() ^ 0x5EED_F0D0_F0D0_5EED)
-    nextForwardRequestID = requestIDs.next() & 0x7FFF_FFFF_0000_0000
+    seed = options.seed ?? UInt64.random(in: .min ... .max)
+    nextForwardRequestID = Self.forwardRequestIDBase(seed: options.seed, clockNanoseconds: clock.nowNanoseconds())
     let wal: WriteAheadLog
     let restored: [GroupID: RaftGroup]
     let entries: Int
