@@ -106,8 +106,9 @@ final class TortureTests: XCTestCase {
     XCTAssertEqual(outcome.status, 0, outcome.output)
     XCTAssertTrue(outcome.output.contains("loopback (--no-namespaces was given): no partitions"), outcome.output)
     XCTAssertTrue(outcome.lastLine.hasPrefix("torture: linearizable=yes "), outcome.lastLine)
-    XCTAssertEqual(
-      Set(faultCounts(outcome.output).keys).subtracting(["kill", "pause", "crash-point", "fsync-error"]), [], outcome.output)
+    // No fault of the network's (the disks' may still happen: they need root, not namespaces).
+    XCTAssertTrue(Set(faultCounts(outcome.output).keys).isDisjoint(with: ["partition", "loss", "slow"]), outcome.output)
+    XCTAssertFalse(faultCounts(outcome.output).isEmpty, "the nemesis struck: \(outcome.output)")
   }
 
   func testThePlantedLocalReadsBugIsCaught() throws {
