@@ -241,16 +241,7 @@ public final class WriteAheadLog {
     try checkOpen()
     guard unsynced else { return }
     guard let file = currentFile else { preconditionFailure("an open log has a current segment") }
-    do throws(SystemError) {
-      let start = MonotonicClock.nowNanoseconds()
-      try file.syncData()
-      counters.recordSync(nanoseconds: MonotonicClock.nowNanoseconds() &- start)
-    } catch {
-      state = .failed(reason: "\(error)")
-      throw .io(error)
-    }
-    unsynced = false
-    syncMarkerDue = true
+    try syncCurrentSegment(file)
   }
 
   /// Calls `visit` with every record in the log, oldest first, reading one segment at a time from
@@ -428,6 +419,12 @@ public final class WriteAheadLog {
     // A segment without records (a new log) holds nothing to make durable. (Earlier segments were
     // fsynced when they were sealed.)
     guard current.records > 0 else { return }
+    try syncCurrentSegment(file)
+  }
+
+  /// Fsyncs the current segment; the next append starts with the marker that proves it. A
+  /// failure makes the log unusable: after a failed fsync the kernel may have dropped the dirty pages.
+  private func syncCurrentSegment(_ file: any FileHandle) throws(WALError) {
     do throws(SystemError) {
       let start = MonotonicClock.nowNanoseconds()
       try file.syncData()
@@ -437,8 +434,7 @@ public final class WriteAheadLog {
       throw .io(error)
     }
     unsynced = false
-    // The marker proves this sync to a later recovery; it needs records before it.
-    syncMarkerDue = current.records > 0
+    syncMarkerDue = true
   }
 
   // MARK: - Snapshots
