@@ -6,14 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-8}"
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v etcd >/dev/null || need+=(etcd-server)
-if [ "${#need[@]}" -gt 0 ]; then
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-scripts/install-deps.sh
+scripts/install-deps.sh wrk etcd-server
 swift build -c release --product caucus >/dev/null
 
 work="$(mktemp -d)"

@@ -9,14 +9,7 @@ cd "$(dirname "$0")/.."
 groups="${1:-1000}"
 idle_seconds="${2:-10}"
 write_seconds="${3:-10}"
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v bc >/dev/null || need+=(bc)
-if [ "${#need[@]}" -gt 0 ]; then
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-scripts/install-deps.sh
+scripts/install-deps.sh wrk bc
 swift build -c release --product caucus >/dev/null
 
 work="$(mktemp -d)"

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the system packages Caucus needs to build and test, only when they are missing, so
-# repeated runs stay fast. Debian/Ubuntu; needs root or sudo for the first run.
+# repeated runs stay fast. Debian/Ubuntu; needs root or sudo for the first run. Arguments name
+# more packages to install the same way (the benchmarks' wrk, bc, etcd-server).
 set -euo pipefail
 # iproute2 and iptables: the torture runs' network namespaces, partitions and packet loss.
-packages=(libcurl4-openssl-dev curl iproute2 iptables)
+packages=(libcurl4-openssl-dev curl iproute2 iptables "$@")
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -69,6 +69,17 @@ public enum StorageCondition: Sendable, Equatable {
   /// Storage failed otherwise (I/O error, corruption): the engine refuses work until restart.
   case failed(reason: String)
 
+  /// An engine's condition from what it recorded: a failure (fatal) wins over out of space.
+  public init(failure: String?, outOfSpace: String?, directory: String) {
+    if let failure {
+      self = .failed(reason: failure)
+    } else if let outOfSpace {
+      self = .outOfSpace(directory: directory, reason: outOfSpace)
+    } else {
+      self = .ok
+    }
+  }
+
   /// The name used in JSON (`GET /v1/node`) and logs.
   public var name: String {
     switch self {

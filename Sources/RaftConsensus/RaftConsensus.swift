@@ -398,11 +398,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   public var isReady: Bool { state.withLock { phase == .running && failure == nil && outOfSpace == nil } }
 
   public var storageCondition: StorageCondition {
-    state.withLock {
-      if let failure { return .failed(reason: failure) }
-      if let outOfSpace { return .outOfSpace(directory: directory, reason: outOfSpace) }
-      return .ok
-    }
+    state.withLock { StorageCondition(failure: failure, outOfSpace: outOfSpace, directory: directory) }
   }
 
   /// Must hold `state`. What refuses writes, group operations and linearizable reads, if

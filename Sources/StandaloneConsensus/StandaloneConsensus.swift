@@ -177,11 +177,7 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
   public var isReady: Bool { state.withLock { phase == .running && failure == nil && outOfSpace == nil } }
 
   public var storageCondition: StorageCondition {
-    state.withLock {
-      if let failure { return .failed(reason: failure) }
-      if let outOfSpace { return .outOfSpace(directory: directory, reason: outOfSpace) }
-      return .ok
-    }
+    state.withLock { StorageCondition(failure: failure, outOfSpace: outOfSpace, directory: directory) }
   }
 
   /// Must hold `state`. What refuses new writes and group operations, if anything does.

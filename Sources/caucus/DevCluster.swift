@@ -51,6 +51,25 @@ func runDevCluster(_ cluster: DevCluster) -> Int32 {
   return 0
 }
 
+/// How a child process ended, from a `waitpid` status (WIFEXITED, WEXITSTATUS and WTERMSIG are
+/// macros Swift does not import). Stopped children are never asked for (no WUNTRACED).
+enum ProcessEnd: Equatable {
+  case exited(Int32)
+  case killed(signal: Int32)
+
+  init(waitStatus status: Int32) {
+    let signal = status & 0x7f
+    self = signal == 0 ? .exited((status >> 8) & 0xff) : .killed(signal: signal)
+  }
+
+  var description: String {
+    switch self {
+    case .exited(let code): return "exited with status \(code)"
+    case .killed(let signal): return "killed by signal \(signal) (\(String(cString: strsignal(signal))))"
+    }
+  }
+}
+
 /// posix_spawn of `arguments[0]` with the parent's environment (plus `environment`, `NAME=value`
 /// items that come first and so win) and an empty signal mask; with `log`, standard output and
 /// error are appended to that file (created if missing), so a child's logs do not mix with the

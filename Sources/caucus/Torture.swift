@@ -294,11 +294,8 @@ final class TortureRun: @unchecked Sendable {
 
   /// How a node's process ended, in words; nil when it was a SIGKILL (ours, or a failpoint's).
   private static func unexpectedEnd(_ status: Int32) -> String? {
-    // WIFSIGNALED, WTERMSIG and WEXITSTATUS are macros Swift does not import.
-    let signal = status & 0x7f
-    if signal == SIGKILL { return nil }
-    if signal != 0 && signal != 0x7f { return "killed by signal \(signal) (\(String(cString: strsignal(signal))))" }
-    return "exited with status \((status >> 8) & 0xff)"
+    let end = ProcessEnd(waitStatus: status)
+    return end == .killed(signal: SIGKILL) ? nil : end.description
   }
 
   /// Records a node's process that ended otherwise than by SIGKILL while it should have been
@@ -364,8 +361,9 @@ final class TortureRun: @unchecked Sendable {
         usleep(20_000)
       }
       // A node asked to stop exits 0; anything else is a failure of the run.
-      if status & 0x7f == 0 && (status >> 8) & 0xff != 0 || status & 0x7f != 0 && status & 0x7f != SIGKILL {
-        say("torture: node \(index + 1) \(Self.unexpectedEnd(status) ?? "was killed") on SIGTERM (see node-\(index + 1).log)")
+      let end = ProcessEnd(waitStatus: status)
+      if end != .exited(0) && end != .killed(signal: SIGKILL) {
+        say("torture: node \(index + 1) \(end.description) on SIGTERM (see node-\(index + 1).log)")
         code = code == 0 ? 1 : code
       }
     }
@@ -787,7 +785,7 @@ final class TortureRun: @unchecked Sendable {
     var status: Int32 = 0
     guard waitpid(pid, &status, WNOHANG) == pid else { return false }
     state.withLock { $0.nodes[index].pid = 0 }
-    let exitedAsAllowed = allowedStatus.map { status & 0x7f == 0 && (status >> 8) & 0xff == $0 } ?? false
+    let exitedAsAllowed = allowedStatus.map { ProcessEnd(waitStatus: status) == .exited($0) } ?? false
     if !exitedAsAllowed { noteExit(index, status, expected: "running or killed by its failpoint") }
     return true
   }

@@ -127,8 +127,7 @@ final class TortureNetwork {
       }
       usleep(5_000)
     }
-    // WIFEXITED and WEXITSTATUS are macros Swift does not import.
-    return status & 0x7f == 0 && (status >> 8) & 0xff == 0
+    return ProcessEnd(waitStatus: status) == .exited(0)
   }
 
   private func appendToLog(_ text: String) {
