@@ -10,6 +10,12 @@ extension RaftConsensus {
   /// The host's record of running out of space (the simulator's coverage reads it).
   package var outOfSpaceStatistics: OutOfSpaceStatistics { state.withLock { metrics.outOfSpace } }
 
+  /// Groups this node quiesced as their leader, and quiesced followers it woke because their
+  /// leader's node fell silent (the simulator's coverage reads them).
+  package var quiescenceStatistics: (quiescences: UInt64, wakesLeaderLost: UInt64) {
+    state.withLock { (metrics.quiescences, metrics.wakesLeaderLost) }
+  }
+
   public func prometheusMetrics() -> String {
     let (metrics, views) = state.withLock {
       (self.metrics, groups.map { id, replica in (id, replica.lock.withLock { (replica.view, replica.appliedIndex) }) })
@@ -21,6 +27,20 @@ extension RaftConsensus {
     text += metrics.wal.prometheusText()
     text += metrics.outOfSpace.prometheusText()
     counter("caucus_raft_loop_turns_total", "Turns of the raft host loop.", metrics.loopTurns)
+    counter(
+      "caucus_raft_groups_quiesced", "Groups quiesced on this node (not ticking or heartbeating), as of the last tick.",
+      metrics.groupsQuiesced, type: "gauge")
+    counter("caucus_raft_quiescences_total", "Idle groups this node quiesced as their leader.", metrics.quiescences)
+    counter(
+      "caucus_raft_wakes_leader_lost_total",
+      "Quiesced groups woken because their leader's node fell silent (node liveness); they elect a new leader.",
+      metrics.wakesLeaderLost)
+    counter(
+      "caucus_raft_peer_nodes", "Nodes this node shares a group with (node liveness pings them every tick).",
+      metrics.peerNodes, type: "gauge")
+    counter(
+      "caucus_raft_peer_nodes_dead", "Of those, nodes not heard from within raft.nodeLivenessTimeoutTicks.",
+      metrics.peerNodesDead, type: "gauge")
     counter(
       "caucus_raft_wal_sync_turns_total", "Loop turns that appended to the write-ahead log and synced it once.",
       metrics.walSyncTurns)

@@ -45,6 +45,10 @@ extension RaftConsensus {
     var snapshotStreamsFinished: [SnapshotStreams.Key] = []
     var snapshotChunksReceived = 0
     var snapshotChunksSent = 0
+    var quiescences = 0
+    var wakesLeaderLost = 0
+    /// Groups quiesced after this turn's tick (nil: no tick).
+    var groupsQuiesced: Int?
   }
 
   /// What the loop keeps from one turn to the next. Loop only.
@@ -87,10 +91,29 @@ extension RaftConsensus {
     guard let wal = loop!.wal else { return runTurnWithoutStorage(work) }
     var turn = Turn(now: clock.nowNanoseconds())
     // 1. Time: at most one tick per turn, even after a stall (ticks measure time between turns).
+    //    Quiesced groups are not ticked; idle leaders quiesce (before their tick, so that their
+    //    last heartbeat round is not still being answered); groups whose leader's node died wake.
     if turn.now >= loop!.nextTickNanoseconds {
       turn.ticked = true
       loop!.nextTickNanoseconds = turn.now + tickNanoseconds
-      for replica in live.ordered { replica.raft.tick() }
+      ticksRun += 1
+      checkLiveness(&turn)
+      var quiesced = 0
+      for replica in live.ordered {
+        if replica.inspect({ $0.isQuiesced }) {
+          quiesced += 1
+          continue
+        }
+        if options.quiesceAfterTicks > 0, replica.inspect({ $0.role == .leader }),
+          replica.inspect({ [liveness] in $0.quiesce(unreachable: liveness.isDead) })
+        {
+          turn.quiescences += 1
+          quiesced += 1
+          continue
+        }
+        replica.raft.tick()
+      }
+      turn.groupsQuiesced = quiesced
     }
     // 2. Input: writes that waited first (in arrival order), then the inbox, then writes whose
     //    batch this turn learned was lost; then deadlines.
@@ -140,7 +163,13 @@ extension RaftConsensus {
     if turn.entriesApplied > 0 { Failpoints.applyAfterApplyBeforeAnswer.pass() }
     reportStreamedSnapshots(&turn)
     // 8. Publish views and counters, then answer every caller of the turn.
-    for replica in turn.ticked ? live.ordered : readies.map(\.0) { replica.refreshView() }
+    // A quiesced group's core does not change without a Ready: only the others' views can be stale.
+    if turn.ticked {
+      for replica in live.ordered where !replica.inspect({ $0.isQuiesced }) { replica.refreshView() }
+      for (replica, _) in readies where replica.inspect({ $0.isQuiesced }) { replica.refreshView() }
+    } else {
+      for (replica, _) in readies { replica.refreshView() }
+    }
     finishTurn(&turn, wal: wal, sent: sentEarly + sentAfter)
     for answer in turn.answers { answer() }
     // 9. Snapshots due, and the release of the log they cover.
@@ -199,6 +228,10 @@ extension RaftConsensus {
     }
     // Held heartbeat responses ride with this turn's batches; at a tick every one leaves.
     releaseHeldHeartbeatResponses(into: &plan.early, all: turn.ticked)
+    // At a tick every peer node gets a batch, empty if need be: node liveness (`NodeLiveness`).
+    if turn.ticked {
+      for node in livenessPeers.keys where plan.early[node] == nil { plan.early[node] = [] }
+    }
     // Group creations and deletions (records already in the turn) and Readies with entries, a
     // snapshot or a new term or vote need the fsync; a commit index alone does not (`mustSync`).
     let readiesSync = !turn.records.isEmpty || readies.contains { $0.1.mustSync }
@@ -310,6 +343,7 @@ extension RaftConsensus {
   func handle(_ item: InboxItem, _ turn: inout Turn, _ wal: WriteAheadLog) {
     switch item {
     case .batch(let batch):
+      liveness.heard(batch.fromNode, at: turn.now)
       for item in batch.allMessages {
         // Messages for a group this node does not (yet) host are dropped: the sender retries.
         guard let id = GroupID(packed: item.group), let replica = live[id] else { continue }
@@ -511,14 +545,16 @@ extension RaftConsensus {
       let groups = items.lazy.map(\.group) + destinationForwards.lazy.map(\.group) + destinationChunks.lazy.map(\.group)
       guard destination != 0,
         let peer = groups.lazy.compactMap({ GroupID(packed: $0).flatMap { self.live[$0] }?.peer(destination) }).first
-          ?? live.ordered.lazy.compactMap({ $0.peer(destination) }).first
+          ?? livenessPeers[destination] ?? live.ordered.lazy.compactMap({ $0.peer(destination) }).first
       else {
         keepUnsent(destinationForwards[...], to: destination, &turn)
         continue
       }
-      let packed = MessageBatch.packed(
+      var packed = MessageBatch.packed(
         fromNode: localPeer.node.rawValue, toNode: destination, messages: items, forwards: destinationForwards,
         snapshotChunks: destinationChunks)
+      // Nothing to say: an empty batch, the liveness ping.
+      if packed.isEmpty { packed = [MessageBatch(fromNode: localPeer.node.rawValue, toNode: destination, messages: [])] }
       for batch in packed {
         let carried = batch.forwards[...]
         var undelivered: (@Sendable () -> Void)?
@@ -621,6 +657,13 @@ extension RaftConsensus {
       metrics.snapshotsInstalled += UInt64(turn.snapshotsInstalled)
       metrics.snapshotChunksSent += UInt64(turn.snapshotChunksSent)
       metrics.snapshotChunksReceived += UInt64(turn.snapshotChunksReceived)
+      metrics.quiescences += UInt64(turn.quiescences)
+      metrics.wakesLeaderLost += UInt64(turn.wakesLeaderLost)
+      if let quiesced = turn.groupsQuiesced {
+        metrics.groupsQuiesced = UInt64(quiesced)
+        metrics.peerNodes = UInt64(livenessPeers.count)
+        metrics.peerNodesDead = UInt64(liveness.dead.count)
+      }
       metrics.wal = statistics
       releaseQueueSlots(of: turn)
       guard !staleReadWaiters.isEmpty else { return [] }

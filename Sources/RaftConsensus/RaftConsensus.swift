@@ -136,6 +136,15 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   var segmentsAfterForcedSnapshots = 0
   /// Snapshots streamed to followers and being assembled from leaders (finding 5 of issue 9).
   var snapshotStreams: SnapshotStreams
+  /// Which peer nodes were heard from lately: the failure detector of quiesced groups.
+  var liveness: NodeLiveness
+  /// Every node this node shares a group with, and its consensus endpoint: where the liveness
+  /// pings go. Refreshed every election timeout and whenever the number of groups changes.
+  var livenessPeers: [ReplicaID: Peer] = [:]
+  var livenessPeersRefreshedTick: UInt64 = 0
+  var livenessPeersRefreshedGroups = -1
+  /// Ticks this loop ran (`livenessPeers`' refresh schedule).
+  var ticksRun: UInt64 = 0
 
   enum Phase { case created, running, stopping, stopped }
 
@@ -181,6 +190,13 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     var snapshotsInstalled: UInt64 = 0
     var snapshotChunksSent: UInt64 = 0
     var snapshotChunksReceived: UInt64 = 0
+    /// Groups quiesced here as a leader, groups woken because their leader's node died, and the
+    /// quiesced and peer-node counts as of the last tick.
+    var quiescences: UInt64 = 0
+    var wakesLeaderLost: UInt64 = 0
+    var groupsQuiesced: UInt64 = 0
+    var peerNodes: UInt64 = 0
+    var peerNodesDead: UInt64 = 0
     var wal = WALStatistics()
     var outOfSpace = OutOfSpaceStatistics()
   }
@@ -224,6 +240,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     self.transport = transport
     self.tickNanoseconds = options.tickIntervalMs * 1_000_000
     self.snapshotStreams = SnapshotStreams(chunkBytes: options.snapshotChunkBytes)
+    self.liveness = NodeLiveness(
+      timeoutNanoseconds: UInt64(options.nodeLivenessTimeoutTicks) * options.tickIntervalMs * 1_000_000)
     var logger = logger ?? Logger(label: "caucus.raft")
     logger[metadataKey: "node"] = "\(config.localPeer.node)"
     self.logger = logger

@@ -11,6 +11,15 @@ public struct RaftConsensusOptions: Sendable {
   public var electionTicks = 10
   /// Ticks between two heartbeats of a leader.
   public var heartbeatTicks = 1
+  /// Ticks a group's leader waits without a proposal, read or transfer before it quiesces the
+  /// group (`Raft.quiesce`): its replicas stop ticking and heartbeating until something wakes
+  /// them, so idle groups cost nothing. 0: groups never quiesce.
+  public var quiesceAfterTicks = 10
+  /// Ticks without a batch from a peer node after which this node counts it dead
+  /// (`NodeLiveness`) and wakes the quiesced groups it led, which then elect a new leader. Every
+  /// node sends each peer a batch every tick, so this is the failure detection of quiesced groups
+  /// (active ones still have their election timeout).
+  public var nodeLivenessTimeoutTicks = 10
   /// Hold a heartbeat response that confirms only liveness until the next batch to its leader's
   /// node, at most until the next tick, instead of sending it at once. With leadership spread
   /// over the nodes, a node's own heartbeats to a peer then carry its responses to that peer's
@@ -44,8 +53,8 @@ public struct RaftConsensusOptions: Sendable {
   /// Linearizable reads queued or waiting for their read index, plus stale reads waiting for
   /// `minIndex`, across all groups.
   public var readWaitersMax = 4_096
-  /// Groups this node may host. Every group ticks every turn and has a heartbeat (or response)
-  /// in the batch to each peer, so this bounds a turn's work and a batch's coalesced section
+  /// Groups this node may host. Every active group ticks every turn and has a heartbeat (or
+  /// response) in the batch to each peer, so this bounds a turn's work and a batch's coalesced section
   /// (at most `WireLimits.heartbeatsPerBatchMax / 2`: a group can have a held response and a new
   /// heartbeat in one batch). Past it, creating or joining a group is refused.
   public var groupsMax = 10_000
@@ -113,6 +122,8 @@ public struct RaftConsensusOptions: Sendable {
     if let value = try number("tickIntervalMs", 1...10_000) { tickIntervalMs = value }
     if let value = try number("electionTicks", 2...1_000) { electionTicks = Int(value) }
     if let value = try number("heartbeatTicks", 1...1_000) { heartbeatTicks = Int(value) }
+    if let value = try number("quiesceAfterTicks", 0...1_000_000) { quiesceAfterTicks = Int(value) }
+    if let value = try number("nodeLivenessTimeoutTicks", 2...1_000) { nodeLivenessTimeoutTicks = Int(value) }
     if let value = try number("pendingWritesMax", 1...1_000_000) { pendingWritesMax = Int(value) }
     if let value = try number("pendingWriteBytesMax", 1 << 20...1 << 40) { pendingWriteBytesMax = Int(value) }
     if let value = try number("inboundBatchesMax", 1...1_000_000) { inboundBatchesMax = Int(value) }
@@ -155,6 +166,11 @@ public struct RaftConsensusOptions: Sendable {
         "forwardHoldTicksMax (\(forwardHoldTicksMax)) must be ≥ 1, and that many ticks of \(tickIntervalMs) ms (the "
           + "heartbeat interval) shorter than proposalTimeoutMs (\(proposalTimeoutMs))")
     }
+    guard quiesceAfterTicks >= 0 else { throw .invalidRequest("quiesceAfterTicks must be ≥ 0") }
+    guard nodeLivenessTimeoutTicks >= 2 else {
+      // Pings go every tick: one tick of silence is normal jitter, not a death.
+      throw .invalidRequest("nodeLivenessTimeoutTicks must be ≥ 2")
+    }
     guard unsyncedRecordsTicksMax >= 1 else { throw .invalidRequest("unsyncedRecordsTicksMax must be ≥ 1") }
     guard pendingWritesMax >= 1, pendingWriteBytesMax >= 1, inboundBatchesMax >= 1, readWaitersMax >= 1,
       pendingControlMax >= 1, walSegmentsSoftMax >= 2
@@ -186,6 +202,7 @@ public struct RaftConsensusOptions: Sendable {
     config.maxInflightMessages = inflightMessagesMax
     config.electionTicks = electionTicks
     config.heartbeatTicks = heartbeatTicks
+    config.quiesceAfterTicks = quiesceAfterTicks
     // A command must fit in one WAL record beside the entry's kind byte.
     config.maxCommandBytes = min(
       config.maxCommandBytes, Int(wal.recordBytesMax) - WALRecord.fixedBytes - RaftStorage.entryPayloadOverheadBytes)

@@ -47,6 +47,11 @@ public struct RaftConfig: Sendable {
   /// the appends still in flight is rejected and costs a round trip of back-off.
   public var stalledHeartbeatsBeforeProbe: Int = 4
 
+  /// Ticks a leader must go without a proposal, read or transfer before it may quiesce the group
+  /// (`Raft.quiesce`); 0: never. A short quiet period quiesces sooner (less idle work); a longer
+  /// one saves the quiesce-and-wake messages of a group written every few ticks.
+  public var quiesceAfterTicks: Int = 0
+
   /// Deliberately wrong rules, for proving that the simulator's checker catches them. Only code
   /// inside this package can set it (`package` access); it is never reachable from a host.
   package var plantedBug: PlantedBug? = nil
@@ -69,6 +74,7 @@ public struct RaftConfig: Sendable {
     }
     guard maxPendingReads >= 1 else { throw .invalid("maxPendingReads must be ≥ 1") }
     guard stalledHeartbeatsBeforeProbe >= 1 else { throw .invalid("stalledHeartbeatsBeforeProbe must be ≥ 1") }
+    guard quiesceAfterTicks >= 0 else { throw .invalid("quiesceAfterTicks must be ≥ 0, got \(quiesceAfterTicks)") }
   }
 }
 

@@ -49,6 +49,16 @@ public struct Raft: Sendable {
   var lastReadyRole: Role = .follower
   var lastReadyLeader: ReplicaID = 0
   var awaitingAdvance = false
+  /// Quiescence (CockroachDB's quiescent ranges, TiKV's hibernate regions): an idle group's
+  /// replicas stop ticking, so it sends no heartbeats and costs nothing. The leader quiesces
+  /// (`quiesce`) when nothing is in flight and tells every replica (a `quiesce` message);
+  /// a follower whose log holds the leader's last entry quiesces too. While quiesced the host
+  /// does not tick the replica, and the lease it holds is its leader's node being live (node
+  /// liveness, the host's); the host wakes it (`wake`) when that node dies. Any message that
+  /// needs an answer beyond what a quiesced replica gives, any proposal, read or transfer wakes it.
+  public private(set) var isQuiesced = false
+  /// Leader: ticks since the last proposal, read or transfer (`RaftConfig.quiesceAfterTicks`).
+  var ticksSinceActivity = 0
 
   struct PendingRead {
     var round: UInt64
@@ -157,6 +167,9 @@ public struct Raft: Sendable {
     leader = 0
     electionElapsed = 0
     heartbeatElapsed = 0
+    // A new role or term ends a quiescence (a `quiesce` of a newer leader starts another).
+    isQuiesced = false
+    ticksSinceActivity = 0
     resetRandomizedElectionTimeout()
     votes = [:]
     leadTransferee = 0
@@ -196,6 +209,7 @@ public struct Raft: Sendable {
   /// Advances logical time by one tick.
   public mutating func tick() {
     precondition(!awaitingAdvance, "tick between ready() and advance()")
+    precondition(!isQuiesced, "a quiesced replica is not ticked: wake it first")
     if role == .leader {
       tickLeader()
     } else {
@@ -219,6 +233,7 @@ public struct Raft: Sendable {
   private mutating func tickLeader() {
     heartbeatElapsed += 1
     electionElapsed += 1
+    ticksSinceActivity += 1
     if electionElapsed >= config.electionTicks {
       electionElapsed = 0
       if config.checkQuorum {
@@ -254,6 +269,7 @@ public struct Raft: Sendable {
   /// Starts an election now, as if the election timeout had fired.
   public mutating func campaign() {
     precondition(!awaitingAdvance, "campaign between ready() and advance()")
+    if isQuiesced { unquiesce() }
     campaignIfAllowed()
   }
 
@@ -307,12 +323,21 @@ public struct Raft: Sendable {
   public mutating func step(_ message: Message) {
     precondition(!awaitingAdvance, "step between ready() and advance()")
     guard message.to == id, message.from != id, message.from != 0 else { return }
+    if isQuiesced && !keepsQuiescence(message) {
+      unquiesce()
+      // Our leader campaigns: it restarted and leads no more. Quiesced, we had no election
+      // timeout of its silence to let pass, so its lease ends here.
+      if (message.kind == .vote || message.kind == .preVote) && message.from == leader && role == .follower {
+        forgetLeader()
+      }
+    }
     if message.term > term {
       if message.kind == .vote || message.kind == .preVote {
         // Thesis §4.2.3: within an election timeout of hearing from a leader, ignore votes (unless
         // the leader itself asked for this election by leader transfer), so a removed or
-        // partitioned replica cannot depose a working leader by bumping terms.
-        let inLease = leader != 0 && electionElapsed < config.electionTicks
+        // partitioned replica cannot depose a working leader by bumping terms. A quiesced
+        // replica's lease is its leader's node being live (the host wakes it otherwise).
+        let inLease = leader != 0 && (isQuiesced || electionElapsed < config.electionTicks)
         if inLease && message.context != 1 { return }
       }
       switch message.kind {
@@ -321,11 +346,11 @@ public struct Raft: Sendable {
       case .preVoteResponse where !message.reject:
         break  // Granted pre-votes carry the future term.
       default:
-        let fromLeader = [MessageKind.append, .heartbeat, .snapshot].contains(message.kind)
+        let fromLeader = [MessageKind.append, .heartbeat, .snapshot, .quiesce].contains(message.kind)
         becomeFollower(term: message.term, leader: fromLeader ? message.from : 0)
       }
     } else if message.term < term {
-      if message.kind == .append || message.kind == .heartbeat {
+      if message.kind == .append || message.kind == .heartbeat || message.kind == .quiesce {
         // Tell a stale leader about the newer term (Raft paper Figure 2: reply with currentTerm),
         // so it steps down even when the votes of this term were ignored by a lease.
         send(Message(kind: .appendResponse, from: id, to: message.from, term: term))
@@ -399,6 +424,10 @@ public struct Raft: Sendable {
       electionElapsed = 0
       leader = message.from
       handleHeartbeat(message)
+    case .quiesce:
+      electionElapsed = 0
+      leader = message.from
+      handleQuiesce(message)
     case .snapshot:
       electionElapsed = 0
       leader = message.from
@@ -425,7 +454,7 @@ public struct Raft: Sendable {
 
   private mutating func stepCandidate(_ message: Message) {
     switch message.kind {
-    case .append, .heartbeat, .snapshot:
+    case .append, .heartbeat, .snapshot, .quiesce:
       // A leader of our term exists (Raft paper §5.2).
       becomeFollower(term: message.term, leader: message.from)
       stepFollower(message)
@@ -509,6 +538,25 @@ public struct Raft: Sendable {
     // The leader sends min(match, commit), so this never commits an entry we do not share.
     log.commit(to: min(message.commit, log.lastIndex))
     send(Message(kind: .heartbeatResponse, from: id, to: message.from, term: term, context: message.context))
+  }
+
+  /// The leader quiesces: with its last entry in our log (Log Matching: our log through it is
+  /// the leader's), we take its commit index and stop ticking. Otherwise we are not caught up
+  /// (the leader thought we were): a rejection wakes it and makes it probe, as an append would.
+  private mutating func handleQuiesce(_ message: Message) {
+    guard log.matchTerm(message.index, message.logTerm), log.pendingSnapshot == nil else {
+      if isQuiesced { unquiesce() }
+      let hint = log.findConflictByTerm(min(message.index, log.lastIndex), message.logTerm)
+      send(
+        Message(
+          kind: .appendResponse, from: id, to: message.from, term: term, logTerm: log.term(at: hint) ?? 0,
+          index: message.index, reject: true, rejectHint: hint))
+      return
+    }
+    precondition(message.commit <= message.index, "a leader quiesces with its commit index within its log")
+    log.commit(to: max(log.committed, message.commit))
+    timeoutNowDeferredFrom = 0
+    isQuiesced = true
   }
 
   private mutating func handleSnapshot(_ message: Message) {
@@ -714,6 +762,8 @@ public struct Raft: Sendable {
   private mutating func proposeEntry(_ entry: Entry) throws(ProposalError) -> LogIndex {
     precondition(!awaitingAdvance, "propose between ready() and advance()")
     guard role == .leader else { throw .notLeader(leader: leader) }
+    if isQuiesced { unquiesce() }
+    ticksSinceActivity = 0
     if leadTransferee != 0 { throw .transferInProgress(to: leadTransferee) }
     guard entry.data.count <= config.maxCommandBytes else {
       throw .commandTooLarge(bytes: entry.data.count, limit: config.maxCommandBytes)
@@ -732,6 +782,8 @@ public struct Raft: Sendable {
   public mutating func readIndex(context: UInt64) throws(ProposalError) {
     precondition(!awaitingAdvance, "readIndex between ready() and advance()")
     guard role == .leader else { throw .notLeader(leader: leader) }
+    if isQuiesced { unquiesce() }
+    ticksSinceActivity = 0
     guard pendingReads.count + readsAwaitingTermCommit.count < config.maxPendingReads else {
       throw .tooManyPendingReads(limit: config.maxPendingReads)
     }
@@ -771,6 +823,8 @@ public struct Raft: Sendable {
   public mutating func transferLeadership(to target: ReplicaID) throws(ProposalError) {
     precondition(!awaitingAdvance, "transferLeadership between ready() and advance()")
     guard role == .leader else { throw .notLeader(leader: leader) }
+    if isQuiesced { unquiesce() }
+    ticksSinceActivity = 0
     guard target != id, membership.isVoter(target), progress[target] != nil else {
       throw .configChangeInvalid("transfer target \(target) is not another voter")
     }
@@ -796,6 +850,93 @@ public struct Raft: Sendable {
     }
     guard let target = best?.replica else { return }
     try? transferLeadership(to: target)
+  }
+
+  // MARK: - Quiescence
+
+  /// Leader: quiesces the group if it may — `quiesceAfterTicks` passed without a proposal, read
+  /// or transfer; everything is committed, applied and durable here; no transfer, read round or
+  /// configuration change is under way; and every replica not `unreachable` (the host's node
+  /// liveness) holds the whole log, while a quorum of voters is reachable (otherwise the leader
+  /// keeps ticking, so that CheckQuorum can depose it). Sends every replica a `quiesce` message
+  /// and says whether it quiesced.
+  public mutating func quiesce(unreachable: (ReplicaID) -> Bool) -> Bool {
+    precondition(!awaitingAdvance, "quiesce between ready() and advance()")
+    guard config.quiesceAfterTicks > 0, !isQuiesced, role == .leader, ticksSinceActivity >= config.quiesceAfterTicks,
+      leadTransferee == 0, pendingReads.isEmpty, readsAwaitingTermCommit.isEmpty, readStates.isEmpty,
+      outbox.isEmpty, hardState == lastReadyHardState, log.pendingSnapshot == nil,
+      log.stableIndex >= log.lastIndex, log.committed == log.lastIndex, log.applied == log.committed,
+      membership.isVoter(id), !membership.isJoint, pendingConfigIndex <= log.applied
+    else { return false }
+    let others = membership.allReplicas.filter { $0 != id }
+    for replica in others where !unreachable(replica) {
+      guard let entry = progress[replica], entry.match == log.lastIndex, entry.state != .snapshot else { return false }
+    }
+    guard Quorum(membership).isActive({ $0 == id || !unreachable($0) }) else { return false }
+    for replica in others {
+      send(
+        Message(
+          kind: .quiesce, from: id, to: replica, term: term, logTerm: log.lastTerm, index: log.lastIndex,
+          commit: log.committed))
+    }
+    isQuiesced = true
+    return true
+  }
+
+  /// The host wakes a quiesced replica: with `leaderLost`, a follower whose leader's node is no
+  /// longer live forgets that leader and campaigns within one more election timeout (the node's
+  /// silence already lasted about one).
+  public mutating func wake(leaderLost: Bool) {
+    precondition(!awaitingAdvance, "wake between ready() and advance()")
+    guard isQuiesced else { return }
+    unquiesce()
+    if leaderLost && role == .follower { forgetLeader() }
+  }
+
+  /// A follower's leader is gone: no lease holds any more, and we campaign within one more
+  /// election timeout (the silence that told us already lasted about one).
+  private mutating func forgetLeader() {
+    precondition(role == .follower, "only a follower forgets its leader")
+    leader = 0
+    electionElapsed = config.electionTicks
+  }
+
+  /// Ticks resume. A leader gets a fresh CheckQuorum window (its followers answer only once its
+  /// heartbeats resume) and heartbeats at its next tick; a follower a fresh election timeout.
+  private mutating func unquiesce() {
+    precondition(isQuiesced, "only a quiesced replica wakes")
+    isQuiesced = false
+    electionElapsed = 0
+    ticksSinceActivity = 0
+    if role == .leader {
+      heartbeatElapsed = config.heartbeatTicks - 1
+      for replica in Array(progress.keys) where replica != id { progress[replica]!.recentActive = true }
+    }
+  }
+
+  /// Whether a quiesced replica takes `message` without waking: what trails a quiescence (the
+  /// heartbeat responses and acknowledgements of the last round before it, a heartbeat of its
+  /// leader's) and votes its lease ignores. A vote reaching a quiesced *leader* wakes it: the
+  /// candidate is one of its replicas that lost track of it (a lost `quiesce`, a restart), and
+  /// only heartbeats bring it back.
+  private func keepsQuiescence(_ message: Message) -> Bool {
+    switch message.kind {
+    case .quiesce:
+      return true
+    case .vote, .preVote:
+      return message.term < term
+        || (message.term > term && message.context != 1 && leader != 0 && role != .leader && message.from != leader)
+    case .heartbeatResponse:
+      return role == .leader && message.term == term && message.context == 0
+        && progress[message.from]?.match == log.lastIndex
+    case .appendResponse:
+      return role == .leader && message.term == term && !message.reject
+        && (progress[message.from].map { message.index <= $0.match } ?? false)
+    case .heartbeat:
+      return role == .follower && message.term == term && message.from == leader && message.context == 0
+    default:
+      return message.term < term
+    }
   }
 
   // MARK: - Snapshots

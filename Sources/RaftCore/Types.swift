@@ -101,12 +101,15 @@ public enum MessageKind: UInt8, Sendable, CaseIterable {
   case preVoteResponse = 8
   case snapshot = 9
   case timeoutNow = 10
+  /// Leader → every replica of an idle group: nothing is in flight, stop ticking (`Raft.quiesce`).
+  /// `index`/`logTerm`: the leader's last entry; `commit`: its commit index.
+  case quiesce = 11
 
   /// Messages a leader may send before its own Ready is durable (thesis §10.2.1: the leader may
   /// write its log in parallel with replicating it, since it only counts itself once durable).
   public var maySendBeforePersist: Bool {
     switch self {
-    case .append, .heartbeat, .snapshot, .timeoutNow: return true
+    case .append, .heartbeat, .snapshot, .timeoutNow, .quiesce: return true
     default: return false
     }
   }

@@ -2,7 +2,7 @@
 // little-endian integers, length-prefixed, and every decode bounds-checked: hostile bytes are an
 // error, never a crash and never an unbounded allocation.
 //
-// batch    := magic "CAUB" · version u8 (=3) · fromNode u64 · toNode u64 · count u32 · item* ·
+// batch    := magic "CAUB" · version u8 (=4) · fromNode u64 · toNode u64 · count u32 · item* ·
 //             heartbeatCount u32 · heartbeat* · forwardCount u32 · forward* · chunkCount u32 · chunk*
 // item     := group u64 · length u32 · message (exactly `length` bytes)
 // heartbeat:= group u64 · kind u8 (3 heartbeat | 4 heartbeatResponse) · term u64 · commit u64 ·
@@ -28,6 +28,7 @@
 // batch it sends anyway (etcd's MsgProp), instead of relaying the whole HTTP request. Version 3
 // added the snapshot chunks (after the forwards): a snapshot larger than the sender's inline
 // limit travels as chunks over several batches instead of one message no receiver accepts.
+// Version 4 added the message kind `quiesce` (11), which a version 3 decoder refuses.
 
 /// Upper bounds the decoder enforces; each bounds what a single hostile input can make us do.
 public enum WireLimits {
@@ -291,8 +292,8 @@ public struct MessageBatch: Equatable, Sendable {
 
 public enum WireCodec {
   /// The batch format's version: 2 added the coalesced heartbeats and the forwards, 3 the
-  /// snapshot chunks. Nodes of one cluster run one version.
-  public static let version: UInt8 = 3
+  /// snapshot chunks, 4 the `quiesce` message kind. Nodes of one cluster run one version.
+  public static let version: UInt8 = 4
   /// The format version of an encoded `ConfigChange`: these live in log entries, in the WAL and in
   /// snapshots, so they keep their own version, apart from the batch's, and every earlier version
   /// still decodes. Version 2 added the context.

@@ -65,6 +65,10 @@ public final class ClusterSimulator: @unchecked Sendable {
     var inflightMessagesMax: Int
     var preVote: Bool
     var checkQuorum: Bool
+    /// The host's quiet period before an idle group quiesces (0: never), and clients that
+    /// issue a twentieth of `clientOperationPpm`, so groups go idle (and quiesce) between writes.
+    var quiesceAfterTicks: Int
+    var quietClients: Bool
 
     var description: String {
       "drop=\(dropPpm)ppm duplicate=\(duplicatePpm)ppm delayMax=\(delayMillisecondsMax)ms crash=\(crashPpm)ppm "
@@ -73,7 +77,8 @@ public final class ClusterSimulator: @unchecked Sendable {
         + "client=\(clientOperationPpm)ppm membership=\(membershipPpm)ppm transfer=\(transferPpm)ppm "
         + "snapshot=\(snapshotPpm)ppm/\(snapshotEntriesThreshold) inline=\(snapshotInlineBytesMax) "
         + "padding=\(valuePaddingBytes) fsyncEIO=\(fsyncFailurePpm)ppm diskFull=\(diskFullPpm)ppm msgBytes=\(entriesBytesPerMessageMax) "
-        + "inflight=\(inflightMessagesMax) preVote=\(preVote) checkQuorum=\(checkQuorum)"
+        + "inflight=\(inflightMessagesMax) preVote=\(preVote) checkQuorum=\(checkQuorum) "
+        + "quiesceAfter=\(quiesceAfterTicks) quietClients=\(quietClients)"
     }
   }
 
@@ -160,6 +165,9 @@ public final class ClusterSimulator: @unchecked Sendable {
     try options.validate()
     self.options = options
     var random = SplitMix64(seed: options.seed &* 0x2545_F491_4F6C_DD1D &+ 7)
+    // Parameters added later draw from their own stream, so every earlier one keeps its value
+    // for a given seed.
+    var later = SplitMix64(seed: options.seed &* 0x9E37_79B9_7F4A_7C15 &+ 11)
     parameters = Parameters(
       dropPpm: random.pick([0, 20_000, 100_000, 250_000]),
       duplicatePpm: random.pick([0, 20_000, 60_000]),
@@ -184,7 +192,9 @@ public final class ClusterSimulator: @unchecked Sendable {
       entriesBytesPerMessageMax: random.pick([1, 1, 64, 1 << 20]),
       inflightMessagesMax: random.pick([1, 4, 256]),
       preVote: random.below(4) != 0,
-      checkQuorum: random.below(4) != 0)
+      checkQuorum: random.below(4) != 0,
+      quiesceAfterTicks: later.pick([0, 2, 10, 30]),
+      quietClients: later.below(3) == 0)
     self.random = random
     traceLog = TraceLog(ring: TraceRing(capacity: options.traceLinesMax))
     clients = Array(repeating: Client(), count: Self.clientsMax)
@@ -322,6 +332,7 @@ public final class ClusterSimulator: @unchecked Sendable {
     engineOptions.inflightMessagesMax = parameters.inflightMessagesMax
     engineOptions.preVote = parameters.preVote
     engineOptions.checkQuorum = parameters.checkQuorum
+    engineOptions.quiesceAfterTicks = parameters.quiesceAfterTicks
     engineOptions.snapshotChunkBytes = WireLimits.snapshotChunkBytesMin
     // A full disk is probed every 5 ticks, for the smallest room: a disk filled to a little more
     // than it held often has that much, so nodes reopen, fill up and reopen again.
@@ -382,6 +393,10 @@ public final class ClusterSimulator: @unchecked Sendable {
     if let statistics = node.engine?.outOfSpaceStatistics {
       coverage.outOfSpaceStops += Int(statistics.failures)
       coverage.outOfSpaceRecoveries += Int(statistics.recoveries)
+    }
+    if let statistics = node.engine?.quiescenceStatistics {
+      coverage.quiescences += Int(statistics.quiescences)
+      coverage.wakesLeaderLost += Int(statistics.wakesLeaderLost)
     }
     guard let observer = node.observer else { return }
     coverage.snapshotsInstalled += observer.snapshotsInstalled
@@ -504,7 +519,8 @@ public final class ClusterSimulator: @unchecked Sendable {
         trace.append(.note(time: now, text: "n\(node.peer.node) disk has space again"))
       }
     }
-    for client in 0..<clients.count where !clients[client].busy && random.chance(ppm: parameters.clientOperationPpm) {
+    let clientPpm = parameters.quietClients ? parameters.clientOperationPpm / 20 : parameters.clientOperationPpm
+    for client in 0..<clients.count where !clients[client].busy && random.chance(ppm: clientPpm) {
       issue(client: client)
     }
     if random.chance(ppm: parameters.membershipPpm) { changeMembership() }

@@ -89,6 +89,10 @@ public struct Coverage: Sendable, Equatable {
   /// bound (neither proven nor refuted).
   public var clientOperations = 0
   public var historiesUndecided = 0
+  /// Groups quiesced by their leader, and quiesced followers woken because their leader's node
+  /// fell silent (node liveness).
+  public var quiescences = 0
+  public var wakesLeaderLost = 0
 
   public init() {}
 
@@ -106,6 +110,8 @@ public struct Coverage: Sendable, Equatable {
     unsyncedHardStates += other.unsyncedHardStates
     clientOperations += other.clientOperations
     historiesUndecided += other.historiesUndecided
+    quiescences += other.quiescences
+    wakesLeaderLost += other.wakesLeaderLost
   }
 
   var line: String {
@@ -113,7 +119,7 @@ public struct Coverage: Sendable, Equatable {
       + "outOfSpaceRecovered=\(outOfSpaceRecoveries) partitions=\(partitions) snapshots=\(snapshotsInstalled) "
       + "chunks=\(snapshotChunksSent) membership=\(membershipChanges) transfers=\(transfersStarted) "
       + "reads=\(readsServed) unsyncedHardStates=\(unsyncedHardStates) clientOps=\(clientOperations) "
-      + "undecided=\(historiesUndecided)"
+      + "undecided=\(historiesUndecided) quiescences=\(quiescences) wakesLeaderLost=\(wakesLeaderLost)"
   }
 }
 

@@ -117,6 +117,8 @@ enum TraceEvent {
         text += " commit=\(message.commit) context=\(message.context)"
       case .snapshot:
         text += " snapshot=\(message.snapshot?.index ?? 0)/\(message.snapshot?.term ?? 0)"
+      case .quiesce:
+        text += " last=\(message.index)/\(message.logTerm) commit=\(message.commit)"
       case .timeoutNow:
         break
       }

@@ -322,7 +322,11 @@ final class RaftConsensusTests: XCTestCase {
   /// next heartbeats to the other node: one batch per direction per interval instead of two.
   func testHeldHeartbeatResponsesRideWithTheNodesOwnHeartbeats() throws {
     func batchesPerHeartbeat(holding: Bool) throws -> Double {
-      let cluster = try TestCluster(nodes: 2) { $0.holdHeartbeatResponses = holding }
+      // Active groups' heartbeats: idle ones would quiesce and send none.
+      let cluster = try TestCluster(nodes: 2) {
+        $0.holdHeartbeatResponses = holding
+        $0.quiesceAfterTicks = 0
+      }
       let groups = (1...10).map { GroupID(.dataRegion, UInt32($0)) }
       for group in groups { try cluster.createGroup(group) }
       for (position, group) in groups.enumerated() {
@@ -354,10 +358,11 @@ final class RaftConsensusTests: XCTestCase {
     XCTAssertGreaterThan(eager, 0.15, "sent at once: \(eager) batches per heartbeat")
   }
 
-  /// Idle groups' heartbeats (and their responses) between two nodes travel as one coalesced
+  /// Active groups' heartbeats (and their responses) between two nodes travel as one coalesced
   /// section per batch, not one message per group.
   func testHeartbeatsOfEveryGroupTravelCoalescedPerNodePair() throws {
-    let cluster = try TestCluster(nodes: 3)
+    // Groups that do not quiesce: quiesced ones send no heartbeats at all (`QuiescenceHostTests`).
+    let cluster = try TestCluster(nodes: 3) { $0.quiesceAfterTicks = 0 }
     let groups = (1...10).map { GroupID(.dataRegion, UInt32($0)) }
     for group in groups { try cluster.createGroup(group) }
     for group in groups { XCTAssertNotNil(cluster.waitForLeader(group)) }

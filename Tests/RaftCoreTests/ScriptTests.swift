@@ -32,6 +32,8 @@ struct ScriptRunner {
       if message.context != 0 { text += " context=\(message.context)" }
     case .snapshot:
       text += " snapshot=\(message.snapshot!.index)/\(message.snapshot!.term)"
+    case .quiesce:
+      text += " last=\(message.index)/\(message.logTerm) commit=\(message.commit)"
     case .timeoutNow:
       break
     }

@@ -70,9 +70,10 @@ struct TestCluster {
     stabilize()
   }
 
+  /// Ticks every replica (or `only` those) that is not quiesced, as a host does, then delivers.
   mutating func tick(_ count: Int = 1, only: [ReplicaID]? = nil) {
     for _ in 0..<count {
-      for id in (only ?? replicas.keys.sorted()) { replicas[id]!.tick() }
+      for id in (only ?? replicas.keys.sorted()) where !replicas[id]!.isQuiesced { replicas[id]!.tick() }
       stabilize()
     }
   }

@@ -57,7 +57,7 @@ final class WireCodecTests: XCTestCase {
   func testFixedWidthLittleEndianLayout() {
     let bytes = WireCodec.encode(MessageBatch(fromNode: 0x0102, toNode: 3, messages: []))
     XCTAssertEqual(Array(bytes[0..<4]), Array("CAUB".utf8), "magic")
-    XCTAssertEqual(bytes[4], 3, "version")
+    XCTAssertEqual(bytes[4], 4, "version")
     XCTAssertEqual(Array(bytes[5..<13]), [0x02, 0x01, 0, 0, 0, 0, 0, 0], "from node, little-endian u64")
     XCTAssertEqual(Array(bytes[21..<25]), [0, 0, 0, 0], "message count, u32")
     XCTAssertEqual(Array(bytes[25..<29]), [0, 0, 0, 0], "heartbeat count, u32")
@@ -162,7 +162,7 @@ final class WireCodecTests: XCTestCase {
     var bytes = WireCodec.encode(Self.sampleBatch())
     bytes[0] = 0x58
     XCTAssertThrowsError(try WireCodec.decodeBatch(bytes)) { XCTAssertEqual($0 as? WireError, .badMagic) }
-    for other: UInt8 in [1, 2, 4] {
+    for other: UInt8 in [1, 2, 3, 5] {
       bytes = WireCodec.encode(Self.sampleBatch())
       bytes[4] = other
       XCTAssertThrowsError(try WireCodec.decodeBatch(bytes)) { XCTAssertEqual($0 as? WireError, .unsupportedVersion(other)) }

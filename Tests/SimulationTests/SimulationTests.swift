@@ -88,6 +88,8 @@ final class SimulationTests: XCTestCase {
       (332, 3, "a restatement rolled into a new segment and the release took its first part"),
       (1803, 3, "a node was added to a group after its joinPeer failed (simulator's client)"),
       (1230, 5, "the same on five nodes"),
+      (1, 3, "a quiesced group's leader restarted within the liveness timeout; its followers refused its campaign"),
+      (279, 3, "the same, with a group whose votes went round for ever"),
     ]
     for (seed, nodes, what) in pinned {
       var options = SimulationOptions(seed: seed)
