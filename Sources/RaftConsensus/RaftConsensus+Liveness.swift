@@ -10,8 +10,12 @@ extension RaftConsensus {
   /// elect another), and leaders with a replica on a node that came back (their heartbeats bring
   /// it up to date, or tell a restarted replica who leads before it campaigns).
   func checkLiveness(_ turn: inout Turn) {
-    let refreshTicks = UInt64(max(1, options.electionTicks))
-    if live.count != livenessPeersRefreshedGroups || ticksRun >= livenessPeersRefreshedTick + refreshTicks {
+    let sinceRefresh = ticksRun - livenessPeersRefreshedTick
+    // A stale set waits an election timeout: a node that shares no group yet keeps sending (a
+    // removed replica's) must not cost a pass over every group each tick.
+    if live.count != livenessPeersRefreshedGroups || sinceRefresh >= Self.livenessPeersRefreshTicks
+      || (livenessPeersStale && sinceRefresh >= UInt64(options.electionTicks))
+    {
       refreshLivenessPeers()
     }
     let (died, revived) = liveness.update(peers: Set(livenessPeers.keys), now: turn.now)
@@ -25,12 +29,19 @@ extension RaftConsensus {
       let (role, leader, members) = replica.inspect { ($0.role, $0.leader, $0.membership.allReplicas) }
       if role == .follower && diedSet.contains(leader) {
         replica.raft.wake(leaderLost: true)
+        live.mark(replica)
         turn.wakesLeaderLost += 1
       } else if role == .leader && members.contains(where: revivedSet.contains) {
         replica.raft.wake(leaderLost: false)
+        live.mark(replica)
       }
     }
   }
+
+  /// How often the peer nodes are recomputed anyway (a pass over every group). Sooner when the
+  /// number of groups changes or a node not among them sends a batch (a membership change made it
+  /// a peer).
+  static let livenessPeersRefreshTicks: UInt64 = 100
 
   /// Every node some group shares with this one, with its endpoint (any group that has the node
   /// as a peer knows it). Endpoints already known are kept: a node's endpoint is fixed.
@@ -50,6 +61,7 @@ extension RaftConsensus {
       }
     }
     livenessPeers = peers
+    livenessPeersStale = false
     livenessPeersRefreshedTick = ticksRun
     livenessPeersRefreshedGroups = live.count
   }

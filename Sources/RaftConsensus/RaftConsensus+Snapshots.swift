@@ -15,14 +15,15 @@ extension RaftConsensus {
   /// group would otherwise pin every segment since its last snapshot. Such a forced round runs
   /// again only after the count grew by another quarter of the limit, so a group that cannot
   /// compact (nothing applied) costs a bounded amount of work. Throws only when the WAL failed.
-  func snapshotDueGroups(_ wal: WriteAheadLog, releasing received: Int) throws {
+  func snapshotDueGroups(_ visited: [RaftGroup], _ wal: WriteAheadLog, releasing received: Int) throws {
     var written = received
     var answers: [@Sendable () -> Void] = []
     let segments = wal.statistics.segments
     let forced =
       segments > options.walSegmentsSoftMax
       && segments >= segmentsAfterForcedSnapshots + max(1, options.walSegmentsSoftMax / 4)
-    for replica in live.ordered {
+    // A group the turn did not visit applied nothing and was asked for no snapshot.
+    for replica in forced ? live.ordered : visited {
       // `firstIndex - 1` is the snapshot's index; reading the snapshot itself would copy it.
       let (applied, snapshotIndex) = replica.inspect { ($0.applied, $0.firstIndex - 1) }
       let since = applied - snapshotIndex

@@ -98,32 +98,30 @@ extension RaftConsensus {
       loop!.nextTickNanoseconds = turn.now + tickNanoseconds
       ticksRun += 1
       checkLiveness(&turn)
-      var quiesced = 0
-      for replica in live.ordered {
-        if replica.inspect({ $0.isQuiesced }) {
-          quiesced += 1
-          continue
-        }
+      var ticked = 0
+      for replica in live.awake where !replica.inspect({ $0.isQuiesced }) {
         if options.quiesceAfterTicks > 0, replica.inspect({ $0.role == .leader }),
           replica.inspect({ [liveness] in $0.quiesce(unreachable: liveness.isDead) })
         {
           turn.quiescences += 1
-          quiesced += 1
           continue
         }
         replica.raft.tick()
+        ticked += 1
       }
-      turn.groupsQuiesced = quiesced
+      turn.groupsQuiesced = live.count - ticked
     }
     // 2. Input: writes that waited first (in arrival order), then the inbox, then writes whose
     //    batch this turn learned was lost; then deadlines.
     resendUnsentForwards(&turn)
     for item in work.items { handle(item, &turn, wal) }
     resendUnsentForwards(&turn)
-    if turn.ticked { expireDeadlines(now: turn.now, &turn) }
-    // 3. Every group's Ready, in group order.
+    // The groups this turn concerns: the awake ones and those the input reached.
+    let visited = live.takeTurnGroups()
+    if turn.ticked { expireDeadlines(visited, now: turn.now, &turn) }
+    // 3. Every Ready, in group order.
     var readies: [(RaftGroup, Ready)] = []
-    for replica in live.ordered where replica.inspect({ $0.hasReady }) { readies.append((replica, replica.raft.ready())) }
+    for replica in visited where replica.inspect({ $0.hasReady }) { readies.append((replica, replica.raft.ready())) }
     // 4. Send what may leave before the fsync: a leader's appends and heartbeats (followers
     //    persist while the leader does), streamed snapshot chunks, and our forwarded writes
     //    unless they ride after the fsync.
@@ -165,7 +163,7 @@ extension RaftConsensus {
     // 8. Publish views and counters, then answer every caller of the turn.
     // A quiesced group's core does not change without a Ready: only the others' views can be stale.
     if turn.ticked {
-      for replica in live.ordered where !replica.inspect({ $0.isQuiesced }) { replica.refreshView() }
+      for replica in visited where !replica.inspect({ $0.isQuiesced }) { replica.refreshView() }
       for (replica, _) in readies where replica.inspect({ $0.isQuiesced }) { replica.refreshView() }
     } else {
       for (replica, _) in readies { replica.refreshView() }
@@ -174,7 +172,7 @@ extension RaftConsensus {
     for answer in turn.answers { answer() }
     // 9. Snapshots due, and the release of the log they cover.
     do {
-      try snapshotDueGroups(wal, releasing: turn.snapshotsWritten)
+      try snapshotDueGroups(visited, wal, releasing: turn.snapshotsWritten)
     } catch let error as WALError where error.isOutOfSpace {
       var failed = Turn(now: turn.now)
       enterOutOfSpace("restating records before releasing log segments failed", error, &failed, wal)
@@ -184,7 +182,9 @@ extension RaftConsensus {
       failStorage("releasing log segments failed: \(error)", &failed)
       return false
     }
-    loop!.moreReady = live.ordered.contains { $0.inspect { $0.hasReady } }
+    loop!.moreReady = visited.contains { $0.inspect { $0.hasReady } }
+    // Awake for the next turn: what still ticks, waits, or has more to apply.
+    live.keepAwake(visited.filter { replica in replica.inspect { !$0.isQuiesced || $0.hasReady } || !replica.pending.isEmpty })
     return true
   }
 
@@ -344,6 +344,7 @@ extension RaftConsensus {
     switch item {
     case .batch(let batch):
       liveness.heard(batch.fromNode, at: turn.now)
+      if livenessPeers[batch.fromNode] == nil { livenessPeersStale = true }
       for item in batch.allMessages {
         // Messages for a group this node does not (yet) host are dropped: the sender retries.
         guard let id = GroupID(packed: item.group), let replica = live[id] else { continue }

@@ -292,8 +292,8 @@ extension RaftConsensus {
     }
   }
 
-  func expireDeadlines(now: UInt64, _ turn: inout Turn) {
-    for replica in live.ordered {
+  func expireDeadlines(_ groups: [RaftGroup], now: UInt64, _ turn: inout Turn) {
+    for replica in groups {
       if !replica.pending.isEmpty { deliver(replica.pending.expire(now: now), &turn) }
       if !replica.pending.transfers.isEmpty { settleTransfers(replica, now: now, &turn) }
       // Also how a learner's catch-up is noticed: its acknowledgements need not make a Ready.

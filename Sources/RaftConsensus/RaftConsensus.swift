@@ -143,6 +143,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   var livenessPeers: [ReplicaID: Peer] = [:]
   var livenessPeersRefreshedTick: UInt64 = 0
   var livenessPeersRefreshedGroups = -1
+  /// A node not among `livenessPeers` sent a batch: refresh them at the next tick.
+  var livenessPeersStale = false
   /// Ticks this loop ran (`livenessPeers`' refresh schedule).
   var ticksRun: UInt64 = 0
 

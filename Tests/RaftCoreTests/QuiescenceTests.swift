@@ -147,7 +147,7 @@ final class QuiescenceTests: XCTestCase {
   /// A leader that restarted comes back a follower and campaigns; its quiesced followers had no
   /// election timeout of its silence to let pass, and must not hold its old lease against it.
   func testQuiescedFollowersGrantTheirOwnLeaderAPreVote() {
-    var cluster = quiesced()
+    let cluster = quiesced()
     let (term, lastIndex, lastTerm) = (cluster[1].term, cluster[1].lastIndex, cluster[1].lastTerm)
     var follower = cluster[2]
     follower.step(Message(kind: .preVote, from: 1, to: 2, term: term + 1, logTerm: lastTerm, index: lastIndex))
