@@ -27,6 +27,11 @@ public struct GatewayConfiguration: Sendable {
   public var additionalMetrics: (@Sendable () -> String)?
   /// How long a request for a group with no leader waits for an election before `503 no_leader`.
   public var noLeaderWaitMs: UInt32 = 2_000
+  /// `/metrics` writes per-group series for at most this many groups, the first in id order (0:
+  /// none); per-node aggregates cover every group. A node may host ten thousand groups, about four
+  /// series each: a scrape must not grow with them.
+  public var metricsGroupsMax = GatewayConfiguration.metricsGroupsMaxDefault
+  public static let metricsGroupsMaxDefault = 100
   /// A deliberately wrong rule, for proving `caucus torture` catches it: linearizable and lease
   /// reads are served from this node's replica as it is (stale reads). Package access: only the
   /// `caucus` executable sets it, and only when `caucus torture --plant-bug local-reads` asks.
@@ -214,7 +219,8 @@ public final class Gateway: HTTPHandler {
       guard parts.count == 1 else { throw .notFound }
       try allow("GET", "HEAD")
       let text =
-        metrics.prometheusText() + engine.prometheusMetrics() + (configuration.additionalMetrics?() ?? "")
+        metrics.prometheusText() + engine.prometheusMetrics(groupSeriesMax: configuration.metricsGroupsMax)
+        + (configuration.additionalMetrics?() ?? "")
         + processMetrics()
       exchange.respond(
         HTTPResponse(

@@ -70,6 +70,10 @@ struct Serve: ParsableCommand {
     name: .long,
     help: "While the data directory is full, how often the node checks for space and reopens its storage (writes answer 507 meanwhile). (default: 1000)")
   var outOfSpaceRetryMs: UInt32?
+  @Option(
+    name: .long,
+    help: "/metrics writes per-group series (caucus_group_*) for at most this many groups, the first in id order; 0: none. Per-node aggregates cover every group. (default: 100)")
+  var metricsGroupsMax: Int?
   @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical. (default: info)")
   var logLevel: String?
 

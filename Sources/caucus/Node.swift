@@ -136,6 +136,7 @@ func runNode(_ settings: NodeSettings) -> Int32 {
     clientURL: settings.clientURL, dataDirectory: settings.dataDirectory, version: caucusVersion,
     valueBytesMax: settings.valueBytesMax, requestTimeoutMs: settings.requestTimeoutMs,
     forwarder: forwarder, members: cluster?.members ?? [], directory: directory)
+  gatewayConfiguration.metricsGroupsMax = settings.metricsGroupsMax
   if let cluster {
     gatewayConfiguration.additionalMetrics = { [transport = cluster.transport, client = cluster.client] in
       transport.prometheusMetrics() + client.prometheusMetrics()
