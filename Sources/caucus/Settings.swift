@@ -27,6 +27,10 @@ struct NodeSettings {
   var outOfSpaceRetryMs: UInt32 = 1_000
   /// `/metrics` writes per-group series for at most this many groups (0: none).
   var metricsGroupsMax = GatewayConfiguration.metricsGroupsMaxDefault
+  /// Leader transfers one balance makes at most (`POST /v1/cluster/rebalance`, `?max=` up to it).
+  var leaderBalanceTransfersMax = LeaderBalanceOptions().transfersMax
+  /// How often the lowest-id node that answers balances leadership by itself (0: never).
+  var leaderBalanceIntervalMs = LeaderBalanceOptions().intervalMs
   var logLevel = Logger.Level.info
   /// Protocol options from the properties file (`<protocol>.<name>=value`), by protocol.
   var protocolOptions: [String: [String: String]] = [:]
@@ -90,6 +94,8 @@ struct NodeSettings {
     if let value = flags.requestTimeoutMs { settings.requestTimeoutMs = value }
     if let value = flags.outOfSpaceRetryMs { settings.outOfSpaceRetryMs = value }
     if let value = flags.metricsGroupsMax { settings.metricsGroupsMax = value }
+    if let value = flags.leaderBalanceTransfersMax { settings.leaderBalanceTransfersMax = value }
+    if let value = flags.leaderBalanceIntervalMs { settings.leaderBalanceIntervalMs = value }
     if let value = flags.logLevel {
       guard let level = Logger.Level(rawValue: value) else {
         throw SettingsError(description: "--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -125,6 +131,13 @@ struct NodeSettings {
     }
     guard (0...NodeSettings.metricsGroupsMaxLimit).contains(metricsGroupsMax) else {
       throw SettingsError(description: "--metrics-groups-max must be 0...\(NodeSettings.metricsGroupsMaxLimit)")
+    }
+    guard (1...LeaderBalanceOptions.transfersMaxLimit).contains(leaderBalanceTransfersMax) else {
+      throw SettingsError(description: "--leader-balance-transfers-max must be 1...\(LeaderBalanceOptions.transfersMaxLimit)")
+    }
+    guard leaderBalanceIntervalMs == 0 || (LeaderBalanceOptions.intervalMsMin...86_400_000).contains(leaderBalanceIntervalMs) else {
+      throw SettingsError(
+        description: "--leader-balance-interval-ms must be 0 (off) or \(LeaderBalanceOptions.intervalMsMin)...86400000")
     }
     guard heartbeatIntervalMs > 0, electionTimeoutMs >= 2 * heartbeatIntervalMs else {
       throw SettingsError(description: "the election timeout must be at least twice the heartbeat interval, both positive")
@@ -181,6 +194,8 @@ struct NodeSettings {
     case "request_timeout_ms": requestTimeoutMs = try number(UInt32.self)
     case "out_of_space_retry_ms": outOfSpaceRetryMs = try number(UInt32.self)
     case "metrics_groups_max": metricsGroupsMax = try number(Int.self)
+    case "leader_balance_transfers_max": leaderBalanceTransfersMax = try number(Int.self)
+    case "leader_balance_interval_ms": leaderBalanceIntervalMs = try number(UInt32.self)
     case "log_level":
       guard let level = Logger.Level(rawValue: value) else { throw SettingsError(description: "\(location): unknown log_level '\(value)'") }
       logLevel = level
