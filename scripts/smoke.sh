@@ -121,6 +121,12 @@ call 200 "$url/v1/node"
 check 'b["id"] == 1 and b["protocol"] == "standalone"'
 call 200 "$url/v1/cluster"
 check 'b["nodes"][0]["reachable"] is True'
+call 200 "$url/v1/cluster?groups=false"
+check 'b["nodes"][0]["groupCount"] == 1 and b["nodes"][0]["leaderCount"] == 1 and "groups" not in b["nodes"][0]'
+call 200 -X POST "$url/v1/cluster/rebalance"
+check 'b["moved"] == 0 and b["balanced"] is True and b["transfers"] == []'
+call 400 -X POST "$url/v1/cluster/rebalance?max=0"
+check 'b["error"] == "bad_request"'
 call 200 "$url/healthz"
 call 200 "$url/readyz"
 call 200 "$url/metrics"

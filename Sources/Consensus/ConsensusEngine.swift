@@ -194,11 +194,18 @@ public protocol ConsensusEngine: AnyObject, Sendable {
 
   /// The engine's own metrics in Prometheus text exposition format (lines ending in "\n").
   func prometheusMetrics() -> String
+  /// `prometheusMetrics()` with per-group series for at most `groupSeriesMax` groups, the first in
+  /// id order (0: none), and a count of the groups left out; per-node aggregates are always
+  /// written. A node may host ten thousand groups: a scrape must not grow with them.
+  func prometheusMetrics(groupSeriesMax: Int) -> String
 }
 
 extension ConsensusEngine {
   /// Engines that never report a storage problem of their own (test fakes).
   public var storageCondition: StorageCondition { .ok }
+
+  /// Engines without per-group series (test fakes) have nothing to leave out.
+  public func prometheusMetrics(groupSeriesMax: Int) -> String { prometheusMetrics() }
 
   /// Protocols with one replica per group have nothing to join.
   public func joinPeer(

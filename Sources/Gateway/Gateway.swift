@@ -27,6 +27,13 @@ public struct GatewayConfiguration: Sendable {
   public var additionalMetrics: (@Sendable () -> String)?
   /// How long a request for a group with no leader waits for an election before `503 no_leader`.
   public var noLeaderWaitMs: UInt32 = 2_000
+  /// `/metrics` writes per-group series for at most this many groups, the first in id order (0:
+  /// none); per-node aggregates cover every group. A node may host ten thousand groups, about four
+  /// series each: a scrape must not grow with them.
+  public var metricsGroupsMax = GatewayConfiguration.metricsGroupsMaxDefault
+  public static let metricsGroupsMaxDefault = 100
+  /// How `POST /v1/cluster/rebalance`, and the automatic mode, move leadership.
+  public var leaderBalance = LeaderBalanceOptions()
   /// A deliberately wrong rule, for proving `caucus torture` catches it: linearizable and lease
   /// reads are served from this node's replica as it is (stale reads). Package access: only the
   /// `caucus` executable sets it, and only when `caucus torture --plant-bug local-reads` asks.
@@ -55,6 +62,8 @@ public final class Gateway: HTTPHandler {
   public let engine: any ConsensusEngine
   public let configuration: GatewayConfiguration
   public let metrics = GatewayMetrics()
+  /// The leader balance running here (at most one), and the counts of those that ran.
+  let leaderBalance = LeaderBalanceState()
   private let startedAtNanoseconds = MonotonicClock.nowNanoseconds()
   private let nodeHeader: (name: String, value: String)
   private let context: GatewayContext
@@ -80,6 +89,8 @@ public final class Gateway: HTTPHandler {
     var logger = Logger(label: "caucus.gateway")
     logger[metadataKey: "node"] = "\(engine.localPeer.node)"
     self.logger = logger
+    configuration.leaderBalance.validate()
+    scheduleAutomaticLeaderBalance()
   }
 
   public func handle(_ request: HTTPRequest, responder: HTTPResponder) {
@@ -214,7 +225,8 @@ public final class Gateway: HTTPHandler {
       guard parts.count == 1 else { throw .notFound }
       try allow("GET", "HEAD")
       let text =
-        metrics.prometheusText() + engine.prometheusMetrics() + (configuration.additionalMetrics?() ?? "")
+        metrics.prometheusText() + engine.prometheusMetrics(groupSeriesMax: configuration.metricsGroupsMax)
+        + leaderBalance.prometheusText() + (configuration.additionalMetrics?() ?? "")
         + processMetrics()
       exchange.respond(
         HTTPResponse(
@@ -258,13 +270,15 @@ public final class Gateway: HTTPHandler {
         try registerNode(exchange, route: route)
         return
       }
+      if rest.count == 2 && rest[1] == "rebalance" {
+        route = "cluster_rebalance"
+        try allow("POST")
+        try rebalance(exchange, route: route)
+        return
+      }
       guard rest.count == 1 else { throw .notFound }
       try allow("GET", "HEAD")
-      if let forwarder = configuration.forwarder, configuration.directory != nil {
-        gatherCluster(forwarder, exchange, route: route)
-      } else {
-        exchange.respond(json: clusterDocument(), route: route)
-      }
+      try clusterView(exchange, route: route)
       return
     case "groups":
       break
@@ -282,8 +296,8 @@ public final class Gateway: HTTPHandler {
         if let scope = exchange.query["scope"], scope != "node" && scope != "cluster" {
           throw .badRequest("scope must be node or cluster, not '\(scope)'")
         }
-        if exchange.query["scope"] == "cluster", let forwarder = configuration.forwarder, configuration.directory != nil {
-          return gatherGroups(forwarder, exchange, route: route)
+        if exchange.query["scope"] == "cluster", configuration.forwarder != nil, configuration.directory != nil {
+          return gatherGroups(exchange, route: route)
         }
         // Standalone: this node's groups are the whole directory, so both scopes list the same.
         exchange.respond(json: groupsDocument(), route: route)
@@ -1223,6 +1237,9 @@ public final class Gateway: HTTPHandler {
     writer.member("version", configuration.version)
     writer.member("uptimeSeconds", (MonotonicClock.nowNanoseconds() - startedAtNanoseconds) / 1_000_000_000)
     writer.member("dataDir", configuration.dataDirectory)
+    let counts = GroupCounts(engine)
+    writer.member("groupCount", counts.hosted)
+    writer.member("leaderCount", counts.leading)
     let storage = engine.storageCondition
     writer.key("storage")
     writer.beginObject()
@@ -1254,7 +1271,7 @@ public final class Gateway: HTTPHandler {
     return writer.bytes
   }
 
-  private func writeGroupSummaries(_ writer: inout JSONWriter) {
+  func writeGroupSummaries(_ writer: inout JSONWriter) {
     writer.beginArray()
     for group in engine.allGroupIDs() {
       guard let status = engine.status(group) else { continue }
@@ -1266,6 +1283,8 @@ public final class Gateway: HTTPHandler {
         writer.beginObject()
         writer.member("id", peer.peer.node.rawValue)
         writer.member("endpoint", peer.peer.endpoint.description)
+        // Which members may take leadership (a leader balance hands it to voters only).
+        writer.member("learner", peer.learner)
         writer.endObject()
       }
       writer.endArray()
@@ -1274,115 +1293,7 @@ public final class Gateway: HTTPHandler {
     writer.endArray()
   }
 
-  private func clusterDocument() -> [UInt8] {
-    // Standalone: the directory is this node. The raft protocol gathers every node's view.
-    var writer = JSONWriter()
-    writer.beginObject()
-    writer.key("nodes")
-    writer.beginArray()
-    writer.beginObject()
-    writer.member("id", engine.localPeer.node.rawValue)
-    writer.member("clientURL", configuration.clientURL)
-    writer.member("consensusEndpoint", engine.localPeer.endpoint.description)
-    writer.member("reachable", true)
-    writer.key("groups")
-    writeGroupSummaries(&writer)
-    writer.endObject()
-    writer.endArray()
-    writer.endObject()
-    return writer.bytes
-  }
-
-  /// Every member's own `GET /v1/groups` (this node's from the engine), each within
-  /// `LeaderForwarder.lookupTimeoutMs`; `finish` gets, per member, its client URL and its groups
-  /// (nil when it did not answer).
-  private func gatherMembers(
-    _ forwarder: LeaderForwarder, _ members: [Peer], finish: @escaping @Sendable ([NodeID: (url: String, groups: [JSONValue]?)]) -> Void
-  ) {
-    let views = Locked<[NodeID: (url: String, groups: [JSONValue]?)]>([:])
-    var localWriter = JSONWriter()
-    writeGroupSummaries(&localWriter)
-    let localGroups = (try? JSONParser.parse(localWriter.bytes))?.arrayValue
-    let record: @Sendable (NodeID, String, [JSONValue]?) -> Void = { node, url, groups in
-      let all: [NodeID: (url: String, groups: [JSONValue]?)]? = views.withLock { views in
-        views[node] = (url, groups)
-        return views.count == members.count ? views : nil
-      }
-      if let all { finish(all) }
-    }
-    for member in members {
-      if member.node == engine.localPeer.node {
-        record(member.node, configuration.clientURL, localGroups)
-        continue
-      }
-      forwarder.nodeLocal("GET", on: member, target: "/v1/groups", body: []) { status, body in
-        let groups = status == 200 ? (try? JSONParser.parse(body))?["groups"]?.arrayValue : nil
-        record(member.node, forwarder.knownClientURL(of: member.node) ?? "", groups)
-      }
-    }
-  }
-
-  /// `/v1/cluster` of a multi-node cluster: a member that does not answer is listed unreachable.
-  private func gatherCluster(_ forwarder: LeaderForwarder, _ exchange: Exchange, route: String) {
-    clusterNodes { [self] members in
-      gatherMembers(forwarder, members) { views in
-        var writer = JSONWriter()
-        writer.beginObject()
-        writer.key("nodes")
-        writer.beginArray()
-        for member in members {
-          let view = views[member.node]
-          writer.beginObject()
-          writer.member("id", member.node.rawValue)
-          writer.member("clientURL", view?.url ?? "")
-          writer.member("consensusEndpoint", member.endpoint.description)
-          writer.member("reachable", view?.groups != nil)
-          writer.key("groups")
-          writer.value(.array(view?.groups ?? []))
-          writer.endObject()
-        }
-        writer.endArray()
-        writer.endObject()
-        exchange.respond(json: writer.bytes, route: route)
-      }
-    }
-  }
-
-  /// `GET /v1/groups?scope=cluster`: every group any node hosts, once, as its leader (else any
-  /// peer) describes it, and the groups the directory records that no node reported.
-  private func gatherGroups(_ forwarder: LeaderForwarder, _ exchange: Exchange, route: String) {
-    clusterNodes { [self] members in
-      gatherMembers(forwarder, members) { [self] views in
-        recordedGroups { [self] records in
-          var chosen: [String: (summary: JSONValue, fromLeader: Bool)] = [:]
-          for (node, view) in views.sorted(by: { $0.key < $1.key }) {
-            for summary in view.groups ?? [] {
-              guard let id = summary["id"]?.stringValue else { continue }
-              let fromLeader = summary["leader"]?.unsignedIntegerValue == node.rawValue
-              if chosen[id] == nil || (fromLeader && chosen[id]?.fromLeader == false) { chosen[id] = (summary, fromLeader) }
-            }
-          }
-          // A group the directory records but none of whose peers answered is still listed.
-          for record in records where chosen[record.id.description] == nil {
-            chosen[record.id.description] = (unansweredSummary(record), false)
-          }
-          var writer = JSONWriter()
-          writer.beginObject()
-          writer.member("node", engine.localPeer.node.rawValue)
-          writer.key("groups")
-          writer.beginArray()
-          for id in chosen.keys.sorted(by: { (GroupID($0) ?? GroupID(.dataRegion, 0)) < (GroupID($1) ?? GroupID(.dataRegion, 0)) }) {
-            writer.value(chosen[id]!.summary)
-          }
-          writer.endArray()
-          writer.endObject()
-          exchange.respond(json: writer.bytes, route: route)
-        }
-      }
-    }
-  }
-
-  private func writeSummaryFields(_ writer: inout JSONWriter, _ status: GroupStatus) {
+  func writeSummaryFields(_ writer: inout JSONWriter, _ status: GroupStatus) {
     writer.member("id", status.id.description)
     writer.member("protocol", status.protocolName)
     writer.member("role", status.role.rawValue)

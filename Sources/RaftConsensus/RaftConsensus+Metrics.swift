@@ -4,7 +4,8 @@ import Platform
 import RaftCore
 import WriteAheadLog
 
-// The host's Prometheus metrics: node-level counters and per-group gauges.
+// The host's Prometheus metrics: node-level counters, per-node aggregates over its groups, and
+// per-group gauges for a bounded number of groups.
 
 extension RaftConsensus {
   /// The host's record of running out of space (the simulator's coverage reads it).
@@ -16,7 +17,11 @@ extension RaftConsensus {
     state.withLock { (metrics.quiescences, metrics.wakesLeaderLost) }
   }
 
-  public func prometheusMetrics() -> String {
+  /// Every group's series: for an embedding program that hosts few groups.
+  public func prometheusMetrics() -> String { prometheusMetrics(groupSeriesMax: .max) }
+
+  public func prometheusMetrics(groupSeriesMax: Int) -> String {
+    precondition(groupSeriesMax >= 0, "a negative number of groups cannot be shown")
     let (metrics, views) = state.withLock {
       (self.metrics, groups.map { id, replica in (id, replica.lock.withLock { (replica.view, replica.appliedIndex) }) })
     }
@@ -98,16 +103,83 @@ extension RaftConsensus {
       metrics.snapshotChunksReceived)
     counter("caucus_wal_segments_released_total", "Write-ahead log segments released after snapshots.", metrics.wal.segmentsReleased)
     let sorted = views.sorted { $0.0 < $1.0 }
-    text += "# HELP caucus_group_is_leader Whether this node leads the group.\n# TYPE caucus_group_is_leader gauge\n"
-    for (group, (view, _)) in sorted { text += "caucus_group_is_leader{group=\"\(group)\"} \(view.role == .leader ? 1 : 0)\n" }
-    text += "# HELP caucus_group_term The group's current term.\n# TYPE caucus_group_term gauge\n"
-    for (group, (view, _)) in sorted { text += "caucus_group_term{group=\"\(group)\"} \(view.term)\n" }
-    text += "# HELP caucus_group_commit_index The group's commit index.\n# TYPE caucus_group_commit_index gauge\n"
-    for (group, (view, _)) in sorted { text += "caucus_group_commit_index{group=\"\(group)\"} \(view.commitIndex)\n" }
-    text += "# HELP caucus_group_applied_index The last log index applied, per group.\n"
-    text += "# TYPE caucus_group_applied_index gauge\n"
-    for (group, (_, applied)) in sorted { text += "caucus_group_applied_index{group=\"\(group)\"} \(applied)\n" }
+    text += GroupAggregates(sorted.lazy.map(\.1), localReplica: localPeer.node.rawValue).prometheusText()
+    text += Prometheus.groupGauges(
+      [
+        ("caucus_group_is_leader", "Whether this node leads the group."),
+        ("caucus_group_term", "The group's current term."),
+        ("caucus_group_commit_index", "The group's commit index."),
+        ("caucus_group_applied_index", "The last log index applied, per group."),
+      ],
+      rows: sorted.map { group, published in
+        let (view, applied) = published
+        return (group.description, [view.role == .leader ? 1 : 0, view.term, view.commitIndex, applied])
+      },
+      groupsMax: groupSeriesMax)
     return text
   }
+}
 
+/// What a dashboard watches of a node's groups, summed over all of them however many they are.
+struct GroupAggregates {
+  var hosted: UInt64 = 0
+  /// Replicas by role: `learner` is a replica that does not vote (not yet promoted, or a joining
+  /// replica still waiting for its leader); the other three are voters.
+  var leaders: UInt64 = 0
+  var followers: UInt64 = 0
+  var candidates: UInt64 = 0
+  var learners: UInt64 = 0
+  /// Replicas that know no leader (an election is due or under way, or the group lost its quorum).
+  var leaderless: UInt64 = 0
+  /// Committed entries not yet applied, summed and at most, over the groups.
+  var applyLagEntriesSum: UInt64 = 0
+  var applyLagEntriesMax: UInt64 = 0
+  /// In the groups this node leads: the most entries a peer's log is behind the leader's.
+  var replicationLagEntriesMax: UInt64 = 0
+
+  init(_ replicas: some Sequence<(GroupView, LogIndex)>, localReplica: ReplicaID) {
+    for (view, applied) in replicas {
+      hosted += 1
+      switch view.role {
+      case .leader: leaders += 1
+      case .candidate, .preCandidate: candidates += 1
+      case .follower:
+        if view.membership.isVoter(localReplica) { followers += 1 } else { learners += 1 }
+      }
+      if view.leader == 0 { leaderless += 1 }
+      // Applied may pass a commit index the view has not refreshed yet: no lag then.
+      let applyLag = view.commitIndex > applied ? view.commitIndex - applied : 0
+      applyLagEntriesSum += applyLag
+      applyLagEntriesMax = max(applyLagEntriesMax, applyLag)
+      if view.role == .leader {
+        for (replica, progress) in view.progress where replica != localReplica && view.lastIndex > progress.match {
+          replicationLagEntriesMax = max(replicationLagEntriesMax, view.lastIndex - progress.match)
+        }
+      }
+    }
+    precondition(leaders + followers + candidates + learners == hosted, "every replica has one role")
+    precondition(applyLagEntriesMax <= applyLagEntriesSum, "the largest lag is part of the sum")
+  }
+
+  func prometheusText() -> String {
+    var text = Prometheus.metric("caucus_groups_hosted", help: "Groups this node hosts a replica of.", hosted, type: "gauge")
+    text += Prometheus.family(
+      "caucus_raft_groups_by_role",
+      help: "This node's replicas by role (learner: a replica that does not vote, not yet promoted or waiting for its leader).",
+      label: "role",
+      [("leader", leaders), ("follower", followers), ("candidate", candidates), ("learner", learners)])
+    text += Prometheus.metric(
+      "caucus_raft_groups_leaderless", help: "Groups whose replica here knows no leader.", leaderless, type: "gauge")
+    text += Prometheus.metric(
+      "caucus_raft_apply_lag_entries_sum", help: "Committed entries not yet applied, summed over this node's groups.",
+      applyLagEntriesSum, type: "gauge")
+    text += Prometheus.metric(
+      "caucus_raft_apply_lag_entries_max", help: "Committed entries not yet applied, in the group furthest behind.",
+      applyLagEntriesMax, type: "gauge")
+    text += Prometheus.metric(
+      "caucus_raft_replication_lag_entries_max",
+      help: "In the groups this node leads, the most entries a peer's log is behind the leader's.",
+      replicationLagEntriesMax, type: "gauge")
+    return text
+  }
 }

@@ -434,7 +434,10 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
     }
   }
 
-  public func prometheusMetrics() -> String {
+  /// Every group's series: for an embedding program that hosts few groups.
+  public func prometheusMetrics() -> String { prometheusMetrics(groupSeriesMax: .max) }
+
+  public func prometheusMetrics(groupSeriesMax: Int) -> String {
     let (statistics, spaceStatistics, writes, batches, applied) = state.withLock {
       (
         walStatistics, outOfSpaceStatistics, writesCommitted, batchesCommitted,
@@ -446,11 +449,11 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
     text += Prometheus.metric("caucus_writes_committed_total", help: "Writes made durable and applied.", writes)
     text += Prometheus.metric(
       "caucus_commit_batches_total", help: "Commit-thread turns that appended and synced a batch.", batches)
-    text += "# HELP caucus_group_applied_index The last log index applied, per group.\n"
-    text += "# TYPE caucus_group_applied_index gauge\n"
-    for (group, index) in applied.sorted(by: { $0.0 < $1.0 }) {
-      text += "caucus_group_applied_index{group=\"\(group)\"} \(index)\n"
-    }
+    text += Prometheus.metric("caucus_groups_hosted", help: "Groups this node hosts a replica of.", UInt64(applied.count), type: "gauge")
+    text += Prometheus.groupGauges(
+      [("caucus_group_applied_index", "The last log index applied, per group.")],
+      rows: applied.sorted(by: { $0.0 < $1.0 }).map { group, index in (group.description, [index]) },
+      groupsMax: groupSeriesMax)
     return text
   }
 

@@ -70,6 +70,18 @@ struct Serve: ParsableCommand {
     name: .long,
     help: "While the data directory is full, how often the node checks for space and reopens its storage (writes answer 507 meanwhile). (default: 1000)")
   var outOfSpaceRetryMs: UInt32?
+  @Option(
+    name: .long,
+    help: "/metrics writes per-group series (caucus_group_*) for at most this many groups, the first in id order; 0: none. Per-node aggregates cover every group. (default: 100)")
+  var metricsGroupsMax: Int?
+  @Option(
+    name: .long,
+    help: "Leadership transfers one leader balance (POST /v1/cluster/rebalance, or the automatic one) makes at most; ?max= may ask for fewer. (default: 100)")
+  var leaderBalanceTransfersMax: Int?
+  @Option(
+    name: .long,
+    help: "Balance leadership by itself this often, from the node with the lowest id among those that answer (give it to every node); 0: never. (default: 0)")
+  var leaderBalanceIntervalMs: UInt32?
   @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical. (default: info)")
   var logLevel: String?
 

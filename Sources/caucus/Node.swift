@@ -136,6 +136,9 @@ func runNode(_ settings: NodeSettings) -> Int32 {
     clientURL: settings.clientURL, dataDirectory: settings.dataDirectory, version: caucusVersion,
     valueBytesMax: settings.valueBytesMax, requestTimeoutMs: settings.requestTimeoutMs,
     forwarder: forwarder, members: cluster?.members ?? [], directory: directory)
+  gatewayConfiguration.metricsGroupsMax = settings.metricsGroupsMax
+  gatewayConfiguration.leaderBalance.transfersMax = settings.leaderBalanceTransfersMax
+  gatewayConfiguration.leaderBalance.intervalMs = settings.leaderBalanceIntervalMs
   if let cluster {
     gatewayConfiguration.additionalMetrics = { [transport = cluster.transport, client = cluster.client] in
       transport.prometheusMetrics() + client.prometheusMetrics()

@@ -25,9 +25,19 @@ struct NodeSettings {
   var requestTimeoutMs: UInt32 = 10_000
   /// While the data directory is full, the engine's interval between checks for space.
   var outOfSpaceRetryMs: UInt32 = 1_000
+  /// `/metrics` writes per-group series for at most this many groups (0: none).
+  var metricsGroupsMax = GatewayConfiguration.metricsGroupsMaxDefault
+  /// Leader transfers one balance makes at most (`POST /v1/cluster/rebalance`, `?max=` up to it).
+  var leaderBalanceTransfersMax = LeaderBalanceOptions().transfersMax
+  /// How often the lowest-id node that answers balances leadership by itself (0: never).
+  var leaderBalanceIntervalMs = LeaderBalanceOptions().intervalMs
   var logLevel = Logger.Level.info
   /// Protocol options from the properties file (`<protocol>.<name>=value`), by protocol.
   var protocolOptions: [String: [String: String]] = [:]
+
+  /// As many groups as a node can host (`raft.groupsMax` is at most 32768): a higher setting would
+  /// mean the same.
+  static let metricsGroupsMaxLimit = 32_768
 
   func engineOptions(for protocolName: String) -> [String: String] {
     var options = protocolOptions[protocolName] ?? [:]
@@ -83,6 +93,9 @@ struct NodeSettings {
     if let value = flags.connectionsMax { settings.connectionsMax = value }
     if let value = flags.requestTimeoutMs { settings.requestTimeoutMs = value }
     if let value = flags.outOfSpaceRetryMs { settings.outOfSpaceRetryMs = value }
+    if let value = flags.metricsGroupsMax { settings.metricsGroupsMax = value }
+    if let value = flags.leaderBalanceTransfersMax { settings.leaderBalanceTransfersMax = value }
+    if let value = flags.leaderBalanceIntervalMs { settings.leaderBalanceIntervalMs = value }
     if let value = flags.logLevel {
       guard let level = Logger.Level(rawValue: value) else {
         throw SettingsError(description: "--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -115,6 +128,16 @@ struct NodeSettings {
     }
     guard (10...600_000).contains(outOfSpaceRetryMs) else {
       throw SettingsError(description: "--out-of-space-retry-ms must be 10...600000")
+    }
+    guard (0...NodeSettings.metricsGroupsMaxLimit).contains(metricsGroupsMax) else {
+      throw SettingsError(description: "--metrics-groups-max must be 0...\(NodeSettings.metricsGroupsMaxLimit)")
+    }
+    guard (1...LeaderBalanceOptions.transfersMaxLimit).contains(leaderBalanceTransfersMax) else {
+      throw SettingsError(description: "--leader-balance-transfers-max must be 1...\(LeaderBalanceOptions.transfersMaxLimit)")
+    }
+    guard leaderBalanceIntervalMs == 0 || (LeaderBalanceOptions.intervalMsMin...86_400_000).contains(leaderBalanceIntervalMs) else {
+      throw SettingsError(
+        description: "--leader-balance-interval-ms must be 0 (off) or \(LeaderBalanceOptions.intervalMsMin)...86400000")
     }
     guard heartbeatIntervalMs > 0, electionTimeoutMs >= 2 * heartbeatIntervalMs else {
       throw SettingsError(description: "the election timeout must be at least twice the heartbeat interval, both positive")
@@ -170,6 +193,9 @@ struct NodeSettings {
     case "connections_max": connectionsMax = try number(Int.self)
     case "request_timeout_ms": requestTimeoutMs = try number(UInt32.self)
     case "out_of_space_retry_ms": outOfSpaceRetryMs = try number(UInt32.self)
+    case "metrics_groups_max": metricsGroupsMax = try number(Int.self)
+    case "leader_balance_transfers_max": leaderBalanceTransfersMax = try number(Int.self)
+    case "leader_balance_interval_ms": leaderBalanceIntervalMs = try number(UInt32.self)
     case "log_level":
       guard let level = Logger.Level(rawValue: value) else { throw SettingsError(description: "\(location): unknown log_level '\(value)'") }
       logLevel = level

@@ -357,6 +357,12 @@ final class ClusterTests: XCTestCase {
     XCTAssertLessThan(Date().timeIntervalSince(started), 5, "a per-node deadline bounds the gathering")
     let after = try XCTUnwrap(partial.json["nodes"] as? [[String: Any]])
     XCTAssertEqual(after.compactMap { $0["reachable"] as? Bool }, [true, true, false], "never hidden, marked unreachable")
+    // The counts alone: an unreachable node's are unknown (null), not zero.
+    let counts = try XCTUnwrap(try HTTPClient(port: nodes[0].port).request("GET", "/v1/cluster?groups=false").json["nodes"] as? [[String: Any]])
+    XCTAssertEqual(counts.compactMap { $0["reachable"] as? Bool }, [true, true, false])
+    XCTAssertEqual(counts.map { $0["groupCount"] as? Int }, [2, 2, nil], "DataRegion-0 and PartitionRegion-0 on the live nodes")
+    XCTAssertTrue(counts[2]["leaderCount"] is NSNull, "\(counts)")
+    XCTAssertTrue(counts.allSatisfy { $0["groups"] == nil }, "no lists")
   }
 
   func testAClusterRestartKeepsEveryAcknowledgedWrite() throws {

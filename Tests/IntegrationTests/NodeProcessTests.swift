@@ -144,6 +144,30 @@ final class NodeProcessTests: XCTestCase {
     XCTAssertTrue(output.contains("--cluster names 17 members; the directory group has at most 16"), output)
   }
 
+  /// Issue 11: `--metrics-groups-max` caps the per-group series of a scrape; the count of groups
+  /// hosted covers them all, and the scrape says how many it left out.
+  func testTheMetricsGroupsLimitCapsPerGroupSeriesAndABadLimitIsRefused() throws {
+    let node = freshNode("metrics-groups")
+    try node.start(["--metrics-groups-max", "1"])
+    let http = try HTTPClient(port: node.port)
+    for group in ["SchemaRegion-1", "DataRegion-5"] {
+      XCTAssertEqual(try http.request("POST", "/v1/groups", text: #"{"id":"\#(group)"}"#).status, 201)
+    }
+    let text = try http.request("GET", "/metrics").text
+    XCTAssertEqual(Prometheus.formatProblems(text), [], text)
+    let series = text.split(separator: "\n").filter { $0.hasPrefix("caucus_group_applied_index{") }
+    XCTAssertEqual(series, [#"caucus_group_applied_index{group="DataRegion-0"} 0"#], text)
+    XCTAssertTrue(text.contains("\ncaucus_groups_metrics_omitted 2\n"), text)
+    XCTAssertTrue(text.contains("\ncaucus_groups_hosted 3\n"), text)
+    XCTAssertEqual(node.stop(), 0)
+
+    let (status, output) = try runCommand(
+      try Paths.binary("caucus"),
+      ["serve", "--metrics-groups-max", "40000", "--rpc-port", String(freePort()), "--data-dir", node.dataDirectory])
+    XCTAssertNotEqual(status, 0)
+    XCTAssertTrue(output.contains("--metrics-groups-max must be 0...32768"), output)
+  }
+
   func testBadInputGetsItsDocumentedErrorAndTheNodeKeepsServing() throws {
     let node = freshNode("bad-input")
     try node.start(["--value-bytes-max", "1024"])
