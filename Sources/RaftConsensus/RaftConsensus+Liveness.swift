@@ -13,9 +13,7 @@ extension RaftConsensus {
     let sinceRefresh = ticksRun - livenessPeersRefreshedTick
     // A stale set waits an election timeout: a node that shares no group yet keeps sending (a
     // removed replica's) must not cost a pass over every group each tick.
-    if live.count != livenessPeersRefreshedGroups || sinceRefresh >= Self.livenessPeersRefreshTicks
-      || (livenessPeersStale && sinceRefresh >= UInt64(options.electionTicks))
-    {
+    if sinceRefresh >= Self.livenessPeersRefreshTicks || (livenessPeersStale && sinceRefresh >= UInt64(options.electionTicks)) {
       refreshLivenessPeers()
     }
     let (died, revived) = liveness.update(peers: Set(livenessPeers.keys), now: turn.now)
@@ -38,10 +36,17 @@ extension RaftConsensus {
     }
   }
 
-  /// How often the peer nodes are recomputed anyway (a pass over every group). Sooner when the
-  /// number of groups changes or a node not among them sends a batch (a membership change made it
-  /// a peer).
+  /// How often the peer nodes are recomputed (a pass over every group), which drops the nodes no
+  /// group shares any more. A new group's peers join at once (`addLivenessPeers`); a node not
+  /// among them that sends a batch (a membership change made it a peer) makes it sooner.
   static let livenessPeersRefreshTicks: UInt64 = 100
+
+  /// A group was created or recovered here: its peers are pinged from the next tick on.
+  func addLivenessPeers(_ peers: [Peer]) {
+    for peer in peers where peer.node != localPeer.node && livenessPeers[peer.node.rawValue] == nil {
+      livenessPeers[peer.node.rawValue] = peer
+    }
+  }
 
   /// Every node some group shares with this one, with its endpoint (any group that has the node
   /// as a peer knows it). Endpoints already known are kept: a node's endpoint is fixed.
@@ -63,6 +68,5 @@ extension RaftConsensus {
     livenessPeers = peers
     livenessPeersStale = false
     livenessPeersRefreshedTick = ticksRun
-    livenessPeersRefreshedGroups = live.count
   }
 }

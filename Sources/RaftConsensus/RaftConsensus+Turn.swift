@@ -405,6 +405,7 @@ extension RaftConsensus {
         return turn.answers.append { completion(.failure(.storage("\(error)"))) }
       }
       live.insert(replica)
+      addLivenessPeers(peers)
       turn.records.append(RaftStorage.groupCreatedRecord(group: id, peers: peers, bootstrapVoters: bootstrapVoters))
       turn.groupsWithRecords.insert(id)
       turn.onDurable.append { [self] result in

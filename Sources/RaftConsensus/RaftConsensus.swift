@@ -139,10 +139,9 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   /// Which peer nodes were heard from lately: the failure detector of quiesced groups.
   var liveness: NodeLiveness
   /// Every node this node shares a group with, and its consensus endpoint: where the liveness
-  /// pings go. Refreshed every election timeout and whenever the number of groups changes.
+  /// pings go (`refreshLivenessPeers`, `addLivenessPeers`).
   var livenessPeers: [ReplicaID: Peer] = [:]
   var livenessPeersRefreshedTick: UInt64 = 0
-  var livenessPeersRefreshedGroups = -1
   /// A node not among `livenessPeers` sent a batch: refresh them at the next tick.
   var livenessPeersStale = false
   /// Ticks this loop ran (`livenessPeers`' refresh schedule).
@@ -394,6 +393,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   func install(_ wal: WriteAheadLog, _ restored: [GroupID: RaftGroup]) {
     precondition(live.isEmpty, "groups are installed into an empty host")
     for id in restored.keys.sorted() { live.insert(restored[id]!) }
+    refreshLivenessPeers()
     loop = LoopState(wal: wal, nextTickNanoseconds: clock.nowNanoseconds() + tickNanoseconds)
     let statistics = wal.statistics
     state.withLock {

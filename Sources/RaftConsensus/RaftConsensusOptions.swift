@@ -56,8 +56,9 @@ public struct RaftConsensusOptions: Sendable {
   /// Groups this node may host. Every active group ticks every turn and has a heartbeat (or
   /// response) in the batch to each peer, so this bounds a turn's work and a batch's coalesced section
   /// (at most `WireLimits.heartbeatsPerBatchMax / 2`: a group can have a held response and a new
-  /// heartbeat in one batch). Past it, creating or joining a group is refused.
-  public var groupsMax = 10_000
+  /// heartbeat in one batch). Past it, creating or joining a group is refused. Ten thousand
+  /// groups of users' own beside the cluster's directory and a few spare.
+  public var groupsMax = 16_384
   /// Group creations, deletions, leader transfers and membership changes queued for the loop
   /// (each costs an fsync).
   public var pendingControlMax = 64

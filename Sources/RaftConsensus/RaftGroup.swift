@@ -227,8 +227,13 @@ final class LiveGroups: @unchecked Sendable {
   func insert(_ group: RaftGroup) {
     precondition(byID[group.id] == nil, "group \(group.id) is live already")
     byID[group.id] = group
-    let position = ordered.firstIndex { $0.id > group.id } ?? ordered.endIndex
-    ordered.insert(group, at: position)
+    // Binary search: groups are created one after another, often thousands of them.
+    var (low, high) = (0, ordered.count)
+    while low < high {
+      let middle = (low + high) / 2
+      if ordered[middle].id < group.id { low = middle + 1 } else { high = middle }
+    }
+    ordered.insert(group, at: low)
     precondition(ordered.count == byID.count, "the order holds every group once")
     mark(group)
   }
