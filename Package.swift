@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Layers (A → B means A imports B); see DESIGN.md.
-//   caucus → Gateway → HTTPServer → Platform → CPlatform
+//   caucus → Gateway → HTTPServer → Platform → CPlatform, COpenSSL
 //                    → PeerClient → CCurl
 //          → StandaloneConsensus → WriteAheadLog → Platform
 //          → KeyValueStore → Consensus
@@ -27,13 +27,17 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
   ],
   targets: [
-    // C is quarantined behind these two header-only modules.
+    // C is quarantined behind these header-only modules.
     .systemLibrary(name: "CPlatform", path: "Sources/CPlatform"),
     .systemLibrary(
       name: "CCurl", path: "Sources/CCurl", pkgConfig: "libcurl",
       providers: [.apt(["libcurl4-openssl-dev"])]),
+    // OpenSSL 3's libcrypto and libssl; only Platform imports it.
+    .systemLibrary(
+      name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl",
+      providers: [.apt(["libssl-dev"])]),
 
-    .target(name: "Platform", dependencies: ["CPlatform"]),
+    .target(name: "Platform", dependencies: ["CPlatform", "COpenSSL"]),
     .target(name: "HTTPServer", dependencies: ["Platform"]),
     .target(name: "PeerClient", dependencies: ["CCurl", "Platform"]),
     .target(name: "Consensus"),
