@@ -5,6 +5,8 @@
 # writes to random groups through node 1 at 16 connections (throughput, p50, p99, errors), and
 # how long after node 3 is killed (SIGKILL) nodes 1 and 2 lead every group.
 #   bench/scale.sh [groups (default 1000)] [idle-seconds (default 10)] [write-seconds (default 10)]
+# CAUCUS_CONFIG=file passes a properties file to every node (e.g. raft.quiesceAfterTicks=0 to
+# compare without quiescence).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 groups="${1:-1000}"
@@ -21,7 +23,8 @@ members="1=127.0.0.1:$cport,2=127.0.0.1:$((cport + 1)),3=127.0.0.1:$((cport + 2)
 pids=()
 for node in 1 2 3; do
   .build/release/caucus serve --node-id $node --rpc-port $((port + node - 1)) --consensus-port $((cport + node - 1)) \
-    --data-dir "$work/data/node-$node" --cluster "$members" >"$work/node-$node.log" 2>&1 &
+    --data-dir "$work/data/node-$node" --cluster "$members" ${CAUCUS_CONFIG:+--config "$CAUCUS_CONFIG"} \
+    >"$work/node-$node.log" 2>&1 &
   pids+=($!)
 done
 cleanup() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
