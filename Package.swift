@@ -56,7 +56,11 @@ let package = Package(
         .product(name: "Logging", package: "swift-log"),
       ]),
     .target(name: "RaftCore"),
-    .target(name: "ClusterTransport", dependencies: ["Consensus", "HTTPServer", "PeerClient", "Platform", "RaftConsensus"]),
+    .target(
+      name: "ClusterTransport",
+      dependencies: [
+        "Consensus", "HTTPServer", "PeerClient", "Platform", "RaftConsensus", .product(name: "Logging", package: "swift-log"),
+      ]),
     .target(
       name: "RaftConsensus",
       dependencies: ["Consensus", "RaftCore", "WriteAheadLog", "Platform", .product(name: "Logging", package: "swift-log")]),

@@ -1,5 +1,7 @@
 import Consensus
 import HTTPServer
+import Logging
+import PeerClient
 import Platform
 
 /// Everything a node serves on its consensus port: raft batches (the transport), `GET /v1/node`,
@@ -15,9 +17,21 @@ public final class ConsensusPortHandler: HTTPHandler {
   /// The client API's handler for the group operations: set once the gateway exists (it is
   /// built after this port must already receive raft traffic).
   private let groupOperations = Locked<(any HTTPHandler)?>(nil)
+  /// With a cluster secret: every request must carry its proof (`PeerAuthenticator`).
+  private let authenticator: PeerAuthenticator?
+  private let logger: Logger
+  /// Refused requests, and when a refusal was last logged: at most one line per
+  /// `refusalLogIntervalMs`, so a misconfigured or hostile sender cannot flood the log.
+  private let refusals = Locked<(total: UInt64, lastLoggedMs: UInt64, unlogged: UInt64)>((0, 0, 0))
+  public static let refusalLogIntervalMs: UInt64 = 10_000
 
-  public init(transport: HTTPRaftTransport, node: NodeID, clientURL: String, consensusEndpoint: Endpoint) {
+  public init(
+    transport: HTTPRaftTransport, node: NodeID, clientURL: String, consensusEndpoint: Endpoint,
+    authenticator: PeerAuthenticator? = nil, logger: Logger = Logger(label: "caucus.consensus-port")
+  ) {
     self.transport = transport
+    self.authenticator = authenticator
+    self.logger = logger
     var writer = JSONWriter()
     writer.beginObject()
     writer.member("id", node.rawValue)
@@ -32,7 +46,16 @@ public final class ConsensusPortHandler: HTTPHandler {
     groupOperations.withLock { $0 = handler }
   }
 
+  /// Requests refused for want of the cluster secret's proof.
+  public var peerAuthenticationRefusals: UInt64 { refusals.withLock { $0.total } }
+
   public func handle(_ request: HTTPRequest, responder: HTTPResponder) {
+    if let authenticator {
+      let verdict = authenticator.verify(
+        method: request.method, target: request.target, headerValue: request.header(PeerAuthenticator.headerName),
+        body: request.body, nowMs: PeerAuthenticator.wallClockMilliseconds())
+      if case .failure(let error) = verdict { return refuse(request, error, responder) }
+    }
     if request.path == ConsensusPortHandler.groupOperationsPath
       || request.path.hasPrefix(ConsensusPortHandler.groupOperationsPath + "/")
     {
@@ -52,5 +75,33 @@ public final class ConsensusPortHandler: HTTPHandler {
       return responder.respond(HTTPResponse(status: 200, headers: [("Content-Type", HTTPResponse.jsonContentType)], body: nodeDocument))
     }
     transport.handle(request, responder: responder)
+  }
+
+  private func refuse(_ request: HTTPRequest, _ error: PeerAuthenticationError, _ responder: HTTPResponder) {
+    let now = MonotonicClock.nowMilliseconds()
+    let suppressed: UInt64? = refusals.withLock { state in
+      state.total += 1
+      guard state.lastLoggedMs == 0 || now - state.lastLoggedMs >= Self.refusalLogIntervalMs else {
+        state.unlogged += 1
+        return nil
+      }
+      defer {
+        state.lastLoggedMs = now
+        state.unlogged = 0
+      }
+      return state.unlogged
+    }
+    if let suppressed {
+      logger.warning(
+        "refused a request on the consensus port: peer authentication failed",
+        metadata: [
+          "reason": "\(error)", "method": "\(request.method)", "path": "\(request.path)",
+          "refusedSinceLastLine": "\(suppressed)",
+        ])
+    }
+    responder.respond(
+      HTTPResponse.jsonError(
+        status: 401, code: "unauthorized", message: "peer authentication failed: \(error)",
+        headers: [("WWW-Authenticate", "Caucus-Peer")]))
   }
 }

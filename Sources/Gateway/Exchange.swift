@@ -18,6 +18,8 @@ enum GatewayError: Error {
   case notImplemented(String)
   case consensus(ConsensusError)
   case forwardLoop(hops: Int)
+  /// No valid credentials (`401 unauthorized`, with `WWW-Authenticate`).
+  case unauthorized(String)
   case `internal`(String)
 }
 
@@ -236,6 +238,8 @@ final class Exchange: Sendable {
       writer.member("limitBytes", limitBytes)
     case .notImplemented(let message):
       status = code(501, "not_implemented", message)
+    case .unauthorized(let message):
+      status = code(401, "unauthorized", message)
     case .internal(let message):
       status = code(500, "internal", message)
     case .forwardLoop(let hops):

@@ -1,6 +1,7 @@
 import Consensus
 import HTTPServer
 import Logging
+import PeerClient
 
 /// A peer as a request names it: complete, or by node id only (the endpoint comes from the directory).
 enum PeerSpecification {
@@ -22,6 +23,16 @@ extension Gateway {
   /// `--join`) and answers the directory's nodes and members. The body is checked in full before
   /// anything is read or written.
   func registerNode(_ exchange: Exchange, route: String) throws(GatewayError) {
+    if let authenticator = configuration.peerAuthenticator {
+      let request = exchange.request
+      let verdict = authenticator.verify(
+        method: request.method, target: request.target, headerValue: request.header(PeerAuthenticator.headerName),
+        body: request.body, nowMs: PeerAuthenticator.wallClockMilliseconds())
+      if case .failure(let error) = verdict {
+        logger.warning("refused to register a node: peer authentication failed", metadata: ["reason": "\(error)"])
+        throw .unauthorized("registering a node needs the cluster secret: \(error)")
+      }
+    }
     let body = try exchange.jsonBody()
     let node: DirectoryNode
     do { node = try DirectoryRecords.decodeNode(body) } catch { throw .badRequest(error.description) }

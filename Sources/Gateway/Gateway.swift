@@ -2,6 +2,7 @@ import Consensus
 import HTTPServer
 import KeyValueStore
 import Logging
+import PeerClient
 import Platform
 
 public struct GatewayConfiguration: Sendable {
@@ -25,6 +26,9 @@ public struct GatewayConfiguration: Sendable {
   public var directory: ClusterDirectory?
   /// More Prometheus text for `/metrics` from the wiring (the node-to-node transport's counters).
   public var additionalMetrics: (@Sendable () -> String)?
+  /// With a cluster secret: `POST /v1/cluster/nodes` (a node joining) needs its proof, as the
+  /// consensus port does (`PeerAuthenticator`).
+  public var peerAuthenticator: PeerAuthenticator?
   /// How long a request for a group with no leader waits for an election before `503 no_leader`.
   public var noLeaderWaitMs: UInt32 = 2_000
   /// `/metrics` writes per-group series for at most this many groups, the first in id order (0:

@@ -27,6 +27,8 @@ private let curlGlobalInitCode: CURLcode = curl_global_init(Int(CURL_GLOBAL_ALL)
 /// (`PeerWorker`) and never leave it.
 public final class PeerClient: Sendable {
   public let configuration: PeerClientConfiguration
+  /// Signs every request with the cluster secret (`PeerAuthenticator`), when the node has one.
+  public let authenticator: PeerAuthenticator?
   private let shared: PeerClientShared
   private let worker: OSThread
   /// True once the worker has been joined; its lock serializes concurrent `shutdown` calls.
@@ -41,10 +43,13 @@ public final class PeerClient: Sendable {
   }
 
   /// Validates the configuration and starts the worker thread.
-  public init(configuration: PeerClientConfiguration = PeerClientConfiguration()) throws {
+  public init(
+    configuration: PeerClientConfiguration = PeerClientConfiguration(), authenticator: PeerAuthenticator? = nil
+  ) throws {
     try configuration.validate()
     Self.globalInit()
     self.configuration = configuration
+    self.authenticator = authenticator
     let shared = PeerClientShared(configuration: configuration, wakeup: try EventFD())
     self.shared = shared
     // The worker owns its curl state: created inside the thread, never shared.
@@ -73,6 +78,16 @@ public final class PeerClient: Sendable {
             "timeoutMs (\(timeoutMs)) and connectTimeoutMs (\(connectTimeoutMs)) must be positive"))
       )
       return
+    }
+    var request = request
+    if let authenticator {
+      request.headers.append(
+        (
+          "X-Caucus-Peer",
+          authenticator.headerValue(
+            method: request.method, target: PeerAuthenticator.target(ofURL: request.url), body: request.body,
+            nowMs: PeerAuthenticator.wallClockMilliseconds())
+        ))
     }
     let queued = QueuedRequest(
       request: request,

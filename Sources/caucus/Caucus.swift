@@ -82,6 +82,10 @@ struct Serve: ParsableCommand {
     name: .long,
     help: "Balance leadership by itself this often, from the node with the lowest id among those that answer (give it to every node); 0: never. (default: 0)")
   var leaderBalanceIntervalMs: UInt32?
+  @Option(
+    name: .long,
+    help: "A file holding the cluster secret (at least 16 bytes; openssl rand -hex 32): every node-to-node request carries its HMAC proof and the consensus port refuses requests without one. Give every node the same file.")
+  var clusterSecretFile: String?
   @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical. (default: info)")
   var logLevel: String?
 

@@ -137,6 +137,7 @@ func runNode(_ settings: NodeSettings) -> Int32 {
     valueBytesMax: settings.valueBytesMax, requestTimeoutMs: settings.requestTimeoutMs,
     forwarder: forwarder, members: cluster?.members ?? [], directory: directory)
   gatewayConfiguration.metricsGroupsMax = settings.metricsGroupsMax
+  gatewayConfiguration.peerAuthenticator = cluster?.client.authenticator
   gatewayConfiguration.leaderBalance.transfersMax = settings.leaderBalanceTransfersMax
   gatewayConfiguration.leaderBalance.intervalMs = settings.leaderBalanceIntervalMs
   if let cluster {
@@ -290,7 +291,18 @@ struct ClusterLink {
     // clients may have in flight here, or a follower caps the cluster's throughput.
     clientConfiguration.connectionsPerHostMax = 128
     clientConfiguration.idleConnectionsMax = 256
-    let client = try PeerClient(configuration: clientConfiguration)
+    var authenticator: PeerAuthenticator?
+    if let path = settings.clusterSecretFile {
+      do {
+        authenticator = try PeerAuthenticator(secret: PeerAuthenticator.secret(fromFile: path), node: settings.nodeID.rawValue)
+      } catch {
+        throw SettingsError(description: "--cluster-secret-file: \(error)")
+      }
+    } else {
+      Logger(label: "caucus").warning(
+        "no cluster secret (--cluster-secret-file): any host that reaches the consensus port can append, vote, create groups and register nodes")
+    }
+    let client = try PeerClient(configuration: clientConfiguration, authenticator: authenticator)
     let transport = try HTTPRaftTransport(localNode: settings.nodeID, client: client)
     var configuration = HTTPServerConfiguration()
     configuration.host = settings.consensusAddress ?? settings.rpcAddress
@@ -299,7 +311,8 @@ struct ClusterLink {
     configuration.bodyBytesMax = 64 << 20
     configuration.serverResponseHeaders = [("X-Caucus-Node", settings.nodeID.description)]
     let handler = ConsensusPortHandler(
-      transport: transport, node: settings.nodeID, clientURL: settings.clientURL, consensusEndpoint: localEndpoint)
+      transport: transport, node: settings.nodeID, clientURL: settings.clientURL, consensusEndpoint: localEndpoint,
+      authenticator: authenticator)
     let server = HTTPServer(configuration: configuration, handler: handler)
     _ = try server.start()
     return ClusterLink(

@@ -32,6 +32,8 @@ struct NodeSettings {
   /// How often the lowest-id node that answers balances leadership by itself (0: never).
   var leaderBalanceIntervalMs = LeaderBalanceOptions().intervalMs
   var logLevel = Logger.Level.info
+  /// A file holding the cluster secret every node-to-node request proves (`PeerAuthenticator`).
+  var clusterSecretFile: String?
   /// Protocol options from the properties file (`<protocol>.<name>=value`), by protocol.
   var protocolOptions: [String: [String: String]] = [:]
 
@@ -94,6 +96,7 @@ struct NodeSettings {
     if let value = flags.requestTimeoutMs { settings.requestTimeoutMs = value }
     if let value = flags.outOfSpaceRetryMs { settings.outOfSpaceRetryMs = value }
     if let value = flags.metricsGroupsMax { settings.metricsGroupsMax = value }
+    if let value = flags.clusterSecretFile { settings.clusterSecretFile = value }
     if let value = flags.leaderBalanceTransfersMax { settings.leaderBalanceTransfersMax = value }
     if let value = flags.leaderBalanceIntervalMs { settings.leaderBalanceIntervalMs = value }
     if let value = flags.logLevel {
@@ -194,6 +197,7 @@ struct NodeSettings {
     case "request_timeout_ms": requestTimeoutMs = try number(UInt32.self)
     case "out_of_space_retry_ms": outOfSpaceRetryMs = try number(UInt32.self)
     case "metrics_groups_max": metricsGroupsMax = try number(Int.self)
+    case "cluster_secret_file": clusterSecretFile = value
     case "leader_balance_transfers_max": leaderBalanceTransfersMax = try number(Int.self)
     case "leader_balance_interval_ms": leaderBalanceIntervalMs = try number(UInt32.self)
     case "log_level":
