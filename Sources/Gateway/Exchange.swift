@@ -17,6 +17,9 @@ enum GatewayError: Error {
   case payloadTooLarge(String, limitBytes: Int)
   case notImplemented(String)
   case consensus(ConsensusError)
+  /// An error whose message gains `note`: what to do next, or what became of the rest of an
+  /// operation on many peers.
+  indirect case explained(GatewayError, note: String)
   case forwardLoop(hops: Int)
   case `internal`(String)
 }
@@ -204,13 +207,19 @@ final class Exchange: Sendable {
     }
   }
 
-  private func answerError(_ gatewayError: GatewayError, route: String, group: GroupID?) {
+  private func answerError(_ explainedError: GatewayError, route: String, group: GroupID?) {
     var headers: [(name: String, value: String)] = [jsonContentType]
     var writer = JSONWriter()
     writer.beginObject()
+    var gatewayError = explainedError
+    var note = ""
+    while case .explained(let inner, let more) = gatewayError {
+      gatewayError = inner
+      note = more + note
+    }
     func code(_ status: Int, _ code: String, _ message: String) -> Int {
       writer.member("error", code)
-      writer.member("message", message)
+      writer.member("message", message + note)
       return status
     }
     let status: Int
@@ -238,6 +247,7 @@ final class Exchange: Sendable {
       status = code(501, "not_implemented", message)
     case .internal(let message):
       status = code(500, "internal", message)
+    case .explained: preconditionFailure("the notes were taken off above")
     case .forwardLoop(let hops):
       status = code(508, "forward_loop", "the request was already forwarded \(hops) times; the cluster's view of the leader is changing")
     case .consensus(let error):

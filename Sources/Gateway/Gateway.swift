@@ -883,7 +883,9 @@ public final class Gateway: HTTPHandler {
   /// every peer is asked whether it hosts the group already (groups created before the directory
   /// existed have no record): any does → 409, none → the record is written only if absent (the
   /// KV's create-only put, so a concurrent creation of the id is decided by the directory), then
-  /// `create` runs. A directory or a peer that does not answer → 503 and nothing is created.
+  /// `create` runs. A record marked by a DELETE that has not finished → 409 (replicas of the
+  /// group's earlier life may remain; the DELETE is to be retried first). A directory or a peer
+  /// that does not answer → 503 and nothing is created.
   private func reservePlacement(
     _ group: GroupID, _ peers: [Peer], _ directory: ClusterDirectory, _ exchange: Exchange, route: String,
     create: @escaping @Sendable () -> Void
@@ -897,6 +899,17 @@ public final class Gateway: HTTPHandler {
         logger.info(
           "refused to create a group the directory records on other peers",
           metadata: ["group": "\(group)", "recorded": "\(existing.peers.map(\.description))", "asked": "\(peers.map(\.description))"])
+      case .success(.deletionUnfinished(let existing)):
+        let nodes = existing.peers.map(\.node.description).joined(separator: ", ")
+        exchange.fail(
+          .explained(
+            .consensus(.groupAlreadyExists(group)),
+            note: "; a DELETE of it has not finished, so replicas of it may remain on node(s) \(nodes): "
+              + "retry DELETE /v1/groups/\(group) until it answers 200, then create it again"),
+          route: route)
+        logger.info(
+          "refused to create a group whose deletion has not finished",
+          metadata: ["group": "\(group)", "recorded": "\(existing.peers.map(\.description))"])
       case .failure(.invalidRecord(let reason)): exchange.fail(.badRequest(reason), route: route)
       case .failure(let error): exchange.fail(.consensus(.storage("\(error); nothing was created, retry the request")), route: route)
       }
@@ -909,16 +922,16 @@ public final class Gateway: HTTPHandler {
       case .success(let existing?):
         let reservation = DirectoryReservation(existing: existing, wanted: wanted)
         guard case .recordedWithTheSamePeers = reservation else { return decide(.success(reservation)) }
-        // A retry — or what a DELETE that failed on some peers left behind. Renewing the record
-        // makes it this creation's, so that DELETE's pending removal (conditional on the old
-        // revision) leaves it alone.
+        // A retry (what a DELETE that failed on some peers leaves is marked). Renewing the record
+        // makes it this creation's, so that a pending removal conditional on an older revision
+        // leaves it alone.
         claim = { done in directory.renewRecord(wanted) { done($0.map { reservation }) } }
       case .success(nil):
         claim = { done in directory.reserve(wanted, done) }
       }
       // Fresh replicas beside one that exists (created before the directory, or left by a
-      // partly failed create or DELETE) would form a quorum of empty logs beside it: go ahead
-      // only when none of the peers hosts the group.
+      // partly failed create) would form a quorum of empty logs beside it: go ahead only when
+      // none of the peers hosts the group.
       hostingPeers(group, peers) { [self] hosting in
         guard let hosting else {
           return decide(.failure(.unavailable("not every peer answered whether it hosts \(group) already")))
@@ -1020,9 +1033,11 @@ public final class Gateway: HTTPHandler {
       }
     }
     guard let directory = configuration.directory else { return deleteFound(nil) }
-    // The record as found now is the one to remove afterwards, and only it: a record written
-    // after the replicas are gone belongs to a new creation of the id.
-    directory.recordRevision(group) { result in
+    // The record is marked before any replica is deleted, so that until it is removed no creation
+    // puts fresh replicas beside ones this DELETE has not reached (it may fail on some peer).
+    // The marked record is the one to remove afterwards, and only it: a record written after the
+    // replicas are gone belongs to a new creation of the id.
+    directory.markDeleting(group) { result in
       switch result {
       case .success(let revision): deleteFound(revision)
       case .failure(.invalidRecord(let reason)): exchange.fail(.badRequest(reason), route: route)
@@ -1037,6 +1052,10 @@ public final class Gateway: HTTPHandler {
   ) {
     engine.deletePeer(group, ifLogEndsBy: ifLogEndsBy) { [self] result in
       switch result {
+      // A recorded group whose only replica is gone already (an earlier DELETE got this far):
+      // what is left is its record, which the answer removes.
+      case .failure(.groupNotFound) where route == "group_delete" && recordRevision != nil:
+        answerDeleted(group, exchange, route: route, recordRevision: recordRevision)
       case .failure(let error): exchange.fail(.consensus(error), route: route)
       case .success: answerDeleted(group, exchange, route: route, recordRevision: recordRevision)
       }

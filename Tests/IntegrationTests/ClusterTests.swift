@@ -224,7 +224,8 @@ final class ClusterTests: XCTestCase {
   /// Regression (review): `POST /v1/groups` over an existing group with other peers created fresh
   /// replicas on the nodes that had none (their leader's higher term would truncate the real
   /// group's log) and overwrote the directory's record. Now the record is reserved first: other
-  /// peers → 409 and nothing is created; the same peers → 409 when every peer has its replica.
+  /// peers → 409 and nothing is created; the same peers → 409 when every peer has its replica;
+  /// over a DELETE that failed on a peer → 409 until the DELETE is finished.
   func testCreatingAnExistingGroupWithOtherPeersIsRefusedAndCreatesNothing() throws {
     _ = try XCTUnwrap(leader(among: [0, 1, 2]))
     let recordPath = "/v1/groups/PartitionRegion-0/kv/groups/DataRegion-3?raw=true"
@@ -250,15 +251,47 @@ final class ClusterTests: XCTestCase {
     XCTAssertEqual(same.status, 409, same.text)
     XCTAssertEqual(try HTTPClient(port: nodes[1].port).request("GET", "/v1/groups/DataRegion-3/kv/k?raw=true").text, "kept")
     XCTAssertEqual(try HTTPClient(port: nodes[1].port).request("GET", recordPath).text, record)
-    // What a DELETE that failed on one peer leaves: the record, and a replica on node 1 only.
-    // The same request must not put a fresh replica beside the surviving one.
-    let dropped = try HTTPClient(port: nodes[1].consensusPort).request("DELETE", "/v1/node/groups/DataRegion-3")
-    XCTAssertEqual(dropped.status, 200, dropped.text)
-    let again = try HTTPClient(port: nodes[2].port).request("POST", "/v1/groups", text: #"{"id":"DataRegion-3","peers":[1,2]}"#)
-    XCTAssertEqual(again.status, 409, again.text)
+    // What a DELETE that failed on one peer leaves: the record, marked, and a replica on node 2
+    // only. The same request must not put a fresh replica beside the surviving one (a quorum
+    // with it, which its log would overwrite), until the DELETE is retried and finishes.
+    // (Until the directory has a leader again a DELETE changes nothing and answers 503 too:
+    // ask until node 1's replica is gone and node 2 is the one that did not answer.)
+    nodes[1].kill(SIGKILL)
+    var failed: HTTPReply?
+    waitUntil("a DELETE of DataRegion-3 to fail on node 2 only") {
+      failed = try? HTTPClient(port: nodes[2].port).request("DELETE", "/v1/groups/DataRegion-3")
+      return failed?.status == 503 && failed?.text.contains("not deleted on node(s) 2") == true
+    }
+    XCTAssertNotEqual(try HTTPClient(port: nodes[0].port).request("GET", "/v1/groups/DataRegion-3?forward=none").status, 200)
+    try nodes[1].start()
+    XCTAssertEqual(try HTTPClient(port: nodes[1].port).request("GET", "/v1/groups/DataRegion-3?forward=none").status, 200)
+    /// The answer of `method target` through node 3 once the directory answers (not 503).
+    func settled(_ method: String, _ target: String, _ body: String = "") -> HTTPReply? {
+      var reply: HTTPReply?
+      waitUntil("\(method) \(target) to be answered with the directory up") {
+        reply = try? HTTPClient(port: nodes[2].port).request(method, target, text: body)
+        return reply.map { $0.status != 503 } ?? false
+      }
+      return reply
+    }
+    let refused = try XCTUnwrap(settled("POST", "/v1/groups", #"{"id":"DataRegion-3","peers":[1,2]}"#))
+    XCTAssertEqual(refused.status, 409, refused.text)
+    XCTAssertEqual(refused.json["error"] as? String, "group_already_exists")
+    XCTAssertTrue(refused.text.contains("retry DELETE /v1/groups/DataRegion-3"), refused.text)
     XCTAssertNotEqual(
-      try HTTPClient(port: nodes[1].port).request("GET", "/v1/groups/DataRegion-3?forward=none").status, 200,
-      "node 2 got no fresh replica")
+      try HTTPClient(port: nodes[0].port).request("GET", "/v1/groups/DataRegion-3?forward=none").status, 200,
+      "node 1 got no fresh replica")
+    let finished = try XCTUnwrap(settled("DELETE", "/v1/groups/DataRegion-3"))
+    XCTAssertEqual(finished.status, 200, finished.text)
+    XCTAssertEqual(try HTTPClient(port: nodes[0].port).request("GET", recordPath).status, 404, "the record is gone")
+    // Now the id is free: a creation makes a new, empty group.
+    let recreated = try XCTUnwrap(settled("POST", "/v1/groups", #"{"id":"DataRegion-3","peers":[1,2]}"#))
+    XCTAssertEqual(recreated.status, 201, recreated.text)
+    var fresh: HTTPReply?
+    waitUntil("the new DataRegion-3 to elect and answer a read") {
+      fresh = try? HTTPClient(port: nodes[0].port).request("GET", "/v1/groups/DataRegion-3/kv/k")
+      return fresh?.status == 404 && fresh?.json["error"] as? String == "key_not_found"
+    }
 
     // A group created node by node (no directory record, as before the directory existed): a
     // creation naming a node that hosts it is refused, and the other node gets nothing.

@@ -1,0 +1,132 @@
+import Consensus
+import Foundation
+@testable import Gateway
+import HTTPServer
+import KeyValueStore
+import Logging
+import Platform
+import StandaloneConsensus
+import XCTest
+
+/// Sends one request to `gateway` and waits for its answer.
+private func send(_ gateway: Gateway, _ method: String, _ target: String, _ body: String = "") -> HTTPResponse {
+  waitForCompletion { done in
+    gateway.handle(
+      HTTPRequest(method: method, target: target, headers: [], body: Array(body.utf8)), responder: HTTPResponder { done($0) })
+  }
+}
+
+private func json(_ response: HTTPResponse) -> [String: Any] {
+  ((try? JSONSerialization.jsonObject(with: Data(response.body))) as? [String: Any]) ?? [:]
+}
+
+private func header(_ response: HTTPResponse, _ name: String) -> String? {
+  response.headers.first { $0.name.lowercased() == name.lowercased() }?.value
+}
+
+/// `POST /v1/groups` on a one-node directory (a standalone engine hosting `PartitionRegion-0`, so
+/// the directory's reads and writes are this engine's).
+final class CreateGroupRetryTests: XCTestCase {
+  private var dataDirectory = ""
+  private var engine: StandaloneConsensus!
+  private let local = Peer(node: NodeID(1), endpoint: Endpoint(host: "127.0.0.1", port: 40010))
+
+  override func setUpWithError() throws {
+    dataDirectory = NSTemporaryDirectory() + "caucus-create-\(UUID().uuidString.prefix(8))"
+    var registry = StateMachineRegistry()
+    registry.registerDefault { _ in KeyValueStateMachine() }
+    engine = StandaloneConsensus(config: ConsensusConfig(localPeer: local, dataDirectory: dataDirectory, registry: registry))
+    try engine.start()
+  }
+
+  override func tearDown() {
+    engine.stop()
+    try? FileManager.default.removeItem(atPath: dataDirectory)
+  }
+
+  private func makeGateway(directory: ClusterDirectory? = nil) -> Gateway {
+    Gateway(
+      engine: engine,
+      configuration: GatewayConfiguration(
+        clientURL: "http://127.0.0.1:6667", dataDirectory: dataDirectory, version: "test", members: [local],
+        directory: directory))
+  }
+
+  private func makeDirectory() throws -> ClusterDirectory {
+    try waitForCompletion { self.engine.createPeer(ClusterDirectory.group, peers: [self.local], completion: $0) }.get()
+    return ClusterDirectory(
+      engine: engine, forwarder: nil, members: [local],
+      localNode: DirectoryNode(id: local.node, clientURL: "http://127.0.0.1:6667", consensusEndpoint: local.endpoint),
+      logger: Logger(label: "test.directory"))
+  }
+
+  /// What a DELETE that failed on some peer leaves: its mark on the record, and maybe replicas.
+  /// A creation of the id is refused, says to finish the DELETE, and creates nothing.
+  func testACreationOverARecordMarkedByAnUnfinishedDeleteIsRefusedAndCreatesNothing() throws {
+    let directory = try makeDirectory()
+    let gateway = makeGateway(directory: directory)
+    defer { gateway.stop() }
+    let marked = DirectoryGroup(id: GroupID(.dataRegion, 3), peers: [local], deleting: true)
+    try waitForCompletion { directory.record(marked, $0) }.get()
+    let refused = send(gateway, "POST", "/v1/groups", #"{"id":"DataRegion-3","peers":[1]}"#)
+    XCTAssertEqual(refused.status, 409)
+    XCTAssertEqual(json(refused)["error"] as? String, "group_already_exists")
+    let message = try XCTUnwrap(json(refused)["message"] as? String)
+    XCTAssertTrue(message.contains("DELETE /v1/groups/DataRegion-3"), message)
+    XCTAssertNil(engine.status(GroupID(.dataRegion, 3)), "no replica was created")
+  }
+}
+
+/// The directory's mark of an unfinished DELETE: encoded only when set, refused by a renewal,
+/// and a reservation over it says so.
+final class DeletionMarkTests: XCTestCase {
+  private let peer = Peer(node: NodeID(2), endpoint: Endpoint(host: "h2", port: 2))
+
+  func testAMarkedRecordRoundTripsAndAnUnmarkedOneKeepsItsShape() throws {
+    let plain = DirectoryGroup(id: GroupID(.dataRegion, 7), peers: [peer])
+    XCTAssertEqual(
+      String(decoding: try DirectoryRecords.encode(plain), as: UTF8.self), #"{"id":"DataRegion-7","peers":[{"id":2,"endpoint":"h2:2"}]}"#)
+    let marked = DirectoryGroup(id: GroupID(.dataRegion, 7), peers: [peer], deleting: true)
+    let bytes = try DirectoryRecords.encode(marked)
+    XCTAssertEqual(String(decoding: bytes, as: UTF8.self), #"{"id":"DataRegion-7","peers":[{"id":2,"endpoint":"h2:2"}],"deleting":true}"#)
+    XCTAssertEqual(try DirectoryRecords.decodeGroup(bytes), marked)
+    XCTAssertThrowsError(
+      try DirectoryRecords.decodeGroup(Array(#"{"id":"DataRegion-7","peers":[{"id":2,"endpoint":"h2:2"}],"deleting":"yes"}"#.utf8)))
+    XCTAssertEqual(DirectoryReservation(existing: marked, wanted: plain), .deletionUnfinished(marked))
+    XCTAssertEqual(DirectoryReservation(existing: plain, wanted: plain), .recordedWithTheSamePeers)
+  }
+
+  func testADeleteMarksTheRecordWithANewRevisionThatARenewalRefusesAndItsRemovalTakes() throws {
+    let dataDirectory = NSTemporaryDirectory() + "caucus-mark-\(UUID().uuidString.prefix(8))"
+    defer { try? FileManager.default.removeItem(atPath: dataDirectory) }
+    let local = Peer(node: NodeID(1), endpoint: Endpoint(host: "127.0.0.1", port: 40010))
+    var registry = StateMachineRegistry()
+    registry.registerDefault { _ in KeyValueStateMachine() }
+    let engine = StandaloneConsensus(config: ConsensusConfig(localPeer: local, dataDirectory: dataDirectory, registry: registry))
+    try engine.start()
+    defer { engine.stop() }
+    try waitForCompletion { engine.createPeer(ClusterDirectory.group, peers: [local], completion: $0) }.get()
+    let directory = ClusterDirectory(
+      engine: engine, forwarder: nil, members: [local],
+      localNode: DirectoryNode(id: local.node, clientURL: "http://127.0.0.1:6667", consensusEndpoint: local.endpoint),
+      logger: Logger(label: "test.directory"))
+    let group = DirectoryGroup(id: GroupID(.dataRegion, 5), peers: [local])
+
+    XCTAssertNil(try waitForCompletion { directory.markDeleting(group.id, $0) }.get(), "no record, nothing to mark")
+    try waitForCompletion { directory.record(group, $0) }.get()
+    let found = try XCTUnwrap(try waitForCompletion { directory.recordRevision(group.id, $0) }.get())
+    let marked = try XCTUnwrap(try waitForCompletion { directory.markDeleting(group.id, $0) }.get())
+    XCTAssertGreaterThan(marked, found)
+    XCTAssertEqual(try waitForCompletion { directory.recordRevision(group.id, $0) }.get(), marked)
+    XCTAssertEqual(try waitForCompletion { directory.recordedGroup(group.id, $0) }.get()?.deleting, true)
+    // A creation cannot make a marked record its own, nor reserve the id.
+    XCTAssertThrowsError(try waitForCompletion { directory.renewRecord(group, $0) }.get())
+    let reservation = try waitForCompletion { directory.reserve(group, $0) }.get()
+    XCTAssertEqual(reservation, .deletionUnfinished(DirectoryGroup(id: group.id, peers: [local], deleting: true)))
+    // A DELETE retried marks it again, with a revision of its own, and removes what it marked.
+    let again = try XCTUnwrap(try waitForCompletion { directory.markDeleting(group.id, $0) }.get())
+    XCTAssertGreaterThan(again, marked)
+    try waitForCompletion { directory.removeRecord(group.id, ifRevision: again, $0) }.get()
+    XCTAssertNil(try waitForCompletion { directory.recordRevision(group.id, $0) }.get())
+  }
+}
