@@ -868,24 +868,31 @@ public final class Gateway: HTTPHandler {
   ) {
     // POST /v1/groups in a cluster: the directory's record first (a single node keeps none).
     guard route == "groups_create", let directory = configuration.directory else {
-      return createReplicas(group, peers, bootstrapVoters: bootstrapVoters, exchange, route: route)
+      return createReplicas(group, peers, bootstrapVoters: bootstrapVoters, placementRecorded: false, exchange, route: route)
     }
     reservePlacement(group, peers, directory, exchange, route: route) { [self] in
-      createReplicas(group, peers, exchange, route: route)
+      createReplicas(group, peers, placementRecorded: true, exchange, route: route)
     }
   }
 
   /// Claims `groups/<group>` for `peers` before any replica is created: a fresh replica created
   /// beside a live group (a node of another placement, or one the group was never created on)
   /// would start a second group of the same id whose higher term truncates the real one's log.
-  /// So: a record with other peers → 409 and nothing is created; with the same peers → a retry,
-  /// `create` runs (peers that have their replica answer 409, which counts as done); no record →
-  /// every peer is asked whether it hosts the group already (groups created before the directory
-  /// existed have no record): any does → 409, none → the record is written only if absent (the
-  /// KV's create-only put, so a concurrent creation of the id is decided by the directory), then
-  /// `create` runs. A record marked by a DELETE that has not finished → 409 (replicas of the
-  /// group's earlier life may remain; the DELETE is to be retried first). A directory or a peer
-  /// that does not answer → 503 and nothing is created.
+  /// So:
+  /// - a record with other peers → 409, and nothing is created;
+  /// - a record marked by a DELETE that has not finished → 409: replicas of the group's earlier
+  ///   life may remain on some peers, and fresh ones beside them could form a quorum of empty
+  ///   logs (or be overwritten by them);
+  /// - a record with the same peers → a retry (of a creation that timed out, or that some peer
+  ///   refused or missed): no peer is asked whether it hosts the group, since every replica on
+  ///   those peers is this placement's (a DELETE marks the record before it deletes any); the
+  ///   record is renewed and `create` runs on every peer, where those that have their replica
+  ///   answer 409, which counts as done. So a retry answers what the first attempt would have;
+  /// - no record → every peer is asked whether it hosts the group already (groups created before
+  ///   the directory existed, or by hand on the node-local route, have no record): any does →
+  ///   409, none → the record is written only if absent (the KV's create-only put, so a
+  ///   concurrent creation of the id is decided by the directory), then `create` runs.
+  /// A directory or a peer that does not answer → 503 and nothing is created.
   private func reservePlacement(
     _ group: GroupID, _ peers: [Peer], _ directory: ClusterDirectory, _ exchange: Exchange, route: String,
     create: @escaping @Sendable () -> Void
@@ -915,34 +922,30 @@ public final class Gateway: HTTPHandler {
       }
     }
     directory.recordedGroup(group) { [self] result in
-      // How the record becomes this creation's once no peer hosts the group.
-      let claim: @Sendable (@escaping @Sendable (Result<DirectoryReservation, DirectoryError>) -> Void) -> Void
       switch result {
       case .failure(let error): return decide(.failure(error))
       case .success(let existing?):
         let reservation = DirectoryReservation(existing: existing, wanted: wanted)
         guard case .recordedWithTheSamePeers = reservation else { return decide(.success(reservation)) }
-        // A retry (what a DELETE that failed on some peers leaves is marked). Renewing the record
-        // makes it this creation's, so that a pending removal conditional on an older revision
-        // leaves it alone.
-        claim = { done in directory.renewRecord(wanted) { done($0.map { reservation }) } }
+        // Renewing the record makes it this creation's, so that a pending removal conditional on
+        // an older revision leaves it alone; it fails if the record changed meanwhile.
+        directory.renewRecord(wanted) { decide($0.map { reservation }) }
       case .success(nil):
-        claim = { done in directory.reserve(wanted, done) }
-      }
-      // Fresh replicas beside one that exists (created before the directory, or left by a
-      // partly failed create) would form a quorum of empty logs beside it: go ahead only when
-      // none of the peers hosts the group.
-      hostingPeers(group, peers) { [self] hosting in
-        guard let hosting else {
-          return decide(.failure(.unavailable("not every peer answered whether it hosts \(group) already")))
+        // Fresh replicas beside one that exists with no record (created before the directory,
+        // or by hand) would form a quorum of empty logs beside it: go ahead only when none of
+        // the peers hosts the group.
+        hostingPeers(group, peers) { [self] hosting in
+          guard let hosting else {
+            return decide(.failure(.unavailable("not every peer answered whether it hosts \(group) already")))
+          }
+          guard hosting.isEmpty else {
+            logger.info(
+              "refused to create a group some of its peers already host",
+              metadata: ["group": "\(group)", "hosting": "\(hosting.map(\.description))"])
+            return exchange.fail(.consensus(.groupAlreadyExists(group)), route: route)
+          }
+          directory.reserve(wanted, decide)
         }
-        guard hosting.isEmpty else {
-          logger.info(
-            "refused to create a group some of its peers already host",
-            metadata: ["group": "\(group)", "hosting": "\(hosting.map(\.description))"])
-          return exchange.fail(.consensus(.groupAlreadyExists(group)), route: route)
-        }
-        claim(decide)
       }
     }
   }
@@ -975,25 +978,24 @@ public final class Gateway: HTTPHandler {
   }
 
   /// createPeer: on every peer for `POST /v1/groups` (after `reservePlacement`), else on this node.
+  /// `POST /v1/groups` is idempotent: a group this node hosts already with exactly `peers` (ids
+  /// and endpoints, as a set) is answered as its creation was (a retry after a timeout). The
+  /// node-local route keeps its `409`: the leader's join path tells "created" from "had one" by it.
   private func createReplicas(
-    _ group: GroupID, _ peers: [Peer], bootstrapVoters: [NodeID]? = nil, _ exchange: Exchange, route: String
+    _ group: GroupID, _ peers: [Peer], bootstrapVoters: [NodeID]? = nil, placementRecorded: Bool, _ exchange: Exchange,
+    route: String
   ) {
     if route == "groups_create", let forwarder = configuration.forwarder,
       peers.contains(where: { $0.node != engine.localPeer.node })
     {
-      return createEverywhere(group, peers, forwarder, exchange, route: route)
+      return createEverywhere(group, peers, forwarder, placementRecorded: placementRecorded, exchange, route: route)
     }
     let created: @Sendable (Result<Void, ConsensusError>) -> Void = { [self] result in
       switch result {
+      case .failure(.groupAlreadyExists) where route == "groups_create" && hosts(group, withExactly: peers):
+        answerCreated(group, exchange, route: route)
       case .failure(let error): exchange.fail(.consensus(error), route: route)
-      case .success:
-        guard let status = engine.status(group) else {
-          exchange.fail(.consensus(.groupNotFound(group)), route: route)
-          return
-        }
-        exchange.respond(
-          json: statusDocument(status), status: 201,
-          headers: groupHeaders(status) + [("Location", "/v1/groups/\(group)")], route: route)
+      case .success: answerCreated(group, exchange, route: route)
       }
     }
     if let bootstrapVoters {
@@ -1001,6 +1003,22 @@ public final class Gateway: HTTPHandler {
     } else {
       engine.createPeer(group, peers: peers, completion: created)
     }
+  }
+
+  /// Whether this node's replica of `group` has exactly `peers`, compared as sets of ids and endpoints.
+  private func hosts(_ group: GroupID, withExactly peers: [Peer]) -> Bool {
+    guard let status = engine.status(group) else { return false }
+    return Set(status.peers.map(\.peer)) == Set(peers)
+  }
+
+  /// `201` with this node's replica's status: the answer to a creation, first or retried.
+  private func answerCreated(_ group: GroupID, _ exchange: Exchange, route: String) {
+    guard let status = engine.status(group) else {
+      return exchange.fail(.consensus(.groupNotFound(group)), route: route)
+    }
+    exchange.respond(
+      json: statusDocument(status), status: 201, headers: groupHeaders(status) + [("Location", "/v1/groups/\(group)")],
+      route: route)
   }
 
   private func deleteGroup(_ group: GroupID, _ exchange: Exchange, route: String) {
@@ -1114,12 +1132,14 @@ public final class Gateway: HTTPHandler {
   }
 
   /// createPeer on every peer: this node's engine for itself, `POST /v1/node/groups` on the others.
-  /// 201 when every peer created its replica or some did and the rest had one; 409 when every peer
-  /// already had one; otherwise `503 not_ready` naming the peers that did not (retrying is safe:
-  /// in a cluster `reservePlacement` ran first, so the peers are the group's recorded ones and a
-  /// peer's 409 means its replica is of this group).
+  /// 201 when every peer created its replica or had one: in a cluster `reservePlacement` ran
+  /// first, so the peers are the group's recorded ones and a replica a peer had is this group's
+  /// (a retry finishing what an earlier attempt began). Without a recorded placement, every peer
+  /// having one already is `409`: nothing says whose replicas those are. Otherwise `503
+  /// not_ready` naming the peers that did not; retrying the same request is safe.
   private func createEverywhere(
-    _ group: GroupID, _ peers: [Peer], _ forwarder: LeaderForwarder, _ exchange: Exchange, route: String
+    _ group: GroupID, _ peers: [Peer], _ forwarder: LeaderForwarder, placementRecorded: Bool, _ exchange: Exchange,
+    route: String
   ) {
     // The same document is the node-local request body and, for a group this node does not
     // host, the answer's summary.
@@ -1136,7 +1156,7 @@ public final class Gateway: HTTPHandler {
     }, remote: { peer, done in
       forwarder.groupOperation("POST", on: peer, target: "/v1/node/groups", body: body) { status, _ in done(status) }
     }) { [self] statuses in
-      if statuses.values.allSatisfy({ $0 == 409 }) {
+      if !placementRecorded && statuses.values.allSatisfy({ $0 == 409 }) {
         return exchange.fail(.consensus(.groupAlreadyExists(group)), route: route)
       }
       let failed = statuses.filter { $0.value != 201 && $0.value != 409 }.map(\.key).sorted()

@@ -24,8 +24,9 @@ private func header(_ response: HTTPResponse, _ name: String) -> String? {
   response.headers.first { $0.name.lowercased() == name.lowercased() }?.value
 }
 
-/// `POST /v1/groups` on a one-node directory (a standalone engine hosting `PartitionRegion-0`, so
-/// the directory's reads and writes are this engine's).
+/// Issue 11: `POST /v1/groups` retried after a timeout is answered as the first attempt was. On
+/// a single node (no directory) and on a one-node directory (a standalone engine hosting
+/// `PartitionRegion-0`, so the directory's reads and writes are this engine's).
 final class CreateGroupRetryTests: XCTestCase {
   private var dataDirectory = ""
   private var engine: StandaloneConsensus!
@@ -58,6 +59,59 @@ final class CreateGroupRetryTests: XCTestCase {
       engine: engine, forwarder: nil, members: [local],
       localNode: DirectoryNode(id: local.node, clientURL: "http://127.0.0.1:6667", consensusEndpoint: local.endpoint),
       logger: Logger(label: "test.directory"))
+  }
+
+  /// The two answers are the same creation's: 201, the Location, the group and its peers.
+  private func assertSameCreation(_ first: HTTPResponse, _ second: HTTPResponse, file: StaticString = #filePath, line: UInt = #line) {
+    for response in [first, second] {
+      XCTAssertEqual(response.status, 201, String(decoding: response.body, as: UTF8.self), file: file, line: line)
+      XCTAssertEqual(header(response, "Location"), "/v1/groups/DataRegion-3", file: file, line: line)
+    }
+    XCTAssertEqual(json(first)["id"] as? String, json(second)["id"] as? String, file: file, line: line)
+    let peers = { (response: HTTPResponse) in (json(response)["peers"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? Int } }
+    XCTAssertEqual(peers(first), [1], file: file, line: line)
+    XCTAssertEqual(peers(second), peers(first), file: file, line: line)
+  }
+
+  func testOnASingleNodeACreateRetriedWithTheSamePeersIs201AndOtherPeersAre409() throws {
+    let gateway = makeGateway()
+    defer { gateway.stop() }
+    let first = send(gateway, "POST", "/v1/groups", #"{"id":"DataRegion-3"}"#)
+    let written = send(gateway, "PUT", "/v1/groups/DataRegion-3/kv/k", "v")
+    XCTAssertEqual(written.status, 200)
+    let second = send(gateway, "POST", "/v1/groups", #"{"id":"DataRegion-3"}"#)
+    assertSameCreation(first, second)
+    // The same peer list spelled out (by id, then in full) is the same request.
+    assertSameCreation(first, send(gateway, "POST", "/v1/groups", #"{"id":"DataRegion-3","peers":[1]}"#))
+    assertSameCreation(
+      first, send(gateway, "POST", "/v1/groups", #"{"id":"DataRegion-3","peers":[{"id":1,"endpoint":"127.0.0.1:40010"}]}"#))
+    XCTAssertEqual(String(decoding: send(gateway, "GET", "/v1/groups/DataRegion-3/kv/k?raw=true").body, as: UTF8.self), "v")
+
+    // Another peer list (here: another endpoint for node 1) is not this group.
+    let other = send(gateway, "POST", "/v1/groups", #"{"id":"DataRegion-3","peers":[{"id":1,"endpoint":"127.0.0.1:40999"}]}"#)
+    XCTAssertEqual(other.status, 409)
+    XCTAssertEqual(json(other)["error"] as? String, "group_already_exists")
+    // The node-local route still tells "created" from "had one" (the leader's join path needs it).
+    let local = send(gateway, "POST", "/v1/node/groups", #"{"id":"DataRegion-3","peers":[1]}"#)
+    XCTAssertEqual(local.status, 409)
+    XCTAssertEqual(json(local)["error"] as? String, "group_already_exists")
+    XCTAssertEqual(engine.allGroupIDs().filter { $0 == GroupID(.dataRegion, 3) }.count, 1)
+  }
+
+  func testWithADirectoryACreateRetriedWithTheSamePeersIs201AndOtherPeersAre409() throws {
+    let directory = try makeDirectory()
+    let gateway = makeGateway(directory: directory)
+    defer { gateway.stop() }
+    let first = send(gateway, "POST", "/v1/groups", #"{"id":"DataRegion-3","peers":[1]}"#)
+    let recorded = try XCTUnwrap(try waitForCompletion { directory.recordRevision(GroupID(.dataRegion, 3), $0) }.get())
+    let second = send(gateway, "POST", "/v1/groups", #"{"id":"DataRegion-3","peers":[1]}"#)
+    assertSameCreation(first, second)
+    let renewed = try XCTUnwrap(try waitForCompletion { directory.recordRevision(GroupID(.dataRegion, 3), $0) }.get())
+    XCTAssertGreaterThan(renewed, recorded, "the retry made the record its own")
+
+    let other = send(gateway, "POST", "/v1/groups", #"{"id":"DataRegion-3","peers":[{"id":1,"endpoint":"127.0.0.1:40999"}]}"#)
+    XCTAssertEqual(other.status, 409)
+    XCTAssertEqual(json(other)["error"] as? String, "group_already_exists")
   }
 
   /// What a DELETE that failed on some peer leaves: its mark on the record, and maybe replicas.
