@@ -1132,11 +1132,16 @@ public final class Gateway: HTTPHandler {
   }
 
   /// createPeer on every peer: this node's engine for itself, `POST /v1/node/groups` on the others.
-  /// 201 when every peer created its replica or had one: in a cluster `reservePlacement` ran
-  /// first, so the peers are the group's recorded ones and a replica a peer had is this group's
-  /// (a retry finishing what an earlier attempt began). Without a recorded placement, every peer
-  /// having one already is `409`: nothing says whose replicas those are. Otherwise `503
-  /// not_ready` naming the peers that did not; retrying the same request is safe.
+  /// - 201 when every peer created its replica or had one: in a cluster `reservePlacement` ran
+  ///   first, so the peers are the group's recorded ones and a replica a peer had is this
+  ///   group's (a retry finishing what an earlier attempt began). Without a recorded placement,
+  ///   every peer having one already is `409`: nothing says whose replicas those are.
+  /// - A peer's definite refusal (a 4xx such as `409 group_limit_reached`) is the answer, with
+  ///   its status, code and context, and a note on what the other peers did.
+  /// - Otherwise `503 not_ready` naming the peers that did not answer or failed in a way that
+  ///   may pass; retrying the same request is safe.
+  /// The peers that created their replica keep it in every case, as does the directory its
+  /// record: the same request, retried, creates the rest.
   private func createEverywhere(
     _ group: GroupID, _ peers: [Peer], _ forwarder: LeaderForwarder, placementRecorded: Bool, _ exchange: Exchange,
     route: String
@@ -1146,29 +1151,46 @@ public final class Gateway: HTTPHandler {
     let body = Gateway.groupDocument(group, peers)
     let summary = Gateway.groupDocument(group, peers, protocolName: engine.protocolName)
     fanOut(peers, exchange, route: route, local: { [engine] done in
-      engine.createPeer(group, peers: peers) { result in
-        switch result {
-        case .success: done(201)
-        case .failure(.groupAlreadyExists): done(409)
-        case .failure: done(0)
-        }
-      }
+      engine.createPeer(group, peers: peers) { done(ReplicaCreation($0)) }
     }, remote: { peer, done in
-      forwarder.groupOperation("POST", on: peer, target: "/v1/node/groups", body: body) { status, _ in done(status) }
-    }) { [self] statuses in
-      if !placementRecorded && statuses.values.allSatisfy({ $0 == 409 }) {
+      forwarder.groupOperation("POST", on: peer, target: "/v1/node/groups", body: body) { status, answer in
+        done(ReplicaCreation(node: peer.node, status: status, body: answer))
+      }
+    }) { [self] outcomes in
+      let done = outcomes.filter { $0.value.isDone }.map(\.key).sorted()
+      let undone = outcomes.filter { !$0.value.isDone }.sorted { $0.key < $1.key }
+      precondition(done.count + undone.count == peers.count, "every peer's outcome is counted once")
+      if let (node, refusal) = undone.lazy.compactMap({ entry in entry.value.refusal.map { (entry.key, $0) } }).first {
+        let kept =
+          done.isEmpty
+          ? "; no replica of \(group) exists"
+          : "; \(group) has replicas on node(s) \(Gateway.list(done)), which keep them"
+            + (placementRecorded ? ", and its directory record" : "")
+        logger.warning(
+          "a peer refused to create its replica of a group",
+          metadata: ["group": "\(group)", "refusedBy": "\(node)", "created": "\(done.map(\.description))"])
+        return exchange.fail(
+          .explained(
+            refusal,
+            note: kept + ": the same request, retried once node \(node) can host the group, creates the rest, "
+              + "and DELETE /v1/groups/\(group) removes what exists"),
+          route: route, group: group)
+      }
+      guard undone.isEmpty else {
+        let reasons = undone.map { "\($0.key) (\($0.value.failure ?? "failed"))" }.joined(separator: ", ")
+        return exchange.fail(
+          .consensus(.storage("group \(group) was not created on node(s) \(reasons); retry the request")), route: route)
+      }
+      if !placementRecorded && outcomes.values.allSatisfy({ if case .existed = $0 { true } else { false } }) {
         return exchange.fail(.consensus(.groupAlreadyExists(group)), route: route)
       }
-      let failed = statuses.filter { $0.value != 201 && $0.value != 409 }.map(\.key).sorted()
-      guard failed.isEmpty else {
-        return exchange.fail(
-          .consensus(.storage("group \(group) was not created on node(s) \(failed.map(\.description).joined(separator: ", ")); retry the request")),
-          route: route)
-      }
+      precondition(done.count == peers.count, "a creation is answered 201 only when every peer hosts its replica")
       let body = engine.status(group).map(statusDocument) ?? summary
       exchange.respond(json: body, status: 201, headers: [("Location", "/v1/groups/\(group)")], route: route)
     }
   }
+
+  static func list(_ nodes: [NodeID]) -> String { nodes.map(\.description).joined(separator: ", ") }
 
   /// `{"id","protocol"?,"peers":[<peer>],"bootstrapVoters"?:[<node id>]}`: the body of the
   /// node-local creation (with `bootstrapVoters`, of a joining replica) and a group's summary.
@@ -1218,20 +1240,21 @@ public final class Gateway: HTTPHandler {
     }
   }
 
-  /// Runs one operation per peer (local or remote) and calls `finish` once with every peer's status.
-  func fanOut(
+  /// Runs one operation per peer (local or remote) and calls `finish` once with every peer's
+  /// outcome (a status, or what `ReplicaCreation` makes of it).
+  func fanOut<Outcome: Sendable>(
     _ peers: [Peer], _ exchange: Exchange, route: String,
-    local: @escaping @Sendable (@escaping @Sendable (Int) -> Void) -> Void,
-    remote: @escaping @Sendable (Peer, @escaping @Sendable (Int) -> Void) -> Void,
-    finish: @escaping @Sendable ([NodeID: Int]) -> Void
+    local: @escaping @Sendable (@escaping @Sendable (Outcome) -> Void) -> Void,
+    remote: @escaping @Sendable (Peer, @escaping @Sendable (Outcome) -> Void) -> Void,
+    finish: @escaping @Sendable ([NodeID: Outcome]) -> Void
   ) {
-    let statuses = Locked<[NodeID: Int]>([:])
+    let outcomes = Locked<[NodeID: Outcome]>([:])
     let expected = peers.count
     for peer in peers {
-      let record: @Sendable (Int) -> Void = { status in
-        let all: [NodeID: Int]? = statuses.withLock { statuses in
-          statuses[peer.node] = status
-          return statuses.count == expected ? statuses : nil
+      let record: @Sendable (Outcome) -> Void = { outcome in
+        let all: [NodeID: Outcome]? = outcomes.withLock { outcomes in
+          outcomes[peer.node] = outcome
+          return outcomes.count == expected ? outcomes : nil
         }
         if let all { finish(all) }
       }
@@ -1526,4 +1549,66 @@ func residentSetBytes() -> UInt64? {
   let fields = text.split(separator: " ")
   guard fields.count > 1, let pages = UInt64(fields[1]) else { return nil }
   return pages * 4096
+}
+
+/// What became of one peer's replica when a group was created on it (`POST /v1/groups`, and the
+/// joining replica of a membership change), from its engine's answer or its `POST /v1/node/groups`.
+enum ReplicaCreation: Sendable {
+  case created
+  /// The peer has a replica of the group already (`409 group_already_exists`).
+  case existed
+  /// The peer refused for good (a 4xx: its group limit, a bad peer list): the error to answer.
+  case refused(GatewayError)
+  /// No answer, or a failure that may pass (storage, shutting down, overloaded, any 5xx): why.
+  case failed(String)
+
+  /// This node's engine's answer.
+  init(_ result: Result<Void, ConsensusError>) {
+    switch result {
+    case .success: self = .created
+    case .failure(.groupAlreadyExists): self = .existed
+    case .failure(let error):
+      switch error {
+      case .groupLimitReached, .illegalPeerNumber, .invalidRequest, .notSupported: self = .refused(.consensus(error))
+      default: self = .failed(error.description)
+      }
+    }
+  }
+
+  /// Another node's answer to `POST /v1/node/groups` (status 0: none). A 4xx is a refusal only
+  /// with a JSON error body; 408 (the request was cut off) and 429 may pass.
+  init(node: NodeID, status: Int, body: [UInt8]) {
+    let answer = try? JSONParser.parse(body)
+    let code = answer?["error"]?.stringValue
+    switch status {
+    case 201: self = .created
+    case 409 where code == "group_already_exists": self = .existed
+    case 400..<500 where status != 408 && status != 429:
+      guard let code, let message = answer?["message"]?.stringValue, case .object(let context)? = answer else {
+        self = .failed("it answered \(status) without an error body")
+        return
+      }
+      self = .refused(.refusedByPeer(node: node, status: status, code: code, message: message, context: context))
+    case 0: self = .failed("no answer")
+    default: self = .failed("it answered \(status)" + (code.map { " \($0)" } ?? ""))
+    }
+  }
+
+  /// The peer hosts its replica now.
+  var isDone: Bool {
+    switch self {
+    case .created, .existed: return true
+    case .refused, .failed: return false
+    }
+  }
+
+  var refusal: GatewayError? {
+    if case .refused(let error) = self { return error }
+    return nil
+  }
+
+  var failure: String? {
+    if case .failed(let reason) = self { return reason }
+    return nil
+  }
 }

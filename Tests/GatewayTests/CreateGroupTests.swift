@@ -184,3 +184,79 @@ final class DeletionMarkTests: XCTestCase {
     XCTAssertNil(try waitForCompletion { directory.recordRevision(group.id, $0) }.get())
   }
 }
+
+/// An engine that hosts nothing and refuses every creation for its group limit.
+private final class FullEngine: ConsensusEngine, @unchecked Sendable {
+  let protocolName = "full"
+  let localPeer = Peer(node: NodeID(7), endpoint: Endpoint(host: "127.0.0.1", port: 40017))
+  let refusal = ConsensusError.groupLimitReached(node: NodeID(7), limit: 2, setting: "raft.groupsMax")
+
+  func start() throws {}
+  func stop() {}
+  func write(_ group: GroupID, command: [UInt8], completion: @escaping ConsensusCompletion<WriteResult>) {
+    completion(.failure(.groupNotFound(group)))
+  }
+  func read(_ group: GroupID, query: [UInt8], options: ReadOptions, completion: @escaping ConsensusCompletion<ReadResult>) {
+    completion(.failure(.groupNotFound(group)))
+  }
+  func createPeer(_ group: GroupID, peers: [Peer], completion: @escaping ConsensusCompletion<Void>) {
+    completion(.failure(refusal))
+  }
+  func deletePeer(_ group: GroupID, ifLogEndsBy: LogPosition?, completion: @escaping ConsensusCompletion<Void>) {
+    completion(.failure(.groupNotFound(group)))
+  }
+  func addPeer(_ group: GroupID, peer: Peer, completion: @escaping ConsensusCompletion<Void>) {}
+  func removePeer(_ group: GroupID, node: NodeID, completion: @escaping ConsensusCompletion<Void>) {}
+  func changePeer(_ group: GroupID, peers: [Peer], completion: @escaping ConsensusCompletion<Void>) {}
+  func transferLeader(_ group: GroupID, to node: NodeID, completion: @escaping ConsensusCompletion<Void>) {}
+  func triggerSnapshot(_ group: GroupID, completion: @escaping ConsensusCompletion<SnapshotInfo>) {}
+  func isLeader(_ group: GroupID) -> Bool { false }
+  func leader(_ group: GroupID) -> Peer? { nil }
+  func allGroupIDs() -> [GroupID] { [] }
+  func status(_ group: GroupID) -> GroupStatus? { nil }
+  var isReady: Bool { true }
+  func prometheusMetrics() -> String { "" }
+}
+
+/// Issue 11: a node at its group limit refuses a creation with `409 group_limit_reached` naming
+/// the node and the limit, on both creation routes, not with a storage failure to retry.
+final class GroupLimitTests: XCTestCase {
+  func testACreationPastTheGroupLimitIs409GroupLimitReachedOnBothRoutes() throws {
+    let gateway = Gateway(
+      engine: FullEngine(), configuration: GatewayConfiguration(clientURL: "http://127.0.0.1:6667", dataDirectory: "/d", version: "test"))
+    defer { gateway.stop() }
+    for (target, body) in [("/v1/groups", #"{"id":"DataRegion-3"}"#), ("/v1/node/groups", #"{"id":"DataRegion-3","peers":[7]}"#)] {
+      let refused = send(gateway, "POST", target, body)
+      XCTAssertEqual(refused.status, 409, target)
+      let answer = json(refused)
+      XCTAssertEqual(answer["error"] as? String, "group_limit_reached", target)
+      XCTAssertEqual(answer["node"] as? Int, 7, target)
+      XCTAssertEqual(answer["limit"] as? Int, 2, target)
+      let message = try XCTUnwrap(answer["message"] as? String)
+      XCTAssertTrue(message.contains("node 7") && message.contains("raft.groupsMax = 2"), message)
+      XCTAssertNil(header(refused, "Retry-After"), "not a failure that passes by itself")
+    }
+  }
+
+  /// How the coordinator of a creation reads a peer's answer to `POST /v1/node/groups`.
+  func testAPeersAnswerIsCreatedExistedARefusalToPassOnOrAFailureThatMayPass() {
+    let node = NodeID(3)
+    func outcome(_ status: Int, _ body: String = "") -> ReplicaCreation { ReplicaCreation(node: node, status: status, body: Array(body.utf8)) }
+    XCTAssertTrue(outcome(201, "{}").isDone)
+    XCTAssertTrue(outcome(409, #"{"error":"group_already_exists","message":"m"}"#).isDone)
+    let limit = outcome(409, #"{"error":"group_limit_reached","message":"node 3 hosts 2 groups","node":3,"limit":2}"#)
+    XCTAssertFalse(limit.isDone, "a 409 of another kind is not a replica")
+    guard case .refusedByPeer(let refusing, let status, let code, let message, let context)? = limit.refusal else {
+      return XCTFail("\(limit)")
+    }
+    XCTAssertEqual(refusing, node)
+    XCTAssertEqual(status, 409)
+    XCTAssertEqual(code, "group_limit_reached")
+    XCTAssertEqual(message, "node 3 hosts 2 groups")
+    XCTAssertEqual(context.first { $0.0 == "limit" }?.1, .number(2))
+    XCTAssertNotNil(outcome(400, #"{"error":"illegal_peer_num","message":"m"}"#).refusal)
+    for (status, body) in [(0, ""), (503, #"{"error":"not_ready","message":"m"}"#), (408, #"{"error":"request_timeout","message":"m"}"#), (400, "")] {
+      XCTAssertNotNil(outcome(status, body).failure, "\(status) \(body)")
+    }
+  }
+}
