@@ -76,7 +76,7 @@ ERROR_CODES = {
     "unauthorized", "forbidden",
     "group_not_found", "key_not_found", "peer_not_in_group", "not_found",
     "method_not_allowed",
-    "group_already_exists", "peer_already_in_group", "node_already_exists", "rebalance_in_progress",
+    "group_already_exists", "group_limit_reached", "peer_already_in_group", "node_already_exists", "rebalance_in_progress",
     "compacted",
     "precondition_failed",
     "payload_too_large", "uri_too_long", "headers_too_large",

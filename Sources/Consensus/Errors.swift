@@ -27,6 +27,10 @@ public enum ConsensusError: Error, Equatable, Sendable, CustomStringConvertible 
   case outOfSpace(directory: String, retryAfterMs: UInt32)
   /// The command or query was rejected before reaching the state machine.
   case invalidRequest(String)
+  /// Node `node` hosts `limit` groups, the most its `setting` lets it: a creation was refused
+  /// before anything of it was written. It passes once groups are deleted there, or the limit is
+  /// raised (a restart); a retry of the same creation is then safe.
+  case groupLimitReached(node: NodeID, limit: Int, setting: String)
 
   public var description: String {
     switch self {
@@ -51,6 +55,9 @@ public enum ConsensusError: Error, Equatable, Sendable, CustomStringConvertible 
         + "refuses writes; free space on that file system (delete files or grow it) and the node resumes "
         + "by itself within \(retryAfterMs) ms, without a restart; reads with consistency=stale still work"
     case .invalidRequest(let what): return what
+    case .groupLimitReached(let node, let limit, let setting):
+      return "node \(node) hosts \(limit) groups, the most it may (\(setting) = \(limit)); delete groups on it or raise "
+        + "\(setting) there (a restart), then retry"
     }
   }
 }

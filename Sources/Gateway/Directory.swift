@@ -10,7 +10,7 @@ import Synchronization
 // `config_node_group_address_list`), a Raft group with the built-in key-value state machine whose
 // entries describe the cluster:
 //   nodes/<id>        → {"id","clientURL","consensusEndpoint"}
-//   groups/<GroupID>  → {"id","peers":[{"id","endpoint"}]}
+//   groups/<GroupID>  → {"id","peers":[{"id","endpoint"}],"deleting"?:true}
 // Everything that reads or writes those records goes through this file.
 
 /// A node as the directory records it (and as `GET /v1/node` on a consensus port describes it).
@@ -34,12 +34,17 @@ public struct DirectoryNode: Equatable, Sendable {
 public struct DirectoryGroup: Equatable, Sendable {
   public let id: GroupID
   public let peers: [Peer]
+  /// A `DELETE /v1/groups/{group}` marked the record before deleting any replica and has not
+  /// removed it yet (it failed on some peer, or is still running): replicas of the group may
+  /// remain on some of `peers`, and no creation may put fresh replicas beside them.
+  public let deleting: Bool
 
-  public init(id: GroupID, peers: [Peer]) {
+  public init(id: GroupID, peers: [Peer], deleting: Bool = false) {
     precondition(!peers.isEmpty, "a group has at least one peer")
     precondition(Set(peers.map(\.node)).count == peers.count, "a group names each node once")
     self.id = id
     self.peers = peers
+    self.deleting = deleting
   }
 }
 
@@ -95,6 +100,7 @@ public enum DirectoryRecords {
     writer.member("id", group.id.description)
     writer.key("peers")
     write(group.peers, to: &writer)
+    if group.deleting { writer.member("deleting", true) }
     writer.endObject()
     return writer.bytes
   }
@@ -158,7 +164,12 @@ public enum DirectoryRecords {
       }
       peers.append(Peer(node: NodeID(node), endpoint: endpoint))
     }
-    return DirectoryGroup(id: id, peers: peers)
+    var deleting = false
+    if let marker = json["deleting"] {
+      guard case .bool(let value) = marker else { throw DirectoryRecordError(description: "a group record's \"deleting\" is true or false") }
+      deleting = value
+    }
+    return DirectoryGroup(id: id, peers: peers, deleting: deleting)
   }
 
   /// `"members"` of the `POST /v1/cluster/nodes` answer: the directory group's peers.
@@ -210,13 +221,23 @@ enum DirectoryReservation: Equatable, Sendable {
   /// The record was absent and is now written: this request creates the group.
   case reserved
   /// A record with the same peers exists: a retried creation (or an identical one racing it).
+  /// Every replica of the group on those peers is this placement's (a DELETE marks the record
+  /// before it deletes any), so the peers that lack one may get a fresh one.
   case recordedWithTheSamePeers
   /// A record names other peers: the group exists elsewhere, and nothing may be created.
   case recordedWithOtherPeers(DirectoryGroup)
+  /// The record is marked by a DELETE that has not finished: replicas of an earlier life of the
+  /// group may remain, and nothing may be created beside them until the DELETE is done.
+  case deletionUnfinished(DirectoryGroup)
 
   init(existing: DirectoryGroup, wanted: DirectoryGroup) {
     precondition(existing.id == wanted.id, "a reservation compares records of one group")
-    self = Set(existing.peers) == Set(wanted.peers) ? .recordedWithTheSamePeers : .recordedWithOtherPeers(existing)
+    precondition(!wanted.deleting, "a creation never asks for a record marked for deletion")
+    if existing.deleting {
+      self = .deletionUnfinished(existing)
+    } else {
+      self = Set(existing.peers) == Set(wanted.peers) ? .recordedWithTheSamePeers : .recordedWithOtherPeers(existing)
+    }
   }
 }
 
@@ -446,6 +467,51 @@ public final class ClusterDirectory: Sendable {
     get(DirectoryRecords.key(group: id), local: false) { result in completion(result.map { $0?.revision }) }
   }
 
+  /// Marks `groups/<id>` as being deleted (`"deleting": true`) before a `DELETE /v1/groups/{group}`
+  /// deletes any replica, and answers the marked record's revision (nil when there is no record),
+  /// the one that DELETE removes once every replica is gone. Until then the record says that
+  /// replicas of the group may remain on its peers, and a creation of the id is refused instead
+  /// of putting fresh replicas beside them (see `DirectoryReservation.deletionUnfinished`). A
+  /// record marked already (an earlier DELETE failed) is marked again, which gives it a revision
+  /// of this DELETE's own. A damaged record is not marked, only its revision is answered.
+  func markDeleting(_ id: GroupID, _ completion: @escaping @Sendable (Result<UInt64?, DirectoryError>) -> Void) {
+    let key = DirectoryRecords.key(group: id)
+    get(key, local: false) { [self] result in
+      switch result {
+      case .failure(let error): return completion(.failure(error))
+      case .success(nil): return completion(.success(nil))
+      case .success(let entry?):
+        // A damaged record (or one naming another group) names no peers to keep: it is removed
+        // as found, unmarked, as before there were marks.
+        guard let found = try? DirectoryRecords.decodeGroup(entry.value), found.id == id else {
+          return completion(.success(entry.revision))
+        }
+        let marked: [UInt8]
+        do { marked = try DirectoryRecords.encode(DirectoryGroup(id: id, peers: found.peers, deleting: true)) } catch {
+          return completion(.failure(.invalidRecord("\(error)")))
+        }
+        precondition((try? DirectoryRecords.decodeGroup(marked))?.deleting == true, "the marked record reads back as marked")
+        forget(key)
+        put(key, marked, precondition: .revisionEquals(entry.revision)) { [self] result in
+          switch result {
+          case .failure(.preconditionFailed): return completion(.failure(.unavailable("the record of \(id) changed meanwhile; retry")))
+          case .failure(let error): return completion(.failure(error))
+          case .success: break
+          }
+          // The write does not say the revision it made: read it back, and accept it only while
+          // the record is still the marked one.
+          get(key, local: false) { result in
+            switch result {
+            case .failure(let error): completion(.failure(error))
+            case .success(let written?) where written.value == marked: completion(.success(written.revision))
+            case .success: completion(.failure(.unavailable("the record of \(id) changed meanwhile; retry")))
+            }
+          }
+        }
+      }
+    }
+  }
+
   /// Writes `groups/<id>` again, unchanged but with a new revision, if it still has the peers of
   /// `group`: a creation that reuses a record left by an earlier attempt makes it its own, so a
   /// pending removal by an earlier DELETE (conditional on the old revision) cannot take it away.
@@ -456,7 +522,9 @@ public final class ClusterDirectory: Sendable {
       case .failure(let error): return completion(.failure(error))
       case .success(nil): return completion(.failure(.unavailable("the record of \(group.id) disappeared meanwhile; retry")))
       case .success(let entry?):
-        guard let recorded = try? DirectoryRecords.decodeGroup(entry.value), Set(recorded.peers) == Set(group.peers) else {
+        guard let recorded = try? DirectoryRecords.decodeGroup(entry.value), !recorded.deleting,
+          Set(recorded.peers) == Set(group.peers)
+        else {
           return completion(.failure(.unavailable("the record of \(group.id) changed meanwhile; retry")))
         }
         forget(key)

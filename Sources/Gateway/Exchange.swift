@@ -17,6 +17,13 @@ enum GatewayError: Error {
   case payloadTooLarge(String, limitBytes: Int)
   case notImplemented(String)
   case consensus(ConsensusError)
+  /// A peer refused its part of an operation this node coordinates with a definite 4xx (say
+  /// `409 group_limit_reached` from its `POST /v1/node/groups`): the answer keeps its status,
+  /// code, message and context fields, and names the node.
+  case refusedByPeer(node: NodeID, status: Int, code: String, message: String, context: [(String, JSONValue)])
+  /// An error whose message gains `note`: what to do next, or what became of the rest of an
+  /// operation on many peers.
+  indirect case explained(GatewayError, note: String)
   case forwardLoop(hops: Int)
   /// No valid credentials (`401 unauthorized`, with `WWW-Authenticate`).
   case unauthorized(String)
@@ -206,13 +213,19 @@ final class Exchange: Sendable {
     }
   }
 
-  private func answerError(_ gatewayError: GatewayError, route: String, group: GroupID?) {
+  private func answerError(_ explainedError: GatewayError, route: String, group: GroupID?) {
     var headers: [(name: String, value: String)] = [jsonContentType]
     var writer = JSONWriter()
     writer.beginObject()
+    var gatewayError = explainedError
+    var note = ""
+    while case .explained(let inner, let more) = gatewayError {
+      gatewayError = inner
+      note = more + note
+    }
     func code(_ status: Int, _ code: String, _ message: String) -> Int {
       writer.member("error", code)
-      writer.member("message", message)
+      writer.member("message", message + note)
       return status
     }
     let status: Int
@@ -242,6 +255,15 @@ final class Exchange: Sendable {
       status = code(401, "unauthorized", message)
     case .internal(let message):
       status = code(500, "internal", message)
+    case .refusedByPeer(let node, let refusedStatus, let refusedCode, let message, let context):
+      precondition((400..<500).contains(refusedStatus), "only a peer's definite refusal (4xx) is passed on")
+      status = code(refusedStatus, refusedCode, message)
+      for (name, value) in context where !["error", "message", "node", "group"].contains(name) {
+        writer.key(name)
+        writer.value(value)
+      }
+      writer.member("node", node.rawValue)
+    case .explained: preconditionFailure("the notes were taken off above")
     case .forwardLoop(let hops):
       status = code(508, "forward_loop", "the request was already forwarded \(hops) times; the cluster's view of the leader is changing")
     case .consensus(let error):
@@ -287,6 +309,12 @@ final class Exchange: Sendable {
         writer.member("dataDir", directory)
       case .invalidRequest(let message):
         status = code(400, "bad_request", message)
+      case .groupLimitReached(let node, let limit, _):
+        // 409, not 503: the node is not failing, the request conflicts with what it hosts; it
+        // passes only when an operator deletes groups there or raises the limit.
+        status = code(409, "group_limit_reached", error.description)
+        writer.member("node", node.rawValue)
+        writer.member("limit", limit)
       }
     }
     if let group {

@@ -121,7 +121,9 @@ extension Gateway {
 
   /// At the leader: creates a joining replica on every candidate that is not a member yet, then
   /// `then`. Elsewhere `then` at once: the engine answers the leader error and the request goes
-  /// to the leader. A node that already hosts the group (409, a retry) counts as done.
+  /// to the leader. A node that already hosts the group (`409 group_already_exists`, a retry)
+  /// counts as done; a joiner's definite refusal (a 4xx such as `409 group_limit_reached`) is the
+  /// answer, and the membership is not changed.
   private func prepareJoiners(
     _ group: GroupID, _ candidates: [Peer], _ exchange: Exchange, route: String, then: @escaping @Sendable () -> Void
   ) {
@@ -146,15 +148,20 @@ extension Gateway {
         route: route)
     }
     let body = Gateway.groupDocument(group, members + joiners, bootstrapVoters: status.bootstrapVoters)
-    fanOut(joiners, exchange, route: route, local: { done in done(201) }, remote: { peer, done in
-      forwarder.groupOperation("POST", on: peer, target: "/v1/node/groups", body: body) { status, _ in done(status) }
-    }) { statuses in
-      let failed = statuses.filter { $0.value != 201 && $0.value != 409 }.map(\.key).sorted()
-      guard failed.isEmpty else {
+    fanOut(joiners, exchange, route: route, local: { done in done(ReplicaCreation.created) }, remote: { peer, done in
+      forwarder.groupOperation("POST", on: peer, target: "/v1/node/groups", body: body) { status, answer in
+        done(ReplicaCreation(node: peer.node, status: status, body: answer))
+      }
+    }) { outcomes in
+      // Nothing changed in the group yet: a joiner's refusal (its group limit) is the answer.
+      let undone = outcomes.filter { !$0.value.isDone }.sorted { $0.key < $1.key }
+      if let refusal = undone.lazy.compactMap(\.value.refusal).first {
+        return exchange.fail(.explained(refusal, note: "; the membership of \(group) was not changed"), route: route, group: group)
+      }
+      guard undone.isEmpty else {
         return exchange.fail(
           .consensus(
-            .storage(
-              "the joining replica of \(group) was not created on node(s) \(failed.map(\.description).joined(separator: ", ")); retry the request")),
+            .storage("the joining replica of \(group) was not created on node(s) \(Gateway.list(undone.map(\.key))); retry the request")),
           route: route)
       }
       then()

@@ -872,22 +872,31 @@ public final class Gateway: HTTPHandler {
   ) {
     // POST /v1/groups in a cluster: the directory's record first (a single node keeps none).
     guard route == "groups_create", let directory = configuration.directory else {
-      return createReplicas(group, peers, bootstrapVoters: bootstrapVoters, exchange, route: route)
+      return createReplicas(group, peers, bootstrapVoters: bootstrapVoters, placementRecorded: false, exchange, route: route)
     }
     reservePlacement(group, peers, directory, exchange, route: route) { [self] in
-      createReplicas(group, peers, exchange, route: route)
+      createReplicas(group, peers, placementRecorded: true, exchange, route: route)
     }
   }
 
   /// Claims `groups/<group>` for `peers` before any replica is created: a fresh replica created
   /// beside a live group (a node of another placement, or one the group was never created on)
   /// would start a second group of the same id whose higher term truncates the real one's log.
-  /// So: a record with other peers → 409 and nothing is created; with the same peers → a retry,
-  /// `create` runs (peers that have their replica answer 409, which counts as done); no record →
-  /// every peer is asked whether it hosts the group already (groups created before the directory
-  /// existed have no record): any does → 409, none → the record is written only if absent (the
-  /// KV's create-only put, so a concurrent creation of the id is decided by the directory), then
-  /// `create` runs. A directory or a peer that does not answer → 503 and nothing is created.
+  /// So:
+  /// - a record with other peers → 409, and nothing is created;
+  /// - a record marked by a DELETE that has not finished → 409: replicas of the group's earlier
+  ///   life may remain on some peers, and fresh ones beside them could form a quorum of empty
+  ///   logs (or be overwritten by them);
+  /// - a record with the same peers → a retry (of a creation that timed out, or that some peer
+  ///   refused or missed): no peer is asked whether it hosts the group, since every replica on
+  ///   those peers is this placement's (a DELETE marks the record before it deletes any); the
+  ///   record is renewed and `create` runs on every peer, where those that have their replica
+  ///   answer 409, which counts as done. So a retry answers what the first attempt would have;
+  /// - no record → every peer is asked whether it hosts the group already (groups created before
+  ///   the directory existed, or by hand on the node-local route, have no record): any does →
+  ///   409, none → the record is written only if absent (the KV's create-only put, so a
+  ///   concurrent creation of the id is decided by the directory), then `create` runs.
+  /// A directory or a peer that does not answer → 503 and nothing is created.
   private func reservePlacement(
     _ group: GroupID, _ peers: [Peer], _ directory: ClusterDirectory, _ exchange: Exchange, route: String,
     create: @escaping @Sendable () -> Void
@@ -901,39 +910,46 @@ public final class Gateway: HTTPHandler {
         logger.info(
           "refused to create a group the directory records on other peers",
           metadata: ["group": "\(group)", "recorded": "\(existing.peers.map(\.description))", "asked": "\(peers.map(\.description))"])
+      case .success(.deletionUnfinished(let existing)):
+        let nodes = existing.peers.map(\.node.description).joined(separator: ", ")
+        exchange.fail(
+          .explained(
+            .consensus(.groupAlreadyExists(group)),
+            note: "; a DELETE of it has not finished, so replicas of it may remain on node(s) \(nodes): "
+              + "retry DELETE /v1/groups/\(group) until it answers 200, then create it again"),
+          route: route)
+        logger.info(
+          "refused to create a group whose deletion has not finished",
+          metadata: ["group": "\(group)", "recorded": "\(existing.peers.map(\.description))"])
       case .failure(.invalidRecord(let reason)): exchange.fail(.badRequest(reason), route: route)
       case .failure(let error): exchange.fail(.consensus(.storage("\(error); nothing was created, retry the request")), route: route)
       }
     }
     directory.recordedGroup(group) { [self] result in
-      // How the record becomes this creation's once no peer hosts the group.
-      let claim: @Sendable (@escaping @Sendable (Result<DirectoryReservation, DirectoryError>) -> Void) -> Void
       switch result {
       case .failure(let error): return decide(.failure(error))
       case .success(let existing?):
         let reservation = DirectoryReservation(existing: existing, wanted: wanted)
         guard case .recordedWithTheSamePeers = reservation else { return decide(.success(reservation)) }
-        // A retry — or what a DELETE that failed on some peers left behind. Renewing the record
-        // makes it this creation's, so that DELETE's pending removal (conditional on the old
-        // revision) leaves it alone.
-        claim = { done in directory.renewRecord(wanted) { done($0.map { reservation }) } }
+        // Renewing the record makes it this creation's, so that a pending removal conditional on
+        // an older revision leaves it alone; it fails if the record changed meanwhile.
+        directory.renewRecord(wanted) { decide($0.map { reservation }) }
       case .success(nil):
-        claim = { done in directory.reserve(wanted, done) }
-      }
-      // Fresh replicas beside one that exists (created before the directory, or left by a
-      // partly failed create or DELETE) would form a quorum of empty logs beside it: go ahead
-      // only when none of the peers hosts the group.
-      hostingPeers(group, peers) { [self] hosting in
-        guard let hosting else {
-          return decide(.failure(.unavailable("not every peer answered whether it hosts \(group) already")))
+        // Fresh replicas beside one that exists with no record (created before the directory,
+        // or by hand) would form a quorum of empty logs beside it: go ahead only when none of
+        // the peers hosts the group.
+        hostingPeers(group, peers) { [self] hosting in
+          guard let hosting else {
+            return decide(.failure(.unavailable("not every peer answered whether it hosts \(group) already")))
+          }
+          guard hosting.isEmpty else {
+            logger.info(
+              "refused to create a group some of its peers already host",
+              metadata: ["group": "\(group)", "hosting": "\(hosting.map(\.description))"])
+            return exchange.fail(.consensus(.groupAlreadyExists(group)), route: route)
+          }
+          directory.reserve(wanted, decide)
         }
-        guard hosting.isEmpty else {
-          logger.info(
-            "refused to create a group some of its peers already host",
-            metadata: ["group": "\(group)", "hosting": "\(hosting.map(\.description))"])
-          return exchange.fail(.consensus(.groupAlreadyExists(group)), route: route)
-        }
-        claim(decide)
       }
     }
   }
@@ -966,25 +982,24 @@ public final class Gateway: HTTPHandler {
   }
 
   /// createPeer: on every peer for `POST /v1/groups` (after `reservePlacement`), else on this node.
+  /// `POST /v1/groups` is idempotent: a group this node hosts already with exactly `peers` (ids
+  /// and endpoints, as a set) is answered as its creation was (a retry after a timeout). The
+  /// node-local route keeps its `409`: the leader's join path tells "created" from "had one" by it.
   private func createReplicas(
-    _ group: GroupID, _ peers: [Peer], bootstrapVoters: [NodeID]? = nil, _ exchange: Exchange, route: String
+    _ group: GroupID, _ peers: [Peer], bootstrapVoters: [NodeID]? = nil, placementRecorded: Bool, _ exchange: Exchange,
+    route: String
   ) {
     if route == "groups_create", let forwarder = configuration.forwarder,
       peers.contains(where: { $0.node != engine.localPeer.node })
     {
-      return createEverywhere(group, peers, forwarder, exchange, route: route)
+      return createEverywhere(group, peers, forwarder, placementRecorded: placementRecorded, exchange, route: route)
     }
     let created: @Sendable (Result<Void, ConsensusError>) -> Void = { [self] result in
       switch result {
+      case .failure(.groupAlreadyExists) where route == "groups_create" && hosts(group, withExactly: peers):
+        answerCreated(group, exchange, route: route)
       case .failure(let error): exchange.fail(.consensus(error), route: route)
-      case .success:
-        guard let status = engine.status(group) else {
-          exchange.fail(.consensus(.groupNotFound(group)), route: route)
-          return
-        }
-        exchange.respond(
-          json: statusDocument(status), status: 201,
-          headers: groupHeaders(status) + [("Location", "/v1/groups/\(group)")], route: route)
+      case .success: answerCreated(group, exchange, route: route)
       }
     }
     if let bootstrapVoters {
@@ -992,6 +1007,22 @@ public final class Gateway: HTTPHandler {
     } else {
       engine.createPeer(group, peers: peers, completion: created)
     }
+  }
+
+  /// Whether this node's replica of `group` has exactly `peers`, compared as sets of ids and endpoints.
+  private func hosts(_ group: GroupID, withExactly peers: [Peer]) -> Bool {
+    guard let status = engine.status(group) else { return false }
+    return Set(status.peers.map(\.peer)) == Set(peers)
+  }
+
+  /// `201` with this node's replica's status: the answer to a creation, first or retried.
+  private func answerCreated(_ group: GroupID, _ exchange: Exchange, route: String) {
+    guard let status = engine.status(group) else {
+      return exchange.fail(.consensus(.groupNotFound(group)), route: route)
+    }
+    exchange.respond(
+      json: statusDocument(status), status: 201, headers: groupHeaders(status) + [("Location", "/v1/groups/\(group)")],
+      route: route)
   }
 
   private func deleteGroup(_ group: GroupID, _ exchange: Exchange, route: String) {
@@ -1024,9 +1055,11 @@ public final class Gateway: HTTPHandler {
       }
     }
     guard let directory = configuration.directory else { return deleteFound(nil) }
-    // The record as found now is the one to remove afterwards, and only it: a record written
-    // after the replicas are gone belongs to a new creation of the id.
-    directory.recordRevision(group) { result in
+    // The record is marked before any replica is deleted, so that until it is removed no creation
+    // puts fresh replicas beside ones this DELETE has not reached (it may fail on some peer).
+    // The marked record is the one to remove afterwards, and only it: a record written after the
+    // replicas are gone belongs to a new creation of the id.
+    directory.markDeleting(group) { result in
       switch result {
       case .success(let revision): deleteFound(revision)
       case .failure(.invalidRecord(let reason)): exchange.fail(.badRequest(reason), route: route)
@@ -1041,6 +1074,10 @@ public final class Gateway: HTTPHandler {
   ) {
     engine.deletePeer(group, ifLogEndsBy: ifLogEndsBy) { [self] result in
       switch result {
+      // A recorded group whose only replica is gone already (an earlier DELETE got this far):
+      // what is left is its record, which the answer removes.
+      case .failure(.groupNotFound) where route == "group_delete" && recordRevision != nil:
+        answerDeleted(group, exchange, route: route, recordRevision: recordRevision)
       case .failure(let error): exchange.fail(.consensus(error), route: route)
       case .success: answerDeleted(group, exchange, route: route, recordRevision: recordRevision)
       }
@@ -1099,41 +1136,65 @@ public final class Gateway: HTTPHandler {
   }
 
   /// createPeer on every peer: this node's engine for itself, `POST /v1/node/groups` on the others.
-  /// 201 when every peer created its replica or some did and the rest had one; 409 when every peer
-  /// already had one; otherwise `503 not_ready` naming the peers that did not (retrying is safe:
-  /// in a cluster `reservePlacement` ran first, so the peers are the group's recorded ones and a
-  /// peer's 409 means its replica is of this group).
+  /// - 201 when every peer created its replica or had one: in a cluster `reservePlacement` ran
+  ///   first, so the peers are the group's recorded ones and a replica a peer had is this
+  ///   group's (a retry finishing what an earlier attempt began). Without a recorded placement,
+  ///   every peer having one already is `409`: nothing says whose replicas those are.
+  /// - A peer's definite refusal (a 4xx such as `409 group_limit_reached`) is the answer, with
+  ///   its status, code and context, and a note on what the other peers did.
+  /// - Otherwise `503 not_ready` naming the peers that did not answer or failed in a way that
+  ///   may pass; retrying the same request is safe.
+  /// The peers that created their replica keep it in every case, as does the directory its
+  /// record: the same request, retried, creates the rest.
   private func createEverywhere(
-    _ group: GroupID, _ peers: [Peer], _ forwarder: LeaderForwarder, _ exchange: Exchange, route: String
+    _ group: GroupID, _ peers: [Peer], _ forwarder: LeaderForwarder, placementRecorded: Bool, _ exchange: Exchange,
+    route: String
   ) {
     // The same document is the node-local request body and, for a group this node does not
     // host, the answer's summary.
     let body = Gateway.groupDocument(group, peers)
     let summary = Gateway.groupDocument(group, peers, protocolName: engine.protocolName)
     fanOut(peers, exchange, route: route, local: { [engine] done in
-      engine.createPeer(group, peers: peers) { result in
-        switch result {
-        case .success: done(201)
-        case .failure(.groupAlreadyExists): done(409)
-        case .failure: done(0)
-        }
-      }
+      engine.createPeer(group, peers: peers) { done(ReplicaCreation($0)) }
     }, remote: { peer, done in
-      forwarder.groupOperation("POST", on: peer, target: "/v1/node/groups", body: body) { status, _ in done(status) }
-    }) { [self] statuses in
-      if statuses.values.allSatisfy({ $0 == 409 }) {
+      forwarder.groupOperation("POST", on: peer, target: "/v1/node/groups", body: body) { status, answer in
+        done(ReplicaCreation(node: peer.node, status: status, body: answer))
+      }
+    }) { [self] outcomes in
+      let done = outcomes.filter { $0.value.isDone }.map(\.key).sorted()
+      let undone = outcomes.filter { !$0.value.isDone }.sorted { $0.key < $1.key }
+      precondition(done.count + undone.count == peers.count, "every peer's outcome is counted once")
+      if let (node, refusal) = undone.lazy.compactMap({ entry in entry.value.refusal.map { (entry.key, $0) } }).first {
+        let kept =
+          done.isEmpty
+          ? "; no replica of \(group) exists"
+          : "; \(group) has replicas on node(s) \(Gateway.list(done)), which keep them"
+            + (placementRecorded ? ", and its directory record" : "")
+        logger.warning(
+          "a peer refused to create its replica of a group",
+          metadata: ["group": "\(group)", "refusedBy": "\(node)", "created": "\(done.map(\.description))"])
+        return exchange.fail(
+          .explained(
+            refusal,
+            note: kept + ": the same request, retried once node \(node) can host the group, creates the rest, "
+              + "and DELETE /v1/groups/\(group) removes what exists"),
+          route: route, group: group)
+      }
+      guard undone.isEmpty else {
+        let reasons = undone.map { "\($0.key) (\($0.value.failure ?? "failed"))" }.joined(separator: ", ")
+        return exchange.fail(
+          .consensus(.storage("group \(group) was not created on node(s) \(reasons); retry the request")), route: route)
+      }
+      if !placementRecorded && outcomes.values.allSatisfy({ if case .existed = $0 { true } else { false } }) {
         return exchange.fail(.consensus(.groupAlreadyExists(group)), route: route)
       }
-      let failed = statuses.filter { $0.value != 201 && $0.value != 409 }.map(\.key).sorted()
-      guard failed.isEmpty else {
-        return exchange.fail(
-          .consensus(.storage("group \(group) was not created on node(s) \(failed.map(\.description).joined(separator: ", ")); retry the request")),
-          route: route)
-      }
+      precondition(done.count == peers.count, "a creation is answered 201 only when every peer hosts its replica")
       let body = engine.status(group).map(statusDocument) ?? summary
       exchange.respond(json: body, status: 201, headers: [("Location", "/v1/groups/\(group)")], route: route)
     }
   }
+
+  static func list(_ nodes: [NodeID]) -> String { nodes.map(\.description).joined(separator: ", ") }
 
   /// `{"id","protocol"?,"peers":[<peer>],"bootstrapVoters"?:[<node id>]}`: the body of the
   /// node-local creation (with `bootstrapVoters`, of a joining replica) and a group's summary.
@@ -1183,20 +1244,21 @@ public final class Gateway: HTTPHandler {
     }
   }
 
-  /// Runs one operation per peer (local or remote) and calls `finish` once with every peer's status.
-  func fanOut(
+  /// Runs one operation per peer (local or remote) and calls `finish` once with every peer's
+  /// outcome (a status, or what `ReplicaCreation` makes of it).
+  func fanOut<Outcome: Sendable>(
     _ peers: [Peer], _ exchange: Exchange, route: String,
-    local: @escaping @Sendable (@escaping @Sendable (Int) -> Void) -> Void,
-    remote: @escaping @Sendable (Peer, @escaping @Sendable (Int) -> Void) -> Void,
-    finish: @escaping @Sendable ([NodeID: Int]) -> Void
+    local: @escaping @Sendable (@escaping @Sendable (Outcome) -> Void) -> Void,
+    remote: @escaping @Sendable (Peer, @escaping @Sendable (Outcome) -> Void) -> Void,
+    finish: @escaping @Sendable ([NodeID: Outcome]) -> Void
   ) {
-    let statuses = Locked<[NodeID: Int]>([:])
+    let outcomes = Locked<[NodeID: Outcome]>([:])
     let expected = peers.count
     for peer in peers {
-      let record: @Sendable (Int) -> Void = { status in
-        let all: [NodeID: Int]? = statuses.withLock { statuses in
-          statuses[peer.node] = status
-          return statuses.count == expected ? statuses : nil
+      let record: @Sendable (Outcome) -> Void = { outcome in
+        let all: [NodeID: Outcome]? = outcomes.withLock { outcomes in
+          outcomes[peer.node] = outcome
+          return outcomes.count == expected ? outcomes : nil
         }
         if let all { finish(all) }
       }
@@ -1491,4 +1553,66 @@ func residentSetBytes() -> UInt64? {
   let fields = text.split(separator: " ")
   guard fields.count > 1, let pages = UInt64(fields[1]) else { return nil }
   return pages * 4096
+}
+
+/// What became of one peer's replica when a group was created on it (`POST /v1/groups`, and the
+/// joining replica of a membership change), from its engine's answer or its `POST /v1/node/groups`.
+enum ReplicaCreation: Sendable {
+  case created
+  /// The peer has a replica of the group already (`409 group_already_exists`).
+  case existed
+  /// The peer refused for good (a 4xx: its group limit, a bad peer list): the error to answer.
+  case refused(GatewayError)
+  /// No answer, or a failure that may pass (storage, shutting down, overloaded, any 5xx): why.
+  case failed(String)
+
+  /// This node's engine's answer.
+  init(_ result: Result<Void, ConsensusError>) {
+    switch result {
+    case .success: self = .created
+    case .failure(.groupAlreadyExists): self = .existed
+    case .failure(let error):
+      switch error {
+      case .groupLimitReached, .illegalPeerNumber, .invalidRequest, .notSupported: self = .refused(.consensus(error))
+      default: self = .failed(error.description)
+      }
+    }
+  }
+
+  /// Another node's answer to `POST /v1/node/groups` (status 0: none). A 4xx is a refusal only
+  /// with a JSON error body; 408 (the request was cut off) and 429 may pass.
+  init(node: NodeID, status: Int, body: [UInt8]) {
+    let answer = try? JSONParser.parse(body)
+    let code = answer?["error"]?.stringValue
+    switch status {
+    case 201: self = .created
+    case 409 where code == "group_already_exists": self = .existed
+    case 400..<500 where status != 408 && status != 429:
+      guard let code, let message = answer?["message"]?.stringValue, case .object(let context)? = answer else {
+        self = .failed("it answered \(status) without an error body")
+        return
+      }
+      self = .refused(.refusedByPeer(node: node, status: status, code: code, message: message, context: context))
+    case 0: self = .failed("no answer")
+    default: self = .failed("it answered \(status)" + (code.map { " \($0)" } ?? ""))
+    }
+  }
+
+  /// The peer hosts its replica now.
+  var isDone: Bool {
+    switch self {
+    case .created, .existed: return true
+    case .refused, .failed: return false
+    }
+  }
+
+  var refusal: GatewayError? {
+    if case .refused(let error) = self { return error }
+    return nil
+  }
+
+  var failure: String? {
+    if case .failed(let reason) = self { return reason }
+    return nil
+  }
 }

@@ -385,10 +385,8 @@ extension RaftConsensus {
       state.withLock { controlQueued -= 1 }
       guard live[id] == nil else { return turn.answers.append { completion(.failure(.groupAlreadyExists(id))) } }
       guard live.count < options.groupsMax else {
-        let limit = options.groupsMax
-        return turn.answers.append {
-          completion(.failure(.invalidRequest("this node hosts \(limit) groups, the most it may (raft.groupsMax)")))
-        }
+        let refusal = ConsensusError.groupLimitReached(node: localPeer.node, limit: options.groupsMax, setting: "raft.groupsMax")
+        return turn.answers.append { completion(.failure(refusal)) }
       }
       let replica: RaftGroup
       do {

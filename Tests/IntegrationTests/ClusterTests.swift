@@ -161,6 +161,11 @@ final class ClusterTests: XCTestCase {
     let created = try consensus.request("POST", "/v1/node/groups", text: #"{"id":"SchemaRegion-4","peers":[2]}"#)
     XCTAssertEqual(created.status, 201, created.text)
     XCTAssertEqual(try HTTPClient(port: nodes[1].port).request("GET", "/v1/groups/SchemaRegion-4?forward=none").status, 200)
+    // Unlike POST /v1/groups, the node-local route tells "created" from "had one": the leader's
+    // join path relies on it.
+    let again = try consensus.request("POST", "/v1/node/groups", text: #"{"id":"SchemaRegion-4","peers":[2]}"#)
+    XCTAssertEqual(again.status, 409, again.text)
+    XCTAssertEqual(again.json["error"] as? String, "group_already_exists")
     let bad = try HTTPClient(port: nodes[1].consensusPort).request("POST", "/v1/node/groups", text: "{")
     XCTAssertEqual(bad.status, 400, bad.text)
     XCTAssertEqual(bad.json["error"] as? String, "invalid_json")
@@ -187,9 +192,19 @@ final class ClusterTests: XCTestCase {
       return written == 200
     }
     XCTAssertEqual(try HTTPClient(port: nodes[2].port).request("GET", "/v1/groups/DataRegion-7/kv/k?raw=true").text, "seven")
-    let again = try HTTPClient(port: nodes[1].port).request("POST", "/v1/groups", text: #"{"id":"DataRegion-7","peers":[1,2,3]}"#)
-    XCTAssertEqual(again.status, 409, again.text)
-    XCTAssertEqual(again.json["error"] as? String, "group_already_exists")
+    // Issue 11: the same creation again (a client retrying after a timeout), through any node and
+    // in any order, is answered as the first was; nothing is created again and the data stays.
+    for (through, peers) in [(0, "[1,2,3]"), (1, "[3,1,2]")] {
+      let again = try HTTPClient(port: nodes[through].port).request("POST", "/v1/groups", text: #"{"id":"DataRegion-7","peers":\#(peers)}"#)
+      XCTAssertEqual(again.status, 201, again.text)
+      XCTAssertEqual(again.headers["location"], "/v1/groups/DataRegion-7")
+      XCTAssertEqual(again.json["id"] as? String, "DataRegion-7")
+      XCTAssertEqual(Set((again.json["peers"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? Int }), [1, 2, 3], again.text)
+    }
+    XCTAssertEqual(try HTTPClient(port: nodes[0].port).request("GET", "/v1/groups/DataRegion-7/kv/k?raw=true").text, "seven")
+    waitUntil("DataRegion-7 to take a write after the retries") {
+      (try? HTTPClient(port: nodes[2].port).request("PUT", "/v1/groups/DataRegion-7/kv/k2", text: "again").status) == 200
+    }
     // A group on two of the three nodes.
     let pair = try HTTPClient(port: nodes[2].port).request("POST", "/v1/groups", text: #"{"id":"SchemaRegion-2","peers":[1,2]}"#)
     XCTAssertEqual(pair.status, 201, pair.text)
@@ -224,7 +239,8 @@ final class ClusterTests: XCTestCase {
   /// Regression (review): `POST /v1/groups` over an existing group with other peers created fresh
   /// replicas on the nodes that had none (their leader's higher term would truncate the real
   /// group's log) and overwrote the directory's record. Now the record is reserved first: other
-  /// peers → 409 and nothing is created; the same peers → 409 when every peer has its replica.
+  /// peers → 409 and nothing is created; the same peers → 201 (issue 11: a retry) and nothing is
+  /// created again; over a DELETE that failed on a peer → 409 until the DELETE is finished.
   func testCreatingAnExistingGroupWithOtherPeersIsRefusedAndCreatesNothing() throws {
     _ = try XCTUnwrap(leader(among: [0, 1, 2]))
     let recordPath = "/v1/groups/PartitionRegion-0/kv/groups/DataRegion-3?raw=true"
@@ -245,20 +261,53 @@ final class ClusterTests: XCTestCase {
         "node 3 got no replica (it only knows where the group lives), peers \(peers)")
       XCTAssertEqual(try HTTPClient(port: nodes[1].port).request("GET", recordPath).text, record, "the record is unchanged")
     }
-    // The same request again: every peer has its replica, nothing is created, the data is intact.
+    // The same request again (a retry): every peer has its replica, so nothing is created; it is
+    // answered as the first was, and the data is intact.
     let same = try HTTPClient(port: nodes[2].port).request("POST", "/v1/groups", text: #"{"id":"DataRegion-3","peers":[2,1]}"#)
-    XCTAssertEqual(same.status, 409, same.text)
+    XCTAssertEqual(same.status, 201, same.text)
     XCTAssertEqual(try HTTPClient(port: nodes[1].port).request("GET", "/v1/groups/DataRegion-3/kv/k?raw=true").text, "kept")
-    XCTAssertEqual(try HTTPClient(port: nodes[1].port).request("GET", recordPath).text, record)
-    // What a DELETE that failed on one peer leaves: the record, and a replica on node 1 only.
-    // The same request must not put a fresh replica beside the surviving one.
-    let dropped = try HTTPClient(port: nodes[1].consensusPort).request("DELETE", "/v1/node/groups/DataRegion-3")
-    XCTAssertEqual(dropped.status, 200, dropped.text)
-    let again = try HTTPClient(port: nodes[2].port).request("POST", "/v1/groups", text: #"{"id":"DataRegion-3","peers":[1,2]}"#)
-    XCTAssertEqual(again.status, 409, again.text)
+    XCTAssertEqual(try HTTPClient(port: nodes[1].port).request("GET", recordPath).text, record, "renewed, not changed")
+    // What a DELETE that failed on one peer leaves: the record, marked, and a replica on node 2
+    // only. The same request must not put a fresh replica beside the surviving one (a quorum
+    // with it, which its log would overwrite), until the DELETE is retried and finishes.
+    // (Until the directory has a leader again a DELETE changes nothing and answers 503 too:
+    // ask until node 1's replica is gone and node 2 is the one that did not answer.)
+    nodes[1].kill(SIGKILL)
+    var failed: HTTPReply?
+    waitUntil("a DELETE of DataRegion-3 to fail on node 2 only") {
+      failed = try? HTTPClient(port: nodes[2].port).request("DELETE", "/v1/groups/DataRegion-3")
+      return failed?.status == 503 && failed?.text.contains("not deleted on node(s) 2") == true
+    }
+    XCTAssertNotEqual(try HTTPClient(port: nodes[0].port).request("GET", "/v1/groups/DataRegion-3?forward=none").status, 200)
+    try nodes[1].start()
+    XCTAssertEqual(try HTTPClient(port: nodes[1].port).request("GET", "/v1/groups/DataRegion-3?forward=none").status, 200)
+    /// The answer of `method target` through node 3 once the directory answers (not 503).
+    func settled(_ method: String, _ target: String, _ body: String = "") -> HTTPReply? {
+      var reply: HTTPReply?
+      waitUntil("\(method) \(target) to be answered with the directory up") {
+        reply = try? HTTPClient(port: nodes[2].port).request(method, target, text: body)
+        return reply.map { $0.status != 503 } ?? false
+      }
+      return reply
+    }
+    let refused = try XCTUnwrap(settled("POST", "/v1/groups", #"{"id":"DataRegion-3","peers":[1,2]}"#))
+    XCTAssertEqual(refused.status, 409, refused.text)
+    XCTAssertEqual(refused.json["error"] as? String, "group_already_exists")
+    XCTAssertTrue(refused.text.contains("retry DELETE /v1/groups/DataRegion-3"), refused.text)
     XCTAssertNotEqual(
-      try HTTPClient(port: nodes[1].port).request("GET", "/v1/groups/DataRegion-3?forward=none").status, 200,
-      "node 2 got no fresh replica")
+      try HTTPClient(port: nodes[0].port).request("GET", "/v1/groups/DataRegion-3?forward=none").status, 200,
+      "node 1 got no fresh replica")
+    let finished = try XCTUnwrap(settled("DELETE", "/v1/groups/DataRegion-3"))
+    XCTAssertEqual(finished.status, 200, finished.text)
+    XCTAssertEqual(try HTTPClient(port: nodes[0].port).request("GET", recordPath).status, 404, "the record is gone")
+    // Now the id is free: a creation makes a new, empty group.
+    let recreated = try XCTUnwrap(settled("POST", "/v1/groups", #"{"id":"DataRegion-3","peers":[1,2]}"#))
+    XCTAssertEqual(recreated.status, 201, recreated.text)
+    var fresh: HTTPReply?
+    waitUntil("the new DataRegion-3 to elect and answer a read") {
+      fresh = try? HTTPClient(port: nodes[0].port).request("GET", "/v1/groups/DataRegion-3/kv/k")
+      return fresh?.status == 404 && fresh?.json["error"] as? String == "key_not_found"
+    }
 
     // A group created node by node (no directory record, as before the directory existed): a
     // creation naming a node that hosts it is refused, and the other node gets nothing.

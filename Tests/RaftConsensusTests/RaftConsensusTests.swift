@@ -560,9 +560,17 @@ final class RaftConsensusTests: XCTestCase {
     let third = waitForCompletion {
       cluster.engine(0).createPeer(GroupID(.dataRegion, 3), peers: cluster.peers, completion: $0)
     }
-    guard case .failure(.invalidRequest(let message)) = third else { return XCTFail("\(third)") }
-    XCTAssertTrue(message.contains("groupsMax"), message)
+    // A refusal of its own kind, naming the node and the limit, so the gateway can answer it as
+    // one (409 group_limit_reached) instead of a bad request or a storage failure.
+    guard case .failure(let error) = third else { return XCTFail("\(third)") }
+    XCTAssertEqual(error, .groupLimitReached(node: cluster.peers[0].node, limit: 2, setting: "raft.groupsMax"))
+    XCTAssertTrue(error.description.contains("raft.groupsMax = 2"), error.description)
     XCTAssertEqual(cluster.engine(0).allGroupIDs().count, 2)
+    // A group it hosts is still answered as existing, not as past the limit.
+    let again = waitForCompletion {
+      cluster.engine(0).createPeer(GroupID(.dataRegion, 2), peers: cluster.peers, completion: $0)
+    }
+    guard case .failure(.groupAlreadyExists) = again else { return XCTFail("\(again)") }
     XCTAssertThrowsError(try RaftConsensusOptions(options: ["groupsMax": "40000"]), "above half the batch's heartbeat limit")
   }
 
