@@ -553,7 +553,9 @@ public struct Raft: Sendable {
           index: message.index, reject: true, rejectHint: hint))
       return
     }
-    precondition(message.commit <= message.index, "a leader quiesces with its commit index within its log")
+    // A leader quiesces with its commit index within its log; a message that says otherwise is
+    // corrupt (hostile input is dropped, never trusted or crashed on).
+    guard message.commit <= message.index else { return }
     log.commit(to: max(log.committed, message.commit))
     timeoutNowDeferredFrom = 0
     isQuiesced = true

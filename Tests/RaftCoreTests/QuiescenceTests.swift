@@ -178,6 +178,17 @@ final class QuiescenceTests: XCTestCase {
     XCTAssertGreaterThan(newLeaders.first.map { cluster[$0].term } ?? 0, term)
   }
 
+  /// A corrupt quiesce (a commit index past the entry it names) is dropped, not trusted.
+  func testAQuiesceCommittingPastItsOwnIndexIsIgnored() {
+    var cluster = activeCluster()
+    let (term, lastIndex, lastTerm) = (cluster[1].term, cluster[1].lastIndex, cluster[1].lastTerm)
+    var follower = cluster[2]
+    follower.step(
+      Message(kind: .quiesce, from: 1, to: 2, term: term, logTerm: lastTerm, index: lastIndex - 1, commit: lastIndex + 5))
+    XCTAssertFalse(follower.isQuiesced)
+    XCTAssertLessThanOrEqual(follower.committed, lastIndex)
+  }
+
   func testQuiesceFromAnOlderTermIsAnsweredWithTheNewTerm() {
     var cluster = activeCluster()
     cluster.tick(Self.quietTicks)
