@@ -52,6 +52,13 @@ static inline uint64_t caucus_ssl_op_no_renegotiation(void) { return SSL_OP_NO_R
 /// instead of failing: HTTP frames its own messages, as every HTTP/1.1 client and server assumes.
 static inline uint64_t caucus_ssl_op_ignore_unexpected_eof(void) { return SSL_OP_IGNORE_UNEXPECTED_EOF; }
 
+/// SSL_CTX_get0_chain_certs: the intermediates loaded with the context's certificate (may be NULL).
+static inline STACK_OF(X509) *caucus_ssl_ctx_get0_chain_certs(SSL_CTX *context) {
+  STACK_OF(X509) *chain = NULL;
+  SSL_CTX_get0_chain_certs(context, &chain);
+  return chain;
+}
+
 /// SSL_set_tlsext_host_name (SNI): 1 on success.
 static inline int caucus_ssl_set_tlsext_host_name(SSL *ssl, const char *name) {
   return (int)SSL_set_tlsext_host_name(ssl, name);

@@ -169,6 +169,31 @@ public final class TLSContext: @unchecked Sendable, CustomStringConvertible {
     }
   }
 
+  /// Checks that this context's own certificate chains to its CA file and is valid now: what a
+  /// peer verifying it with the same CA will check. A cluster whose nodes verify each other with one
+  /// CA cannot work otherwise, so a node says so at start rather than have every peer refuse it.
+  public func checkOwnCertificateAgainstCA() throws(TLSError) {
+    guard let certificateFile = files.certificateChainFile, let caFile = files.caFile else {
+      throw TLSError("checking a certificate against the CA needs both files")
+    }
+    guard let certificate = SSL_CTX_get0_certificate(context), let store = SSL_CTX_get_cert_store(context),
+      let verification = X509_STORE_CTX_new()
+    else {
+      throw TLSError("cannot check the certificate in \(certificateFile): \(drainOpenSSLErrors())")
+    }
+    defer { X509_STORE_CTX_free(verification) }
+    ERR_clear_error()
+    guard X509_STORE_CTX_init(verification, store, certificate, caucus_ssl_ctx_get0_chain_certs(context)) == 1 else {
+      throw TLSError("cannot check the certificate in \(certificateFile): \(drainOpenSSLErrors())")
+    }
+    guard X509_verify_cert(verification) == 1 else {
+      let reason = String(cString: X509_verify_cert_error_string(Int(X509_STORE_CTX_get_error(verification))))
+      ERR_clear_error()
+      throw TLSError(
+        "the certificate in \(certificateFile) does not verify with the CA in \(caFile) (\(reason)); peers verifying it with that CA would refuse it")
+    }
+  }
+
   /// A clear message for a file OpenSSL would only call "system lib" about.
   private static func checkReadable(_ path: String, what: String) throws(TLSError) {
     let descriptor = Glibc.open(path, O_RDONLY | O_CLOEXEC)

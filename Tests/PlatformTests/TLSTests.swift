@@ -224,3 +224,18 @@ final class TLSTests: XCTestCase {
     XCTAssertEqual(client.shutdown(), .done(0), "nothing to send after a failure")
   }
 }
+
+/// A node checks at start that peers verifying its certificate with the cluster CA will take it.
+final class TLSOwnCertificateTests: XCTestCase {
+  func testTheNodeCertificateVerifiesWithItsCAAndNotWithAnother() throws {
+    let certificate = try TestCertificates.path("node.pem")
+    let key = try TestCertificates.path("node.key")
+    let good = try TLSContext(server: TLSFiles(certificateChainFile: certificate, privateKeyFile: key, caFile: TestCertificates.path("ca.pem")))
+    XCTAssertNoThrow(try good.checkOwnCertificateAgainstCA())
+    let other = try TestCertificates.path("other-ca.pem")
+    let bad = try TLSContext(server: TLSFiles(certificateChainFile: certificate, privateKeyFile: key, caFile: other))
+    XCTAssertThrowsError(try bad.checkOwnCertificateAgainstCA()) { error in
+      XCTAssertTrue("\(error)".contains("does not verify with the CA in \(other) (unable to get local issuer certificate)"), "\(error)")
+    }
+  }
+}
