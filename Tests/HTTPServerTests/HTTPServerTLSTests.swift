@@ -164,6 +164,20 @@ final class HTTPServerTLSTests: XCTestCase {
     XCTAssertThrowsError(try configuration.validate()) { XCTAssertTrue("\($0)".contains("at least 16384 with TLS")) }
   }
 
+  /// At `connectionsMax` a plaintext server answers 503; a TLS port's client could not read that,
+  /// so the extra connection is closed without a byte, and the open one goes on.
+  func testOverConnectionsMaxATLSPortClosesTheExtraConnectionWithoutAPlaintextAnswer() throws {
+    let (server, port) = try start { $0.connectionsMax = 1 }
+    let first = try tlsClient(port)
+    XCTAssertTrue(waitUntil { server.statistics.connectionsOpen == 1 })
+    let extra = try RawHTTPClient(port: port)
+    XCTAssertTrue(extra.waitUntilClosed())
+    XCTAssertNil(try extra.readResponse(), "no plaintext 503 on a TLS port")
+    XCTAssertEqual(server.statistics.connectionsRefusedTotal, 1)
+    try first.send("GET /still HTTP/1.1\r\nHost: t\r\n\r\n")
+    XCTAssertEqual(try first.readResponse()?.bodyText, "GET /still ")
+  }
+
   /// Shutdown closes connections still in their handshake at once (they have no request to finish).
   func testShutdownClosesHandshakingConnections() throws {
     let (server, port) = try start()
