@@ -150,14 +150,20 @@ final class TLSTests: XCTestCase {
 
   // MARK: A cluster
 
-  /// Three nodes with TLS on both ports and client certificates required: the peers verify each
-  /// other through the cluster CA (Raft batches, forwarded writes, the directory), elect a leader
-  /// and replicate, and every URL they hand out says https.
+  /// Three nodes with TLS on both ports and client certificates required, and the cluster secret
+  /// besides (its HMAC proof rides inside TLS): the peers verify each other through the cluster CA
+  /// (Raft batches, forwarded writes, the directory), elect a leader and replicate, and every URL
+  /// they hand out says https.
   func testAThreeNodeClusterWithTLSElectsALeaderAndReplicates() throws {
     let (cluster, clusterDirectories) = clusterNodes(3, label: "tls-cluster")
     nodes = cluster
     directories = clusterDirectories
-    for node in cluster { try startTLS(node, clientAuth: true) }
+    let secret = try TestCertificates.directory() + "/cluster.secret"
+    XCTAssertEqual(TestCertificates.shell("openssl rand -hex 32 > '\(secret)'"), 0)
+    for node in cluster {
+      node.extraArguments += ["--cluster-secret-file", secret]
+      try startTLS(node, clientAuth: true)
+    }
 
     var leader: Int?
     waitUntil("a leader all three agree on", seconds: 30) {
@@ -201,7 +207,29 @@ final class TLSTests: XCTestCase {
     }
     let metrics = try curl("GET", url(cluster[follower], "/metrics"), certificate: "client").body
     XCTAssertGreaterThan(sample(metrics, "caucus_tls_handshakes_total{port=\"consensus\"}") ?? 0, 0, "peers connected over TLS")
-    for node in cluster {
+
+    // A fourth node joins through node 2's consensus endpoint (GET /v1/node there, then a
+    // registration at node 2's https client URL), and a group is created on it through node 1,
+    // which does not host it.
+    let directory = temporaryDirectory("tls-join")
+    directories.append(directory)
+    let fourth = NodeProcess(dataDirectory: directory)
+    fourth.extraArguments =
+      ["--node-id", "4", "--join", "127.0.0.1:\(cluster[1].consensusPort)", "--cluster-secret-file", secret] + fastRaftTimings
+    nodes.append(fourth)
+    try startTLS(fourth, clientAuth: true)
+    waitUntil("node 1 to list four reachable nodes") {
+      let listed = (try? curl("GET", url(cluster[0], "/v1/cluster?groups=false"), certificate: "client"))?.json["nodes"] as? [[String: Any]]
+      return listed?.count == 4 && listed?.allSatisfy { $0["reachable"] as? Bool == true } == true
+    }
+    let created = try curl("POST", url(cluster[0], "/v1/groups"), body: #"{"id":"DataRegion-7","peers":[2,3,4]}"#, certificate: "client")
+    XCTAssertEqual(created.status, 201, created.body)
+    let written = try curl("PUT", url(cluster[0], "/v1/groups/DataRegion-7/kv/k"), body: "v", certificate: "client")
+    XCTAssertEqual(written.status, 200, written.body)
+    waitUntil("the joined node to apply the write") {
+      (try? curl("GET", url(fourth, "/v1/groups/DataRegion-7/kv/k?consistency=stale"), certificate: "client"))?.json["value"] as? String == "v"
+    }
+    for node in nodes {
       XCTAssertFalse(node.log().contains("certificate verify failed"), node.log())
     }
   }
