@@ -85,8 +85,10 @@ let package = Package(
       name: "ConsensusExample",
       dependencies: ["Consensus", "StandaloneConsensus"]),
 
-    .testTarget(name: "PlatformTests", dependencies: ["Platform"]),
-    .testTarget(name: "HTTPServerTests", dependencies: ["HTTPServer", "Platform"]),
+    // Certificates made at test time (scripts/tls-certificates.sh) for the TLS tests.
+    .target(name: "TLSTestSupport", path: "Tests/TLSTestSupport"),
+    .testTarget(name: "PlatformTests", dependencies: ["Platform", "TLSTestSupport"]),
+    .testTarget(name: "HTTPServerTests", dependencies: ["HTTPServer", "Platform", "TLSTestSupport"]),
     .testTarget(name: "ConsensusTests", dependencies: ["Consensus"]),
     .testTarget(name: "KeyValueStoreTests", dependencies: ["KeyValueStore", "Consensus", "Checksum"]),
     .testTarget(name: "WriteAheadLogTests", dependencies: ["WriteAheadLog", "Platform", "Checksum"]),
@@ -107,8 +109,8 @@ let package = Package(
       name: "RaftConsensusTests",
       dependencies: ["RaftConsensus", "RaftCore", "Consensus", "KeyValueStore", "WriteAheadLog", "Platform"]),
     .testTarget(name: "SimulationTests", dependencies: ["Simulation", "RaftCore", "Platform", "Linearizability"]),
-    .testTarget(name: "IntegrationTests", dependencies: ["Platform"]),
-    .testTarget(name: "PeerClientTests", dependencies: ["PeerClient", "HTTPServer", "Platform"]),
+    .testTarget(name: "IntegrationTests", dependencies: ["Platform", "TLSTestSupport"]),
+    .testTarget(name: "PeerClientTests", dependencies: ["PeerClient", "HTTPServer", "Platform", "TLSTestSupport"]),
   ],
   swiftLanguageModes: [.v6]
 )

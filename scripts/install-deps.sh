@@ -3,10 +3,11 @@
 # repeated runs stay fast. Debian/Ubuntu; needs root or sudo for the first run. Arguments name
 # more packages to install the same way (the benchmarks' wrk, bc, etcd-server).
 set -euo pipefail
-# libcurl4-openssl-dev: PeerClient (CCurl). libssl-dev: hashing, HMAC and random bytes in Platform
-# (COpenSSL), later TLS. iproute2 and iptables: the torture runs' network namespaces, partitions
-# and packet loss.
-packages=(libcurl4-openssl-dev libssl-dev curl iproute2 iptables "$@")
+# libcurl4-openssl-dev: PeerClient (CCurl). libssl-dev: hashing, HMAC, random bytes and TLS in
+# Platform (COpenSSL). openssl: the command that makes the TLS tests' certificates at test time
+# (scripts/tls-certificates.sh). iproute2 and iptables: the torture runs' network namespaces,
+# partitions and packet loss.
+packages=(libcurl4-openssl-dev libssl-dev openssl curl iproute2 iptables "$@")
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

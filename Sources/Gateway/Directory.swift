@@ -16,12 +16,12 @@ import Synchronization
 /// A node as the directory records it (and as `GET /v1/node` on a consensus port describes it).
 public struct DirectoryNode: Equatable, Sendable {
   public let id: NodeID
-  /// `http://host:port` of the node's client API.
+  /// `http://host:port` of the node's client API (`https://` when it speaks TLS).
   public let clientURL: String
   public let consensusEndpoint: Endpoint
 
   public init(id: NodeID, clientURL: String, consensusEndpoint: Endpoint) {
-    precondition(DirectoryRecords.isClientURL(clientURL), "a node's client URL is http://host:port")
+    precondition(DirectoryRecords.isClientURL(clientURL), "a node's client URL is http(s)://host:port")
     self.id = id
     self.clientURL = clientURL
     self.consensusEndpoint = consensusEndpoint
@@ -67,10 +67,12 @@ public enum DirectoryRecords {
   public static func key(node: NodeID) -> String { nodesPrefix + node.description }
   public static func key(group: GroupID) -> String { groupsPrefix + group.description }
 
-  /// `http://` followed by a printable, space-free authority (and optional path), no trailing slash.
+  /// `http://` or `https://` (a node with TLS) followed by a printable, space-free authority (and
+  /// optional path), no trailing slash.
   public static func isClientURL(_ text: String) -> Bool {
     let bytes = Array(text.utf8)
-    return text.hasPrefix("http://") && bytes.count > 7 && bytes.count <= clientURLBytesMax && bytes.last != UInt8(ascii: "/")
+    let scheme = text.hasPrefix("http://") ? 7 : text.hasPrefix("https://") ? 8 : 0
+    return scheme > 0 && bytes.count > scheme && bytes.count <= clientURLBytesMax && bytes.last != UInt8(ascii: "/")
       && bytes.allSatisfy { (0x21...0x7E).contains($0) }
   }
 
@@ -132,7 +134,7 @@ public enum DirectoryRecords {
       throw DirectoryRecordError(description: "a node needs \"clientURL\": \"http://host:port\"")
     }
     guard isClientURL(url) else {
-      throw DirectoryRecordError(description: "\"clientURL\" must look like http://host:port (no trailing slash), not '\(url.prefix(200))'")
+      throw DirectoryRecordError(description: "\"clientURL\" must look like http://host:port or https://host:port (no trailing slash), not '\(url.prefix(200))'")
     }
     guard let text = json["consensusEndpoint"]?.stringValue else {
       throw DirectoryRecordError(description: "a node needs \"consensusEndpoint\": \"host:port\"")

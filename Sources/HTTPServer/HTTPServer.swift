@@ -15,6 +15,13 @@ public struct HTTPServerStatistics: Sendable, Equatable {
   public var requestErrorsTotal: Int
   /// Answers given after their connection had closed (dropped).
   public var responsesDroppedTotal: Int
+  /// TLS handshakes completed (a TLS server only).
+  public var tlsHandshakesTotal: Int
+  /// TLS connections closed before their handshake completed: refused (an untrusted or missing
+  /// client certificate, not TLS at all), reset, or over `tlsHandshakeTimeoutMs`.
+  public var tlsHandshakeFailuresTotal: Int
+  /// Plaintext HTTP requests on a TLS port, answered 400 `tls_required`.
+  public var tlsPlaintextRefusedTotal: Int
 }
 
 /// The counters behind `HTTPServerStatistics`. Written by the loop thread, read by any thread.
@@ -25,6 +32,9 @@ final class StatisticsCounters: Sendable {
   let requestsTotal = Atomic<Int>(0)
   let requestErrorsTotal = Atomic<Int>(0)
   let responsesDroppedTotal = Atomic<Int>(0)
+  let tlsHandshakesTotal = Atomic<Int>(0)
+  let tlsHandshakeFailuresTotal = Atomic<Int>(0)
+  let tlsPlaintextRefusedTotal = Atomic<Int>(0)
 
   @inline(__always) static func increment(_ counter: borrowing Atomic<Int>, by amount: Int = 1) {
     counter.wrappingAdd(amount, ordering: .relaxed)
@@ -37,14 +47,19 @@ final class StatisticsCounters: Sendable {
       connectionsRefusedTotal: connectionsRefusedTotal.load(ordering: .relaxed),
       requestsTotal: requestsTotal.load(ordering: .relaxed),
       requestErrorsTotal: requestErrorsTotal.load(ordering: .relaxed),
-      responsesDroppedTotal: responsesDroppedTotal.load(ordering: .relaxed))
+      responsesDroppedTotal: responsesDroppedTotal.load(ordering: .relaxed),
+      tlsHandshakesTotal: tlsHandshakesTotal.load(ordering: .relaxed),
+      tlsHandshakeFailuresTotal: tlsHandshakeFailuresTotal.load(ordering: .relaxed),
+      tlsPlaintextRefusedTotal: tlsPlaintextRefusedTotal.load(ordering: .relaxed))
   }
 }
 
 /// A minimal HTTP/1.1 server on POSIX sockets: one epoll event loop on its own thread,
 /// non-blocking sockets, keep-alive, pipelining with answers in request order, Content-Length and
 /// chunked request bodies, `Expect: 100-continue`, and a limit on everything
-/// (`HTTPServerConfiguration`).
+/// (`HTTPServerConfiguration`). With `configuration.tls`, HTTPS: each connection's TLS handshake
+/// runs on the loop (non-blocking, within `tlsHandshakeTimeoutMs`), then HTTP runs over the
+/// session as over a plaintext socket.
 ///
 /// The handler runs on the loop thread and must not block; it answers through the
 /// `HTTPResponder`, from any thread, now or later. A late answer for a connection that has closed
@@ -269,9 +284,33 @@ private final class Connection {
     var isHeadMethod: Bool
   }
 
+  /// How the connection's bytes travel.
+  enum Phase: Equatable {
+    /// Plaintext HTTP: every connection of a plaintext server, and a plaintext request refused
+    /// on a TLS port (its 400 goes out in plaintext).
+    case plaintext
+    /// TLS port, nothing received yet: the first byte tells a TLS handshake (0x16) from a
+    /// plaintext HTTP request (a method's capital letter).
+    case awaitingFirstByte
+    case handshaking
+    /// HTTP over the TLS session.
+    case established
+  }
+
   let id: UInt64
   let socket: Socket
   let remoteAddress: String
+  var phase: Phase = .plaintext
+  /// The connection's TLS session, from its first handshake byte on.
+  var tls: TLSSession?
+  /// While the handshake runs: when it must be done by (from accept), and what it waits for.
+  var handshakeDeadlineMs: UInt64?
+  var handshakeWaitsFor: EpollEvents = .readable
+  /// A TLS read that must wait until the socket is writable (OpenSSL has something to send
+  /// first), or a TLS write until it is readable. Rare (no renegotiation), but then the
+  /// connection must be woken by the other readiness.
+  var readWaitsForWritable = false
+  var writeWaitsForReadable = false
   var parser: HTTPRequestParser
   var slots: [Slot] = []
   /// Index of the first unanswered slot in `slots`.
@@ -306,6 +345,7 @@ private final class Connection {
 
   var outstandingCount: Int { slots.count - slotsHead }
   var unsentBytes: Int { output.count - outputOffset }
+  var isHandshaking: Bool { phase == .awaitingFirstByte || phase == .handshaking }
 }
 
 private final class EventLoop {
@@ -313,6 +353,9 @@ private final class EventLoop {
   private static let wakeToken: UInt64 = 1
   private static let lingerDiscardBytesMax = 8 * 1024 * 1024
   private static let continueBytes: [UInt8] = Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)
+  private static let plaintextRefusal = HTTPParseError(
+    status: 400, code: "tls_required",
+    message: "This port speaks TLS: use https:// (verifying the server with the cluster's CA).")
 
   private let configuration: HTTPServerConfiguration
   private let handler: any HTTPHandler
@@ -424,11 +467,24 @@ private final class EventLoop {
         close(connection)  // reset, or both directions shut: nothing can be sent any more
         return
       }
+      if connection.isHandshaking {
+        advanceHandshake(connection)
+        return
+      }
       if event.events.contains(.readable) {
-        handleReadable(connection)
+        let forWrite = connection.writeWaitsForReadable
+        if forWrite {
+          connection.writeWaitsForReadable = false
+          writeOutput(connection)
+        }
+        if !connection.isClosed && (!forWrite || wantsToRead(connection)) { handleReadable(connection) }
       }
       if !connection.isClosed && event.events.contains(.writable) {
-        writeOutput(connection)
+        if connection.readWaitsForWritable {
+          connection.readWaitsForWritable = false
+          handleReadable(connection)
+        }
+        if !connection.isClosed { writeOutput(connection) }
       }
     }
   }
@@ -456,7 +512,8 @@ private final class EventLoop {
       if counters.connectionsOpen.load(ordering: .relaxed) >= configuration.connectionsMax
         || shutdownDeadlineMs != nil
       {
-        _ = overloadedResponse.withUnsafeBytes { try? socket.send($0) }
+        // (A TLS client could not read a plaintext answer: it is only closed.)
+        if configuration.tls == nil { _ = overloadedResponse.withUnsafeBytes { try? socket.send($0) } }
         socket.close()
         StatisticsCounters.increment(counters.connectionsRefusedTotal)
         continue
@@ -469,6 +526,12 @@ private final class EventLoop {
         id: id, socket: socket, remoteAddress: address.description,
         parser: HTTPRequestParser(limits: limits), nowMs: now,
         headerTimeoutMs: configuration.headerTimeoutMs)
+      if configuration.tls != nil {
+        // The handshake has its own deadline; the head's starts once it is done.
+        connection.phase = .awaitingFirstByte
+        connection.handshakeDeadlineMs = now + UInt64(configuration.tlsHandshakeTimeoutMs)
+        connection.headerDeadlineMs = nil
+      }
       do {
         try epoll.add(socket.descriptor, events: .readable, token: id)
       } catch {
@@ -482,14 +545,17 @@ private final class EventLoop {
   }
 
   private func handleReadable(_ connection: Connection) {
-    let received: Int?
-    do {
-      received = try connection.socket.receive(into: readBuffer)
-    } catch {
-      close(connection)  // ECONNRESET and the like
+    let received: Int
+    switch receive(connection) {
+    case .failed:
+      close(connection)  // ECONNRESET and the like, or a TLS failure
       return
+    case .nothing:
+      if connection.readWaitsForWritable { updateInterest(connection) }
+      return
+    case .endOfStream: received = 0
+    case .bytes(let count): received = count
     }
-    guard let received else { return }
     if received == 0 {
       connection.peerClosed = true
       if connection.lingerDeadlineMs != nil {
@@ -508,6 +574,124 @@ private final class EventLoop {
     }
     processRequests(connection)
     markDirty(connection)
+  }
+
+  private enum Received {
+    case bytes(Int)
+    case nothing
+    case endOfStream
+    case failed
+  }
+
+  /// What the connection has for us now: plaintext from the socket, or decrypted from its TLS
+  /// session (raw, to be discarded, while it lingers).
+  private func receive(_ connection: Connection) -> Received {
+    if let session = connection.tls, connection.lingerDeadlineMs == nil {
+      switch session.read(into: readBuffer) {
+      case .done(let count): return .bytes(count)
+      case .wantRead: return .nothing
+      case .wantWrite:
+        connection.readWaitsForWritable = true
+        return .nothing
+      case .closed: return .endOfStream
+      case .failed: return .failed
+      }
+    }
+    do {
+      guard let count = try connection.socket.receive(into: readBuffer) else { return .nothing }
+      return count == 0 ? .endOfStream : .bytes(count)
+    } catch {
+      return .failed
+    }
+  }
+
+  private enum Sent {
+    case bytes(Int)
+    case wouldBlock
+    case failed
+  }
+
+  /// Sends what the connection takes now: to the socket, or through its TLS session.
+  private func send(_ connection: Connection, _ bytes: UnsafeRawBufferPointer) -> Sent {
+    if let session = connection.tls {
+      switch session.write(bytes) {
+      case .done(let count): return .bytes(count)
+      case .wantWrite: return .wouldBlock
+      case .wantRead:
+        connection.writeWaitsForReadable = true
+        return .wouldBlock
+      case .closed, .failed: return .failed
+      }
+    }
+    do {
+      guard let count = try connection.socket.send(bytes) else { return .wouldBlock }
+      return .bytes(count)
+    } catch {
+      return .failed
+    }
+  }
+
+  // MARK: TLS handshake
+
+  /// Moves a TLS connection's handshake on as far as the socket allows: first, from the first
+  /// byte, whether it is TLS at all; then the handshake, which ends in HTTP over the session or a
+  /// close.
+  private func advanceHandshake(_ connection: Connection) {
+    precondition(connection.isHandshaking, "advanceHandshake on a connection past its handshake")
+    if connection.phase == .awaitingFirstByte {
+      var first: UInt8 = 0
+      let peeked: Int?
+      do {
+        peeked = try withUnsafeMutableBytes(of: &first) { try connection.socket.peek(into: $0) }
+      } catch {
+        close(connection)
+        return
+      }
+      guard let peeked else { return }  // nothing yet
+      guard peeked > 0 else {
+        close(connection)  // closed before saying anything
+        return
+      }
+      if (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(first) {
+        refusePlaintext(connection)
+        return
+      }
+      // Anything else goes to OpenSSL, which fails the handshake if it is not TLS.
+      guard let context = configuration.tls, let session = try? context.makeSession(descriptor: connection.socket.descriptor)
+      else {
+        close(connection)
+        return
+      }
+      connection.tls = session
+      connection.phase = .handshaking
+    }
+    guard let session = connection.tls else { preconditionFailure("a handshaking connection without a session") }
+    switch session.handshake() {
+    case .done:
+      let now = MonotonicClock.nowMilliseconds()
+      connection.phase = .established
+      connection.handshakeDeadlineMs = nil
+      connection.lastActivityMs = now
+      connection.headerDeadlineMs = now + UInt64(configuration.headerTimeoutMs)
+      StatisticsCounters.increment(counters.tlsHandshakesTotal)
+    case .wantRead:
+      connection.handshakeWaitsFor = .readable
+    case .wantWrite:
+      connection.handshakeWaitsFor = .writable
+    case .closed, .failed:
+      close(connection)  // counted as a failed handshake
+      return
+    }
+    updateInterest(connection)
+  }
+
+  /// A plaintext HTTP request on a TLS port: a plaintext 400 saying so, then the usual close
+  /// (its request is never parsed).
+  private func refusePlaintext(_ connection: Connection) {
+    connection.phase = .plaintext
+    connection.handshakeDeadlineMs = nil
+    StatisticsCounters.increment(counters.tlsPlaintextRefusedTotal)
+    answerWithError(connection, Self.plaintextRefusal)
   }
 
   /// Turns buffered bytes into requests for the handler, while the connection has room.
@@ -721,16 +905,19 @@ private final class EventLoop {
   private func writeOutput(_ connection: Connection) {
     while connection.outputOffset < connection.output.count {
       let offset = connection.outputOffset
-      let sent: Int?
-      do {
-        sent = try connection.output.withUnsafeBytes { raw in
-          try connection.socket.send(UnsafeRawBufferPointer(rebasing: raw[offset...]))
-        }
-      } catch {
+      let result = connection.output.withUnsafeBytes { raw in
+        send(connection, UnsafeRawBufferPointer(rebasing: raw[offset...]))
+      }
+      let sent: Int
+      switch result {
+      case .failed:
         close(connection)  // EPIPE, ECONNRESET: the client is gone
         return
+      case .wouldBlock:
+        updateInterest(connection)
+        return
+      case .bytes(let count): sent = count
       }
-      guard let sent else { break }
       connection.outputOffset += sent
       connection.lastActivityMs = MonotonicClock.nowMilliseconds()
     }
@@ -763,6 +950,7 @@ private final class EventLoop {
   /// Every answer is sent and no request will follow: close, after a linger when the client may
   /// still be sending (so it reads our last answer instead of a reset).
   private func finishConnection(_ connection: Connection) {
+    _ = connection.tls?.shutdown()  // close_notify, best effort (the answers are framed already)
     if connection.peerClosed || shutdownDeadlineMs != nil {
       close(connection)
       return
@@ -779,17 +967,17 @@ private final class EventLoop {
   private func updateInterest(_ connection: Connection) {
     if connection.isClosed { return }
     var wanted: EpollEvents = []
-    if connection.lingerDeadlineMs != nil {
+    if connection.phase == .awaitingFirstByte {
+      wanted = .readable
+    } else if connection.phase == .handshaking {
+      wanted = connection.handshakeWaitsFor
+    } else if connection.lingerDeadlineMs != nil {
       wanted = .readable
     } else {
-      if !connection.closing && !connection.peerClosed
-        && connection.outstandingCount < configuration.pipelinedRequestsMax
-        && connection.unsentBytes + connection.heldResponseBytes
-          < configuration.responseBufferBytesMax
-      {
-        wanted.insert(.readable)
-      }
+      if wantsToRead(connection) { wanted.insert(.readable) }
       if connection.outputOffset < connection.output.count { wanted.insert(.writable) }
+      if connection.readWaitsForWritable { wanted.insert(.writable) }
+      if connection.writeWaitsForReadable { wanted.insert(.readable) }
     }
     if wanted != connection.registered {
       if wanted.contains(.readable) && !connection.registered.contains(.readable)
@@ -809,12 +997,21 @@ private final class EventLoop {
     }
   }
 
+  /// Whether the connection takes more requests now (it is not closing, and is under its
+  /// pipelining and output limits).
+  private func wantsToRead(_ connection: Connection) -> Bool {
+    !connection.closing && !connection.peerClosed
+      && connection.outstandingCount < configuration.pipelinedRequestsMax
+      && connection.unsentBytes + connection.heldResponseBytes < configuration.responseBufferBytesMax
+  }
+
   private func close(_ connection: Connection) {
     if connection.isClosed { return }
     connection.isClosed = true
     connection.socket.close()
     connections[connection.id] = nil
     StatisticsCounters.increment(counters.connectionsOpen, by: -1)
+    if connection.isHandshaking { StatisticsCounters.increment(counters.tlsHandshakeFailuresTotal) }
   }
 
   // MARK: Timers
@@ -826,6 +1023,10 @@ private final class EventLoop {
     }
     let idleTimeoutMs = UInt64(configuration.idleTimeoutMs)
     for connection in Array(connections.values) {
+      if let deadline = connection.handshakeDeadlineMs {
+        if nowMs >= deadline { close(connection) }  // nothing can be answered before the handshake
+        continue
+      }
       if let linger = connection.lingerDeadlineMs {
         if nowMs >= linger { close(connection) }
         continue

@@ -1,3 +1,5 @@
+import Platform
+
 /// Everything the HTTP server bounds, with the reasoning for each default. Units are last in
 /// every name. `validate()` runs in `HTTPServer.start()`.
 public struct HTTPServerConfiguration: Sendable {
@@ -52,8 +54,21 @@ public struct HTTPServerConfiguration: Sendable {
   /// them). One by default: on 2 cores the load generator, the consensus thread and one loop
   /// already fill the machine; more helps when handlers do real work on the loop. At most 64.
   public var eventLoopCount: Int = 1
-  /// Bytes read from a socket per recv(2) (one reusable buffer per event loop).
+  /// Bytes read from a socket per recv(2) (one reusable buffer per event loop). With TLS, at
+  /// least a record's plaintext (`TLSSession.recordPlaintextBytesMax`, 16 KiB).
   public var readBufferBytes: Int = 64 * 1024
+
+  /// A server context (`TLSContext(server:)`) makes this an HTTPS server: every connection starts
+  /// with a TLS handshake, then HTTP runs over it exactly as without, every limit above unchanged.
+  /// A plaintext HTTP request on the port is answered `400 tls_required` in plaintext and closed.
+  /// nil: plaintext HTTP.
+  public var tls: TLSContext? = nil
+  /// A TLS connection must finish its handshake within this time from accept, or it is closed
+  /// (nothing can be answered before the handshake). A handshake takes two round trips; ten
+  /// seconds covers a slow link, and bounds how long a client that never finishes one (a scanner,
+  /// a slowloris on the handshake) holds a connection. After it, `headerTimeoutMs` runs for the
+  /// first request's head.
+  public var tlsHandshakeTimeoutMs: Int = 10_000
 
   public init() {}
 
@@ -77,6 +92,16 @@ public struct HTTPServerConfiguration: Sendable {
     try positive("readBufferBytes", readBufferBytes)
     try positive("listenBacklog", Int(listenBacklog))
     try positive("eventLoopCount", eventLoopCount)
+    try positive("tlsHandshakeTimeoutMs", tlsHandshakeTimeoutMs)
+    if let tls {
+      guard tls.role == .server else {
+        throw HTTPServerConfigurationError(message: "tls must be a server context, got \(tls)")
+      }
+      guard readBufferBytes >= TLSSession.recordPlaintextBytesMax else {
+        throw HTTPServerConfigurationError(
+          message: "readBufferBytes must be at least \(TLSSession.recordPlaintextBytesMax) with TLS (a record's plaintext), got \(readBufferBytes)")
+      }
+    }
     if eventLoopCount > 64 {
       throw HTTPServerConfigurationError(
         message: "eventLoopCount must be at most 64, got \(eventLoopCount)")

@@ -1,3 +1,22 @@
+import Glibc
+
+/// How the peer client speaks TLS: libcurl's own TLS (OpenSSL), configured here.
+public struct PeerTLSConfiguration: Sendable, Equatable {
+  /// The cluster CA (PEM): every peer's certificate must chain to it and name the host of the URL
+  /// (libcurl's VERIFYPEER and VERIFYHOST 2); no other CA is trusted, not the system's.
+  public var caCertificateFile: String
+  /// This node's certificate (PEM) and its key, presented to peers that ask for one (those that
+  /// require client certificates). Both or neither.
+  public var clientCertificateFile: String?
+  public var clientKeyFile: String?
+
+  public init(caCertificateFile: String, clientCertificateFile: String? = nil, clientKeyFile: String? = nil) {
+    self.caCertificateFile = caCertificateFile
+    self.clientCertificateFile = clientCertificateFile
+    self.clientKeyFile = clientKeyFile
+  }
+}
+
 /// Everything the peer client bounds, with the reasoning for each default. Units are last in every
 /// name. `validate()` runs in `PeerClient.init`.
 public struct PeerClientConfiguration: Sendable, Equatable {
@@ -34,6 +53,11 @@ public struct PeerClientConfiguration: Sendable, Equatable {
   public var connectTimeoutMs: Int = 1_000
   /// Easy handles kept for reuse after their transfer (saves re-allocating curl state per request).
   public var idleHandlesMax: Int = 64
+  /// TLS for every request (nil: plaintext HTTP). One switch for the whole client, as for the
+  /// node: when its ports speak TLS, so do its peers'. Every request then goes over `https://`, a
+  /// URL given as `http://` included (callers build URLs from `host:port` endpoints without
+  /// knowing), libcurl refuses any plaintext protocol, and TLS 1.2 is the oldest accepted.
+  public var tls: PeerTLSConfiguration? = nil
 
   public init() {}
 
@@ -56,6 +80,21 @@ public struct PeerClientConfiguration: Sendable, Equatable {
     if connectTimeoutMs > timeoutMs {
       throw PeerClientConfigurationError(
         message: "connectTimeoutMs (\(connectTimeoutMs)) must not exceed timeoutMs (\(timeoutMs))")
+    }
+    if let tls {
+      guard (tls.clientCertificateFile == nil) == (tls.clientKeyFile == nil) else {
+        throw PeerClientConfigurationError(
+          message: "tls.clientCertificateFile and tls.clientKeyFile go together: give both or neither")
+      }
+      // libcurl would only say so at the first request, as a failed transfer.
+      for (name, path) in [("caCertificateFile", tls.caCertificateFile), ("clientCertificateFile", tls.clientCertificateFile),
+        ("clientKeyFile", tls.clientKeyFile)] {
+        guard let path else { continue }
+        guard access(path, R_OK) == 0 else {
+          throw PeerClientConfigurationError(
+            message: "tls.\(name) \(path) cannot be read: \(String(cString: strerror(errno)))")
+        }
+      }
     }
   }
 }

@@ -2,7 +2,7 @@
 public struct PeerRequest: Sendable {
   /// `GET`, `HEAD`, `POST`, `PUT`, `DELETE`, `PATCH` or any other token (sent as is).
   public var method: String
-  /// Absolute `http://host:port/target` URL.
+  /// Absolute `http://host:port/target` URL (sent as `https://` by a client configured with TLS).
   public var url: String
   /// Extra request headers, sent in order. `Content-Length` is set from `body`; an empty `Expect:`
   /// is always added so large bodies are not held back waiting for `100 Continue`.
@@ -65,9 +65,11 @@ public struct PeerResponse: Sendable {
 
 /// Why a request produced no response.
 public enum PeerError: Error, Sendable, Equatable, CustomStringConvertible {
-  /// No connection to the peer: refused, unreachable, name not resolved, or the connect did not
-  /// finish within the connect timeout. The peer is likely down; nothing was sent (a connect that
-  /// fails after the request went out on an earlier, kept-alive connection is `transport`).
+  /// No connection to the peer: refused, unreachable, name not resolved, the connect did not
+  /// finish within the connect timeout, or the TLS handshake failed (the message says why: an
+  /// untrusted certificate, say). The peer is likely down or misconfigured; nothing was sent (a
+  /// connect that fails after the request went out on an earlier, kept-alive connection is
+  /// `transport`).
   case connectFailed(String)
   /// The request's deadline passed after connecting (the peer may have processed it).
   case timeout(String)

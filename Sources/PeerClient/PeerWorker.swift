@@ -172,8 +172,13 @@ final class PeerWorker {
       }
     }
     let context = Unmanaged.passUnretained(transfer).toOpaque()
-    set("URL", caucus_curl_setopt_string(easy, CURLOPT_URL, request.url))
-    set("PROTOCOLS_STR", caucus_curl_setopt_string(easy, CURLOPT_PROTOCOLS_STR, "http,https"))
+    if let tls = configuration.tls {
+      set("URL", caucus_curl_setopt_string(easy, CURLOPT_URL, Self.upgradedToHTTPS(request.url)))
+      configureTLS(easy, tls, set)
+    } else {
+      set("URL", caucus_curl_setopt_string(easy, CURLOPT_URL, request.url))
+      set("PROTOCOLS_STR", caucus_curl_setopt_string(easy, CURLOPT_PROTOCOLS_STR, "http,https"))
+    }
     set("NOSIGNAL", caucus_curl_setopt_long(easy, CURLOPT_NOSIGNAL, 1))
     set(
       "MAXAGE_CONN",
@@ -244,6 +249,27 @@ final class PeerWorker {
     return failure
   }
 
+  /// `https://` for an `http://` URL (the TLS switch covers every request); any other as it is.
+  static func upgradedToHTTPS(_ url: String) -> String {
+    url.hasPrefix("http://") ? "https://" + url.dropFirst("http://".count) : url
+  }
+
+  /// Every TLS option of one transfer (`curl_easy_reset` clears them between transfers). libcurl
+  /// reuses a kept-alive connection only for the same TLS settings, and resumes TLS sessions.
+  private func configureTLS(_ easy: CurlHandle, _ tls: PeerTLSConfiguration, _ set: (String, CURLcode) -> Void) {
+    set("PROTOCOLS_STR", caucus_curl_setopt_string(easy, CURLOPT_PROTOCOLS_STR, "https"))
+    set("SSLVERSION", caucus_curl_setopt_long(easy, CURLOPT_SSLVERSION, CURL_SSLVERSION_TLSv1_2))
+    set("SSL_VERIFYPEER", caucus_curl_setopt_long(easy, CURLOPT_SSL_VERIFYPEER, 1))
+    set("SSL_VERIFYHOST", caucus_curl_setopt_long(easy, CURLOPT_SSL_VERIFYHOST, 2))
+    set("CAINFO", caucus_curl_setopt_string(easy, CURLOPT_CAINFO, tls.caCertificateFile))
+    // Only the cluster CA: not the directory of system CAs libcurl was built to use as well.
+    set("CAPATH", caucus_curl_setopt_string(easy, CURLOPT_CAPATH, nil))
+    if let certificate = tls.clientCertificateFile, let key = tls.clientKeyFile {
+      set("SSLCERT", caucus_curl_setopt_string(easy, CURLOPT_SSLCERT, certificate))
+      set("SSLKEY", caucus_curl_setopt_string(easy, CURLOPT_SSLKEY, key))
+    }
+  }
+
   /// RFC 9110 token characters only (no separators, spaces or controls).
   private static func isHeaderToken(_ text: String) -> Bool {
     !text.isEmpty
@@ -277,7 +303,10 @@ final class PeerWorker {
       let sentEarlier = requestBytes > 0
       let sentNote = " (after \(requestBytes) bytes of the request were sent on an earlier connection)"
       switch code {
-      case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_RESOLVE_PROXY:
+      case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_RESOLVE_PROXY,
+        // A TLS handshake that failed (the peer's certificate not trusted or not for its host, ours
+        // refused, no common protocol): the request never left either.
+        CURLE_SSL_CONNECT_ERROR, CURLE_PEER_FAILED_VERIFICATION, CURLE_SSL_CERTPROBLEM, CURLE_SSL_CACERT_BADFILE:
         return .failure(sentEarlier ? .transport(message + sentNote) : .connectFailed(message))
       case CURLE_OPERATION_TIMEDOUT:
         // curl reports a connect (or name resolution) timeout with the same code as a transfer

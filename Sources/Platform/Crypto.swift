@@ -187,8 +187,8 @@ private func withContiguousBytes<Result>(
 private let openSSLErrorsReportedMax = 8
 
 /// This thread's OpenSSL error queue, oldest first, as one line; the queue is left empty so the
-/// next failure reports only its own errors.
-private func drainOpenSSLErrors() -> String {
+/// next failure reports only its own errors. (TLS.swift reports its failures with it too.)
+func drainOpenSSLErrors() -> String {
   var reasons: [String] = []
   var buffer = [CChar](repeating: 0, count: 256)
   while reasons.count < openSSLErrorsReportedMax {

@@ -220,6 +220,19 @@ public final class Socket {
     }
   }
 
+  /// Copies the bytes waiting to be received into `buffer` without consuming them (MSG_PEEK): the
+  /// byte count, 0 at end of stream, nil when none are waiting. For deciding how to read a new
+  /// connection (a TLS port looks at the first byte before the handshake takes the socket).
+  public func peek(into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> Int? {
+    precondition(buffer.count > 0, "peek needs room")
+    let fd = descriptor
+    do {
+      return try syscall("recv", context: "MSG_PEEK") { Glibc.recv(fd, buffer.baseAddress, buffer.count, Int32(MSG_PEEK)) }
+    } catch  where error.errno == EAGAIN || error.errno == EWOULDBLOCK {
+      return nil
+    }
+  }
+
   /// For blocking sockets: sends all of `bytes` or throws (ETIMEDOUT when a send timeout passed).
   public func sendAll(_ bytes: [UInt8]) throws(SystemError) {
     var offset = 0

@@ -40,7 +40,7 @@ struct Serve: ParsableCommand {
   var rpcAddress: String?
   @Option(name: .long, help: "Client API port. (default: 6667)")
   var rpcPort: UInt16?
-  @Option(name: .long, help: "This node's client URL as other nodes and redirects should use it. (default: http://<rpc address>:<rpc port>)")
+  @Option(name: .long, help: "This node's client URL as other nodes and redirects should use it. (default: http://<rpc address>:<rpc port>, https:// with TLS)")
   var clientUrl: String?
   @Option(name: .long, help: "Node-to-node bind address. (default: the rpc address)")
   var consensusAddress: String?
@@ -86,6 +86,20 @@ struct Serve: ParsableCommand {
     name: .long,
     help: "A file holding the cluster secret (at least 16 bytes; openssl rand -hex 32): every node-to-node request carries its HMAC proof and the consensus port refuses requests without one. Give every node the same file.")
   var clusterSecretFile: String?
+  @Option(
+    name: .long,
+    help: "TLS on the client and consensus ports and to peers: this node's certificate, then any intermediates (PEM; with --tls-key-file). The node's URLs become https://. (default: none, plain http)")
+  var tlsCertFile: String?
+  @Option(name: .long, help: "The private key of --tls-cert-file (PEM, unencrypted).")
+  var tlsKeyFile: String?
+  @Option(
+    name: .long,
+    help: "The cluster CA (PEM): peers' certificates are verified with it (needed by raft nodes with TLS), and client certificates with --tls-client-auth.")
+  var tlsCaFile: String?
+  @Flag(
+    name: .long,
+    help: "Both ports require a client certificate signed by --tls-ca-file (nodes present their own --tls-cert-file to each other).")
+  var tlsClientAuth = false
   @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical. (default: info)")
   var logLevel: String?
 

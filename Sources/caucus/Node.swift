@@ -59,6 +59,23 @@ func runNode(_ settings: NodeSettings) -> Int32 {
       ])
   }
 
+  // TLS, when configured: one context for both ports, its files checked before anything listens.
+  let tls: TLSContext?
+  do {
+    tls = try settings.makeTLSContext()
+  } catch {
+    logger.critical("cannot set up TLS; not starting", metadata: ["error": "\(error)"])
+    return tlsRefusedExitCode
+  }
+  if let tls {
+    logger.info(
+      "TLS on the client and consensus ports",
+      metadata: [
+        "certificate": "\(settings.tlsCertificateFile ?? "")", "ca": "\(settings.tlsCAFile ?? "none")",
+        "clientCertificates": "\(tls.requiresClientCertificate ? "required" : "not asked for")",
+      ])
+  }
+
   var factory = ConsensusFactory()
   StandaloneConsensus.register(in: &factory, logger: Logger(label: "caucus.standalone"))
   // Raft needs the node-to-node side: a consensus-port server and the libcurl client.
@@ -66,7 +83,7 @@ func runNode(_ settings: NodeSettings) -> Int32 {
   var initialPeers = [Peer(node: settings.nodeID, endpoint: settings.consensusEndpoint)]
   if settings.usesRaft {
     do {
-      let link = try ClusterLink.start(settings)
+      let link = try ClusterLink.start(settings, tls: tls)
       cluster = link
       initialPeers = link.members
       RaftConsensus.register(in: &factory, transport: link.transport, logger: Logger(label: "caucus.raft"))
@@ -145,6 +162,12 @@ func runNode(_ settings: NodeSettings) -> Int32 {
       transport.prometheusMetrics() + client.prometheusMetrics()
     }
   }
+  // The servers whose TLS counters /metrics shows (the client port's joins once it exists).
+  let tlsServers = Locked<[(port: String, server: HTTPServer)]>(cluster.map { [("consensus", $0.server)] } ?? [])
+  if tls != nil {
+    let earlier = gatewayConfiguration.additionalMetrics
+    gatewayConfiguration.additionalMetrics = { (earlier?() ?? "") + tlsPrometheusMetrics(tlsServers.withLock { $0 }) }
+  }
   if let bug = getenv(plantedBugEnvironmentVariable).map({ String(cString: $0) }) {
     // Only `caucus torture --plant-bug` sets it, to prove its checker catches the bug.
     guard bug == "local-reads" else {
@@ -168,6 +191,7 @@ func runNode(_ settings: NodeSettings) -> Int32 {
   serverConfiguration.bodyBytesMax = settings.valueBytesMax + 64 * 1024
   serverConfiguration.connectionsMax = settings.connectionsMax
   serverConfiguration.serverResponseHeaders = [("X-Caucus-Node", settings.nodeID.description)]
+  serverConfiguration.tls = tls
   let server = HTTPServer(configuration: serverConfiguration, handler: gateway)
   let port: UInt16
   do {
@@ -177,10 +201,11 @@ func runNode(_ settings: NodeSettings) -> Int32 {
     engine.stop()
     return 1
   }
+  tlsServers.withLock { $0.append(("client", server)) }
   logger.info(
     "serving",
     metadata: [
-      "url": "http://\(settings.rpcAddress):\(port)", "protocol": "\(engine.protocolName)",
+      "url": "\(settings.clientScheme)://\(settings.rpcAddress):\(port)", "protocol": "\(engine.protocolName)",
       "dataDir": "\(settings.dataDirectory)", "groups": "\(engine.allGroupIDs().map(\.description))",
     ])
 
@@ -259,7 +284,7 @@ struct ClusterLink {
   let server: HTTPServer
   let handler: ConsensusPortHandler
 
-  static func start(_ settings: NodeSettings) throws -> ClusterLink {
+  static func start(_ settings: NodeSettings, tls: TLSContext?) throws -> ClusterLink {
     let members: [Peer]
     var join: Endpoint?
     let localEndpoint: Endpoint
@@ -302,6 +327,7 @@ struct ClusterLink {
       Logger(label: "caucus").warning(
         "no cluster secret (--cluster-secret-file): any host that reaches the consensus port can append, vote, create groups and register nodes")
     }
+    clientConfiguration.tls = settings.peerTLSConfiguration
     let client = try PeerClient(configuration: clientConfiguration, authenticator: authenticator)
     let transport = try HTTPRaftTransport(localNode: settings.nodeID, client: client)
     var configuration = HTTPServerConfiguration()
@@ -310,6 +336,7 @@ struct ClusterLink {
     // Message batches carry entries and snapshots: far larger than a client value.
     configuration.bodyBytesMax = 64 << 20
     configuration.serverResponseHeaders = [("X-Caucus-Node", settings.nodeID.description)]
+    configuration.tls = tls
     let handler = ConsensusPortHandler(
       transport: transport, node: settings.nodeID, clientURL: settings.clientURL, consensusEndpoint: localEndpoint,
       authenticator: authenticator)

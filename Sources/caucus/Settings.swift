@@ -34,6 +34,13 @@ struct NodeSettings {
   var logLevel = Logger.Level.info
   /// A file holding the cluster secret every node-to-node request proves (`PeerAuthenticator`).
   var clusterSecretFile: String?
+  /// TLS on both ports: this node's certificate chain and key (PEM), both or neither (plain http).
+  var tlsCertificateFile: String?
+  var tlsKeyFile: String?
+  /// The cluster CA (PEM): peers' certificates are verified with it, and clients' with `tlsClientAuth`.
+  var tlsCAFile: String?
+  /// Both ports require a client certificate that chains to `tlsCAFile`.
+  var tlsClientAuth = false
   /// Protocol options from the properties file (`<protocol>.<name>=value`), by protocol.
   var protocolOptions: [String: [String: String]] = [:]
 
@@ -64,12 +71,18 @@ struct NodeSettings {
 
   var consensusEndpoint: Endpoint { Endpoint(host: consensusAddress ?? rpcAddress, port: consensusPort) }
 
+  /// TLS is on (both ports, and every node-to-node request) when a certificate is given.
+  var tlsEnabled: Bool { tlsCertificateFile != nil }
+
+  /// The scheme of this node's URLs: `https` with TLS.
+  var clientScheme: String { tlsEnabled ? "https" : "http" }
+
   /// The URL other nodes and redirects use for this node's client API: `--client-url`, else
   /// derived from the rpc address (0.0.0.0 becomes 127.0.0.1, right only on one machine).
   var clientURL: String {
     if let advertisedClientURL { return advertisedClientURL }
     let host = rpcAddress == "0.0.0.0" ? "127.0.0.1" : rpcAddress
-    return "http://\(host):\(rpcPort)"
+    return "\(clientScheme)://\(host):\(rpcPort)"
   }
   var advertisedClientURL: String?
 
@@ -99,6 +112,10 @@ struct NodeSettings {
     if let value = flags.clusterSecretFile { settings.clusterSecretFile = value }
     if let value = flags.leaderBalanceTransfersMax { settings.leaderBalanceTransfersMax = value }
     if let value = flags.leaderBalanceIntervalMs { settings.leaderBalanceIntervalMs = value }
+    if let value = flags.tlsCertFile { settings.tlsCertificateFile = value }
+    if let value = flags.tlsKeyFile { settings.tlsKeyFile = value }
+    if let value = flags.tlsCaFile { settings.tlsCAFile = value }
+    if flags.tlsClientAuth { settings.tlsClientAuth = true }
     if let value = flags.logLevel {
       guard let level = Logger.Level(rawValue: value) else {
         throw SettingsError(description: "--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -113,7 +130,7 @@ struct NodeSettings {
     guard rpcPort > 0 else { throw SettingsError(description: "the rpc port must be 1...65535") }
     if let url = advertisedClientURL {
       guard DirectoryRecords.isClientURL(url) else {
-        throw SettingsError(description: "--client-url must look like http://host:port (no trailing slash)")
+        throw SettingsError(description: "--client-url must look like http://host:port or https://host:port (no trailing slash)")
       }
     }
     guard consensusPort > 0 else { throw SettingsError(description: "the consensus port must be 1...65535") }
@@ -144,6 +161,30 @@ struct NodeSettings {
     }
     guard heartbeatIntervalMs > 0, electionTimeoutMs >= 2 * heartbeatIntervalMs else {
       throw SettingsError(description: "the election timeout must be at least twice the heartbeat interval, both positive")
+    }
+    try validateTLS()
+  }
+
+  /// Which TLS settings go together (the files themselves are checked when the node builds its
+  /// TLS context, before it listens).
+  func validateTLS() throws(SettingsError) {
+    guard (tlsCertificateFile == nil) == (tlsKeyFile == nil) else {
+      throw SettingsError(description: "--tls-cert-file and --tls-key-file go together: give both (TLS on) or neither (plain http)")
+    }
+    guard tlsEnabled else {
+      if tlsCAFile != nil || tlsClientAuth {
+        throw SettingsError(description: "--tls-ca-file and --tls-client-auth need --tls-cert-file and --tls-key-file (TLS is off without them)")
+      }
+      return
+    }
+    if tlsClientAuth && tlsCAFile == nil {
+      throw SettingsError(description: "--tls-client-auth needs --tls-ca-file: the CA that client certificates must be signed by")
+    }
+    if usesRaft && tlsCAFile == nil {
+      throw SettingsError(description: "a raft node with TLS needs --tls-ca-file: the cluster CA its peers' certificates are verified with")
+    }
+    if let url = advertisedClientURL, !url.hasPrefix("https://") {
+      throw SettingsError(description: "--client-url must start with https:// when TLS is on (--tls-cert-file), not '\(url)'")
     }
   }
 
@@ -200,6 +241,12 @@ struct NodeSettings {
     case "cluster_secret_file": clusterSecretFile = value
     case "leader_balance_transfers_max": leaderBalanceTransfersMax = try number(Int.self)
     case "leader_balance_interval_ms": leaderBalanceIntervalMs = try number(UInt32.self)
+    case "tls_cert_file": tlsCertificateFile = value
+    case "tls_key_file": tlsKeyFile = value
+    case "tls_ca_file": tlsCAFile = value
+    case "tls_client_auth":
+      guard let enabled = Bool(value) else { throw SettingsError(description: "\(location): tls_client_auth must be true or false, not '\(value)'") }
+      tlsClientAuth = enabled
     case "log_level":
       guard let level = Logger.Level(rawValue: value) else { throw SettingsError(description: "\(location): unknown log_level '\(value)'") }
       logLevel = level

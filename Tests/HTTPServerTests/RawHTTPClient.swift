@@ -19,24 +19,64 @@ enum RawHTTPClientError: Error {
 }
 
 /// A tiny blocking HTTP client that speaks raw bytes over a real socket, so tests control exactly
-/// what goes on the wire (pipelining, partial heads, malformed framing).
+/// what goes on the wire (pipelining, partial heads, malformed framing); over TLS after `startTLS`.
 final class RawHTTPClient {
   let socket: Socket
   private var buffer: [UInt8] = []
   private var closedByPeer = false
   private var chunk = [UInt8](repeating: 0, count: 256 * 1024)
+  /// The TLS session after `startTLS`; every later byte goes through it.
+  private(set) var tls: TLSSession?
+  /// Why the TLS session failed, when it did (the server refused it, say).
+  private(set) var tlsFailure: String?
 
   init(port: UInt16, timeoutMs: Int = 5_000) throws {
     socket = try Socket.connect(
       to: SocketAddress(host: "127.0.0.1", port: port), timeoutMs: timeoutMs)
   }
 
-  func send(_ text: String) throws { try socket.sendAll(Array(text.utf8)) }
-  func send(_ bytes: [UInt8]) throws { try socket.sendAll(bytes) }
+  /// Runs a TLS handshake (blocking, within the socket's timeout); throws with the reason when
+  /// it fails.
+  func startTLS(_ context: TLSContext, serverName: String = "127.0.0.1") throws {
+    let session = try context.makeSession(descriptor: socket.descriptor, serverName: serverName)
+    let result = session.handshake()
+    guard result == .done(0) else { throw RawHTTPClientError.malformed("TLS handshake: \(result)") }
+    tls = session
+  }
+
+  func send(_ text: String) throws { try send(Array(text.utf8)) }
+  func send(_ bytes: [UInt8]) throws {
+    guard let tls else { return try socket.sendAll(bytes) }
+    var offset = 0
+    while offset < bytes.count {
+      let result = bytes.withUnsafeBytes { tls.write(UnsafeRawBufferPointer(rebasing: $0[offset...])) }
+      guard case .done(let count) = result else {
+        if case .failed(let reason) = result, tlsFailure == nil { tlsFailure = reason }
+        throw RawHTTPClientError.malformed("TLS write: \(result)")
+      }
+      offset += count
+    }
+  }
 
   /// Reads more bytes into the buffer; false at end of stream (or reset). Throws on timeout.
   private func fill() throws -> Bool {
     if closedByPeer { return false }
+    if let tls {
+      let result = chunk.withUnsafeMutableBytes { tls.read(into: $0) }
+      switch result {
+      case .done(let count):
+        buffer += chunk[0..<count]
+        return true
+      case .wantRead, .wantWrite: throw RawHTTPClientError.timeout
+      case .closed:
+        closedByPeer = true
+        return false
+      case .failed(let reason):
+        if tlsFailure == nil { tlsFailure = reason }
+        closedByPeer = true
+        return false
+      }
+    }
     let count: Int?
     do {
       count = try chunk.withUnsafeMutableBytes { try socket.receive(into: $0) }

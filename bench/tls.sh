@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): durable PUT throughput over TLS beside plain http, on two standalone
+# Caucus nodes started the same way but for TLS (certificates from scripts/tls-certificates.sh),
+# measured in turn with wrk at 1, 16 and 64 connections. wrk keeps its connections alive, so this is
+# the cost of encryption on a kept-alive connection, not of handshakes; the last row opens a new
+# connection per request (curl, one at a time) to show the handshake's cost too.
+#   bench/tls.sh [seconds-per-run (default 10)]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-10}"
+scripts/install-deps.sh wrk
+swift build -c release --product caucus >/dev/null
+
+work="$(mktemp -d)"
+scripts/tls-certificates.sh "$work/certs" >/dev/null
+plain_port=16687; tls_port=16689
+.build/release/caucus serve --rpc-port $plain_port --consensus-port 16688 --data-dir "$work/plain" --log-level warning &
+plain_pid=$!
+.build/release/caucus serve --rpc-port $tls_port --consensus-port 16690 --data-dir "$work/tls" --log-level warning \
+  --tls-cert-file "$work/certs/node.pem" --tls-key-file "$work/certs/node.key" --tls-ca-file "$work/certs/ca.pem" &
+tls_pid=$!
+cleanup() { kill $plain_pid $tls_pid 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+ca=(--cacert "$work/certs/ca.pem")
+for _ in $(seq 1 200); do
+  curl -fsS "localhost:$plain_port/healthz" >/dev/null 2>&1 && curl -fsS "${ca[@]}" "https://localhost:$tls_port/healthz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+# measure NAME URL CONNECTIONS → one row (wrk does not verify the certificate; curl above did)
+measure() {
+  local name="$1" url="$2" connections="$3" threads=2
+  [ "$connections" -lt 2 ] && threads=1
+  local output; output="$(wrk -t$threads -c"$connections" -d"${seconds}s" --latency -s bench/put.lua "$url")"
+  local rate p50 p99 errors
+  rate="$(awk '/Requests\/sec/ {print $2}' <<<"$output")"
+  p50="$(awk '$1 == "50%" {print $2}' <<<"$output")"
+  p99="$(awk '$1 == "99%" {print $2}' <<<"$output")"
+  errors="$(awk '/Non-2xx/ {print $NF}' <<<"$output")"
+  printf "%-22s %5s %12s %10s %10s %8s\n" "$name" "$connections" "$rate" "$p50" "$p99" "${errors:-0}"
+}
+
+# new_connections NAME URL CURL-OPTIONS… → one row: sequential PUTs, a new connection (and, over
+# TLS, a full handshake) each, for $seconds / 2 seconds
+new_connections() {
+  local name="$1" url="$2"; shift 2
+  local end=$(( $(date +%s) + seconds / 2 )) count=0 start; start="$(date +%s.%N)"
+  while [ "$(date +%s)" -lt "$end" ]; do
+    curl -fsS -o /dev/null "$@" -X PUT "$url/v1/groups/DataRegion-0/kv/bench/new/$count" -d "value-0123456789"
+    count=$((count + 1))
+  done
+  printf "%-22s %5s %12s\n" "$name" "1" "$(awk -v c=$count -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.1f", c / (e - s)}')"
+}
+
+echo "Caucus TLS bench: durable PUT, ${seconds}s per run, $(nproc) cores, wrk on the same machine"
+printf "%-22s %5s %12s %10s %10s %8s\n" "workload" "conns" "requests/s" "p50" "p99" "non-2xx"
+for connections in 1 16 64; do
+  measure "PUT http" "http://127.0.0.1:$plain_port" $connections
+  measure "PUT https" "https://127.0.0.1:$tls_port" $connections
+done
+new_connections "PUT http, new conn" "http://127.0.0.1:$plain_port"
+new_connections "PUT https, new conn" "https://127.0.0.1:$tls_port" "${ca[@]}"
