@@ -9,7 +9,6 @@ final class DeadlineWheel: @unchecked Sendable {
   // @unchecked Sendable: `buckets`, `stopping` and `thread` are guarded by `lock`.
   private struct Entry {
     weak var exchange: Exchange?
-    let route: String
     let group: GroupID?
     let indeterminate: Bool
     /// When set, the entry is a delayed action rather than a deadline.
@@ -29,12 +28,12 @@ final class DeadlineWheel: @unchecked Sendable {
   }
 
   /// Answers `exchange` with a timeout after `timeoutMs` unless it was answered by then.
-  func schedule(_ exchange: Exchange, timeoutMs: UInt32, route: String, group: GroupID?, indeterminate: Bool) {
+  func schedule(_ exchange: Exchange, timeoutMs: UInt32, group: GroupID?, indeterminate: Bool) {
     let slot = (MonotonicClock.nowMilliseconds() + UInt64(timeoutMs)) / granularityMs + 1
     lock.withLock {
       guard !stopping else { return }
       if buckets.isEmpty { lock.signal() }  // the sweeper sleeps untimed while there is nothing to time
-      buckets[slot, default: []].append(Entry(exchange: exchange, route: route, group: group, indeterminate: indeterminate))
+      buckets[slot, default: []].append(Entry(exchange: exchange, group: group, indeterminate: indeterminate))
       if thread == nil {
         thread = OSThread(name: "caucus-deadlines") { [self] in sweep() }
       }
@@ -47,7 +46,7 @@ final class DeadlineWheel: @unchecked Sendable {
     lock.withLock {
       guard !stopping else { return }
       if buckets.isEmpty { lock.signal() }
-      buckets[slot, default: []].append(Entry(exchange: nil, route: "", group: nil, indeterminate: false, action: action))
+      buckets[slot, default: []].append(Entry(exchange: nil, group: nil, indeterminate: false, action: action))
       if thread == nil {
         thread = OSThread(name: "caucus-deadlines") { [self] in sweep() }
       }
@@ -86,7 +85,7 @@ final class DeadlineWheel: @unchecked Sendable {
         if let action = entry.action {
           action()
         } else {
-          entry.exchange?.expire(route: entry.route, group: entry.group, indeterminate: entry.indeterminate)
+          entry.exchange?.expire(group: entry.group, indeterminate: entry.indeterminate)
         }
       }
     }

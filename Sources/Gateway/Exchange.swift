@@ -38,6 +38,8 @@ final class Exchange: Sendable {
   let path: Substring
   /// The target's query parameters, decoded once.
   let query: QueryParameters
+  /// The route the method and path name, or why they name none (`Route.match`, once per request).
+  let match: Result<Route, Route.Mismatch>
   private let send: @Sendable (HTTPResponse, String) -> Void
   private let answered = Atomic<Bool>(false)
   /// Set before a deadline answers, so the engine's late completion is recognized and dropped.
@@ -73,10 +75,22 @@ final class Exchange: Sendable {
       path = request.target[...]
       query = QueryParameters("")
     }
+    match = Route.match(method: request.method, path: path)
     self.send = send
   }
 
-  func respond(_ response: HTTPResponse, route: String) {
+  /// The matched route; nil when the request matched none.
+  var route: Route? { try? match.get() }
+
+  /// The metrics and log label: the route's name, or the endpoint's when the path got that far.
+  var label: String {
+    switch match {
+    case .success(let route): return route.label
+    case .failure(let mismatch): return mismatch.label
+    }
+  }
+
+  func respond(_ response: HTTPResponse) {
     let (exchanged, _) = answered.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing)
     guard exchanged else {
       // Only a deadline may have answered first; the engine's late completion is then dropped.
@@ -90,7 +104,7 @@ final class Exchange: Sendable {
     {
       response.headers.append(("X-Caucus-Forwarded-By", context.engine.localPeer.node.description))
     }
-    send(response, route)
+    send(response, label)
   }
 
   /// `?forward=`, already checked by `parseForward`; `proxy` when absent.
@@ -114,16 +128,16 @@ final class Exchange: Sendable {
   }
 
   /// The deadline passed with no answer: answer `504 timeout` (unless the answer just came).
-  func expire(route: String, group: GroupID?, indeterminate: Bool) {
+  func expire(group: GroupID?, indeterminate: Bool) {
     guard !answered.load(ordering: .acquiring) else { return }
     expired.store(true, ordering: .releasing)
-    fail(.consensus(.timeout(indeterminate: indeterminate)), route: route, group: group)
+    fail(.consensus(.timeout(indeterminate: indeterminate)), group: group)
   }
 
   var isAnswered: Bool { answered.load(ordering: .acquiring) }
 
-  func respond(json body: [UInt8], status: Int = 200, headers: [(name: String, value: String)] = [], route: String) {
-    respond(HTTPResponse(status: status, headers: headers + [jsonContentType], body: body), route: route)
+  func respond(json body: [UInt8], status: Int = 200, headers: [(name: String, value: String)] = []) {
+    respond(HTTPResponse(status: status, headers: headers + [jsonContentType], body: body))
   }
 
   /// The body as JSON; an empty or malformed body is `400 invalid_json`.
@@ -136,15 +150,15 @@ final class Exchange: Sendable {
     }
   }
 
-  func fail(_ gatewayError: GatewayError, route: String, group: GroupID? = nil) {
+  func fail(_ gatewayError: GatewayError, group: GroupID? = nil) {
     // Not the leader: forward, redirect or hint, as the caller asked (API.md "Leader forwarding").
     if case .consensus(.notLeader(_, let leader?)) = gatewayError, let forwarder = context.forwarder {
-      return forward(to: leader, forwarder, route: route, group: group)
+      return forward(to: leader, forwarder, group: group)
     }
     // A group this node does not host: find a member that does, and go to its leader. Node-local
     // routes (`/v1/node/…`) are about this node only and never leave it.
     if case .consensus(.groupNotFound(let missing)) = gatewayError, let forwarder = context.forwarder,
-      let locate = context.locate, !route.hasPrefix("node_"),
+      let locate = context.locate, route?.name.isNodeLocal != true,
       // Requests from other nodes (forwarded, or a node asking where a group lives) never look
       // further: one node's question must not fan out across the cluster again.
       request.header("x-caucus-hops") == nil,
@@ -154,9 +168,9 @@ final class Exchange: Sendable {
       return locate(missing) { [self] found in
         if case .nowhere = found {} else { foundElsewhere.store(true, ordering: .releasing) }
         switch found {
-        case .leader(let leader): forward(to: leader, forwarder, route: route, group: missing)
-        case .noLeader: fail(.consensus(.noLeader(missing)), route: route, group: missing)
-        case .nowhere: answerError(gatewayError, route: route, group: group)
+        case .leader(let leader): forward(to: leader, forwarder, group: missing)
+        case .noLeader: fail(.consensus(.noLeader(missing)), group: missing)
+        case .nowhere: answerError(gatewayError, group: group)
         }
       }
     }
@@ -169,51 +183,51 @@ final class Exchange: Sendable {
       }
     }
     if case .consensus(.groupNotFound(let missing)) = gatewayError, foundElsewhere.load(ordering: .acquiring) {
-      return answerError(.consensus(.noLeader(missing)), route: route, group: group)
+      return answerError(.consensus(.noLeader(missing)), group: group)
     }
-    answerError(gatewayError, route: route, group: group)
+    answerError(gatewayError, group: group)
   }
 
-  private func forward(to leader: Peer, _ forwarder: LeaderForwarder, route: String, group: GroupID?) {
+  private func forward(to leader: Peer, _ forwarder: LeaderForwarder, group: GroupID?) {
     let mode = forwardMode
     let hops = self.hops
     if mode != .none && hops >= LeaderForwarder.hopsMax {
-      return answerError(.forwardLoop(hops: hops), route: route, group: group)
+      return answerError(.forwardLoop(hops: hops), group: group)
     }
     let unreachable = GatewayError.consensus(.noLeader(group ?? GroupID(.dataRegion, 0)))
     forwarder.clientURL(of: leader) { [self] url in
       guard let url else {
         // The leader does not answer (it may have just died): wait for an election, as with no leader.
-        return fail(unreachable, route: route, group: group)
+        return fail(unreachable, group: group)
       }
       switch mode {
       case .none:
-        answerError(.consensus(.notLeader(group ?? GroupID(.dataRegion, 0), leader: leader)), route: route, group: group)
+        answerError(.consensus(.notLeader(group ?? GroupID(.dataRegion, 0), leader: leader)), group: group)
       case .redirect:
-        respond(HTTPResponse(status: 307, headers: [("Location", url + request.target)]), route: route)
+        respond(HTTPResponse(status: 307, headers: [("Location", url + request.target)]))
       case .proxy:
         forwarder.relay(request, to: url, hops: hops) { [self] result in
           switch result {
           case .success(let response) where saysGroupNotHosted(status: response.status, body: response.body):
             // The node we took for the leader no longer hosts the group (it was just removed):
             // nothing happened there; wait for the leader to be known here, as with no leader.
-            fail(unreachable, route: route, group: group)
+            fail(unreachable, group: group)
           case .success(let response):
-            respond(response, route: route)
+            respond(response)
           case .failure(.connectFailed):
             // Never reached the old leader: nothing happened there; wait for the new one.
-            fail(unreachable, route: route, group: group)
+            fail(unreachable, group: group)
           case .failure:
             // Sent, but no answer: a write may or may not have been applied.
-            let changesState = request.method != "GET" && request.method != "HEAD" && !route.hasPrefix("read")
-            answerError(.consensus(.timeout(indeterminate: changesState)), route: route, group: group)
+            let changesState = route?.changesState ?? true
+            answerError(.consensus(.timeout(indeterminate: changesState)), group: group)
           }
         }
       }
     }
   }
 
-  private func answerError(_ explainedError: GatewayError, route: String, group: GroupID?) {
+  private func answerError(_ explainedError: GatewayError, group: GroupID?) {
     var headers: [(name: String, value: String)] = [jsonContentType]
     var writer = JSONWriter()
     writer.beginObject()
@@ -322,7 +336,7 @@ final class Exchange: Sendable {
       headers.append(contentsOf: context.groupHeaders(group))
     }
     writer.endObject()
-    respond(HTTPResponse(status: status, headers: headers, body: writer.bytes), route: route)
+    respond(HTTPResponse(status: status, headers: headers, body: writer.bytes))
   }
 }
 

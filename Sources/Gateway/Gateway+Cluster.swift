@@ -85,7 +85,7 @@ extension Gateway {
   /// that does not answer is listed unreachable. `?groups=false` leaves out each node's list of
   /// groups (ten thousand of them make a large answer) and asks each node only for its counts
   /// (`GET /v1/node`).
-  func clusterView(_ exchange: Exchange, route: String) throws(GatewayError) {
+  func clusterView(_ exchange: Exchange) throws(GatewayError) {
     let listsGroups = try parseBool(exchange.query["groups"], name: "groups") ?? true
     clusterNodes { [self] members in
       guard listsGroups else {
@@ -94,16 +94,14 @@ extension Gateway {
           decode: { body in (try? JSONParser.parse(body)).flatMap(GroupCounts.init(nodeDocument:)) }
         ) { [self] answers in
           exchange.respond(
-            json: clusterDocument(members, urls: answers.mapValues(\.url), counts: answers.mapValues(\.answer), groups: nil),
-            route: route)
+            json: clusterDocument(members, urls: answers.mapValues(\.url), counts: answers.mapValues(\.answer), groups: nil))
         }
       }
       gatherGroupSummaries(members) { [self] answers in
         exchange.respond(
           json: clusterDocument(
             members, urls: answers.mapValues(\.url), counts: answers.mapValues { $0.answer.map(GroupCounts.init(summaries:)) },
-            groups: answers.mapValues(\.answer)),
-          route: route)
+            groups: answers.mapValues(\.answer)))
       }
     }
   }
@@ -141,7 +139,7 @@ extension Gateway {
 
   /// `GET /v1/groups?scope=cluster`: every group any node hosts, once, as its leader (else any
   /// peer) describes it, and the groups the directory records that no node reported.
-  func gatherGroups(_ exchange: Exchange, route: String) {
+  func gatherGroups(_ exchange: Exchange) {
     clusterNodes { [self] members in
       gatherGroupSummaries(members) { [self] views in
         recordedGroups { [self] records in
@@ -167,7 +165,7 @@ extension Gateway {
           }
           writer.endArray()
           writer.endObject()
-          exchange.respond(json: writer.bytes, route: route)
+          exchange.respond(json: writer.bytes)
         }
       }
     }
@@ -179,7 +177,7 @@ extension Gateway {
   /// (not forwarded), and answers what it did once every transfer it started is settled (within
   /// `balanceTimeoutMs`). Takes no body. `409 rebalance_in_progress` while a balance started here
   /// runs (the automatic mode's included).
-  func rebalance(_ exchange: Exchange, route: String) throws(GatewayError) {
+  func rebalance(_ exchange: Exchange) throws(GatewayError) {
     guard exchange.request.body.isEmpty else {
       throw .badRequest("POST /v1/cluster/rebalance takes no body; give its options in the query (?max=N&dryRun=true)")
     }
@@ -193,7 +191,7 @@ extension Gateway {
     }
     let dryRun = try parseBool(exchange.query["dryRun"], name: "dryRun") ?? false
     let started = balanceLeaders(transfersMax: transfersMax, dryRun: dryRun, requested: true) { report in
-      exchange.respond(json: report.document(), route: route)
+      exchange.respond(json: report.document())
     }
     guard started else {
       var writer = JSONWriter()
@@ -201,7 +199,7 @@ extension Gateway {
       writer.member("error", "rebalance_in_progress")
       writer.member("message", "a leader balance started on this node is still running; wait for it to finish and ask again")
       writer.endObject()
-      return exchange.respond(json: writer.bytes, status: 409, headers: [("Retry-After", "1")], route: route)
+      return exchange.respond(json: writer.bytes, status: 409, headers: [("Retry-After", "1")])
     }
   }
 

@@ -22,7 +22,7 @@ extension Gateway {
   /// `POST /v1/cluster/nodes` `{"id","clientURL","consensusEndpoint"}`: registers a node (a
   /// `--join`) and answers the directory's nodes and members. The body is checked in full before
   /// anything is read or written.
-  func registerNode(_ exchange: Exchange, route: String) throws(GatewayError) {
+  func registerNode(_ exchange: Exchange) throws(GatewayError) {
     if let authenticator = configuration.peerAuthenticator {
       let request = exchange.request
       let verdict = authenticator.verify(
@@ -51,11 +51,11 @@ extension Gateway {
         writer.member("id", existing.id.rawValue)
         writer.member("consensusEndpoint", existing.consensusEndpoint.description)
         writer.endObject()
-        exchange.respond(json: writer.bytes, status: 409, route: route)
+        exchange.respond(json: writer.bytes, status: 409)
       case .failure(.tooManyNodes(let count)):
-        exchange.fail(.badRequest(DirectoryError.tooManyNodes(count).description), route: route)
+        exchange.fail(.badRequest(DirectoryError.tooManyNodes(count).description))
       case .failure(let error):
-        exchange.fail(.consensus(.storage("\(error); retry the request")), route: route)
+        exchange.fail(.consensus(.storage("\(error); retry the request")))
       case .success(let nodes):
         var writer = JSONWriter()
         writer.beginObject()
@@ -66,7 +66,7 @@ extension Gateway {
         writer.key("members")
         DirectoryRecords.write(directory.knownMembers, to: &writer)
         writer.endObject()
-        exchange.respond(json: writer.bytes, route: route)
+        exchange.respond(json: writer.bytes)
       }
     }
   }

@@ -22,11 +22,11 @@ extension Gateway {
   static let removedReplicaDeleteAttemptsMax = 120
 
   /// `POST /v1/groups/{group}/peers` `{peer}`.
-  func addPeer(_ group: GroupID, _ exchange: Exchange, route: String) throws(GatewayError) {
+  func addPeer(_ group: GroupID, _ exchange: Exchange) throws(GatewayError) {
     let specification = try parsePeerSpecification(try exchange.jsonBody())
     resolvePeers([specification]) { [self] result in
       switch result {
-      case .failure(let error): exchange.fail(error, route: route)
+      case .failure(let error): exchange.fail(error)
       case .success(let resolved):
         let peer = resolved[0]
         // A group record names at most groupPeersMax peers (changePeer checks its list likewise).
@@ -34,11 +34,11 @@ extension Gateway {
           !status.peers.contains(where: { $0.peer.node == peer.node })
         {
           return exchange.fail(
-            .badRequest("\(group) has \(status.peers.count) peers; a group has at most \(DirectoryRecords.groupPeersMax)"), route: route)
+            .badRequest("\(group) has \(status.peers.count) peers; a group has at most \(DirectoryRecords.groupPeersMax)"))
         }
-        prepareJoiners(group, [peer], exchange, route: route) { [self] in
+        prepareJoiners(group, [peer], exchange) { [self] in
           engine.addPeer(group, peer: peer) { [self] result in
-            finishMembership(result, group, removed: [], exchange, route: route)
+            finishMembership(result, group, removed: [], exchange)
           }
         }
       }
@@ -46,18 +46,18 @@ extension Gateway {
   }
 
   /// `DELETE /v1/groups/{group}/peers/{nodeId}`.
-  func removePeer(_ group: GroupID, _ node: NodeID, _ exchange: Exchange, route: String) {
+  func removePeer(_ group: GroupID, _ node: NodeID, _ exchange: Exchange) {
     // Its endpoint, while the membership still has it (only the leader's answer counts).
     let removed = engine.status(group)?.peers.first { $0.peer.node == node }.map(\.peer)
-    handOverIfLeaving(group, staying: { $0 != node }, exchange, route: route) { [self] in
+    handOverIfLeaving(group, staying: { $0 != node }, exchange) { [self] in
       engine.removePeer(group, node: node) { [self] result in
-        finishMembership(result, group, removed: removed.map { [$0] } ?? [], exchange, route: route)
+        finishMembership(result, group, removed: removed.map { [$0] } ?? [], exchange)
       }
     }
   }
 
   /// `PUT /v1/groups/{group}/peers` `{"peers":[...]}`.
-  func changePeer(_ group: GroupID, _ exchange: Exchange, route: String) throws(GatewayError) {
+  func changePeer(_ group: GroupID, _ exchange: Exchange) throws(GatewayError) {
     let body = try exchange.jsonBody()
     guard let items = body["peers"]?.arrayValue else { throw .badRequest("the body needs \"peers\": an array of peers") }
     guard items.count <= DirectoryRecords.groupPeersMax else {
@@ -67,7 +67,7 @@ extension Gateway {
     guard Set(specifications.map(\.node)).count == specifications.count else { throw .badRequest("\"peers\" names a node twice") }
     resolvePeers(specifications) { [self] result in
       switch result {
-      case .failure(let error): exchange.fail(error, route: route)
+      case .failure(let error): exchange.fail(error)
       case .success(let peers):
         let old = engine.status(group)
         // Refused here before any replica is created for nothing; the engine checks again.
@@ -75,14 +75,13 @@ extension Gateway {
           let voters = Set(old.peers.filter { !$0.learner }.map(\.peer.node))
           if peers.isEmpty || voters.isDisjoint(with: peers.map(\.node)) {
             return exchange.fail(
-              .consensus(.illegalPeerNumber(count: peers.count, reason: "the new peers share no member with the current voters")),
-              route: route)
+              .consensus(.illegalPeerNumber(count: peers.count, reason: "the new peers share no member with the current voters")))
           }
         }
         let staying = Set(peers.map(\.node))
-        prepareJoiners(group, peers, exchange, route: route) { [self] in
-          handOverIfLeaving(group, staying: { staying.contains($0) }, exchange, route: route) { [self] in
-            changePeerAtLeader(group, peers, old, exchange, route: route)
+        prepareJoiners(group, peers, exchange) { [self] in
+          handOverIfLeaving(group, staying: { staying.contains($0) }, exchange) { [self] in
+            changePeerAtLeader(group, peers, old, exchange)
           }
         }
       }
@@ -90,11 +89,11 @@ extension Gateway {
   }
 
   private func changePeerAtLeader(
-    _ group: GroupID, _ peers: [Peer], _ old: GroupStatus?, _ exchange: Exchange, route: String
+    _ group: GroupID, _ peers: [Peer], _ old: GroupStatus?, _ exchange: Exchange
   ) {
           engine.changePeer(group, peers: peers) { [self] result in
             let removed = (old?.peers ?? []).map(\.peer).filter { member in !peers.contains { $0.node == member.node } }
-            finishMembership(result, group, removed: removed, exchange, route: route)
+            finishMembership(result, group, removed: removed, exchange)
           }
   }
 
@@ -103,7 +102,7 @@ extension Gateway {
   /// leader). A leader that deleted its replica right after applying its own removal could strand
   /// the others: they may not know yet that the removal committed, and may still count its vote.
   private func handOverIfLeaving(
-    _ group: GroupID, staying: @escaping @Sendable (NodeID) -> Bool, _ exchange: Exchange, route: String,
+    _ group: GroupID, staying: @escaping @Sendable (NodeID) -> Bool, _ exchange: Exchange,
     then: @escaping @Sendable () -> Void
   ) {
     let local = engine.localPeer.node
@@ -113,7 +112,7 @@ extension Gateway {
     guard let target = candidates.max(by: { $0.matchIndex < $1.matchIndex }) else { return then() }
     engine.transferLeader(group, to: target.peer.node) { result in
       switch result {
-      case .failure(let error): exchange.fail(.consensus(error), route: route)
+      case .failure(let error): exchange.fail(.consensus(error))
       case .success: then()
       }
     }
@@ -125,7 +124,7 @@ extension Gateway {
   /// counts as done; a joiner's definite refusal (a 4xx such as `409 group_limit_reached`) is the
   /// answer, and the membership is not changed.
   private func prepareJoiners(
-    _ group: GroupID, _ candidates: [Peer], _ exchange: Exchange, route: String, then: @escaping @Sendable () -> Void
+    _ group: GroupID, _ candidates: [Peer], _ exchange: Exchange, then: @escaping @Sendable () -> Void
   ) {
     guard let status = engine.status(group), status.role == .leader, let forwarder = configuration.forwarder else {
       return then()
@@ -144,11 +143,10 @@ extension Gateway {
           .illegalPeerNumber(
             count: candidates.count,
             reason:
-              "node \(initial.node) was one of \(group)'s initial voters and cannot rejoin it; add its replacement under a new node id")),
-        route: route)
+              "node \(initial.node) was one of \(group)'s initial voters and cannot rejoin it; add its replacement under a new node id")))
     }
     let body = Gateway.groupDocument(group, members + joiners, bootstrapVoters: status.bootstrapVoters)
-    fanOut(joiners, exchange, route: route, local: { done in done(ReplicaCreation.created) }, remote: { peer, done in
+    fanOut(joiners, exchange, local: { done in done(ReplicaCreation.created) }, remote: { peer, done in
       forwarder.groupOperation("POST", on: peer, target: "/v1/node/groups", body: body) { status, answer in
         done(ReplicaCreation(node: peer.node, status: status, body: answer))
       }
@@ -156,13 +154,12 @@ extension Gateway {
       // Nothing changed in the group yet: a joiner's refusal (its group limit) is the answer.
       let undone = outcomes.filter { !$0.value.isDone }.sorted { $0.key < $1.key }
       if let refusal = undone.lazy.compactMap(\.value.refusal).first {
-        return exchange.fail(.explained(refusal, note: "; the membership of \(group) was not changed"), route: route, group: group)
+        return exchange.fail(.explained(refusal, note: "; the membership of \(group) was not changed"), group: group)
       }
       guard undone.isEmpty else {
         return exchange.fail(
           .consensus(
-            .storage("the joining replica of \(group) was not created on node(s) \(Gateway.list(undone.map(\.key))); retry the request")),
-          route: route)
+            .storage("the joining replica of \(group) was not created on node(s) \(Gateway.list(undone.map(\.key))); retry the request")))
       }
       then()
     }
@@ -171,20 +168,20 @@ extension Gateway {
   /// After the engine's answer: on success, delete the removed nodes' replicas (best effort),
   /// record the new placement, and answer the status as of the change.
   private func finishMembership(
-    _ result: Result<Void, ConsensusError>, _ group: GroupID, removed: [Peer], _ exchange: Exchange, route: String
+    _ result: Result<Void, ConsensusError>, _ group: GroupID, removed: [Peer], _ exchange: Exchange
   ) {
     // Failures (the leader error among them, which forwards) and answers without a status.
     guard case .success = result, let status = engine.status(group) else {
-      return answerMembership(result, group, exchange, route: route)
+      return answerMembership(result, group, exchange)
     }
     let members = status.peers.map(\.peer)
     let answer: @Sendable () -> Void = { [self] in
       recordInDirectory(group, members) { [self] in
-        exchange.respond(json: statusDocument(status), headers: groupHeaders(status), route: route)
+        exchange.respond(json: statusDocument(status), headers: groupHeaders(status))
       }
     }
     guard !removed.isEmpty, let forwarder = configuration.forwarder else { return answer() }
-    fanOut(removed, exchange, route: route, local: { [self] done in
+    fanOut(removed, exchange, local: { [self] done in
       deleteRemovedLocally(group, waitedMs: 0) { done(200) }
     }, remote: { [self] peer, done in
       // The end of this leader's log, the removal applied (a leader's last entry is of its term).

@@ -100,295 +100,132 @@ public final class Gateway: HTTPHandler {
   public func handle(_ request: HTTPRequest, responder: HTTPResponder) {
     let started = MonotonicClock.nowNanoseconds()
     metrics.begin()
-    var route = "not_found"
     let exchange = Exchange(request: request, context: context, redispatch: { [self] exchange in run(exchange) }) {
-      [metrics, nodeHeader] response, routeName in
+      [metrics, nodeHeader] response, label in
       var response = response
       // A relayed answer already names the node that produced it.
       if !response.headers.contains(where: { $0.name.lowercased() == "x-caucus-node" }) {
         response.headers.append(nodeHeader)
       }
-      metrics.record(route: routeName, status: response.status, nanoseconds: MonotonicClock.nowNanoseconds() &- started)
+      metrics.record(route: label, status: response.status, nanoseconds: MonotonicClock.nowNanoseconds() &- started)
       responder.respond(response)
     }
-    route = run(exchange)
-    if !exchange.isAnswered, let indeterminate = Gateway.deadlineRoutes[route] {
+    run(exchange)
+    if !exchange.isAnswered, let route = exchange.route, route.name.endsAtRequestDeadline {
       deadlines.schedule(
-        exchange, timeoutMs: configuration.requestTimeoutMs, route: route, group: pathGroup(exchange.path),
-        indeterminate: indeterminate)
+        exchange, timeoutMs: configuration.requestTimeoutMs, group: route.group, indeterminate: route.changesState)
     }
   }
 
-  /// Routes and serves one request (again, when it waited for a leader); returns the route name.
-  @discardableResult
-  private func run(_ exchange: Exchange) -> String {
-    var route = "not_found"
+  /// Serves one request (again, when it waited for a leader).
+  private func run(_ exchange: Exchange) {
     do throws(GatewayError) {
       if let malformed = exchange.query.malformed {
         throw GatewayError.badRequest(
           "the query parameter '\(malformed.prefix(200))' has a malformed percent-escape or is not UTF-8")
       }
-      if try !dispatchKeyRoute(exchange, route: &route) {
-        try dispatch(path: exchange.path, exchange: exchange, route: &route)
+      switch exchange.match {
+      case .failure(let mismatch): throw mismatch.error
+      case .success(let route):
+        if route.name.takesForwardMode { try parseForward(exchange) }
+        try serve(route, exchange)
       }
     } catch {
-      exchange.fail(error, route: route)
+      exchange.fail(error)
     }
-    return route
   }
-
-  /// Routes answered `504 timeout` at the request deadline, with whether the outcome is unknown
-  /// (state-changing routes). Watches are absent: they end at their own timeout.
-  static let deadlineRoutes: [String: Bool] = [
-    "kv_put": true, "kv_delete": true, "write": true, "groups_create": true, "group_delete": true, "cluster_nodes_register": true,
-    "node_groups_create": true, "node_groups_delete": true, "peers_add": true, "peers_change": true,
-    "peer_remove": true, "leader_transfer": true, "snapshot": true,
-    "kv_get": false, "kv_list": false, "read": false,
-  ]
 
   /// Stops the gateway's deadline thread. Call after the HTTP server has stopped.
   public func stop() { deadlines.stop() }
 
-  /// The group a `/v1/groups/<group>/…` or `/v1/node/groups/<group>` path names, if any.
-  private func pathGroup(_ path: Substring) -> GroupID? {
-    let parts = path.utf8.split(separator: UInt8(ascii: "/"), maxSplits: 4)
-    guard parts.count >= 3, parts[0].elementsEqual("v1".utf8) else { return nil }
-    if parts[1].elementsEqual("groups".utf8) { return GroupID(utf8: parts[2]) }
-    if parts[1].elementsEqual("node".utf8), parts.count >= 4 { return GroupID(utf8: parts[3]) }
-    return nil
-  }
-
   // MARK: Routing
 
-  /// The hot path, `/v1/groups/<group>/kv/<key>`, matched on bytes without splitting the path.
-  /// Returns false when the path is anything else.
-  private func dispatchKeyRoute(_ exchange: Exchange, route: inout String) throws(GatewayError) -> Bool {
-    let path = exchange.path.utf8
-    let prefix = "/v1/groups/".utf8
-    guard path.starts(with: prefix) else { return false }
-    let groupStart = path.index(path.startIndex, offsetBy: prefix.count)
-    guard let slash = path[groupStart...].firstIndex(of: UInt8(ascii: "/")) else { return false }
-    let rest = path[path.index(after: slash)...]
-    guard rest.starts(with: "kv/".utf8) else { return false }
-    let method = exchange.request.method
-    switch method {
-    case "PUT": route = "kv_put"
-    case "DELETE": route = "kv_delete"
-    case "GET", "HEAD": route = "kv_get"
-    default: throw .methodNotAllowed(allowed: ["GET", "HEAD", "PUT", "DELETE"])
-    }
-    guard let group = GroupID(utf8: path[groupStart..<slash]) else {
-      throw .invalidGroupID(String(decoding: path[groupStart..<slash].prefix(200), as: UTF8.self))
-    }
-    try parseForward(exchange)
-    let key = try decodeKey(rest.dropFirst(3))
-    switch method {
-    case "PUT": try putKey(group, key, exchange, route: route)
-    case "DELETE": try deleteKey(group, key, exchange, route: route)
-    default: try getKey(group, key, exchange, route: route)
-    }
-    return true
-  }
-
-  private func dispatch(path: Substring, exchange: Exchange, route: inout String) throws(GatewayError) {
-    let method = exchange.request.method
-    let segments = path.split(separator: "/", omittingEmptySubsequences: false)
-    // segments[0] is "" for an absolute path.
-    guard segments.first == "" else { throw .notFound }
-    let parts = segments.dropFirst()
-
-    func allow(_ methods: String...) throws(GatewayError) {
-      guard methods.contains(method) else { throw .methodNotAllowed(allowed: methods) }
-    }
-
-    switch parts.first {
-    case "":
-      route = "root"
-      guard parts.count == 1 else { throw .notFound }
-      try allow("GET", "HEAD")
-      exchange.respond(json: rootDocument(), route: route)
-      return
-    case "healthz":
-      route = "healthz"
-      guard parts.count == 1 else { throw .notFound }
-      try allow("GET", "HEAD")
+  /// Hands a matched request to its handler.
+  private func serve(_ route: Route, _ exchange: Exchange) throws(GatewayError) {
+    switch route {
+    case .root:
+      exchange.respond(json: rootDocument())
+    case .healthz:
       var writer = JSONWriter()
       writer.beginObject()
       writer.member("status", "ok")
       writer.endObject()
-      exchange.respond(json: writer.bytes, route: route)
-      return
-    case "readyz":
-      route = "readyz"
-      guard parts.count == 1 else { throw .notFound }
-      try allow("GET", "HEAD")
-      try readiness(exchange, route: route)
-      return
-    case "metrics":
-      route = "metrics"
-      guard parts.count == 1 else { throw .notFound }
-      try allow("GET", "HEAD")
+      exchange.respond(json: writer.bytes)
+    case .readyz:
+      try readiness(exchange)
+    case .metrics:
       let text =
         metrics.prometheusText() + engine.prometheusMetrics(groupSeriesMax: configuration.metricsGroupsMax)
         + leaderBalance.prometheusText() + (configuration.additionalMetrics?() ?? "")
         + processMetrics()
       exchange.respond(
         HTTPResponse(
-          status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body: Array(text.utf8)),
-        route: route)
-      return
-    case "v1":
-      break
-    default:
-      throw .notFound
-    }
-
-    let rest = Array(parts.dropFirst())
-    guard let resource = rest.first else { throw .notFound }
-    switch resource {
-    case "node":
-      if rest.count == 1 {
-        route = "node"
-        try allow("GET", "HEAD")
-        exchange.respond(json: nodeDocument(), route: route)
-        return
+          status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body: Array(text.utf8)))
+    case .node:
+      exchange.respond(json: nodeDocument())
+    case .nodeGroupsCreate:
+      try createGroup(exchange, nodeLocal: true)
+    case .nodeGroupsDelete(let group):
+      deleteGroup(group, exchange, nodeLocal: true)
+    case .cluster:
+      try clusterView(exchange)
+    case .clusterNodesRegister:
+      try registerNode(exchange)
+    case .clusterRebalance:
+      try rebalance(exchange)
+    case .groupsList:
+      if let scope = exchange.query["scope"], scope != "node" && scope != "cluster" {
+        throw .badRequest("scope must be node or cluster, not '\(scope)'")
       }
-      guard rest[1] == "groups" else { throw .notFound }
-      if rest.count == 2 {
-        route = "node_groups_create"
-        try allow("POST")
-        try createGroup(exchange, route: route)
-        return
+      if exchange.query["scope"] == "cluster", configuration.forwarder != nil, configuration.directory != nil {
+        return gatherGroups(exchange)
       }
-      guard rest.count == 3 else { throw .notFound }
-      route = "node_groups_delete"
-      try allow("DELETE")
-      let group = try parseGroup(rest[2])
-      deleteGroup(group, exchange, route: route)
-      return
-    case "cluster":
-      route = "cluster"
-      if rest.count == 2 && rest[1] == "nodes" {
-        route = "cluster_nodes_register"
-        try allow("POST")
-        try registerNode(exchange, route: route)
-        return
-      }
-      if rest.count == 2 && rest[1] == "rebalance" {
-        route = "cluster_rebalance"
-        try allow("POST")
-        try rebalance(exchange, route: route)
-        return
-      }
-      guard rest.count == 1 else { throw .notFound }
-      try allow("GET", "HEAD")
-      try clusterView(exchange, route: route)
-      return
-    case "groups":
-      break
-    default:
-      throw .notFound
-    }
-
-    if rest.count == 1 {
-      try allow("GET", "HEAD", "POST")
-      if method == "POST" {
-        route = "groups_create"
-        try createGroup(exchange, route: route)
-      } else {
-        route = "groups_list"
-        if let scope = exchange.query["scope"], scope != "node" && scope != "cluster" {
-          throw .badRequest("scope must be node or cluster, not '\(scope)'")
-        }
-        if exchange.query["scope"] == "cluster", configuration.forwarder != nil, configuration.directory != nil {
-          return gatherGroups(exchange, route: route)
-        }
-        // Standalone: this node's groups are the whole directory, so both scopes list the same.
-        exchange.respond(json: groupsDocument(), route: route)
-      }
-      return
-    }
-    let group = try parseGroup(rest[1])
-    if rest.count == 2 {
-      try allow("GET", "HEAD", "DELETE")
-      if method == "DELETE" {
-        route = "group_delete"
-        deleteGroup(group, exchange, route: route)
-      } else {
-        route = "group_get"
-        guard let status = engine.status(group) else { throw .consensus(.groupNotFound(group)) }
-        exchange.respond(json: statusDocument(status), headers: groupHeaders(status), route: route)
-      }
-      return
-    }
-    try parseForward(exchange)
-    switch rest[2] {
-    case "kv":
-      if rest.count == 3 {
-        route = "kv_list"
-        try allow("GET", "HEAD")
-        try listKeys(group, exchange, route: route)
-        return
-      }
-      throw .notFound  // `/kv/<key>` is served by dispatchKeyRoute
-    case "write":
-      route = "write"
-      guard rest.count == 3 else { throw .notFound }
-      try allow("POST")
-      try genericWrite(group, exchange, route: route)
-    case "read":
-      route = "read"
-      guard rest.count == 3 else { throw .notFound }
-      try allow("POST")
-      try genericRead(group, exchange, route: route)
-    case "watch":
-      route = "watch"
-      guard rest.count == 3 else { throw .notFound }
-      try allow("GET")
+      // Standalone: this node's groups are the whole directory, so both scopes list the same.
+      exchange.respond(json: groupsDocument())
+    case .groupsCreate:
+      try createGroup(exchange, nodeLocal: false)
+    case .groupGet(let group):
+      guard let status = engine.status(group) else { throw .consensus(.groupNotFound(group)) }
+      exchange.respond(json: statusDocument(status), headers: groupHeaders(status))
+    case .groupDelete(let group):
+      deleteGroup(group, exchange, nodeLocal: false)
+    case .kvGet(let group, let key):
+      try getKey(group, key, exchange)
+    case .kvPut(let group, let key):
+      try putKey(group, key, exchange)
+    case .kvDelete(let group, let key):
+      try deleteKey(group, key, exchange)
+    case .kvList(let group):
+      try listKeys(group, exchange)
+    case .write(let group):
+      try genericWrite(group, exchange)
+    case .read(let group):
+      try genericRead(group, exchange)
+    case .watch(let group):
       try startWatch(group, exchange)
-    case "peers":
-      if rest.count == 3 {
-        try allow("POST", "PUT")
-        if method == "POST" {
-          route = "peers_add"
-          try addPeer(group, exchange, route: route)
-        } else {
-          route = "peers_change"
-          try changePeer(group, exchange, route: route)
+    case .peersAdd(let group):
+      try addPeer(group, exchange)
+    case .peersChange(let group):
+      try changePeer(group, exchange)
+    case .peerRemove(let group, let node):
+      removePeer(group, node, exchange)
+    case .leaderGet(let group):
+      guard engine.status(group) != nil else { throw .consensus(.groupNotFound(group)) }
+      guard engine.leader(group) != nil else { throw .consensus(.noLeader(group)) }
+      exchange.respond(json: leaderDocument(group), headers: leaderHeaders(group))
+    case .leaderTransfer(let group):
+      let body = try exchange.jsonBody()
+      guard let id = body["id"]?.unsignedIntegerValue, id > 0 else { throw .badRequest("the body needs \"id\": the node id of the new leader") }
+      engine.transferLeader(group, to: NodeID(id)) { [self] result in
+        switch result {
+        case .failure(let error): exchange.fail(.consensus(error))
+        case .success: exchange.respond(json: leaderDocument(group), headers: leaderHeaders(group))
         }
-        return
       }
-      guard rest.count == 4 else { throw .notFound }
-      route = "peer_remove"
-      try allow("DELETE")
-      guard let node = NodeID(parsing: rest[3]) else { throw .badRequest("node id '\(rest[3])' is not a positive integer") }
-      removePeer(group, node, exchange, route: route)
-    case "leader":
-      guard rest.count == 3 else { throw .notFound }
-      try allow("GET", "HEAD", "POST")
-      if method == "POST" {
-        route = "leader_transfer"
-        let body = try exchange.jsonBody()
-        guard let id = body["id"]?.unsignedIntegerValue, id > 0 else { throw .badRequest("the body needs \"id\": the node id of the new leader") }
-        engine.transferLeader(group, to: NodeID(id)) { [self] result in
-          switch result {
-          case .failure(let error): exchange.fail(.consensus(error), route: "leader_transfer")
-          case .success: exchange.respond(json: leaderDocument(group), headers: leaderHeaders(group), route: "leader_transfer")
-          }
-        }
-      } else {
-        route = "leader_get"
-        guard engine.status(group) != nil else { throw .consensus(.groupNotFound(group)) }
-        guard engine.leader(group) != nil else { throw .consensus(.noLeader(group)) }
-        exchange.respond(json: leaderDocument(group), headers: leaderHeaders(group), route: route)
-      }
-    case "snapshot":
-      route = "snapshot"
-      guard rest.count == 3 else { throw .notFound }
-      try allow("POST")
+    case .snapshot(let group):
       engine.triggerSnapshot(group) { [self] result in
         switch result {
-        case .failure(let error): exchange.fail(.consensus(error), route: "snapshot")
+        case .failure(let error): exchange.fail(.consensus(error))
         case .success(let info):
           var writer = JSONWriter()
           writer.beginObject()
@@ -397,18 +234,15 @@ public final class Gateway: HTTPHandler {
           writer.member("term", info.term)
           writer.member("bytes", info.bytes)
           writer.endObject()
-          exchange.respond(
-            json: writer.bytes, headers: leaderHeaders(group) + [("X-Caucus-Index", String(info.index))], route: "snapshot")
+          exchange.respond(json: writer.bytes, headers: leaderHeaders(group) + [("X-Caucus-Index", String(info.index))])
         }
       }
-    default:
-      throw .notFound
     }
   }
 
   // MARK: Data plane
 
-  private func putKey(_ group: GroupID, _ key: KVBytes, _ exchange: Exchange, route: String) throws(GatewayError) {
+  private func putKey(_ group: GroupID, _ key: KVBytes, _ exchange: Exchange) throws(GatewayError) {
     let value = exchange.request.body
     guard value.count <= configuration.valueBytesMax else {
       throw .payloadTooLarge("the value is \(value.count) bytes; the limit is \(configuration.valueBytesMax)", limitBytes: configuration.valueBytesMax)
@@ -416,7 +250,7 @@ public final class Gateway: HTTPHandler {
     let precondition = try requestPrecondition(exchange.request)
     let command = KVCommand(
       operations: [.put(key: key, value: value, precondition: precondition)], idempotencyKey: try idempotencyKey(exchange.request))
-    submit(group, command, exchange, route: route, etag: true) { index, results in
+    submit(group, command, exchange, etag: true) { index, results in
       guard case .put(let revision) = results.first else { return nil }
       var writer = JSONWriter(capacity: 96 + key.count)
       writer.beginObject()
@@ -429,10 +263,10 @@ public final class Gateway: HTTPHandler {
     }
   }
 
-  private func deleteKey(_ group: GroupID, _ key: KVBytes, _ exchange: Exchange, route: String) throws(GatewayError) {
+  private func deleteKey(_ group: GroupID, _ key: KVBytes, _ exchange: Exchange) throws(GatewayError) {
     let precondition = try requestPrecondition(exchange.request)
     let command = KVCommand(operations: [.delete(key: key, precondition: precondition)], idempotencyKey: try idempotencyKey(exchange.request))
-    submit(group, command, exchange, route: route) { index, results in
+    submit(group, command, exchange) { index, results in
       guard case .delete(let deleted) = results.first else { return nil }
       var writer = JSONWriter()
       writer.beginObject()
@@ -443,7 +277,7 @@ public final class Gateway: HTTPHandler {
     }
   }
 
-  private func genericWrite(_ group: GroupID, _ exchange: Exchange, route: String) throws(GatewayError) {
+  private func genericWrite(_ group: GroupID, _ exchange: Exchange) throws(GatewayError) {
     let body = try exchange.jsonBody()
     guard body.isObject, let items = body["ops"]?.arrayValue else {
       throw .badRequest("the body needs \"ops\": an array of {\"op\":\"put\"|\"delete\", \"key\", ...}")
@@ -482,7 +316,7 @@ public final class Gateway: HTTPHandler {
     }
     let command = KVCommand(operations: operations, idempotencyKey: try idempotencyKey(exchange.request))
     let submitted = operations
-    submit(group, command, exchange, route: route) { index, results in
+    submit(group, command, exchange) { index, results in
       var writer = JSONWriter()
       writer.beginObject()
       writer.member("index", index)
@@ -515,17 +349,17 @@ public final class Gateway: HTTPHandler {
   /// At a follower, the engine hands the write to the leader and answers with its own apply
   /// outcome (`Exchange.writeForwarding`); a refusal takes `fail`'s HTTP path as before.
   private func submit(
-    _ group: GroupID, _ command: KVCommand, _ exchange: Exchange, route: String, etag: Bool = false,
+    _ group: GroupID, _ command: KVCommand, _ exchange: Exchange, etag: Bool = false,
     render: @escaping @Sendable (UInt64, [KVOperationResult]) -> [UInt8]?
   ) {
     engine.write(group, command: KVCodec.encode(command), forwarding: exchange.writeForwarding(group)) { [self] result in
       switch result {
       case .failure(let error):
-        exchange.fail(.consensus(error), route: route, group: group)
+        exchange.fail(.consensus(error), group: group)
       case .success(let written):
         let decoded: KVWriteOutcome
         do { decoded = try KVCodec.decodeWriteOutcome(written.response) } catch {
-          exchange.fail(.internal("the state machine answered with undecodable bytes: \(error)"), route: route)
+          exchange.fail(.internal("the state machine answered with undecodable bytes: \(error)"))
           return
         }
         var headers = leaderHeaders(group)
@@ -541,11 +375,11 @@ public final class Gateway: HTTPHandler {
         switch outcome {
         case .applied(let results):
           guard let body = render(index, results) else {
-            exchange.fail(.internal("the state machine's results do not match the command"), route: route)
+            exchange.fail(.internal("the state machine's results do not match the command"))
             return
           }
           if etag, case .put(let revision) = results.first { headers.append(("ETag", "\"\(revision)\"")) }
-          exchange.respond(json: body, headers: headers, route: route)
+          exchange.respond(json: body, headers: headers)
         case .preconditionFailed(let operationIndex, let key, let currentRevision):
           var writer = JSONWriter()
           writer.beginObject()
@@ -558,22 +392,22 @@ public final class Gateway: HTTPHandler {
           if let currentRevision { writer.number(currentRevision) } else { writer.null() }
           writer.member("index", index)
           writer.endObject()
-          exchange.respond(HTTPResponse(status: 412, headers: headers + [jsonContentType], body: writer.bytes), route: route)
+          exchange.respond(HTTPResponse(status: 412, headers: headers + [jsonContentType], body: writer.bytes))
         case .rejected(let reason):
-          exchange.fail(.badRequest(reason), route: route)
+          exchange.fail(.badRequest(reason))
         case .replayed:
-          exchange.fail(.internal("a replayed outcome wraps another replayed outcome"), route: route)
+          exchange.fail(.internal("a replayed outcome wraps another replayed outcome"))
         }
       }
     }
   }
 
-  private func getKey(_ group: GroupID, _ key: KVBytes, _ exchange: Exchange, route: String) throws(GatewayError) {
+  private func getKey(_ group: GroupID, _ key: KVBytes, _ exchange: Exchange) throws(GatewayError) {
     let query = exchange.query
     let options = try readOptions(query)
     let raw = try parseBool(query["raw"], name: "raw") ?? false
       || exchange.request.header("accept").map { $0.contains("application/octet-stream") } ?? false
-    read(group, [.get(key: key)], options, exchange, route: route) { [self] index, results in
+    read(group, [.get(key: key)], options, exchange) { [self] index, results in
       guard case .get(let entry) = results.first else { throw GatewayError.internal("the read answered the wrong shape") }
       guard let entry else { throw GatewayError.keyNotFound(key) }
       var headers = leaderHeaders(group)
@@ -592,13 +426,13 @@ public final class Gateway: HTTPHandler {
     }
   }
 
-  private func listKeys(_ group: GroupID, _ exchange: Exchange, route: String) throws(GatewayError) {
+  private func listKeys(_ group: GroupID, _ exchange: Exchange) throws(GatewayError) {
     let query = exchange.query
     let options = try readOptions(query)
     let prefix = try keyBound(query["prefix"], name: "prefix") ?? []
     let after = try keyBound(query["after"], name: "after")
     let limit = try parseCount(query["limit"], name: "limit", default: 100, max: GatewayLimits.listItemsMax)
-    read(group, [.list(prefix: prefix, after: after, limit: limit)], options, exchange, route: route) { [self] index, results in
+    read(group, [.list(prefix: prefix, after: after, limit: limit)], options, exchange) { [self] index, results in
       guard case .list(let items, let more) = results.first else { throw GatewayError.internal("the read answered the wrong shape") }
       var writer = JSONWriter()
       writer.beginObject()
@@ -612,7 +446,7 @@ public final class Gateway: HTTPHandler {
     }
   }
 
-  private func genericRead(_ group: GroupID, _ exchange: Exchange, route: String) throws(GatewayError) {
+  private func genericRead(_ group: GroupID, _ exchange: Exchange) throws(GatewayError) {
     let body = try exchange.jsonBody()
     guard body.isObject, let items = body["ops"]?.arrayValue else {
       throw .badRequest("the body needs \"ops\": an array of {\"op\":\"get\"|\"list\", ...}")
@@ -659,7 +493,7 @@ public final class Gateway: HTTPHandler {
       }
     }
     let asked = queries
-    read(group, asked, options, exchange, route: route) { [self] index, results in
+    read(group, asked, options, exchange) { [self] index, results in
       var writer = JSONWriter()
       writer.beginObject()
       writer.member("index", index)
@@ -695,22 +529,22 @@ public final class Gateway: HTTPHandler {
   }
 
   private func read(
-    _ group: GroupID, _ queries: [KVQuery], _ options: ReadOptions, _ exchange: Exchange, route: String,
+    _ group: GroupID, _ queries: [KVQuery], _ options: ReadOptions, _ exchange: Exchange,
     render: @escaping @Sendable (UInt64, [KVQueryResult]) throws -> HTTPResponse
   ) {
     engine.read(group, query: KVCodec.encode(queries: queries), options: options) { result in
       switch result {
       case .failure(let error):
-        exchange.fail(.consensus(error), route: route, group: group)
+        exchange.fail(.consensus(error), group: group)
       case .success(let read):
         do {
           let results = try KVCodec.decodeQueryResults(read.response)
           guard results.count == queries.count else { throw GatewayError.internal("the read answered \(results.count) results for \(queries.count) queries") }
-          exchange.respond(try render(read.index, results), route: route)
+          exchange.respond(try render(read.index, results))
         } catch let error as GatewayError {
-          exchange.fail(error, route: route, group: group)
+          exchange.fail(error, group: group)
         } catch {
-          exchange.fail(.internal("the state machine answered with undecodable bytes: \(error)"), route: route)
+          exchange.fail(.internal("the state machine answered with undecodable bytes: \(error)"))
         }
       }
     }
@@ -759,12 +593,12 @@ public final class Gateway: HTTPHandler {
       case .failure(.timeout):
         respondWatch(group, events: [], index: max(from, engine.status(group)?.appliedIndex ?? from), exchange)
       case .failure(let error):
-        exchange.fail(.consensus(error), route: "watch", group: group)
+        exchange.fail(.consensus(error), group: group)
       case .success(let read):
         guard let results = try? KVCodec.decodeQueryResults(read.response),
           case .changes(let events, let compactedBefore) = results.first
         else {
-          exchange.fail(.internal("the state machine did not answer the changes query"), route: "watch")
+          exchange.fail(.internal("the state machine did not answer the changes query"))
           return
         }
         if let compactedBefore {
@@ -774,7 +608,7 @@ public final class Gateway: HTTPHandler {
           writer.member("message", "changes after index \(from) are no longer retained; re-read the keys and watch from index \(compactedBefore - 1)")
           writer.member("oldestIndex", compactedBefore)
           writer.endObject()
-          exchange.respond(HTTPResponse(status: 410, headers: leaderHeaders(group) + [jsonContentType], body: writer.bytes), route: "watch")
+          exchange.respond(HTTPResponse(status: 410, headers: leaderHeaders(group) + [jsonContentType], body: writer.bytes))
         } else if events.isEmpty {
           pollWatch(group, prefix: prefix, from: max(from, read.index), deadline: deadline, exchange)
         } else {
@@ -807,7 +641,7 @@ public final class Gateway: HTTPHandler {
     writer.endObject()
     var headers = leaderHeaders(group)
     headers.append(("X-Caucus-Index", String(index)))
-    exchange.respond(json: writer.bytes, headers: headers, route: "watch")
+    exchange.respond(json: writer.bytes, headers: headers)
   }
 
   private func readOptions(_ query: QueryParameters) throws(GatewayError) -> ReadOptions {
@@ -828,7 +662,9 @@ public final class Gateway: HTTPHandler {
 
   // MARK: Groups
 
-  private func createGroup(_ exchange: Exchange, route: String) throws(GatewayError) {
+  /// `POST /v1/groups` (in a cluster: on every peer, recorded in the directory) or, `nodeLocal`,
+  /// `POST /v1/node/groups` (on this node only; a joining replica's `bootstrapVoters` allowed).
+  private func createGroup(_ exchange: Exchange, nodeLocal: Bool) throws(GatewayError) {
     let body = try exchange.jsonBody()
     guard body.isObject, let idText = body["id"]?.stringValue else {
       throw .badRequest("the body needs \"id\": a group id such as \"DataRegion-1\"")
@@ -837,7 +673,7 @@ public final class Gateway: HTTPHandler {
     // A replica joining an existing group (the leader's addPeer/changePeer asks for it).
     var bootstrapVoters: [NodeID]?
     if let voters = body["bootstrapVoters"] {
-      guard route == "node_groups_create" else {
+      guard nodeLocal else {
         throw .badRequest("\"bootstrapVoters\" belongs to the node-local route POST /v1/node/groups")
       }
       guard let array = voters.arrayValue, !array.isEmpty, array.count <= DirectoryRecords.groupPeersMax else {
@@ -849,7 +685,7 @@ public final class Gateway: HTTPHandler {
       }
       guard body["peers"] != nil else { throw .badRequest("a joining replica needs \"peers\": the group's members and this node") }
     }
-    guard let items = body["peers"] else { return createGroup(group, [engine.localPeer], exchange, route: route) }
+    guard let items = body["peers"] else { return createGroup(group, [engine.localPeer], exchange, nodeLocal: nodeLocal) }
     guard let array = items.arrayValue else { throw .badRequest("\"peers\" must be an array of node ids or peers") }
     guard !array.isEmpty else {
       throw .consensus(.illegalPeerNumber(count: 0, reason: "\"peers\" is empty; omit it to create the group on this node alone"))
@@ -861,21 +697,22 @@ public final class Gateway: HTTPHandler {
     guard Set(specifications.map(\.node)).count == specifications.count else { throw .badRequest("\"peers\" names a node twice") }
     resolvePeers(specifications) { [self, bootstrapVoters] result in
       switch result {
-      case .failure(let error): exchange.fail(error, route: route)
-      case .success(let peers): createGroup(group, peers, bootstrapVoters: bootstrapVoters, exchange, route: route)
+      case .failure(let error): exchange.fail(error)
+      case .success(let peers): createGroup(group, peers, bootstrapVoters: bootstrapVoters, exchange, nodeLocal: nodeLocal)
       }
     }
   }
 
   private func createGroup(
-    _ group: GroupID, _ peers: [Peer], bootstrapVoters: [NodeID]? = nil, _ exchange: Exchange, route: String
+    _ group: GroupID, _ peers: [Peer], bootstrapVoters: [NodeID]? = nil, _ exchange: Exchange, nodeLocal: Bool
   ) {
     // POST /v1/groups in a cluster: the directory's record first (a single node keeps none).
-    guard route == "groups_create", let directory = configuration.directory else {
-      return createReplicas(group, peers, bootstrapVoters: bootstrapVoters, placementRecorded: false, exchange, route: route)
+    guard !nodeLocal, let directory = configuration.directory else {
+      return createReplicas(
+        group, peers, bootstrapVoters: bootstrapVoters, placementRecorded: false, exchange, nodeLocal: nodeLocal)
     }
-    reservePlacement(group, peers, directory, exchange, route: route) { [self] in
-      createReplicas(group, peers, placementRecorded: true, exchange, route: route)
+    reservePlacement(group, peers, directory, exchange) { [self] in
+      createReplicas(group, peers, placementRecorded: true, exchange, nodeLocal: false)
     }
   }
 
@@ -898,7 +735,7 @@ public final class Gateway: HTTPHandler {
   ///   concurrent creation of the id is decided by the directory), then `create` runs.
   /// A directory or a peer that does not answer → 503 and nothing is created.
   private func reservePlacement(
-    _ group: GroupID, _ peers: [Peer], _ directory: ClusterDirectory, _ exchange: Exchange, route: String,
+    _ group: GroupID, _ peers: [Peer], _ directory: ClusterDirectory, _ exchange: Exchange,
     create: @escaping @Sendable () -> Void
   ) {
     let wanted = DirectoryGroup(id: group, peers: peers)
@@ -906,7 +743,7 @@ public final class Gateway: HTTPHandler {
       switch result {
       case .success(.reserved), .success(.recordedWithTheSamePeers): create()
       case .success(.recordedWithOtherPeers(let existing)):
-        exchange.fail(.consensus(.groupAlreadyExists(group)), route: route)
+        exchange.fail(.consensus(.groupAlreadyExists(group)))
         logger.info(
           "refused to create a group the directory records on other peers",
           metadata: ["group": "\(group)", "recorded": "\(existing.peers.map(\.description))", "asked": "\(peers.map(\.description))"])
@@ -916,13 +753,12 @@ public final class Gateway: HTTPHandler {
           .explained(
             .consensus(.groupAlreadyExists(group)),
             note: "; a DELETE of it has not finished, so replicas of it may remain on node(s) \(nodes): "
-              + "retry DELETE /v1/groups/\(group) until it answers 200, then create it again"),
-          route: route)
+              + "retry DELETE /v1/groups/\(group) until it answers 200, then create it again"))
         logger.info(
           "refused to create a group whose deletion has not finished",
           metadata: ["group": "\(group)", "recorded": "\(existing.peers.map(\.description))"])
-      case .failure(.invalidRecord(let reason)): exchange.fail(.badRequest(reason), route: route)
-      case .failure(let error): exchange.fail(.consensus(.storage("\(error); nothing was created, retry the request")), route: route)
+      case .failure(.invalidRecord(let reason)): exchange.fail(.badRequest(reason))
+      case .failure(let error): exchange.fail(.consensus(.storage("\(error); nothing was created, retry the request")))
       }
     }
     directory.recordedGroup(group) { [self] result in
@@ -946,7 +782,7 @@ public final class Gateway: HTTPHandler {
             logger.info(
               "refused to create a group some of its peers already host",
               metadata: ["group": "\(group)", "hosting": "\(hosting.map(\.description))"])
-            return exchange.fail(.consensus(.groupAlreadyExists(group)), route: route)
+            return exchange.fail(.consensus(.groupAlreadyExists(group)))
           }
           directory.reserve(wanted, decide)
         }
@@ -987,19 +823,19 @@ public final class Gateway: HTTPHandler {
   /// node-local route keeps its `409`: the leader's join path tells "created" from "had one" by it.
   private func createReplicas(
     _ group: GroupID, _ peers: [Peer], bootstrapVoters: [NodeID]? = nil, placementRecorded: Bool, _ exchange: Exchange,
-    route: String
+    nodeLocal: Bool
   ) {
-    if route == "groups_create", let forwarder = configuration.forwarder,
+    if !nodeLocal, let forwarder = configuration.forwarder,
       peers.contains(where: { $0.node != engine.localPeer.node })
     {
-      return createEverywhere(group, peers, forwarder, placementRecorded: placementRecorded, exchange, route: route)
+      return createEverywhere(group, peers, forwarder, placementRecorded: placementRecorded, exchange)
     }
     let created: @Sendable (Result<Void, ConsensusError>) -> Void = { [self] result in
       switch result {
-      case .failure(.groupAlreadyExists) where route == "groups_create" && hosts(group, withExactly: peers):
-        answerCreated(group, exchange, route: route)
-      case .failure(let error): exchange.fail(.consensus(error), route: route)
-      case .success: answerCreated(group, exchange, route: route)
+      case .failure(.groupAlreadyExists) where !nodeLocal && hosts(group, withExactly: peers):
+        answerCreated(group, exchange)
+      case .failure(let error): exchange.fail(.consensus(error))
+      case .success: answerCreated(group, exchange)
       }
     }
     if let bootstrapVoters {
@@ -1016,42 +852,43 @@ public final class Gateway: HTTPHandler {
   }
 
   /// `201` with this node's replica's status: the answer to a creation, first or retried.
-  private func answerCreated(_ group: GroupID, _ exchange: Exchange, route: String) {
+  private func answerCreated(_ group: GroupID, _ exchange: Exchange) {
     guard let status = engine.status(group) else {
-      return exchange.fail(.consensus(.groupNotFound(group)), route: route)
+      return exchange.fail(.consensus(.groupNotFound(group)))
     }
     exchange.respond(
-      json: statusDocument(status), status: 201, headers: groupHeaders(status) + [("Location", "/v1/groups/\(group)")],
-      route: route)
+      json: statusDocument(status), status: 201, headers: groupHeaders(status) + [("Location", "/v1/groups/\(group)")])
   }
 
-  private func deleteGroup(_ group: GroupID, _ exchange: Exchange, route: String) {
-    if route == "node_groups_delete" {
+  /// `DELETE /v1/groups/{group}` (on every peer, the directory's record marked first) or,
+  /// `nodeLocal`, `DELETE /v1/node/groups/{group}` (this node's replica only).
+  private func deleteGroup(_ group: GroupID, _ exchange: Exchange, nodeLocal: Bool) {
+    if nodeLocal {
       // The deletion of a removed peer's replica, asked by the leader that removed it, bounded by
       // the end of the leader's log once the removal applied: a replica whose log goes further was
       // added back since, holds a member's durable state, and is never deleted (409).
       let index = exchange.query["ifLogEndsAtIndex"]
       let term = exchange.query["ifLogEndsAtTerm"]
       guard (index == nil) == (term == nil) else {
-        return exchange.fail(.badRequest("ifLogEndsAtIndex and ifLogEndsAtTerm go together"), route: route)
+        return exchange.fail(.badRequest("ifLogEndsAtIndex and ifLogEndsAtTerm go together"))
       }
       if let index, let term {
         guard let index = UInt64(index), let term = UInt64(term) else {
-          return exchange.fail(.badRequest("ifLogEndsAtIndex and ifLogEndsAtTerm are non-negative integers"), route: route)
+          return exchange.fail(.badRequest("ifLogEndsAtIndex and ifLogEndsAtTerm are non-negative integers"))
         }
-        return deleteLocally(group, exchange, route: route, recordRevision: nil, ifLogEndsBy: LogPosition(index: index, term: term))
+        return deleteLocally(group, exchange, recordRevision: nil, ifLogEndsBy: LogPosition(index: index, term: term))
       }
     }
     // DELETE /v1/groups/{group}: deletePeer on every peer of the group.
-    guard route == "group_delete", let forwarder = configuration.forwarder else {
-      return deleteLocally(group, exchange, route: route, recordRevision: nil)
+    guard !nodeLocal, let forwarder = configuration.forwarder else {
+      return deleteLocally(group, exchange, recordRevision: nil)
     }
     let deleteFound: @Sendable (UInt64?) -> Void = { [self] revision in
       placement(of: group) { [self] peers in
         guard peers.contains(where: { $0.node != engine.localPeer.node }) else {
-          return deleteLocally(group, exchange, route: route, recordRevision: revision)
+          return deleteLocally(group, exchange, recordRevision: revision)
         }
-        deleteEverywhere(group, peers, forwarder, exchange, route: route, recordRevision: revision)
+        deleteEverywhere(group, peers, forwarder, exchange, recordRevision: revision)
       }
     }
     guard let directory = configuration.directory else { return deleteFound(nil) }
@@ -1062,55 +899,56 @@ public final class Gateway: HTTPHandler {
     directory.markDeleting(group) { result in
       switch result {
       case .success(let revision): deleteFound(revision)
-      case .failure(.invalidRecord(let reason)): exchange.fail(.badRequest(reason), route: route)
+      case .failure(.invalidRecord(let reason)): exchange.fail(.badRequest(reason))
       case .failure(let error):
-        exchange.fail(.consensus(.storage("\(error); nothing was deleted, retry the request")), route: route)
+        exchange.fail(.consensus(.storage("\(error); nothing was deleted, retry the request")))
       }
     }
   }
 
   private func deleteLocally(
-    _ group: GroupID, _ exchange: Exchange, route: String, recordRevision: UInt64?, ifLogEndsBy: LogPosition? = nil
+    _ group: GroupID, _ exchange: Exchange, recordRevision: UInt64?, ifLogEndsBy: LogPosition? = nil
   ) {
     engine.deletePeer(group, ifLogEndsBy: ifLogEndsBy) { [self] result in
       switch result {
       // A recorded group whose only replica is gone already (an earlier DELETE got this far):
-      // what is left is its record, which the answer removes.
-      case .failure(.groupNotFound) where route == "group_delete" && recordRevision != nil:
-        answerDeleted(group, exchange, route: route, recordRevision: recordRevision)
-      case .failure(let error): exchange.fail(.consensus(error), route: route)
-      case .success: answerDeleted(group, exchange, route: route, recordRevision: recordRevision)
+      // what is left is its record, which the answer removes (only DELETE /v1/groups/{group}
+      // has a record's revision).
+      case .failure(.groupNotFound) where recordRevision != nil:
+        answerDeleted(group, exchange, recordRevision: recordRevision)
+      case .failure(let error): exchange.fail(.consensus(error))
+      case .success: answerDeleted(group, exchange, recordRevision: recordRevision)
       }
     }
   }
 
-  /// The answer to a deletion; `DELETE /v1/groups/{group}` (not the node-local route) first
-  /// removes the group's directory record, if it still has `recordRevision`.
-  private func answerDeleted(_ group: GroupID, _ exchange: Exchange, route: String, recordRevision: UInt64?) {
+  /// The answer to a deletion; `DELETE /v1/groups/{group}` (not the node-local route, which has
+  /// no `recordRevision`) first removes the group's directory record, if it still has that revision.
+  private func answerDeleted(_ group: GroupID, _ exchange: Exchange, recordRevision: UInt64?) {
     let answer: @Sendable () -> Void = {
       var writer = JSONWriter()
       writer.beginObject()
       writer.member("id", group.description)
       writer.member("deleted", true)
       writer.endObject()
-      exchange.respond(json: writer.bytes, route: route)
+      exchange.respond(json: writer.bytes)
     }
-    if route == "group_delete", let recordRevision {
+    if let recordRevision {
       forgetInDirectory(group, ifRevision: recordRevision, then: answer)
     } else {
       answer()
     }
   }
 
-  func answerMembership(_ result: Result<Void, ConsensusError>, _ group: GroupID, _ exchange: Exchange, route: String) {
+  func answerMembership(_ result: Result<Void, ConsensusError>, _ group: GroupID, _ exchange: Exchange) {
     switch result {
-    case .failure(let error): exchange.fail(.consensus(error), route: route)
+    case .failure(let error): exchange.fail(.consensus(error))
     case .success:
       guard let status = engine.status(group) else {
-        exchange.fail(.consensus(.groupNotFound(group)), route: route)
+        exchange.fail(.consensus(.groupNotFound(group)))
         return
       }
-      exchange.respond(json: statusDocument(status), headers: groupHeaders(status), route: route)
+      exchange.respond(json: statusDocument(status), headers: groupHeaders(status))
     }
   }
 
@@ -1147,14 +985,13 @@ public final class Gateway: HTTPHandler {
   /// The peers that created their replica keep it in every case, as does the directory its
   /// record: the same request, retried, creates the rest.
   private func createEverywhere(
-    _ group: GroupID, _ peers: [Peer], _ forwarder: LeaderForwarder, placementRecorded: Bool, _ exchange: Exchange,
-    route: String
+    _ group: GroupID, _ peers: [Peer], _ forwarder: LeaderForwarder, placementRecorded: Bool, _ exchange: Exchange
   ) {
     // The same document is the node-local request body and, for a group this node does not
     // host, the answer's summary.
     let body = Gateway.groupDocument(group, peers)
     let summary = Gateway.groupDocument(group, peers, protocolName: engine.protocolName)
-    fanOut(peers, exchange, route: route, local: { [engine] done in
+    fanOut(peers, exchange, local: { [engine] done in
       engine.createPeer(group, peers: peers) { done(ReplicaCreation($0)) }
     }, remote: { peer, done in
       forwarder.groupOperation("POST", on: peer, target: "/v1/node/groups", body: body) { status, answer in
@@ -1178,19 +1015,19 @@ public final class Gateway: HTTPHandler {
             refusal,
             note: kept + ": the same request, retried once node \(node) can host the group, creates the rest, "
               + "and DELETE /v1/groups/\(group) removes what exists"),
-          route: route, group: group)
+          group: group)
       }
       guard undone.isEmpty else {
         let reasons = undone.map { "\($0.key) (\($0.value.failure ?? "failed"))" }.joined(separator: ", ")
         return exchange.fail(
-          .consensus(.storage("group \(group) was not created on node(s) \(reasons); retry the request")), route: route)
+          .consensus(.storage("group \(group) was not created on node(s) \(reasons); retry the request")))
       }
       if !placementRecorded && outcomes.values.allSatisfy({ if case .existed = $0 { true } else { false } }) {
-        return exchange.fail(.consensus(.groupAlreadyExists(group)), route: route)
+        return exchange.fail(.consensus(.groupAlreadyExists(group)))
       }
       precondition(done.count == peers.count, "a creation is answered 201 only when every peer hosts its replica")
       let body = engine.status(group).map(statusDocument) ?? summary
-      exchange.respond(json: body, status: 201, headers: [("Location", "/v1/groups/\(group)")], route: route)
+      exchange.respond(json: body, status: 201, headers: [("Location", "/v1/groups/\(group)")])
     }
   }
 
@@ -1220,10 +1057,10 @@ public final class Gateway: HTTPHandler {
   /// deletePeer on every peer of the group: this node's engine, `DELETE /v1/node/groups/{group}`
   /// on the others.
   private func deleteEverywhere(
-    _ group: GroupID, _ peers: [Peer], _ forwarder: LeaderForwarder, _ exchange: Exchange, route: String,
+    _ group: GroupID, _ peers: [Peer], _ forwarder: LeaderForwarder, _ exchange: Exchange,
     recordRevision: UInt64?
   ) {
-    fanOut(peers, exchange, route: route, local: { [engine] done in
+    fanOut(peers, exchange, local: { [engine] done in
       engine.deletePeer(group) { result in
         switch result {
         case .success: done(200)
@@ -1237,17 +1074,16 @@ public final class Gateway: HTTPHandler {
       let failed = statuses.filter { $0.value != 200 && $0.value != 404 }.map(\.key).sorted()
       guard failed.isEmpty else {
         return exchange.fail(
-          .consensus(.storage("group \(group) was not deleted on node(s) \(failed.map(\.description).joined(separator: ", ")); retry the request")),
-          route: route)
+          .consensus(.storage("group \(group) was not deleted on node(s) \(failed.map(\.description).joined(separator: ", ")); retry the request")))
       }
-      answerDeleted(group, exchange, route: route, recordRevision: recordRevision)
+      answerDeleted(group, exchange, recordRevision: recordRevision)
     }
   }
 
   /// Runs one operation per peer (local or remote) and calls `finish` once with every peer's
   /// outcome (a status, or what `ReplicaCreation` makes of it).
   func fanOut<Outcome: Sendable>(
-    _ peers: [Peer], _ exchange: Exchange, route: String,
+    _ peers: [Peer], _ exchange: Exchange,
     local: @escaping @Sendable (@escaping @Sendable (Outcome) -> Void) -> Void,
     remote: @escaping @Sendable (Peer, @escaping @Sendable (Outcome) -> Void) -> Void,
     finish: @escaping @Sendable ([NodeID: Outcome]) -> Void
@@ -1424,7 +1260,7 @@ public final class Gateway: HTTPHandler {
     return writer.bytes
   }
 
-  private func readiness(_ exchange: Exchange, route: String) throws(GatewayError) {
+  private func readiness(_ exchange: Exchange) throws(GatewayError) {
     var reasons: [String] = []
     if let storage = Self.storageMessage(engine.storageCondition) {
       reasons.append(storage)
@@ -1454,8 +1290,7 @@ public final class Gateway: HTTPHandler {
     }
     writer.endObject()
     exchange.respond(
-      json: writer.bytes, status: reasons.isEmpty ? 200 : 503, headers: reasons.isEmpty ? [] : [("Retry-After", "1")],
-      route: route)
+      json: writer.bytes, status: reasons.isEmpty ? 200 : 503, headers: reasons.isEmpty ? [] : [("Retry-After", "1")])
   }
 
   private func processMetrics() -> String {

@@ -1,0 +1,136 @@
+import Consensus
+@testable import Gateway
+import KeyValueStore
+import XCTest
+
+/// One request per route, for tests that must cover every route: the switch is exhaustive, so a
+/// new route does not compile until it has its sample. Targets name `group` (and `key` under it);
+/// bodies are well-formed, so a request that is let through does what its route does.
+func sampleRequest(
+  _ name: Route.Name, group: String = "DataRegion-0", key: String = "k", node: Int = 1
+) -> (method: String, target: String, body: String) {
+  let g = "/v1/groups/\(group)"
+  switch name {
+  case .root: return ("GET", "/", "")
+  case .healthz: return ("GET", "/healthz", "")
+  case .readyz: return ("GET", "/readyz", "")
+  case .metrics: return ("GET", "/metrics", "")
+  case .node: return ("GET", "/v1/node", "")
+  case .nodeGroupsCreate: return ("POST", "/v1/node/groups", #"{"id":"DataRegion-90"}"#)
+  case .nodeGroupsDelete: return ("DELETE", "/v1/node/groups/\(group)", "")
+  case .cluster: return ("GET", "/v1/cluster", "")
+  case .clusterNodesRegister:
+    return ("POST", "/v1/cluster/nodes", #"{"id":9,"clientURL":"http://127.0.0.1:1","consensusEndpoint":"127.0.0.1:2"}"#)
+  case .clusterRebalance: return ("POST", "/v1/cluster/rebalance", "")
+  case .groupsList: return ("GET", "/v1/groups", "")
+  case .groupsCreate: return ("POST", "/v1/groups", #"{"id":"DataRegion-91"}"#)
+  case .groupGet: return ("GET", g, "")
+  case .groupDelete: return ("DELETE", g, "")
+  case .kvGet: return ("GET", "\(g)/kv/\(key)", "")
+  case .kvPut: return ("PUT", "\(g)/kv/\(key)", "v")
+  case .kvDelete: return ("DELETE", "\(g)/kv/\(key)", "")
+  case .kvList: return ("GET", "\(g)/kv?prefix=\(key)", "")
+  case .write: return ("POST", "\(g)/write", #"{"ops":[{"op":"put","key":"\#(key)","value":"v"}]}"#)
+  case .read: return ("POST", "\(g)/read", #"{"ops":[{"op":"get","key":"\#(key)"}]}"#)
+  case .watch: return ("GET", "\(g)/watch?prefix=\(key)&timeoutMs=0", "")
+  case .peersAdd: return ("POST", "\(g)/peers", #"{"id":\#(node)}"#)
+  case .peersChange: return ("PUT", "\(g)/peers", #"{"peers":[\#(node)]}"#)
+  case .peerRemove: return ("DELETE", "\(g)/peers/\(node)", "")
+  case .leaderGet: return ("GET", "\(g)/leader", "")
+  case .leaderTransfer: return ("POST", "\(g)/leader", #"{"id":\#(node)}"#)
+  case .snapshot: return ("POST", "\(g)/snapshot", "")
+  }
+}
+
+/// The typed router: every endpoint of API.md is one case, found by method and path alone.
+final class RouteTests: XCTestCase {
+  private func match(_ method: String, _ target: String) -> Result<Route, Route.Mismatch> {
+    let path = target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)[0]
+    return Route.match(method: method, path: path)
+  }
+
+  func testEverySampleMatchesItsOwnRoute() throws {
+    for name in Route.Name.allCases {
+      let sample = sampleRequest(name)
+      let route = try match(sample.method, sample.target).get()
+      XCTAssertEqual(route.name, name, "\(sample.method) \(sample.target)")
+    }
+  }
+
+  func testTheMatchCarriesTheGroupKeyAndNode() throws {
+    let group = GroupID(.dataRegion, 7)
+    XCTAssertEqual(try match("PUT", "/v1/groups/DataRegion-7/kv/a%2Fb/c").get(), .kvPut(group, key: Array("a/b/c".utf8)))
+    XCTAssertEqual(try match("HEAD", "/v1/groups/DataRegion-7/kv/k").get(), .kvGet(group, key: Array("k".utf8)))
+    XCTAssertEqual(try match("DELETE", "/v1/groups/DataRegion-7/peers/3").get(), .peerRemove(group, NodeID(3)))
+    XCTAssertEqual(try match("DELETE", "/v1/node/groups/DataRegion-7").get(), .nodeGroupsDelete(group))
+    XCTAssertEqual(try match("GET", "/v1/groups/DataRegion-7/kv?prefix=a").get(), .kvList(group))
+    XCTAssertEqual(try match("POST", "/v1/groups").get(), .groupsCreate)
+    XCTAssertEqual(try match("HEAD", "/v1/groups").get(), .groupsList)
+    XCTAssertEqual(try match("GET", "/v1/groups/DataRegion-7/kv/k").get().group, group)
+    XCTAssertEqual(try match("GET", "/v1/groups/DataRegion-7/kv/k").get().key, Array("k".utf8))
+    XCTAssertNil(try match("GET", "/v1/cluster").get().group)
+  }
+
+  func testMismatchesAreTheErrorsOfTheContractWithTheEndpointsLabel() {
+    func expect(
+      _ method: String, _ target: String, status: String, label: String, file: StaticString = #filePath, line: UInt = #line
+    ) {
+      guard case .failure(let mismatch) = match(method, target) else { return XCTFail("\(method) \(target) matched", file: file, line: line) }
+      let found: String
+      switch mismatch.error {
+      case .notFound: found = "404"
+      case .methodNotAllowed(let allowed): found = "405 " + allowed.joined(separator: ",")
+      case .invalidGroupID: found = "400 invalid_group_id"
+      case .invalidKey: found = "400 invalid_key"
+      case .badRequest: found = "400 bad_request"
+      default: found = "\(mismatch.error)"
+      }
+      XCTAssertEqual(found, status, "\(method) \(target)", file: file, line: line)
+      XCTAssertEqual(mismatch.label, label, "\(method) \(target)", file: file, line: line)
+    }
+    expect("GET", "/nowhere", status: "404", label: "not_found")
+    expect("GET", "/v1/nowhere", status: "404", label: "not_found")
+    expect("POST", "/healthz", status: "405 GET,HEAD", label: "healthz")
+    expect("GET", "/healthz/x", status: "404", label: "healthz")
+    expect("POST", "/v1/groups/DataRegion-1/kv/k", status: "405 GET,HEAD,PUT,DELETE", label: "not_found")
+    expect("PUT", "/v1/groups/Nope-1/kv/k", status: "400 invalid_group_id", label: "kv_put")
+    expect("GET", "/v1/groups/DataRegion-1/kv/", status: "400 invalid_key", label: "kv_get")
+    expect("GET", "/v1/groups/DataRegion-1/kv/%zz", status: "400 invalid_key", label: "kv_get")
+    expect("GET", "/v1/groups/Nope-1", status: "400 invalid_group_id", label: "not_found")
+    expect("PATCH", "/v1/groups/DataRegion-1", status: "405 GET,HEAD,DELETE", label: "not_found")
+    expect("GET", "/v1/groups/DataRegion-1/write", status: "405 POST", label: "write")
+    expect("HEAD", "/v1/groups/DataRegion-1/watch", status: "405 GET", label: "watch")
+    expect("DELETE", "/v1/groups/DataRegion-1/peers/x", status: "400 bad_request", label: "peer_remove")
+    expect("GET", "/v1/node/groups", status: "405 POST", label: "node_groups_create")
+    expect("GET", "/v1/node/other", status: "404", label: "not_found")
+    expect("GET", "/v1/cluster/x", status: "404", label: "cluster")
+    expect("GET", "/v1/cluster/rebalance", status: "405 POST", label: "cluster_rebalance")
+    expect("GET", "relative", status: "404", label: "not_found")
+  }
+
+  /// The route facts that steer behaviour, by name: what needs admin, what changes state, what
+  /// the request deadline answers, what never leaves the node.
+  func testRoutesDeclareTheirPermissionAndWhetherTheyChangeState() {
+    let byPermission = Dictionary(grouping: Route.Name.allCases, by: \.permission).mapValues { Set($0.map(\.rawValue)) }
+    XCTAssertEqual(byPermission[.open], ["healthz"])
+    XCTAssertEqual(byPermission[.write], ["kv_put", "kv_delete", "write"])
+    XCTAssertEqual(
+      byPermission[.admin],
+      [
+        "node_groups_create", "node_groups_delete", "cluster_nodes_register", "cluster_rebalance", "groups_create",
+        "group_delete", "peers_add", "peers_change", "peer_remove", "leader_transfer", "snapshot",
+      ])
+    for name in Route.Name.allCases {
+      // Whatever changes state needs more than read; whatever needs write or admin changes state.
+      XCTAssertEqual(name.changesState, name.permission >= .write, name.rawValue)
+    }
+    XCTAssertEqual(
+      Set(Route.Name.allCases.filter(\.endsAtRequestDeadline).map(\.rawValue)),
+      [
+        "kv_put", "kv_delete", "write", "groups_create", "group_delete", "cluster_nodes_register", "node_groups_create",
+        "node_groups_delete", "peers_add", "peers_change", "peer_remove", "leader_transfer", "snapshot", "kv_get",
+        "kv_list", "read",
+      ])
+    XCTAssertEqual(Set(Route.Name.allCases.filter(\.isNodeLocal).map(\.rawValue)), ["node", "node_groups_create", "node_groups_delete"])
+  }
+}
