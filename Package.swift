@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Layers (A → B means A imports B); see DESIGN.md.
-//   caucus → Gateway → HTTPServer → Platform → CPlatform, COpenSSL
+//   caucus → Gateway → Directory → JSON → HTTPServer → Platform → CPlatform, COpenSSL
 //                    → PeerClient → CCurl
 //          → StandaloneConsensus → WriteAheadLog → Platform
 //          → KeyValueStore → Consensus
@@ -41,6 +41,8 @@ let package = Package(
     .target(name: "HTTPServer", dependencies: ["Platform"]),
     .target(name: "PeerClient", dependencies: ["CCurl", "Platform"]),
     .target(name: "Consensus"),
+    // A small JSON reader (requests, other nodes' answers, directory records); writing is HTTPServer's JSONWriter.
+    .target(name: "JSON", dependencies: ["HTTPServer"]),
     .target(name: "Checksum"),
     // Checks recorded client histories (the simulator's and `caucus torture`'s); standard library only.
     .target(name: "Linearizability"),
@@ -49,10 +51,17 @@ let package = Package(
     .target(
       name: "StandaloneConsensus",
       dependencies: ["Consensus", "WriteAheadLog", "Platform", .product(name: "Logging", package: "swift-log")]),
+    // The cluster directory (`PartitionRegion-0`): node records, group placement, registration.
+    .target(
+      name: "Directory",
+      dependencies: [
+        "Consensus", "HTTPServer", "JSON", "KeyValueStore", "PeerClient", "Platform",
+        .product(name: "Logging", package: "swift-log"),
+      ]),
     .target(
       name: "Gateway",
       dependencies: [
-        "Consensus", "HTTPServer", "KeyValueStore", "PeerClient", "Platform",
+        "Consensus", "Directory", "HTTPServer", "JSON", "KeyValueStore", "PeerClient", "Platform",
         .product(name: "Logging", package: "swift-log"),
       ]),
     .target(name: "RaftCore"),
@@ -73,7 +82,7 @@ let package = Package(
     .executableTarget(
       name: "caucus",
       dependencies: [
-        "Consensus", "Gateway", "HTTPServer", "KeyValueStore", "StandaloneConsensus", "Platform",
+        "Consensus", "Directory", "Gateway", "HTTPServer", "JSON", "KeyValueStore", "StandaloneConsensus", "Platform",
         "PeerClient", "RaftConsensus", "ClusterTransport", "Linearizability",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
@@ -98,7 +107,7 @@ let package = Package(
     .testTarget(
       name: "GatewayTests",
       dependencies: [
-        "Gateway", "HTTPServer", "Consensus", "KeyValueStore", "StandaloneConsensus", "Platform",
+        "Gateway", "Directory", "JSON", "HTTPServer", "Consensus", "KeyValueStore", "StandaloneConsensus", "Platform",
         .product(name: "Logging", package: "swift-log"),
       ]),
     .testTarget(name: "RaftCoreTests", dependencies: ["RaftCore"]),

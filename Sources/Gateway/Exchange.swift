@@ -1,6 +1,8 @@
 import Consensus
+import Directory
 
 import HTTPServer
+import JSON
 import KeyValueStore
 import Platform
 import Synchronization
@@ -399,7 +401,7 @@ func percentDecode(_ encoded: some Collection<UInt8>) -> [UInt8]? {
   var iterator = encoded.makeIterator()
   while let byte = iterator.next() {
     if byte == UInt8(ascii: "%") {
-      guard let high = iterator.next().flatMap(hexDigitValue), let low = iterator.next().flatMap(hexDigitValue) else { return nil }
+      guard let high = iterator.next().flatMap(Hex.digitValue), let low = iterator.next().flatMap(Hex.digitValue) else { return nil }
       output.append(high << 4 | low)
     } else {
       output.append(byte)

@@ -1,5 +1,7 @@
 import Consensus
+import Directory
 import HTTPServer
+import JSON
 import PeerClient
 import Platform
 
@@ -16,7 +18,7 @@ enum ForwardMode: String {
 /// Relays requests to a group's leader over the libcurl `PeerClient`. A leader is known by its
 /// consensus endpoint; its client URL is asked once from that endpoint (`GET /v1/node` on the
 /// consensus port) and remembered.
-public final class LeaderForwarder: Sendable {
+public final class LeaderForwarder: DirectoryTransport {
   /// Forwarded hops a request may take; past it the answer is `508 forward_loop`.
   public static let hopsMax = 2
   /// How long asking a peer for its client URL may take.
@@ -42,13 +44,13 @@ public final class LeaderForwarder: Sendable {
   func knownClientURL(of node: NodeID) -> String? { clientURLs.withLock { $0[node] } }
 
   /// Records `node`'s client URL as the cluster directory names it.
-  func remember(clientURL: String, of node: NodeID) {
+  public func remember(clientURL: String, of node: NodeID) {
     precondition(!clientURL.isEmpty, "a directory record has a client URL")
     clientURLs.withLock { $0[node] = clientURL }
   }
 
   /// `peer`'s client URL, or nil when its consensus port does not say.
-  func clientURL(of peer: Peer, completion: @escaping @Sendable (String?) -> Void) {
+  public func clientURL(of peer: Peer, completion: @escaping @Sendable (String?) -> Void) {
     if let known = knownClientURL(of: peer.node) { return completion(known) }
     describe(peer.endpoint) { [clientURLs] node in
       guard let node, node.id == peer.node else { return completion(nil) }
@@ -59,13 +61,17 @@ public final class LeaderForwarder: Sendable {
 
   /// What the node at a consensus endpoint says of itself (`GET /v1/node` on its consensus port),
   /// or nil when it does not answer with a node document.
-  func describe(_ endpoint: Endpoint, completion: @escaping @Sendable (DirectoryNode?) -> Void) {
+  public func describe(_ endpoint: Endpoint, completion: @escaping @Sendable (DirectoryNode?) -> Void) {
     let request = PeerRequest(
       method: "GET", host: endpoint.host, port: endpoint.port, target: "/v1/node", timeoutMs: LeaderForwarder.lookupTimeoutMs)
     client.send(request) { result in
       guard case .success(let response) = result, response.status == 200 else { return completion(nil) }
       completion(try? DirectoryRecords.decodeNode(response.body))
     }
+  }
+
+  public func send(_ request: PeerRequest, completion: @escaping @Sendable (Result<PeerResponse, PeerError>) -> Void) {
+    client.send(request, completion: completion)
   }
 
   /// Relays `request` to `baseURL` (the leader's client URL) and hands back its answer, or the
@@ -139,8 +145,58 @@ enum GroupLocation: Sendable {
   case nowhere
 }
 
-/// `404 group_not_found`: the node that answered does not host the group (as opposed to a
-/// missing key, or no answer at all).
-func saysGroupNotHosted(status: Int, body: [UInt8]) -> Bool {
-  status == 404 && (try? JSONParser.parse(body))?["error"]?.stringValue == "group_not_found"
+/// Finds the leader of a group this node does not host: its peers from the directory's record,
+/// then the leader among them (each peer's `GET /v1/groups/{group}?forward=none`). A group the
+/// directory has no record of (created before the directory existed) is looked for among the
+/// directory's members, as before.
+struct GroupLocator: Sendable {
+  let forwarder: LeaderForwarder
+  let directory: ClusterDirectory
+
+  func locate(_ group: GroupID, _ completion: @escaping @Sendable (GroupLocation) -> Void) {
+    directory.group(group) { [self] record in
+      let local = forwarder.localNode
+      // The record's peers first; then every other member, because a record read during a
+      // membership change (or while the directory has no leader) can miss the peers that host
+      // the group now.
+      let recorded = record?.peers ?? []
+      let others = directory.knownMembers.filter { member in !recorded.contains { $0.node == member.node } }
+      askForLeader(group, among: (recorded + others).filter { $0.node != local }, local: local, completion)
+    }
+  }
+
+  private func askForLeader(
+    _ group: GroupID, among candidates: [Peer], local: NodeID, _ completion: @escaping @Sendable (GroupLocation) -> Void
+  ) {
+    guard !candidates.isEmpty else { return completion(.nowhere) }
+    // `unsure`: a peer that did not answer, or not with "hosted" or "not hosted"; the group may be
+    // there, so the answer is "no leader" (retry), never "nowhere" (a 404 says it does not exist).
+    let answers = Locked<(remaining: Int, hosted: Bool, unsure: Bool, done: Bool)>((candidates.count, false, false, false))
+    for candidate in candidates {
+      forwarder.nodeLocal("GET", on: candidate, target: "/v1/groups/\(group)?forward=none", body: []) { status, body in
+        // A peer hosting the group names its leader; the first such answer decides.
+        let document = status == 200 ? try? JSONParser.parse(body) : nil
+        let leaderID = document?["leader"]?.unsignedIntegerValue
+        // A peer's stale view can name this node, which does not host the group: not a leader.
+        let leader = (document?["peers"]?.arrayValue ?? []).lazy.compactMap(DirectoryRecords.decodePeer).first {
+          $0.node.rawValue == leaderID && $0.node != local
+        }
+        let notHosted = saysGroupNotHosted(status: status, body: body)
+        let decided: GroupLocation? = answers.withLock { state in
+          state.remaining -= 1
+          state.hosted = state.hosted || document != nil
+          state.unsure = state.unsure || (document == nil && !notHosted)
+          guard !state.done else { return nil }
+          if let leader {
+            state.done = true
+            return .leader(leader)
+          }
+          guard state.remaining == 0 else { return nil }
+          state.done = true
+          return state.hosted || state.unsure ? .noLeader : .nowhere
+        }
+        if let decided { completion(decided) }
+      }
+    }
+  }
 }

@@ -1,5 +1,7 @@
 import Consensus
+import Directory
 import HTTPServer
+import JSON
 import Logging
 import PeerClient
 

@@ -1,4 +1,5 @@
 import Consensus
+import Directory
 import HTTPServer
 
 /// The membership routes (API.md "Groups and membership"). A node that does not lead the group

@@ -1,5 +1,7 @@
 import Consensus
+import Directory
 import HTTPServer
+import JSON
 import KeyValueStore
 import Logging
 import PeerClient
@@ -71,7 +73,8 @@ public final class Gateway: HTTPHandler {
   private let startedAtNanoseconds = MonotonicClock.nowNanoseconds()
   private let nodeHeader: (name: String, value: String)
   private let context: GatewayContext
-  let deadlines = DeadlineWheel()
+  /// Request deadlines (`504 timeout`), and the gateway's retries and periodic jobs.
+  let deadlines = TimerWheel(name: "caucus-deadlines")
   let logger: Logger
 
   public init(engine: any ConsensusEngine, configuration: GatewayConfiguration) {
@@ -94,6 +97,8 @@ public final class Gateway: HTTPHandler {
     logger[metadataKey: "node"] = "\(engine.localPeer.node)"
     self.logger = logger
     configuration.leaderBalance.validate()
+    // The directory lists its nodes in one page of a member's key-value listing.
+    precondition(ClusterDirectory.nodesMax <= GatewayLimits.listItemsMax, "a directory listing fits one page")
     scheduleAutomaticLeaderBalance()
   }
 
@@ -112,8 +117,10 @@ public final class Gateway: HTTPHandler {
     }
     run(exchange)
     if !exchange.isAnswered, let route = exchange.route, route.name.endsAtRequestDeadline {
-      deadlines.schedule(
-        exchange, timeoutMs: configuration.requestTimeoutMs, group: route.group, indeterminate: route.changesState)
+      // Held weakly: a request answered in time is freed at once, not kept (body and all) until then.
+      deadlines.after(delayMs: configuration.requestTimeoutMs) { [weak exchange] in
+        exchange?.expire(group: route.group, indeterminate: route.changesState)
+      }
     }
   }
 

@@ -1,4 +1,5 @@
 import Consensus
+import Directory
 import Platform
 
 // Leader balancing (issue 11): which leaderships to move so that every node leads its fair share

@@ -1,5 +1,6 @@
 import ClusterTransport
 import Consensus
+import Directory
 import Gateway
 import Glibc
 import HTTPServer
@@ -145,7 +146,7 @@ func runNode(_ settings: NodeSettings) -> Int32 {
   let forwarder = cluster.map { LeaderForwarder(localNode: settings.nodeID, client: $0.client) }
   let directory = cluster.map { link in
     ClusterDirectory(
-      engine: engine, forwarder: forwarder, members: link.members,
+      engine: engine, transport: forwarder, members: link.members,
       localNode: DirectoryNode(id: settings.nodeID, clientURL: settings.clientURL, consensusEndpoint: link.localEndpoint),
       logger: Logger(label: "caucus.directory"))
   }

@@ -1,4 +1,5 @@
 import Consensus
+import Directory
 import Gateway
 import Glibc
 import Logging

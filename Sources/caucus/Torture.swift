@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import Gateway
+import JSON
 import Linearizability
 import PeerClient
 import Platform

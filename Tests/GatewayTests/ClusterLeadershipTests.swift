@@ -1,5 +1,6 @@
 import Consensus
 @testable import Gateway
+import JSON
 import XCTest
 
 /// Who may take leadership, from every node's group summaries (issue 11's leader balance).

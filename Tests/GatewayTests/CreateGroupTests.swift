@@ -1,5 +1,6 @@
 import Consensus
 import Foundation
+@testable import Directory
 @testable import Gateway
 import HTTPServer
 import KeyValueStore
@@ -56,7 +57,7 @@ final class CreateGroupRetryTests: XCTestCase {
   private func makeDirectory() throws -> ClusterDirectory {
     try waitForCompletion { self.engine.createPeer(ClusterDirectory.group, peers: [self.local], completion: $0) }.get()
     return ClusterDirectory(
-      engine: engine, forwarder: nil, members: [local],
+      engine: engine, transport: nil, members: [local],
       localNode: DirectoryNode(id: local.node, clientURL: "http://127.0.0.1:6667", consensusEndpoint: local.endpoint),
       logger: Logger(label: "test.directory"))
   }
@@ -161,7 +162,7 @@ final class DeletionMarkTests: XCTestCase {
     defer { engine.stop() }
     try waitForCompletion { engine.createPeer(ClusterDirectory.group, peers: [local], completion: $0) }.get()
     let directory = ClusterDirectory(
-      engine: engine, forwarder: nil, members: [local],
+      engine: engine, transport: nil, members: [local],
       localNode: DirectoryNode(id: local.node, clientURL: "http://127.0.0.1:6667", consensusEndpoint: local.endpoint),
       logger: Logger(label: "test.directory"))
     let group = DirectoryGroup(id: GroupID(.dataRegion, 5), peers: [local])

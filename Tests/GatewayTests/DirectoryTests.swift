@@ -1,5 +1,6 @@
 import Consensus
 import Foundation
+@testable import Directory
 @testable import Gateway
 import HTTPServer
 import KeyValueStore
@@ -75,7 +76,7 @@ final class RegisterNodeTests: XCTestCase {
     try engine.start()
     try waitForCompletion { self.engine.createPeer(ClusterDirectory.group, peers: [self.local], completion: $0) }.get()
     directory = ClusterDirectory(
-      engine: engine, forwarder: nil, members: [local],
+      engine: engine, transport: nil, members: [local],
       localNode: DirectoryNode(id: local.node, clientURL: "http://127.0.0.1:6667", consensusEndpoint: local.endpoint),
       logger: Logger(label: "test.directory"))
     gateway = Gateway(

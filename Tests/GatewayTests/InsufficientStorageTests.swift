@@ -1,5 +1,6 @@
 import Consensus
 import Foundation
+@testable import Directory
 @testable import Gateway
 import HTTPServer
 import Platform

@@ -1,4 +1,5 @@
 @testable import Gateway
+import JSON
 import HTTPServer
 import XCTest
 

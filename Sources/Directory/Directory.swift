@@ -1,5 +1,6 @@
 import Consensus
 import HTTPServer
+import JSON
 import KeyValueStore
 import Logging
 import PeerClient
@@ -11,7 +12,30 @@ import Synchronization
 // entries describe the cluster:
 //   nodes/<id>        → {"id","clientURL","consensusEndpoint"}
 //   groups/<GroupID>  → {"id","peers":[{"id","endpoint"}],"deleting"?:true}
-// Everything that reads or writes those records goes through this file.
+// Everything that reads or writes those records goes through this module; the gateway uses it
+// to route requests for groups it does not host, to reserve a group's placement before creating
+// it, to mark it before deleting it, and to register nodes.
+
+/// How the directory reaches other nodes (the gateway's `LeaderForwarder`, over libcurl): it
+/// sends requests to members' client APIs when this node cannot answer from its own replica,
+/// and learns client URLs as records name them.
+public protocol DirectoryTransport: Sendable {
+  /// Records `node`'s client URL as the directory names it.
+  func remember(clientURL: String, of node: NodeID)
+  /// `peer`'s client URL, or nil when it cannot be learned.
+  func clientURL(of peer: Peer, completion: @escaping @Sendable (String?) -> Void)
+  /// What the node at a consensus endpoint says of itself (`GET /v1/node` on its consensus
+  /// port), or nil when it does not answer with a node document.
+  func describe(_ endpoint: Endpoint, completion: @escaping @Sendable (DirectoryNode?) -> Void)
+  /// Sends one request to another node.
+  func send(_ request: PeerRequest, completion: @escaping @Sendable (Result<PeerResponse, PeerError>) -> Void)
+}
+
+/// `404 group_not_found`: the node that answered does not host the group (as opposed to a
+/// missing key, or no answer at all).
+public func saysGroupNotHosted(status: Int, body: [UInt8]) -> Bool {
+  status == 404 && (try? JSONParser.parse(body))?["error"]?.stringValue == "group_not_found"
+}
 
 /// A node as the directory records it (and as `GET /v1/node` on a consensus port describes it).
 public struct DirectoryNode: Equatable, Sendable {
@@ -181,7 +205,7 @@ public enum DirectoryRecords {
 
   /// One `{"id","endpoint"}` as `write(_:to:)` writes it (and a group's status lists its peers),
   /// or nil when it is not one.
-  static func decodePeer(_ item: JSONValue) -> Peer? {
+  public static func decodePeer(_ item: JSONValue) -> Peer? {
     guard let node = item["id"]?.unsignedIntegerValue, node > 0, let text = item["endpoint"]?.stringValue,
       let endpoint = Endpoint(parsing: text)
     else { return nil }
@@ -194,7 +218,7 @@ public enum DirectoryRecords {
 }
 
 /// Why a directory operation did not happen.
-enum DirectoryError: Error, Equatable, CustomStringConvertible {
+public enum DirectoryError: Error, Equatable, CustomStringConvertible {
   /// No member of the directory group answered usefully (no leader, unreachable, timeout).
   case unavailable(String)
   /// A write's precondition did not hold (someone else wrote the key first).
@@ -206,7 +230,7 @@ enum DirectoryError: Error, Equatable, CustomStringConvertible {
   /// `POST /v1/cluster/nodes`: `registeredNodesMax` nodes are registered already.
   case tooManyNodes(Int)
 
-  var description: String {
+  public var description: String {
     switch self {
     case .unavailable(let reason): return "the cluster directory is unavailable: \(reason)"
     case .preconditionFailed: return "the directory entry changed concurrently"
@@ -219,7 +243,7 @@ enum DirectoryError: Error, Equatable, CustomStringConvertible {
 }
 
 /// What `ClusterDirectory.reserve` found for a group about to be created.
-enum DirectoryReservation: Equatable, Sendable {
+public enum DirectoryReservation: Equatable, Sendable {
   /// The record was absent and is now written: this request creates the group.
   case reserved
   /// A record with the same peers exists: a retried creation (or an identical one racing it).
@@ -232,7 +256,7 @@ enum DirectoryReservation: Equatable, Sendable {
   /// group may remain, and nothing may be created beside them until the DELETE is done.
   case deletionUnfinished(DirectoryGroup)
 
-  init(existing: DirectoryGroup, wanted: DirectoryGroup) {
+  public init(existing: DirectoryGroup, wanted: DirectoryGroup) {
     precondition(existing.id == wanted.id, "a reservation compares records of one group")
     precondition(!wanted.deleting, "a creation never asks for a record marked for deletion")
     if existing.deleting {
@@ -351,7 +375,7 @@ public final class ClusterDirectory: Sendable {
   public static let retryMsMin: UInt32 = 100
   public static let retryMsMax: UInt32 = 5_000
   /// Nodes a directory listing returns at most (one page of the key-value listing).
-  public static let nodesMax = GatewayLimits.listItemsMax
+  public static let nodesMax = 1_000
   /// Nodes `POST /v1/cluster/nodes` registers at most: every `GET /v1/cluster` asks each of them,
   /// and every routing miss may read their records. Checked against a (stale) listing before the
   /// write, so concurrent registrations can pass it by a few; the listing's `nodesMax` is well
@@ -364,21 +388,23 @@ public final class ClusterDirectory: Sendable {
   public static let pendingWriteKeysMax = 256
 
   let engine: any ConsensusEngine
-  let forwarder: LeaderForwarder?
+  let transport: (any DirectoryTransport)?
   /// This node, as it registers itself.
   public let localNode: DirectoryNode
   private let logger: Logger
   /// The directory group's members: the `--cluster` list, or what a `--join` learned.
   private let members: Locked<[Peer]>
   private let cache = Locked<[String: (entry: DirectoryEntry, expiresAtMs: UInt64)]>([:])
-  private let timer = DeadlineWheel()
+  private let timer = TimerWheel(name: "caucus-directory")
   private let stopped = Atomic<Bool>(false)
   private let pendingWrites = Locked(PendingDirectoryWrites<DirectoryWrite>(keysMax: ClusterDirectory.pendingWriteKeysMax))
 
-  public init(engine: any ConsensusEngine, forwarder: LeaderForwarder?, members: [Peer], localNode: DirectoryNode, logger: Logger) {
+  public init(
+    engine: any ConsensusEngine, transport: (any DirectoryTransport)?, members: [Peer], localNode: DirectoryNode, logger: Logger
+  ) {
     precondition(localNode.id == engine.localPeer.node, "the directory registers the engine's own node")
     self.engine = engine
-    self.forwarder = forwarder
+    self.transport = transport
     self.members = Locked(members)
     self.localNode = localNode
     self.logger = logger
@@ -402,7 +428,7 @@ public final class ClusterDirectory: Sendable {
   // MARK: Records
 
   /// Every registered node, or nil when the directory cannot be read.
-  func nodes(_ completion: @escaping @Sendable ([DirectoryNode]?) -> Void) {
+  public func nodes(_ completion: @escaping @Sendable ([DirectoryNode]?) -> Void) {
     list(prefix: DirectoryRecords.nodesPrefix) { [self] result in
       guard case .success(let entries) = result else { return completion(nil) }
       let nodes = entries.compactMap { entry -> DirectoryNode? in
@@ -410,7 +436,7 @@ public final class ClusterDirectory: Sendable {
           logger.warning("ignoring a directory entry that is not a node record", metadata: ["key": "\(entry.key)"])
           return nil
         }
-        forwarder?.remember(clientURL: node.clientURL, of: node.id)
+        transport?.remember(clientURL: node.clientURL, of: node.id)
         return node
       }
       completion(nodes)
@@ -418,7 +444,7 @@ public final class ClusterDirectory: Sendable {
   }
 
   /// Every recorded group, or nil when the directory cannot be read.
-  func groups(_ completion: @escaping @Sendable ([DirectoryGroup]?) -> Void) {
+  public func groups(_ completion: @escaping @Sendable ([DirectoryGroup]?) -> Void) {
     list(prefix: DirectoryRecords.groupsPrefix) { [self] result in
       guard case .success(let entries) = result else { return completion(nil) }
       completion(entries.compactMap { entry in
@@ -432,16 +458,16 @@ public final class ClusterDirectory: Sendable {
   }
 
   /// `nodes/<id>`, from the cache or a (stale, when local) read; nil when absent or unreadable.
-  func node(_ id: NodeID, _ completion: @escaping @Sendable (DirectoryNode?) -> Void) {
-    cachedGet(DirectoryRecords.key(node: id)) { [forwarder] entry in
+  public func node(_ id: NodeID, _ completion: @escaping @Sendable (DirectoryNode?) -> Void) {
+    cachedGet(DirectoryRecords.key(node: id)) { [transport] entry in
       let node = entry.flatMap { try? DirectoryRecords.decodeNode($0.value) }
-      if let node { forwarder?.remember(clientURL: node.clientURL, of: node.id) }
+      if let node { transport?.remember(clientURL: node.clientURL, of: node.id) }
       completion(node)
     }
   }
 
   /// `groups/<id>`, from the cache or a (stale, when local) read; nil when absent or unreadable.
-  func group(_ id: GroupID, _ completion: @escaping @Sendable (DirectoryGroup?) -> Void) {
+  public func group(_ id: GroupID, _ completion: @escaping @Sendable (DirectoryGroup?) -> Void) {
     cachedGet(DirectoryRecords.key(group: id)) { entry in
       completion(entry.flatMap { try? DirectoryRecords.decodeGroup($0.value) })
     }
@@ -450,7 +476,7 @@ public final class ClusterDirectory: Sendable {
   /// Writes `groups/<id>`: the group's placement changed (a membership change). The latest
   /// placement wins: the write goes through `writeLatest`, so a retry of an older one never lands
   /// after it. `completion` has the first try's result; a failed write keeps being retried.
-  func record(_ group: DirectoryGroup, _ completion: @escaping @Sendable (Result<Void, DirectoryError>) -> Void) {
+  public func record(_ group: DirectoryGroup, _ completion: @escaping @Sendable (Result<Void, DirectoryError>) -> Void) {
     let value: [UInt8]
     do { value = try DirectoryRecords.encode(group) } catch { return completion(.failure(.invalidRecord(error.description))) }
     writeLatest(DirectoryRecords.key(group: group.id), .put(value), completion)
@@ -458,14 +484,14 @@ public final class ClusterDirectory: Sendable {
 
   /// Removes `groups/<id>` (after the group's replicas were deleted) if it still has `revision`,
   /// the one the DELETE found; supersedes a pending write of the record, and is retried like one.
-  func removeRecord(
+  public func removeRecord(
     _ group: GroupID, ifRevision revision: UInt64, _ completion: @escaping @Sendable (Result<Void, DirectoryError>) -> Void
   ) {
     writeLatest(DirectoryRecords.key(group: group), .delete(ifRevision: revision), completion)
   }
 
   /// The revision of `groups/<id>` as the directory's leader has it: nil when there is no record.
-  func recordRevision(_ id: GroupID, _ completion: @escaping @Sendable (Result<UInt64?, DirectoryError>) -> Void) {
+  public func recordRevision(_ id: GroupID, _ completion: @escaping @Sendable (Result<UInt64?, DirectoryError>) -> Void) {
     get(DirectoryRecords.key(group: id), local: false) { result in completion(result.map { $0?.revision }) }
   }
 
@@ -476,7 +502,7 @@ public final class ClusterDirectory: Sendable {
   /// of putting fresh replicas beside them (see `DirectoryReservation.deletionUnfinished`). A
   /// record marked already (an earlier DELETE failed) is marked again, which gives it a revision
   /// of this DELETE's own. A damaged record is not marked, only its revision is answered.
-  func markDeleting(_ id: GroupID, _ completion: @escaping @Sendable (Result<UInt64?, DirectoryError>) -> Void) {
+  public func markDeleting(_ id: GroupID, _ completion: @escaping @Sendable (Result<UInt64?, DirectoryError>) -> Void) {
     let key = DirectoryRecords.key(group: id)
     get(key, local: false) { [self] result in
       switch result {
@@ -517,7 +543,7 @@ public final class ClusterDirectory: Sendable {
   /// Writes `groups/<id>` again, unchanged but with a new revision, if it still has the peers of
   /// `group`: a creation that reuses a record left by an earlier attempt makes it its own, so a
   /// pending removal by an earlier DELETE (conditional on the old revision) cannot take it away.
-  func renewRecord(_ group: DirectoryGroup, _ completion: @escaping @Sendable (Result<Void, DirectoryError>) -> Void) {
+  public func renewRecord(_ group: DirectoryGroup, _ completion: @escaping @Sendable (Result<Void, DirectoryError>) -> Void) {
     let key = DirectoryRecords.key(group: group.id)
     get(key, local: false) { [self] result in
       switch result {
@@ -541,7 +567,7 @@ public final class ClusterDirectory: Sendable {
   }
 
   /// `groups/<id>` as the directory's leader has it (no cache, no stale read): nil when absent.
-  func recordedGroup(_ id: GroupID, _ completion: @escaping @Sendable (Result<DirectoryGroup?, DirectoryError>) -> Void) {
+  public func recordedGroup(_ id: GroupID, _ completion: @escaping @Sendable (Result<DirectoryGroup?, DirectoryError>) -> Void) {
     get(DirectoryRecords.key(group: id), local: false) { result in
       switch result {
       case .failure(let error): completion(.failure(error))
@@ -566,7 +592,7 @@ public final class ClusterDirectory: Sendable {
   /// of two creations of one id only one can go ahead. On a conflict the record is read back
   /// through the leader and compared by peers. Refused while a background write of the record is
   /// pending: the directory is about to change under it.
-  func reserve(_ group: DirectoryGroup, _ completion: @escaping @Sendable (Result<DirectoryReservation, DirectoryError>) -> Void) {
+  public func reserve(_ group: DirectoryGroup, _ completion: @escaping @Sendable (Result<DirectoryReservation, DirectoryError>) -> Void) {
     let key = DirectoryRecords.key(group: group.id)
     guard !pendingWrites.withLock({ $0.isPending(key) }) else {
       return completion(.failure(.unavailable("an earlier change of \(group.id)'s record is still being written; retry")))
@@ -595,7 +621,7 @@ public final class ClusterDirectory: Sendable {
   /// endpoint (a `--cluster` member or a registered node); answers the directory's nodes. The check
   /// and the write are one compare-and-set on the entry's revision, so two nodes racing for one
   /// id cannot both win.
-  func register(_ node: DirectoryNode, _ completion: @escaping @Sendable (Result<[DirectoryNode], DirectoryError>) -> Void) {
+  public func register(_ node: DirectoryNode, _ completion: @escaping @Sendable (Result<[DirectoryNode], DirectoryError>) -> Void) {
     if let member = knownMembers.first(where: { $0.node == node.id }), member.endpoint != node.consensusEndpoint {
       let existing = DirectoryNode(id: member.node, clientURL: node.clientURL, consensusEndpoint: member.endpoint)
       return completion(.failure(.nodeAlreadyExists(existing)))
@@ -669,15 +695,15 @@ public final class ClusterDirectory: Sendable {
   /// answer. Retries with capped backoff until registered; `refused` is called (and retrying
   /// stops) when the cluster refuses this node for good (its id is taken).
   public func join(through endpoint: Endpoint, refused: @escaping @Sendable (String) -> Void) {
-    guard let forwarder else { preconditionFailure("joining a cluster needs the node-to-node client") }
+    guard let transport else { preconditionFailure("joining a cluster needs the node-to-node client") }
     keepTrying("join the cluster through \(endpoint)") { [self] done in
-      forwarder.describe(endpoint) { [self] member in
+      transport.describe(endpoint) { [self] member in
         guard let member else { return done("\(endpoint) did not answer GET /v1/node on its consensus port") }
-        forwarder.remember(clientURL: member.clientURL, of: member.id)
+        transport.remember(clientURL: member.clientURL, of: member.id)
         let request = PeerRequest(
-          method: "POST", url: member.clientURL + "/v1/cluster/nodes", headers: [jsonContentType],
+          method: "POST", url: member.clientURL + "/v1/cluster/nodes", headers: [("Content-Type", HTTPResponse.jsonContentType)],
           body: DirectoryRecords.encode(localNode), timeoutMs: ClusterDirectory.requestTimeoutMs * 2)
-        forwarder.client.send(request) { [self] result in
+        transport.send(request) { [self] result in
           guard case .success(let response) = result else {
             return done("\(member.clientURL) did not answer POST /v1/cluster/nodes")
           }
@@ -913,89 +939,33 @@ public final class ClusterDirectory: Sendable {
     _ method: String, _ suffix: String, headers: [(name: String, value: String)] = [], body: [UInt8] = [],
     _ completion: @escaping @Sendable (PeerResponse?) -> Void
   ) {
-    guard let forwarder else { return completion(nil) }
+    guard let transport else { return completion(nil) }
     let local = engine.localPeer.node
     var candidates: [Peer] = []
     if let leader = engine.leader(ClusterDirectory.group), leader.node != local { candidates.append(leader) }
     for member in knownMembers where member.node != local && !candidates.contains(member) { candidates.append(member) }
     let request = (method, "/v1/groups/\(ClusterDirectory.group)" + suffix, headers + [("X-Caucus-Hops", "1")], body)
-    ClusterDirectory.tryInTurn(candidates[...], forwarder, request, completion)
+    ClusterDirectory.tryInTurn(candidates[...], transport, request, completion)
   }
 
   private static func tryInTurn(
-    _ candidates: ArraySlice<Peer>, _ forwarder: LeaderForwarder,
+    _ candidates: ArraySlice<Peer>, _ transport: any DirectoryTransport,
     _ request: (method: String, target: String, headers: [(name: String, value: String)], body: [UInt8]),
     _ completion: @escaping @Sendable (PeerResponse?) -> Void
   ) {
     guard let candidate = candidates.first else { return completion(nil) }
-    let next: @Sendable () -> Void = { tryInTurn(candidates.dropFirst(), forwarder, request, completion) }
-    forwarder.clientURL(of: candidate) { url in
+    let next: @Sendable () -> Void = { tryInTurn(candidates.dropFirst(), transport, request, completion) }
+    transport.clientURL(of: candidate) { url in
       guard let url else { return next() }
       let peerRequest = PeerRequest(
         method: request.method, url: url + request.target, headers: request.headers, body: request.body,
         timeoutMs: ClusterDirectory.requestTimeoutMs)
-      forwarder.client.send(peerRequest) { result in
+      transport.send(peerRequest) { result in
         guard case .success(let response) = result else { return next() }
         // A member that does not host the directory, has no leader, or is part of a loop: ask the next.
         let notHosted = saysGroupNotHosted(status: response.status, body: response.body)
         if notHosted || [421, 503, 504, 508].contains(response.status) { return next() }
         completion(response)
-      }
-    }
-  }
-}
-
-/// Finds the leader of a group this node does not host: its peers from the directory's record,
-/// then the leader among them (each peer's `GET /v1/groups/{group}?forward=none`). A group the
-/// directory has no record of (created before the directory existed) is looked for among the
-/// directory's members, as before.
-struct GroupLocator: Sendable {
-  let forwarder: LeaderForwarder
-  let directory: ClusterDirectory
-
-  func locate(_ group: GroupID, _ completion: @escaping @Sendable (GroupLocation) -> Void) {
-    directory.group(group) { [self] record in
-      let local = directory.engine.localPeer.node
-      // The record's peers first; then every other member, because a record read during a
-      // membership change (or while the directory has no leader) can miss the peers that host
-      // the group now.
-      let recorded = record?.peers ?? []
-      let others = directory.knownMembers.filter { member in !recorded.contains { $0.node == member.node } }
-      askForLeader(group, among: (recorded + others).filter { $0.node != local }, local: local, completion)
-    }
-  }
-
-  private func askForLeader(
-    _ group: GroupID, among candidates: [Peer], local: NodeID, _ completion: @escaping @Sendable (GroupLocation) -> Void
-  ) {
-    guard !candidates.isEmpty else { return completion(.nowhere) }
-    // `unsure`: a peer that did not answer, or not with "hosted" or "not hosted"; the group may be
-    // there, so the answer is "no leader" (retry), never "nowhere" (a 404 says it does not exist).
-    let answers = Locked<(remaining: Int, hosted: Bool, unsure: Bool, done: Bool)>((candidates.count, false, false, false))
-    for candidate in candidates {
-      forwarder.nodeLocal("GET", on: candidate, target: "/v1/groups/\(group)?forward=none", body: []) { status, body in
-        // A peer hosting the group names its leader; the first such answer decides.
-        let document = status == 200 ? try? JSONParser.parse(body) : nil
-        let leaderID = document?["leader"]?.unsignedIntegerValue
-        // A peer's stale view can name this node, which does not host the group: not a leader.
-        let leader = (document?["peers"]?.arrayValue ?? []).lazy.compactMap(DirectoryRecords.decodePeer).first {
-          $0.node.rawValue == leaderID && $0.node != local
-        }
-        let notHosted = saysGroupNotHosted(status: status, body: body)
-        let decided: GroupLocation? = answers.withLock { state in
-          state.remaining -= 1
-          state.hosted = state.hosted || document != nil
-          state.unsure = state.unsure || (document == nil && !notHosted)
-          guard !state.done else { return nil }
-          if let leader {
-            state.done = true
-            return .leader(leader)
-          }
-          guard state.remaining == 0 else { return nil }
-          state.done = true
-          return state.hosted || state.unsure ? .noLeader : .nowhere
-        }
-        if let decided { completion(decided) }
       }
     }
   }
