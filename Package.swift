@@ -107,7 +107,7 @@ let package = Package(
     .testTarget(
       name: "GatewayTests",
       dependencies: [
-        "Gateway", "Directory", "JSON", "HTTPServer", "Consensus", "KeyValueStore", "StandaloneConsensus", "Platform",
+        "Gateway", "Directory", "JSON", "HTTPServer", "Consensus", "KeyValueStore", "StandaloneConsensus", "Platform", "PeerClient",
         .product(name: "Logging", package: "swift-log"),
       ]),
     .testTarget(name: "RaftCoreTests", dependencies: ["RaftCore"]),

@@ -27,8 +27,11 @@ enum GatewayError: Error {
   /// operation on many peers.
   indirect case explained(GatewayError, note: String)
   case forwardLoop(hops: Int)
-  /// No valid credentials (`401 unauthorized`, with `WWW-Authenticate`).
-  case unauthorized(String)
+  /// No valid credentials (`401 unauthorized`, with `WWW-Authenticate: <challenge>`).
+  case unauthorized(String, challenge: String)
+  /// Valid credentials that do not reach this request: too low a role, or out of the token's
+  /// scope (`403 forbidden`).
+  case forbidden(String)
   case `internal`(String)
 }
 
@@ -42,6 +45,9 @@ final class Exchange: Sendable {
   let query: QueryParameters
   /// The route the method and path name, or why they name none (`Route.match`, once per request).
   let match: Result<Route, Route.Mismatch>
+  /// Who the request comes from, or why it is refused (`AccessPolicy.admit`), decided once
+  /// before it runs.
+  let admission: Result<Caller, GatewayError>
   private let send: @Sendable (HTTPResponse, String) -> Void
   private let answered = Atomic<Bool>(false)
   /// Set before a deadline answers, so the engine's late completion is recognized and dropped.
@@ -63,8 +69,11 @@ final class Exchange: Sendable {
   private let noLeaderDeadlineMs: UInt64
 
   init(
-    request: HTTPRequest, context: GatewayContext, redispatch: @escaping @Sendable (Exchange) -> Void,
-    send: @escaping @Sendable (HTTPResponse, String) -> Void
+    request: HTTPRequest, context: GatewayContext,
+    admit: (HTTPRequest, Result<Route, Route.Mismatch>, QueryParameters) -> Result<Caller, GatewayError> = { _, _, _ in
+      .success(.anyone)
+    },
+    redispatch: @escaping @Sendable (Exchange) -> Void, send: @escaping @Sendable (HTTPResponse, String) -> Void
   ) {
     self.context = context
     self.redispatch = redispatch
@@ -78,7 +87,14 @@ final class Exchange: Sendable {
       query = QueryParameters("")
     }
     match = Route.match(method: request.method, path: path)
+    admission = admit(request, match, query)
     self.send = send
+  }
+
+  /// Who the request comes from; asked only of admitted requests.
+  var caller: Caller {
+    guard case .success(let caller) = admission else { preconditionFailure("a refused request does not run") }
+    return caller
   }
 
   /// The matched route; nil when the request matched none.
@@ -267,8 +283,11 @@ final class Exchange: Sendable {
       writer.member("limitBytes", limitBytes)
     case .notImplemented(let message):
       status = code(501, "not_implemented", message)
-    case .unauthorized(let message):
+    case .unauthorized(let message, let challenge):
+      headers.append(("WWW-Authenticate", challenge))
       status = code(401, "unauthorized", message)
+    case .forbidden(let message):
+      status = code(403, "forbidden", message)
     case .internal(let message):
       status = code(500, "internal", message)
     case .refusedByPeer(let node, let refusedStatus, let refusedCode, let message, let context):

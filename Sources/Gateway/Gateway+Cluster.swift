@@ -162,7 +162,8 @@ extension Gateway {
           writer.member("node", engine.localPeer.node.rawValue)
           writer.key("groups")
           writer.beginArray()
-          for id in chosen.keys.sorted(by: { (GroupID($0) ?? GroupID(.dataRegion, 0)) < (GroupID($1) ?? GroupID(.dataRegion, 0)) }) {
+          let scope = exchange.caller.scope
+          for id in chosen.keys.filter({ GroupID($0).map(scope.permits(group:)) ?? scope.isUnrestricted }).sorted(by: { (GroupID($0) ?? GroupID(.dataRegion, 0)) < (GroupID($1) ?? GroupID(.dataRegion, 0)) }) {
             writer.value(chosen[id]!.summary)
           }
           writer.endArray()

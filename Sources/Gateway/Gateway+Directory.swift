@@ -32,7 +32,7 @@ extension Gateway {
         body: request.body, nowMs: PeerAuthenticator.wallClockMilliseconds())
       if case .failure(let error) = verdict {
         logger.warning("refused to register a node: peer authentication failed", metadata: ["reason": "\(error)"])
-        throw .unauthorized("registering a node needs the cluster secret: \(error)")
+        throw .unauthorized("registering a node needs the cluster secret: \(error)", challenge: "Caucus-Peer")
       }
     }
     let body = try exchange.jsonBody()

@@ -31,6 +31,8 @@ public struct GatewayConfiguration: Sendable {
   /// With a cluster secret: `POST /v1/cluster/nodes` (a node joining) needs its proof, as the
   /// consensus port does (`PeerAuthenticator`).
   public var peerAuthenticator: PeerAuthenticator?
+  /// Who may use which route (`--auth-tokens-file`); off (every route open) by default.
+  public var access = AccessPolicy()
   /// How long a request for a group with no leader waits for an election before `503 no_leader`.
   public var noLeaderWaitMs: UInt32 = 2_000
   /// `/metrics` writes per-group series for at most this many groups, the first in id order (0:
@@ -75,6 +77,11 @@ public final class Gateway: HTTPHandler {
   private let context: GatewayContext
   /// Request deadlines (`504 timeout`), and the gateway's retries and periodic jobs.
   let deadlines = TimerWheel(name: "caucus-deadlines")
+  /// Requests refused for want of credentials or permission, and when a refusal was last logged:
+  /// at most one line per `refusalLogIntervalMs`, so a client retrying without a token cannot
+  /// flood the log (every refusal is counted in `caucus_http_requests_total` by its status).
+  private let refusals = Locked<(lastLoggedMs: UInt64, unlogged: UInt64)>((0, 0))
+  static let refusalLogIntervalMs: UInt64 = 10_000
   let logger: Logger
 
   public init(engine: any ConsensusEngine, configuration: GatewayConfiguration) {
@@ -105,8 +112,13 @@ public final class Gateway: HTTPHandler {
   public func handle(_ request: HTTPRequest, responder: HTTPResponder) {
     let started = MonotonicClock.nowNanoseconds()
     metrics.begin()
-    let exchange = Exchange(request: request, context: context, redispatch: { [self] exchange in run(exchange) }) {
-      [metrics, nodeHeader] response, label in
+    let exchange = Exchange(
+      request: request, context: context,
+      admit: { [configuration] request, match, query in
+        configuration.access.admit(request, match, query: query, peers: configuration.peerAuthenticator)
+      },
+      redispatch: { [self] exchange in run(exchange) }
+    ) { [metrics, nodeHeader] response, label in
       var response = response
       // A relayed answer already names the node that produced it.
       if !response.headers.contains(where: { $0.name.lowercased() == "x-caucus-node" }) {
@@ -114,6 +126,11 @@ public final class Gateway: HTTPHandler {
       }
       metrics.record(route: label, status: response.status, nanoseconds: MonotonicClock.nowNanoseconds() &- started)
       responder.respond(response)
+    }
+    // Refused before anything runs: no engine call, no directory access, no forwarding.
+    if case .failure(let refusal) = exchange.admission {
+      logRefusal(refusal, exchange)
+      return exchange.fail(refusal)
     }
     run(exchange)
     if !exchange.isAnswered, let route = exchange.route, route.name.endsAtRequestDeadline {
@@ -140,6 +157,31 @@ public final class Gateway: HTTPHandler {
     } catch {
       exchange.fail(error)
     }
+  }
+
+  private func logRefusal(_ refusal: GatewayError, _ exchange: Exchange) {
+    let now = MonotonicClock.nowMilliseconds()
+    let suppressed: UInt64? = refusals.withLock { state in
+      guard state.lastLoggedMs == 0 || now - state.lastLoggedMs >= Self.refusalLogIntervalMs else {
+        state.unlogged += 1
+        return nil
+      }
+      defer { (state.lastLoggedMs, state.unlogged) = (now, 0) }
+      return state.unlogged
+    }
+    guard let suppressed else { return }
+    let (status, reason): (String, String)
+    switch refusal {
+    case .unauthorized(let message, _): (status, reason) = ("401", message)
+    case .forbidden(let message): (status, reason) = ("403", message)
+    default: (status, reason) = ("?", "\(refusal)")
+    }
+    logger.warning(
+      "refused a request: not authorized",
+      metadata: [
+        "status": "\(status)", "route": "\(exchange.label)", "remote": "\(exchange.request.remoteAddress)",
+        "reason": "\(reason)", "refusedSinceLastLine": "\(suppressed)",
+      ])
   }
 
   /// Stops the gateway's deadline thread. Call after the HTTP server has stopped.
@@ -188,7 +230,7 @@ public final class Gateway: HTTPHandler {
         return gatherGroups(exchange)
       }
       // Standalone: this node's groups are the whole directory, so both scopes list the same.
-      exchange.respond(json: groupsDocument())
+      exchange.respond(json: groupsDocument(exchange.caller.scope))
     case .groupsCreate:
       try createGroup(exchange, nodeLocal: false)
     case .groupGet(let group):
@@ -321,6 +363,12 @@ public final class Gateway: HTTPHandler {
         throw .badRequest("ops[\(position)].op must be \"put\" or \"delete\", not \"\(op)\"")
       }
     }
+    try exchange.authorize(
+      keys: operations.map { operation in
+        switch operation {
+        case .put(let key, _, _), .delete(let key, _): return key
+        }
+      })
     let command = KVCommand(operations: operations, idempotencyKey: try idempotencyKey(exchange.request))
     let submitted = operations
     submit(group, command, exchange) { index, results in
@@ -499,6 +547,13 @@ public final class Gateway: HTTPHandler {
         throw .badRequest("ops[\(position)].op must be \"get\" or \"list\", not \"\(op)\"")
       }
     }
+    try exchange.authorize(
+      keys: queries.map { query in
+        switch query {
+        case .get(let key): return key
+        case .list(let prefix, _, _), .changes(_, let prefix, _): return prefix
+        }
+      })
     let asked = queries
     read(group, asked, options, exchange) { [self] index, results in
       var writer = JSONWriter()
@@ -677,6 +732,7 @@ public final class Gateway: HTTPHandler {
       throw .badRequest("the body needs \"id\": a group id such as \"DataRegion-1\"")
     }
     let group = try parseGroup(Substring(idText))
+    try exchange.authorize(group: group)
     // A replica joining an existing group (the leader's addPeer/changePeer asks for it).
     var bootstrapVoters: [NodeID]?
     if let voters = body["bootstrapVoters"] {
@@ -1170,19 +1226,20 @@ public final class Gateway: HTTPHandler {
     }
   }
 
-  private func groupsDocument() -> [UInt8] {
+  /// `GET /v1/groups` on this node: the groups it hosts that `scope` reaches.
+  private func groupsDocument(_ scope: AccessScope) -> [UInt8] {
     var writer = JSONWriter()
     writer.beginObject()
     writer.member("node", engine.localPeer.node.rawValue)
     writer.key("groups")
-    writeGroupSummaries(&writer)
+    writeGroupSummaries(&writer, scope: scope)
     writer.endObject()
     return writer.bytes
   }
 
-  func writeGroupSummaries(_ writer: inout JSONWriter) {
+  func writeGroupSummaries(_ writer: inout JSONWriter, scope: AccessScope = .unrestricted) {
     writer.beginArray()
-    for group in engine.allGroupIDs() {
+    for group in engine.allGroupIDs() where scope.permits(group: group) {
       guard let status = engine.status(group) else { continue }
       writer.beginObject()
       writeSummaryFields(&writer, status)

@@ -101,7 +101,7 @@ enum Route: Equatable, Sendable {
     static let unmatchedLabel = "not_found"
 
     /// What a caller needs to use the route. `/metrics` and `/readyz` need `read` here; a node
-    /// may open them to anyone (`AccessPolicy.openRoutes`, the default).
+    /// may open them to anyone (`AccessPolicy.metricsOpen`, `readinessOpen`: the default).
     var permission: Permission {
       switch self {
       case .healthz: return .open

@@ -16,7 +16,7 @@ struct Caucus: ParsableCommand {
     commandName: "caucus",
     abstract: "A consensus layer with an HTTP/JSON gateway.",
     version: caucusVersion,
-    subcommands: [Serve.self, DevCluster.self, Torture.self],
+    subcommands: [Serve.self, DevCluster.self, Torture.self, TokenCommand.self],
     defaultSubcommand: Serve.self)
 }
 
@@ -100,6 +100,18 @@ struct Serve: ParsableCommand {
     name: .long,
     help: "Both ports require a client certificate signed by --tls-ca-file (nodes present their own --tls-cert-file to each other).")
   var tlsClientAuth = false
+  @Option(
+    name: .long,
+    help: """
+      Client tokens (JSON: name, role read|write|admin, sha256 of the token, optional groups and keyPrefix; see caucus token): \
+      every route but /healthz then needs Authorization: Bearer <token> (401 without, 403 beyond its role or scope). \
+      SIGHUP reloads it. Without it every route is open. In a cluster it needs --cluster-secret-file.
+      """)
+  var authTokensFile: String?
+  @Option(name: .long, help: "With --auth-tokens-file: open (no token) or read (a read token) for /metrics. (default: open)")
+  var authMetrics: String?
+  @Option(name: .long, help: "With --auth-tokens-file: open (no token) or read (a read token) for /readyz. (default: open)")
+  var authReadyz: String?
   @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical. (default: info)")
   var logLevel: String?
 

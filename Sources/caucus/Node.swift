@@ -17,18 +17,22 @@ let defaultGroup = GroupID(.dataRegion, 0)
 /// The exit status when `CAUCUS_FAILPOINTS` cannot be honoured (a usage error, not a crash).
 let failpointsRefusedExitCode: Int32 = 2
 
+/// The exit status when the tokens file (`--auth-tokens-file`) cannot be used at start.
+let authTokensRefusedExitCode: Int32 = 2
+
 /// Set when the cluster refuses a `--join` for good; the node then stops and exits 1.
 private let joinRefused = Locked<String?>(nil)
 
 /// Wires the modules, serves until SIGINT/SIGTERM, shuts down cleanly. Returns the exit code.
 func runNode(_ settings: NodeSettings) -> Int32 {
-  // Block the stop signals in every thread (threads inherit the mask); the main thread waits for
-  // them with sigwait, so no handler runs at an arbitrary point.
-  var stopSignals = sigset_t()
-  sigemptyset(&stopSignals)
-  sigaddset(&stopSignals, SIGINT)
-  sigaddset(&stopSignals, SIGTERM)
-  pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
+  // Block the stop signals and SIGHUP (reload the tokens file) in every thread (threads inherit
+  // the mask); the main thread waits for them with sigwait, so no handler runs at an arbitrary point.
+  var awaitedSignals = sigset_t()
+  sigemptyset(&awaitedSignals)
+  sigaddset(&awaitedSignals, SIGINT)
+  sigaddset(&awaitedSignals, SIGTERM)
+  sigaddset(&awaitedSignals, SIGHUP)
+  pthread_sigmask(SIG_BLOCK, &awaitedSignals, nil)
   ignoreBrokenPipeSignal()
 
   let level = settings.logLevel
@@ -75,6 +79,30 @@ func runNode(_ settings: NodeSettings) -> Int32 {
         "certificate": "\(settings.tlsCertificateFile ?? "")", "ca": "\(settings.tlsCAFile ?? "none")",
         "clientCertificates": "\(tls.requiresClientCertificate ? "required" : "not asked for")",
       ])
+  }
+
+  // Client authentication: a tokens file that cannot be used stops the start (status 2) before
+  // anything listens; without one, every route is open, said loudly once.
+  var access = AccessPolicy()
+  access.metricsOpen = settings.authMetrics == .open
+  access.readinessOpen = settings.authReadyz == .open
+  if let path = settings.authTokensFile {
+    do {
+      access.tokens = try AccessTokenStore(path: path)
+    } catch {
+      logger.critical("refusing to start: \(error)")
+      return authTokensRefusedExitCode
+    }
+    logger.info(
+      "client authentication on",
+      metadata: [
+        "tokensFile": "\(path)", "tokens": "\(access.tokens?.tokens.tokens.count ?? 0)",
+        "metrics": "\(settings.authMetrics)", "readyz": "\(settings.authReadyz)",
+      ])
+  } else {
+    logger.warning(
+      "CLIENT AUTHENTICATION IS OFF (no --auth-tokens-file): anyone who reaches the client API can read, write, delete and reconfigure every group",
+      metadata: ["address": "\(settings.rpcAddress):\(settings.rpcPort)"])
   }
 
   var factory = ConsensusFactory()
@@ -156,6 +184,7 @@ func runNode(_ settings: NodeSettings) -> Int32 {
     forwarder: forwarder, members: cluster?.members ?? [], directory: directory)
   gatewayConfiguration.metricsGroupsMax = settings.metricsGroupsMax
   gatewayConfiguration.peerAuthenticator = cluster?.client.authenticator
+  gatewayConfiguration.access = access
   gatewayConfiguration.leaderBalance.transfersMax = settings.leaderBalanceTransfersMax
   gatewayConfiguration.leaderBalance.intervalMs = settings.leaderBalanceIntervalMs
   if let cluster {
@@ -225,7 +254,11 @@ func runNode(_ settings: NodeSettings) -> Int32 {
   }
 
   var received: Int32 = 0
-  sigwait(&stopSignals, &received)
+  while true {
+    sigwait(&awaitedSignals, &received)
+    guard received == SIGHUP else { break }
+    reloadTokens(access.tokens, logger)
+  }
   let refusal = joinRefused.withLock { $0 }
   if let refusal {
     logger.critical("the cluster refused this node; stopping", metadata: ["reason": "\(refusal)"])
@@ -240,6 +273,22 @@ func runNode(_ settings: NodeSettings) -> Int32 {
   cluster?.stop()
   logger.info("stopped")
   return refusal == nil ? 0 : 1
+}
+
+/// SIGHUP: reads the tokens file again. A file that cannot be used changes nothing: the node
+/// keeps the tokens it had and says why.
+private func reloadTokens(_ store: AccessTokenStore?, _ logger: Logger) {
+  guard let store else {
+    return logger.info("SIGHUP: nothing to reload (no --auth-tokens-file)")
+  }
+  do {
+    let count = try store.reload()
+    logger.notice("reloaded the tokens file", metadata: ["tokensFile": "\(store.path)", "tokens": "\(count)"])
+  } catch {
+    logger.error(
+      "SIGHUP: the tokens file cannot be used; keeping the tokens loaded before",
+      metadata: ["tokensFile": "\(store.path)", "error": "\(error)", "tokens": "\(store.tokens.tokens.count)"])
+  }
 }
 
 /// The data directory's record of which node owns it. A directory written by another node id is

@@ -42,6 +42,11 @@ struct NodeSettings {
   var tlsCAFile: String?
   /// Both ports require a client certificate that chains to `tlsCAFile`.
   var tlsClientAuth = false
+  /// The client tokens file (`AccessTokens`); nil: client authentication is off.
+  var authTokensFile: String?
+  /// With tokens: whether `/metrics` and `/readyz` stay open (the default) or need a read token.
+  var authMetrics = Permission.open
+  var authReadyz = Permission.open
   /// Protocol options from the properties file (`<protocol>.<name>=value`), by protocol.
   var protocolOptions: [String: [String: String]] = [:]
 
@@ -111,6 +116,9 @@ struct NodeSettings {
     if let value = flags.outOfSpaceRetryMs { settings.outOfSpaceRetryMs = value }
     if let value = flags.metricsGroupsMax { settings.metricsGroupsMax = value }
     if let value = flags.clusterSecretFile { settings.clusterSecretFile = value }
+    if let value = flags.authTokensFile { settings.authTokensFile = value }
+    if let value = flags.authMetrics { settings.authMetrics = try openOrRead(value, name: "--auth-metrics") }
+    if let value = flags.authReadyz { settings.authReadyz = try openOrRead(value, name: "--auth-readyz") }
     if let value = flags.leaderBalanceTransfersMax { settings.leaderBalanceTransfersMax = value }
     if let value = flags.leaderBalanceIntervalMs { settings.leaderBalanceIntervalMs = value }
     if let value = flags.tlsCertFile { settings.tlsCertificateFile = value }
@@ -162,6 +170,13 @@ struct NodeSettings {
     }
     guard heartbeatIntervalMs > 0, electionTimeoutMs >= 2 * heartbeatIntervalMs else {
       throw SettingsError(description: "the election timeout must be at least twice the heartbeat interval, both positive")
+    }
+    // Nodes prove their own requests to each other's client APIs (directory reads and writes,
+    // relayed requests, cluster views) with the cluster secret; without it they would be refused,
+    // and the consensus port would stay open to anyone anyway.
+    if authTokensFile != nil && usesRaft && clusterSecretFile == nil {
+      throw SettingsError(
+        description: "--auth-tokens-file in a cluster needs --cluster-secret-file too: nodes prove their own requests to each other with it")
     }
     try validateTLS()
   }
@@ -240,6 +255,9 @@ struct NodeSettings {
     case "out_of_space_retry_ms": outOfSpaceRetryMs = try number(UInt32.self)
     case "metrics_groups_max": metricsGroupsMax = try number(Int.self)
     case "cluster_secret_file": clusterSecretFile = value
+    case "auth_tokens_file": authTokensFile = value
+    case "auth_metrics": authMetrics = try openOrRead(value, name: "\(location): auth_metrics")
+    case "auth_readyz": authReadyz = try openOrRead(value, name: "\(location): auth_readyz")
     case "leader_balance_transfers_max": leaderBalanceTransfersMax = try number(Int.self)
     case "leader_balance_interval_ms": leaderBalanceIntervalMs = try number(UInt32.self)
     case "tls_cert_file": tlsCertificateFile = value
@@ -258,6 +276,15 @@ struct NodeSettings {
         unknownProperties.append("\(location): \(key)")
       }
     }
+  }
+}
+
+/// `open` (no token needed) or `read` (a read token), for `/metrics` and `/readyz`.
+private func openOrRead(_ value: String, name: String) throws(SettingsError) -> Permission {
+  switch value {
+  case "open": return .open
+  case "read": return .read
+  default: throw SettingsError(description: "\(name) must be open or read, not '\(value)'")
   }
 }
 

@@ -206,6 +206,12 @@ final class NodeProcess: @unchecked Sendable {
 
   func log() -> String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
+  /// Sends `signal` and returns at once (`kill` waits for the process to end).
+  func signal(_ signal: Int32) {
+    guard let process else { return }
+    Glibc.kill(process.processIdentifier, signal)
+  }
+
   func kill(_ signal: Int32) {
     guard let process else { return }
     Glibc.kill(process.processIdentifier, signal)
