@@ -287,6 +287,17 @@ enum Caller: Sendable, Equatable {
     return .unrestricted
   }
 
+  /// What a relayed request says of its caller (`X-Caucus-Identity`), which the receiving node
+  /// believes only under the cluster secret's proof; nil: nothing was checked here (authentication
+  /// off), and the receiver checks the relayed `Authorization` itself.
+  var forwardedIdentity: String? {
+    switch self {
+    case .anyone: return nil
+    case .cluster: return AccessPolicy.clusterIdentity
+    case .token(let token): return token.name
+    }
+  }
+
   /// For logs.
   var name: String {
     switch self {
@@ -382,14 +393,40 @@ public struct AccessPolicy: Sendable {
     return .success(caller)
   }
 
+  /// The header a relaying node names its caller in: a token's name, or `clusterIdentity`.
+  static let identityHeader = "x-caucus-identity"
+  /// The identity of a request a node makes for itself (the directory, a cluster view): not a
+  /// token name (`@` is not allowed in one).
+  static let clusterIdentity = "@cluster"
+
   /// The caller's credentials: another node's proof, else a bearer token.
+  ///
+  /// A request proven with the cluster secret (`X-Caucus-Peer`) comes from a node of the
+  /// cluster. One that node relays for a client (`X-Caucus-Forwarded-By`) is the client's: its
+  /// `X-Caucus-Identity` names the token the relaying node admitted, and this node applies its
+  /// own entry of that name (role and scope), so the node that serves the request decides with
+  /// its own tokens file; without the header (the relaying node checks no tokens) the relayed
+  /// `Authorization` is checked here as any client's. Any other proven request is the node's
+  /// own (`cluster`). Without a valid proof, the identity and forwarding headers mean nothing.
   func authenticate(_ request: HTTPRequest, _ tokens: AccessTokens, peers: PeerAuthenticator?) -> Result<Caller, GatewayError> {
     if let peers, let proof = request.header(PeerAuthenticator.headerName) {
       let verdict = peers.verify(
         method: request.method, target: request.target, headerValue: proof, body: request.body,
         nowMs: PeerAuthenticator.wallClockMilliseconds())
-      // A node relays a client's request only after admitting it itself.
-      if case .success(let node) = verdict { return .success(.cluster(node: node)) }
+      if case .success(let node) = verdict {
+        guard request.header("x-caucus-forwarded-by") != nil else { return .success(.cluster(node: node)) }
+        if let identity = request.header(Self.identityHeader) {
+          if identity == Self.clusterIdentity { return .success(.cluster(node: node)) }
+          guard let token = tokens.token(named: identity) else {
+            return .failure(
+              .unauthorized(
+                "node \(node) relayed this request for the token '\(identity.prefix(64))', which this node does not know "
+                  + "(the nodes' tokens files differ: give every node the same file and send it SIGHUP)",
+                challenge: Self.invalidTokenChallenge))
+          }
+          return .success(.token(token))
+        }
+      }
     }
     guard let header = request.header("authorization") else {
       return .failure(.unauthorized("this node requires a token: send Authorization: Bearer <token>", challenge: Self.bearerChallenge))

@@ -224,7 +224,7 @@ final class Exchange: Sendable {
       case .redirect:
         respond(HTTPResponse(status: 307, headers: [("Location", url + request.target)]))
       case .proxy:
-        forwarder.relay(request, to: url, hops: hops) { [self] result in
+        forwarder.relay(request, to: url, hops: hops, identity: caller.forwardedIdentity) { [self] result in
           switch result {
           case .success(let response) where saysGroupNotHosted(status: response.status, body: response.body):
             // The node we took for the leader no longer hosts the group (it was just removed):

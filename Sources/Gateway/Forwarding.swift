@@ -27,6 +27,8 @@ public final class LeaderForwarder: DirectoryTransport {
   static let hopByHopHeaders: Set<String> = [
     "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length", "host", "expect",
     "proxy-connection", "x-caucus-hops", "x-caucus-forwarded-by",
+    // Said by the relaying node itself, never passed on from its caller.
+    "x-caucus-identity", "x-caucus-peer",
   ]
 
   let localNode: NodeID
@@ -75,14 +77,17 @@ public final class LeaderForwarder: DirectoryTransport {
   }
 
   /// Relays `request` to `baseURL` (the leader's client URL) and hands back its answer, or the
-  /// client's error when there is none.
+  /// client's error when there is none. `identity` names the caller this node admitted
+  /// (`X-Caucus-Identity`, believed by the receiver only under the cluster secret's proof, which
+  /// the client adds); the caller's `Authorization` travels too, for a receiver to check itself.
   func relay(
-    _ request: HTTPRequest, to baseURL: String, hops: Int,
+    _ request: HTTPRequest, to baseURL: String, hops: Int, identity: String?,
     completion: @escaping @Sendable (Result<HTTPResponse, PeerError>) -> Void
   ) {
     var headers = request.headers.filter { !LeaderForwarder.hopByHopHeaders.contains($0.name) }
     headers.append(("X-Caucus-Hops", String(hops + 1)))
     headers.append(("X-Caucus-Forwarded-By", localNode.description))
+    if let identity { headers.append(("X-Caucus-Identity", identity)) }
     let forwarded = PeerRequest(
       method: request.method, url: baseURL + request.target, headers: headers, body: request.body, timeoutMs: relayTimeoutMs)
     client.send(forwarded) { [localNode] result in

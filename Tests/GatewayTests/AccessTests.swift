@@ -319,4 +319,38 @@ final class AccessTests: XCTestCase {
     let otherBody = send("PUT", target, "changed", headers: [(PeerAuthenticator.headerName, proof)], to: proving)
     XCTAssertEqual(otherBody.status, 401, "a proof covers the body it was made for")
   }
+
+  /// A request another node relays for a client is the client's, by the name the relaying node
+  /// admitted (`X-Caucus-Identity`), with this node's role and scope for that name; without the
+  /// name, the relayed Authorization is checked here; without a proof, neither header counts.
+  func testARelayedRequestIsItsCallersByTheNameTheRelayingNodeAdmitted() throws {
+    let secret = Array("0123456789abcdef0123456789abcdef".utf8)
+    let relaying = try PeerAuthenticator(secret: secret, node: 2)
+    let serving = makeGateway(peers: try PeerAuthenticator(secret: secret, node: 1))
+    defer { serving.stop() }
+    let target = "/v1/groups/DataRegion-0/kv/relayed"
+    func relayed(identity: String?, token: String? = nil, proven: Bool = true) -> HTTPResponse {
+      var headers: [(name: String, value: String)] = [("x-caucus-forwarded-by", "2"), ("x-caucus-hops", "1")]
+      if let identity { headers.append(("x-caucus-identity", identity)) }
+      if proven {
+        let proof = relaying.headerValue(
+          method: "PUT", target: target, body: Array("v".utf8), nowMs: PeerAuthenticator.wallClockMilliseconds())
+        headers.append((PeerAuthenticator.headerName, proof))
+      }
+      return send("PUT", target, "v", token: token, headers: headers, to: serving)
+    }
+    let before = state()
+    XCTAssertEqual(relayed(identity: "reader").status, 403, "a read token relayed still cannot write")
+    XCTAssertEqual(relayed(identity: "reader", token: "admin").status, 403, "the name decides, not a relayed token")
+    XCTAssertEqual(relayed(identity: "admin-of-other-keys").status, 403, "the scope of the name applies")
+    XCTAssertEqual(relayed(identity: "somebody").status, 401, "a name this node does not know")
+    XCTAssertEqual(relayed(identity: nil).status, 401, "no name: the relayed Authorization is checked, and there is none")
+    XCTAssertEqual(relayed(identity: nil, token: "reader").status, 403)
+    XCTAssertEqual(relayed(identity: "admin", token: "reader", proven: false).status, 403, "without a proof the name means nothing")
+    XCTAssertEqual(relayed(identity: "admin", proven: false).status, 401)
+    XCTAssertEqual(state(), before, "nothing refused changed anything")
+    XCTAssertEqual(relayed(identity: "writer").status, 200, "a write token relayed can write")
+    XCTAssertEqual(relayed(identity: "@cluster").status, 200, "the relaying node's own request")
+    XCTAssertEqual(relayed(identity: nil, token: "writer").status, 200)
+  }
 }

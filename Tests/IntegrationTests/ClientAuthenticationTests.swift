@@ -94,3 +94,96 @@ final class ClientAuthenticationTests: XCTestCase {
     XCTAssertEqual(guarded.stop(), 0)
   }
 }
+
+/// The caller's identity through forwarding, on a real cluster sharing the secret: node 3 does
+/// not host `DataRegion-5` and relays requests for it to the group's leader, naming the token it
+/// admitted; the leader applies its own entry of that name. Node 3's tokens file differs from
+/// the others' on purpose: `app` has another hash there (the same identity), `demoted` a higher
+/// role, and `only-here` exists nowhere else.
+final class ForwardedIdentityTests: XCTestCase {
+  private var nodes: [NodeProcess] = []
+  private var paths: [String] = []
+  private let secret = "4f1c0e2a9b7d6c5e3a1f0e9d8c7b6a5f"
+
+  override func tearDown() { removeNodes(nodes, paths) }
+
+  private func file(_ label: String) -> String {
+    let directory = temporaryDirectory(label)
+    paths.append(directory)
+    return directory + "/file"
+  }
+
+  func testARelayedRequestKeepsItsCallersIdentityAndTheServingNodeDecides() throws {
+    let common: [(name: String, role: String, token: String, extra: String)] = [
+      ("ops", "admin", "admin-token", ""), ("writer", "write", "writer-token", ""), ("reader", "read", "reader-token", ""),
+    ]
+    let everywhere = file("tokens-a")
+    try writeTokensFile(everywhere, common + [("app", "write", "app-token-a", ""), ("demoted", "read", "demoted-token", "")])
+    let onNode3 = file("tokens-b")
+    try writeTokensFile(
+      onNode3,
+      common + [("app", "write", "app-token-b", ""), ("demoted", "write", "demoted-token", ""), ("only-here", "write", "only-here-token", "")])
+    let secretPath = file("secret")
+    try Data((secret + "\n").utf8).write(to: URL(fileURLWithPath: secretPath))
+    let directories: [String]
+    (nodes, directories) = clusterNodes(3, label: "identity")
+    paths += directories
+    for (index, node) in nodes.enumerated() {
+      node.extraArguments += ["--cluster-secret-file", secretPath, "--auth-tokens-file", index == 2 ? onNode3 : everywhere]
+      try node.start()
+    }
+    let first = try HTTPClient(port: nodes[0].port)
+    var created: HTTPReply?
+    waitUntil("DataRegion-5 created on nodes 1 and 2") {
+      created = try? first.request(
+        "POST", "/v1/groups", headers: bearer("admin-token"), body: Array(#"{"id":"DataRegion-5","peers":[1,2]}"#.utf8))
+      return created?.status == 201
+    }
+    let third = try HTTPClient(port: nodes[2].port)
+    func put(_ key: String, _ token: String?, _ query: String = "") throws -> HTTPReply {
+      try third.request(
+        "PUT", "/v1/groups/DataRegion-5/kv/\(key)\(query)", headers: token.map(bearer) ?? [:], body: Array("v".utf8))
+    }
+    var written: HTTPReply?
+    waitUntil("a write token's PUT relayed by node 3") {
+      written = try? put("by-writer", "writer-token")
+      return written?.status == 200
+    }
+    XCTAssertEqual(written?.headers["x-caucus-forwarded-by"], "3", "node 3 relayed it")
+
+    let app = try put("by-app", "app-token-b")
+    XCTAssertEqual(app.status, 200, "the leader knows 'app' by name, though by another hash: \(app.text)")
+    let demoted = try put("by-demoted", "demoted-token")
+    XCTAssertEqual(demoted.status, 403, "node 3 let it through, the leader's file says read: \(demoted.text)")
+    XCTAssertEqual(demoted.headers["x-caucus-forwarded-by"], "3", "refused by the leader, not by node 3")
+    XCTAssertNotEqual(demoted.headers["x-caucus-node"], "3")
+    let stranger = try put("by-stranger", "only-here-token")
+    XCTAssertEqual(stranger.status, 401, stranger.text)
+    XCTAssertEqual(stranger.headers["x-caucus-forwarded-by"], "3")
+    let reader = try put("by-reader", "reader-token")
+    XCTAssertEqual(reader.status, 403, reader.text)
+    XCTAssertNil(reader.headers["x-caucus-forwarded-by"], "refused at node 3, never forwarded")
+    XCTAssertEqual(try put("by-nobody", nil).status, 401)
+    for key in ["by-demoted", "by-stranger", "by-reader", "by-nobody"] {
+      let read = try first.request("GET", "/v1/groups/DataRegion-5/kv/\(key)", headers: bearer("reader-token"))
+      XCTAssertEqual(read.status, 404, "\(key) was not written: \(read.text)")
+    }
+    XCTAssertEqual(try first.request("GET", "/v1/groups/DataRegion-5/kv/by-app", headers: bearer("reader-token")).status, 200)
+
+    // A redirect: the client sends its token again, to the leader.
+    let redirected = try put("by-redirect", "writer-token", "?forward=redirect")
+    XCTAssertEqual(redirected.status, 307, redirected.text)
+    let location = try XCTUnwrap(redirected.headers["location"])
+    let leaderPort = try XCTUnwrap(UInt16(location.split(separator: ":")[2].prefix { $0.isNumber }))
+    let target = String(location.drop { $0 != "/" }.dropFirst(2).drop { $0 != "/" })
+    let leader = try HTTPClient(port: leaderPort)
+    XCTAssertEqual(try leader.request("PUT", target, body: Array("v".utf8)).status, 401, "without the token again")
+    XCTAssertEqual(try leader.request("PUT", target, headers: bearer("writer-token"), body: Array("v".utf8)).status, 200)
+
+    // The identity and forwarding headers from a client (no cluster secret) mean nothing.
+    let forged = try leader.request(
+      "POST", "/v1/groups/DataRegion-5/snapshot",
+      headers: bearer("reader-token").merging(["X-Caucus-Identity": "ops", "X-Caucus-Forwarded-By": "3"]) { $1 })
+    XCTAssertEqual(forged.status, 403, forged.text)
+  }
+}
