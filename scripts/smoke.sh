@@ -135,4 +135,52 @@ call 200 "$url/healthz"
 call 200 "$url/readyz"
 call 200 "$url/metrics"
 check 'b"caucus_wal_fsyncs_total" in raw and b"caucus_http_requests_total" in raw'
-echo "smoke: $steps steps passed against $url"
+
+# --- the README's client authentication: a second node with tokens ---
+tokens="$data/tokens.json"
+"$bin" token create --name ops --role admin --tokens-file "$tokens" > "$data/ops.token" 2>/dev/null
+"$bin" token create --name dashboard --role read --tokens-file "$tokens" > "$data/dashboard.token" 2>/dev/null
+"$bin" token create --name app --role write --groups 'DataRegion-1,DataRegion-2*' --key-prefix users/ \
+  --tokens-file "$tokens" > "$data/app.token" 2>/dev/null
+[ "$(printf %s "$(cat "$data/ops.token")" | sha256sum | cut -d' ' -f1)" = "$("$bin" token hash < "$data/ops.token")" ] \
+  || { echo "smoke: caucus token hash disagrees with sha256sum" >&2; exit 1; }
+port2="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+"$bin" serve --rpc-port "$port2" --consensus-port "$cport" --data-dir "$data/auth" --log-level warning \
+  --auth-tokens-file "$tokens" &
+pid2=$!
+cleanup() {
+  kill "$pid" "$pid2" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; wait "$pid2" 2>/dev/null || true; rm -rf "$data"
+}
+url2="http://127.0.0.1:$port2"
+for _ in $(seq 1 300); do
+  curl -fsS "$url2/healthz" >/dev/null 2>&1 && break
+  kill -0 "$pid2" 2>/dev/null || { echo "smoke: caucus with tokens exited during start-up" >&2; exit 1; }
+  sleep 0.1
+done
+ops=(-H "Authorization: Bearer $(cat "$data/ops.token")")
+app=(-H "Authorization: Bearer $(cat "$data/app.token")")
+dashboard=(-H "Authorization: Bearer $(cat "$data/dashboard.token")")
+call 401 "$url2/v1/groups"
+check 'b["error"] == "unauthorized"'
+call 401 -H "Authorization: Bearer nope" "$url2/v1/groups"
+call 201 "${ops[@]}" -X POST "$url2/v1/groups" -d '{"id":"DataRegion-1"}'
+call 200 "${app[@]}" -X PUT "$url2/v1/groups/DataRegion-1/kv/users/alice" -d 31
+call 403 "${app[@]}" -X PUT "$url2/v1/groups/DataRegion-1/kv/orders/1" -d x
+check 'b["error"] == "forbidden"'
+call 403 "${app[@]}" -X PUT "$url2/v1/groups/DataRegion-0/kv/users/alice" -d 31
+call 403 "${dashboard[@]}" -X PUT "$url2/v1/groups/DataRegion-1/kv/users/bob" -d 1
+call 200 "${dashboard[@]}" "$url2/v1/groups"
+check 'sorted(g["id"] for g in b["groups"]) == ["DataRegion-0", "DataRegion-1"]'
+call 200 "${app[@]}" "$url2/v1/groups"
+check '[g["id"] for g in b["groups"]] == ["DataRegion-1"]'
+call 200 "$url2/healthz"
+call 200 "$url2/metrics"
+"$bin" token revoke --name dashboard --tokens-file "$tokens" 2>/dev/null
+kill -HUP "$pid2"
+for _ in $(seq 1 100); do
+  [ "$(curl -sS -o /dev/null -w '%{http_code}' "${dashboard[@]}" "$url2/v1/groups")" = 401 ] && break
+  sleep 0.05
+done
+call 401 "${dashboard[@]}" "$url2/v1/groups"
+call 200 "${ops[@]}" "$url2/v1/groups"
+echo "smoke: $steps steps passed against $url and $url2"

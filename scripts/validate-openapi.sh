@@ -15,6 +15,10 @@
 #      every operation with a request body answers 413; every route that takes ?forward= answers
 #      307, 421, 503, 504 and 508.
 #   5. Every example in a media type or schema validates against its schema.
+#   6. Authentication: the bearerAuth scheme (http bearer) is required globally; every operation
+#      names its role in x-caucus-role, as the contract's ROLES below (the gateway's
+#      Route.Name.permission); the open one (/healthz) has `security: []` and no 401/403, every
+#      other answers 401, and every one a token can be too weak or scoped wrong for answers 403.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -70,6 +74,25 @@ CONTRACT = {
     ("POST", "/v1/groups/{group}/read"),
     ("GET", "/v1/groups/{group}/watch"),
 }
+
+# The role each operation needs (Route.Name.permission in Sources/Gateway/Route.swift). /metrics
+# and /readyz need `read` only when a node is started so (their security makes the token optional).
+ROLES = {
+    ("GET", "/"): "read", ("GET", "/healthz"): "open", ("GET", "/readyz"): "read", ("GET", "/metrics"): "read",
+    ("GET", "/v1/node"): "read", ("GET", "/v1/cluster"): "read", ("POST", "/v1/cluster/nodes"): "admin",
+    ("POST", "/v1/cluster/rebalance"): "admin", ("POST", "/v1/node/groups"): "admin",
+    ("DELETE", "/v1/node/groups/{group}"): "admin", ("GET", "/v1/groups"): "read", ("POST", "/v1/groups"): "admin",
+    ("GET", "/v1/groups/{group}"): "read", ("DELETE", "/v1/groups/{group}"): "admin",
+    ("POST", "/v1/groups/{group}/peers"): "admin", ("PUT", "/v1/groups/{group}/peers"): "admin",
+    ("DELETE", "/v1/groups/{group}/peers/{nodeId}"): "admin", ("GET", "/v1/groups/{group}/leader"): "read",
+    ("POST", "/v1/groups/{group}/leader"): "admin", ("POST", "/v1/groups/{group}/snapshot"): "admin",
+    ("GET", "/v1/groups/{group}/kv"): "read", ("GET", "/v1/groups/{group}/kv/{key}"): "read",
+    ("PUT", "/v1/groups/{group}/kv/{key}"): "write", ("DELETE", "/v1/groups/{group}/kv/{key}"): "write",
+    ("POST", "/v1/groups/{group}/write"): "write", ("POST", "/v1/groups/{group}/read"): "read",
+    ("GET", "/v1/groups/{group}/watch"): "read",
+}
+# Operations no token can fail by role or scope (any token reaches them): they answer 401, not 403.
+NEVER_FORBIDDEN = {("GET", "/")}
 
 ERROR_CODES = {
     "bad_request", "invalid_json", "invalid_group_id", "invalid_key", "illegal_peer_num",
@@ -155,10 +178,32 @@ for path, item in spec["paths"].items():
                 failures.append(f"{label}: a group route must answer 404")
         if "requestBody" in operation and "413" not in responses:
             failures.append(f"{label}: accepts a body but does not answer 413")
+        role = operation.get("x-caucus-role")
+        if role != ROLES.get((method.upper(), path)):
+            failures.append(f"{label}: x-caucus-role is {role!r}, the contract says {ROLES.get((method.upper(), path))!r}")
+        if role == "open":
+            if operation.get("security") != []:
+                failures.append(f"{label}: an open operation has `security: []`")
+            for status in ("401", "403"):
+                if status in responses:
+                    failures.append(f"{label}: an open operation does not answer {status}")
+        else:
+            if "401" not in responses:
+                failures.append(f"{label}: needs a token with tokens configured, so answers 401")
+            if "403" not in responses and (method.upper(), path) not in NEVER_FORBIDDEN:
+                failures.append(f"{label}: a token may be too weak or scoped elsewhere, so answers 403")
+            if path in ("/metrics", "/readyz") and {} not in operation.get("security", []):
+                failures.append(f"{label}: open by default, so its security makes the token optional ({{}})")
         if ("query", "forward") in names:
             for status in ("307", "421", "503", "504", "508"):
                 if status not in responses:
                     failures.append(f"{label}: takes ?forward= but does not answer {status}")
+
+schemes = spec.get("components", {}).get("securitySchemes", {})
+if schemes.get("bearerAuth", {}).get("type") != "http" or schemes.get("bearerAuth", {}).get("scheme") != "bearer":
+    failures.append("components.securitySchemes.bearerAuth must be an http bearer scheme")
+if {"bearerAuth": []} not in spec.get("security", []):
+    failures.append("the document's security must require bearerAuth")
 
 for method, path in sorted(CONTRACT - operations):
     failures.append(f"{method} {path}: in API.md but missing from openapi.yaml")

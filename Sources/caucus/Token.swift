@@ -53,7 +53,7 @@ struct TokenCommand: ParsableCommand {
       try writeTokens(added, to: tokensFile)
       print(token)
       printError(
-        "added '\(name)' (\(role)) to \(tokensFile); the token is printed above and stored nowhere. "
+        "added '\(name)' (\(role)) to \(tokensFile), which keeps only its SHA-256; the token went to standard output. "
           + "Running nodes load it on SIGHUP (kill -HUP <pid>).")
     }
   }
