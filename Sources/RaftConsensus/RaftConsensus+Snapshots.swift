@@ -19,39 +19,64 @@ extension RaftConsensus {
     var written = received
     var answers: [@Sendable () -> Void] = []
     let segments = wal.statistics.segments
-    let forced =
-      segments > options.walSegmentsSoftMax
+    if forcedSnapshotQueue == nil && segments > options.walSegmentsSoftMax
       && segments >= segmentsAfterForcedSnapshots + max(1, options.walSegmentsSoftMax / 4)
+    {
+      // A forced round: every group, `forcedSnapshotsPerTurnMax` per turn. All at once, ten
+      // thousand groups meant ten thousand snapshot files and fsyncs in one turn: seconds during
+      // which no write was answered.
+      forcedSnapshotQueue = live.ordered.map(\.id)[...]
+      forcedRoundStartSegments = segments
+    }
     // A group the turn did not visit applied nothing and was asked for no snapshot.
-    for replica in forced ? live.ordered : visited {
+    for replica in visited {
       // `firstIndex - 1` is the snapshot's index; reading the snapshot itself would copy it.
       let (applied, snapshotIndex) = replica.inspect { ($0.applied, $0.firstIndex - 1) }
-      let since = applied - snapshotIndex
-      let automatic = since >= options.snapshotEntriesThreshold && applied >= replica.nextSnapshotAttemptIndex
-      guard automatic || !replica.pending.snapshotRequests.isEmpty || (forced && since > 0) else { continue }
-      let requests = replica.pending.snapshotRequests
-      replica.pending.snapshotRequests = []
-      let (outcome, wrote) = snapshot(replica, wal)
-      if wrote {
-        written += 1
-      } else {
-        // Nothing to compact (just after a restart the membership may run ahead of the applied
-        // index) or the write failed: try again after another tenth of the threshold.
-        replica.nextSnapshotAttemptIndex = applied + max(1, options.snapshotEntriesThreshold / 10)
-        if case .failure(let error) = outcome {
-          logger.warning("snapshot failed", metadata: ["group": "\(replica.id)", "error": "\(error)"])
-        }
-      }
-      for completion in requests { answers.append { completion(outcome) } }
+      let automatic =
+        applied - snapshotIndex >= options.snapshotEntriesThreshold && applied >= replica.nextSnapshotAttemptIndex
+      guard automatic || !replica.pending.snapshotRequests.isEmpty else { continue }
+      if take(replica, applied: applied, wal, &answers) { written += 1 }
     }
-    if written > 0 || forced { try releaseLog(wal) }
-    if forced {
+    var roundFinished = false
+    if var queue = forcedSnapshotQueue {
+      var budget = options.forcedSnapshotsPerTurnMax
+      while budget > 0, let id = queue.popFirst() {
+        guard let replica = live[id] else { continue }  // deleted since the round began
+        let (applied, snapshotIndex) = replica.inspect { ($0.applied, $0.firstIndex - 1) }
+        guard applied > snapshotIndex else { continue }
+        budget -= 1
+        if take(replica, applied: applied, wal, &answers) { written += 1 }
+      }
+      roundFinished = queue.isEmpty
+      forcedSnapshotQueue = roundFinished ? nil : queue
+    }
+    if written > 0 || roundFinished { try releaseLog(wal) }
+    if roundFinished {
       segmentsAfterForcedSnapshots = wal.statistics.segments
       logger.notice(
         "snapshotted every group to release log segments",
-        metadata: ["segmentsBefore": "\(segments)", "segmentsAfter": "\(segmentsAfterForcedSnapshots)"])
+        metadata: ["segmentsBefore": "\(forcedRoundStartSegments)", "segmentsAfter": "\(segmentsAfterForcedSnapshots)"])
     }
     for answer in answers { answer() }
+  }
+
+  /// Snapshots one group (answering its snapshot requests); says whether a file was written.
+  private func take(_ replica: RaftGroup, applied: LogIndex, _ wal: WriteAheadLog, _ answers: inout [@Sendable () -> Void])
+    -> Bool
+  {
+    let requests = replica.pending.snapshotRequests
+    replica.pending.snapshotRequests = []
+    let (outcome, wrote) = snapshot(replica, wal)
+    if !wrote {
+      // Nothing to compact (just after a restart the membership may run ahead of the applied
+      // index) or the write failed: try again after another tenth of the threshold.
+      replica.nextSnapshotAttemptIndex = applied + max(1, options.snapshotEntriesThreshold / 10)
+      if case .failure(let error) = outcome {
+        logger.warning("snapshot failed", metadata: ["group": "\(replica.id)", "error": "\(error)"])
+      }
+    }
+    for completion in requests { answers.append { completion(outcome) } }
+    return wrote
   }
 
   /// The endpoints a snapshot or a restated creation record keeps: the members' and this node's.
@@ -105,13 +130,22 @@ extension RaftConsensus {
   /// Restates every live group's creation record and hard state in the current segment (release
   /// deletes every record kind of a released segment), syncs, and releases what snapshots cover.
   func releaseLog(_ wal: WriteAheadLog) throws {
-    var records: [WALRecord] = []
     var covered: [UInt64: UInt64] = [:]
+    covered.reserveCapacity(live.count)
+    for replica in live.ordered { covered[replica.id.packed] = replica.durableSnapshotIndex }
+    // The restatement is two records per group: at thousands of groups, not worth writing for a
+    // snapshot that releases nothing yet.
+    guard wal.releasableSegmentCount(coveredIndex: covered, before: wal.currentSegmentSequence) > 0 else {
+      let statistics = wal.statistics
+      state.withLock { metrics.wal = statistics }
+      return
+    }
+    var records: [WALRecord] = []
+    records.reserveCapacity(2 * live.count)
     for replica in live.ordered {
       records.append(
         RaftStorage.groupCreatedRecord(group: replica.id, peers: endpointsToKeep(replica), bootstrapVoters: replica.bootstrapVoters))
-      records.append(RaftStorage.hardStateRecord(group: replica.id, replica.raft.hardState))
-      covered[replica.id.packed] = replica.durableSnapshotIndex
+      records.append(RaftStorage.hardStateRecord(group: replica.id, replica.inspect { $0.hardState }))
     }
     // The restatement may roll into a new segment: the one it starts in stays.
     let restatedFrom = wal.currentSegmentSequence

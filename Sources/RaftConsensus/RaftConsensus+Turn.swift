@@ -745,6 +745,7 @@ extension RaftConsensus {
     forwardAnswersUnsent = [:]
     heldHeartbeatResponses = [:]
     segmentsAfterForcedSnapshots = 0
+    forcedSnapshotQueue = nil
     snapshotStreams = SnapshotStreams(chunkBytes: options.snapshotChunkBytes)
   }
 

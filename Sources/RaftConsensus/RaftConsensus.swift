@@ -134,6 +134,10 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   var heldHeartbeatResponses: [ReplicaID: [UInt64: Message]] = [:]
   /// The WAL's segment count after the last round of snapshots forced by `walSegmentsSoftMax`.
   var segmentsAfterForcedSnapshots = 0
+  /// The groups a forced round has still to snapshot (`forcedSnapshotsPerTurnMax` a turn), and
+  /// the segment count it began at; nil between rounds.
+  var forcedSnapshotQueue: ArraySlice<GroupID>?
+  var forcedRoundStartSegments = 0
   /// Snapshots streamed to followers and being assembled from leaders (finding 5 of issue 9).
   var snapshotStreams: SnapshotStreams
   /// Which peer nodes were heard from lately: the failure detector of quiesced groups.

@@ -72,6 +72,10 @@ public struct RaftConsensusOptions: Sendable {
   /// be released (see `RaftConsensus`): bounds the disk a quiet group can pin, at
   /// `walSegmentsSoftMax × wal.segmentBytesMax` plus what the busy groups hold.
   public var walSegmentsSoftMax = 32
+  /// Snapshots a forced round (`walSegmentsSoftMax`) takes per loop turn: each is a file and an
+  /// fsync, so a round over thousands of groups spreads over many turns instead of holding up
+  /// every write for seconds.
+  public var forcedSnapshotsPerTurnMax = 16
   /// A leader transfer not observed to finish within this many election timeouts is answered
   /// `timeout` (it may still finish).
   public var transferElectionTimeoutsMax: UInt64 = 2
@@ -134,6 +138,7 @@ public struct RaftConsensusOptions: Sendable {
     if let value = try number("membershipChangeTimeoutMs", 1...3_600_000) { membershipChangeTimeoutMs = value }
     if let value = try number("snapshotEntriesThreshold", 1...UInt64(UInt32.max)) { snapshotEntriesThreshold = value }
     if let value = try number("walSegmentsSoftMax", 2...100_000) { walSegmentsSoftMax = Int(value) }
+    if let value = try number("forcedSnapshotsPerTurnMax", 1...100_000) { forcedSnapshotsPerTurnMax = Int(value) }
     if let value = try number("groupsMax", 1...UInt64(WireLimits.heartbeatsPerBatchMax / 2)) { groupsMax = Int(value) }
     if let value = try number("walSegmentBytes", 1 << 16...1 << 34) { wal.segmentBytesMax = value }
     if let value = try number("outOfSpaceRetryMs", 1...600_000) { outOfSpaceRetryMs = value }
@@ -174,7 +179,7 @@ public struct RaftConsensusOptions: Sendable {
     }
     guard unsyncedRecordsTicksMax >= 1 else { throw .invalidRequest("unsyncedRecordsTicksMax must be ≥ 1") }
     guard pendingWritesMax >= 1, pendingWriteBytesMax >= 1, inboundBatchesMax >= 1, readWaitersMax >= 1,
-      pendingControlMax >= 1, walSegmentsSoftMax >= 2
+      pendingControlMax >= 1, walSegmentsSoftMax >= 2, forcedSnapshotsPerTurnMax >= 1
     else { throw .invalidRequest("queue limits must be ≥ 1") }
     guard snapshotInlineBytesMax >= 0, snapshotInlineBytesMax <= WireLimits.batchBytesTarget / 2 else {
       throw .invalidRequest("snapshotInlineBytesMax must be 0 to \(WireLimits.batchBytesTarget / 2)")

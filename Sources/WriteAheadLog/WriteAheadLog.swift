@@ -319,17 +319,7 @@ public final class WriteAheadLog {
   @discardableResult
   public func releaseSegments(coveredIndex: [UInt64: UInt64], before sequence: UInt64 = .max) throws(WALError) -> Int {
     try checkOpen()
-    var releasable = 0
-    for segment in sealed where segment.sequence < sequence {
-      // A pure test over the dictionary: its (hash-seeded) order cannot change the answer, and
-      // the unlinks below follow `sealed`, oldest first.
-      let covered = segment.entryIndexMax.allSatisfy { group, indexMax in
-        guard let coveredMax = coveredIndex[group] else { return true }
-        return indexMax <= coveredMax
-      }
-      guard covered else { break }
-      releasable += 1
-    }
+    let releasable = releasableSegmentCount(coveredIndex: coveredIndex, before: sequence)
     guard releasable > 0 else { return 0 }
     var deleted = 0
     defer {
@@ -348,6 +338,23 @@ public final class WriteAheadLog {
     }
     precondition(deleted == releasable, "released the whole prefix")
     return deleted
+  }
+
+  /// How many segments `releaseSegments` would delete now: the caller can skip restating its
+  /// records when none would go.
+  public func releasableSegmentCount(coveredIndex: [UInt64: UInt64], before sequence: UInt64 = .max) -> Int {
+    var releasable = 0
+    for segment in sealed where segment.sequence < sequence {
+      // A pure test over the dictionary: its (hash-seeded) order cannot change the answer, and
+      // the unlinks follow `sealed`, oldest first.
+      let covered = segment.entryIndexMax.allSatisfy { group, indexMax in
+        guard let coveredMax = coveredIndex[group] else { return true }
+        return indexMax <= coveredMax
+      }
+      guard covered else { break }
+      releasable += 1
+    }
+    return releasable
   }
 
   /// Counters since the log was opened.

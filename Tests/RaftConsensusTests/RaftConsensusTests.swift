@@ -528,10 +528,20 @@ final class RaftConsensusTests: XCTestCase {
   }
 
   func testQuietGroupsDoNotPinTheWALWhenItPassesItsSegmentLimit() throws {
+    try quietGroupsDoNotPinTheWAL(forcedSnapshotsPerTurnMax: RaftConsensusOptions().forcedSnapshotsPerTurnMax)
+  }
+
+  /// One snapshot per turn: the forced round spreads over turns and still releases the log.
+  func testAForcedRoundOfSnapshotsSpreadOverTurnsStillReleasesTheWAL() throws {
+    try quietGroupsDoNotPinTheWAL(forcedSnapshotsPerTurnMax: 1)
+  }
+
+  private func quietGroupsDoNotPinTheWAL(forcedSnapshotsPerTurnMax: Int) throws {
     let cluster = try TestCluster(nodes: 3) { options in
       options.snapshotEntriesThreshold = 1_000_000
       options.walSegmentsSoftMax = 4
       options.wal.segmentBytesMax = 8 << 10
+      options.forcedSnapshotsPerTurnMax = forcedSnapshotsPerTurnMax
     }
     let busy = group
     let quiet = (2...5).map { GroupID(.schemaRegion, UInt32($0)) }
