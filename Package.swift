@@ -23,8 +23,9 @@ let package = Package(
     .executable(name: "consensus-example", targets: ["ConsensusExample"]),
   ],
   dependencies: [
-    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
-    .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    // Exact versions (Package.resolved stays out of git): every build resolves the same sources.
+    .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
+    .package(url: "https://github.com/apple/swift-log", exact: "1.16.2"),
   ],
   targets: [
     // C is quarantined behind these header-only modules.

@@ -24,11 +24,19 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 spec="$repo_root/openapi.yaml"
 
+# The system's Python when it has openapi-spec-validator; else a virtual environment in .build
+# (a stock Debian refuses pip installs into its own Python: PEP 668's externally-managed rule).
+python=python3
 if ! python3 -c 'import openapi_spec_validator' 2>/dev/null; then
-  python3 -m pip install --quiet openapi-spec-validator
+  venv="$repo_root/.build/openapi-python"
+  if ! "$venv/bin/python3" -c 'import openapi_spec_validator' 2>/dev/null; then
+    python3 -m venv "$venv" 2>/dev/null || { "$repo_root/scripts/install-deps.sh" python3-venv && python3 -m venv "$venv"; }
+    "$venv/bin/python3" -m pip install --quiet openapi-spec-validator
+  fi
+  python="$venv/bin/python3"
 fi
 
-python3 - "$spec" <<'PYTHON'
+"$python" - "$spec" <<'PYTHON'
 import re
 import sys
 
