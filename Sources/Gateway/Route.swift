@@ -63,7 +63,7 @@ enum Route: Equatable, Sendable {
   case write(GroupID)
   /// `POST /v1/groups/{group}/read`: the keys are in the body.
   case read(GroupID)
-  /// `GET /v1/groups/{group}/watch?prefix=…`.
+  /// `GET`/`HEAD /v1/groups/{group}/watch?prefix=…`.
   case watch(GroupID)
   case peersAdd(GroupID)
   case peersChange(GroupID)
@@ -224,7 +224,9 @@ enum Route: Equatable, Sendable {
     var label: String { name?.rawValue ?? Name.unmatchedLabel }
   }
 
-  /// The route `method` and `path` (the target's path, still percent-encoded) name.
+  /// The route `method` and `path` (the target's path, still percent-encoded) name. Every route
+  /// that takes GET takes HEAD as the same route (API.md: HEAD mirrors GET); the HTTP layer
+  /// leaves out the body.
   static func match(method: String, path: Substring) -> Result<Route, Mismatch> {
     do throws(Mismatch) {
       if let route = try matchKey(method: method, path: path) { return .success(route) }
@@ -363,7 +365,7 @@ enum Route: Equatable, Sendable {
     case "watch":
       name = .watch
       guard rest.count == 3 else { throw fail(.notFound) }
-      try allow("GET")
+      try allow("GET", "HEAD")
       return .watch(id)
     case "peers":
       if rest.count == 3 {
