@@ -144,13 +144,17 @@ enum Route: Equatable, Sendable {
     /// Routes about this node only (`/v1/node/…`): never forwarded, never looked for elsewhere.
     var isNodeLocal: Bool { self == .node || self == .nodeGroupsCreate || self == .nodeGroupsDelete }
 
-    /// Whether the route takes `?forward=` (the group's sub-resources; checked before serving).
+    /// Whether the route takes `?forward=`: every route about one group, which may be served by
+    /// its leader elsewhere (the status and the deletion too: a group this node neither hosts nor
+    /// finds recorded is looked for on the other members). Checked before serving: another value
+    /// is `400 bad_request`. The other routes are never forwarded and ignore it (API.md).
     var takesForwardMode: Bool {
       switch self {
-      case .kvGet, .kvPut, .kvDelete, .kvList, .write, .read, .watch, .peersAdd, .peersChange, .peerRemove, .leaderGet,
-        .leaderTransfer, .snapshot:
+      case .groupGet, .groupDelete, .kvGet, .kvPut, .kvDelete, .kvList, .write, .read, .watch, .peersAdd, .peersChange,
+        .peerRemove, .leaderGet, .leaderTransfer, .snapshot:
         return true
-      default:
+      case .root, .healthz, .readyz, .metrics, .node, .nodeGroupsCreate, .nodeGroupsDelete, .cluster, .clusterNodesRegister,
+        .clusterRebalance, .groupsList, .groupsCreate:
         return false
       }
     }
