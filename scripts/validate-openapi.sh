@@ -13,7 +13,7 @@
 #   4. Every operation has a camelCase operationId (unique) and a known tag; every response
 #      declares X-Caucus-Node; every route with {group} answers 400 (invalid_group_id) and 404;
 #      every operation with a request body answers 413; every route that takes ?forward= answers
-#      307, 421, 503, 504 and 508.
+#      307, 421, 503, 504 and 508; exactly the operations that can answer `500 internal` list 500.
 #   5. Every example in a media type or schema validates against its schema.
 #   6. Authentication: the bearerAuth scheme (http bearer) is required globally; every operation
 #      names its role in x-caucus-role, as the contract's ROLES below (the gateway's
@@ -116,6 +116,14 @@ ERROR_CODES = {
     "timeout",
     "forward_loop",
     "insufficient_storage",
+    "internal",
+}
+
+# The operations whose handler can answer `500 internal` (Sources/Gateway: `.internal(`, the
+# gateway's own invariants on the state machine's answers): each lists 500, and no other does.
+INTERNAL_OPERATIONS = {
+    ("GET", "/v1/groups/{group}/kv"), ("GET", "/v1/groups/{group}/kv/{key}"), ("PUT", "/v1/groups/{group}/kv/{key}"),
+    ("DELETE", "/v1/groups/{group}/kv/{key}"), ("POST", "/v1/groups/{group}/write"), ("POST", "/v1/groups/{group}/read"),
 }
 
 # Codes the implementation answers beyond API.md's table (documented as additions in the spec):
@@ -202,6 +210,10 @@ for path, item in spec["paths"].items():
                 failures.append(f"{label}: a token may be too weak or scoped elsewhere, so answers 403")
             if path in ("/metrics", "/readyz") and {} not in operation.get("security", []):
                 failures.append(f"{label}: open by default, so its security makes the token optional ({{}})")
+        if ((method.upper(), path) in INTERNAL_OPERATIONS) != ("500" in responses):
+            failures.append(f"{label}: answers 500 internal exactly when its handler can (INTERNAL_OPERATIONS)")
+        if "500" in responses and error_codes_of(responses["500"]) != {"internal"}:
+            failures.append(f"{label}: its 500 is the `internal` error")
         if ("query", "forward") in names:
             for status in ("307", "421", "503", "504", "508"):
                 if status not in responses:

@@ -146,6 +146,10 @@ public protocol ConsensusEngine: AnyObject, Sendable {
   var protocolName: String { get }
   /// This node.
   var localPeer: Peer { get }
+  /// The most peers a group of this protocol has (standalone: 1, IoTDB's rule), when the
+  /// protocol fixes it; nil when `createPeer` checks its own limit. The gateway refuses a larger
+  /// peer list with `illegalPeerNumber` before it looks anything up or records anything.
+  var groupPeersMax: Int? { get }
 
   /// Recovers storage and starts serving. Throws when storage cannot be recovered.
   func start() throws
@@ -201,6 +205,9 @@ public protocol ConsensusEngine: AnyObject, Sendable {
 }
 
 extension ConsensusEngine {
+  /// Protocols whose `createPeer` checks its peer list itself.
+  public var groupPeersMax: Int? { nil }
+
   /// Engines that never report a storage problem of their own (test fakes).
   public var storageCondition: StorageCondition { .ok }
 

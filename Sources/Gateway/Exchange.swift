@@ -125,8 +125,12 @@ final class Exchange: Sendable {
     send(response, label)
   }
 
-  /// `?forward=`, already checked by `parseForward`; `proxy` when absent.
-  var forwardMode: ForwardMode { query["forward"].flatMap(ForwardMode.init(rawValue:)) ?? .proxy }
+  /// `?forward=`, already checked by `parseForward`; `proxy` when absent, and on routes that do
+  /// not take it (they ignore it).
+  var forwardMode: ForwardMode {
+    guard route?.name.takesForwardMode == true else { return .proxy }
+    return query["forward"].flatMap(ForwardMode.init(rawValue:)) ?? .proxy
+  }
 
   /// How many nodes relayed this request to this one.
   var hops: Int { request.header("x-caucus-hops").flatMap { Int($0) } ?? 0 }
@@ -436,7 +440,7 @@ func parseGroup(_ text: Substring) throws(GatewayError) -> GroupID {
 
 func parseForward(_ exchange: Exchange) throws(GatewayError) {
   if let forward = exchange.query["forward"], !["proxy", "redirect", "none"].contains(forward) {
-    throw .badRequest("forward must be proxy, redirect or none, not '\(forward)'")
+    throw .badRequest("forward must be proxy, redirect or none, not '\(forward.prefix(200))'")
   }
 }
 

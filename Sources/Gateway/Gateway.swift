@@ -753,6 +753,12 @@ public final class Gateway: HTTPHandler {
     guard !array.isEmpty else {
       throw .consensus(.illegalPeerNumber(count: 0, reason: "\"peers\" is empty; omit it to create the group on this node alone"))
     }
+    // The protocol's own limit (standalone: one replica) before any look-up or record.
+    if let peersMax = engine.groupPeersMax, array.count > peersMax {
+      throw .consensus(
+        .illegalPeerNumber(
+          count: array.count, reason: "a \(engine.protocolName) group has at most \(peersMax) peer(s); use the raft protocol to replicate"))
+    }
     guard array.count <= DirectoryRecords.groupPeersMax else {
       throw .badRequest("\"peers\" names \(array.count) peers; the limit is \(DirectoryRecords.groupPeersMax)")
     }

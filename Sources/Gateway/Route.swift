@@ -63,7 +63,7 @@ enum Route: Equatable, Sendable {
   case write(GroupID)
   /// `POST /v1/groups/{group}/read`: the keys are in the body.
   case read(GroupID)
-  /// `GET /v1/groups/{group}/watch?prefix=…`.
+  /// `GET`/`HEAD /v1/groups/{group}/watch?prefix=…`.
   case watch(GroupID)
   case peersAdd(GroupID)
   case peersChange(GroupID)
@@ -144,13 +144,17 @@ enum Route: Equatable, Sendable {
     /// Routes about this node only (`/v1/node/…`): never forwarded, never looked for elsewhere.
     var isNodeLocal: Bool { self == .node || self == .nodeGroupsCreate || self == .nodeGroupsDelete }
 
-    /// Whether the route takes `?forward=` (the group's sub-resources; checked before serving).
+    /// Whether the route takes `?forward=`: every route about one group, which may be served by
+    /// its leader elsewhere (the status and the deletion too: a group this node neither hosts nor
+    /// finds recorded is looked for on the other members). Checked before serving: another value
+    /// is `400 bad_request`. The other routes are never forwarded and ignore it (API.md).
     var takesForwardMode: Bool {
       switch self {
-      case .kvGet, .kvPut, .kvDelete, .kvList, .write, .read, .watch, .peersAdd, .peersChange, .peerRemove, .leaderGet,
-        .leaderTransfer, .snapshot:
+      case .groupGet, .groupDelete, .kvGet, .kvPut, .kvDelete, .kvList, .write, .read, .watch, .peersAdd, .peersChange,
+        .peerRemove, .leaderGet, .leaderTransfer, .snapshot:
         return true
-      default:
+      case .root, .healthz, .readyz, .metrics, .node, .nodeGroupsCreate, .nodeGroupsDelete, .cluster, .clusterNodesRegister,
+        .clusterRebalance, .groupsList, .groupsCreate:
         return false
       }
     }
@@ -224,7 +228,9 @@ enum Route: Equatable, Sendable {
     var label: String { name?.rawValue ?? Name.unmatchedLabel }
   }
 
-  /// The route `method` and `path` (the target's path, still percent-encoded) name.
+  /// The route `method` and `path` (the target's path, still percent-encoded) name. Every route
+  /// that takes GET takes HEAD as the same route (API.md: HEAD mirrors GET); the HTTP layer
+  /// leaves out the body.
   static func match(method: String, path: Substring) -> Result<Route, Mismatch> {
     do throws(Mismatch) {
       if let route = try matchKey(method: method, path: path) { return .success(route) }
@@ -363,7 +369,7 @@ enum Route: Equatable, Sendable {
     case "watch":
       name = .watch
       guard rest.count == 3 else { throw fail(.notFound) }
-      try allow("GET")
+      try allow("GET", "HEAD")
       return .watch(id)
     case "peers":
       if rest.count == 3 {

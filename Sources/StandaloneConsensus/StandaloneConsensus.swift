@@ -334,6 +334,9 @@ public final class StandaloneConsensus: ConsensusEngine, @unchecked Sendable {
 
   // MARK: Management
 
+  /// A standalone group is its one replica, on this node.
+  public var groupPeersMax: Int? { 1 }
+
   public func createPeer(_ group: GroupID, peers: [Peer], completion: @escaping ConsensusCompletion<Void>) {
     guard peers.count == 1 else {
       completion(.failure(.illegalPeerNumber(count: peers.count, reason: "a standalone group has exactly one peer")))

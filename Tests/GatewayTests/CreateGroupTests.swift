@@ -115,6 +115,27 @@ final class CreateGroupRetryTests: XCTestCase {
     XCTAssertEqual(json(other)["error"] as? String, "group_already_exists")
   }
 
+  /// Issue 13, point 5e: a standalone group has one replica (IoTDB's rule), so two peers are
+  /// `400 illegal_peer_num` before anything else: no directory lookup of the node ids (which
+  /// answered that node 2 is unknown), no record of the placement, no replica.
+  func testAStandaloneGroupWithTwoPeersIsIllegalPeerNumBeforeTheDirectory() throws {
+    let directory = try makeDirectory()
+    let gateway = makeGateway(directory: directory)
+    defer { gateway.stop() }
+    let bodies = [
+      #"{"id":"DataRegion-4","peers":[1,2]}"#,
+      #"{"id":"DataRegion-4","peers":[{"id":1,"endpoint":"127.0.0.1:40010"},{"id":2,"endpoint":"127.0.0.1:40011"}]}"#,
+    ]
+    for (target, body) in [("/v1/groups", bodies[0]), ("/v1/groups", bodies[1]), ("/v1/node/groups", bodies[1])] {
+      let refused = send(gateway, "POST", target, body)
+      XCTAssertEqual(refused.status, 400, "\(target) \(body)")
+      XCTAssertEqual(json(refused)["error"] as? String, "illegal_peer_num", String(decoding: refused.body, as: UTF8.self))
+      XCTAssertNil(
+        try waitForCompletion { directory.recordedGroup(GroupID(.dataRegion, 4), $0) }.get(), "\(target) \(body): no record")
+      XCTAssertNil(engine.status(GroupID(.dataRegion, 4)))
+    }
+  }
+
   /// What a DELETE that failed on some peer leaves: its mark on the record, and maybe replicas.
   /// A creation of the id is refused, says to finish the DELETE, and creates nothing.
   func testACreationOverARecordMarkedByAnUnfinishedDeleteIsRefusedAndCreatesNothing() throws {

@@ -57,6 +57,23 @@ final class RouteTests: XCTestCase {
     }
   }
 
+  /// Issue 13, point 5a: HEAD mirrors GET on every route that takes GET (the watch took GET
+  /// only), and a wrong method's `Allow` lists HEAD beside GET.
+  func testEveryGetRouteTakesHeadAsTheSameRoute() throws {
+    let getRoutes = Route.Name.allCases.filter { sampleRequest($0).method == "GET" }
+    XCTAssertTrue(getRoutes.contains(.watch))
+    for name in getRoutes {
+      let sample = sampleRequest(name)
+      let get = try match("GET", sample.target).get()
+      let head = try match("HEAD", sample.target).get()
+      XCTAssertEqual(head, get, "HEAD \(sample.target)")
+      guard case .failure(let mismatch) = match("PATCH", sample.target),
+        case .methodNotAllowed(let allowed) = mismatch.error
+      else { return XCTFail("PATCH \(sample.target) is not 405") }
+      XCTAssertTrue(allowed.contains("GET") && allowed.contains("HEAD"), "PATCH \(sample.target): Allow \(allowed)")
+    }
+  }
+
   func testTheMatchCarriesTheGroupKeyAndNode() throws {
     let group = GroupID(.dataRegion, 7)
     XCTAssertEqual(try match("PUT", "/v1/groups/DataRegion-7/kv/a%2Fb/c").get(), .kvPut(group, key: Array("a/b/c".utf8)))
@@ -99,7 +116,7 @@ final class RouteTests: XCTestCase {
     expect("GET", "/v1/groups/Nope-1", status: "400 invalid_group_id", label: "not_found")
     expect("PATCH", "/v1/groups/DataRegion-1", status: "405 GET,HEAD,DELETE", label: "not_found")
     expect("GET", "/v1/groups/DataRegion-1/write", status: "405 POST", label: "write")
-    expect("HEAD", "/v1/groups/DataRegion-1/watch", status: "405 GET", label: "watch")
+    expect("POST", "/v1/groups/DataRegion-1/watch", status: "405 GET,HEAD", label: "watch")
     expect("DELETE", "/v1/groups/DataRegion-1/peers/x", status: "400 bad_request", label: "peer_remove")
     expect("GET", "/v1/node/groups", status: "405 POST", label: "node_groups_create")
     expect("GET", "/v1/node/other", status: "404", label: "not_found")
