@@ -97,6 +97,9 @@ extension RaftConsensus {
       turn.ticked = true
       loop!.nextTickNanoseconds = turn.now + tickNanoseconds
       ticksRun += 1
+      // The batches this turn takes arrived before now: heard first, so that a turn after a stall
+      // of this loop (a slow fsync) does not take its peers' queued batches for silence.
+      for case .batch(let batch) in work.items { liveness.heard(batch.fromNode, at: turn.now) }
       checkLiveness(&turn)
       var ticked = 0
       for replica in live.awake where !replica.inspect({ $0.isQuiesced }) {
