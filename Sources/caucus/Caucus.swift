@@ -46,6 +46,10 @@ struct Serve: ParsableCommand {
   var consensusAddress: String?
   @Option(name: .long, help: "Node-to-node port. (default: 40010)")
   var consensusPort: UInt16?
+  @Option(
+    name: .long,
+    help: "Where other nodes reach this node's consensus port, host:port, when that is not the bind address (a wildcard such as 0.0.0.0, a NAT or a container's service name); a node joining with --join records it in the directory. (default: the consensus address and port)")
+  var advertiseConsensusEndpoint: String?
   @Option(name: .long, help: "Data directory: WAL, snapshots, node identity. (default: ./caucus-data)")
   var dataDir: String?
   @Option(name: .customLong("protocol"), help: "standalone or raft (IoTDB class names accepted). (default: standalone)")

@@ -382,7 +382,9 @@ struct ClusterLink {
     let transport = try HTTPRaftTransport(localNode: settings.nodeID, client: client)
     var configuration = HTTPServerConfiguration()
     configuration.host = settings.consensusAddress ?? settings.rpcAddress
-    configuration.port = localEndpoint.port
+    // A --cluster member listens where the list names it; a joining node on its own port (its
+    // advertised endpoint may be another address's).
+    configuration.port = join == nil ? localEndpoint.port : settings.consensusPort
     // Message batches carry entries and snapshots: far larger than a client value.
     configuration.bodyBytesMax = 64 << 20
     configuration.serverResponseHeaders = [("X-Caucus-Node", settings.nodeID.description)]

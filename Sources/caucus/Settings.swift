@@ -75,7 +75,13 @@ struct NodeSettings {
     protocolName ?? ((cluster != nil || join != nil) ? "raft" : "standalone")
   }
 
-  var consensusEndpoint: Endpoint { Endpoint(host: consensusAddress ?? rpcAddress, port: consensusPort) }
+  /// Where other nodes reach this one's consensus port: `--advertise-consensus-endpoint`, else
+  /// the bind address and port (a wildcard bind address reaches nothing: `validate` refuses it
+  /// for a joining node, which records this endpoint in the directory).
+  var consensusEndpoint: Endpoint {
+    advertisedConsensusEndpoint ?? Endpoint(host: consensusAddress ?? rpcAddress, port: consensusPort)
+  }
+  var advertisedConsensusEndpoint: Endpoint?
 
   /// TLS is on (both ports, and every node-to-node request) when a certificate is given.
   var tlsEnabled: Bool { tlsCertificateFile != nil }
@@ -103,6 +109,12 @@ struct NodeSettings {
     if let value = flags.rpcPort { settings.rpcPort = value }
     if let value = flags.clientUrl { settings.advertisedClientURL = value }
     if let value = flags.consensusAddress { settings.consensusAddress = value }
+    if let value = flags.advertiseConsensusEndpoint {
+      guard let endpoint = Endpoint(parsing: value) else {
+        throw SettingsError(description: "--advertise-consensus-endpoint must be host:port, not '\(value)'")
+      }
+      settings.advertisedConsensusEndpoint = endpoint
+    }
     if let value = flags.consensusPort { settings.consensusPort = value }
     if let value = flags.dataDir { settings.dataDirectory = value }
     if let value = flags.protocolName { settings.protocolName = value }
@@ -143,6 +155,13 @@ struct NodeSettings {
       }
     }
     guard consensusPort > 0 else { throw SettingsError(description: "the consensus port must be 1...65535") }
+    let bindHost = consensusAddress ?? rpcAddress
+    if join != nil, advertisedConsensusEndpoint == nil, ["0.0.0.0", "::", "[::]"].contains(bindHost) {
+      throw SettingsError(
+        description: "--join with the wildcard consensus address \(bindHost) would record \(bindHost):\(consensusPort) in the "
+          + "directory, where no node can reach it: give --advertise-consensus-endpoint HOST:PORT (the address the others "
+          + "reach this node's consensus port at, e.g. its service name in compose)")
+    }
     guard !dataDirectory.isEmpty else { throw SettingsError(description: "the data directory must not be empty") }
     // A write's value travels in one log record (16 MiB at most, framing and batch overhead
     // included), so values stay well below it.
@@ -240,6 +259,11 @@ struct NodeSettings {
     case "rpc_port", "dn_rpc_port": rpcPort = try number(UInt16.self)
     case "client_url": advertisedClientURL = value
     case "internal_ip", "dn_internal_address", "consensus_address": consensusAddress = value
+    case "advertise_consensus_endpoint":
+      guard let endpoint = Endpoint(parsing: value) else {
+        throw SettingsError(description: "\(location): advertise_consensus_endpoint must be host:port, not '\(value)'")
+      }
+      advertisedConsensusEndpoint = endpoint
     case "consensus_port", "dn_data_region_consensus_port": consensusPort = try number(UInt16.self)
     case "consensus_dir", "dn_consensus_dir", "data_dir": dataDirectory = value
     case "data_node_consensus_protocol_class", "data_region_consensus_protocol_class",

@@ -30,6 +30,37 @@ final class JoinTests: XCTestCase {
     try? HTTPClient(port: node.port).request("GET", target)
   }
 
+  /// A node bound to the wildcard address (a container's 0.0.0.0) joins under the endpoint it
+  /// advertises; without one, it refuses to start rather than record 0.0.0.0 in the directory.
+  func testAJoinOnAWildcardAddressNeedsAnAdvertisedEndpointAndIsRecordedUnderIt() throws {
+    let refused = joiningNode(id: 5, through: nodes[0])
+    refused.extraArguments += ["--consensus-address", "0.0.0.0"]
+    let (status, output) = try runCommand(
+      try Paths.binary("caucus"),
+      ["serve", "--rpc-port", String(refused.port), "--consensus-port", String(refused.consensusPort), "--data-dir",
+        refused.dataDirectory] + refused.extraArguments)
+    XCTAssertEqual(status, 64, output)
+    XCTAssertTrue(output.contains("--advertise-consensus-endpoint"), output)
+
+    let fifth = joiningNode(id: 5, through: nodes[0])
+    fifth.extraArguments += [
+      "--consensus-address", "0.0.0.0", "--advertise-consensus-endpoint", "127.0.0.1:\(fifth.consensusPort)",
+    ]
+    try fifth.start()
+    var listed: [[String: Any]] = []
+    waitUntil("node 1 to list node 5, reachable, at its advertised endpoint") {
+      listed = get(nodes[0], "/v1/cluster")?.json["nodes"] as? [[String: Any]] ?? []
+      return listed.contains { $0["id"] as? Int == 5 && $0["reachable"] as? Bool == true }
+    }
+    XCTAssertEqual(
+      listed.first { $0["id"] as? Int == 5 }?["consensusEndpoint"] as? String, "127.0.0.1:\(fifth.consensusPort)")
+    let created = try HTTPClient(port: nodes[0].port).request("POST", "/v1/groups", text: #"{"id":"DataRegion-9","peers":[1,2,5]}"#)
+    XCTAssertEqual(created.status, 201, created.text)
+    waitUntil("a write to DataRegion-9 (node 5 among its voters) through node 5") {
+      (try? HTTPClient(port: fifth.port).request("PUT", "/v1/groups/DataRegion-9/kv/k", text: "nine"))?.status == 200
+    }
+  }
+
   func testAJoinedNodeIsInTheDirectoryHostsAGroupCreatedElsewhereAndServesItAfterARestart() throws {
     let fourth = joiningNode(id: 4, through: nodes[1])
     try fourth.start()
