@@ -435,7 +435,7 @@ public struct AccessPolicy: Sendable {
     guard fields.count == 2, fields[0].lowercased() == "bearer" else {
       return .failure(.unauthorized("the Authorization header must be Bearer <token>", challenge: Self.invalidTokenChallenge))
     }
-    let bearer = String(fields[1]).trimmingSpaces
+    let bearer = String(fields[1]).trimmingSpaces()
     guard let token = tokens.token(bearer: bearer) else {
       return .failure(
         .unauthorized(

@@ -95,14 +95,9 @@ public struct PeerAuthenticator: Sendable {
 
   /// The request target (path and query) of an absolute `http(s)://authority/target` URL.
   public static func target(ofURL url: String) -> String {
-    let bytes = Array(url.utf8)
-    var position = 0
-    while position + 2 < bytes.count, !(bytes[position] == 0x3A && bytes[position + 1] == 0x2F && bytes[position + 2] == 0x2F) {
-      position += 1
-    }
-    guard position + 2 < bytes.count else { return url }
-    guard let slash = bytes[(position + 3)...].firstIndex(of: 0x2F) else { return "/" }
-    return String(decoding: bytes[slash...], as: UTF8.self)
+    guard let scheme = url.firstRange(of: "://") else { return url }
+    guard let slash = url[scheme.upperBound...].firstIndex(of: "/") else { return "/" }
+    return String(url[slash...])
   }
 }
 
