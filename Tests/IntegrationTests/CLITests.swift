@@ -350,7 +350,16 @@ final class CLIClusterTests: XCTestCase {
   }
 
   func testGroupLifecycleMembershipAndClusterStatus() throws {
-    XCTAssertNotNil(agreedLeader(nodes, among: [0, 1, 2]))
+    let dataLeader = try XCTUnwrap(agreedLeader(nodes, among: [0, 1, 2]))
+    // A follower answers a group's status with its own view, where the peers' progress is
+    // unknown: the command asks the leader (found through the cluster) instead.
+    XCTAssertEqual(try caucus(["kv", "put", "k", "v"] + endpoints([dataLeader])).status, 0)
+    let follower = (dataLeader + 1) % 3
+    let viewed = try status("DataRegion-0", through: follower)
+    XCTAssertEqual(viewed["role"] as? String, "leader")
+    let progress = (viewed["peers"] as? [[String: Any]])?.compactMap { $0["matchIndex"] as? Int } ?? []
+    XCTAssertEqual(progress.count, 3, "\(viewed)")
+    XCTAssertTrue(progress.allSatisfy { $0 > 0 }, "every peer's progress, as the leader knows it: \(viewed)")
     let cluster = try caucus(["cluster", "status"] + endpoints([1]))
     XCTAssertEqual(cluster.status, 0, cluster.standardError)
     XCTAssertEqual(cluster.lines.first?.split(separator: " ", omittingEmptySubsequences: true).map(String.init),
