@@ -48,7 +48,9 @@ struct ClientOptions: ParsableArguments {
       valueName: "url,..."))
   var endpoints: String?
 
-  @Option(name: .long, help: "Bearer token for nodes started with --auth-tokens-file. (default: $CAUCUS_TOKEN)")
+  @Option(
+    name: .long,
+    help: "Bearer token for nodes started with --auth-tokens-file; prefer CAUCUS_TOKEN, which stays out of the process list. (default: $CAUCUS_TOKEN)")
   var token: String?
 
   @Option(

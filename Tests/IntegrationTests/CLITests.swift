@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Platform
+import TLSTestSupport
 import XCTest
 
 /// What a `caucus` client command did: its exit status, its standard output (bytes: `--raw`
@@ -305,6 +306,31 @@ final class CLITests: XCTestCase {
     let refused = try caucus(["kv", "get", "k", "--endpoints", "\(dead),\(unavailable.url)"])
     XCTAssertEqual(refused.status, 1)
     XCTAssertTrue(refused.standardError.hasPrefix("error: no_leader: "), refused.standardError)
+  }
+
+  func testCACertTurnsTLSOnAndAnUntrustedCertificateIsNoAnswer() throws {
+    let directory = temporaryDirectory("cli-tls")
+    paths.append(directory)
+    let node = NodeProcess(dataDirectory: directory)
+    nodes.append(node)
+    let ca = try TestCertificates.path("ca.pem")
+    let process = try node.launch([
+      "--tls-cert-file", try TestCertificates.path("node.pem"), "--tls-key-file", try TestCertificates.path("node.key"),
+      "--tls-ca-file", ca,
+    ])
+    let https = ["--endpoints", "https://127.0.0.1:\(node.port)", "--cacert", ca]
+    waitUntil("the TLS node to answer the client") {
+      !process.isRunning || (try? caucus(["cluster", "status"] + https).status) == 0
+    }
+    XCTAssertTrue(process.isRunning, node.log())
+    XCTAssertEqual(try caucus(["kv", "put", "k", "secure"] + https).status, 0)
+    XCTAssertEqual(try caucus(["kv", "get", "k", "--raw"] + https).text, "secure")
+    // An http:// endpoint goes over https too once --cacert is given.
+    XCTAssertEqual(try caucus(["kv", "get", "k", "--raw", "--cacert", ca, "--endpoints", "http://127.0.0.1:\(node.port)"]).text, "secure")
+    // Without the cluster CA the certificate is not trusted: no answer, status 3.
+    let untrusted = try caucus(["kv", "get", "k", "--endpoints", "https://127.0.0.1:\(node.port)"])
+    XCTAssertEqual(untrusted.status, 3, untrusted.standardError)
+    XCTAssertTrue(untrusted.standardError.hasPrefix("error: no endpoint reachable: "), untrusted.standardError)
   }
 
   func testTheTokenComesFromTheFlagOrTheEnvironment() throws {
