@@ -13,6 +13,12 @@ enum ReadConsistency: String, ExpressibleByArgument, CaseIterable {
   case linearizable, lease, stale
 }
 
+/// The exit statuses, in every client command's --help.
+let clientExitStatusHelp = """
+  Exit status: 0 the server answered 2xx; 1 it refused (4xx/5xx, the error on stderr as \
+  error: <code>: <message>); 3 no endpoint answered; 64 bad usage.
+  """
+
 /// The group a data command addresses.
 struct DataGroupOption: ParsableArguments {
   @Option(name: [.short, .long], help: "The group.")
@@ -25,6 +31,7 @@ struct KVCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "kv",
     abstract: "Read and write keys of a group.",
+    discussion: clientExitStatusHelp,
     subcommands: [Get.self, Put.self, Delete.self, List.self, Watch.self])
 
   struct Get: ParsableCommand {
@@ -250,6 +257,7 @@ struct GroupCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "group",
     abstract: "List, create, inspect and delete consensus groups.",
+    discussion: clientExitStatusHelp,
     subcommands: [List.self, Create.self, Delete.self, Status.self, Snapshot.self, TransferLeader.self])
 
   struct List: ParsableCommand {
@@ -388,6 +396,7 @@ struct PeerCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "peer",
     abstract: "Change a group's membership.",
+    discussion: clientExitStatusHelp,
     subcommands: [Add.self, Remove.self, Change.self])
 
   struct Add: ParsableCommand {
@@ -454,7 +463,7 @@ struct PeerCommand: ParsableCommand {
 
 struct ClusterCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
-    commandName: "cluster", abstract: "The cluster's nodes.", subcommands: [Status.self])
+    commandName: "cluster", abstract: "The cluster's nodes.", discussion: clientExitStatusHelp, subcommands: [Status.self])
 
   struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(
