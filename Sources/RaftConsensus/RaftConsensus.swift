@@ -731,7 +731,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     return GroupStatus(
       id: group, protocolName: protocolName, role: role, leader: replica.peer(view.leader), term: view.term,
       commitIndex: view.commitIndex, appliedIndex: applied, snapshotIndex: view.firstIndex - 1,
-      logEntries: view.lastIndex - (view.firstIndex - 1), logBytes: 0, peers: peers,
+      logEntries: view.lastIndex - (view.firstIndex - 1), logBytes: UInt64(view.logBytes), peers: peers,
       bootstrapVoters: replica.bootstrapVoters.map(NodeID.init))
   }
 

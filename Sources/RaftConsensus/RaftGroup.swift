@@ -11,6 +11,8 @@ struct GroupView {
   var commitIndex: LogIndex = 0
   var firstIndex: LogIndex = 1
   var lastIndex: LogIndex = 0
+  /// Bytes of the entries after the snapshot (`Raft.logBytes`).
+  var logBytes = 0
   var progress: [ReplicaID: (match: LogIndex, next: LogIndex, state: ProgressState)] = [:]
   /// The membership in force (applied), which the status shows.
   var membership = ConfigState(voters: [])
@@ -159,7 +161,7 @@ final class RaftGroup: @unchecked Sendable {
       // `status` copies the progress table: only a leader has one worth showing.
       GroupView(
         role: raft.role, leader: raft.leader, term: raft.term, commitIndex: raft.committed,
-        firstIndex: raft.firstIndex, lastIndex: raft.lastIndex,
+        firstIndex: raft.firstIndex, lastIndex: raft.lastIndex, logBytes: raft.logBytes,
         progress: raft.role == .leader ? raft.status.progress : [:], membership: raft.membership)
     }
     lock.withLock { view = fresh }

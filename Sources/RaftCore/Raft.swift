@@ -95,6 +95,8 @@ public struct Raft: Sendable {
   public var applied: LogIndex { log.applied }
   public var firstIndex: LogIndex { log.firstIndex }
   public var lastIndex: LogIndex { log.lastIndex }
+  /// Bytes of the entries the log holds (after the snapshot), headers included.
+  public var logBytes: Int { log.entriesBytes }
   public var lastTerm: Term { log.lastTerm }
   public var hardState: HardState { HardState(term: term, vote: vote, commit: log.committed) }
   public func term(at index: LogIndex) -> Term? { log.term(at: index) }

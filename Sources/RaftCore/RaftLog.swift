@@ -10,6 +10,8 @@ struct RaftLog {
   private(set) var snapshot: Snapshot? = nil
   /// entries[i].index == snapshotIndex + 1 + i.
   private(set) var entries: [Entry] = []
+  /// The sum of `entries`' `sizeBytes`, kept as they change (the group status's log size).
+  private(set) var entriesBytes = 0
   private(set) var committed: LogIndex = 0
   private(set) var applied: LogIndex = 0
   /// Entries with index ≤ stableIndex are durable; later ones are in the next Ready.
@@ -30,6 +32,7 @@ struct RaftLog {
     for entry in entries where entry.index > snapshotIndex {
       precondition(entry.index == expected, "restored entries must be contiguous after the snapshot")
       self.entries.append(entry)
+      entriesBytes += entry.sizeBytes
       expected += 1
     }
     stableIndex = lastIndex
@@ -48,6 +51,7 @@ struct RaftLog {
     precondition(applied <= committed, "applied \(applied) > committed \(committed)")
     precondition(committed <= lastIndex, "committed \(committed) > lastIndex \(lastIndex)")
     precondition(stableIndex <= lastIndex, "stableIndex \(stableIndex) > lastIndex \(lastIndex)")
+    precondition(entriesBytes >= Entry.headerBytes * entries.count, "entriesBytes \(entriesBytes) below \(entries.count) headers")
   }
 
   /// The term of the entry at `index`, or nil when it is compacted away or beyond the log.
@@ -109,8 +113,11 @@ struct RaftLog {
     guard let first = incoming.first else { return }
     precondition(first.index > committed, "truncating committed entry \(first.index) ≤ \(committed)")
     precondition(first.index >= firstIndex && first.index <= lastIndex + 1, "gap before \(first.index)")
-    entries.removeSubrange(Int(first.index - snapshotIndex - 1)...)
+    let truncated = Int(first.index - snapshotIndex - 1)...
+    entriesBytes -= entries[truncated].reduce(0) { $0 + $1.sizeBytes }
+    entries.removeSubrange(truncated)
     entries.append(contentsOf: incoming)
+    entriesBytes += incoming.reduce(0) { $0 + $1.sizeBytes }
     stableIndex = min(stableIndex, first.index - 1)
     checkInvariants()
   }
@@ -174,6 +181,7 @@ struct RaftLog {
   mutating func restore(_ snapshot: Snapshot) {
     precondition(snapshot.index > committed, "restoring snapshot \(snapshot.index) ≤ committed \(committed)")
     entries = []
+    entriesBytes = 0
     snapshotIndex = snapshot.index
     snapshotTerm = snapshot.term
     self.snapshot = snapshot
@@ -196,7 +204,9 @@ struct RaftLog {
     precondition(snapshot.index <= applied, "compacting beyond applied: \(snapshot.index) > \(applied)")
     precondition(snapshot.index > snapshotIndex, "compaction must move forward")
     precondition(term(at: snapshot.index) == snapshot.term, "snapshot term does not match the log")
-    entries.removeFirst(Int(snapshot.index - snapshotIndex))
+    let compacted = Int(snapshot.index - snapshotIndex)
+    entriesBytes -= entries[..<compacted].reduce(0) { $0 + $1.sizeBytes }
+    entries.removeFirst(compacted)
     snapshotIndex = snapshot.index
     snapshotTerm = snapshot.term
     self.snapshot = snapshot

@@ -47,6 +47,11 @@ final class ClusterTests: XCTestCase {
     XCTAssertEqual(none.status, 421)
     XCTAssertEqual((none.json["leader"] as? [String: Any])?["id"] as? Int, leaderIndex + 1)
     XCTAssertEqual((none.json["leader"] as? [String: Any])?["url"] as? String, "http://127.0.0.1:\(nodes[leaderIndex].port)")
+    // The status counts the log's bytes (it said 0 for every raft group).
+    let status = try HTTPClient(port: nodes[leaderIndex].port).request("GET", "/v1/groups/DataRegion-0")
+    let logEntries = try XCTUnwrap(status.json["logEntries"] as? Int, status.text)
+    XCTAssertGreaterThan(logEntries, 0, status.text)
+    XCTAssertGreaterThan(status.json["logBytes"] as? Int ?? 0, logEntries * 5, "at least each written value's bytes: \(status.text)")
     // getLeader at a follower names the leader by its client URL (it answered "" before).
     for node in [followers[0], leaderIndex] {
       let leaderInfo = try HTTPClient(port: nodes[node].port).request("GET", "/v1/groups/DataRegion-0/leader")

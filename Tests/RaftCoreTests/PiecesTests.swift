@@ -127,6 +127,27 @@ final class RaftLogTests: XCTestCase {
     XCTAssertNil(log.entries(from: 2, maxBytes: 100), "compacted entries must come from the snapshot")
   }
 
+  /// The log's byte count (the group status's `logBytes`) follows every change of its entries:
+  /// restore from storage, append, truncation of a conflicting suffix, compaction, a snapshot.
+  func testEntriesBytesFollowAppendTruncationCompactionAndRestore() {
+    func sized(_ term: Term, _ index: LogIndex, _ bytes: Int) -> Entry {
+      Entry(term: term, index: index, data: [UInt8](repeating: 7, count: bytes))
+    }
+    func recount(_ log: RaftLog) -> Int { log.entries.reduce(0) { $0 + $1.sizeBytes } }
+    var log = RaftLog(snapshot: nil, entries: [sized(1, 1, 10), sized(1, 2, 20), sized(1, 3, 30)], commit: 1)
+    XCTAssertEqual(log.entriesBytes, 60 + 3 * Entry.headerBytes)
+    log.append([sized(2, 3, 5), sized(2, 4, 6)])  // replaces entry 3
+    XCTAssertEqual(log.entriesBytes, recount(log))
+    XCTAssertEqual(log.entriesBytes, 10 + 20 + 5 + 6 + 4 * Entry.headerBytes)
+    log.commit(to: 3)
+    log.markApplied(3)
+    log.compact(Snapshot(index: 2, term: 1, config: ConfigState(voters: [1]), data: []))
+    XCTAssertEqual(log.entriesBytes, 5 + 6 + 2 * Entry.headerBytes)
+    XCTAssertEqual(log.entriesBytes, recount(log))
+    log.restore(Snapshot(index: 9, term: 3, config: ConfigState(voters: [1]), data: []))
+    XCTAssertEqual(log.entriesBytes, 0)
+  }
+
   func testUpToDateComparesTermThenIndex_Section5_4_1() {
     let log = RaftLog(snapshot: nil, entries: entries([1, 2, 2]), commit: 0)
     XCTAssertTrue(log.isUpToDate(lastIndex: 1, lastTerm: 3))
