@@ -286,6 +286,8 @@ public final class Gateway: HTTPHandler {
           exchange.respond(json: writer.bytes, headers: leaderHeaders(group) + [("X-Caucus-Index", String(info.index))])
         }
       }
+    case .snapshotExport(let group):
+      try exportSnapshot(group, exchange)
     }
   }
 
@@ -481,6 +483,30 @@ public final class Gateway: HTTPHandler {
     }
   }
 
+  /// `GET /v1/groups/{group}/snapshot`: the group's whole state as a backup file (`KVBackup`).
+  /// One read takes it, and the engine runs a query between two applies, so it is exactly the
+  /// state at the index it names; a linearizable read (the default) reflects every write
+  /// acknowledged before the request. Built in memory, bounded by `snapshotExportBytesMax`.
+  private func exportSnapshot(_ group: GroupID, _ exchange: Exchange) throws(GatewayError) {
+    let options = try readOptions(exchange.query)
+    read(group, [.snapshot], options, exchange) { [self] index, results in
+      guard case .snapshot(let payload) = results.first else { throw GatewayError.internal("the read answered the wrong shape") }
+      let backup = KVBackup(group: group, index: index, payload: payload)
+      let bytes = backup.encode()
+      guard bytes.count <= GatewayLimits.snapshotExportBytesMax else {
+        throw GatewayError.payloadTooLarge(
+          "the backup of \(group) is \(bytes.count) bytes; a node answers at most \(GatewayLimits.snapshotExportBytesMax) "
+            + "in one response (back up from a copy of the data directory instead)",
+          limitBytes: GatewayLimits.snapshotExportBytesMax)
+      }
+      var headers = leaderHeaders(group)
+      headers.append(("X-Caucus-Index", String(index)))
+      headers.append(("Content-Type", "application/octet-stream"))
+      headers.append(("Content-Disposition", "attachment; filename=\"\(backup.fileName)\""))
+      return HTTPResponse(status: 200, headers: headers, body: bytes)
+    }
+  }
+
   private func listKeys(_ group: GroupID, _ exchange: Exchange) throws(GatewayError) {
     let query = exchange.query
     let options = try readOptions(query)
@@ -551,6 +577,7 @@ public final class Gateway: HTTPHandler {
       keys: queries.map { query in
         switch query {
         case .get(let key): return key
+        case .snapshot: return []  // every key (before a `return prefix`, which would modify the next `case`)
         case .list(let prefix, _, _), .changes(_, let prefix, _): return prefix
         }
       })
@@ -1401,6 +1428,10 @@ public enum GatewayLimits {
   /// Operations in one generic read: with list pages bounded in bytes by the state machine, this
   /// bounds the size of one answer.
   public static let readOperationsMax = 128
+  /// The largest backup one `GET /v1/groups/{group}/snapshot` answers: the whole state is built in
+  /// memory (it lives there anyway), and a follower relays the leader's answer through its peer
+  /// client, which takes at most as much (`PeerClientConfiguration.responseBytesMax`).
+  public static let snapshotExportBytesMax = 64 << 20
 }
 
 let jsonContentType = (name: "Content-Type", value: HTTPResponse.jsonContentType)
