@@ -198,9 +198,10 @@ struct KVCommand: ParsableCommand {
         let target = ClientConnection.target(
           ClientConnection.groupPath(self.target.group, "/watch"),
           [("prefix", prefix), ("fromIndex", fromIndex.map(String.init)), ("timeoutMs", String(pollMs))])
-        // Each poll gets its own deadline: the server's wait plus --timeout-ms.
-        let deadline = MonotonicClock.nowNanoseconds() + UInt64(pollMs + client.timeoutMs) * 1_000_000
-        let response = try client.call("GET", target, deadlineNanoseconds: deadline)
+        // Each poll has its own deadline: every endpoint may take the server's wait plus --timeout-ms.
+        let attemptMs = pollMs + client.timeoutMs
+        let deadline = MonotonicClock.nowNanoseconds() + UInt64(attemptMs * client.endpoints.count) * 1_000_000
+        let response = try client.call("GET", target, deadlineNanoseconds: deadline, attemptTimeoutMs: attemptMs)
         let answer = try client.json(response)
         guard let index = answer["index"]?.unsignedIntegerValue else {
           printStandardError("error: bad_response: a watch answer without an index")

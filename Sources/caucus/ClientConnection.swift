@@ -63,11 +63,16 @@ struct ClientOptions: ParsableArguments {
 
   @Option(
     name: .long,
-    help: "The whole command's deadline, fail-over included (a watch: each poll's, beyond its server-side wait).")
+    help: "The command's deadline, fail-over included: each endpoint tried gets an equal share of what is left (a watch: each poll may take its wait plus this, per endpoint).")
   var timeoutMs: Int = defaultTimeoutMs
 
+  /// A day: a longer deadline is a mistake (and the arithmetic on it must not overflow).
+  static let timeoutMsMax = 24 * 60 * 60 * 1_000
+
   func validate() throws {
-    guard timeoutMs > 0 else { throw ValidationError("--timeout-ms must be positive, got \(timeoutMs)") }
+    guard (1...Self.timeoutMsMax).contains(timeoutMs) else {
+      throw ValidationError("--timeout-ms must be 1...\(Self.timeoutMsMax), got \(timeoutMs)")
+    }
     _ = try resolvedEndpoints()
   }
 
@@ -158,9 +163,14 @@ final class ClientConnection {
   /// forwards to the group's leader itself). When every endpoint tried answered 503 the last
   /// 503 is returned (the cluster is there but cannot serve: the caller reports it as a refusal).
   /// `target` is the path and query, percent-encoded (`ClientConnection.encode`).
+  ///
+  /// An attempt may take `attemptTimeoutMs` (a long poll's wait plus a margin) or, by default,
+  /// an equal share of what is left of the deadline among the endpoints not yet tried (the last
+  /// one all of it): a node that accepts connections but never answers must not use up the
+  /// deadline of the ones after it. A connect fails within `connectTimeoutMs` in any case.
   func send(
     _ method: String, _ target: String, body: [UInt8] = [], headers: [(name: String, value: String)] = [],
-    deadlineNanoseconds: UInt64? = nil
+    deadlineNanoseconds: UInt64? = nil, attemptTimeoutMs: Int? = nil
   ) throws(ClientUnreachable) -> PeerResponse {
     precondition(target.hasPrefix("/"), "a target is a path: \(target)")
     let deadline = deadlineNanoseconds ?? self.deadlineNanoseconds
@@ -173,9 +183,10 @@ final class ClientConnection {
       let now = MonotonicClock.nowNanoseconds()
       guard now < deadline else { break }
       let remainingMs = max(1, Int((deadline - now) / 1_000_000))
+      let attemptMs = min(remainingMs, attemptTimeoutMs ?? max(1, remainingMs / (endpoints.count - offset)))
       let request = PeerRequest(
         method: method, url: endpoints[index] + target, headers: requestHeaders, body: body,
-        timeoutMs: remainingMs, connectTimeoutMs: min(Self.connectTimeoutMs, remainingMs))
+        timeoutMs: attemptMs, connectTimeoutMs: min(Self.connectTimeoutMs, attemptMs))
       let result: Result<PeerResponse, PeerError> = waitForCompletion { completion in
         http.send(request, completion: completion)
       }
@@ -202,11 +213,12 @@ final class ClientConnection {
   /// answer outside 2xx (and not in `accepting`) prints the server's error and exits 1.
   func call(
     _ method: String, _ target: String, body: [UInt8] = [], headers: [(name: String, value: String)] = [],
-    accepting: Set<Int> = [], deadlineNanoseconds: UInt64? = nil
+    accepting: Set<Int> = [], deadlineNanoseconds: UInt64? = nil, attemptTimeoutMs: Int? = nil
   ) throws -> PeerResponse {
     let response: PeerResponse
     do {
-      response = try send(method, target, body: body, headers: headers, deadlineNanoseconds: deadlineNanoseconds)
+      response = try send(
+        method, target, body: body, headers: headers, deadlineNanoseconds: deadlineNanoseconds, attemptTimeoutMs: attemptTimeoutMs)
     } catch {
       printStandardError("error: \(error)")
       throw ExitCode(ClientExitStatus.unreachable)
