@@ -319,8 +319,8 @@ enum ScopeRule: Sendable {
   /// Reads a group's status (not its keys): the group must be in scope.
   case group
   /// Acts on the whole group (create, delete, membership, leadership, snapshot) or reads all of
-  /// it (the backup export): the group must be in scope and the token not restricted to some keys. `POST /v1/groups` names the group
-  /// in its body, which the handler checks.
+  /// it (the backup export): the group must be in scope and the token not restricted to some
+  /// keys. `POST /v1/groups` names the group in its body, which the handler checks.
   case wholeGroup
   /// The key in the path.
   case pathKey

@@ -80,8 +80,7 @@ public struct KVBackup: Sendable, Equatable {
   /// keys from it). Only meaningful for bytes `decode` accepted.
   public static func checksum(ofEncoded bytes: [UInt8]) -> UInt32 {
     precondition(bytes.count >= 4, "an encoded backup ends with its checksum")
-    var reader = BigEndianReader(bytes, from: bytes.count - 4)
-    return (try? reader.readUInt32(field: "checksum")) ?? 0
+    return bytes.suffix(4).reduce(0) { $0 << 8 | UInt32($1) }
   }
 
   // MARK: Decoding

@@ -314,8 +314,13 @@ struct RestoreCommand: ParsableCommand {
       writer.endArray()
     }
     writer.endObject()
-    _ = try client.call(
+    let response = try client.call(
       "POST", "/v1/groups", body: writer.bytes, headers: jsonContent, accepting: [409], deadlineNanoseconds: requestDeadline(client))
+    // Another 409 (group_limit_reached) is a refusal like any other.
+    if response.status == 409 && ClientConnection.errorCode(response) != "group_already_exists" {
+      ClientConnection.printServerError(response)
+      throw ExitCode(ClientExitStatus.refused)
+    }
   }
 
   /// The group's first key (as text), or nil when it holds none.
