@@ -135,6 +135,11 @@ struct RestoreCommand: ParsableCommand {
       printStandardError("error: bad_backup: \(file): \(error); nothing was restored")
       throw ExitCode(BackupExitStatus.badBackup)
     }
+    // Armed before the first request; only tests set the variable (a restore that dies partway).
+    do { _ = try Failpoints.armFromEnvironment(points: Failpoints.clientPoints) } catch {
+      printStandardError("error: \(error)")
+      throw ExitCode(ClientExitStatus.usage)
+    }
     let checksum = KVBackup.checksum(ofEncoded: bytes)
     let batches = Self.plan(entries, idempotencyPrefix: "restore-\(checksumText(checksum))")
     let client = try ClientConnection(connection)
@@ -152,6 +157,7 @@ struct RestoreCommand: ParsableCommand {
     var replayed = 0
     for batch in batches {
       if try send(batch, client) { replayed += 1 }
+      Failpoints.restoreAfterBatch.pass()
     }
 
     // 4. The group read back, compared key by key.

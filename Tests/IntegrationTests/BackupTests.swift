@@ -197,6 +197,41 @@ final class BackupTests: XCTestCase {
     XCTAssertTrue(differentOutput.contains("verify_failed") && differentOutput.contains("'plain'"), differentOutput)
   }
 
+  /// A restore that dies after its second batch (the `restore-after-batch` failpoint: SIGKILL)
+  /// leaves a group holding part of the backup. A rerun without --resume is refused; with
+  /// --resume the two batches applied are answered as applied before, the rest are applied, and
+  /// the group is the backup.
+  func testARestoreThatDiedPartwayIsFinishedByResume() throws {
+    let leaderIndex = try XCTUnwrap(agreedLeader(nodes, among: [0, 1, 2]))
+    try writeKeys(through: nodes[leaderIndex].port, many: true)
+    let source = try contents(of: "DataRegion-0", port: nodes[leaderIndex].port)
+    let file = temporaryFile("partial")
+    let (backupStatus, backupOutput) = try caucus(["backup", "--endpoints", endpoints, "--group", "DataRegion-0", "--file", file])
+    XCTAssertEqual(backupStatus, 0, backupOutput)
+
+    let restore = ["restore", "--endpoints", endpoints, "--group", "DataRegion-6", "--peers", "1,2,3", "--file", file]
+    let (diedStatus, diedOutput) = try runCommand(
+      try Paths.binary("caucus"), restore, environment: ["CAUCUS_FAILPOINTS": "restore-after-batch:crash:2"])
+    XCTAssertEqual(diedStatus, SIGKILL, diedOutput)
+    XCTAssertTrue(diedOutput.contains("failpoint restore-after-batch fired"), diedOutput)
+    let partial = try contents(of: "DataRegion-6", port: nodes[leaderIndex].port)
+    XCTAssertGreaterThan(partial.count, 0, "two batches were applied")
+    XCTAssertLessThan(partial.count, source.count, "the rest were not")
+    for (key, value) in partial { XCTAssertEqual(source[key], value, key) }
+
+    let (refusedStatus, refusedOutput) = try caucus(restore)
+    XCTAssertEqual(refusedStatus, 1, refusedOutput)
+    XCTAssertTrue(refusedOutput.contains("group_in_use"), refusedOutput)
+    XCTAssertEqual(try contents(of: "DataRegion-6", port: nodes[leaderIndex].port), partial, "the refused rerun wrote nothing")
+
+    let (resumedStatus, resumedOutput) = try caucus(restore + ["--resume", "--output", "json"])
+    XCTAssertEqual(resumedStatus, 0, resumedOutput)
+    let summary = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(resumedOutput.utf8)) as? [String: Any], resumedOutput)
+    XCTAssertEqual(summary["replayed"] as? Int, 2, "the batches the first run applied are not applied again")
+    XCTAssertEqual(summary["keys"] as? Int, source.count)
+    XCTAssertEqual(try contents(of: "DataRegion-6", port: nodes[leaderIndex].port), source)
+  }
+
   func testACorruptBackupFileIsRefusedAndCreatesNothing() throws {
     let leaderIndex = try XCTUnwrap(agreedLeader(nodes, among: [0, 1, 2]))
     try writeKeys(through: nodes[leaderIndex].port)
