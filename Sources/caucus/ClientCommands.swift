@@ -307,9 +307,32 @@ struct GroupCommand: ParsableCommand {
 
     func run() throws {
       let client = try ClientConnection(connection)
-      let response = try client.call("GET", ClientConnection.groupPath(id))
-      let status = try client.json(response)
+      var response = try client.call("GET", ClientConnection.groupPath(id))
+      var status = try client.json(response)
+      // A member answers with its own view, and only the leader knows every peer's progress:
+      // ask the leader directly when a follower answered.
+      if status["role"]?.stringValue != "leader", let leader = status["leader"]?.unsignedIntegerValue {
+        if let view = leaderStatus(client, leader: leader), let parsed = try? JSONParser.parse(view.body) {
+          (response, status) = (view, parsed)
+        } else if client.output == .table {
+          printStandardError(
+            "note: a \(cellText(status["role"])) answered: the peers' progress is known to the leader, node \(leader), which did not answer")
+        }
+      }
       client.emit(json: response.body) { groupStatusText(status) }
+    }
+
+    /// The group's status from node `leader` itself (its client URL from `GET /v1/cluster`), or
+    /// nil when it cannot be had or the node is no longer the leader.
+    private func leaderStatus(_ client: ClientConnection, leader: UInt64) -> PeerResponse? {
+      guard let cluster = try? client.send("GET", "/v1/cluster?groups=false"), cluster.status == 200,
+        let nodes = (try? JSONParser.parse(cluster.body))?["nodes"]?.arrayValue,
+        let url = nodes.first(where: { $0["id"]?.unsignedIntegerValue == leader })?["clientURL"]?.stringValue,
+        url.hasPrefix("http://") || url.hasPrefix("https://"),
+        case .success(let answer) = client.send(to: url, "GET", ClientConnection.groupPath(id) + "?forward=none"),
+        answer.status == 200, (try? JSONParser.parse(answer.body))?["role"]?.stringValue == "leader"
+      else { return nil }
+      return answer
     }
   }
 

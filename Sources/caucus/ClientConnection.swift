@@ -48,7 +48,9 @@ struct ClientOptions: ParsableArguments {
       valueName: "url,..."))
   var endpoints: String?
 
-  @Option(name: .long, help: "Bearer token for nodes started with --auth-tokens-file. (default: $CAUCUS_TOKEN)")
+  @Option(
+    name: .long,
+    help: "Bearer token for nodes started with --auth-tokens-file; prefer CAUCUS_TOKEN, which stays out of the process list. (default: $CAUCUS_TOKEN)")
   var token: String?
 
   @Option(
@@ -207,6 +209,21 @@ final class ClientConnection {
     }
     if let unavailable { return unavailable }
     throw ClientUnreachable(attempts: attempts)
+  }
+
+  /// One request to `baseURL` (a node's client URL learnt from the cluster, outside
+  /// `endpoints`), with the token, within what is left of the command's deadline; no fail-over.
+  func send(to baseURL: String, _ method: String, _ target: String) -> Result<PeerResponse, PeerError> {
+    precondition(target.hasPrefix("/"), "a target is a path: \(target)")
+    let now = MonotonicClock.nowNanoseconds()
+    guard now < deadlineNanoseconds else { return .failure(.timeout("the command's deadline passed")) }
+    let remainingMs = max(1, Int((deadlineNanoseconds - now) / 1_000_000))
+    var headers: [(name: String, value: String)] = []
+    if let token { headers.append(("Authorization", "Bearer \(token)")) }
+    let request = PeerRequest(
+      method: method, url: baseURL + target, headers: headers, timeoutMs: remainingMs,
+      connectTimeoutMs: min(Self.connectTimeoutMs, remainingMs))
+    return waitForCompletion { completion in http.send(request, completion: completion) }
   }
 
   /// `send` for a command: no answer prints `error: no endpoint reachable…` and exits 3; an

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Platform
+import TLSTestSupport
 import XCTest
 
 /// What a `caucus` client command did: its exit status, its standard output (bytes: `--raw`
@@ -106,10 +107,10 @@ final class FakeEndpoint: @unchecked Sendable {
       while !stopped.withLock({ $0 }) {
         let connection = accept(descriptor, nil, nil)
         guard connection >= 0 else { continue }
-        // The request: read up to the end of its headers (a GET has no body).
+        // The request: read up to the end of its headers (a small body comes with them).
         var request: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 4096)
-        while !request.suffix(4).elementsEqual(Array("\r\n\r\n".utf8)) {
+        while request.firstRange(of: Array("\r\n\r\n".utf8)) == nil {
           let count = read(connection, &buffer, buffer.count)
           guard count > 0 else { break }
           request += buffer[0..<count]
@@ -307,6 +308,31 @@ final class CLITests: XCTestCase {
     XCTAssertTrue(refused.standardError.hasPrefix("error: no_leader: "), refused.standardError)
   }
 
+  func testCACertTurnsTLSOnAndAnUntrustedCertificateIsNoAnswer() throws {
+    let directory = temporaryDirectory("cli-tls")
+    paths.append(directory)
+    let node = NodeProcess(dataDirectory: directory)
+    nodes.append(node)
+    let ca = try TestCertificates.path("ca.pem")
+    let process = try node.launch([
+      "--tls-cert-file", try TestCertificates.path("node.pem"), "--tls-key-file", try TestCertificates.path("node.key"),
+      "--tls-ca-file", ca,
+    ])
+    let https = ["--endpoints", "https://127.0.0.1:\(node.port)", "--cacert", ca]
+    waitUntil("the TLS node to answer the client") {
+      !process.isRunning || (try? caucus(["cluster", "status"] + https).status) == 0
+    }
+    XCTAssertTrue(process.isRunning, node.log())
+    XCTAssertEqual(try caucus(["kv", "put", "k", "secure"] + https).status, 0)
+    XCTAssertEqual(try caucus(["kv", "get", "k", "--raw"] + https).text, "secure")
+    // An http:// endpoint goes over https too once --cacert is given.
+    XCTAssertEqual(try caucus(["kv", "get", "k", "--raw", "--cacert", ca, "--endpoints", "http://127.0.0.1:\(node.port)"]).text, "secure")
+    // Without the cluster CA the certificate is not trusted: no answer, status 3.
+    let untrusted = try caucus(["kv", "get", "k", "--endpoints", "https://127.0.0.1:\(node.port)"])
+    XCTAssertEqual(untrusted.status, 3, untrusted.standardError)
+    XCTAssertTrue(untrusted.standardError.hasPrefix("error: no endpoint reachable: "), untrusted.standardError)
+  }
+
   func testTheTokenComesFromTheFlagOrTheEnvironment() throws {
     let tokens = temporaryDirectory("cli-tokens") + "/tokens.json"
     paths.append(tokens)
@@ -350,7 +376,16 @@ final class CLIClusterTests: XCTestCase {
   }
 
   func testGroupLifecycleMembershipAndClusterStatus() throws {
-    XCTAssertNotNil(agreedLeader(nodes, among: [0, 1, 2]))
+    let dataLeader = try XCTUnwrap(agreedLeader(nodes, among: [0, 1, 2]))
+    // A follower answers a group's status with its own view, where the peers' progress is
+    // unknown: the command asks the leader (found through the cluster) instead.
+    XCTAssertEqual(try caucus(["kv", "put", "k", "v"] + endpoints([dataLeader])).status, 0)
+    let follower = (dataLeader + 1) % 3
+    let viewed = try status("DataRegion-0", through: follower)
+    XCTAssertEqual(viewed["role"] as? String, "leader")
+    let progress = (viewed["peers"] as? [[String: Any]])?.compactMap { $0["matchIndex"] as? Int } ?? []
+    XCTAssertEqual(progress.count, 3, "\(viewed)")
+    XCTAssertTrue(progress.allSatisfy { $0 > 0 }, "every peer's progress, as the leader knows it: \(viewed)")
     let cluster = try caucus(["cluster", "status"] + endpoints([1]))
     XCTAssertEqual(cluster.status, 0, cluster.standardError)
     XCTAssertEqual(cluster.lines.first?.split(separator: " ", omittingEmptySubsequences: true).map(String.init),
