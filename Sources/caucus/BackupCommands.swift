@@ -82,8 +82,8 @@ struct RestoreCommand: ParsableCommand {
     discussion: """
       Checks the file (format, checksum, payload) before anything is sent, creates the group \
       (POST /v1/groups; one that exists is used only when it holds no key, or with --resume), \
-      writes every key in atomic batches of at most 1024 keys and 512 KiB (a key that is not UTF-8, \
-      or too large for a batch, alone by PUT), each with an Idempotency-Key derived from the \
+      writes every key in atomic batches of at most 1024 keys and 512 KiB (a key too large for a \
+      batch alone by PUT), each with an Idempotency-Key derived from the \
       backup's checksum and the batch's number, so a rerun re-sends the same batches and each \
       applies at most once. Then it reads the whole group back and compares it with the backup. \
       Keys get new revisions; the idempotency table and the watch history are not restored. \
@@ -199,8 +199,8 @@ struct RestoreCommand: ParsableCommand {
     enum Body {
       /// The JSON body of `POST /v1/groups/{group}/write`.
       case write(json: [UInt8], keys: Int)
-      /// `PUT /v1/groups/{group}/kv/{key}` with the raw value: a key that is not UTF-8 (the JSON
-      /// write takes only text keys) or too large for a batch.
+      /// `PUT /v1/groups/{group}/kv/{key}` with the raw value: a key and value too large for a
+      /// batch (JSON carries a binary value in base64, a third larger).
       case put(key: [UInt8], value: [UInt8])
     }
     let body: Body
@@ -232,16 +232,16 @@ struct RestoreCommand: ParsableCommand {
     // The JSON around the operations and between two of them.
     let frameBytes = #"{"ops":[]}"#.utf8.count
     for entry in entries {
-      guard String(validating: entry.key, as: UTF8.self) != nil else {
-        flush()
-        batches.append(Batch(body: .put(key: entry.key, value: entry.value), idempotencyKey: key()))
-        continue
-      }
-      var writer = JSONWriter(capacity: 32 + entry.key.count + entry.value.count * 4 / 3)
+      var writer = JSONWriter(capacity: 48 + entry.key.count * 4 / 3 + entry.value.count * 4 / 3)
       writer.beginObject()
       writer.member("op", "put")
-      writer.key("key")
-      writer.string(utf8: entry.key)
+      if String(validating: entry.key, as: UTF8.self) != nil {
+        writer.key("key")
+        writer.string(utf8: entry.key)
+      } else {
+        writer.key("keyBase64")
+        writer.string(utf8: Base64.encode(entry.key))
+      }
       if String(validating: entry.value, as: UTF8.self) != nil {
         writer.key("value")
         writer.string(utf8: entry.value)
@@ -343,10 +343,15 @@ struct RestoreCommand: ParsableCommand {
     var after: [UInt8]? = nil
     var index: UInt64 = 0
     while true {
+      // A key that is not UTF-8 cannot be a query value (the node refuses one that does not decode
+      // to UTF-8): it goes as `afterBase64`.
+      let afterText = after.flatMap { String(validating: $0, as: UTF8.self) }
+      let afterBase64 = afterText == nil ? after.map { String(decoding: Base64.encode($0), as: UTF8.self) } : nil
       let response = try client.call(
         "GET",
         ClientConnection.target(
-          ClientConnection.groupPath(group, "/kv"), bytes: [("limit", Array(String(Self.verifyPageItemsMax).utf8)), ("after", after)]),
+          ClientConnection.groupPath(group, "/kv"),
+          [("limit", String(Self.verifyPageItemsMax)), ("after", afterText), ("afterBase64", afterBase64)]),
         deadlineNanoseconds: requestDeadline(client))
       let page = try client.json(response)
       index = page["index"]?.unsignedIntegerValue ?? index
