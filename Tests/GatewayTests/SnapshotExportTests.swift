@@ -66,6 +66,25 @@ final class SnapshotExportTests: XCTestCase {
     XCTAssertEqual(send("GET", "/v1/groups/DataRegion-0/snapshot?consistency=stale").body, answer.body)
   }
 
+  /// A backup over the limit is `413 payload_too_large` naming the limit, not a partial file.
+  func testABackupOverTheLimitIsRefusedWithTheLimit() throws {
+    XCTAssertEqual(send("PUT", "/v1/groups/DataRegion-0/kv/big", Array(repeating: 0x61, count: 4096)).status, 200)
+    var configuration = gateway.configuration
+    configuration.snapshotExportBytesMax = 1024
+    let limited = Gateway(engine: engine, configuration: configuration)
+    defer { limited.stop() }
+    let answer = waitForCompletion { done in
+      limited.handle(
+        HTTPRequest(method: "GET", target: "/v1/groups/DataRegion-0/snapshot", headers: [], body: []),
+        responder: HTTPResponder { done($0) })
+    }
+    XCTAssertEqual(answer.status, 413, String(decoding: answer.body, as: UTF8.self))
+    let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(answer.body)) as? [String: Any])
+    XCTAssertEqual(object["error"] as? String, "payload_too_large")
+    XCTAssertEqual(object["limitBytes"] as? Int, 1024)
+    XCTAssertEqual(send("GET", "/v1/groups/DataRegion-0/snapshot").status, 200, "the default limit takes it")
+  }
+
   func testBadRequestsAreRefusedAndChangeNothing() throws {
     let before = engine.status(GroupID(.dataRegion, 0))?.commitIndex
     XCTAssertEqual(send("GET", "/v1/groups/DataRegion-0/snapshot?consistency=sometimes").status, 400)
