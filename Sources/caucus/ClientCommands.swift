@@ -13,6 +13,12 @@ enum ReadConsistency: String, ExpressibleByArgument, CaseIterable {
   case linearizable, lease, stale
 }
 
+/// The exit statuses, in every client command's --help.
+let clientExitStatusHelp = """
+  Exit status: 0 the server answered 2xx; 1 it refused (4xx/5xx, the error on stderr as \
+  error: <code>: <message>); 3 no endpoint answered; 64 bad usage.
+  """
+
 /// The group a data command addresses.
 struct DataGroupOption: ParsableArguments {
   @Option(name: [.short, .long], help: "The group.")
@@ -25,6 +31,7 @@ struct KVCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "kv",
     abstract: "Read and write keys of a group.",
+    discussion: clientExitStatusHelp,
     subcommands: [Get.self, Put.self, Delete.self, List.self, Watch.self])
 
   struct Get: ParsableCommand {
@@ -131,30 +138,45 @@ struct KVCommand: ParsableCommand {
     @Flag(name: .long, help: "Follow the pages to the end.") var all = false
     @Option(name: .long, help: "linearizable, lease or stale.") var consistency: ReadConsistency?
 
+    /// Table rows printed aligned together at most: a long `--all` listing prints in blocks of
+    /// this many (each aligned on its own) instead of holding every row until the end.
+    static let tableRowsPerBlockMax = 10_000
+
     func run() throws {
       let client = try ClientConnection(connection)
       var after = self.after.map { Array($0.utf8) }
-      var first = true
+      var rows: [[String]] = []
+      var headerPrinted = false
+      func printRows() {
+        guard !rows.isEmpty || !headerPrinted else { return }
+        printStandardOutput(formatTable(["KEY", "REVISION", "VALUE"], rows, withHeader: !headerPrinted))
+        headerPrinted = true
+        rows.removeAll()
+      }
       while true {
+        // A key that is not UTF-8 (a listing's keyBase64) is named in base64: query values are text.
+        let afterText = after.flatMap { String(validating: $0, as: UTF8.self) }
         let target = ClientConnection.target(
           ClientConnection.groupPath(self.target.group, "/kv"),
-          bytes: [
-            ("prefix", prefix.map { Array($0.utf8) }), ("limit", limit.map { Array(String($0).utf8) }), ("after", after),
-            ("consistency", consistency.map { Array($0.rawValue.utf8) }),
+          [
+            ("prefix", prefix), ("limit", limit.map(String.init)), ("after", afterText),
+            ("afterBase64", afterText == nil ? after.map { String(decoding: Base64.encode($0), as: UTF8.self) } : nil),
+            ("consistency", consistency?.rawValue),
           ])
         let response = try client.call("GET", target)
         let page = try client.json(response)
         let items = page["items"]?.arrayValue ?? []
-        client.emit(json: response.body) {
-          let rows = items.map { item in [keyText(item), cellText(item["revision"]), valueText(item)] }
-          return formatTable(["KEY", "REVISION", "VALUE"], rows, withHeader: first)
+        switch client.output {
+        case .json: printStandardOutput(ClientConnection.oneLine(response.body))
+        case .table:
+          rows += items.map { item in [keyText(item), cellText(item["revision"]), valueText(item)] }
+          if rows.count >= Self.tableRowsPerBlockMax { printRows() }
         }
-        first = false
         let more = page["more"] == .bool(true)
-        guard more, let last = items.last else { return }
+        guard more, let last = items.last else { break }
         guard all else {
           if client.output == .table { printStandardError("(more keys: --after '\(keyText(last))', or --all)") }
-          return
+          break
         }
         // Each page must start past the last: the loop then ends with the keys.
         guard let lastKey = keyBytes(last), after.map({ $0.lexicographicallyPrecedes(lastKey) }) ?? true else {
@@ -163,6 +185,7 @@ struct KVCommand: ParsableCommand {
         }
         after = lastKey
       }
+      if client.output == .table { printRows() }
     }
   }
 
@@ -234,6 +257,7 @@ struct GroupCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "group",
     abstract: "List, create, inspect and delete consensus groups.",
+    discussion: clientExitStatusHelp,
     subcommands: [List.self, Create.self, Delete.self, Status.self, Snapshot.self, TransferLeader.self])
 
   struct List: ParsableCommand {
@@ -372,6 +396,7 @@ struct PeerCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "peer",
     abstract: "Change a group's membership.",
+    discussion: clientExitStatusHelp,
     subcommands: [Add.self, Remove.self, Change.self])
 
   struct Add: ParsableCommand {
@@ -438,7 +463,7 @@ struct PeerCommand: ParsableCommand {
 
 struct ClusterCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
-    commandName: "cluster", abstract: "The cluster's nodes.", subcommands: [Status.self])
+    commandName: "cluster", abstract: "The cluster's nodes.", discussion: clientExitStatusHelp, subcommands: [Status.self])
 
   struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(

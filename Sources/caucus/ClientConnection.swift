@@ -316,12 +316,7 @@ final class ClientConnection {
 
   /// `path?name=value&…` with the values encoded; nil values are left out.
   static func target(_ path: String, _ query: [(String, String?)] = []) -> String {
-    target(path, bytes: query.map { ($0.0, $0.1.map { Array($0.utf8) }) })
-  }
-
-  /// `target` for values that are bytes (a key that is not UTF-8, from a listing's `keyBase64`).
-  static func target(_ path: String, bytes query: [(String, [UInt8]?)]) -> String {
-    let parameters = query.compactMap { name, value in value.map { "\(name)=\(encode(bytes: $0))" } }
+    let parameters = query.compactMap { name, value in value.map { "\(name)=\(encode($0))" } }
     return parameters.isEmpty ? path : path + "?" + parameters.joined(separator: "&")
   }
 

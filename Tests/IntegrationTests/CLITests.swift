@@ -234,6 +234,16 @@ final class CLITests: XCTestCase {
     XCTAssertEqual(listed, keys)
     let after = try caucus(["kv", "list", "--prefix", "p/", "--after", keys[4], "--output", "json"] + endpoints)
     XCTAssertEqual((after.documents.first?["items"] as? [[String: Any]])?.compactMap { $0["key"] as? String }, Array(keys[5...]))
+
+    // Keys that are not UTF-8 come back as keyBase64; --all carries on past them (afterBase64).
+    let http = try HTTPClient(port: node.port)
+    for suffix in ["%FF%01", "%FF%02", "%FF%03"] {
+      XCTAssertEqual(try http.request("PUT", "/v1/groups/DataRegion-0/kv/b" + suffix, text: "x").status, 200)
+    }
+    let binary = try caucus(["kv", "list", "--prefix", "b", "--limit", "1", "--all"] + endpoints)
+    XCTAssertEqual(binary.status, 0, binary.standardError)
+    XCTAssertEqual(binary.lines.dropFirst().map { $0.components(separatedBy: " ").first ?? "" },
+      ["base64:Yv8B", "base64:Yv8C", "base64:Yv8D"], binary.text)
   }
 
   func testABinaryValueGoesInThroughAFileOrStandardInputAndComesBackRaw() throws {
