@@ -318,9 +318,9 @@ enum ScopeRule: Sendable {
   case filtered
   /// Reads a group's status (not its keys): the group must be in scope.
   case group
-  /// Acts on the whole group (create, delete, membership, leadership, snapshot): the group must
-  /// be in scope and the token not restricted to some keys. `POST /v1/groups` names the group
-  /// in its body, which the handler checks.
+  /// Acts on the whole group (create, delete, membership, leadership, snapshot) or reads all of
+  /// it (the backup export): the group must be in scope and the token not restricted to some
+  /// keys. `POST /v1/groups` names the group in its body, which the handler checks.
   case wholeGroup
   /// The key in the path.
   case pathKey
@@ -338,7 +338,8 @@ extension Route.Name {
       return .unrestricted
     case .groupsList: return .filtered
     case .groupGet, .leaderGet: return .group
-    case .groupsCreate, .groupDelete, .peersAdd, .peersChange, .peerRemove, .leaderTransfer, .snapshot: return .wholeGroup
+    case .groupsCreate, .groupDelete, .peersAdd, .peersChange, .peerRemove, .leaderTransfer, .snapshot, .snapshotExport:
+      return .wholeGroup
     case .kvGet, .kvPut, .kvDelete: return .pathKey
     case .kvList, .watch: return .queryPrefix
     case .write, .read: return .bodyKeys

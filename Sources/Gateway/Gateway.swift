@@ -42,6 +42,9 @@ public struct GatewayConfiguration: Sendable {
   public static let metricsGroupsMaxDefault = 100
   /// How `POST /v1/cluster/rebalance`, and the automatic mode, move leadership.
   public var leaderBalance = LeaderBalanceOptions()
+  /// The largest backup `GET /v1/groups/{group}/snapshot` answers (`413` past it); at most
+  /// `GatewayLimits.snapshotExportBytesMax`, lower in tests.
+  public var snapshotExportBytesMax = GatewayLimits.snapshotExportBytesMax
   /// A deliberately wrong rule, for proving `caucus torture` catches it: linearizable and lease
   /// reads are served from this node's replica as it is (stale reads). Package access: only the
   /// `caucus` executable sets it, and only when `caucus torture --plant-bug local-reads` asks.
@@ -106,6 +109,10 @@ public final class Gateway: HTTPHandler {
     configuration.leaderBalance.validate()
     // The directory lists its nodes in one page of a member's key-value listing.
     precondition(ClusterDirectory.nodesMax <= GatewayLimits.listItemsMax, "a directory listing fits one page")
+    // A follower relays a backup through a peer client that takes at most this much.
+    precondition(
+      (1...GatewayLimits.snapshotExportBytesMax).contains(configuration.snapshotExportBytesMax),
+      "snapshotExportBytesMax \(configuration.snapshotExportBytesMax) outside 1...\(GatewayLimits.snapshotExportBytesMax)")
     scheduleAutomaticLeaderBalance()
   }
 
@@ -286,6 +293,8 @@ public final class Gateway: HTTPHandler {
           exchange.respond(json: writer.bytes, headers: leaderHeaders(group) + [("X-Caucus-Index", String(info.index))])
         }
       }
+    case .snapshotExport(let group):
+      try exportSnapshot(group, exchange)
     }
   }
 
@@ -481,6 +490,32 @@ public final class Gateway: HTTPHandler {
     }
   }
 
+  /// `GET /v1/groups/{group}/snapshot`: the group's whole state as a backup file (`KVBackup`).
+  /// One read takes it, and the engine runs a query between two applies, so it is exactly the
+  /// state at the index it names; a linearizable read (the default) reflects every write
+  /// acknowledged before the request. Built in memory, bounded by `snapshotExportBytesMax` (the
+  /// state machine builds its snapshot whole before the size is known).
+  private func exportSnapshot(_ group: GroupID, _ exchange: Exchange) throws(GatewayError) {
+    let options = try readOptions(exchange.query)
+    read(group, [.snapshot], options, exchange) { [self] index, results in
+      guard case .snapshot(let payload) = results.first else { throw GatewayError.internal("the read answered the wrong shape") }
+      let backup = KVBackup(group: group, index: index, payload: payload)
+      let bytes = backup.encode()
+      let bytesMax = configuration.snapshotExportBytesMax
+      guard bytes.count <= bytesMax else {
+        throw GatewayError.payloadTooLarge(
+          "the backup of \(group) is \(bytes.count) bytes; a node answers at most \(bytesMax) in one response "
+            + "(back up from a copy of the data directory instead)",
+          limitBytes: bytesMax)
+      }
+      var headers = leaderHeaders(group)
+      headers.append(("X-Caucus-Index", String(index)))
+      headers.append(("Content-Type", "application/octet-stream"))
+      headers.append(("Content-Disposition", "attachment; filename=\"\(backup.fileName)\""))
+      return HTTPResponse(status: 200, headers: headers, body: bytes)
+    }
+  }
+
   private func listKeys(_ group: GroupID, _ exchange: Exchange) throws(GatewayError) {
     let query = exchange.query
     let options = try readOptions(query)
@@ -545,6 +580,7 @@ public final class Gateway: HTTPHandler {
       keys: queries.map { query in
         switch query {
         case .get(let key): return key
+        case .snapshot: return []  // every key (before a `return prefix`, which would modify the next `case`)
         case .list(let prefix, _, _), .changes(_, let prefix, _): return prefix
         }
       })
@@ -1401,6 +1437,10 @@ public enum GatewayLimits {
   /// Operations in one generic read: with list pages bounded in bytes by the state machine, this
   /// bounds the size of one answer.
   public static let readOperationsMax = 128
+  /// The largest backup one `GET /v1/groups/{group}/snapshot` answers: the whole state is built in
+  /// memory (it lives there anyway), and a follower relays the leader's answer through its peer
+  /// client, which takes at most as much (`PeerClientConfiguration.responseBytesMax`).
+  public static let snapshotExportBytesMax = 64 << 20
 }
 
 let jsonContentType = (name: "Content-Type", value: HTTPResponse.jsonContentType)

@@ -70,7 +70,10 @@ enum Route: Equatable, Sendable {
   case peerRemove(GroupID, NodeID)
   case leaderGet(GroupID)
   case leaderTransfer(GroupID)
+  /// `POST /v1/groups/{group}/snapshot`: compacts the log (triggerSnapshot).
   case snapshot(GroupID)
+  /// `GET`/`HEAD /v1/groups/{group}/snapshot`: the group's whole state as a backup file.
+  case snapshotExport(GroupID)
 
   /// The routes by name: metric and log labels, and the list tests iterate so that no route
   /// escapes them.
@@ -96,6 +99,7 @@ enum Route: Equatable, Sendable {
     case leaderGet = "leader_get"
     case leaderTransfer = "leader_transfer"
     case snapshot
+    case snapshotExport = "snapshot_export"
 
     /// The label of a request that matched no route.
     static let unmatchedLabel = "not_found"
@@ -105,7 +109,8 @@ enum Route: Equatable, Sendable {
     var permission: Permission {
       switch self {
       case .healthz: return .open
-      case .root, .readyz, .metrics, .node, .cluster, .groupsList, .groupGet, .kvGet, .kvList, .read, .watch, .leaderGet:
+      case .root, .readyz, .metrics, .node, .cluster, .groupsList, .groupGet, .kvGet, .kvList, .read, .watch, .leaderGet,
+        .snapshotExport:
         return .read
       case .kvPut, .kvDelete, .write: return .write
       case .nodeGroupsCreate, .nodeGroupsDelete, .clusterNodesRegister, .clusterRebalance, .groupsCreate, .groupDelete,
@@ -119,7 +124,7 @@ enum Route: Equatable, Sendable {
     var changesState: Bool {
       switch self {
       case .root, .healthz, .readyz, .metrics, .node, .cluster, .groupsList, .groupGet, .kvGet, .kvList, .read, .watch,
-        .leaderGet:
+        .leaderGet, .snapshotExport:
         return false
       case .nodeGroupsCreate, .nodeGroupsDelete, .clusterNodesRegister, .clusterRebalance, .groupsCreate, .groupDelete,
         .kvPut, .kvDelete, .write, .peersAdd, .peersChange, .peerRemove, .leaderTransfer, .snapshot:
@@ -133,7 +138,8 @@ enum Route: Equatable, Sendable {
     var endsAtRequestDeadline: Bool {
       switch self {
       case .kvPut, .kvDelete, .write, .groupsCreate, .groupDelete, .clusterNodesRegister, .nodeGroupsCreate,
-        .nodeGroupsDelete, .peersAdd, .peersChange, .peerRemove, .leaderTransfer, .snapshot, .kvGet, .kvList, .read:
+        .nodeGroupsDelete, .peersAdd, .peersChange, .peerRemove, .leaderTransfer, .snapshot, .kvGet, .kvList, .read,
+        .snapshotExport:
         return true
       case .root, .healthz, .readyz, .metrics, .node, .cluster, .clusterRebalance, .groupsList, .groupGet, .watch,
         .leaderGet:
@@ -151,7 +157,7 @@ enum Route: Equatable, Sendable {
     var takesForwardMode: Bool {
       switch self {
       case .groupGet, .groupDelete, .kvGet, .kvPut, .kvDelete, .kvList, .write, .read, .watch, .peersAdd, .peersChange,
-        .peerRemove, .leaderGet, .leaderTransfer, .snapshot:
+        .peerRemove, .leaderGet, .leaderTransfer, .snapshot, .snapshotExport:
         return true
       case .root, .healthz, .readyz, .metrics, .node, .nodeGroupsCreate, .nodeGroupsDelete, .cluster, .clusterNodesRegister,
         .clusterRebalance, .groupsList, .groupsCreate:
@@ -189,6 +195,7 @@ enum Route: Equatable, Sendable {
     case .leaderGet: return .leaderGet
     case .leaderTransfer: return .leaderTransfer
     case .snapshot: return .snapshot
+    case .snapshotExport: return .snapshotExport
     }
   }
 
@@ -202,7 +209,7 @@ enum Route: Equatable, Sendable {
     case .nodeGroupsDelete(let group), .groupGet(let group), .groupDelete(let group), .kvGet(let group, _),
       .kvPut(let group, _), .kvDelete(let group, _), .kvList(let group), .write(let group), .read(let group),
       .watch(let group), .peersAdd(let group), .peersChange(let group), .peerRemove(let group, _),
-      .leaderGet(let group), .leaderTransfer(let group), .snapshot(let group):
+      .leaderGet(let group), .leaderTransfer(let group), .snapshot(let group), .snapshotExport(let group):
       return group
     case .root, .healthz, .readyz, .metrics, .node, .nodeGroupsCreate, .cluster, .clusterNodesRegister, .clusterRebalance,
       .groupsList, .groupsCreate:
@@ -388,10 +395,11 @@ enum Route: Equatable, Sendable {
       try allow("GET", "HEAD", "POST")
       return method == "POST" ? .leaderTransfer(id) : .leaderGet(id)
     case "snapshot":
-      name = .snapshot
+      // The same path for two endpoints: POST compacts the log, GET exports the state.
+      name = method == "POST" ? .snapshot : .snapshotExport
       guard rest.count == 3 else { throw fail(.notFound) }
-      try allow("POST")
-      return .snapshot(id)
+      try allow("GET", "HEAD", "POST")
+      return method == "POST" ? .snapshot(id) : .snapshotExport(id)
     default:
       throw fail(.notFound)
     }

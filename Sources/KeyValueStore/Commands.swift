@@ -70,6 +70,9 @@ public enum KVQuery: Sendable, Equatable {
   case list(prefix: KVBytes, after: KVBytes?, limit: Int)
   /// Recent changes with index > `after` to keys starting with `prefix` (what a watch reports).
   case changes(after: UInt64, prefix: KVBytes, limit: Int)
+  /// The state machine's whole snapshot (`takeSnapshot()`): a backup of the group exactly at the
+  /// index the read observed, since the engine runs a query between two applies.
+  case snapshot
 }
 
 public enum KVQueryResult: Sendable, Equatable {
@@ -77,6 +80,8 @@ public enum KVQueryResult: Sendable, Equatable {
   case list(items: [KVEntry], more: Bool)
   /// `compactedBefore` is set when changes after the asked index are no longer retained.
   case changes(events: [KVChangeEvent], compactedBefore: UInt64?)
+  /// The snapshot bytes (`KeyValueStateMachine.takeSnapshot()` format).
+  case snapshot(KVBytes)
 }
 
 /// Limits the state machine enforces on every command it decodes.

@@ -23,10 +23,12 @@
 ///                           2 list: bytes prefix (0...4096), optional bytes after (0...4096),
 ///                                   u64 limit (0...10000)
 ///                           3 changes: u64 after, bytes prefix (0...4096), u64 limit (0...10000)
+///                           4 snapshot: nothing more
 ///     results     = version, u32 count (0...1024), result*count
 ///     result      = u8 tag: 1 get: optional entry
 ///                           2 list: u32 count (0...10000), entry*count, u8 more
 ///                           3 changes: u32 count (0...10000), change*count, optional u64 compactedBefore
+///                           4 snapshot: bytes snapshot (the state machine's snapshot format)
 ///     change      = u8 kind (1 put, 2 delete), u64 index, bytes key, bytes value
 ///     entry       = bytes key, bytes value, u64 revision
 ///
@@ -239,6 +241,8 @@ public enum KVCodec {
         writer.writeUInt64(after)
         writer.writeLengthPrefixed(prefix)
         writer.writeUInt64(UInt64(bitPattern: Int64(limit)))
+      case .snapshot:
+        writer.writeUInt8(QueryTag.snapshot)
       }
     }
     return writer.bytes
@@ -278,6 +282,8 @@ public enum KVCodec {
             field: "changes limit", value: limit, minimum: 0, maximum: UInt64(KVLimits.listLimitMax))
         }
         queries.append(.changes(after: after, prefix: prefix, limit: Int(limit)))
+      case QueryTag.snapshot:
+        queries.append(.snapshot)
       default:
         throw KVCodecError.invalidTag(field: "query", value: tag)
       }
@@ -322,6 +328,9 @@ public enum KVCodec {
         } else {
           writer.writeBool(false)
         }
+      case .snapshot(let snapshot):
+        writer.writeUInt8(QueryTag.snapshot)
+        writer.writeLengthPrefixed(snapshot)
       }
     }
     return writer.bytes
@@ -363,6 +372,8 @@ public enum KVCodec {
         }
         let compactedBefore: UInt64? = try reader.readBool(field: "compacted flag") ? try reader.readUInt64() : nil
         results.append(.changes(events: events, compactedBefore: compactedBefore))
+      case QueryTag.snapshot:
+        results.append(.snapshot(try reader.readLengthPrefixed(field: "snapshot length")))
       default:
         throw KVCodecError.invalidTag(field: "query result", value: tag)
       }
@@ -394,6 +405,7 @@ public enum KVCodec {
     static let get: UInt8 = 1
     static let list: UInt8 = 2
     static let changes: UInt8 = 3
+    static let snapshot: UInt8 = 4
   }
 
   enum ChangeTag {

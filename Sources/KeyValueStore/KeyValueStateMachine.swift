@@ -112,6 +112,8 @@ public final class KeyValueStateMachine: StateMachine {
     case .changes(let after, let prefix, let limit):
       let found = changes(after: after, prefix: prefix, limit: limit)
       return .changes(events: found.events, compactedBefore: found.compactedBefore)
+    case .snapshot:
+      return .snapshot(takeSnapshot())
     }
   }
 

@@ -222,6 +222,13 @@ public enum Failpoints {
   /// Every failpoint's name, what the variable accepts (a torture harness picks from these).
   public static let names: [String] = all.map(\.name)
 
+  /// `caucus restore`, after a batch was applied (answered 2xx), before the next is sent: a
+  /// restore that dies partway, for tests of `--resume`.
+  public static let restoreAfterBatch = Failpoint(name: "restore-after-batch", actions: [.crash])
+  /// The points of the client commands, which arm them from the same variable; kept apart from
+  /// `all`, which a `caucus serve` process arms and a torture harness picks from.
+  public static let clientPoints: [Failpoint] = [restoreAfterBatch]
+
   /// The longest value accepted: far more than every point armed once.
   public static let variableBytesMax = 4096
   /// Items at most in one value (each point once, with room for the list to grow).
@@ -266,11 +273,11 @@ public enum Failpoints {
     return armings
   }
 
-  /// Reads the variable, parses it and arms what it names. Call once, at start, before the
-  /// threads that pass the points run. Returns what it armed (empty when the variable is unset).
-  public static func armFromEnvironment() throws(FailpointConfigurationError) -> [FailpointArming] {
+  /// Reads the variable, parses it and arms what it names among `points` (a client command
+  /// passes `clientPoints`). Call once, at start, before the threads that pass the points run. Returns what it armed (empty when the variable is unset).
+  public static func armFromEnvironment(points: [Failpoint] = all) throws(FailpointConfigurationError) -> [FailpointArming] {
     guard let value = getenv(environmentVariable) else { return [] }
-    let armings = try parse(String(cString: value))
+    let armings = try parse(String(cString: value), points: points)
     for arming in armings { arming.point.arm(arming.action, hit: arming.hit) }
     return armings
   }

@@ -18,7 +18,7 @@ struct Caucus: ParsableCommand {
     version: caucusVersion,
     subcommands: [
       Serve.self, DevCluster.self, Torture.self, TokenCommand.self, KVCommand.self, GroupCommand.self, PeerCommand.self,
-      ClusterCommand.self,
+      ClusterCommand.self, BackupCommand.self, RestoreCommand.self,
     ],
     defaultSubcommand: Serve.self)
 }

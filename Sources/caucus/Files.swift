@@ -9,12 +9,17 @@ func readTextFile(_ path: String) -> String? {
 /// Write to a temporary file, fsync, rename over `path`, fsync the directory: after a crash the
 /// file holds either the old text or the new, never a mix.
 func writeTextFileDurably(_ path: String, _ text: String) throws {
+  try writeFileDurably(path, Array(text.utf8))
+}
+
+/// `writeTextFileDurably` for bytes.
+func writeFileDurably(_ path: String, _ bytes: [UInt8]) throws {
   let temporary = path + ".tmp"
   let file = try File.open(temporary, mode: .writeCreateTruncate)
-  try file.write(all: Array(text.utf8))
+  try file.write(all: bytes)
   try file.sync()
   try file.close()
   try FileSystem.rename(temporary, to: path)
   let directory = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-  try FileSystem.syncDirectory(directory.isEmpty ? "." : directory)
+  try FileSystem.syncDirectory(directory.isEmpty ? (path.hasPrefix("/") ? "/" : ".") : directory)
 }

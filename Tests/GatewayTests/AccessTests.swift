@@ -280,6 +280,26 @@ final class AccessTests: XCTestCase {
     XCTAssertEqual(send("POST", "/v1/groups", #"{"id":"DataRegion-0"}"#, token: "admin-of-other-groups").status, 403)
   }
 
+  /// The backup export reads the whole group: a read token reaches it, a token limited to a key
+  /// prefix never does (even one with the prefix of every key there), and a group-scoped token
+  /// only for its groups.
+  func testTheSnapshotExportNeedsReadAndATokenNotLimitedToKeys() {
+    let target = "/v1/groups/DataRegion-0/snapshot"
+    let read = send("GET", target, token: "reader")
+    XCTAssertEqual(read.status, 200, text(read))
+    XCTAssertEqual(header(read, "Content-Type"), "application/octet-stream")
+    XCTAssertEqual(Array(read.body.prefix(8)), Array("CAUCUSBK".utf8))
+    XCTAssertEqual(send("HEAD", target, token: "reader").status, 200)
+    for token in ["writer-of-users", "admin-of-other-keys"] {
+      let refused = send("GET", target, token: token)
+      XCTAssertEqual(refused.status, 403, "\(token): \(text(refused))")
+      XCTAssertEqual(code(refused), "forbidden")
+      XCTAssertTrue(text(refused).contains("the whole group"), text(refused))
+    }
+    XCTAssertEqual(send("GET", target, token: "admin-of-other-groups").status, 403)
+    XCTAssertEqual(send("GET", target).status, 401)
+  }
+
   /// Issue 13, point 5d: a key prefix named in base64 (`prefixBase64`, `keyBase64`) is held to the
   /// token's key prefix as its text form is: base64 is no way around the scope.
   func testAScopedTokenCannotGetAroundItsKeyPrefixWithBase64() {

@@ -45,7 +45,7 @@ final class ForwardModeTests: XCTestCase {
   /// others). The rest (operational, node-local, cluster, the group list and creation) never are.
   private let forwarded: Set<Route.Name> = [
     .groupGet, .groupDelete, .kvGet, .kvPut, .kvDelete, .kvList, .write, .read, .watch, .peersAdd, .peersChange,
-    .peerRemove, .leaderGet, .leaderTransfer, .snapshot,
+    .peerRemove, .leaderGet, .leaderTransfer, .snapshot, .snapshotExport,
   ]
 
   func testTheRoutesThatMayBeForwardedTakeForward() {

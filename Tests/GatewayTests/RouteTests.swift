@@ -39,6 +39,7 @@ func sampleRequest(
   case .leaderGet: return ("GET", "\(g)/leader", "")
   case .leaderTransfer: return ("POST", "\(g)/leader", #"{"id":\#(node)}"#)
   case .snapshot: return ("POST", "\(g)/snapshot", "")
+  case .snapshotExport: return ("GET", "\(g)/snapshot", "")
   }
 }
 
@@ -123,6 +124,21 @@ final class RouteTests: XCTestCase {
     expect("GET", "/v1/cluster/x", status: "404", label: "cluster")
     expect("GET", "/v1/cluster/rebalance", status: "405 POST", label: "cluster_rebalance")
     expect("GET", "relative", status: "404", label: "not_found")
+    // One path, two endpoints: POST compacts the log, GET and HEAD export the state.
+    expect("PUT", "/v1/groups/DataRegion-1/snapshot", status: "405 GET,HEAD,POST", label: "snapshot_export")
+    expect("GET", "/v1/groups/DataRegion-1/snapshot/x", status: "404", label: "snapshot_export")
+  }
+
+  func testTheSnapshotPathIsTwoRoutesByMethod() throws {
+    let group = try XCTUnwrap(GroupID("DataRegion-4"))
+    XCTAssertEqual(try match("POST", "/v1/groups/DataRegion-4/snapshot").get(), .snapshot(group))
+    XCTAssertEqual(try match("GET", "/v1/groups/DataRegion-4/snapshot?consistency=stale").get(), .snapshotExport(group))
+    XCTAssertEqual(try match("HEAD", "/v1/groups/DataRegion-4/snapshot").get(), .snapshotExport(group))
+    // The export reads every key: a read token without a key prefix, never a key-prefix one.
+    XCTAssertEqual(Route.Name.snapshotExport.permission, .read)
+    XCTAssertEqual(Route.Name.snapshotExport.scopeRule, .wholeGroup)
+    XCTAssertFalse(Route.Name.snapshotExport.changesState)
+    XCTAssertTrue(Route.Name.snapshotExport.takesForwardMode)
   }
 
   /// The route facts that steer behaviour, by name: what needs admin, what changes state, what
@@ -146,7 +162,7 @@ final class RouteTests: XCTestCase {
       [
         "kv_put", "kv_delete", "write", "groups_create", "group_delete", "cluster_nodes_register", "node_groups_create",
         "node_groups_delete", "peers_add", "peers_change", "peer_remove", "leader_transfer", "snapshot", "kv_get",
-        "kv_list", "read",
+        "kv_list", "read", "snapshot_export",
       ])
     XCTAssertEqual(Set(Route.Name.allCases.filter(\.isNodeLocal).map(\.rawValue)), ["node", "node_groups_create", "node_groups_delete"])
   }

@@ -52,6 +52,7 @@ final class KVCodecTests: XCTestCase {
       .list(prefix: b("a/"), after: [], limit: 10),
       .get(key: [0x00]),
     ],
+    [.snapshot, .get(key: [0x01]), .snapshot],
   ]
 
   static let resultSets: [[KVQueryResult]] = [
@@ -67,6 +68,7 @@ final class KVCodecTests: XCTestCase {
           KVEntry(key: [0xFF, 0xFF], value: binaryValue, revision: .max),
         ], more: true),
     ],
+    [.snapshot([]), .snapshot(binaryValue), .get(nil)],
   ]
 
   // MARK: Round trips
@@ -226,8 +228,8 @@ final class KVCodecTests: XCTestCase {
     XCTAssertThrowsError(try KVCodec.decodeWriteOutcome([1, 5])) {
       XCTAssertEqual($0 as? KVCodecError, .invalidTag(field: "outcome", value: 5))
     }
-    XCTAssertThrowsError(try KVCodec.decodeQueries([1, 1, 0, 0, 0, 4])) {
-      XCTAssertEqual($0 as? KVCodecError, .invalidTag(field: "query", value: 4))
+    XCTAssertThrowsError(try KVCodec.decodeQueries([1, 1, 0, 0, 0, 5])) {
+      XCTAssertEqual($0 as? KVCodecError, .invalidTag(field: "query", value: 5))
     }
     XCTAssertThrowsError(try KVCodec.decodeQueryResults([1, 1, 0, 0, 0, 1, 2])) {
       XCTAssertEqual($0 as? KVCodecError, .invalidTag(field: "entry flag", value: 2))

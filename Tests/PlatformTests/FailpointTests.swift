@@ -18,6 +18,19 @@ final class FailpointTests: XCTestCase {
     XCTAssertTrue(Failpoints.all.allSatisfy { !$0.isArmed }, "the test process arms nothing")
   }
 
+  /// The client commands' points are armed from the same variable, but apart from the node's:
+  /// a torture harness never picks them, and a node does not accept them.
+  func testTheClientPointsAreApartFromTheNodes() throws {
+    XCTAssertEqual(Failpoints.clientPoints.map(\.name), ["restore-after-batch"])
+    XCTAssertTrue(Set(Failpoints.clientPoints.map(\.name)).isDisjoint(with: Failpoints.names))
+    let armed = try Failpoints.parse("restore-after-batch:crash:2", points: Failpoints.clientPoints)
+    XCTAssertTrue(armed.first?.point === Failpoints.restoreAfterBatch)
+    XCTAssertThrowsError(try Failpoints.parse("restore-after-batch:crash:2")) {
+      XCTAssertEqual(($0 as? FailpointConfigurationError)?.reason, .unknownName)
+    }
+    XCTAssertThrowsError(try Failpoints.parse("wal-fsync:crash:2", points: Failpoints.clientPoints))
+  }
+
   func testGoodValuesParse() throws {
     let one = try Failpoints.parse("wal-after-append-before-fsync:crash:37")
     XCTAssertEqual(one.map(\.description), ["wal-after-append-before-fsync:crash:37"])

@@ -1,0 +1,98 @@
+import Consensus
+import Foundation
+@testable import Gateway
+import HTTPServer
+import KeyValueStore
+import Platform
+import StandaloneConsensus
+import XCTest
+
+/// `GET /v1/groups/{group}/snapshot` through the gateway on a standalone engine: the file decodes
+/// to the group's keys at the index the headers name, and bad requests change nothing.
+final class SnapshotExportTests: XCTestCase {
+  private var dataDirectory = ""
+  private var engine: StandaloneConsensus!
+  private var gateway: Gateway!
+  private let local = Peer(node: NodeID(1), endpoint: Endpoint(host: "127.0.0.1", port: 40010))
+
+  override func setUpWithError() throws {
+    dataDirectory = NSTemporaryDirectory() + "caucus-export-\(UUID().uuidString.prefix(8))"
+    var registry = StateMachineRegistry()
+    registry.registerDefault { _ in KeyValueStateMachine() }
+    engine = StandaloneConsensus(config: ConsensusConfig(localPeer: local, dataDirectory: dataDirectory, registry: registry))
+    try engine.start()
+    try waitForCompletion { self.engine.createPeer(GroupID(.dataRegion, 0), peers: [self.local], completion: $0) }.get()
+    gateway = Gateway(
+      engine: engine,
+      configuration: GatewayConfiguration(
+        clientURL: "http://127.0.0.1:6667", dataDirectory: dataDirectory, version: "test", members: [local]))
+  }
+
+  override func tearDown() {
+    gateway.stop()
+    engine.stop()
+    try? FileManager.default.removeItem(atPath: dataDirectory)
+  }
+
+  private func send(_ method: String, _ target: String, _ body: [UInt8] = []) -> HTTPResponse {
+    waitForCompletion { done in
+      gateway.handle(HTTPRequest(method: method, target: target, headers: [], body: body), responder: HTTPResponder { done($0) })
+    }
+  }
+
+  private func header(_ response: HTTPResponse, _ name: String) -> String? {
+    response.headers.first { $0.name.lowercased() == name.lowercased() }?.value
+  }
+
+  func testTheExportIsTheGroupsStateAtTheIndexItNames() throws {
+    XCTAssertEqual(send("PUT", "/v1/groups/DataRegion-0/kv/a/b", Array("slashes".utf8)).status, 200)
+    XCTAssertEqual(send("PUT", "/v1/groups/DataRegion-0/kv/%FF%00", [0xFF, 0x00, 0x01]).status, 200)
+    let last = send("PUT", "/v1/groups/DataRegion-0/kv/a/b", Array("again".utf8))
+    XCTAssertEqual(last.status, 200)
+
+    let answer = send("GET", "/v1/groups/DataRegion-0/snapshot")
+    XCTAssertEqual(answer.status, 200, String(decoding: answer.body, as: UTF8.self))
+    let index = try XCTUnwrap(header(answer, "X-Caucus-Index").flatMap { UInt64($0) })
+    XCTAssertEqual(header(answer, "X-Caucus-Index"), header(last, "X-Caucus-Index"), "the last write's index")
+    XCTAssertEqual(header(answer, "Content-Type"), "application/octet-stream")
+    XCTAssertEqual(header(answer, "Content-Disposition"), "attachment; filename=\"DataRegion-0-\(index).caucus-backup\"")
+    let backup = try KVBackup.decode(answer.body)
+    XCTAssertEqual(backup.group, GroupID(.dataRegion, 0))
+    XCTAssertEqual(backup.index, index)
+    XCTAssertEqual(
+      try backup.entries().map { [$0.key, $0.value] },
+      [[Array("a/b".utf8), Array("again".utf8)], [[0xFF, 0x00], [0xFF, 0x00, 0x01]]])
+    // A later export of an unchanged group is the same file.
+    XCTAssertEqual(send("GET", "/v1/groups/DataRegion-0/snapshot?consistency=stale").body, answer.body)
+  }
+
+  /// A backup over the limit is `413 payload_too_large` naming the limit, not a partial file.
+  func testABackupOverTheLimitIsRefusedWithTheLimit() throws {
+    XCTAssertEqual(send("PUT", "/v1/groups/DataRegion-0/kv/big", Array(repeating: 0x61, count: 4096)).status, 200)
+    var configuration = gateway.configuration
+    configuration.snapshotExportBytesMax = 1024
+    let limited = Gateway(engine: engine, configuration: configuration)
+    defer { limited.stop() }
+    let answer = waitForCompletion { done in
+      limited.handle(
+        HTTPRequest(method: "GET", target: "/v1/groups/DataRegion-0/snapshot", headers: [], body: []),
+        responder: HTTPResponder { done($0) })
+    }
+    XCTAssertEqual(answer.status, 413, String(decoding: answer.body, as: UTF8.self))
+    let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(answer.body)) as? [String: Any])
+    XCTAssertEqual(object["error"] as? String, "payload_too_large")
+    XCTAssertEqual(object["limitBytes"] as? Int, 1024)
+    XCTAssertEqual(send("GET", "/v1/groups/DataRegion-0/snapshot").status, 200, "the default limit takes it")
+  }
+
+  func testBadRequestsAreRefusedAndChangeNothing() throws {
+    let before = engine.status(GroupID(.dataRegion, 0))?.commitIndex
+    XCTAssertEqual(send("GET", "/v1/groups/DataRegion-0/snapshot?consistency=sometimes").status, 400)
+    XCTAssertEqual(send("GET", "/v1/groups/DataRegion-0/snapshot?minIndex=x").status, 400)
+    XCTAssertEqual(send("GET", "/v1/groups/DataRegion-3/snapshot").status, 404)
+    XCTAssertEqual(send("GET", "/v1/groups/Nope-3/snapshot").status, 400)
+    let wrongMethod = send("PUT", "/v1/groups/DataRegion-0/snapshot")
+    XCTAssertEqual(wrongMethod.status, 405)
+    XCTAssertEqual(engine.status(GroupID(.dataRegion, 0))?.commitIndex, before)
+  }
+}
