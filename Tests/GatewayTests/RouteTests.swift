@@ -167,3 +167,57 @@ final class RouteTests: XCTestCase {
     XCTAssertEqual(Set(Route.Name.allCases.filter(\.isNodeLocal).map(\.rawValue)), ["node", "node_groups_create", "node_groups_delete"])
   }
 }
+
+/// The spec and the router describe one surface (issue 13: "the spec validates and matches the
+/// routes"): every operation of openapi.yaml is matched by the router to a route whose permission
+/// is the operation's `x-caucus-role`, and every route is some operation of the spec.
+/// `scripts/validate-openapi.sh` checks the spec against API.md's contract; this closes the loop to
+/// the code.
+final class SpecRouteTests: XCTestCase {
+  /// (method, path template, x-caucus-role) of each operation, read from the spec's layout: a path
+  /// at two spaces of indent, its methods at four, each method's role at six.
+  private func specOperations() throws -> [(method: String, path: String, role: String?)] {
+    let specPath = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../openapi.yaml").path
+    let text = try String(contentsOfFile: specPath, encoding: .utf8)
+    var operations: [(method: String, path: String, role: String?)] = []
+    var inPaths = false
+    var path: String?
+    for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+      if line == "paths:" { inPaths = true; continue }
+      if inPaths, !line.isEmpty, !line.hasPrefix(" ") { break }  // the next top-level section
+      guard inPaths else { continue }
+      if line.hasPrefix("  /"), line.hasSuffix(":"), !line.hasPrefix("   ") {
+        path = String(line.dropFirst(2).dropLast())
+      } else if let path, line.hasPrefix("    "), !line.hasPrefix("     "),
+        let method = ["get", "put", "post", "delete", "head", "patch"].first(where: { line == "    \($0):" })
+      {
+        operations.append((method.uppercased(), path, nil))
+      } else if line.hasPrefix("      x-caucus-role: "), !operations.isEmpty {
+        operations[operations.count - 1].role = String(line.dropFirst("      x-caucus-role: ".count))
+      }
+    }
+    return operations
+  }
+
+  func testEveryOperationOfTheSpecIsARouteWithItsRoleAndEveryRouteIsInTheSpec() throws {
+    let operations = try specOperations()
+    XCTAssertGreaterThanOrEqual(operations.count, Route.Name.allCases.count, "the spec was read: \(operations.count) operations")
+    var covered: Set<Route.Name> = []
+    for operation in operations {
+      let concrete = operation.path
+        .replacingOccurrences(of: "{group}", with: "DataRegion-0")
+        .replacingOccurrences(of: "{key}", with: "k")
+        .replacingOccurrences(of: "{nodeId}", with: "2")
+      guard case .success(let route) = Route.match(method: operation.method, path: Substring(concrete)) else {
+        XCTFail("\(operation.method) \(operation.path) is in openapi.yaml but the router does not take it")
+        continue
+      }
+      covered.insert(route.name)
+      XCTAssertEqual(
+        operation.role, route.name.permission.description,
+        "\(operation.method) \(operation.path): x-caucus-role against the route's permission")
+    }
+    let missing = Set(Route.Name.allCases).subtracting(covered)
+    XCTAssertTrue(missing.isEmpty, "routes the spec does not describe: \(missing.map(\.rawValue).sorted())")
+  }
+}
