@@ -7,7 +7,8 @@
 #
 # Checks:
 #   1. openapi-spec-validator accepts the document.
-#   2. The operations are exactly the contract's (method, path) pairs: none missing, none extra.
+#   2. The operations are exactly the contract's (method, path) pairs plus the known additions
+#      (ADDITION_OPERATIONS): none missing, none extra.
 #   3. The Error schema's `error` enum holds exactly the codes of API.md's error table plus the
 #      known additions (ADDITION_CODES).
 #   4. Every operation has a camelCase operationId (unique) and a known tag; every response
@@ -17,7 +18,7 @@
 #   5. Every example in a media type or schema validates against its schema.
 #   6. Authentication: the bearerAuth scheme (http bearer) is required globally; every operation
 #      names its role in x-caucus-role, as the contract's ROLES below (the gateway's
-#      Route.Name.permission); the open one (/healthz) has `security: []` and no 401/403, every
+#      Route.Name.permission); the open ones (/healthz, /ui) have `security: []` and no 401/403, every
 #      other answers 401, and every one a token can be too weak or scoped wrong for answers 403.
 set -euo pipefail
 
@@ -83,6 +84,11 @@ CONTRACT = {
     ("GET", "/v1/groups/{group}/watch"),
 }
 
+# Operations beyond API.md, documented as additions in the spec: the dashboard page.
+ADDITION_OPERATIONS = {
+    ("GET", "/ui"),
+}
+
 # The role each operation needs (Route.Name.permission in Sources/Gateway/Route.swift). /metrics
 # and /readyz need `read` only when a node is started so (their security makes the token optional).
 ROLES = {
@@ -98,6 +104,7 @@ ROLES = {
     ("PUT", "/v1/groups/{group}/kv/{key}"): "write", ("DELETE", "/v1/groups/{group}/kv/{key}"): "write",
     ("POST", "/v1/groups/{group}/write"): "write", ("POST", "/v1/groups/{group}/read"): "read",
     ("GET", "/v1/groups/{group}/watch"): "read",
+    ("GET", "/ui"): "open",
 }
 # Operations no token can fail by role or scope (any token reaches them): they answer 401, not 403.
 NEVER_FORBIDDEN = {("GET", "/")}
@@ -227,7 +234,9 @@ if {"bearerAuth": []} not in spec.get("security", []):
 
 for method, path in sorted(CONTRACT - operations):
     failures.append(f"{method} {path}: in API.md but missing from openapi.yaml")
-for method, path in sorted(operations - CONTRACT):
+for method, path in sorted(ADDITION_OPERATIONS - operations):
+    failures.append(f"{method} {path}: an addition (ADDITION_OPERATIONS) missing from openapi.yaml")
+for method, path in sorted(operations - CONTRACT - ADDITION_OPERATIONS):
     failures.append(f"{method} {path}: in openapi.yaml but not in API.md (add it to both, and to this list)")
 
 enum = set(spec["components"]["schemas"]["Error"]["properties"]["error"]["enum"])
