@@ -74,14 +74,15 @@ enum Dashboard {
     </form>
     <main>
       <section id="overview">
+        <p id="summary"></p>
         <h2>Nodes</h2>
         <table id="nodes">
-          <thead><tr><th>id</th><th>client URL</th><th>consensus endpoint</th><th>reachable</th><th>groups</th><th>leads</th></tr></thead>
+          <thead><tr><th>id</th><th>client URL</th><th>consensus endpoint</th><th>reachable</th><th class="number">groups</th><th class="number">leads</th></tr></thead>
           <tbody></tbody>
         </table>
         <h2>Groups</h2>
         <table id="groups">
-          <thead><tr><th>group</th><th>protocol</th><th>leader</th><th>term</th><th>commit index</th><th>applied index</th><th>replicas (as each node reports its role)</th></tr></thead>
+          <thead><tr><th>group</th><th>protocol</th><th>leader</th><th class="number">term</th><th class="number">commit index</th><th class="number">applied index</th><th>replicas (as each node reports its role)</th></tr></thead>
           <tbody></tbody>
         </table>
         <p id="groups-empty" class="muted" hidden>No groups.</p>
@@ -92,7 +93,7 @@ enum Dashboard {
         <dl id="detail-summary"></dl>
         <h3>Peers, as the leader sees their replication</h3>
         <table id="peers">
-          <thead><tr><th>peer</th><th>endpoint</th><th>learner</th><th>match index</th><th>next index</th><th>lag</th><th>last contact</th><th>state</th></tr></thead>
+          <thead><tr><th>peer</th><th>endpoint</th><th>learner</th><th class="number">match index</th><th class="number">next index</th><th class="number">lag</th><th class="number">last contact</th><th>state</th></tr></thead>
           <tbody></tbody>
         </table>
       </section>
@@ -119,6 +120,7 @@ enum Dashboard {
     #auth input { font: inherit; padding: 4px 8px; min-width: 260px; }
     .hint, .muted { color: var(--muted); font-size: 12px; }
     main { padding: 4px 20px 24px; }
+    #summary { margin: 14px 0 0; color: var(--muted); }
     h2 { font-size: 15px; margin: 18px 0 8px; }
     h3 { font-size: 14px; margin: 16px 0 8px; }
     table { border-collapse: collapse; width: 100%; }
@@ -251,7 +253,8 @@ enum Dashboard {
 
     function renderGroups(cluster) {
       const reachable = new Map((cluster.nodes || []).map((node) => [node.id, node.reachable]));
-      const rows = groupsOf(cluster).map((group) => {
+      const groups = groupsOf(cluster);
+      const rows = groups.map((group) => {
         const replicas = [...group.peers].sort((a, b) => a - b).map((peer) => {
           const report = group.reports.get(peer);
           const role = reachable.get(peer) === false ? 'unreachable' : report ? report.role : 'not reporting';
@@ -269,6 +272,10 @@ enum Dashboard {
       });
       byId('groups').tBodies[0].replaceChildren(...rows);
       byId('groups-empty').hidden = rows.length > 0;
+      const nodes = cluster.nodes || [];
+      byId('summary').textContent = nodes.filter((node) => node.reachable).length + ' of ' + nodes.length +
+        ' nodes reachable · ' + groups.filter((group) => group.leader !== null).length + ' of ' + groups.length +
+        ' groups with a leader';
     }
 
     function renderDetail(id) {

@@ -79,6 +79,42 @@ final class DashboardTests: XCTestCase {
     let killedState = try browser.evaluate("return document.querySelector('#peers tr[data-peer=\"\(first + 1)\"]').dataset.state;")
     XCTAssertTrue(["probe", "replicate", "snapshot"].contains(killedState as? String ?? ""), "\(String(describing: killedState))")
   }
+
+  /// With tokens on, the page loads (it carries no data) but its requests are refused: it shows
+  /// no data and asks for a token; a read token typed into its field is kept for the tab and
+  /// the data appears.
+  func testWithTokensThePageAsksForOneAndThenShowsTheCluster() throws {
+    let browser = try WebDriverBrowser.start()
+    defer { browser.quit() }
+
+    let directory = temporaryDirectory("dashboard-auth")
+    let tokensPath = directory + ".tokens.json"
+    directories = [directory, tokensPath]
+    try writeTokensFile(tokensPath, [("viewer", "read", "viewer-token", "")])
+    let node = NodeProcess(dataDirectory: directory)
+    nodes = [node]
+    try node.start(["--auth-tokens-file", tokensPath])
+    XCTAssertEqual(try HTTPClient(port: node.port).request("GET", "/v1/cluster").status, 401)
+
+    try browser.navigate(to: "http://127.0.0.1:\(node.port)/ui")
+    try browser.waitUntil("the page to ask for a token") {
+      try browser.evaluate("return !document.getElementById('auth').hidden && !document.getElementById('banner').hidden;")
+        as? Bool == true
+    }
+    XCTAssertEqual(try browser.evaluate("return document.querySelectorAll('#groups tr[data-group]').length;") as? Int, 0)
+    try browser.type("viewer-token", into: "#token-input")
+    try browser.click("#auth button[type=submit]")
+    try browser.waitUntil("the page to show DataRegion-0 led by node 1") {
+      try browser.evaluate(
+        "const cell = document.querySelector('#groups tr[data-group=\"DataRegion-0\"] [data-leader]'); return cell ? cell.dataset.leader : null;"
+      ) as? String == "1"
+    }
+    XCTAssertEqual(try browser.evaluate("return document.getElementById('auth').hidden;") as? Bool, true)
+    XCTAssertEqual(try browser.evaluate("return document.getElementById('banner').hidden;") as? Bool, true)
+    XCTAssertEqual(
+      try browser.evaluate("return sessionStorage.getItem('caucus.dashboard.token');") as? String, "viewer-token",
+      "kept for the tab")
+  }
 }
 
 /// A headless Chromium session through chromedriver (W3C WebDriver over HTTP), for tests.
@@ -165,6 +201,25 @@ final class WebDriverBrowser {
 
   func navigate(to url: String) throws {
     _ = try command("POST", try sessionPath("/url"), ["url": url])
+  }
+
+  /// Types `text` into the element `selector` finds, as a user would.
+  func type(_ text: String, into selector: String) throws {
+    _ = try command("POST", try sessionPath("/element/\(try element(selector))/value"), ["text": text])
+  }
+
+  func click(_ selector: String) throws {
+    _ = try command("POST", try sessionPath("/element/\(try element(selector))/click"), [:])
+  }
+
+  /// The WebDriver id of the element `selector` finds.
+  private func element(_ selector: String) throws -> String {
+    let found = try command("POST", try sessionPath("/element"), ["using": "css selector", "value": selector])
+    // W3C WebDriver's web element identifier.
+    guard let id = (found as? [String: Any])?["element-6066-11e4-a52e-4f735466cecf"] as? String else {
+      throw HTTPClientError(description: "no element \(selector): \(String(describing: found))")
+    }
+    return id
   }
 
   /// Runs `script` (a function body: `return …`) in the page and answers its JSON result.
