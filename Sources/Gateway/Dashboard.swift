@@ -91,7 +91,8 @@ enum Dashboard {
         <p><a href="#/">← all groups</a></p>
         <h2 id="detail-title"></h2>
         <dl id="detail-summary"></dl>
-        <h3>Peers, as the leader sees their replication</h3>
+        <p id="detail-note" hidden></p>
+        <h3 id="peers-title">Peers</h3>
         <table id="peers">
           <thead><tr><th>peer</th><th>endpoint</th><th>learner</th><th class="number">match index</th><th class="number">next index</th><th class="number">lag</th><th class="number">last contact</th><th>state</th></tr></thead>
           <tbody></tbody>
@@ -121,6 +122,7 @@ enum Dashboard {
     .hint, .muted { color: var(--muted); font-size: 12px; }
     main { padding: 4px 20px 24px; }
     #summary { margin: 14px 0 0; color: var(--muted); }
+    #detail-note { margin: 14px 0 0; padding: 8px 12px; border-radius: 6px; background: #fff3d6; color: #5c4400; }
     h2 { font-size: 15px; margin: 18px 0 8px; }
     h3 { font-size: 14px; margin: 16px 0 8px; }
     table { border-collapse: collapse; width: 100%; }
@@ -245,10 +247,14 @@ enum Dashboard {
       byId('nodes').tBodies[0].replaceChildren(...rows);
     }
 
-    // Another node's own dashboard, when its client URL is plain http(s).
+    // Another node's own dashboard (at `fragment`), when its client URL is plain http(s).
+    function dashboardURL(clientURL, fragment) {
+      if (!/^https?:\/\/[^\s]+$/.test(clientURL || '')) return null;
+      return clientURL.replace(/\/+$/, '') + '/ui' + (fragment || '');
+    }
     function nodeLink(node) {
-      if (!/^https?:\/\/[^\s]+$/.test(node.clientURL || '')) return show(node.clientURL);
-      return element('a', { href: node.clientURL.replace(/\/+$/, '') + '/ui' }, node.clientURL);
+      const url = dashboardURL(node.clientURL);
+      return url ? element('a', { href: url }, node.clientURL) : show(node.clientURL);
     }
 
     function renderGroups(cluster) {
@@ -295,6 +301,23 @@ enum Dashboard {
         ['bootstrap voters', (status.bootstrapVoters || []).join(', ')],
       ];
       if (state.groupError) facts.unshift(['last error', state.groupError]);
+      // Only the leader tracks its peers' replication; a follower answers for itself, so say
+      // whose figures these are and where the leader's view is.
+      const note = byId('detail-note');
+      const leaderView = status.role === 'leader';
+      note.hidden = leaderView;
+      byId('peers-title').textContent = leaderView
+        ? 'Peers, as the leader sees their replication'
+        : 'Peers, as node ' + status.answeredBy + ' (' + status.role + ') last knew them';
+      if (!leaderView) {
+        const leaderNode = ((state.cluster && state.cluster.nodes) || []).find((node) => node.id === status.leader);
+        const url = leaderNode ? dashboardURL(leaderNode.clientURL, '#/groups/' + id) : null;
+        note.replaceChildren('Node ' + status.answeredBy + ' is a ' + status.role + ' of ' + id +
+          '; only the leader tracks its peers\' replication. ',
+          status.leader === null ? 'No leader is known.'
+            : url ? element('a', { href: url, 'data-leader-view': status.leader }, 'Open the leader\'s view (node ' + status.leader + ')')
+            : 'The leader is node ' + status.leader + '.');
+      }
       summary.replaceChildren(...facts.flatMap(([name, value]) => [element('dt', {}, name), element('dd', { 'data-field': name }, show(value))]));
       const rows = (status.peers || []).map((peer) => {
         let progress = badge(peer.state);
@@ -309,7 +332,8 @@ enum Dashboard {
           element('td', { 'data-field': 'matchIndex', class: 'number' }, peer.matchIndex),
           element('td', { 'data-field': 'nextIndex', class: 'number' }, peer.nextIndex),
           element('td', { 'data-field': 'lag', class: 'number' }, peer.lag),
-          element('td', { 'data-field': 'lastContactMs', class: 'number' }, peer.lastContactMs + ' ms'),
+          element('td', { 'data-field': 'lastContactMs', class: 'number' },
+            typeof peer.lastContactMs === 'number' ? peer.lastContactMs + ' ms' : '—'),
           element('td', { 'data-field': 'state' }, progress));
       });
       byId('peers').tBodies[0].replaceChildren(...rows);

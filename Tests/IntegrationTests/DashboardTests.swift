@@ -56,23 +56,43 @@ final class DashboardTests: XCTestCase {
     XCTAssertEqual(try browser.evaluate("return document.getElementById('banner').hidden;") as? Bool, true)
     XCTAssertEqual(try browser.evaluate("return window.dashboardTestMark;") as? String, "before the kill", "never reloaded")
 
-    // The group's detail view, by its hash route on the same page: every peer's progress as the
-    // new leader sees it; the surviving follower replicates, caught up to the leader's writes.
+    // The group's detail view, by its hash route on the same page. A group's status is answered
+    // by the node asked (a follower answers for itself), so the view says whose figures they are
+    // and, on a follower, links the leader's view.
     try browser.evaluate("location.hash = '#/groups/\(group)'; return null;")
+    try browser.waitUntil("the detail view of \(group) on node \(viewer + 1) to name node \(second + 1) its leader") {
+      try browser.evaluate(
+        "const fact = document.querySelector('#detail-summary [data-field=\"leader\"]'); return fact ? fact.textContent : null;")
+        as? String == String(second + 1)
+    }
+    XCTAssertEqual(try browser.evaluate("return document.getElementById('overview').hidden;") as? Bool, true)
+    XCTAssertEqual(
+      try browser.evaluate("return !document.getElementById('detail-note').hidden;") as? Bool, viewer != second,
+      "the note shows exactly when a follower answered")
+    // A follower's view names the leader and links its view.
     let follower = try XCTUnwrap(survivors.first { $0 != second })
+    try browser.navigate(to: "http://127.0.0.1:\(nodes[follower].port)/ui#/groups/\(group)")
+    let leaderLink = "const link = document.querySelector('#detail-note a[data-leader-view]'); return link ? link.getAttribute('href') : null;"
+    try browser.waitUntil("node \(follower + 1)'s view to link the leader's") {
+      try browser.evaluate(leaderLink) as? String == "http://127.0.0.1:\(nodes[second].port)/ui#/groups/\(group)"
+    }
+    XCTAssertEqual(try browser.evaluate("return document.getElementById('detail-note').hidden;") as? Bool, false)
+
+    // The leader's view: every member's replication; the surviving follower caught up with the
+    // writes, the killed one listed too.
+    try browser.navigate(to: "http://127.0.0.1:\(nodes[second].port)/ui#/groups/\(group)")
     let peerRow = "document.querySelector('#peers tr[data-peer=\"\(follower + 1)\"]')"
-    try browser.waitUntil("the detail view to show node \(follower + 1) replicating") {
+    try browser.waitUntil("the leader's view to show node \(follower + 1) replicating") {
       let row = try browser.evaluate(
         """
         const row = \(peerRow);
         if (!row) return null;
-        return [row.dataset.state, row.querySelector('[data-field=matchIndex]').textContent,
-                row.querySelector('[data-field=lag]').textContent];
+        return [row.dataset.state, row.querySelector('[data-field=matchIndex]').textContent];
         """) as? [Any]
-      guard let row, row.count == 3, let matchIndex = Int(row[1] as? String ?? "") else { return false }
+      guard let row, row.count == 2, let matchIndex = Int(row[1] as? String ?? "") else { return false }
       return row[0] as? String == "replicate" && matchIndex >= 5
     }
-    XCTAssertEqual(try browser.evaluate("return document.getElementById('overview').hidden;") as? Bool, true)
+    XCTAssertEqual(try browser.evaluate("return document.getElementById('detail-note').hidden;") as? Bool, true)
     XCTAssertEqual(
       try browser.evaluate("return document.querySelectorAll('#peers tr[data-peer]').length;") as? Int, 3,
       "every member, the killed one too")
