@@ -6,7 +6,8 @@ import XCTest
 /// The dashboard (`GET /ui`) in a real headless Chromium, driven through chromedriver's W3C
 /// WebDriver protocol, against a live three-node raft cluster: the page shows the leader the API
 /// reports, and after that leader is killed the same page, without a reload, shows the new one
-/// and the killed node unreachable; the group's detail view shows each peer's replication.
+/// and the killed node unreachable; the group's detail view shows each peer's replication; and
+/// when the node serving the page dies, a banner says it cannot read the cluster.
 final class DashboardTests: XCTestCase {
   private var nodes: [NodeProcess] = []
   private var directories: [String] = []
@@ -98,6 +99,18 @@ final class DashboardTests: XCTestCase {
       "every member, the killed one too")
     let killedState = try browser.evaluate("return document.querySelector('#peers tr[data-peer=\"\(first + 1)\"]').dataset.state;")
     XCTAssertTrue(["probe", "replicate", "snapshot"].contains(killedState as? String ?? ""), "\(String(describing: killedState))")
+
+    // The node serving the page goes away: the page keeps what it showed and says it cannot
+    // read the cluster.
+    nodes[second].kill(SIGKILL)
+    try browser.waitUntil("the banner saying the page's node cannot read the cluster") {
+      let banner = try browser.evaluate(
+        "const banner = document.getElementById('banner'); return banner.hidden ? null : banner.textContent;") as? String
+      return banner?.contains("cannot read the cluster") == true
+    }
+    XCTAssertEqual(try browser.evaluate("return document.getElementById('status').dataset.state;") as? String, "error")
+    XCTAssertEqual(
+      try browser.evaluate("return document.querySelectorAll('#peers tr[data-peer]').length;") as? Int, 3, "what it showed stays")
   }
 
   /// With tokens on, the page loads (it carries no data) but its requests are refused: it shows
