@@ -43,7 +43,7 @@ let package = Package(
     .target(name: "PeerClient", dependencies: ["CCurl", "Platform"]),
     .target(name: "Consensus"),
     // A small JSON reader (requests, other nodes' answers, directory records); writing is HTTPServer's JSONWriter.
-    .target(name: "JSON", dependencies: ["HTTPServer"]),
+    .target(name: "JSON", dependencies: ["HTTPServer", "Platform"]),
     .target(name: "Checksum"),
     // Checks recorded client histories (the simulator's and `caucus torture`'s); standard library only.
     .target(name: "Linearizability"),

@@ -81,6 +81,14 @@ call 200 -X POST "$g/read" -d '{"consistency":"linearizable","ops":[{"op":"get",
 check 'b["results"][0]["value"] == "1" and b["results"][1]["found"] is False and len(b["results"][2]["items"]) == 4'
 call 200 "$g/kv/b"
 check 'b["valueBase64"] == "AP8="'
+# Keys that are not UTF-8: named percent-encoded in a path, or in base64 in queries and bodies.
+call 200 -X PUT "$g/kv/bin%FF%00" -d binary
+call 200 "$g/kv?prefixBase64=YmluLw%3D%3D"
+check 'b["items"] == []'
+call 200 "$g/kv?prefixBase64=Ymlu"
+check '[i["keyBase64"] for i in b["items"]] == ["Ymlu/wA="]'
+call 200 -X POST "$g/read" -d '{"ops":[{"op":"get","keyBase64":"Ymlu/wA="}]}'
+check 'b["results"][0]["value"] == "binary"'
 call 200 -X PUT -H 'Idempotency-Key: order-17' "$g/kv/orders/17" -d paid
 first="$(cat "$body_file")"
 call 200 -X PUT -H 'Idempotency-Key: order-17' "$g/kv/orders/17" -d paid

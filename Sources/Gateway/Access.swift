@@ -470,7 +470,14 @@ public struct AccessPolicy: Sendable {
       }
       return nil
     case .queryPrefix:
-      let prefix = Array((query["prefix"] ?? "").utf8)
+      // The prefix the handler will read, in either of its forms (a scoped token must not get
+      // around its key prefix by naming the prefix in base64).
+      let prefix: KVBytes
+      do throws(GatewayError) {
+        prefix = try queryKeyBound(query, "prefix") ?? []
+      } catch {
+        return error
+      }
       guard scope.permits(prefix: prefix) else {
         return outside("the prefix '\(String(decoding: prefix.prefix(200), as: UTF8.self))' (give ?prefix= within it)")
       }

@@ -485,14 +485,49 @@ func idempotencyKey(_ request: HTTPRequest) throws(GatewayError) -> String? {
   return key
 }
 
-/// `"key"` (UTF-8 text) of a JSON operation.
+/// `"key"` (UTF-8 text) or `"keyBase64"` (any bytes) of a JSON operation.
 func jsonKey(_ item: JSONValue, context: String) throws(GatewayError) -> KVBytes {
-  guard let text = item["key"]?.stringValue else { throw .invalidKey("\(context) needs \"key\": a string") }
-  let key = Array(text.utf8)
-  guard !key.isEmpty, key.count <= KVLimits.keyBytesMax else {
-    throw .invalidKey("\(context).key must be 1 to \(KVLimits.keyBytesMax) bytes")
+  guard let key = try jsonKeyBound(item, "key", context: context) else {
+    throw .invalidKey("\(context) needs \"key\" (text) or \"keyBase64\"")
   }
+  guard !key.isEmpty else { throw .invalidKey("\(context).key must not be empty") }
   return key
+}
+
+/// A key or key bound of a JSON operation, named as text (`name`) or as base64 (`nameBase64`, for
+/// keys that are not UTF-8, as listings answer them), never both; nil when neither is given.
+func jsonKeyBound(_ item: JSONValue, _ name: String, context: String) throws(GatewayError) -> KVBytes? {
+  func text(_ field: String) throws(GatewayError) -> String? {
+    guard let value = item[field] else { return nil }
+    guard let text = value.stringValue else { throw .badRequest("\(context).\(field) must be a string") }
+    return text
+  }
+  return try keyBound(text: try text(name), base64: try text(name + "Base64"), name: "\(context).\(name)")
+}
+
+/// A key or key bound of the query string: `?name=` (text) or `?nameBase64=` (padded base64 of any
+/// bytes), never both; nil when neither is given.
+func queryKeyBound(_ query: QueryParameters, _ name: String) throws(GatewayError) -> KVBytes? {
+  try keyBound(text: query[name], base64: query[name + "Base64"], name: name)
+}
+
+/// The one decoding behind `jsonKeyBound` and `queryKeyBound`: at most `KVLimits.keyBytesMax` bytes.
+func keyBound(text: String?, base64: String?, name: String) throws(GatewayError) -> KVBytes? {
+  let bytes: KVBytes
+  switch (text, base64) {
+  case (nil, nil): return nil
+  case (.some(let text), nil): bytes = Array(text.utf8)
+  case (nil, .some(let encoded)):
+    guard let decoded = Base64.decode(Array(encoded.utf8)) else {
+      throw .invalidKey("\(name)Base64 must be padded base64 (RFC 4648, + and /)")
+    }
+    bytes = decoded
+  case (.some, .some): throw .invalidKey("give \(name) or \(name)Base64, not both")
+  }
+  guard bytes.count <= KVLimits.keyBytesMax else {
+    throw .invalidKey("\(name) is \(bytes.count) bytes; the limit is \(KVLimits.keyBytesMax)")
+  }
+  return bytes
 }
 
 /// `"value"` (UTF-8 text) or `"valueBase64"` of a JSON put.

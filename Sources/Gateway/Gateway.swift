@@ -486,8 +486,8 @@ public final class Gateway: HTTPHandler {
   private func listKeys(_ group: GroupID, _ exchange: Exchange) throws(GatewayError) {
     let query = exchange.query
     let options = try readOptions(query)
-    let prefix = try keyBound(query["prefix"], name: "prefix") ?? []
-    let after = try keyBound(query["after"], name: "after")
+    let prefix = try queryKeyBound(query, "prefix") ?? []
+    let after = try queryKeyBound(query, "after")
     let limit = try parseCount(query["limit"], name: "limit", default: 100, max: GatewayLimits.listItemsMax)
     read(group, [.list(prefix: prefix, after: after, limit: limit)], options, exchange) { [self] index, results in
       guard case .list(let items, let more) = results.first else { throw GatewayError.internal("the read answered the wrong shape") }
@@ -529,14 +529,8 @@ public final class Gateway: HTTPHandler {
       case "get":
         queries.append(.get(key: try jsonKey(item, context: "ops[\(position)]")))
       case "list":
-        let prefix = try item["prefix"].map { value throws(GatewayError) -> KVBytes in
-          guard let text = value.stringValue else { throw .badRequest("ops[\(position)].prefix must be a string") }
-          return try keyBound(text, name: "ops[\(position)].prefix")!
-        } ?? []
-        let after = try item["after"].map { value throws(GatewayError) -> KVBytes in
-          guard let text = value.stringValue else { throw .badRequest("ops[\(position)].after must be a string") }
-          return try keyBound(text, name: "ops[\(position)].after")!
-        }
+        let prefix = try jsonKeyBound(item, "prefix", context: "ops[\(position)]") ?? []
+        let after = try jsonKeyBound(item, "after", context: "ops[\(position)]")
         var limit = 100
         if let value = item["limit"] {
           guard let number = value.unsignedIntegerValue, number >= 1, number <= UInt64(GatewayLimits.listItemsMax) else {
@@ -621,7 +615,7 @@ public final class Gateway: HTTPHandler {
   /// not on the event loop) until the applied index passes the last index seen.
   private func startWatch(_ group: GroupID, _ exchange: Exchange) throws(GatewayError) {
     let query = exchange.query
-    let prefix = try keyBound(query["prefix"], name: "prefix") ?? []
+    let prefix = try queryKeyBound(query, "prefix") ?? []
     var timeoutMs = GatewayLimits.watchTimeoutMsDefault
     if let text = query["timeoutMs"] {
       guard let value = UInt64(text) else { throw .badRequest("timeoutMs must be a non-negative integer, not '\(text)'") }
@@ -1416,16 +1410,6 @@ func writeKey(_ writer: inout JSONWriter, _ key: KVBytes) {
     writer.key("keyBase64")
     writer.string(utf8: Base64.encode(key))
   }
-}
-
-/// A key-like bound (`prefix`, `after`) from the query or a body: at most a key's length.
-func keyBound(_ text: String?, name: String) throws(GatewayError) -> KVBytes? {
-  guard let text else { return nil }
-  let bytes = Array(text.utf8)
-  guard bytes.count <= KVLimits.keyBytesMax else {
-    throw .invalidKey("\(name) is \(bytes.count) bytes; the limit is \(KVLimits.keyBytesMax)")
-  }
-  return bytes
 }
 
 /// `"items": [...]` and `"more"` of a listing page.

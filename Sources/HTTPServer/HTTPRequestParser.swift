@@ -1,4 +1,5 @@
 import Glibc
+import Platform
 
 /// A request the parser could not accept: the status and JSON error code to answer with. The
 /// connection is closed after answering: the framing of what follows cannot be trusted.
@@ -603,7 +604,7 @@ public struct HTTPRequestParser: Sendable {
     var size = 0
     var index = 0
     let count = line.count
-    while index < count, let digit = hexValue(line[index]) {
+    while index < count, let digit = Hex.digitValue(line[index]).map(Int.init) {
       guard index < 15 else { return nil }
       size = size << 4 | digit
       index += 1
@@ -638,15 +639,6 @@ public struct HTTPRequestParser: Sendable {
   }
 
   @inline(__always) static func isDigit(_ byte: UInt8) -> Bool { byte >= 48 && byte <= 57 }
-
-  @inline(__always) static func hexValue(_ byte: UInt8) -> Int? {
-    switch byte {
-    case 48...57: return Int(byte - 48)
-    case 97...102: return Int(byte - 87)
-    case 65...70: return Int(byte - 55)
-    default: return nil
-    }
-  }
 
   /// tchar (RFC 9110 §5.6.2): ALPHA / DIGIT / "!#$%&'*+-.^_`|~".
   @inline(__always) static func isTokenByte(_ byte: UInt8) -> Bool {

@@ -1,4 +1,5 @@
 import HTTPServer
+import Platform
 
 /// A small JSON reader and writer for the gateway. Requests are bounded (the HTTP layer caps the
 /// body size; `JSONParser.depthMax` caps nesting), so parsing cannot be driven into deep recursion
@@ -199,7 +200,7 @@ public struct JSONParser {
     guard position + 4 <= bytes.count else { throw error("truncated \\u escape") }
     var value: UInt32 = 0
     for _ in 0..<4 {
-      guard let digit = hexDigitValue(bytes[position]) else { throw error("invalid \\u escape") }
+      guard let digit = Hex.digitValue(bytes[position]) else { throw error("invalid \\u escape") }
       value = value << 4 | UInt32(digit)
       position += 1
     }
@@ -253,16 +254,6 @@ public struct JSONParser {
         position += 1
       }
     }
-  }
-}
-
-@inline(__always)
-func hexDigitValue(_ byte: UInt8) -> UInt8? {
-  switch byte {
-  case UInt8(ascii: "0")...UInt8(ascii: "9"): return byte - UInt8(ascii: "0")
-  case UInt8(ascii: "a")...UInt8(ascii: "f"): return byte - UInt8(ascii: "a") + 10
-  case UInt8(ascii: "A")...UInt8(ascii: "F"): return byte - UInt8(ascii: "A") + 10
-  default: return nil
   }
 }
 

@@ -16,7 +16,10 @@ struct Caucus: ParsableCommand {
     commandName: "caucus",
     abstract: "A consensus layer with an HTTP/JSON gateway.",
     version: caucusVersion,
-    subcommands: [Serve.self, DevCluster.self, Torture.self, TokenCommand.self],
+    subcommands: [
+      Serve.self, DevCluster.self, Torture.self, TokenCommand.self, KVCommand.self, GroupCommand.self, PeerCommand.self,
+      ClusterCommand.self,
+    ],
     defaultSubcommand: Serve.self)
 }
 

@@ -3,6 +3,7 @@ import Directory
 import Foundation
 @testable import Gateway
 import HTTPServer
+import JSON
 import KeyValueStore
 import Logging
 import PeerClient
@@ -279,6 +280,33 @@ final class AccessTests: XCTestCase {
     let listed = send("GET", "/v1/groups", token: token)
     XCTAssertTrue(text(listed).contains("DataRegion-0") && !text(listed).contains("PartitionRegion-0"), text(listed))
     XCTAssertEqual(send("POST", "/v1/groups", #"{"id":"DataRegion-0"}"#, token: "admin-of-other-groups").status, 403)
+  }
+
+  /// Issue 13, point 5d: a key prefix named in base64 (`prefixBase64`, `keyBase64`) is held to the
+  /// token's key prefix as its text form is: base64 is no way around the scope.
+  func testAScopedTokenCannotGetAroundItsKeyPrefixWithBase64() {
+    let token = "writer-of-users"
+    func base64(_ text: String) -> String { String(decoding: Base64.encode(Array(text.utf8)), as: UTF8.self) }
+    let inside = base64("users/"), outside = base64("elsewhere/"), everything = base64("")
+    XCTAssertEqual(send("GET", "/v1/groups/DataRegion-0/kv?prefixBase64=\(inside)", token: token).status, 200)
+    for prefix in [outside, everything] {
+      let listing = send("GET", "/v1/groups/DataRegion-0/kv?prefixBase64=\(prefix)", token: token)
+      XCTAssertEqual(listing.status, 403, "listing \(prefix): \(text(listing))")
+      let watch = send("GET", "/v1/groups/DataRegion-0/watch?prefixBase64=\(prefix)&timeoutMs=0", token: token)
+      XCTAssertEqual(watch.status, 403, "watching \(prefix): \(text(watch))")
+      let read = send(
+        "POST", "/v1/groups/DataRegion-0/read", #"{"ops":[{"op":"list","prefixBase64":"\#(prefix)"}]}"#, token: token)
+      XCTAssertEqual(read.status, 403, "reading \(prefix): \(text(read))")
+    }
+    let before = state()
+    let write = send(
+      "POST", "/v1/groups/DataRegion-0/write", #"{"ops":[{"op":"put","keyBase64":"\#(base64("k"))","value":"x"}]}"#, token: token)
+    XCTAssertEqual(write.status, 403, text(write))
+    XCTAssertEqual(state(), before, "the refused write changed nothing")
+    // A malformed base64 prefix is the caller's error (400), answered before any data is read.
+    let malformed = send("GET", "/v1/groups/DataRegion-0/kv?prefixBase64=%25%25", token: token)
+    XCTAssertEqual(malformed.status, 400, text(malformed))
+    XCTAssertEqual(code(malformed), "invalid_key")
   }
 
   /// `/metrics` and `/readyz` open by default; configured to need a read token, they refuse
