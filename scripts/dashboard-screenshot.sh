@@ -2,7 +2,8 @@
 # Takes the README's dashboard screenshots: starts a local three-node raft cluster (`caucus
 # dev-cluster`) in a temporary directory, creates a few groups with some writes, and photographs
 # node 1's /ui in headless Chromium (docs/dashboard.png) and the view of DataRegion-0 on its
-# leader, the node that tracks every peer's replication (docs/dashboard-group.png). Stops the cluster and removes its data after.
+# leader, the node that tracks every peer's replication (docs/dashboard-group.png). Stops the
+# cluster and removes its data after.
 #
 #   scripts/dashboard-screenshot.sh [OUTPUT.png]     # the group view goes to OUTPUT-group.png
 #

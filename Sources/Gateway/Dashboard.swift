@@ -148,6 +148,9 @@ enum Dashboard {
     // writes what it reads into the page as text only.
     const pollIntervalMs = 2000;
     const requestTimeoutMs = 8000;
+    // Rows of the groups table at most (in id order): a node may host ten thousand groups, and a
+    // table that large every two seconds makes the page slow; the summary counts every group.
+    const groupRowsMax = 1000;
     const tokenStorageKey = 'caucus.dashboard.token';
     const groupRoutePattern = /^#\/groups\/([A-Za-z]+-[0-9]+)$/;
 
@@ -260,7 +263,7 @@ enum Dashboard {
     function renderGroups(cluster) {
       const reachable = new Map((cluster.nodes || []).map((node) => [node.id, node.reachable]));
       const groups = groupsOf(cluster);
-      const rows = groups.map((group) => {
+      const rows = groups.slice(0, groupRowsMax).map((group) => {
         const replicas = [...group.peers].sort((a, b) => a - b).map((peer) => {
           const report = group.reports.get(peer);
           const role = reachable.get(peer) === false ? 'unreachable' : report ? report.role : 'not reporting';
@@ -277,7 +280,10 @@ enum Dashboard {
           element('td', { 'data-field': 'replicas' }, ...replicas));
       });
       byId('groups').tBodies[0].replaceChildren(...rows);
-      byId('groups-empty').hidden = rows.length > 0;
+      const empty = byId('groups-empty');
+      empty.hidden = rows.length === groups.length && rows.length > 0;
+      empty.textContent = groups.length === 0 ? 'No groups.'
+        : 'The first ' + rows.length + ' groups of ' + groups.length + ' are shown; open one by its id: #/groups/<id>.';
       const nodes = cluster.nodes || [];
       byId('summary').textContent = nodes.filter((node) => node.reachable).length + ' of ' + nodes.length +
         ' nodes reachable · ' + groups.filter((group) => group.leader !== null).length + ' of ' + groups.length +
