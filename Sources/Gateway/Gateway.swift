@@ -263,14 +263,14 @@ public final class Gateway: HTTPHandler {
     case .leaderGet(let group):
       guard engine.status(group) != nil else { throw .consensus(.groupNotFound(group)) }
       guard engine.leader(group) != nil else { throw .consensus(.noLeader(group)) }
-      exchange.respond(json: leaderDocument(group), headers: leaderHeaders(group))
+      respondLeader(group, exchange)
     case .leaderTransfer(let group):
       let body = try exchange.jsonBody()
       guard let id = body["id"]?.unsignedIntegerValue, id > 0 else { throw .badRequest("the body needs \"id\": the node id of the new leader") }
       engine.transferLeader(group, to: NodeID(id)) { [self] result in
         switch result {
         case .failure(let error): exchange.fail(.consensus(error))
-        case .success: exchange.respond(json: leaderDocument(group), headers: leaderHeaders(group))
+        case .success: respondLeader(group, exchange)
         }
       }
     case .snapshot(let group):
@@ -1305,23 +1305,29 @@ public final class Gateway: HTTPHandler {
     return writer.bytes
   }
 
-  private func leaderDocument(_ group: GroupID) -> [UInt8] {
+  /// Answers `{"id","url","term","local"}` about `group`'s leader. A leader on another node is
+  /// named by its client URL, from the directory or asked of its consensus port; `url` is null
+  /// only when neither says (the leader's node is unreachable and not in the directory).
+  private func respondLeader(_ group: GroupID, _ exchange: Exchange) {
     let status = engine.status(group)
+    guard let leader = status?.leader, leader.node != engine.localPeer.node, let forwarder = configuration.forwarder else {
+      let url = status?.leader.flatMap { $0.node == engine.localPeer.node ? configuration.clientURL : nil }
+      return exchange.respond(json: leaderDocument(status, url: url), headers: leaderHeaders(group))
+    }
+    forwarder.clientURL(of: leader) { [self] url in
+      exchange.respond(json: leaderDocument(status, url: url), headers: leaderHeaders(group))
+    }
+  }
+
+  private func leaderDocument(_ status: GroupStatus?, url: String?) -> [UInt8] {
     var writer = JSONWriter()
     writer.beginObject()
-    if let leader = status?.leader {
-      writer.member("id", leader.node.rawValue)
-      writer.member("url", leader.node == engine.localPeer.node ? configuration.clientURL : "")
-      writer.member("term", status?.term ?? 0)
-      writer.member("local", leader.node == engine.localPeer.node)
-    } else {
-      writer.key("id")
-      writer.null()
-      writer.key("url")
-      writer.null()
-      writer.member("term", status?.term ?? 0)
-      writer.member("local", false)
-    }
+    writer.key("id")
+    if let leader = status?.leader { writer.number(leader.node.rawValue) } else { writer.null() }
+    writer.key("url")
+    if let url { writer.string(url) } else { writer.null() }
+    writer.member("term", status?.term ?? 0)
+    writer.member("local", status?.leader?.node == engine.localPeer.node)
     writer.endObject()
     return writer.bytes
   }

@@ -47,6 +47,14 @@ final class ClusterTests: XCTestCase {
     XCTAssertEqual(none.status, 421)
     XCTAssertEqual((none.json["leader"] as? [String: Any])?["id"] as? Int, leaderIndex + 1)
     XCTAssertEqual((none.json["leader"] as? [String: Any])?["url"] as? String, "http://127.0.0.1:\(nodes[leaderIndex].port)")
+    // getLeader at a follower names the leader by its client URL (it answered "" before).
+    for node in [followers[0], leaderIndex] {
+      let leaderInfo = try HTTPClient(port: nodes[node].port).request("GET", "/v1/groups/DataRegion-0/leader")
+      XCTAssertEqual(leaderInfo.status, 200, leaderInfo.text)
+      XCTAssertEqual(leaderInfo.json["id"] as? Int, leaderIndex + 1, leaderInfo.text)
+      XCTAssertEqual(leaderInfo.json["url"] as? String, "http://127.0.0.1:\(nodes[leaderIndex].port)", leaderInfo.text)
+      XCTAssertEqual(leaderInfo.json["local"] as? Bool, node == leaderIndex, leaderInfo.text)
+    }
     let loop = try HTTPClient(port: nodes[followers[0]].port).request(
       "GET", "/v1/groups/DataRegion-0/kv/colour", headers: ["X-Caucus-Hops": "2"])
     XCTAssertEqual(loop.status, 508)
