@@ -7,9 +7,10 @@
 #
 #   scripts/dashboard-screenshot.sh [OUTPUT.png]     # the group view goes to OUTPUT-group.png
 #
-# Environment: CAUCUS (a built caucus binary; default: build one), RPC_PORT and CONSENSUS_PORT
-# (the first node's ports; defaults 16671 and 16681, away from the quick start's), and
-# WAIT_SECONDS_MAX (how long the cluster may take to elect its leaders; default 30).
+# Environment: CAUCUS_BIN (a built caucus binary, as for scripts/smoke.sh; default: build one),
+# RPC_PORT and CONSENSUS_PORT (the first node's ports; defaults 16671 and 16681, away from the
+# quick start's), and WAIT_SECONDS_MAX (how long the cluster may take to elect its leaders;
+# default 30).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 output="${1:-docs/dashboard.png}"
@@ -18,7 +19,7 @@ consensus_port="${CONSENSUS_PORT:-16681}"
 wait_seconds_max="${WAIT_SECONDS_MAX:-30}"
 
 scripts/install-deps.sh
-caucus="${CAUCUS:-}"
+caucus="${CAUCUS_BIN:-}"
 if [ -z "$caucus" ]; then
   swift build --product caucus
   caucus="$(swift build --show-bin-path)/caucus"
