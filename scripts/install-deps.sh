@@ -6,8 +6,10 @@ set -euo pipefail
 # libcurl4-openssl-dev: PeerClient (CCurl). libssl-dev: hashing, HMAC, random bytes and TLS in
 # Platform (COpenSSL). openssl: the command that makes the TLS tests' certificates at test time
 # (scripts/tls-certificates.sh). iproute2 and iptables: the torture runs' network namespaces,
-# partitions and packet loss.
-packages=(libcurl4-openssl-dev libssl-dev openssl curl iproute2 iptables "$@")
+# partitions and packet loss. chromium and chromium-driver: the dashboard's browser test
+# (Tests/IntegrationTests/DashboardTests.swift drives a headless Chromium through chromedriver)
+# and scripts/dashboard-screenshot.sh.
+packages=(libcurl4-openssl-dev libssl-dev openssl curl iproute2 iptables chromium chromium-driver "$@")
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -333,7 +333,7 @@ enum ScopeRule: Sendable {
 extension Route.Name {
   var scopeRule: ScopeRule {
     switch self {
-    case .root, .healthz: return .none
+    case .root, .healthz, .ui: return .none
     case .readyz, .metrics, .node, .nodeGroupsCreate, .nodeGroupsDelete, .cluster, .clusterNodesRegister, .clusterRebalance:
       return .unrestricted
     case .groupsList: return .filtered

@@ -217,6 +217,8 @@ public final class Gateway: HTTPHandler {
       exchange.respond(
         HTTPResponse(
           status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body: Array(text.utf8)))
+    case .ui:
+      exchange.respond(HTTPResponse(status: 200, headers: Dashboard.headers, body: Dashboard.document))
     case .node:
       exchange.respond(json: nodeDocument())
     case .nodeGroupsCreate:
@@ -1214,7 +1216,7 @@ public final class Gateway: HTTPHandler {
     writer.beginObject()
     for (name, link) in [
       ("node", "/v1/node"), ("groups", "/v1/groups"), ("cluster", "/v1/cluster"), ("health", "/healthz"),
-      ("ready", "/readyz"), ("metrics", "/metrics"),
+      ("ready", "/readyz"), ("metrics", "/metrics"), ("dashboard", "/ui"),
     ] {
       writer.member(name, link)
     }

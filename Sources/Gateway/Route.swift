@@ -35,6 +35,8 @@ enum Route: Equatable, Sendable {
   case healthz
   case readyz
   case metrics
+  /// `GET /ui`: the dashboard page (`Dashboard`), which reads the cluster through the API.
+  case ui
   /// `GET /v1/node`.
   case node
   /// `POST /v1/node/groups`: createPeer on this node only (other nodes' coordinators use it).
@@ -78,7 +80,7 @@ enum Route: Equatable, Sendable {
   /// The routes by name: metric and log labels, and the list tests iterate so that no route
   /// escapes them.
   enum Name: String, CaseIterable, Sendable {
-    case root, healthz, readyz, metrics, node
+    case root, healthz, readyz, metrics, ui, node
     case nodeGroupsCreate = "node_groups_create"
     case nodeGroupsDelete = "node_groups_delete"
     case cluster
@@ -105,10 +107,12 @@ enum Route: Equatable, Sendable {
     static let unmatchedLabel = "not_found"
 
     /// What a caller needs to use the route. `/metrics` and `/readyz` need `read` here; a node
-    /// may open them to anyone (`AccessPolicy.metricsOpen`, `readinessOpen`: the default).
+    /// may open them to anyone (`AccessPolicy.metricsOpen`, `readinessOpen`: the default). The
+    /// dashboard page is open: it carries no data, and its own requests for the cluster and the
+    /// groups need their routes' tokens.
     var permission: Permission {
       switch self {
-      case .healthz: return .open
+      case .healthz, .ui: return .open
       case .root, .readyz, .metrics, .node, .cluster, .groupsList, .groupGet, .kvGet, .kvList, .read, .watch, .leaderGet,
         .snapshotExport:
         return .read
@@ -123,8 +127,8 @@ enum Route: Equatable, Sendable {
     /// snapshot, a registration): a relayed one that gets no answer is indeterminate.
     var changesState: Bool {
       switch self {
-      case .root, .healthz, .readyz, .metrics, .node, .cluster, .groupsList, .groupGet, .kvGet, .kvList, .read, .watch,
-        .leaderGet, .snapshotExport:
+      case .root, .healthz, .readyz, .metrics, .ui, .node, .cluster, .groupsList, .groupGet, .kvGet, .kvList, .read,
+        .watch, .leaderGet, .snapshotExport:
         return false
       case .nodeGroupsCreate, .nodeGroupsDelete, .clusterNodesRegister, .clusterRebalance, .groupsCreate, .groupDelete,
         .kvPut, .kvDelete, .write, .peersAdd, .peersChange, .peerRemove, .leaderTransfer, .snapshot:
@@ -141,8 +145,8 @@ enum Route: Equatable, Sendable {
         .nodeGroupsDelete, .peersAdd, .peersChange, .peerRemove, .leaderTransfer, .snapshot, .kvGet, .kvList, .read,
         .snapshotExport:
         return true
-      case .root, .healthz, .readyz, .metrics, .node, .cluster, .clusterRebalance, .groupsList, .groupGet, .watch,
-        .leaderGet:
+      case .root, .healthz, .readyz, .metrics, .ui, .node, .cluster, .clusterRebalance, .groupsList, .groupGet,
+        .watch, .leaderGet:
         return false
       }
     }
@@ -159,8 +163,8 @@ enum Route: Equatable, Sendable {
       case .groupGet, .groupDelete, .kvGet, .kvPut, .kvDelete, .kvList, .write, .read, .watch, .peersAdd, .peersChange,
         .peerRemove, .leaderGet, .leaderTransfer, .snapshot, .snapshotExport:
         return true
-      case .root, .healthz, .readyz, .metrics, .node, .nodeGroupsCreate, .nodeGroupsDelete, .cluster, .clusterNodesRegister,
-        .clusterRebalance, .groupsList, .groupsCreate:
+      case .root, .healthz, .readyz, .metrics, .ui, .node, .nodeGroupsCreate, .nodeGroupsDelete, .cluster,
+        .clusterNodesRegister, .clusterRebalance, .groupsList, .groupsCreate:
         return false
       }
     }
@@ -172,6 +176,7 @@ enum Route: Equatable, Sendable {
     case .healthz: return .healthz
     case .readyz: return .readyz
     case .metrics: return .metrics
+    case .ui: return .ui
     case .node: return .node
     case .nodeGroupsCreate: return .nodeGroupsCreate
     case .nodeGroupsDelete: return .nodeGroupsDelete
@@ -211,8 +216,8 @@ enum Route: Equatable, Sendable {
       .watch(let group), .peersAdd(let group), .peersChange(let group), .peerRemove(let group, _),
       .leaderGet(let group), .leaderTransfer(let group), .snapshot(let group), .snapshotExport(let group):
       return group
-    case .root, .healthz, .readyz, .metrics, .node, .nodeGroupsCreate, .cluster, .clusterNodesRegister, .clusterRebalance,
-      .groupsList, .groupsCreate:
+    case .root, .healthz, .readyz, .metrics, .ui, .node, .nodeGroupsCreate, .cluster, .clusterNodesRegister,
+      .clusterRebalance, .groupsList, .groupsCreate:
       return nil
     }
   }
@@ -303,6 +308,7 @@ enum Route: Equatable, Sendable {
     case "healthz": return try operational(.healthz)
     case "readyz": return try operational(.readyz)
     case "metrics": return try operational(.metrics)
+    case "ui": return try operational(.ui)
     case "v1": break
     default: throw fail(.notFound)
     }

@@ -111,7 +111,7 @@ struct Serve: ParsableCommand {
     name: .long,
     help: """
       Client tokens (JSON: name, role read|write|admin, sha256 of the token, optional groups and keyPrefix; see caucus token): \
-      every route but /healthz then needs Authorization: Bearer <token> (401 without, 403 beyond its role or scope). \
+      every route but /healthz and /ui (the dashboard page; no data) then needs Authorization: Bearer <token> (401 without, 403 beyond its role or scope). \
       SIGHUP reloads it. Without it every route is open. In a cluster it needs --cluster-secret-file.
       """)
   var authTokensFile: String?

@@ -237,7 +237,9 @@ final class AccessTests: XCTestCase {
         checked += 1
       }
     }
-    XCTAssertGreaterThan(checked, 6 * (Route.Name.allCases.count - 3))
+    let openCount = Route.Name.allCases.filter { gateway.configuration.access.isOpen($0) }.count
+    XCTAssertEqual(openCount, 4, "/healthz, /ui, and /metrics and /readyz (open by default)")
+    XCTAssertGreaterThan(checked, 6 * (Route.Name.allCases.count - openCount))
     // The listing is filtered to the token's groups: none of this node's.
     let listed = send("GET", "/v1/groups", token: "admin-of-other-groups")
     XCTAssertEqual(listed.status, 200)
@@ -340,6 +342,17 @@ final class AccessTests: XCTestCase {
       XCTAssertEqual(send("GET", target, token: "reader", to: closed).status, 200, target)
     }
     XCTAssertEqual(send("GET", "/healthz", to: closed).status, 200, "/healthz is always open")
+  }
+
+  /// The dashboard page is open even where nothing else is (it carries no data); what it shows
+  /// comes from `/v1/cluster` and the group routes, which need their tokens as ever.
+  func testTheDashboardPageIsOpenAndItsDataIsNot() {
+    let closed = makeGateway(operationalOpen: false)
+    defer { closed.stop() }
+    XCTAssertEqual(send("GET", "/ui", to: closed).status, 200)
+    XCTAssertEqual(send("GET", "/v1/cluster", to: closed).status, 401)
+    XCTAssertEqual(send("GET", "/v1/groups/DataRegion-0", to: closed).status, 401)
+    XCTAssertEqual(send("GET", "/v1/groups/DataRegion-0", token: "reader", to: closed).status, 200)
   }
 
   /// Unknown paths and wrong methods answer 401 to a caller without credentials (the surface is

@@ -15,6 +15,7 @@ func sampleRequest(
   case .healthz: return ("GET", "/healthz", "")
   case .readyz: return ("GET", "/readyz", "")
   case .metrics: return ("GET", "/metrics", "")
+  case .ui: return ("GET", "/ui", "")
   case .node: return ("GET", "/v1/node", "")
   case .nodeGroupsCreate: return ("POST", "/v1/node/groups", #"{"id":"DataRegion-90"}"#)
   case .nodeGroupsDelete: return ("DELETE", "/v1/node/groups/\(group)", "")
@@ -145,7 +146,7 @@ final class RouteTests: XCTestCase {
   /// the request deadline answers, what never leaves the node.
   func testRoutesDeclareTheirPermissionAndWhetherTheyChangeState() {
     let byPermission = Dictionary(grouping: Route.Name.allCases, by: \.permission).mapValues { Set($0.map(\.rawValue)) }
-    XCTAssertEqual(byPermission[.open], ["healthz"])
+    XCTAssertEqual(byPermission[.open], ["healthz", "ui"])
     XCTAssertEqual(byPermission[.write], ["kv_put", "kv_delete", "write"])
     XCTAssertEqual(
       byPermission[.admin],
