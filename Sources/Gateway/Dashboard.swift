@@ -406,9 +406,17 @@ enum Dashboard {
       if (!refreshing) refreshing = refresh().finally(() => { refreshing = null; });
       return refreshing;
     }
+    // A refresh that throws (a node's answer the page did not expect) must not end the polling.
     async function poll() {
-      await refreshNow();
-      setTimeout(poll, pollIntervalMs);
+      try {
+        await refreshNow();
+      } catch (error) {
+        const banner = byId('banner');
+        banner.hidden = false;
+        banner.textContent = 'The page could not show the last answer: ' + error;
+      } finally {
+        setTimeout(poll, pollIntervalMs);
+      }
     }
 
     byId('auth').addEventListener('submit', (event) => {

@@ -95,7 +95,12 @@ public final class LeaderForwarder: DirectoryTransport {
         result.map { response in
           var relayed = response.headers.filter { !LeaderForwarder.hopByHopHeaders.contains($0.name) }
           relayed.append(("X-Caucus-Forwarded-By", localNode.description))
-          return HTTPResponse(status: response.status, headers: relayed, body: response.body)
+          // A HEAD's answer came without its body: its Content-Length is the GET's, passed on.
+          let headLength =
+            request.method == "HEAD"
+            ? response.headers.first { $0.name == "content-length" }.flatMap { Int($0.value) } : nil
+          return HTTPResponse(
+            status: response.status, headers: relayed, body: headLength == nil ? response.body : [], headContentLength: headLength)
         })
     }
   }

@@ -80,6 +80,8 @@ public final class Gateway: HTTPHandler {
   private let context: GatewayContext
   /// Request deadlines (`504 timeout`), and the gateway's retries and periodic jobs.
   let deadlines = TimerWheel(name: "caucus-deadlines")
+  /// Where backup exports run, `GatewayLimits.snapshotExportsQueuedMax` at most at a time.
+  let exports = ExportWorker(queuedMax: GatewayLimits.snapshotExportsQueuedMax)
   /// Requests refused for want of credentials or permission, and when a refusal was last logged:
   /// at most one line per `refusalLogIntervalMs`, so a client retrying without a token cannot
   /// flood the log (every refusal is counted in `caucus_http_requests_total` by its status).
@@ -192,7 +194,10 @@ public final class Gateway: HTTPHandler {
   }
 
   /// Stops the gateway's deadline thread. Call after the HTTP server has stopped.
-  public func stop() { deadlines.stop() }
+  public func stop() {
+    deadlines.stop()
+    exports.stop()
+  }
 
   // MARK: Routing
 
@@ -268,16 +273,16 @@ public final class Gateway: HTTPHandler {
     case .peerRemove(let group, let node):
       removePeer(group, node, exchange)
     case .leaderGet(let group):
-      guard engine.status(group) != nil else { throw .consensus(.groupNotFound(group)) }
-      guard engine.leader(group) != nil else { throw .consensus(.noLeader(group)) }
-      respondLeader(group, exchange)
+      guard let status = engine.status(group) else { throw .consensus(.groupNotFound(group)) }
+      guard status.leader != nil else { throw .consensus(.noLeader(group)) }
+      respondLeader(group, status, exchange)
     case .leaderTransfer(let group):
       let body = try exchange.jsonBody()
       guard let id = body["id"]?.unsignedIntegerValue, id > 0 else { throw .badRequest("the body needs \"id\": the node id of the new leader") }
       engine.transferLeader(group, to: NodeID(id)) { [self] result in
         switch result {
         case .failure(let error): exchange.fail(.consensus(error))
-        case .success: respondLeader(group, exchange)
+        case .success: respondLeader(group, engine.status(group), exchange)
         }
       }
     case .snapshot(let group):
@@ -495,26 +500,44 @@ public final class Gateway: HTTPHandler {
   /// `GET /v1/groups/{group}/snapshot`: the group's whole state as a backup file (`KVBackup`).
   /// One read takes it, and the engine runs a query between two applies, so it is exactly the
   /// state at the index it names; a linearizable read (the default) reflects every write
-  /// acknowledged before the request. Built in memory, bounded by `snapshotExportBytesMax` (the
-  /// state machine builds its snapshot whole before the size is known).
+  /// acknowledged before the request. Bounded by `snapshotExportBytesMax`: the state machine
+  /// knows its snapshot's size before building it and refuses a larger one (`413`). The read and
+  /// the encoding run on the export thread (`ExportWorker`), one export at a time.
   private func exportSnapshot(_ group: GroupID, _ exchange: Exchange) throws(GatewayError) {
     let options = try readOptions(exchange.query)
-    read(group, [.snapshot], options, exchange) { [self] index, results in
-      guard case .snapshot(let payload) = results.first else { throw GatewayError.internal("the read answered the wrong shape") }
-      let backup = KVBackup(group: group, index: index, payload: payload)
-      let bytes = backup.encode()
-      let bytesMax = configuration.snapshotExportBytesMax
-      guard bytes.count <= bytesMax else {
-        throw GatewayError.payloadTooLarge(
-          "the backup of \(group) is \(bytes.count) bytes; a node answers at most \(bytesMax) in one response "
-            + "(back up from a copy of the data directory instead)",
-          limitBytes: bytesMax)
+    let bytesMax = configuration.snapshotExportBytesMax
+    let payloadBytesMax = UInt64(max(0, bytesMax - KVBackup.frameBytes(group: group)))
+    let queries: [KVQuery] = [.snapshot(bytesMax: payloadBytesMax)]
+    let accepted = exports.submit { [self] in
+      let result = waitForCompletion { done in
+        engine.read(group, query: KVCodec.encode(queries: queries), options: options, completion: done)
       }
-      var headers = leaderHeaders(group)
-      headers.append(("X-Caucus-Index", String(index)))
-      headers.append(("Content-Type", "application/octet-stream"))
-      headers.append(("Content-Disposition", "attachment; filename=\"\(backup.fileName)\""))
-      return HTTPResponse(status: 200, headers: headers, body: bytes)
+      answerRead(result, group, queryCount: queries.count, exchange) { [self] index, results in
+        switch results.first {
+        case .snapshotTooLarge(let payloadBytes):
+          let bytes = UInt64(KVBackup.frameBytes(group: group)) + payloadBytes
+          throw GatewayError.payloadTooLarge(
+            "the backup of \(group) would be \(bytes) bytes; a node answers at most \(bytesMax) in one response "
+              + "(back up from a copy of the data directory instead)",
+            limitBytes: bytesMax)
+        case .snapshot(let payload):
+          let backup = KVBackup(group: group, index: index, payload: payload)
+          let bytes = backup.encode()
+          precondition(bytes.count <= bytesMax, "a backup of \(bytes.count) bytes passed the limit of \(bytesMax)")
+          var headers = leaderHeaders(group)
+          headers.append(("X-Caucus-Index", String(index)))
+          headers.append(("Content-Type", "application/octet-stream"))
+          headers.append(("Content-Disposition", "attachment; filename=\"\(backup.fileName)\""))
+          return HTTPResponse(status: 200, headers: headers, body: bytes)
+        default:
+          throw GatewayError.internal("the read answered the wrong shape")
+        }
+      }
+    }
+    guard accepted else {
+      throw .explained(
+        .consensus(.overloaded(retryAfterMs: 1_000)),
+        note: "\(exports.queuedMax) backup exports are running or waiting on this node; retry shortly")
     }
   }
 
@@ -626,20 +649,28 @@ public final class Gateway: HTTPHandler {
     _ group: GroupID, _ queries: [KVQuery], _ options: ReadOptions, _ exchange: Exchange,
     render: @escaping @Sendable (UInt64, [KVQueryResult]) throws -> HTTPResponse
   ) {
-    engine.read(group, query: KVCodec.encode(queries: queries), options: options) { result in
-      switch result {
-      case .failure(let error):
-        exchange.fail(.consensus(error), group: group)
-      case .success(let read):
-        do {
-          let results = try KVCodec.decodeQueryResults(read.response)
-          guard results.count == queries.count else { throw GatewayError.internal("the read answered \(results.count) results for \(queries.count) queries") }
-          exchange.respond(try render(read.index, results))
-        } catch let error as GatewayError {
-          exchange.fail(error, group: group)
-        } catch {
-          exchange.fail(.internal("the state machine answered with undecodable bytes: \(error)"))
-        }
+    engine.read(group, query: KVCodec.encode(queries: queries), options: options) { [self] result in
+      answerRead(result, group, queryCount: queries.count, exchange, render: render)
+    }
+  }
+
+  /// Answers a read of `queryCount` queries with `render`'s response, or its failure.
+  private func answerRead(
+    _ result: Result<ReadResult, ConsensusError>, _ group: GroupID, queryCount: Int, _ exchange: Exchange,
+    render: (UInt64, [KVQueryResult]) throws -> HTTPResponse
+  ) {
+    switch result {
+    case .failure(let error):
+      exchange.fail(.consensus(error), group: group)
+    case .success(let read):
+      do {
+        let results = try KVCodec.decodeQueryResults(read.response)
+        guard results.count == queryCount else { throw GatewayError.internal("the read answered \(results.count) results for \(queryCount) queries") }
+        exchange.respond(try render(read.index, results))
+      } catch let error as GatewayError {
+        exchange.fail(error, group: group)
+      } catch {
+        exchange.fail(.internal("the state machine answered with undecodable bytes: \(error)"))
       }
     }
   }
@@ -1344,8 +1375,7 @@ public final class Gateway: HTTPHandler {
   /// Answers `{"id","url","term","local"}` about `group`'s leader. A leader on another node is
   /// named by its client URL, from the directory or asked of its consensus port; `url` is null
   /// only when neither says (the leader's node is unreachable and not in the directory).
-  private func respondLeader(_ group: GroupID, _ exchange: Exchange) {
-    let status = engine.status(group)
+  private func respondLeader(_ group: GroupID, _ status: GroupStatus?, _ exchange: Exchange) {
     guard let leader = status?.leader, leader.node != engine.localPeer.node, let forwarder = configuration.forwarder else {
       let url = status?.leader.flatMap { $0.node == engine.localPeer.node ? configuration.clientURL : nil }
       return exchange.respond(json: leaderDocument(status, url: url), headers: leaderHeaders(group))
@@ -1443,6 +1473,9 @@ public enum GatewayLimits {
   /// memory (it lives there anyway), and a follower relays the leader's answer through its peer
   /// client, which takes at most as much (`PeerClientConfiguration.responseBytesMax`).
   public static let snapshotExportBytesMax = 64 << 20
+  /// Backup exports running or waiting on one node at most: each may hold a few copies of up to
+  /// `snapshotExportBytesMax`; one more is `503 overloaded`.
+  public static let snapshotExportsQueuedMax = 2
 }
 
 let jsonContentType = (name: "Content-Type", value: HTTPResponse.jsonContentType)

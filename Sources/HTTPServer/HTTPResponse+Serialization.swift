@@ -109,7 +109,7 @@ extension HTTPResponse {
     // 1xx and 204 carry no Content-Length (RFC 9110 §8.6); every other answer does.
     if status >= 200 && status != 204 {
       appendASCII("Content-Length: ", to: &output)
-      appendDecimal(body.count, to: &output)
+      appendDecimal(omitBody ? headContentLength ?? body.count : body.count, to: &output)
       output.append(13)
       output.append(10)
     }

@@ -34,11 +34,16 @@ public struct HTTPResponse: Sendable {
   /// Extra headers. The server adds `Content-Length` and, when it closes, `Connection: close`.
   public var headers: [(name: String, value: String)]
   public var body: [UInt8]
+  /// For an answer to HEAD whose body is not at hand (a relayed HEAD, answered without one by
+  /// the node that had it): the `Content-Length` the GET's body would have. Nil: `body.count`.
+  public var headContentLength: Int?
 
-  public init(status: Int, headers: [(name: String, value: String)] = [], body: [UInt8] = []) {
+  public init(status: Int, headers: [(name: String, value: String)] = [], body: [UInt8] = [], headContentLength: Int? = nil) {
+    precondition(headContentLength == nil || (body.isEmpty && headContentLength! >= 0), "a HEAD length stands for a body not sent")
     self.status = status
     self.headers = headers
     self.body = body
+    self.headContentLength = headContentLength
   }
 }
 

@@ -72,7 +72,9 @@ public enum KVQuery: Sendable, Equatable {
   case changes(after: UInt64, prefix: KVBytes, limit: Int)
   /// The state machine's whole snapshot (`takeSnapshot()`): a backup of the group exactly at the
   /// index the read observed, since the engine runs a query between two applies.
-  case snapshot
+  /// When the snapshot would be larger than `bytesMax`, it is not built: the answer is
+  /// `snapshotTooLarge` with its size (known without building it, `snapshotByteCount`).
+  case snapshot(bytesMax: UInt64)
 }
 
 public enum KVQueryResult: Sendable, Equatable {
@@ -82,6 +84,8 @@ public enum KVQueryResult: Sendable, Equatable {
   case changes(events: [KVChangeEvent], compactedBefore: UInt64?)
   /// The snapshot bytes (`KeyValueStateMachine.takeSnapshot()` format).
   case snapshot(KVBytes)
+  /// The snapshot was not built: it would be `bytes` long, over the query's `bytesMax`.
+  case snapshotTooLarge(bytes: UInt64)
 }
 
 /// Limits the state machine enforces on every command it decodes.

@@ -10,6 +10,9 @@ struct IdempotencyTable {
   /// Keys in eviction order: `order[head...]` are live, oldest first.
   private var order: [String] = []
   private var head = 0
+  /// What the remembered entries take in a snapshot (`KeyValueStateMachine.takeSnapshot`): each a
+  /// length-prefixed key and a length-prefixed outcome.
+  private(set) var snapshotBytes = 0
 
   init(entriesMax: Int) {
     precondition(entriesMax >= 0, "idempotencyEntriesMax must not be negative")
@@ -28,11 +31,13 @@ struct IdempotencyTable {
     guard entriesMax > 0 else { return }
     outcomes[key] = outcome
     order.append(key)
+    snapshotBytes += Self.snapshotBytes(key: key, outcome: outcome)
     while outcomes.count > entriesMax {
       let evicted = order[head]
       head += 1
       let removed = outcomes.removeValue(forKey: evicted)
       assert(removed != nil, "eviction order and table out of step")
+      snapshotBytes -= Self.snapshotBytes(key: evicted, outcome: removed ?? [])
     }
     // Drop evicted slots once they are the majority, so `order` stays O(entriesMax).
     if head > 1024 && head * 2 > order.count {
@@ -41,6 +46,8 @@ struct IdempotencyTable {
     }
     assert(order.count - head == outcomes.count)
   }
+
+  static func snapshotBytes(key: String, outcome: [UInt8]) -> Int { 4 + key.utf8.count + 4 + outcome.count }
 
   /// The remembered keys and outcomes, oldest (next to be evicted) first.
   var entriesInEvictionOrder: [(key: String, outcome: [UInt8])] {

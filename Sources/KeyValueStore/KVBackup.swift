@@ -51,6 +51,12 @@ public struct KVBackup: Sendable, Equatable {
     self.payload = payload
   }
 
+  /// Bytes a backup of `group` takes around its payload: what an export's size limit leaves for
+  /// the state machine's snapshot is that limit less this.
+  public static func frameBytes(group: GroupID, kind: String = KVBackup.keyValueKind) -> Int {
+    frameBytesMin + group.description.utf8.count + kind.utf8.count
+  }
+
   /// The file name a backup is offered under: `DataRegion-1-42.caucus-backup`.
   public var fileName: String { "\(group)-\(index).caucus-backup" }
 
@@ -72,7 +78,7 @@ public struct KVBackup: Sendable, Equatable {
     Self.appendBigEndian(UInt64(payload.count), to: &bytes)
     bytes.append(contentsOf: payload)
     Self.appendBigEndian(CRC32C.checksum(bytes), to: &bytes)
-    assert(bytes.count == Self.frameBytesMin + groupBytes.count + kindBytes.count + payload.count)
+    assert(bytes.count == Self.frameBytes(group: group, kind: kind) + payload.count)
     return bytes
   }
 

@@ -23,12 +23,13 @@
 ///                           2 list: bytes prefix (0...4096), optional bytes after (0...4096),
 ///                                   u64 limit (0...10000)
 ///                           3 changes: u64 after, bytes prefix (0...4096), u64 limit (0...10000)
-///                           4 snapshot: nothing more
+///                           4 snapshot: u64 bytesMax
 ///     results     = version, u32 count (0...1024), result*count
 ///     result      = u8 tag: 1 get: optional entry
 ///                           2 list: u32 count (0...10000), entry*count, u8 more
 ///                           3 changes: u32 count (0...10000), change*count, optional u64 compactedBefore
 ///                           4 snapshot: bytes snapshot (the state machine's snapshot format)
+///                           5 snapshot too large: u64 bytes (the size it would have)
 ///     change      = u8 kind (1 put, 2 delete), u64 index, bytes key, bytes value
 ///     entry       = bytes key, bytes value, u64 revision
 ///
@@ -241,8 +242,9 @@ public enum KVCodec {
         writer.writeUInt64(after)
         writer.writeLengthPrefixed(prefix)
         writer.writeUInt64(UInt64(bitPattern: Int64(limit)))
-      case .snapshot:
+      case .snapshot(let bytesMax):
         writer.writeUInt8(QueryTag.snapshot)
+        writer.writeUInt64(bytesMax)
       }
     }
     return writer.bytes
@@ -283,7 +285,7 @@ public enum KVCodec {
         }
         queries.append(.changes(after: after, prefix: prefix, limit: Int(limit)))
       case QueryTag.snapshot:
-        queries.append(.snapshot)
+        queries.append(.snapshot(bytesMax: try reader.readUInt64()))
       default:
         throw KVCodecError.invalidTag(field: "query", value: tag)
       }
@@ -331,6 +333,9 @@ public enum KVCodec {
       case .snapshot(let snapshot):
         writer.writeUInt8(QueryTag.snapshot)
         writer.writeLengthPrefixed(snapshot)
+      case .snapshotTooLarge(let bytes):
+        writer.writeUInt8(QueryTag.snapshotTooLarge)
+        writer.writeUInt64(bytes)
       }
     }
     return writer.bytes
@@ -374,6 +379,8 @@ public enum KVCodec {
         results.append(.changes(events: events, compactedBefore: compactedBefore))
       case QueryTag.snapshot:
         results.append(.snapshot(try reader.readLengthPrefixed(field: "snapshot length")))
+      case QueryTag.snapshotTooLarge:
+        results.append(.snapshotTooLarge(bytes: try reader.readUInt64()))
       default:
         throw KVCodecError.invalidTag(field: "query result", value: tag)
       }
@@ -406,6 +413,8 @@ public enum KVCodec {
     static let list: UInt8 = 2
     static let changes: UInt8 = 3
     static let snapshot: UInt8 = 4
+    /// A result tag only.
+    static let snapshotTooLarge: UInt8 = 5
   }
 
   enum ChangeTag {

@@ -17,6 +17,9 @@ public final class KeyValueStateMachine: StateMachine {
   }
 
   private var entries = OrderedBytesMap<StoredValue>()
+  /// What `entries` take in a snapshot (`entrySnapshotBytes` each), kept as they change, so a
+  /// snapshot's size is known before it is built (`snapshotByteCount`).
+  private var entriesSnapshotBytes = 0
   private var idempotency: IdempotencyTable
   private var history: ChangeHistory
 
@@ -112,7 +115,9 @@ public final class KeyValueStateMachine: StateMachine {
     case .changes(let after, let prefix, let limit):
       let found = changes(after: after, prefix: prefix, limit: limit)
       return .changes(events: found.events, compactedBefore: found.compactedBefore)
-    case .snapshot:
+    case .snapshot(let bytesMax):
+      let bytes = UInt64(snapshotByteCount)
+      guard bytes <= bytesMax else { return .snapshotTooLarge(bytes: bytes) }
       return .snapshot(takeSnapshot())
     }
   }
@@ -198,11 +203,15 @@ public final class KeyValueStateMachine: StateMachine {
     for operation in operations {
       switch operation {
       case .put(let key, let value, _):
-        entries.updateValue(StoredValue(value: value, revision: index), for: key)
+        let replaced = entries.updateValue(StoredValue(value: value, revision: index), for: key)
+        entriesSnapshotBytes += Self.entrySnapshotBytes(key: key, value: value)
+        if let replaced { entriesSnapshotBytes -= Self.entrySnapshotBytes(key: key, value: replaced.value) }
         history.record(KVChangeEvent(index: index, kind: .put, key: key, value: value))
         results.append(.put(revision: index))
       case .delete(let key, _):
-        let deleted = entries.removeValue(for: key) != nil
+        let removed = entries.removeValue(for: key)
+        if let removed { entriesSnapshotBytes -= Self.entrySnapshotBytes(key: key, value: removed.value) }
+        let deleted = removed != nil
         if deleted {
           history.record(KVChangeEvent(index: index, kind: .delete, key: key, value: []))
         }
@@ -246,8 +255,16 @@ public final class KeyValueStateMachine: StateMachine {
     var bytes = writer.bytes
     let checksum = CRC32C.checksum(bytes)
     withUnsafeBytes(of: checksum.littleEndian) { bytes.append(contentsOf: $0) }
+    precondition(bytes.count == snapshotByteCount, "snapshot is \(bytes.count) bytes; its count said \(snapshotByteCount)")
     return bytes
   }
+
+  /// The length of `takeSnapshot()`'s bytes, known without building them: version, applied
+  /// index, entry count, the entries, idempotency count, the idempotency entries, checksum.
+  public var snapshotByteCount: Int { 1 + 8 + 8 + entriesSnapshotBytes + 8 + idempotency.snapshotBytes + 4 }
+
+  /// What one key takes in a snapshot: length-prefixed key and value, and the revision.
+  static func entrySnapshotBytes(key: KVBytes, value: KVBytes) -> Int { 4 + key.count + 4 + value.count + 8 }
 
   /// Replaces the state with a snapshot's. Throws `KVCodecError` on any corruption (checksum,
   /// truncation, limits, keys out of order, revisions past the snapshot's index, undecodable
@@ -271,11 +288,14 @@ public final class KeyValueStateMachine: StateMachine {
 
     var reader = ByteReader(snapshot, range: 1..<bodyEnd)
     let restoredIndex = try reader.readUInt64()
+    // The change history starts after it (`restoredIndex + 1`): the last index is no state.
+    guard restoredIndex < UInt64.max else { throw KVCodecError.invalidContent("applied index \(restoredIndex) is past the last") }
     let entryCount = try reader.readUInt64()
     guard entryCount <= UInt64(reader.remaining / KVCodec.entryBytesMin) else {
       throw KVCodecError.invalidContent("\(entryCount) entries cannot fit in the snapshot")
     }
     let restoredEntries = OrderedBytesMap<StoredValue>()
+    var restoredEntriesBytes = 0
     var previousKey: KVBytes? = nil
     for _ in 0..<entryCount {
       let entry = try KVCodec.readEntry(&reader)
@@ -288,6 +308,7 @@ public final class KeyValueStateMachine: StateMachine {
       }
       restoredEntries.updateValue(
         StoredValue(value: entry.value, revision: entry.revision), for: entry.key)
+      restoredEntriesBytes += Self.entrySnapshotBytes(key: entry.key, value: entry.value)
       previousKey = entry.key
     }
     let idempotencyCount = try reader.readUInt64()
@@ -309,6 +330,7 @@ public final class KeyValueStateMachine: StateMachine {
 
     assert(restoredEntries.count == Int(entryCount))
     entries = restoredEntries
+    entriesSnapshotBytes = restoredEntriesBytes
     idempotency = restoredIdempotency
     lastAppliedIndex = restoredIndex
     history.reset(completeFrom: restoredIndex + 1)

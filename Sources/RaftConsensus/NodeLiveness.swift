@@ -26,6 +26,9 @@ struct NodeLiveness {
 
   func isDead(_ node: ReplicaID) -> Bool { dead.contains(node) }
 
+  /// When each peer node was last heard from (its first becoming a peer, before anything came).
+  var lastHeard: [ReplicaID: UInt64] { lastHeardNanoseconds }
+
   /// Re-evaluates every peer at `now` (a new peer starts live) and forgets nodes no longer peers.
   /// Returns the nodes that died and those that came back since the last update, in id order.
   mutating func update(peers: Set<ReplicaID>, now: UInt64) -> (died: [ReplicaID], revived: [ReplicaID]) {

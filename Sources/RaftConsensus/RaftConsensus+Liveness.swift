@@ -17,6 +17,8 @@ extension RaftConsensus {
       refreshLivenessPeers()
     }
     let (died, revived) = liveness.update(peers: Set(livenessPeers.keys), now: turn.now)
+    let lastHeard = liveness.lastHeard
+    peerNodesLastHeard.withLock { $0 = lastHeard }
     guard !died.isEmpty || !revived.isEmpty else { return }
     logger.notice(
       "peer node liveness changed",

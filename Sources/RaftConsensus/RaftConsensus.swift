@@ -142,6 +142,9 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
   var snapshotStreams: SnapshotStreams
   /// Which peer nodes were heard from lately: the failure detector of quiesced groups.
   var liveness: NodeLiveness
+  /// `liveness.lastHeard` as of the last tick, for readers on other threads: a peer's
+  /// `lastContactMs` in a group's status.
+  let peerNodesLastHeard = Locked<[ReplicaID: UInt64]>([:])
   /// Every node this node shares a group with, and its consensus endpoint: where the liveness
   /// pings go (`refreshLivenessPeers`, `addLivenessPeers`).
   var livenessPeers: [ReplicaID: Peer] = [:]
@@ -707,16 +710,22 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
     // The membership in force, with each member's endpoint (an unknown one shows empty; it
     // should not happen: changes carry the endpoints of the members they add, and snapshots the
     // endpoints their group knew — except a snapshot written by a build before snapshots did).
+    let lastHeard = peerNodesLastHeard.withLock { $0 }
+    let now = clock.nowNanoseconds()
     let peers = view.membership.allReplicas.map { replicaID -> PeerStatus in
       let peer = replica.peer(replicaID) ?? Peer(node: NodeID(replicaID), endpoint: Endpoint(host: "", port: 0))
       let learner = !view.membership.isVoter(replicaID)
       if replicaID == localPeer.node.rawValue {
         return PeerStatus(
           peer: peer, learner: learner, matchIndex: view.lastIndex, nextIndex: view.lastIndex + 1, lag: 0,
-          lastContactMs: nil)
+          lastContactMs: 0)
       }
+      // Node-level contact: every node hears from each node it shares a group with at least
+      // once a tick (liveness pings), so this is how long the peer's node has been silent.
+      let lastContactMs = lastHeard[replicaID].map { now > $0 ? (now - $0) / 1_000_000 : 0 }
       guard let progress = view.progress[replicaID] else {
-        return PeerStatus(peer: peer, learner: learner, matchIndex: 0, nextIndex: 0, lag: 0, state: .probe)
+        return PeerStatus(
+          peer: peer, learner: learner, matchIndex: 0, nextIndex: 0, lag: 0, lastContactMs: lastContactMs, state: .probe)
       }
       let state: PeerReplicationState
       switch progress.state {
@@ -726,7 +735,8 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       }
       return PeerStatus(
         peer: peer, learner: learner, matchIndex: progress.match, nextIndex: progress.next,
-        lag: view.lastIndex > progress.match ? view.lastIndex - progress.match : 0, state: state)
+        lag: view.lastIndex > progress.match ? view.lastIndex - progress.match : 0, lastContactMs: lastContactMs,
+        state: state)
     }
     return GroupStatus(
       id: group, protocolName: protocolName, role: role, leader: replica.peer(view.leader), term: view.term,

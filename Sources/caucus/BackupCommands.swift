@@ -1,5 +1,6 @@
 import ArgumentParser
 import Checksum
+import Glibc
 import HTTPServer
 import JSON
 import KeyValueStore
@@ -88,7 +89,8 @@ struct RestoreCommand: ParsableCommand {
       applies at most once. Then it reads the whole group back and compares it with the backup. \
       Keys get new revisions; the idempotency table and the watch history are not restored. \
       Exit status: 0 restored and verified; 1 refused (the group holds keys, a write failed); \
-      3 no endpoint answered; 4 the group read back differs; 65 the file is not a usable backup.
+      3 no endpoint answered; 4 the group read back differs; 5 a batch may or may not have applied \
+      (rerun with --resume); 65 the file is not a usable backup.
       """)
 
   /// A batch's JSON body at most: well under the node's request body limit (1 MiB + 64 KiB by
@@ -99,6 +101,10 @@ struct RestoreCommand: ParsableCommand {
   /// How often one batch is sent before the restore gives up: a 503 (no leader yet, overloaded),
   /// a 504 or no answer is retried with the same Idempotency-Key.
   static let batchAttemptsMax = 5
+  /// The pause before a batch's second attempt; it doubles for each later one (or is the node's
+  /// `Retry-After`, when longer), up to `retryPauseMsMax`.
+  static let retryPauseMsFirst = 250
+  static let retryPauseMsMax = 4_000
   /// Keys per page when the group is read back (the node's largest page).
   static let verifyPageItemsMax = 1000
 
@@ -281,29 +287,47 @@ struct RestoreCommand: ParsableCommand {
       (method, target, body) = ("PUT", ClientConnection.groupPath(group, "/kv/" + ClientConnection.encode(bytes: key)), value)
     }
     var lastFailure = ""
-    for _ in 1...Self.batchAttemptsMax {
+    // Whether the batch may have applied (a 504, or an attempt sent and never answered), and
+    // whether any node answered at all: what the failure says when every attempt is used up.
+    var possiblyApplied = false
+    var answered = false
+    var pauseMs = Self.retryPauseMsFirst
+    for attempt in 1...Self.batchAttemptsMax {
+      if attempt > 1 {
+        usleep(UInt32(pauseMs) * 1_000)
+        pauseMs = min(pauseMs * 2, Self.retryPauseMsMax)
+      }
       let response: PeerResponse
       do {
         response = try client.send(method, target, body: body, headers: headers, deadlineNanoseconds: requestDeadline(client))
       } catch {
         lastFailure = "\(error)"
+        possiblyApplied = possiblyApplied || error.outcomeUnknown
         continue
       }
+      answered = true
       if (200..<300).contains(response.status) {
         return response.headers.contains { $0.name.lowercased() == "idempotent-replayed" && $0.value == "true" }
       }
-      // No leader yet, overloaded, or a write whose outcome is unknown: the same batch again.
+      // No leader yet, overloaded, or a write whose outcome is unknown: the same batch again,
+      // after the node's Retry-After when it gives a longer one.
       guard response.status == 503 || response.status == 504 else {
         printStandardError("error: batch \(batch.idempotencyKey) was refused:")
         ClientConnection.printServerError(response)
         throw ExitCode(ClientExitStatus.refused)
       }
+      possiblyApplied = possiblyApplied || response.status == 504
+      if let retryAfter = response.headers.first(where: { $0.name.lowercased() == "retry-after" }).flatMap({ Int($0.value) }) {
+        pauseMs = min(max(pauseMs, retryAfter * 1_000), Self.retryPauseMsMax)
+      }
       lastFailure = "\(response.status) \(ClientConnection.errorCode(response) ?? "")"
     }
+    let outcome = possiblyApplied ? "may or may not have applied" : "did not apply"
     printStandardError(
-      "error: batch \(batch.idempotencyKey) did not apply after \(Self.batchAttemptsMax) attempts (last: \(lastFailure)); "
-        + "rerun with --resume to continue")
-    throw ExitCode(ClientExitStatus.unreachable)
+      "error: batch \(batch.idempotencyKey) \(outcome) after \(Self.batchAttemptsMax) attempts (last: \(lastFailure)); "
+        + "rerun with --resume to continue (each batch applies at most once)")
+    throw ExitCode(
+      possiblyApplied ? ClientExitStatus.outcomeUnknown : answered ? ClientExitStatus.refused : ClientExitStatus.unreachable)
   }
 
   // MARK: The group
@@ -363,7 +387,11 @@ struct RestoreCommand: ParsableCommand {
         }
         found[key] = value
       }
-      guard page["more"] == .bool(true), let last = items.last.flatMap(keyBytes) else { return (found, index) }
+      guard page["more"] == .bool(true) else { return (found, index) }
+      guard let last = items.last.flatMap(keyBytes) else {
+        printStandardError("error: bad_response: a listing page said more keys follow but held none")
+        throw ExitCode(ClientExitStatus.refused)
+      }
       // Each page must start past the last, so the loop ends with the keys.
       guard after.map({ $0.lexicographicallyPrecedes(last) }) ?? true else {
         printStandardError("error: bad_response: a page of the listing did not advance")

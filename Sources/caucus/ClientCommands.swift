@@ -1,4 +1,5 @@
 import ArgumentParser
+import Gateway
 import Glibc
 import HTTPServer
 import JSON
@@ -16,7 +17,8 @@ enum ReadConsistency: String, ExpressibleByArgument, CaseIterable {
 /// The exit statuses, in every client command's --help.
 let clientExitStatusHelp = """
   Exit status: 0 the server answered 2xx; 1 it refused (4xx/5xx, the error on stderr as \
-  error: <code>: <message>); 3 no endpoint answered; 64 bad usage.
+  error: <code>: <message>); 3 no endpoint answered; 5 a change may or may not have taken \
+  effect (sent, no answer; or 504 indeterminate); 64 bad usage.
   """
 
 /// The group a data command addresses.
@@ -69,8 +71,9 @@ struct KVCommand: ParsableCommand {
       abstract: "Write a key.",
       discussion: """
         The value is VALUE or the bytes of --value-file (- for standard input; any bytes). The write \
-        carries a fresh Idempotency-Key, so that a retry on the next endpoint after a timeout is \
-        applied at most once.
+        carries an Idempotency-Key (fresh, or --idempotency-key), so that a retry on the next endpoint \
+        after a timeout is applied at most once; when the outcome stays unknown (exit 5) the key to \
+        repeat it with is printed.
         """)
 
     @OptionGroup var connection: ClientOptions
@@ -82,6 +85,7 @@ struct KVCommand: ParsableCommand {
     @Option(name: .long, help: "Write only if the key's revision is N (compare-and-set; 412 otherwise).")
     var ifRevision: UInt64?
     @Flag(name: .long, help: "Write only if the key does not exist (412 otherwise).") var createOnly = false
+    @OptionGroup var idempotency: IdempotencyKeyOption
 
     func validate() throws {
       guard (value == nil) != (valueFile == nil) else { throw ValidationError("give the value or --value-file, exactly one") }
@@ -91,7 +95,7 @@ struct KVCommand: ParsableCommand {
     func run() throws {
       let bytes = try value.map { Array($0.utf8) } ?? readValueFile(valueFile!)
       let client = try ClientConnection(connection)
-      var headers = [try idempotencyHeader()]
+      var headers = [try idempotency.header()]
       if let ifRevision { headers.append(("If-Match", "\"\(ifRevision)\"")) }
       if createOnly { headers.append(("If-None-Match", "*")) }
       let response = try client.call(
@@ -111,10 +115,11 @@ struct KVCommand: ParsableCommand {
     @OptionGroup var target: DataGroupOption
     @Argument(help: "The key.") var key: String
     @Option(name: .long, help: "Delete only if the key's revision is N (412 otherwise).") var ifRevision: UInt64?
+    @OptionGroup var idempotency: IdempotencyKeyOption
 
     func run() throws {
       let client = try ClientConnection(connection)
-      var headers = [try idempotencyHeader()]
+      var headers = [try idempotency.header()]
       if let ifRevision { headers.append(("If-Match", "\"\(ifRevision)\"")) }
       let response = try client.call(
         "DELETE", ClientConnection.groupPath(target.group, "/kv/" + ClientConnection.encode(key)), headers: headers)
@@ -173,7 +178,11 @@ struct KVCommand: ParsableCommand {
           if rows.count >= Self.tableRowsPerBlockMax { printRows() }
         }
         let more = page["more"] == .bool(true)
-        guard more, let last = items.last else { break }
+        guard more else { break }
+        guard let last = items.last else {
+          printStandardError("error: bad_response: a listing page said more keys follow but held none")
+          throw ExitCode(ClientExitStatus.refused)
+        }
         guard all else {
           if client.output == .table { printStandardError("(more keys: --after '\(keyText(last))', or --all)") }
           break
@@ -493,12 +502,31 @@ struct ClusterCommand: ParsableCommand {
 
 let jsonContent: [(name: String, value: String)] = [("Content-Type", "application/json")]
 
-/// `Idempotency-Key: cli-<random>`: one per command, so that the fail-over's re-send of a write
-/// (after a timeout on the first endpoint) is applied at most once.
-func idempotencyHeader() throws -> (name: String, value: String) {
-  do { return ("Idempotency-Key", "cli-" + Hex.encode(try secureRandomBytes(12))) } catch {
-    printStandardError("error: no random bytes for the Idempotency-Key: \(error)")
-    throw ExitCode(ClientExitStatus.usage)
+/// `--idempotency-key`: the Idempotency-Key of a write, so that the fail-over's re-send (after a
+/// timeout on the first endpoint), or the user's repeat of a write whose outcome was unknown, is
+/// applied at most once.
+struct IdempotencyKeyOption: ParsableArguments {
+  @Option(
+    name: .long,
+    help: ArgumentHelp(
+      "The write's Idempotency-Key (default: a fresh cli-<random>); give the one printed after an unknown outcome to repeat that write at most once.",
+      valueName: "key"))
+  var idempotencyKey: String?
+
+  func validate() throws {
+    if let idempotencyKey {
+      guard !idempotencyKey.isEmpty, idempotencyKey.utf8.count <= GatewayLimits.idempotencyKeyBytesMax, idempotencyKey.utf8.allSatisfy({ (0x21...0x7E).contains($0) }) else {
+        throw ValidationError("--idempotency-key must be 1 to \(GatewayLimits.idempotencyKeyBytesMax) printable ASCII characters without spaces")
+      }
+    }
+  }
+
+  func header() throws -> (name: String, value: String) {
+    if let idempotencyKey { return ("Idempotency-Key", idempotencyKey) }
+    do { return ("Idempotency-Key", "cli-" + Hex.encode(try secureRandomBytes(12))) } catch {
+      printStandardError("error: no random bytes for the Idempotency-Key: \(error)")
+      throw ExitCode(ClientExitStatus.usage)
+    }
   }
 }
 

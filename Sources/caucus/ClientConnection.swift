@@ -13,6 +13,10 @@ import Platform
 enum ClientExitStatus {
   /// The server answered 2xx (and, for `kv get`, the key exists).
   static let ok: Int32 = 0
+  /// A request that changes state may or may not have taken effect: the server said so
+  /// (`504` with `indeterminate`), or a request was sent and its answer never came. A write
+  /// with an Idempotency-Key can be retried with the same key (`--idempotency-key`).
+  static let outcomeUnknown: Int32 = 5
   /// A server answered with an error (4xx, or 5xx but 503 from every endpoint tried); the
   /// server's `error: <code>: <message>` went to standard error.
   static let refused: Int32 = 1
@@ -114,10 +118,15 @@ struct ClientOptions: ParsableArguments {
 /// No endpoint gave an answer within the deadline: what each attempt met, in order.
 struct ClientUnreachable: Error, CustomStringConvertible {
   var attempts: [(endpoint: String, failure: String)]
+  /// A request that changes state was sent and its answer never came (a timeout or a broken
+  /// connection, not a refused one): it may have taken effect.
+  var outcomeUnknown = false
   var description: String {
-    attempts.isEmpty
+    let tried = attempts.map { "\($0.endpoint): \($0.failure)" }.joined(separator: "; ")
+    if outcomeUnknown { return "outcome_unknown: the request may or may not have taken effect (\(tried))" }
+    return attempts.isEmpty
       ? "no endpoint reachable: the deadline passed before the first attempt"
-      : "no endpoint reachable: " + attempts.map { "\($0.endpoint): \($0.failure)" }.joined(separator: "; ")
+      : "no endpoint reachable: " + tried
   }
 }
 
@@ -166,6 +175,11 @@ final class ClientConnection {
   /// 503 is returned (the cluster is there but cannot serve: the caller reports it as a refusal).
   /// `target` is the path and query, percent-encoded (`ClientConnection.encode`).
   ///
+  /// A request that changes state (not GET or HEAD) whose attempt timed out or broke after it
+  /// was sent may have taken effect: it moves to the next endpoint only when it carries an
+  /// Idempotency-Key (the node applies it at most once), and when no final answer comes the
+  /// failure says the outcome is unknown rather than that nothing answered.
+  ///
   /// An attempt may take `attemptTimeoutMs` (a long poll's wait plus a margin) or, by default,
   /// an equal share of what is left of the deadline among the endpoints not yet tried (the last
   /// one all of it): a node that accepts connections but never answers must not use up the
@@ -180,6 +194,9 @@ final class ClientConnection {
     if let token { requestHeaders.append(("Authorization", "Bearer \(token)")) }
     var attempts: [(endpoint: String, failure: String)] = []
     var unavailable: PeerResponse?
+    let changesState = method != "GET" && method != "HEAD"
+    let retriesSafely = headers.contains { $0.name.lowercased() == "idempotency-key" }
+    var possiblyApplied = false
     for offset in 0..<endpoints.count {
       let index = (preferred + offset) % endpoints.count
       let now = MonotonicClock.nowNanoseconds()
@@ -199,14 +216,21 @@ final class ClientConnection {
       case .success(let response):
         preferred = index
         return response
-      case .failure(.connectFailed(let message)), .failure(.timeout(let message)), .failure(.transport(let message)):
+      case .failure(.connectFailed(let message)):
         attempts.append((endpoints[index], message))
+      case .failure(.timeout(let message)), .failure(.transport(let message)):
+        attempts.append((endpoints[index], message))
+        if changesState {
+          possiblyApplied = true
+          guard retriesSafely else { throw ClientUnreachable(attempts: attempts, outcomeUnknown: true) }
+        }
       case .failure(let error):
         // Too large, invalid, overloaded: another endpoint would not do better.
         attempts.append((endpoints[index], error.description))
         throw ClientUnreachable(attempts: attempts)
       }
     }
+    if possiblyApplied { throw ClientUnreachable(attempts: attempts, outcomeUnknown: true) }
     if let unavailable { return unavailable }
     throw ClientUnreachable(attempts: attempts)
   }
@@ -227,7 +251,9 @@ final class ClientConnection {
   }
 
   /// `send` for a command: no answer prints `error: no endpoint reachable…` and exits 3; an
-  /// answer outside 2xx (and not in `accepting`) prints the server's error and exits 1.
+  /// answer outside 2xx (and not in `accepting`) prints the server's error and exits 1; a change
+  /// whose outcome is unknown (no answer after it was sent, or the server's `504` with
+  /// `indeterminate`) prints why, the Idempotency-Key to retry with when it has one, and exits 5.
   func call(
     _ method: String, _ target: String, body: [UInt8] = [], headers: [(name: String, value: String)] = [],
     accepting: Set<Int> = [], deadlineNanoseconds: UInt64? = nil, attemptTimeoutMs: Int? = nil
@@ -238,13 +264,28 @@ final class ClientConnection {
         method, target, body: body, headers: headers, deadlineNanoseconds: deadlineNanoseconds, attemptTimeoutMs: attemptTimeoutMs)
     } catch {
       printStandardError("error: \(error)")
-      throw ExitCode(ClientExitStatus.unreachable)
+      guard error.outcomeUnknown else { throw ExitCode(ClientExitStatus.unreachable) }
+      Self.printRetryHint(headers)
+      throw ExitCode(ClientExitStatus.outcomeUnknown)
     }
     guard (200..<300).contains(response.status) || accepting.contains(response.status) else {
       Self.printServerError(response)
+      if response.status == 504, (try? JSONParser.parse(response.body))?["indeterminate"] == .bool(true) {
+        Self.printRetryHint(headers)
+        throw ExitCode(ClientExitStatus.outcomeUnknown)
+      }
       throw ExitCode(ClientExitStatus.refused)
     }
     return response
+  }
+
+  /// After an unknown outcome: how to retry so that the write applies at most once.
+  static func printRetryHint(_ headers: [(name: String, value: String)]) {
+    guard let key = headers.first(where: { $0.name.lowercased() == "idempotency-key" })?.value else {
+      printStandardError("note: it may or may not have taken effect; check before repeating it")
+      return
+    }
+    printStandardError("note: it may or may not have been applied; repeat it with --idempotency-key \(key) to apply it at most once")
   }
 
   /// `error: <code>: <message>` on standard error, from the server's JSON error (the raw status

@@ -318,6 +318,35 @@ final class CLITests: XCTestCase {
     XCTAssertTrue(refused.standardError.hasPrefix("error: no_leader: "), refused.standardError)
   }
 
+  /// A change sent to a node that never answers may have taken effect. A write, which carries its
+  /// Idempotency-Key, goes on to the next endpoint (applied at most once); a change without one
+  /// (group delete) is not re-sent; when no answer comes the outcome is unknown (status 5, not 3)
+  /// and a write's key is printed, to repeat it with.
+  func testAChangeSentWithoutAnAnswerIsAnUnknownOutcomeNotUnreachable() throws {
+    let node = try standalone("cli-unknown")
+    let silent = try FakeEndpoint(answering: false)
+    fakes.append(silent)
+    let lost = try caucus(["kv", "put", "k", "v1", "--timeout-ms", "2000", "--endpoints", silent.url])
+    XCTAssertEqual(lost.status, 5, lost.standardError)
+    XCTAssertTrue(lost.standardError.hasPrefix("error: outcome_unknown: "), lost.standardError)
+    let marker = "--idempotency-key "
+    let hint = try XCTUnwrap(lost.standardError.range(of: marker), lost.standardError)
+    let key = String(lost.standardError[hint.upperBound...].prefix { !$0.isWhitespace })
+    XCTAssertTrue(key.hasPrefix("cli-"), lost.standardError)
+    let repeated = try caucus(["kv", "put", "k", "v1", "--idempotency-key", key, "--output", "json", "--endpoints", url(node)])
+    XCTAssertEqual(repeated.status, 0, repeated.standardError)
+    let again = try caucus(["kv", "put", "k", "v1", "--idempotency-key", key, "--output", "json", "--endpoints", url(node)])
+    XCTAssertEqual(again.text, repeated.text, "the repeat with the same key is answered, not applied again")
+
+    let passed = try caucus(["kv", "put", "k", "v2", "--timeout-ms", "4000", "--endpoints", "\(silent.url),\(url(node))"])
+    XCTAssertEqual(passed.status, 0, passed.standardError)
+
+    let deletion = try caucus(["group", "delete", "DataRegion-0", "--timeout-ms", "4000", "--endpoints", "\(silent.url),\(url(node))"])
+    XCTAssertEqual(deletion.status, 5, deletion.standardError)
+    XCTAssertTrue(deletion.standardError.contains("outcome_unknown"), deletion.standardError)
+    XCTAssertEqual(try caucus(["kv", "get", "k", "--raw", "--endpoints", url(node)]).text, "v2", "the delete was not re-sent")
+  }
+
   func testCACertTurnsTLSOnAndAnUntrustedCertificateIsNoAnswer() throws {
     let directory = temporaryDirectory("cli-tls")
     paths.append(directory)

@@ -39,6 +39,15 @@ final class ClusterTests: XCTestCase {
     XCTAssertEqual(stale.text, "green", "a follower serves stale reads once it has applied the index")
     XCTAssertNil(stale.headers["x-caucus-forwarded-by"], "stale reads are answered locally")
 
+    // HEAD through a follower is relayed and keeps the Content-Length of the GET's body (the
+    // leader answers it without the body; it was relayed as 0).
+    let (headStatus, head) = try runCommand(
+      "/usr/bin/curl", ["-s", "-I", "http://127.0.0.1:\(nodes[followers[0]].port)/v1/groups/DataRegion-0/kv/colour?raw=true"])
+    XCTAssertEqual(headStatus, 0, head)
+    let headLines = head.lowercased().split(separator: "\r\n")
+    XCTAssertTrue(headLines.contains("x-caucus-forwarded-by: \(followers[0] + 1)"), head)
+    XCTAssertTrue(headLines.contains("content-length: 5"), "the length of \"green\": \(head)")
+
     let redirect = try HTTPClient(port: nodes[followers[0]].port).request("GET", "/v1/groups/DataRegion-0/kv/colour?forward=redirect")
     XCTAssertEqual(redirect.status, 307)
     XCTAssertEqual(
@@ -52,6 +61,12 @@ final class ClusterTests: XCTestCase {
     let logEntries = try XCTUnwrap(status.json["logEntries"] as? Int, status.text)
     XCTAssertGreaterThan(logEntries, 0, status.text)
     XCTAssertGreaterThan(status.json["logBytes"] as? Int ?? 0, logEntries * 5, "at least each written value's bytes: \(status.text)")
+    // Each peer's lastContactMs: 0 for the answering node, a recent contact for the live others
+    // (raft left it null).
+    for peer in status.json["peers"] as? [[String: Any]] ?? [] {
+      let contact = try XCTUnwrap(peer["lastContactMs"] as? Int, "\(peer)")
+      if peer["id"] as? Int == leaderIndex + 1 { XCTAssertEqual(contact, 0) } else { XCTAssertLessThan(contact, 5_000, "\(peer)") }
+    }
     // getLeader at a follower names the leader by its client URL (it answered "" before).
     for node in [followers[0], leaderIndex] {
       let leaderInfo = try HTTPClient(port: nodes[node].port).request("GET", "/v1/groups/DataRegion-0/leader")

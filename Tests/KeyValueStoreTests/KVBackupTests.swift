@@ -22,7 +22,7 @@ final class KVBackupTests: XCTestCase {
 
   func testSnapshotQueryAnswersTakeSnapshotAtTheCurrentState() throws {
     let machine = try populatedMachine()
-    let results = try machine.read([.snapshot])
+    let results = try machine.read([.snapshot(bytesMax: .max)])
     XCTAssertEqual(results, [.snapshot(machine.takeSnapshot())])
     guard case .snapshot(let bytes) = results.first else { return XCTFail("no snapshot result") }
     let copy = KeyValueStateMachine()
@@ -31,7 +31,48 @@ final class KVBackupTests: XCTestCase {
     XCTAssertEqual(copy.list(prefix: [], after: nil, limit: 100).items, machine.list(prefix: [], after: nil, limit: 100).items)
     // A later write changes the next snapshot, not one already taken.
     try machine.put(7, b("new"), b("x"))
-    XCTAssertNotEqual(try machine.read([.snapshot]), results)
+    XCTAssertNotEqual(try machine.read([.snapshot(bytesMax: .max)]), results)
+  }
+
+  /// The snapshot's size is known before it is built (`snapshotByteCount`, kept as keys are put,
+  /// overwritten and deleted, idempotency keys remembered and forgotten, and snapshots restored),
+  /// and a snapshot over the query's bound is not built but answered with that size.
+  func testTheSnapshotSizeIsKnownBeforeItIsBuiltAndBoundsTheQuery() throws {
+    let machine = KeyValueStateMachine(idempotencyEntriesMax: 2)
+    func check(_ step: String) {
+      XCTAssertEqual(machine.snapshotByteCount, machine.takeSnapshot().count, step)
+    }
+    check("empty")
+    try machine.put(1, b("a"), b("one"))
+    try machine.put(2, b("b"), [UInt8](repeating: 9, count: 1000))
+    check("two keys")
+    try machine.put(3, b("b"), b("shorter"))
+    check("an overwrite")
+    XCTAssertEqual(try machine.write(4, [.delete(key: b("a"), precondition: .none)], id: "first"), .applied([.delete(deleted: true)]))
+    check("a delete with an idempotency key")
+    for (index, id) in [(5, "second"), (6, "third-evicts-first")] {
+      XCTAssertEqual(try machine.write(UInt64(index), [.put(key: b("k\(index)"), value: b("v"), precondition: .none)], id: id), .applied([.put(revision: UInt64(index))]))
+    }
+    check("an idempotency key forgotten")
+    XCTAssertEqual(try machine.write(7, [.delete(key: b("absent"), precondition: .none)]), .applied([.delete(deleted: false)]))
+    check("a delete of nothing")
+    let copy = KeyValueStateMachine(idempotencyEntriesMax: 2)
+    try copy.restore(snapshot: machine.takeSnapshot())
+    XCTAssertEqual(copy.snapshotByteCount, machine.snapshotByteCount, "restored")
+
+    let size = UInt64(machine.snapshotByteCount)
+    XCTAssertEqual(try machine.read([.snapshot(bytesMax: size - 1)]), [.snapshotTooLarge(bytes: size)])
+    XCTAssertEqual(try machine.read([.snapshot(bytesMax: size)]), [.snapshot(machine.takeSnapshot())])
+  }
+
+  /// A snapshot claiming the last possible index is refused (its history would start past it).
+  func testASnapshotAtTheLastIndexIsRefusedNotATrap() throws {
+    let machine = KeyValueStateMachine()
+    var bytes = machine.takeSnapshot()
+    for offset in 1...8 { bytes[offset] = 0xFF }
+    let crc = CRC32C.checksum(bytes, range: 0..<(bytes.count - 4))
+    withUnsafeBytes(of: crc.littleEndian) { bytes.replaceSubrange((bytes.count - 4)..., with: $0) }
+    XCTAssertThrowsError(try KeyValueStateMachine().restore(snapshot: bytes))
   }
 
   // MARK: Round trip

@@ -52,7 +52,7 @@ final class KVCodecTests: XCTestCase {
       .list(prefix: b("a/"), after: [], limit: 10),
       .get(key: [0x00]),
     ],
-    [.snapshot, .get(key: [0x01]), .snapshot],
+    [.snapshot(bytesMax: 0), .get(key: [0x01]), .snapshot(bytesMax: .max)],
   ]
 
   static let resultSets: [[KVQueryResult]] = [
@@ -68,7 +68,7 @@ final class KVCodecTests: XCTestCase {
           KVEntry(key: [0xFF, 0xFF], value: binaryValue, revision: .max),
         ], more: true),
     ],
-    [.snapshot([]), .snapshot(binaryValue), .get(nil)],
+    [.snapshot([]), .snapshot(binaryValue), .get(nil), .snapshotTooLarge(bytes: 0), .snapshotTooLarge(bytes: .max)],
   ]
 
   // MARK: Round trips
