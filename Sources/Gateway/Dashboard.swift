@@ -400,10 +400,22 @@ enum Dashboard {
       render();
     }
 
-    // One refresh at a time; a view change asks for one at once.
+    // One refresh at a time; a view change asks for one at once, or, when one is under way (it
+    // reads the view it started with), for one more right after it.
     let refreshing = null;
+    let refreshAgain = false;
     function refreshNow() {
-      if (!refreshing) refreshing = refresh().finally(() => { refreshing = null; });
+      if (refreshing) {
+        refreshAgain = true;
+        return refreshing;
+      }
+      refreshing = refresh().finally(() => {
+        refreshing = null;
+        if (refreshAgain) {
+          refreshAgain = false;
+          refreshNow();
+        }
+      });
       return refreshing;
     }
     // A refresh that throws (a node's answer the page did not expect) must not end the polling.

@@ -216,6 +216,8 @@ struct KVCommand: ParsableCommand {
     @Option(name: .long, help: "Report changes after this index. (default: from now)") var fromIndex: UInt64?
     @Option(name: .long, help: "Stop after this many events. (default: never)") var count: Int?
     @Option(name: .long, help: "How long one poll waits at the server for a change.") var pollMs: Int = pollMsDefault
+    /// The least time between two polls that brought nothing.
+    static let emptyPollPauseMs = 100
 
     func validate() throws {
       if let count, count <= 0 { throw ValidationError("--count must be positive") }
@@ -235,11 +237,16 @@ struct KVCommand: ParsableCommand {
         let deadline = MonotonicClock.nowNanoseconds() + UInt64(attemptMs * client.endpoints.count) * 1_000_000
         let response = try client.call("GET", target, deadlineNanoseconds: deadline, attemptTimeoutMs: attemptMs)
         let answer = try client.json(response)
-        guard let index = answer["index"]?.unsignedIntegerValue else {
-          printStandardError("error: bad_response: a watch answer without an index")
+        // The next poll starts after `index`: one that went back would repeat events.
+        guard let index = answer["index"]?.unsignedIntegerValue, index >= fromIndex ?? 0 else {
+          printStandardError("error: bad_response: a watch answer without an index, or one before the last")
           throw ExitCode(ClientExitStatus.refused)
         }
-        for event in answer["events"]?.arrayValue ?? [] {
+        let events = answer["events"]?.arrayValue ?? []
+        // An empty answer before its wait was over (--poll-ms 0, say): pause before asking again
+        // instead of spinning on the node.
+        if events.isEmpty && pollMs < Self.emptyPollPauseMs { usleep(UInt32(Self.emptyPollPauseMs) * 1_000) }
+        for event in events {
           guard count.map({ printed < $0 }) ?? true else { break }
           switch client.output {
           case .json:

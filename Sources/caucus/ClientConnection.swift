@@ -162,10 +162,17 @@ final class ClientConnection {
     configuration.connectTimeoutMs = min(Self.connectTimeoutMs, options.timeoutMs)
     configuration.responseBytesMax = Self.responseBytesMax
     if let cacert = options.cacert { configuration.tls = PeerTLSConfiguration(caCertificateFile: cacert) }
+    // Without --cacert an http:// URL stays plain: with https endpoints, a URL learnt from the
+    // cluster must not take the token over plain http.
+    refusesPlainURLs = options.cacert == nil && endpoints.contains { $0.hasPrefix("https://") }
     do { http = try PeerClient(configuration: configuration) } catch { throw ValidationError("\(error)") }
   }
 
   deinit { http.shutdown() }
+
+  /// Whether a plain `http://` URL outside `endpoints` is refused (`send(to:)`): the endpoints
+  /// are https and nothing upgrades http to TLS.
+  private let refusesPlainURLs: Bool
 
   /// Sends one request with fail-over and returns the first answer that is not a 503: each
   /// endpoint is tried at most once, in order from the one that answered last, within
@@ -239,6 +246,9 @@ final class ClientConnection {
   /// `endpoints`), with the token, within what is left of the command's deadline; no fail-over.
   func send(to baseURL: String, _ method: String, _ target: String) -> Result<PeerResponse, PeerError> {
     precondition(target.hasPrefix("/"), "a target is a path: \(target)")
+    if refusesPlainURLs && baseURL.hasPrefix("http://") {
+      return .failure(.invalidRequest("\(baseURL) is plain http while --endpoints are https; not sent"))
+    }
     let now = MonotonicClock.nowNanoseconds()
     guard now < deadlineNanoseconds else { return .failure(.timeout("the command's deadline passed")) }
     let remainingMs = max(1, Int((deadlineNanoseconds - now) / 1_000_000))

@@ -1,3 +1,4 @@
+import Glibc
 import Platform
 
 /// The file as text, or nil when it cannot be read (absent, unreadable).
@@ -14,12 +15,18 @@ func writeTextFileDurably(_ path: String, _ text: String) throws {
 
 /// `writeTextFileDurably` for bytes.
 func writeFileDurably(_ path: String, _ bytes: [UInt8]) throws {
-  let temporary = path + ".tmp"
-  let file = try File.open(temporary, mode: .writeCreateTruncate)
-  try file.write(all: bytes)
-  try file.sync()
-  try file.close()
-  try FileSystem.rename(temporary, to: path)
+  // This process's own temporary file: two writers of one path do not share (and truncate) it.
+  let temporary = path + ".tmp-\(getpid())"
+  do {
+    let file = try File.open(temporary, mode: .writeCreateTruncate)
+    try file.write(all: bytes)
+    try file.sync()
+    try file.close()
+    try FileSystem.rename(temporary, to: path)
+  } catch {
+    try? FileSystem.unlink(temporary)  // the file is closed by its deinit
+    throw error
+  }
   let directory = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
   try FileSystem.syncDirectory(directory.isEmpty ? (path.hasPrefix("/") ? "/" : ".") : directory)
 }
