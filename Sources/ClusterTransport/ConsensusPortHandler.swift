@@ -53,7 +53,8 @@ public final class ConsensusPortHandler: HTTPHandler {
     if let authenticator {
       let verdict = authenticator.verify(
         method: request.method, target: request.target, headerValue: request.header(PeerAuthenticator.headerName),
-        body: request.body, nowMs: PeerAuthenticator.wallClockMilliseconds())
+        identity: request.header(PeerAuthenticator.identityHeaderName), body: request.body,
+        nowMs: PeerAuthenticator.wallClockMilliseconds())
       if case .failure(let error) = verdict { return refuse(request, error, responder) }
     }
     if request.path == ConsensusPortHandler.groupOperationsPath

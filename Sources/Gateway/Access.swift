@@ -394,8 +394,6 @@ public struct AccessPolicy: Sendable {
     return .success(caller)
   }
 
-  /// The header a relaying node names its caller in: a token's name, or `clusterIdentity`.
-  static let identityHeader = "x-caucus-identity"
   /// The identity of a request a node makes for itself (the directory, a cluster view): not a
   /// token name (`@` is not allowed in one).
   static let clusterIdentity = "@cluster"
@@ -412,11 +410,14 @@ public struct AccessPolicy: Sendable {
   func authenticate(_ request: HTTPRequest, _ tokens: AccessTokens, peers: PeerAuthenticator?) -> Result<Caller, GatewayError> {
     if let peers, let proof = request.header(PeerAuthenticator.headerName) {
       let verdict = peers.verify(
-        method: request.method, target: request.target, headerValue: proof, body: request.body,
+        method: request.method, target: request.target, headerValue: proof,
+        identity: request.header(PeerAuthenticator.identityHeaderName), body: request.body,
         nowMs: PeerAuthenticator.wallClockMilliseconds())
       if case .success(let node) = verdict {
         guard request.header("x-caucus-forwarded-by") != nil else { return .success(.cluster(node: node)) }
-        if let identity = request.header(Self.identityHeader) {
+        // A relaying node names its caller (a token's name, or `clusterIdentity`) in this
+        // header, which the proof covers.
+        if let identity = request.header(PeerAuthenticator.identityHeaderName) {
           if identity == Self.clusterIdentity { return .success(.cluster(node: node)) }
           guard let token = tokens.token(named: identity) else {
             return .failure(

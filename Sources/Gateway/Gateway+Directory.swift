@@ -29,7 +29,8 @@ extension Gateway {
       let request = exchange.request
       let verdict = authenticator.verify(
         method: request.method, target: request.target, headerValue: request.header(PeerAuthenticator.headerName),
-        body: request.body, nowMs: PeerAuthenticator.wallClockMilliseconds())
+        identity: request.header(PeerAuthenticator.identityHeaderName), body: request.body,
+        nowMs: PeerAuthenticator.wallClockMilliseconds())
       if case .failure(let error) = verdict {
         logger.warning("refused to register a node: peer authentication failed", metadata: ["reason": "\(error)"])
         throw .unauthorized("registering a node needs the cluster secret: \(error)", challenge: "Caucus-Peer")

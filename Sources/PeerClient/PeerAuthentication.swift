@@ -6,14 +6,17 @@ import Platform
 /// With a secret configured, every request a node sends another (Raft batches, group operations,
 /// `GET /v1/node`, forwarded client requests, a joining node's registration) carries
 ///
-///     X-Caucus-Peer: v1 node=<sender id> ts=<unix ms> mac=<hex HMAC-SHA256>
+///     X-Caucus-Peer: v2 node=<sender id> ts=<unix ms> mac=<hex HMAC-SHA256>
 ///
-/// over `caucus-peer-v1\n<METHOD>\n<target>\n<node>\n<ts>\n<body>` keyed with the secret, and
-/// the consensus port refuses any request without a valid one (`401 unauthorized`, logged). The
-/// secret itself never travels; the MAC covers the body, so a batch cannot be altered in flight;
-/// and a request older (or newer) than `clockSkewMsMax` is refused, which bounds replays to that
-/// window. Within it a captured request can be replayed on a plaintext network: TLS on the
-/// consensus port closes that.
+/// over `caucus-peer-v2\n<METHOD>\n<target>\n<node>\n<ts>\n<identity>\n<body>` keyed with the
+/// secret, where `<identity>` is the request's `X-Caucus-Identity` (the client a relaying node
+/// admitted; empty when absent). The consensus port refuses any request without a valid one
+/// (`401 unauthorized`, logged). The secret itself never travels; the MAC covers the body and
+/// the identity, so neither a batch nor whose request a relayed one is can be altered in flight
+/// (v1 left the identity out: a captured relay could be replayed as another token's); and a
+/// request older (or newer) than `clockSkewMsMax` is refused, which bounds replays to that
+/// window. Within it a captured request can be replayed unchanged on a plaintext network: TLS on
+/// the consensus port closes that.
 public struct PeerAuthenticator: Sendable {
   /// The header, lowercased as the HTTP parser hands names over.
   public static let headerName = "x-caucus-peer"
@@ -56,32 +59,43 @@ public struct PeerAuthenticator: Sendable {
 
   private static func isWhitespace(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x09 || byte == 0x0A || byte == 0x0D }
 
-  /// The header value for a request this node sends at `nowMs` (wall clock, ms since the epoch).
-  public func headerValue(method: String, target: String, body: [UInt8], nowMs: UInt64) -> String {
-    "v1 node=\(node) ts=\(nowMs) mac=\(Hex.encode(mac(method: method, target: target, node: node, timestamp: nowMs, body: body)))"
+  /// The header a relaying node names its client's token in; the MAC covers it.
+  public static let identityHeaderName = "x-caucus-identity"
+
+  /// The header value for a request this node sends at `nowMs` (wall clock, ms since the epoch);
+  /// `identity`: its `X-Caucus-Identity`, when it has one.
+  public func headerValue(method: String, target: String, identity: String?, body: [UInt8], nowMs: UInt64) -> String {
+    let code = mac(method: method, target: target, node: node, timestamp: nowMs, identity: identity, body: body)
+    return "\(Self.version) node=\(node) ts=\(nowMs) mac=\(Hex.encode(code))"
   }
 
-  /// Checks a received request's header; the sender's node id when it holds.
+  /// Checks a received request's header against its method, target, `X-Caucus-Identity` (nil when
+  /// absent) and body; the sender's node id when it holds.
   public func verify(
-    method: String, target: String, headerValue: String?, body: [UInt8], nowMs: UInt64
+    method: String, target: String, headerValue: String?, identity: String?, body: [UInt8], nowMs: UInt64
   ) -> Result<UInt64, PeerAuthenticationError> {
     guard let headerValue else { return .failure(.missing) }
     let fields = headerValue.split(separator: " ")
-    guard fields.count == 4, fields[0] == "v1", fields[1].hasPrefix("node="), fields[2].hasPrefix("ts="),
+    guard fields.count == 4, fields[0] == Self.version, fields[1].hasPrefix("node="), fields[2].hasPrefix("ts="),
       fields[3].hasPrefix("mac="), let sender = UInt64(fields[1].dropFirst(5)), sender != 0,
       let timestamp = UInt64(fields[2].dropFirst(3)), let code = Hex.decode(fields[3].dropFirst(4)),
       code.count == HMACSHA256.codeBytes
     else { return .failure(.malformed) }
     let skew = timestamp > nowMs ? timestamp - nowMs : nowMs - timestamp
     guard skew <= Self.clockSkewMsMax else { return .failure(.clockSkew(ms: skew)) }
-    guard constantTimeEquals(code, mac(method: method, target: target, node: sender, timestamp: timestamp, body: body))
-    else { return .failure(.badCode) }
+    let expected = mac(method: method, target: target, node: sender, timestamp: timestamp, identity: identity, body: body)
+    guard constantTimeEquals(code, expected) else { return .failure(.badCode) }
     return .success(sender)
   }
 
-  private func mac(method: String, target: String, node: UInt64, timestamp: UInt64, body: [UInt8]) -> [UInt8] {
+  /// The proof's version: the first field of the header and part of what the MAC covers.
+  static let version = "v2"
+
+  private func mac(method: String, target: String, node: UInt64, timestamp: UInt64, identity: String?, body: [UInt8]) -> [UInt8] {
     var code = HMACSHA256.Incremental(key: secret)
-    code.update(Array("caucus-peer-v1\n\(method)\n\(target)\n\(node)\n\(timestamp)\n".utf8))
+    // Newlines cannot occur in a method, a target or a header value, so the fields cannot run
+    // into one another.
+    code.update(Array("caucus-peer-\(Self.version)\n\(method)\n\(target)\n\(node)\n\(timestamp)\n\(identity ?? "")\n".utf8))
     code.update(body)
     return code.finalize()
   }
@@ -115,7 +129,8 @@ public enum PeerAuthenticationError: Error, Equatable, Sendable, CustomStringCon
     case .malformed: return "a malformed X-Caucus-Peer header"
     case .clockSkew(let ms):
       return "the request's timestamp is \(ms) ms from this node's clock (at most \(PeerAuthenticator.clockSkewMsMax))"
-    case .badCode: return "the X-Caucus-Peer code does not match: the sender has another cluster secret"
+    case .badCode:
+      return "the X-Caucus-Peer code does not match: the sender has another cluster secret, or the request was altered"
     }
   }
 }

@@ -85,8 +85,9 @@ public final class PeerClient: Sendable {
         (
           "X-Caucus-Peer",
           authenticator.headerValue(
-            method: request.method, target: PeerAuthenticator.target(ofURL: request.url), body: request.body,
-            nowMs: PeerAuthenticator.wallClockMilliseconds())
+            method: request.method, target: PeerAuthenticator.target(ofURL: request.url),
+            identity: request.headers.first { $0.name.lowercased() == PeerAuthenticator.identityHeaderName }?.value,
+            body: request.body, nowMs: PeerAuthenticator.wallClockMilliseconds())
         ))
     }
     let queued = QueuedRequest(

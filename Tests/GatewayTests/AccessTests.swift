@@ -372,10 +372,10 @@ final class AccessTests: XCTestCase {
     let proving = makeGateway(peers: try PeerAuthenticator(secret: secret, node: 1))
     defer { proving.stop() }
     let target = "/v1/groups/DataRegion-0/kv/from-a-peer"
-    let proof = peers.headerValue(method: "PUT", target: target, body: Array("v".utf8), nowMs: PeerAuthenticator.wallClockMilliseconds())
+    let proof = peers.headerValue(method: "PUT", target: target, identity: nil, body: Array("v".utf8), nowMs: PeerAuthenticator.wallClockMilliseconds())
     XCTAssertEqual(send("PUT", target, "v", headers: [(PeerAuthenticator.headerName, proof)], to: proving).status, 200)
     let stranger = try PeerAuthenticator(secret: Array("another secret, another cluster".utf8), node: 2)
-    let forged = stranger.headerValue(method: "PUT", target: target, body: Array("v".utf8), nowMs: PeerAuthenticator.wallClockMilliseconds())
+    let forged = stranger.headerValue(method: "PUT", target: target, identity: nil, body: Array("v".utf8), nowMs: PeerAuthenticator.wallClockMilliseconds())
     XCTAssertEqual(send("PUT", target, "v", headers: [(PeerAuthenticator.headerName, forged)], to: proving).status, 401)
     let otherBody = send("PUT", target, "changed", headers: [(PeerAuthenticator.headerName, proof)], to: proving)
     XCTAssertEqual(otherBody.status, 401, "a proof covers the body it was made for")
@@ -390,12 +390,14 @@ final class AccessTests: XCTestCase {
     let serving = makeGateway(peers: try PeerAuthenticator(secret: secret, node: 1))
     defer { serving.stop() }
     let target = "/v1/groups/DataRegion-0/kv/relayed"
-    func relayed(identity: String?, token: String? = nil, proven: Bool = true) -> HTTPResponse {
+    /// `signedFor`: the identity the proof was made for, when another than the one sent.
+    func relayed(identity: String?, token: String? = nil, proven: Bool = true, signedFor: String?? = nil) -> HTTPResponse {
       var headers: [(name: String, value: String)] = [("x-caucus-forwarded-by", "2"), ("x-caucus-hops", "1")]
       if let identity { headers.append(("x-caucus-identity", identity)) }
       if proven {
         let proof = relaying.headerValue(
-          method: "PUT", target: target, body: Array("v".utf8), nowMs: PeerAuthenticator.wallClockMilliseconds())
+          method: "PUT", target: target, identity: signedFor ?? identity, body: Array("v".utf8),
+          nowMs: PeerAuthenticator.wallClockMilliseconds())
         headers.append((PeerAuthenticator.headerName, proof))
       }
       return send("PUT", target, "v", token: token, headers: headers, to: serving)
@@ -409,6 +411,10 @@ final class AccessTests: XCTestCase {
     XCTAssertEqual(relayed(identity: nil, token: "reader").status, 403)
     XCTAssertEqual(relayed(identity: "admin", token: "reader", proven: false).status, 403, "without a proof the name means nothing")
     XCTAssertEqual(relayed(identity: "admin", proven: false).status, 401)
+    // The proof covers the identity: a relay made for a read token, replayed as an admin's, is
+    // no proof (and then, with no token of its own, unauthorized).
+    XCTAssertEqual(relayed(identity: "admin", signedFor: "reader").status, 401, "the identity swapped")
+    XCTAssertEqual(relayed(identity: "writer", signedFor: .some(nil)).status, 401, "an identity added to a proof made without one")
     XCTAssertEqual(state(), before, "nothing refused changed anything")
     XCTAssertEqual(relayed(identity: "writer").status, 200, "a write token relayed can write")
     XCTAssertEqual(relayed(identity: "@cluster").status, 200, "the relaying node's own request")

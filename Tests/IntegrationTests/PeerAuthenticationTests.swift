@@ -20,14 +20,15 @@ final class PeerAuthenticationTests: XCTestCase {
     return path
   }
 
-  /// A header as a node holding `secret` would sign it (the format of `PeerAuthenticator`).
+  /// A header as a node holding `secret` would sign it (the format of `PeerAuthenticator`, v2: the
+  /// empty line is the absent `X-Caucus-Identity`).
   private func peerHeader(secret: String, node: Int, method: String, target: String, body: [UInt8]) -> String {
     var spec = timespec()
     clock_gettime(CLOCK_REALTIME, &spec)
     let now = UInt64(spec.tv_sec) * 1_000 + UInt64(spec.tv_nsec) / 1_000_000
-    let message = Array("caucus-peer-v1\n\(method)\n\(target)\n\(node)\n\(now)\n".utf8) + body
+    let message = Array("caucus-peer-v2\n\(method)\n\(target)\n\(node)\n\(now)\n\n".utf8) + body
     let code = HMACSHA256.authenticationCode(key: Array(secret.utf8), message: message)
-    return "v1 node=\(node) ts=\(now) mac=\(Hex.encode(code))"
+    return "v2 node=\(node) ts=\(now) mac=\(Hex.encode(code))"
   }
 
   private func startCluster(secrets: [String]) throws {

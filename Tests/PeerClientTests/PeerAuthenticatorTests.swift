@@ -13,46 +13,52 @@ final class PeerAuthenticatorTests: XCTestCase {
   }
 
   func testASignedRequestVerifiesAndNamesItsSender() throws {
-    let header = try signer().headerValue(method: "POST", target: "/v1/raft/batch", body: [1, 2, 3], nowMs: now)
-    XCTAssertTrue(header.hasPrefix("v1 node=2 ts=\(now) mac="), header)
-    let verdict = try signer(node: 1).verify(method: "POST", target: "/v1/raft/batch", headerValue: header, body: [1, 2, 3], nowMs: now + 1_000)
+    let header = try signer().headerValue(method: "POST", target: "/v1/raft/batch", identity: nil, body: [1, 2, 3], nowMs: now)
+    XCTAssertTrue(header.hasPrefix("v2 node=2 ts=\(now) mac="), header)
+    let verdict = try signer(node: 1).verify(method: "POST", target: "/v1/raft/batch", headerValue: header, identity: nil, body: [1, 2, 3], nowMs: now + 1_000)
     XCTAssertEqual(verdict, .success(2))
   }
 
   func testEveryAlterationIsRefused() throws {
     let receiver = try signer(node: 1)
-    let header = try signer().headerValue(method: "POST", target: "/v1/node/groups", body: Array("{}".utf8), nowMs: now)
-    func verdict(method: String = "POST", target: String = "/v1/node/groups", header: String?, body: String = "{}", at: UInt64? = nil)
-      -> Result<UInt64, PeerAuthenticationError>
-    {
-      receiver.verify(method: method, target: target, headerValue: header, body: Array(body.utf8), nowMs: at ?? now)
+    let header = try signer().headerValue(method: "POST", target: "/v1/node/groups", identity: nil, body: Array("{}".utf8), nowMs: now)
+    func verdict(
+      method: String = "POST", target: String = "/v1/node/groups", header: String?, identity: String? = nil, body: String = "{}",
+      at: UInt64? = nil
+    ) -> Result<UInt64, PeerAuthenticationError> {
+      receiver.verify(method: method, target: target, headerValue: header, identity: identity, body: Array(body.utf8), nowMs: at ?? now)
     }
     XCTAssertEqual(verdict(header: header), .success(2))
     XCTAssertEqual(verdict(header: header, body: "{ }"), .failure(.badCode), "the body")
     XCTAssertEqual(verdict(target: "/v1/node/groups/x", header: header), .failure(.badCode), "the target")
     XCTAssertEqual(verdict(method: "DELETE", header: header), .failure(.badCode), "the method")
     XCTAssertEqual(verdict(header: header.replacingOccurrences(of: "node=2", with: "node=3")), .failure(.badCode), "the sender")
+    XCTAssertEqual(verdict(header: header, identity: "admin"), .failure(.badCode), "an identity added")
+    let relayed = try signer().headerValue(method: "POST", target: "/v1/node/groups", identity: "reader", body: Array("{}".utf8), nowMs: now)
+    XCTAssertEqual(verdict(header: relayed, identity: "reader"), .success(2))
+    XCTAssertEqual(verdict(header: relayed, identity: "admin"), .failure(.badCode), "the identity swapped")
+    XCTAssertEqual(verdict(header: relayed), .failure(.badCode), "the identity removed")
     XCTAssertEqual(verdict(header: nil), .failure(.missing))
-    for malformed in ["", "v1", "v2 node=2 ts=1 mac=00", "v1 node=0 ts=1 mac=" + String(repeating: "0", count: 64),
-      "v1 node=2 ts=x mac=" + String(repeating: "0", count: 64), "v1 node=2 ts=1 mac=zz", "v1 node=2 ts=1 mac=0011"]
+    for malformed in ["", "v2", "v1 " + header.dropFirst(3), "v2 node=2 ts=1 mac=00", "v2 node=0 ts=1 mac=" + String(repeating: "0", count: 64),
+      "v2 node=2 ts=x mac=" + String(repeating: "0", count: 64), "v2 node=2 ts=1 mac=zz", "v2 node=2 ts=1 mac=0011"]
     {
       XCTAssertEqual(verdict(header: malformed), .failure(.malformed), malformed)
     }
     let other = try signer(Array("another secret, sixteen bytes+".utf8)).headerValue(
-      method: "POST", target: "/v1/node/groups", body: Array("{}".utf8), nowMs: now)
+      method: "POST", target: "/v1/node/groups", identity: nil, body: Array("{}".utf8), nowMs: now)
     XCTAssertEqual(verdict(header: other), .failure(.badCode), "another secret")
   }
 
   func testAStaleOrFutureTimestampIsRefused() throws {
     let receiver = try signer(node: 1)
     let skew = PeerAuthenticator.clockSkewMsMax
-    let header = try signer().headerValue(method: "GET", target: "/v1/node", body: [], nowMs: now)
-    XCTAssertEqual(receiver.verify(method: "GET", target: "/v1/node", headerValue: header, body: [], nowMs: now + skew), .success(2))
+    let header = try signer().headerValue(method: "GET", target: "/v1/node", identity: nil, body: [], nowMs: now)
+    XCTAssertEqual(receiver.verify(method: "GET", target: "/v1/node", headerValue: header, identity: nil, body: [], nowMs: now + skew), .success(2))
     XCTAssertEqual(
-      receiver.verify(method: "GET", target: "/v1/node", headerValue: header, body: [], nowMs: now + skew + 1),
+      receiver.verify(method: "GET", target: "/v1/node", headerValue: header, identity: nil, body: [], nowMs: now + skew + 1),
       .failure(.clockSkew(ms: skew + 1)))
     XCTAssertEqual(
-      receiver.verify(method: "GET", target: "/v1/node", headerValue: header, body: [], nowMs: now - skew - 1),
+      receiver.verify(method: "GET", target: "/v1/node", headerValue: header, identity: nil, body: [], nowMs: now - skew - 1),
       .failure(.clockSkew(ms: skew + 1)))
   }
 
