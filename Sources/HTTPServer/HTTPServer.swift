@@ -71,6 +71,10 @@ public final class HTTPServer: Sendable {
   private let mailboxes: [Mailbox]
   private let counters = StatisticsCounters()
   private let lifecycle = Locked(Lifecycle())
+  /// The TLS context new connections start their sessions from: `configuration.tls` until
+  /// `replaceTLSContext` (a certificate reloaded on SIGHUP). Connections keep the session they
+  /// began with.
+  private let tlsContext: Locked<TLSContext?>
 
   private struct Lifecycle {
     var threads: [OSThread] = []
@@ -84,6 +88,14 @@ public final class HTTPServer: Sendable {
     self.configuration = configuration
     self.handler = handler
     self.mailboxes = (0..<min(64, max(1, configuration.eventLoopCount))).map { _ in Mailbox() }
+    self.tlsContext = Locked(configuration.tls)
+  }
+
+  /// New connections use `context` from now on (certificates rotated without a restart); those
+  /// open keep theirs. A server started without TLS cannot be switched to it.
+  public func replaceTLSContext(_ context: TLSContext) {
+    precondition(configuration.tls != nil, "a plaintext server cannot turn to TLS")
+    tlsContext.withLock { $0 = context }
   }
 
   /// The bound port once started.
@@ -129,14 +141,14 @@ public final class HTTPServer: Sendable {
     for (index, mailbox) in mailboxes.enumerated() {
       let gate = StartGate()
       let descriptor = descriptors[index]
-      let (configuration, handler, counters) = (configuration, handler, counters)
+      let (configuration, tlsContext, handler, counters) = (configuration, tlsContext, handler, counters)
       let exclusiveAccept = mailboxes.count > 1
       let thread = OSThread(name: "http-loop-\(index)") {
         let loop: EventLoop
         do {
           loop = try EventLoop(
             listener: Socket(descriptor: descriptor), exclusiveAccept: exclusiveAccept,
-            configuration: configuration,
+            configuration: configuration, tlsContext: tlsContext,
             handler: handler, mailbox: mailbox, counters: counters)
         } catch {
           gate.open(.failure(error))
@@ -358,6 +370,8 @@ private final class EventLoop {
     message: "This port speaks TLS: use https:// (verifying the server with the cluster's CA).")
 
   private let configuration: HTTPServerConfiguration
+  /// The server's current TLS context (`HTTPServer.replaceTLSContext`).
+  private let tlsContext: Locked<TLSContext?>
   private let handler: any HTTPHandler
   private let mailbox: Mailbox
   private let counters: StatisticsCounters
@@ -377,12 +391,13 @@ private final class EventLoop {
   private let overloadedResponse: [UInt8]
 
   init(
-    listener: Socket, exclusiveAccept: Bool, configuration: HTTPServerConfiguration,
+    listener: Socket, exclusiveAccept: Bool, configuration: HTTPServerConfiguration, tlsContext: Locked<TLSContext?>,
     handler: any HTTPHandler,
     mailbox: Mailbox, counters: StatisticsCounters
   ) throws {
     self.listenerEvents = exclusiveAccept ? [.readable, .exclusive] : .readable
     self.configuration = configuration
+    self.tlsContext = tlsContext
     self.counters = counters
     self.handler = handler
     self.mailbox = mailbox
@@ -657,7 +672,7 @@ private final class EventLoop {
         return
       }
       // Anything else goes to OpenSSL, which fails the handshake if it is not TLS.
-      guard let context = configuration.tls, let session = try? context.makeSession(descriptor: connection.socket.descriptor)
+      guard let context = tlsContext.withLock({ $0 }), let session = try? context.makeSession(descriptor: connection.socket.descriptor)
       else {
         close(connection)
         return

@@ -262,6 +262,10 @@ final class PeerWorker {
     set("SSL_VERIFYPEER", caucus_curl_setopt_long(easy, CURLOPT_SSL_VERIFYPEER, 1))
     set("SSL_VERIFYHOST", caucus_curl_setopt_long(easy, CURLOPT_SSL_VERIFYHOST, 2))
     set("CAINFO", caucus_curl_setopt_string(easy, CURLOPT_CAINFO, tls.caCertificateFile))
+    // No cached CA store (libcurl keeps one for a day by default): a new connection reads the CA
+    // file as it is now, so a CA replaced on disk counts without a restart. One small file per
+    // new connection; kept-alive connections are reused.
+    set("CA_CACHE_TIMEOUT", caucus_curl_setopt_long(easy, CURLOPT_CA_CACHE_TIMEOUT, 0))
     // Only the cluster CA: not the directory of system CAs libcurl was built to use as well.
     set("CAPATH", caucus_curl_setopt_string(easy, CURLOPT_CAPATH, nil))
     if let certificate = tls.clientCertificateFile, let key = tls.clientKeyFile {

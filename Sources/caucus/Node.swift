@@ -258,6 +258,7 @@ func runNode(_ settings: NodeSettings) -> Int32 {
     sigwait(&awaitedSignals, &received)
     guard received == SIGHUP else { break }
     reloadTokens(access.tokens, logger)
+    reloadTLS(settings, [server] + (cluster.map { [$0.server] } ?? []), logger)
   }
   let refusal = joinRefused.withLock { $0 }
   if let refusal {
@@ -288,6 +289,25 @@ private func reloadTokens(_ store: AccessTokenStore?, _ logger: Logger) {
     logger.error(
       "SIGHUP: the tokens file cannot be used; keeping the tokens loaded before",
       metadata: ["tokensFile": "\(store.path)", "error": "\(error)", "tokens": "\(store.tokens.tokens.count)"])
+  }
+}
+
+/// SIGHUP, with TLS: reads the certificate, key and CA files again (each checked as at start) and
+/// gives both ports the new context for new connections; the peer client reads the files for
+/// each new connection anyway. Files that cannot be used change nothing: the node keeps serving
+/// with the certificates it had and says why.
+private func reloadTLS(_ settings: NodeSettings, _ servers: [HTTPServer], _ logger: Logger) {
+  guard settings.tlsEnabled else { return }
+  do {
+    guard let context = try settings.makeTLSContext() else { return }
+    for server in servers { server.replaceTLSContext(context) }
+    logger.notice(
+      "reloaded the TLS certificate; new connections use it",
+      metadata: ["certificate": "\(settings.tlsCertificateFile ?? "")", "ca": "\(settings.tlsCAFile ?? "none")"])
+  } catch {
+    logger.error(
+      "SIGHUP: the TLS files cannot be used; keeping the certificate loaded before",
+      metadata: ["certificate": "\(settings.tlsCertificateFile ?? "")", "error": "\(error)"])
   }
 }
 

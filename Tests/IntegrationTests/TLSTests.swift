@@ -112,6 +112,66 @@ final class TLSTests: XCTestCase {
     XCTAssertEqual(node.stop(), 0, "SIGTERM stops a TLS node cleanly")
   }
 
+  /// The SHA-256 fingerprint of the certificate a TLS port presents, as openssl prints it.
+  private func servedFingerprint(_ port: UInt16) throws -> String {
+    let (_, output) = try runCommand(
+      "/bin/sh",
+      ["-c", "openssl s_client -connect 127.0.0.1:\(port) -servername localhost </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256"])
+    return output.trimmingCharacters(in: .whitespacesAndNewlines)
+  }
+
+  private func fingerprint(ofFile path: String) throws -> String {
+    try runCommand("/usr/bin/env", ["openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", path]).1
+      .trimmingCharacters(in: .whitespacesAndNewlines)
+  }
+
+  /// Certificates rotate without a restart: SIGHUP reads the files again and new connections get
+  /// the new certificate; files that cannot be used are refused and the node keeps serving with
+  /// the certificate it had.
+  func testSIGHUPReloadsTheCertificateAndABadOneChangesNothing() throws {
+    let node = standaloneNode("tls-reload")
+    let live = temporaryDirectory("tls-reload-files")
+    directories.append(live)
+    let (certificate, key) = (live + "/node.pem", live + "/node.key")
+    for (from, to) in [("node.pem", certificate), ("node.key", key)] {
+      XCTAssertEqual(TestCertificates.shell("cp '\(try file(from))' '\(to)'"), 0)
+    }
+    let process = try node.launch(["--tls-cert-file", certificate, "--tls-key-file", key, "--tls-ca-file", try file("ca.pem")])
+    waitUntil("the TLS node to answer over https") {
+      !process.isRunning || (try? curl("GET", url(node, "/healthz")).status) == 200
+    }
+    let original = try fingerprint(ofFile: try file("node.pem"))
+    XCTAssertEqual(try servedFingerprint(node.port), original)
+
+    // A new certificate from the same CA (another key, another serial), written over the files.
+    let ca = try file("ca")
+    let made = TestCertificates.shell(
+      """
+      cd '\(live)' && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out rotated.key 2>/dev/null \
+        && openssl req -new -key rotated.key -subj /CN=rotated -out rotated.csr 2>/dev/null \
+        && printf 'basicConstraints=critical,CA:FALSE\\nkeyUsage=critical,digitalSignature,keyEncipherment\\nextendedKeyUsage=serverAuth,clientAuth\\nsubjectAltName=DNS:localhost,IP:127.0.0.1\\n' > rotated.ext \
+        && openssl x509 -req -in rotated.csr -CA '\(ca).pem' -CAkey '\(ca).key' -set_serial 4242 -days 1 -extfile rotated.ext -out rotated.pem 2>/dev/null \
+        && cp rotated.key node.key && cp rotated.pem node.pem
+      """)
+    XCTAssertEqual(made, 0, "openssl made the rotated certificate")
+    let rotated = try fingerprint(ofFile: certificate)
+    XCTAssertNotEqual(rotated, original)
+    XCTAssertEqual(try servedFingerprint(node.port), original, "nothing changes before SIGHUP")
+    node.signal(SIGHUP)
+    waitUntil("the node to present the rotated certificate") { (try? servedFingerprint(node.port)) == rotated }
+    XCTAssertEqual(try curl("PUT", url(node, "/v1/groups/DataRegion-0/kv/rotated"), body: "yes").status, 200)
+
+    // A certificate file that is not one: refused on SIGHUP, and the node keeps the rotated one.
+    XCTAssertEqual(TestCertificates.shell("echo 'not a certificate' > '\(certificate)'"), 0)
+    node.signal(SIGHUP)
+    waitUntil("the node to log that it kept its certificate") {
+      node.log().contains("the TLS files cannot be used; keeping the certificate loaded before")
+    }
+    XCTAssertEqual(try servedFingerprint(node.port), rotated)
+    XCTAssertEqual(try curl("GET", url(node, "/v1/groups/DataRegion-0/kv/rotated")).json["value"] as? String, "yes")
+    XCTAssertTrue(process.isRunning)
+  }
+
   func testWithClientAuthOnlyAClientCertificateFromTheClusterCAGetsIn() throws {
     let node = standaloneNode("tls-client-auth")
     try startTLS(node, clientAuth: true)
