@@ -1,7 +1,7 @@
 import Platform
 
 /// The thread backup exports run on (`GET /v1/groups/{group}/snapshot`), one at a time. An export
-/// copies a group's whole state (up to `GatewayLimits.snapshotExportBytesMax`) a few times over,
+/// copies a group's whole state (up to `GatewayConfiguration.snapshotExportBytesMax`) a few times over,
 /// between the state machine's snapshot, the read's result and the backup file: work that must
 /// block neither an event loop (a stale read is answered on the calling thread) nor the engine's
 /// loop (a linearizable read is rendered where the engine completes it). Here it blocks only this

@@ -43,8 +43,9 @@ public struct GatewayConfiguration: Sendable {
   /// How `POST /v1/cluster/rebalance`, and the automatic mode, move leadership.
   public var leaderBalance = LeaderBalanceOptions()
   /// The largest backup `GET /v1/groups/{group}/snapshot` answers (`413` past it); at most
-  /// `GatewayLimits.snapshotExportBytesMax`, lower in tests.
-  public var snapshotExportBytesMax = GatewayLimits.snapshotExportBytesMax
+  /// The largest backup `GET /v1/groups/{group}/snapshot` answers (`--backup-bytes-max`): 1 to
+  /// `GatewayLimits.snapshotExportBytesLimit`, `GatewayLimits.snapshotExportBytesDefault` by default.
+  public var snapshotExportBytesMax = GatewayLimits.snapshotExportBytesDefault
   /// A deliberately wrong rule, for proving `caucus torture` catches it: linearizable and lease
   /// reads are served from this node's replica as it is (stale reads). Package access: only the
   /// `caucus` executable sets it, and only when `caucus torture --plant-bug local-reads` asks.
@@ -113,8 +114,8 @@ public final class Gateway: HTTPHandler {
     precondition(ClusterDirectory.nodesMax <= GatewayLimits.listItemsMax, "a directory listing fits one page")
     // A follower relays a backup through a peer client that takes at most this much.
     precondition(
-      (1...GatewayLimits.snapshotExportBytesMax).contains(configuration.snapshotExportBytesMax),
-      "snapshotExportBytesMax \(configuration.snapshotExportBytesMax) outside 1...\(GatewayLimits.snapshotExportBytesMax)")
+      (1...GatewayLimits.snapshotExportBytesLimit).contains(configuration.snapshotExportBytesMax),
+      "snapshotExportBytesMax \(configuration.snapshotExportBytesMax) outside 1...\(GatewayLimits.snapshotExportBytesLimit)")
     scheduleAutomaticLeaderBalance()
   }
 
@@ -1469,12 +1470,16 @@ public enum GatewayLimits {
   /// Operations in one generic read: with list pages bounded in bytes by the state machine, this
   /// bounds the size of one answer.
   public static let readOperationsMax = 128
-  /// The largest backup one `GET /v1/groups/{group}/snapshot` answers: the whole state is built in
-  /// memory (it lives there anyway), and a follower relays the leader's answer through its peer
-  /// client, which takes at most as much (`PeerClientConfiguration.responseBytesMax`).
-  public static let snapshotExportBytesMax = 64 << 20
+  /// The largest backup one `GET /v1/groups/{group}/snapshot` answers by default: the whole state
+  /// is built in memory (it lives there anyway), and a follower relays the leader's answer through
+  /// its peer client, which takes at least as much (`PeerClientConfiguration.responseBytesMax`;
+  /// a node raises it with `--backup-bytes-max`).
+  public static let snapshotExportBytesDefault = 64 << 20
+  /// The most `--backup-bytes-max` may allow: the whole backup is built in memory, a few copies
+  /// of it at once.
+  public static let snapshotExportBytesLimit = 2 << 30
   /// Backup exports running or waiting on one node at most: each may hold a few copies of up to
-  /// `snapshotExportBytesMax`; one more is `503 overloaded`.
+  /// `GatewayConfiguration.snapshotExportBytesMax`; one more is `503 overloaded`.
   public static let snapshotExportsQueuedMax = 2
 }
 

@@ -83,6 +83,10 @@ struct Serve: ParsableCommand {
   var metricsGroupsMax: Int?
   @Option(
     name: .long,
+    help: "The largest backup GET /v1/groups/{group}/snapshot (caucus backup) answers, in bytes, 1 MiB to 2 GiB; it is built in memory, a few copies at once, and a larger one is 413. Give every node the same. (default: 67108864, 64 MiB)")
+  var backupBytesMax: Int?
+  @Option(
+    name: .long,
     help: "Leadership transfers one leader balance (POST /v1/cluster/rebalance, or the automatic one) makes at most; ?max= may ask for fewer. (default: 100)")
   var leaderBalanceTransfersMax: Int?
   @Option(

@@ -183,6 +183,7 @@ func runNode(_ settings: NodeSettings) -> Int32 {
     valueBytesMax: settings.valueBytesMax, requestTimeoutMs: settings.requestTimeoutMs,
     forwarder: forwarder, members: cluster?.members ?? [], directory: directory)
   gatewayConfiguration.metricsGroupsMax = settings.metricsGroupsMax
+  gatewayConfiguration.snapshotExportBytesMax = settings.backupBytesMax
   gatewayConfiguration.peerAuthenticator = cluster?.client.authenticator
   gatewayConfiguration.access = access
   gatewayConfiguration.leaderBalance.transfersMax = settings.leaderBalanceTransfersMax
@@ -386,6 +387,9 @@ struct ClusterLink {
     // clients may have in flight here, or a follower caps the cluster's throughput.
     clientConfiguration.connectionsPerHostMax = 128
     clientConfiguration.idleConnectionsMax = 256
+    // A follower relays the leader's backups: the largest answer is the largest backup (and a
+    // little for its headers).
+    clientConfiguration.responseBytesMax = max(clientConfiguration.responseBytesMax, settings.backupBytesMax + (64 << 10))
     var authenticator: PeerAuthenticator?
     if let path = settings.clusterSecretFile {
       do {

@@ -28,6 +28,9 @@ struct NodeSettings {
   var outOfSpaceRetryMs: UInt32 = 1_000
   /// `/metrics` writes per-group series for at most this many groups (0: none).
   var metricsGroupsMax = GatewayConfiguration.metricsGroupsMaxDefault
+  /// The largest backup a node exports (`GET /v1/groups/{group}/snapshot`), and so the least its
+  /// peer client takes in one relayed answer.
+  var backupBytesMax = GatewayLimits.snapshotExportBytesDefault
   /// Leader transfers one balance makes at most (`POST /v1/cluster/rebalance`, `?max=` up to it).
   var leaderBalanceTransfersMax = LeaderBalanceOptions().transfersMax
   /// How often the lowest-id node that answers balances leadership by itself (0: never).
@@ -127,6 +130,7 @@ struct NodeSettings {
     if let value = flags.requestTimeoutMs { settings.requestTimeoutMs = value }
     if let value = flags.outOfSpaceRetryMs { settings.outOfSpaceRetryMs = value }
     if let value = flags.metricsGroupsMax { settings.metricsGroupsMax = value }
+    if let value = flags.backupBytesMax { settings.backupBytesMax = value }
     if let value = flags.clusterSecretFile { settings.clusterSecretFile = value }
     if let value = flags.authTokensFile { settings.authTokensFile = value }
     if let value = flags.authMetrics { settings.authMetrics = try openOrRead(value, name: "--auth-metrics") }
@@ -176,6 +180,9 @@ struct NodeSettings {
     }
     guard (10...600_000).contains(outOfSpaceRetryMs) else {
       throw SettingsError(description: "--out-of-space-retry-ms must be 10...600000")
+    }
+    guard ((1 << 20)...GatewayLimits.snapshotExportBytesLimit).contains(backupBytesMax) else {
+      throw SettingsError(description: "--backup-bytes-max must be \(1 << 20)...\(GatewayLimits.snapshotExportBytesLimit)")
     }
     guard (0...NodeSettings.metricsGroupsMaxLimit).contains(metricsGroupsMax) else {
       throw SettingsError(description: "--metrics-groups-max must be 0...\(NodeSettings.metricsGroupsMaxLimit)")
@@ -278,6 +285,7 @@ struct NodeSettings {
     case "request_timeout_ms": requestTimeoutMs = try number(UInt32.self)
     case "out_of_space_retry_ms": outOfSpaceRetryMs = try number(UInt32.self)
     case "metrics_groups_max": metricsGroupsMax = try number(Int.self)
+    case "backup_bytes_max": backupBytesMax = try number(Int.self)
     case "cluster_secret_file": clusterSecretFile = value
     case "auth_tokens_file": authTokensFile = value
     case "auth_metrics": authMetrics = try openOrRead(value, name: "\(location): auth_metrics")

@@ -168,6 +168,29 @@ final class NodeProcessTests: XCTestCase {
     XCTAssertTrue(output.contains("--metrics-groups-max must be 0...32768"), output)
   }
 
+  /// `--backup-bytes-max` bounds the backup export: a group past it is 413 naming the limit, one
+  /// within it is exported; a limit out of range stops the start.
+  func testTheBackupLimitIsConfigurableAndEnforced() throws {
+    let node = freshNode("backup-limit")
+    try node.start(["--backup-bytes-max", String(1 << 20)])
+    let http = try HTTPClient(port: node.port)
+    let value = [UInt8](repeating: 0x61, count: 600 << 10)
+    XCTAssertEqual(try http.request("PUT", "/v1/groups/DataRegion-0/kv/a", body: value).status, 200)
+    XCTAssertEqual(try http.request("GET", "/v1/groups/DataRegion-0/snapshot").status, 200, "600 KiB fit in 1 MiB")
+    XCTAssertEqual(try http.request("PUT", "/v1/groups/DataRegion-0/kv/b", body: value).status, 200)
+    let refused = try http.request("GET", "/v1/groups/DataRegion-0/snapshot")
+    XCTAssertEqual(refused.status, 413, refused.text)
+    XCTAssertEqual(refused.json["error"] as? String, "payload_too_large")
+    XCTAssertEqual(refused.json["limitBytes"] as? Int, 1 << 20, refused.text)
+    XCTAssertEqual(node.stop(), 0)
+
+    let (status, output) = try runCommand(
+      try Paths.binary("caucus"),
+      ["serve", "--backup-bytes-max", "1000", "--rpc-port", String(freePort()), "--data-dir", node.dataDirectory])
+    XCTAssertNotEqual(status, 0)
+    XCTAssertTrue(output.contains("--backup-bytes-max must be 1048576...2147483648"), output)
+  }
+
   func testBadInputGetsItsDocumentedErrorAndTheNodeKeepsServing() throws {
     let node = freshNode("bad-input")
     try node.start(["--value-bytes-max", "1024"])
