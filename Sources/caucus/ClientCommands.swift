@@ -140,6 +140,8 @@ struct KVCommand: ParsableCommand {
     @Option(name: .long, help: "Only keys starting with this.") var prefix: String?
     @Option(name: .long, help: "Items per page, 1 to 1000. (default: the server's, 100)") var limit: Int?
     @Option(name: .long, help: "Start after this key (exclusive).") var after: String?
+    @Option(name: .long, help: "--after as base64, for a key that is not UTF-8 (a listing's base64:… key).")
+    var afterBase64: String?
     @Flag(name: .long, help: "Follow the pages to the end.") var all = false
     @Option(name: .long, help: "linearizable, lease or stale.") var consistency: ReadConsistency?
 
@@ -147,9 +149,16 @@ struct KVCommand: ParsableCommand {
     /// this many (each aligned on its own) instead of holding every row until the end.
     static let tableRowsPerBlockMax = 10_000
 
+    func validate() throws {
+      guard after == nil || afterBase64 == nil else { throw ValidationError("give --after or --after-base64, not both") }
+      if let afterBase64, Base64.decode(Array(afterBase64.utf8)) == nil {
+        throw ValidationError("--after-base64 must be padded base64")
+      }
+    }
+
     func run() throws {
       let client = try ClientConnection(connection)
-      var after = self.after.map { Array($0.utf8) }
+      var after = self.after.map { Array($0.utf8) } ?? afterBase64.flatMap { Base64.decode(Array($0.utf8)) }
       var rows: [[String]] = []
       var headerPrinted = false
       func printRows() {
@@ -184,7 +193,7 @@ struct KVCommand: ParsableCommand {
           throw ExitCode(ClientExitStatus.refused)
         }
         guard all else {
-          if client.output == .table { printStandardError("(more keys: --after '\(keyText(last))', or --all)") }
+          if client.output == .table { printStandardError("(more keys: \(continuation(after: last)), or --all)") }
           break
         }
         // Each page must start past the last: the loop then ends with the keys.
@@ -575,6 +584,13 @@ func keyText(_ item: JSONValue) -> String {
   if let key = item["key"]?.stringValue { return key }
   if let encoded = item["keyBase64"]?.stringValue { return "base64:" + encoded }
   return "-"
+}
+
+/// The option that continues a listing after `item`'s key, quoted for a POSIX shell:
+/// `--after 'users/o'\''brien'`, or `--after-base64 …` for a key that is not UTF-8.
+func continuation(after item: JSONValue) -> String {
+  if let key = item["key"]?.stringValue { return "--after '" + key.split(separator: "'", omittingEmptySubsequences: false).joined(separator: "'\\''") + "'" }
+  return "--after-base64 " + (item["keyBase64"]?.stringValue ?? "-")
 }
 
 /// An item's key bytes (`key` or `keyBase64`).

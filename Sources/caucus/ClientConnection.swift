@@ -121,9 +121,13 @@ struct ClientUnreachable: Error, CustomStringConvertible {
   /// A request that changes state was sent and its answer never came (a timeout or a broken
   /// connection, not a refused one): it may have taken effect.
   var outcomeUnknown = false
+  /// The client itself could not make the request or take its answer (an answer past its size
+  /// limit, a request it cannot send): another endpoint would not do better.
+  var failedHere = false
   var description: String {
     let tried = attempts.map { "\($0.endpoint): \($0.failure)" }.joined(separator: "; ")
     if outcomeUnknown { return "outcome_unknown: the request may or may not have taken effect (\(tried))" }
+    if failedHere { return "client_failed: \(tried)" }
     return attempts.isEmpty
       ? "no endpoint reachable: the deadline passed before the first attempt"
       : "no endpoint reachable: " + tried
@@ -231,10 +235,14 @@ final class ClientConnection {
           possiblyApplied = true
           guard retriesSafely else { throw ClientUnreachable(attempts: attempts, outcomeUnknown: true) }
         }
+      case .failure(.tooLarge(let bytesMax)):
+        // The answer came and was too large to take: a change it answers did take place or not.
+        attempts.append((endpoints[index], "the answer is larger than the client takes (\(bytesMax) bytes)"))
+        throw ClientUnreachable(attempts: attempts, outcomeUnknown: changesState, failedHere: true)
       case .failure(let error):
-        // Too large, invalid, overloaded: another endpoint would not do better.
+        // Invalid, overloaded, shutting down: not sent, and another endpoint would not do better.
         attempts.append((endpoints[index], error.description))
-        throw ClientUnreachable(attempts: attempts)
+        throw ClientUnreachable(attempts: attempts, failedHere: true)
       }
     }
     if possiblyApplied { throw ClientUnreachable(attempts: attempts, outcomeUnknown: true) }
@@ -274,7 +282,9 @@ final class ClientConnection {
         method, target, body: body, headers: headers, deadlineNanoseconds: deadlineNanoseconds, attemptTimeoutMs: attemptTimeoutMs)
     } catch {
       printStandardError("error: \(error)")
-      guard error.outcomeUnknown else { throw ExitCode(ClientExitStatus.unreachable) }
+      guard error.outcomeUnknown else {
+        throw ExitCode(error.failedHere ? ClientExitStatus.refused : ClientExitStatus.unreachable)
+      }
       Self.printRetryHint(headers)
       throw ExitCode(ClientExitStatus.outcomeUnknown)
     }

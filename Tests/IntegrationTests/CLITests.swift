@@ -244,6 +244,17 @@ final class CLITests: XCTestCase {
     XCTAssertEqual(binary.status, 0, binary.standardError)
     XCTAssertEqual(binary.lines.dropFirst().map { $0.components(separatedBy: " ").first ?? "" },
       ["base64:Yv8B", "base64:Yv8C", "base64:Yv8D"], binary.text)
+    // One page at a time: the hint names the option that continues, --after-base64 for such a key.
+    let first = try caucus(["kv", "list", "--prefix", "b", "--limit", "1"] + endpoints)
+    XCTAssertTrue(first.standardError.contains("--after-base64 Yv8B"), first.standardError)
+    let second = try caucus(["kv", "list", "--prefix", "b", "--limit", "1", "--after-base64", "Yv8B"] + endpoints)
+    XCTAssertEqual(second.lines.dropFirst().map { $0.components(separatedBy: " ").first ?? "" }, ["base64:Yv8C"], second.text)
+    XCTAssertEqual(try caucus(["kv", "list", "--after", "a", "--after-base64", "Yv8B"] + endpoints).status, 64, "not both")
+    // A text key with a quote is quoted for the shell.
+    XCTAssertEqual(try caucus(["kv", "put", "o'brien", "x"] + endpoints).status, 0)
+    XCTAssertEqual(try caucus(["kv", "put", "o'connor", "x"] + endpoints).status, 0)
+    let quoted = try caucus(["kv", "list", "--prefix", "o'", "--limit", "1"] + endpoints)
+    XCTAssertTrue(quoted.standardError.contains(#"--after 'o'\''brien'"#), quoted.standardError)
   }
 
   func testABinaryValueGoesInThroughAFileOrStandardInputAndComesBackRaw() throws {
