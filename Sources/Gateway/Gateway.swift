@@ -1486,15 +1486,7 @@ public enum GatewayLimits {
 let jsonContentType = (name: "Content-Type", value: HTTPResponse.jsonContentType)
 
 /// Writes `"key"` when the key is UTF-8, else `"keyBase64"`.
-func writeKey(_ writer: inout JSONWriter, _ key: KVBytes) {
-  if String(validating: key, as: UTF8.self) != nil {
-    writer.key("key")
-    writer.string(utf8: key)
-  } else {
-    writer.key("keyBase64")
-    writer.string(utf8: Base64.encode(key))
-  }
-}
+func writeKey(_ writer: inout JSONWriter, _ key: KVBytes) { writer.textOrBase64Member("key", key) }
 
 /// `"items": [...]` and `"more"` of a listing page.
 func writeItems(_ writer: inout JSONWriter, _ items: [KVEntry], more: Bool) {
@@ -1512,13 +1504,7 @@ func writeItems(_ writer: inout JSONWriter, _ items: [KVEntry], more: Bool) {
 /// `"key"`, `"value"` or `"valueBase64"`, `"revision"` of an item.
 func writeItemFields(_ writer: inout JSONWriter, _ entry: KVEntry) {
   writeKey(&writer, entry.key)
-  if String(validating: entry.value, as: UTF8.self) != nil {
-    writer.key("value")
-    writer.string(utf8: entry.value)
-  } else {
-    writer.key("valueBase64")
-    writer.string(utf8: Base64.encode(entry.value))
-  }
+  writer.textOrBase64Member("value", entry.value)
   writer.member("revision", entry.revision)
 }
 

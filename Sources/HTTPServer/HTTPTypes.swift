@@ -45,6 +45,12 @@ public struct HTTPResponse: Sendable {
     self.body = body
     self.headContentLength = headContentLength
   }
+
+  /// The first value of header `name`, whatever its case (a response's names are as written).
+  public func header(_ name: String) -> String? {
+    let lowercased = name.lowercased()
+    return headers.first(where: { $0.name.lowercased() == lowercased })?.value
+  }
 }
 
 /// Answers one request, exactly once, from any thread. Answers on one connection go out in

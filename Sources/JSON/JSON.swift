@@ -258,6 +258,18 @@ public struct JSONParser {
 }
 
 extension JSONWriter {
+  /// Bytes under `name` as a string when they are UTF-8, else under `name` + `Base64` in padded
+  /// base64: how keys and values travel in JSON (`"key"`/`"keyBase64"`, `"value"`/`"valueBase64"`).
+  public mutating func textOrBase64Member(_ name: String, _ bytes: [UInt8]) {
+    if String(validating: bytes, as: UTF8.self) != nil {
+      key(name)
+      string(utf8: bytes)
+    } else {
+      key(name + "Base64")
+      string(utf8: Base64.encode(bytes))
+    }
+  }
+
   /// Writes a parsed JSON value back out (relaying part of another node's answer).
   public mutating func value(_ value: JSONValue) {
     switch value {

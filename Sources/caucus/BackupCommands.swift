@@ -241,20 +241,8 @@ struct RestoreCommand: ParsableCommand {
       var writer = JSONWriter(capacity: 48 + entry.key.count * 4 / 3 + entry.value.count * 4 / 3)
       writer.beginObject()
       writer.member("op", "put")
-      if String(validating: entry.key, as: UTF8.self) != nil {
-        writer.key("key")
-        writer.string(utf8: entry.key)
-      } else {
-        writer.key("keyBase64")
-        writer.string(utf8: Base64.encode(entry.key))
-      }
-      if String(validating: entry.value, as: UTF8.self) != nil {
-        writer.key("value")
-        writer.string(utf8: entry.value)
-      } else {
-        writer.key("valueBase64")
-        writer.string(utf8: Base64.encode(entry.value))
-      }
+      writer.textOrBase64Member("key", entry.key)
+      writer.textOrBase64Member("value", entry.value)
       writer.endObject()
       let operation = writer.bytes
       guard frameBytes + operation.count <= batchBytesMax else {
@@ -334,18 +322,9 @@ struct RestoreCommand: ParsableCommand {
 
   /// `POST /v1/groups`; `409 group_already_exists` is a group to check, not a failure.
   private func createGroup(_ client: ClientConnection) throws {
-    var writer = JSONWriter()
-    writer.beginObject()
-    writer.member("id", group)
-    if let peers {
-      writer.key("peers")
-      writer.beginArray()
-      for peer in try parseNodeIDs(peers) { writer.number(peer) }
-      writer.endArray()
-    }
-    writer.endObject()
+    let body = groupBody(id: group, peers: try peers.map(parseNodeIDs))
     let response = try client.call(
-      "POST", "/v1/groups", body: writer.bytes, headers: jsonContent, accepting: [409], deadlineNanoseconds: requestDeadline(client))
+      "POST", "/v1/groups", body: body, headers: jsonContent, accepting: [409], deadlineNanoseconds: requestDeadline(client))
     // Another 409 (group_limit_reached) is a refusal like any other.
     if response.status == 409 && ClientConnection.errorCode(response) != "group_already_exists" {
       ClientConnection.printServerError(response)

@@ -321,15 +321,8 @@ struct GroupCommand: ParsableCommand {
 
     func run() throws {
       let client = try ClientConnection(connection)
-      var writer = JSONWriter()
-      writer.beginObject()
-      writer.member("id", id)
-      writer.key("peers")
-      writer.beginArray()
-      for peer in try parseNodeIDs(peers) { writer.number(peer) }
-      writer.endArray()
-      writer.endObject()
-      let response = try client.call("POST", "/v1/groups", body: writer.bytes, headers: jsonContent)
+      let body = groupBody(id: id, peers: try parseNodeIDs(peers))
+      let response = try client.call("POST", "/v1/groups", body: body, headers: jsonContent)
       let status = try client.json(response)
       client.emit(json: response.body) { groupStatusText(status) }
     }
@@ -471,14 +464,8 @@ struct PeerCommand: ParsableCommand {
 
     func run() throws {
       let client = try ClientConnection(connection)
-      var writer = JSONWriter()
-      writer.beginObject()
-      writer.key("peers")
-      writer.beginArray()
-      for peer in try parseNodeIDs(peers) { writer.number(peer) }
-      writer.endArray()
-      writer.endObject()
-      let response = try client.call("PUT", ClientConnection.groupPath(group, "/peers"), body: writer.bytes, headers: jsonContent)
+      let body = groupBody(id: nil, peers: try parseNodeIDs(peers))
+      let response = try client.call("PUT", ClientConnection.groupPath(group, "/peers"), body: body, headers: jsonContent)
       client.emit(json: response.body) { membershipText(response.body) }
     }
   }
@@ -547,6 +534,22 @@ struct IdempotencyKeyOption: ParsableArguments {
 }
 
 /// Comma-separated positive node ids.
+/// `{"id"?, "peers"?: [<node id>...]}`: a group's creation (`POST /v1/groups`) or new membership
+/// (`PUT /v1/groups/{group}/peers`).
+func groupBody(id: String?, peers: [UInt64]?) -> [UInt8] {
+  var writer = JSONWriter()
+  writer.beginObject()
+  if let id { writer.member("id", id) }
+  if let peers {
+    writer.key("peers")
+    writer.beginArray()
+    for peer in peers { writer.number(peer) }
+    writer.endArray()
+  }
+  writer.endObject()
+  return writer.bytes
+}
+
 func parseNodeIDs(_ text: String) throws(ValidationError) -> [UInt64] {
   var ids: [UInt64] = []
   for item in text.split(separator: ",", omittingEmptySubsequences: false) {

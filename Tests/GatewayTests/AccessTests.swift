@@ -174,9 +174,6 @@ final class AccessTests: XCTestCase {
   private func code(_ response: HTTPResponse) -> String? {
     ((try? JSONSerialization.jsonObject(with: Data(response.body))) as? [String: Any])?["error"] as? String
   }
-  private func header(_ response: HTTPResponse, _ name: String) -> String? {
-    response.headers.first { $0.name.lowercased() == name.lowercased() }?.value
-  }
 
   /// Everything a request could change: the groups, each one's indexes, peers and leader (its
   /// keys move its commit index), the directory's records among them.
@@ -227,7 +224,7 @@ final class AccessTests: XCTestCase {
         switch answer.status {
         case 401:
           XCTAssertEqual(code(answer), "unauthorized", context)
-          XCTAssertTrue(header(answer, "WWW-Authenticate")?.hasPrefix("Bearer realm=\"caucus\"") == true, context)
+          XCTAssertTrue(answer.header("WWW-Authenticate")?.hasPrefix("Bearer realm=\"caucus\"") == true, context)
         case 403:
           XCTAssertEqual(code(answer), "forbidden", context)
         default:
@@ -289,7 +286,7 @@ final class AccessTests: XCTestCase {
     let target = "/v1/groups/DataRegion-0/snapshot"
     let read = send("GET", target, token: "reader")
     XCTAssertEqual(read.status, 200, text(read))
-    XCTAssertEqual(header(read, "Content-Type"), "application/octet-stream")
+    XCTAssertEqual(read.header("Content-Type"), "application/octet-stream")
     XCTAssertEqual(Array(read.body.prefix(8)), Array("CAUCUSBK".utf8))
     XCTAssertEqual(send("HEAD", target, token: "reader").status, 200)
     for token in ["writer-of-users", "admin-of-other-keys"] {

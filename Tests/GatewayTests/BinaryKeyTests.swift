@@ -13,34 +13,14 @@ import XCTest
 /// `"keyBase64"` in batches and reads, `"prefixBase64"`/`"afterBase64"` in read lists. Giving both
 /// forms, or base64 that does not decode, is `400 invalid_key` and changes nothing.
 final class BinaryKeyTests: XCTestCase {
-  private var dataDirectory = ""
-  private var engine: StandaloneConsensus!
-  private var gateway: Gateway!
-  private let local = Peer(node: NodeID(1), endpoint: Endpoint(host: "127.0.0.1", port: 40010))
+  private var fixture: StandaloneGateway!
   private let group = "/v1/groups/DataRegion-0"
 
-  override func setUpWithError() throws {
-    dataDirectory = NSTemporaryDirectory() + "caucus-binary-keys-\(UUID().uuidString.prefix(8))"
-    var registry = StateMachineRegistry()
-    registry.registerDefault { _ in KeyValueStateMachine() }
-    engine = StandaloneConsensus(config: ConsensusConfig(localPeer: local, dataDirectory: dataDirectory, registry: registry))
-    try engine.start()
-    try waitForCompletion { self.engine.createPeer(GroupID(.dataRegion, 0), peers: [self.local], completion: $0) }.get()
-    gateway = Gateway(
-      engine: engine,
-      configuration: GatewayConfiguration(
-        clientURL: "http://127.0.0.1:6667", dataDirectory: dataDirectory, version: "test", members: [local]))
-  }
-
-  override func tearDown() {
-    gateway.stop()
-    engine.stop()
-    try? FileManager.default.removeItem(atPath: dataDirectory)
-  }
+  override func setUpWithError() throws { fixture = try StandaloneGateway(label: "binary-keys") }
+  override func tearDown() { fixture.stop() }
 
   private func send(_ method: String, _ target: String, _ body: String = "") -> (status: Int, json: [String: Any], text: String) {
-    let request = HTTPRequest(method: method, target: target, headers: [], body: Array(body.utf8))
-    let response = waitForCompletion { done in self.gateway.handle(request, responder: HTTPResponder { done($0) }) }
+    let response = fixture.send(method, target, body: Array(body.utf8))
     let json = ((try? JSONSerialization.jsonObject(with: Data(response.body))) as? [String: Any]) ?? [:]
     return (response.status, json, String(decoding: response.body, as: UTF8.self))
   }
@@ -55,7 +35,7 @@ final class BinaryKeyTests: XCTestCase {
     }
   }
 
-  private var appliedIndex: UInt64 { engine.status(GroupID(.dataRegion, 0))?.appliedIndex ?? 0 }
+  private var appliedIndex: UInt64 { fixture.engine.status(GroupID(.dataRegion, 0))?.appliedIndex ?? 0 }
 
   func testBinaryKeysAreNamedInBase64InListingsBatchesReadsAndWatches() {
     let prefix: [UInt8] = [0xFF, 0x00]

@@ -21,9 +21,6 @@ private func json(_ response: HTTPResponse) -> [String: Any] {
   ((try? JSONSerialization.jsonObject(with: Data(response.body))) as? [String: Any]) ?? [:]
 }
 
-private func header(_ response: HTTPResponse, _ name: String) -> String? {
-  response.headers.first { $0.name.lowercased() == name.lowercased() }?.value
-}
 
 /// Issue 11: `POST /v1/groups` retried after a timeout is answered as the first attempt was. On
 /// a single node (no directory) and on a one-node directory (a standalone engine hosting
@@ -66,7 +63,7 @@ final class CreateGroupRetryTests: XCTestCase {
   private func assertSameCreation(_ first: HTTPResponse, _ second: HTTPResponse, file: StaticString = #filePath, line: UInt = #line) {
     for response in [first, second] {
       XCTAssertEqual(response.status, 201, String(decoding: response.body, as: UTF8.self), file: file, line: line)
-      XCTAssertEqual(header(response, "Location"), "/v1/groups/DataRegion-3", file: file, line: line)
+      XCTAssertEqual(response.header("Location"), "/v1/groups/DataRegion-3", file: file, line: line)
     }
     XCTAssertEqual(json(first)["id"] as? String, json(second)["id"] as? String, file: file, line: line)
     let peers = { (response: HTTPResponse) in (json(response)["peers"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? Int } }
@@ -256,7 +253,7 @@ final class GroupLimitTests: XCTestCase {
       XCTAssertEqual(answer["limit"] as? Int, 2, target)
       let message = try XCTUnwrap(answer["message"] as? String)
       XCTAssertTrue(message.contains("node 7") && message.contains("raft.groupsMax = 2"), message)
-      XCTAssertNil(header(refused, "Retry-After"), "not a failure that passes by itself")
+      XCTAssertNil(refused.header("Retry-After"), "not a failure that passes by itself")
     }
   }
 

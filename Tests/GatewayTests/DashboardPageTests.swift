@@ -12,38 +12,12 @@ import XCTest
 /// style and script. The page's behaviour is tested in a browser (IntegrationTests'
 /// DashboardTests); this checks what the gateway serves.
 final class DashboardPageTests: XCTestCase {
-  private var dataDirectory = ""
-  private var engine: StandaloneConsensus!
-  private var gateway: Gateway!
-  private let local = Peer(node: NodeID(1), endpoint: Endpoint(host: "127.0.0.1", port: 40010))
+  private var fixture: StandaloneGateway!
 
-  override func setUpWithError() throws {
-    dataDirectory = NSTemporaryDirectory() + "caucus-dashboard-\(UUID().uuidString.prefix(8))"
-    var registry = StateMachineRegistry()
-    registry.registerDefault { _ in KeyValueStateMachine() }
-    engine = StandaloneConsensus(config: ConsensusConfig(localPeer: local, dataDirectory: dataDirectory, registry: registry))
-    try engine.start()
-    gateway = Gateway(
-      engine: engine,
-      configuration: GatewayConfiguration(
-        clientURL: "http://127.0.0.1:6667", dataDirectory: dataDirectory, version: "test", members: [local]))
-  }
+  override func setUpWithError() throws { fixture = try StandaloneGateway(label: "dashboard", groups: []) }
+  override func tearDown() { fixture.stop() }
 
-  override func tearDown() {
-    gateway.stop()
-    engine.stop()
-    try? FileManager.default.removeItem(atPath: dataDirectory)
-  }
-
-  private func send(_ method: String, _ target: String) -> HTTPResponse {
-    waitForCompletion { done in
-      gateway.handle(HTTPRequest(method: method, target: target, headers: [], body: []), responder: HTTPResponder { done($0) })
-    }
-  }
-
-  private func header(_ response: HTTPResponse, _ name: String) -> String? {
-    response.headers.first { $0.name.lowercased() == name.lowercased() }?.value
-  }
+  private func send(_ method: String, _ target: String) -> HTTPResponse { fixture.send(method, target) }
 
   /// The text between `<tag>` and `</tag>` in `page`: the one such element.
   private func inlineElement(_ tag: String, in page: String) throws -> String {
@@ -58,14 +32,14 @@ final class DashboardPageTests: XCTestCase {
   func testThePageIsServedWithItsHeadersAndAPolicyThatAllowsOnlyItsOwnStyleAndScript() throws {
     let response = send("GET", "/ui")
     XCTAssertEqual(response.status, 200)
-    XCTAssertEqual(header(response, "Content-Type"), "text/html; charset=utf-8")
-    XCTAssertEqual(header(response, "Cache-Control"), "no-cache")
-    XCTAssertEqual(header(response, "X-Content-Type-Options"), "nosniff")
-    XCTAssertEqual(header(response, "X-Caucus-Node"), "1")
+    XCTAssertEqual(response.header("Content-Type"), "text/html; charset=utf-8")
+    XCTAssertEqual(response.header("Cache-Control"), "no-cache")
+    XCTAssertEqual(response.header("X-Content-Type-Options"), "nosniff")
+    XCTAssertEqual(response.header("X-Caucus-Node"), "1")
     let page = String(decoding: response.body, as: UTF8.self)
     XCTAssertTrue(page.hasPrefix("<!doctype html>"), String(page.prefix(100)))
 
-    let policy = try XCTUnwrap(header(response, "Content-Security-Policy"))
+    let policy = try XCTUnwrap(response.header("Content-Security-Policy"))
     let directives = Dictionary(
       uniqueKeysWithValues: policy.split(separator: ";").map { directive -> (String, String) in
         let words = directive.split(separator: " ", maxSplits: 1).map(String.init)
@@ -99,10 +73,10 @@ final class DashboardPageTests: XCTestCase {
   func testHeadMirrorsGetAndOtherMethodsAreRefused() {
     let head = send("HEAD", "/ui")
     XCTAssertEqual(head.status, 200)
-    XCTAssertEqual(header(head, "Content-Type"), "text/html; charset=utf-8")
+    XCTAssertEqual(head.header("Content-Type"), "text/html; charset=utf-8")
     let post = send("POST", "/ui")
     XCTAssertEqual(post.status, 405)
-    XCTAssertEqual(header(post, "Allow"), "GET, HEAD")
+    XCTAssertEqual(post.header("Allow"), "GET, HEAD")
     XCTAssertEqual(send("GET", "/ui/x").status, 404)
   }
 

@@ -10,38 +10,15 @@ import XCTest
 /// `GET /v1/groups/{group}/snapshot` through the gateway on a standalone engine: the file decodes
 /// to the group's keys at the index the headers name, and bad requests change nothing.
 final class SnapshotExportTests: XCTestCase {
-  private var dataDirectory = ""
-  private var engine: StandaloneConsensus!
-  private var gateway: Gateway!
-  private let local = Peer(node: NodeID(1), endpoint: Endpoint(host: "127.0.0.1", port: 40010))
+  private var fixture: StandaloneGateway!
+  private var engine: StandaloneConsensus { fixture.engine }
+  private var gateway: Gateway { fixture.gateway }
 
-  override func setUpWithError() throws {
-    dataDirectory = NSTemporaryDirectory() + "caucus-export-\(UUID().uuidString.prefix(8))"
-    var registry = StateMachineRegistry()
-    registry.registerDefault { _ in KeyValueStateMachine() }
-    engine = StandaloneConsensus(config: ConsensusConfig(localPeer: local, dataDirectory: dataDirectory, registry: registry))
-    try engine.start()
-    try waitForCompletion { self.engine.createPeer(GroupID(.dataRegion, 0), peers: [self.local], completion: $0) }.get()
-    gateway = Gateway(
-      engine: engine,
-      configuration: GatewayConfiguration(
-        clientURL: "http://127.0.0.1:6667", dataDirectory: dataDirectory, version: "test", members: [local]))
-  }
-
-  override func tearDown() {
-    gateway.stop()
-    engine.stop()
-    try? FileManager.default.removeItem(atPath: dataDirectory)
-  }
+  override func setUpWithError() throws { fixture = try StandaloneGateway(label: "export") }
+  override func tearDown() { fixture.stop() }
 
   private func send(_ method: String, _ target: String, _ body: [UInt8] = []) -> HTTPResponse {
-    waitForCompletion { done in
-      gateway.handle(HTTPRequest(method: method, target: target, headers: [], body: body), responder: HTTPResponder { done($0) })
-    }
-  }
-
-  private func header(_ response: HTTPResponse, _ name: String) -> String? {
-    response.headers.first { $0.name.lowercased() == name.lowercased() }?.value
+    fixture.send(method, target, body: body)
   }
 
   func testTheExportIsTheGroupsStateAtTheIndexItNames() throws {
@@ -52,10 +29,10 @@ final class SnapshotExportTests: XCTestCase {
 
     let answer = send("GET", "/v1/groups/DataRegion-0/snapshot")
     XCTAssertEqual(answer.status, 200, String(decoding: answer.body, as: UTF8.self))
-    let index = try XCTUnwrap(header(answer, "X-Caucus-Index").flatMap { UInt64($0) })
-    XCTAssertEqual(header(answer, "X-Caucus-Index"), header(last, "X-Caucus-Index"), "the last write's index")
-    XCTAssertEqual(header(answer, "Content-Type"), "application/octet-stream")
-    XCTAssertEqual(header(answer, "Content-Disposition"), "attachment; filename=\"DataRegion-0-\(index).caucus-backup\"")
+    let index = try XCTUnwrap(answer.header("X-Caucus-Index").flatMap { UInt64($0) })
+    XCTAssertEqual(answer.header("X-Caucus-Index"), last.header("X-Caucus-Index"), "the last write's index")
+    XCTAssertEqual(answer.header("Content-Type"), "application/octet-stream")
+    XCTAssertEqual(answer.header("Content-Disposition"), "attachment; filename=\"DataRegion-0-\(index).caucus-backup\"")
     let backup = try KVBackup.decode(answer.body)
     XCTAssertEqual(backup.group, GroupID(.dataRegion, 0))
     XCTAssertEqual(backup.index, index)
@@ -73,11 +50,7 @@ final class SnapshotExportTests: XCTestCase {
     configuration.snapshotExportBytesMax = 1024
     let limited = Gateway(engine: engine, configuration: configuration)
     defer { limited.stop() }
-    let answer = waitForCompletion { done in
-      limited.handle(
-        HTTPRequest(method: "GET", target: "/v1/groups/DataRegion-0/snapshot", headers: [], body: []),
-        responder: HTTPResponder { done($0) })
-    }
+    let answer = fixture.send("GET", "/v1/groups/DataRegion-0/snapshot", to: limited)
     XCTAssertEqual(answer.status, 413, String(decoding: answer.body, as: UTF8.self))
     let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(answer.body)) as? [String: Any])
     XCTAssertEqual(object["error"] as? String, "payload_too_large")
