@@ -475,7 +475,8 @@ struct PeerCommand: ParsableCommand {
 
 struct ClusterCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
-    commandName: "cluster", abstract: "The cluster's nodes.", discussion: clientExitStatusHelp, subcommands: [Status.self])
+    commandName: "cluster", abstract: "The cluster's nodes.", discussion: clientExitStatusHelp,
+    subcommands: [Status.self, Rebalance.self])
 
   struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -496,6 +497,47 @@ struct ClusterCommand: ParsableCommand {
               cellText(node["leaderCount"]),
             ]
           })
+      }
+    }
+  }
+}
+
+extension ClusterCommand {
+  struct Rebalance: ParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract: "Spread group leadership evenly over the nodes (POST /v1/cluster/rebalance): bounded transfers, each reported.")
+
+    @OptionGroup var connection: ClientOptions
+    @Option(name: .long, help: "Transfers to make at most. (default: the node's --leader-balance-transfers-max)")
+    var max: Int?
+    @Flag(name: .long, help: "Plan only: every transfer is reported planned, none is made.") var dryRun = false
+
+    func validate() throws {
+      if let max, max < 1 { throw ValidationError("--max must be positive") }
+    }
+
+    func run() throws {
+      let client = try ClientConnection(connection)
+      let target = ClientConnection.target(
+        "/v1/cluster/rebalance", [("max", max.map(String.init)), ("dryRun", dryRun ? "true" : nil)])
+      // A balance takes up to its own bound on the node: wait that long too, not only the
+      // default deadline.
+      let attemptMs = Int(LeaderBalanceOptions().balanceTimeoutMs) + client.timeoutMs
+      let deadline = MonotonicClock.nowNanoseconds() + UInt64(attemptMs) * 1_000_000
+      let response = try client.call("POST", target, deadlineNanoseconds: deadline, attemptTimeoutMs: attemptMs)
+      let report = try client.json(response)
+      client.emit(json: response.body) {
+        var text = nameValueLines([
+          ("moved", cellText(report["moved"])), ("failed", cellText(report["failed"])),
+          ("skipped", cellText(report["skipped"])), ("balanced", cellText(report["balanced"])),
+        ])
+        let transfers = report["transfers"]?.arrayValue ?? []
+        if !transfers.isEmpty {
+          text += "\n" + formatTable(
+            ["GROUP", "FROM", "TO", "OUTCOME"],
+            transfers.map { [cellText($0["group"]), cellText($0["from"]), cellText($0["to"]), cellText($0["outcome"])] })
+        }
+        return text
       }
     }
   }

@@ -446,6 +446,16 @@ final class CLIClusterTests: XCTestCase {
         cluster.text)
     }
 
+    // A planned balance moves nothing and says what it would do; json is the node's report.
+    let plan = try caucus(["cluster", "rebalance", "--dry-run", "--output", "json"] + endpoints([1]))
+    XCTAssertEqual(plan.status, 0, plan.standardError)
+    let report = try XCTUnwrap(plan.documents.first, plan.text)
+    XCTAssertEqual(report["moved"] as? Int, 0, plan.text)
+    XCTAssertTrue(((report["transfers"] as? [[String: Any]]) ?? []).allSatisfy { $0["outcome"] as? String == "planned" }, plan.text)
+    let planTable = try caucus(["cluster", "rebalance", "--dry-run"] + endpoints([1]))
+    XCTAssertTrue(planTable.lines.contains("moved=0"), planTable.text)
+    XCTAssertEqual(try caucus(["cluster", "rebalance", "--max", "0"] + endpoints([1])).status, 64)
+
     // Created on nodes 1 and 2 through node 3, the first endpoint dead.
     let dead = "http://127.0.0.1:\(freePort())"
     let created = try caucus(["group", "create", "DataRegion-7", "--peers", "1,2", "--endpoints", "\(dead),http://127.0.0.1:\(nodes[2].port)"])
