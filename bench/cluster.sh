@@ -5,6 +5,7 @@
 #   bench/cluster.sh [seconds-per-run (default 8)]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 seconds="${1:-8}"
 scripts/install-deps.sh wrk etcd-server
 swift build -c release --product caucus >/dev/null
@@ -39,14 +40,7 @@ follower=$(( leader % 3 + 1 ))
 etcd_leader_port="$(for i in 1 2 3; do curl -fsS -X POST localhost:2237$i/v3/maintenance/status -d '{}' | python3 -c "import json,sys; d=json.load(sys.stdin); print($i if d['leader']==d['header']['member_id'] else '')"; done | tr -d '\n')"
 etcd_follower=$(( etcd_leader_port % 3 + 1 ))
 
-measure() {
-  local name="$1" url="$2" script="$3" connections="$4" threads=2
-  [ "$connections" -lt 2 ] && threads=1
-  local output; output="$(wrk -t$threads -c"$connections" -d"${seconds}s" --latency -s "$script" "$url")"
-  printf "%-26s %5s %12s %10s %10s %8s\n" "$name" "$connections" \
-    "$(awk '/Requests\/sec/ {print $2}' <<<"$output")" "$(awk '$1 == "50%" {print $2}' <<<"$output")" \
-    "$(awk '$1 == "99%" {print $2}' <<<"$output")" "$(awk '/Non-2xx/ {print $NF}' <<<"$output" | grep . || echo 0)"
-}
+measure() { wrk_row 26 "$1" "$2" "$3" "$4" "$seconds"; echo; }
 echo "Caucus cluster bench: ${seconds}s per run, $(nproc) cores, 3 caucus + 3 etcd nodes and wrk on one machine"
 echo "caucus leader: node $leader, follower used: node $follower; etcd leader: e$etcd_leader_port, follower: e$etcd_follower"
 printf "%-26s %5s %12s %10s %10s %8s\n" "workload" "conns" "requests/s" "p50" "p99" "non-2xx"

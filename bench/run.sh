@@ -6,6 +6,7 @@
 #   bench/run.sh [seconds-per-run (default 10)] [repetitions (default 2)]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 seconds="${1:-10}"
 repetitions="${2:-2}"
 scripts/install-deps.sh wrk etcd-server
@@ -31,17 +32,7 @@ for i in $(seq 0 999); do echo "bench/get/$i"; done | xargs -P 8 -I{} curl -fsS 
 rss() { awk '/VmRSS/ {printf "%.1f", $2/1024}' /proc/$caucus_pid/status; }
 metric() { curl -fsS "localhost:$port/metrics" | awk -v name="$1" '$1 == name {print $2}'; }
 # measure NAME URL SCRIPT CONNECTIONS → one row
-measure() {
-  local name="$1" url="$2" script="$3" connections="$4" threads=2
-  [ "$connections" -lt 2 ] && threads=1
-  local output; output="$(wrk -t$threads -c"$connections" -d"${seconds}s" --latency -s "$script" "$url")"
-  local rate p50 p99 errors
-  rate="$(awk '/Requests\/sec/ {print $2}' <<<"$output")"
-  p50="$(awk '$1 == "50%" {print $2}' <<<"$output")"
-  p99="$(awk '$1 == "99%" {print $2}' <<<"$output")"
-  errors="$(awk '/Non-2xx/ {print $NF}' <<<"$output")"
-  printf "%-18s %5s %12s %10s %10s %8s" "$name" "$connections" "$rate" "$p50" "$p99" "${errors:-0}"
-}
+measure() { wrk_row 18 "$1" "$2" "$3" "$4" "$seconds"; }
 # measure_put CONNECTIONS → a row with the fsyncs per write of that run
 measure_put() {
   local writes_before syncs_before

@@ -8,6 +8,7 @@
 #   bench/tls.sh [seconds-per-run (default 10)]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 seconds="${1:-10}"
 scripts/install-deps.sh wrk
 swift build -c release --product caucus >/dev/null
@@ -35,17 +36,7 @@ for _ in $(seq 1 200); do
 done
 
 # measure NAME URL CONNECTIONS → one row (wrk does not verify the certificate; curl above did)
-measure() {
-  local name="$1" url="$2" connections="$3" threads=2
-  [ "$connections" -lt 2 ] && threads=1
-  local output; output="$(wrk -t$threads -c"$connections" -d"${seconds}s" --latency -s bench/put.lua "$url")"
-  local rate p50 p99 errors
-  rate="$(awk '/Requests\/sec/ {print $2}' <<<"$output")"
-  p50="$(awk '$1 == "50%" {print $2}' <<<"$output")"
-  p99="$(awk '$1 == "99%" {print $2}' <<<"$output")"
-  errors="$(awk '/Non-2xx/ {print $NF}' <<<"$output")"
-  printf "%-22s %5s %12s %10s %10s %8s\n" "$name" "$connections" "$rate" "$p50" "$p99" "${errors:-0}"
-}
+measure() { wrk_row 22 "$1" "$2" bench/put.lua "$3" "$seconds"; echo; }
 
 # new_connections NAME URL CURL-OPTIONS… → one row: sequential PUTs, a new connection (and, over
 # TLS, a full handshake) each, for $seconds / 2 seconds
