@@ -377,6 +377,16 @@ public struct AccessPolicy: Sendable {
   func admit(
     _ request: HTTPRequest, _ match: Result<Route, Route.Mismatch>, query: QueryParameters, peers: PeerAuthenticator?
   ) -> Result<Caller, GatewayError> {
+    if case .success(let route) = match, route.name.needsPeerProof, let peers {
+      switch Self.proof(request, peers) {
+      case .success(let node): return .success(.cluster(node: node))
+      case .failure(let error):
+        return .failure(
+          .unauthorized(
+            "\(route.label) is for the cluster's own nodes: it needs the cluster secret's proof (X-Caucus-Peer): \(error)",
+            challenge: "Caucus-Peer"))
+      }
+    }
     guard let tokens else { return .success(.anyone) }
     let name: Route.Name?
     switch match {
@@ -394,6 +404,14 @@ public struct AccessPolicy: Sendable {
     return .success(caller)
   }
 
+  /// Whether `request` carries the cluster secret's valid proof (`X-Caucus-Peer`): its sender.
+  static func proof(_ request: HTTPRequest, _ peers: PeerAuthenticator) -> Result<UInt64, PeerAuthenticationError> {
+    peers.verify(
+      method: request.method, target: request.target, headerValue: request.header(PeerAuthenticator.headerName),
+      identity: request.header(PeerAuthenticator.identityHeaderName), body: request.body,
+      nowMs: PeerAuthenticator.wallClockMilliseconds())
+  }
+
   /// The identity of a request a node makes for itself (the directory, a cluster view): not a
   /// token name (`@` is not allowed in one).
   static let clusterIdentity = "@cluster"
@@ -408,12 +426,8 @@ public struct AccessPolicy: Sendable {
   /// `Authorization` is checked here as any client's. Any other proven request is the node's
   /// own (`cluster`). Without a valid proof, the identity and forwarding headers mean nothing.
   func authenticate(_ request: HTTPRequest, _ tokens: AccessTokens, peers: PeerAuthenticator?) -> Result<Caller, GatewayError> {
-    if let peers, let proof = request.header(PeerAuthenticator.headerName) {
-      let verdict = peers.verify(
-        method: request.method, target: request.target, headerValue: proof,
-        identity: request.header(PeerAuthenticator.identityHeaderName), body: request.body,
-        nowMs: PeerAuthenticator.wallClockMilliseconds())
-      if case .success(let node) = verdict {
+    if let peers, request.header(PeerAuthenticator.headerName) != nil {
+      if case .success(let node) = Self.proof(request, peers) {
         guard request.header("x-caucus-forwarded-by") != nil else { return .success(.cluster(node: node)) }
         // A relaying node names its caller (a token's name, or `clusterIdentity`) in this
         // header, which the proof covers.

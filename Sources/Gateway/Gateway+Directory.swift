@@ -23,19 +23,9 @@ enum PeerSpecification {
 extension Gateway {
   /// `POST /v1/cluster/nodes` `{"id","clientURL","consensusEndpoint"}`: registers a node (a
   /// `--join`) and answers the directory's nodes and members. The body is checked in full before
-  /// anything is read or written.
+  /// anything is read or written. With a cluster secret only a proven node gets here
+  /// (`Route.Name.needsPeerProof`, checked with every other admission in `AccessPolicy.admit`).
   func registerNode(_ exchange: Exchange) throws(GatewayError) {
-    if let authenticator = configuration.peerAuthenticator {
-      let request = exchange.request
-      let verdict = authenticator.verify(
-        method: request.method, target: request.target, headerValue: request.header(PeerAuthenticator.headerName),
-        identity: request.header(PeerAuthenticator.identityHeaderName), body: request.body,
-        nowMs: PeerAuthenticator.wallClockMilliseconds())
-      if case .failure(let error) = verdict {
-        logger.warning("refused to register a node: peer authentication failed", metadata: ["reason": "\(error)"])
-        throw .unauthorized("registering a node needs the cluster secret: \(error)", challenge: "Caucus-Peer")
-      }
-    }
     let body = try exchange.jsonBody()
     let node: DirectoryNode
     do { node = try DirectoryRecords.decodeNode(body) } catch { throw .badRequest(error.description) }

@@ -151,6 +151,10 @@ enum Route: Equatable, Sendable {
       }
     }
 
+    /// Routes only the cluster's own nodes use (a joining node's registration): with a cluster
+    /// secret, a request without its valid proof is `401` whatever the tokens, tokens off included.
+    var needsPeerProof: Bool { self == .clusterNodesRegister }
+
     /// Routes about this node only (`/v1/node/…`): never forwarded, never looked for elsewhere.
     var isNodeLocal: Bool { self == .node || self == .nodeGroupsCreate || self == .nodeGroupsDelete }
 

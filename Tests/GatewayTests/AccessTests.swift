@@ -378,6 +378,33 @@ final class AccessTests: XCTestCase {
     XCTAssertEqual(otherBody.status, 401, "a proof covers the body it was made for")
   }
 
+  /// Registration is for the cluster's own nodes: with a cluster secret it needs the secret's
+  /// proof even when no tokens are configured (where every other route is open).
+  func testRegistrationNeedsThePeersProofEvenWithTokensOff() throws {
+    let secret = Array("0123456789abcdef0123456789abcdef".utf8)
+    let joining = try PeerAuthenticator(secret: secret, node: 9)
+    var configuration = gateway.configuration
+    configuration.access = AccessPolicy()
+    configuration.peerAuthenticator = try PeerAuthenticator(secret: secret, node: 1)
+    let open = Gateway(engine: engine, configuration: configuration)
+    defer { open.stop() }
+    let target = "/v1/cluster/nodes"
+    let body = #"{"id":9,"clientURL":"http://127.0.0.1:1","consensusEndpoint":"127.0.0.1:2"}"#
+    XCTAssertEqual(send("GET", "/v1/groups/DataRegion-0/kv/k", to: open).status, 200, "tokens off: data routes are open")
+    let before = state()
+    let unproven = send("POST", target, body, to: open)
+    XCTAssertEqual(unproven.status, 401, text(unproven))
+    XCTAssertEqual(unproven.header("WWW-Authenticate"), "Caucus-Peer")
+    let forged = try PeerAuthenticator(secret: Array("another secret, another cluster".utf8), node: 9).headerValue(
+      method: "POST", target: target, identity: nil, body: Array(body.utf8), nowMs: PeerAuthenticator.wallClockMilliseconds())
+    XCTAssertEqual(send("POST", target, body, headers: [(PeerAuthenticator.headerName, forged)], to: open).status, 401)
+    XCTAssertEqual(state(), before, "nothing registered")
+    let proof = joining.headerValue(
+      method: "POST", target: target, identity: nil, body: Array(body.utf8), nowMs: PeerAuthenticator.wallClockMilliseconds())
+    let proven = send("POST", target, body, headers: [(PeerAuthenticator.headerName, proof)], to: open)
+    XCTAssertNotEqual(proven.status, 401, "a node of the cluster registers: \(text(proven))")
+  }
+
   /// A request another node relays for a client is the client's, by the name the relaying node
   /// admitted (`X-Caucus-Identity`), with this node's role and scope for that name; without the
   /// name, the relayed Authorization is checked here; without a proof, neither header counts.
