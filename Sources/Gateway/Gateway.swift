@@ -507,29 +507,44 @@ public final class Gateway: HTTPHandler {
   private func exportSnapshot(_ group: GroupID, _ exchange: Exchange) throws(GatewayError) {
     let options = try readOptions(exchange.query)
     let bytesMax = configuration.snapshotExportBytesMax
-    let payloadBytesMax = UInt64(max(0, bytesMax - KVBackup.frameBytes(group: group)))
+    let frameBytes = UInt64(KVBackup.frameBytes(group: group))
+    let payloadBytesMax = UInt64(bytesMax) - min(UInt64(bytesMax), frameBytes)
+    let headers: @Sendable (UInt64) -> [(name: String, value: String)] = { [self] index in
+      leaderHeaders(group) + [
+        ("X-Caucus-Index", String(index)), ("Content-Type", "application/octet-stream"),
+        ("Content-Disposition", "attachment; filename=\"\(KVBackup.fileName(group: group, index: index))\""),
+      ]
+    }
+    let tooLarge: @Sendable (UInt64) -> GatewayError = { bytes in
+      GatewayError.payloadTooLarge(
+        "the backup of \(group) would be \(bytes) bytes; this node answers at most \(bytesMax) in one response "
+          + "(--backup-bytes-max)",
+        limitBytes: bytesMax)
+    }
+    // A HEAD needs only the size, which the state machine knows without building the snapshot
+    // (a limit of 0 answers it): a read like any other, not an export.
+    if exchange.request.method == "HEAD" {
+      return read(group, [.snapshot(bytesMax: 0)], options, exchange) { index, results in
+        guard case .snapshotTooLarge(let payloadBytes) = results.first else {
+          throw GatewayError.internal("the read answered the wrong shape")
+        }
+        guard frameBytes + payloadBytes <= UInt64(bytesMax) else { throw tooLarge(frameBytes + payloadBytes) }
+        return HTTPResponse(status: 200, headers: headers(index), headContentLength: Int(frameBytes + payloadBytes))
+      }
+    }
     let queries: [KVQuery] = [.snapshot(bytesMax: payloadBytesMax)]
     let accepted = exports.submit { [self] in
       let result = waitForCompletion { done in
         engine.read(group, query: KVCodec.encode(queries: queries), options: options, completion: done)
       }
-      answerRead(result, group, queryCount: queries.count, exchange) { [self] index, results in
+      answerRead(result, group, queryCount: queries.count, exchange) { index, results in
         switch results.first {
         case .snapshotTooLarge(let payloadBytes):
-          let bytes = UInt64(KVBackup.frameBytes(group: group)) + payloadBytes
-          throw GatewayError.payloadTooLarge(
-            "the backup of \(group) would be \(bytes) bytes; a node answers at most \(bytesMax) in one response "
-              + "(back up from a copy of the data directory instead)",
-            limitBytes: bytesMax)
+          throw tooLarge(frameBytes + payloadBytes)
         case .snapshot(let payload):
-          let backup = KVBackup(group: group, index: index, payload: payload)
-          let bytes = backup.encode()
+          let bytes = KVBackup(group: group, index: index, payload: payload).encode()
           precondition(bytes.count <= bytesMax, "a backup of \(bytes.count) bytes passed the limit of \(bytesMax)")
-          var headers = leaderHeaders(group)
-          headers.append(("X-Caucus-Index", String(index)))
-          headers.append(("Content-Type", "application/octet-stream"))
-          headers.append(("Content-Disposition", "attachment; filename=\"\(backup.fileName)\""))
-          return HTTPResponse(status: 200, headers: headers, body: bytes)
+          return HTTPResponse(status: 200, headers: headers(index), body: bytes)
         default:
           throw GatewayError.internal("the read answered the wrong shape")
         }

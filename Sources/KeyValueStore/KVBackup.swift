@@ -58,7 +58,9 @@ public struct KVBackup: Sendable, Equatable {
   }
 
   /// The file name a backup is offered under: `DataRegion-1-42.caucus-backup`.
-  public var fileName: String { "\(group)-\(index).caucus-backup" }
+  public var fileName: String { Self.fileName(group: group, index: index) }
+
+  public static func fileName(group: GroupID, index: UInt64) -> String { "\(group)-\(index).caucus-backup" }
 
   // MARK: Encoding
 

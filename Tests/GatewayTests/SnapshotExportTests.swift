@@ -56,6 +56,22 @@ final class SnapshotExportTests: XCTestCase {
     XCTAssertEqual(object["error"] as? String, "payload_too_large")
     XCTAssertEqual(object["limitBytes"] as? Int, 1024)
     XCTAssertEqual(send("GET", "/v1/groups/DataRegion-0/snapshot").status, 200, "the default limit takes it")
+    XCTAssertEqual(fixture.send("HEAD", "/v1/groups/DataRegion-0/snapshot", to: limited).status, 413, "HEAD as GET")
+  }
+
+  /// HEAD answers GET's status and headers, its Content-Length the backup's size, without building
+  /// the backup (the state machine knows the size).
+  func testHeadAnswersTheBackupsSizeAndHeaders() throws {
+    XCTAssertEqual(send("PUT", "/v1/groups/DataRegion-0/kv/a", Array(repeating: 0x61, count: 3000)).status, 200)
+    XCTAssertEqual(send("PUT", "/v1/groups/DataRegion-0/kv/%FF", [0x00]).status, 200)
+    let get = send("GET", "/v1/groups/DataRegion-0/snapshot")
+    let head = send("HEAD", "/v1/groups/DataRegion-0/snapshot")
+    XCTAssertEqual(head.status, 200)
+    XCTAssertTrue(head.body.isEmpty)
+    XCTAssertEqual(head.headContentLength, get.body.count)
+    for name in ["X-Caucus-Index", "Content-Type", "Content-Disposition"] {
+      XCTAssertEqual(head.header(name), get.header(name), name)
+    }
   }
 
   func testBadRequestsAreRefusedAndChangeNothing() throws {
