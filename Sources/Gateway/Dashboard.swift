@@ -147,6 +147,10 @@ enum Dashboard {
     // Polls the cluster through this node's API (relative URLs: any node serves the page) and
     // writes what it reads into the page as text only.
     const pollIntervalMs = 2000;
+    // A refresh that takes long (a cluster of thousands of groups) is repeated less often: the
+    // next starts after this many times its own duration, so an open page cannot keep the nodes
+    // busy gathering answers.
+    const pollSlowdownFactor = 5;
     const requestTimeoutMs = 8000;
     // Rows of the groups table at most (in id order): a node may host ten thousand groups, and a
     // table that large every two seconds makes the page slow; the summary counts every group.
@@ -420,6 +424,7 @@ enum Dashboard {
     }
     // A refresh that throws (a node's answer the page did not expect) must not end the polling.
     async function poll() {
+      const started = Date.now();
       try {
         await refreshNow();
       } catch (error) {
@@ -427,7 +432,7 @@ enum Dashboard {
         banner.hidden = false;
         banner.textContent = 'The page could not show the last answer: ' + error;
       } finally {
-        setTimeout(poll, pollIntervalMs);
+        setTimeout(poll, Math.max(pollIntervalMs, (Date.now() - started) * pollSlowdownFactor));
       }
     }
 
