@@ -108,11 +108,14 @@ public struct GroupStatus: Sendable, Equatable {
   /// The voters the group was bootstrapped with (its membership before its log): a replica that
   /// joins the group later is created with them (`joinPeer`).
   public var bootstrapVoters: [NodeID]
+  /// Whether the replica is quiesced: an idle group whose replicas stopped ticking and
+  /// heartbeating until something wakes it (raft; never for protocols without quiescence).
+  public var quiesced = false
 
   public init(
     id: GroupID, protocolName: String, role: GroupRole, leader: Peer?, term: UInt64, commitIndex: UInt64,
     appliedIndex: UInt64, snapshotIndex: UInt64, logEntries: UInt64, logBytes: UInt64, peers: [PeerStatus],
-    bootstrapVoters: [NodeID]? = nil
+    bootstrapVoters: [NodeID]? = nil, quiesced: Bool = false
   ) {
     self.id = id
     self.protocolName = protocolName
@@ -126,6 +129,7 @@ public struct GroupStatus: Sendable, Equatable {
     self.logBytes = logBytes
     self.peers = peers
     self.bootstrapVoters = bootstrapVoters ?? peers.map(\.peer.node)
+    self.quiesced = quiesced
   }
 }
 

@@ -308,6 +308,7 @@ enum Dashboard {
         ['leader', show(status.leader)], ['term', status.term], ['commit index', status.commitIndex],
         ['applied index', status.appliedIndex], ['snapshot index', status.snapshotIndex],
         ['log entries', status.logEntries], ['log bytes', status.logBytes],
+        ['quiesced', status.quiesced === undefined ? '—' : status.quiesced ? 'yes (idle: no ticks, no heartbeats)' : 'no'],
         ['bootstrap voters', (status.bootstrapVoters || []).join(', ')],
       ];
       if (state.groupError) facts.unshift(['last error', state.groupError]);

@@ -1360,6 +1360,7 @@ public final class Gateway: HTTPHandler {
     writer.beginObject()
     writeSummaryFields(&writer, status)
     writer.member("snapshotIndex", status.snapshotIndex)
+    writer.member("quiesced", status.quiesced)
     writer.member("logEntries", status.logEntries)
     writer.member("logBytes", status.logBytes)
     writer.key("peers")

@@ -171,6 +171,8 @@ extension RaftConsensus {
     } else {
       for (replica, _) in readies { replica.refreshView() }
     }
+    // The step that quiesced a group, or woke it, may leave no Ready: its view must say so anyway.
+    for replica in visited where replica.inspect({ $0.isQuiesced }) != replica.viewQuiesced { replica.refreshView() }
     finishTurn(&turn, wal: wal, sent: sentEarly + sentAfter)
     for answer in turn.answers { answer() }
     // 9. Snapshots due, and the release of the log they cover.

@@ -742,7 +742,7 @@ public final class RaftConsensus: ConsensusEngine, @unchecked Sendable {
       id: group, protocolName: protocolName, role: role, leader: replica.peer(view.leader), term: view.term,
       commitIndex: view.commitIndex, appliedIndex: applied, snapshotIndex: view.firstIndex - 1,
       logEntries: view.lastIndex - (view.firstIndex - 1), logBytes: UInt64(view.logBytes), peers: peers,
-      bootstrapVoters: replica.bootstrapVoters.map(NodeID.init))
+      bootstrapVoters: replica.bootstrapVoters.map(NodeID.init), quiesced: view.quiesced)
   }
 
 }

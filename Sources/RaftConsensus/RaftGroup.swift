@@ -13,6 +13,8 @@ struct GroupView {
   var lastIndex: LogIndex = 0
   /// Bytes of the entries after the snapshot (`Raft.logBytes`).
   var logBytes = 0
+  /// Whether the group is quiesced (`Raft.isQuiesced`): it sends and ticks nothing until woken.
+  var quiesced = false
   var progress: [ReplicaID: (match: LogIndex, next: LogIndex, state: ProgressState)] = [:]
   /// The membership in force (applied), which the status shows.
   var membership = ConfigState(voters: [])
@@ -161,11 +163,16 @@ final class RaftGroup: @unchecked Sendable {
       // `status` copies the progress table: only a leader has one worth showing.
       GroupView(
         role: raft.role, leader: raft.leader, term: raft.term, commitIndex: raft.committed,
-        firstIndex: raft.firstIndex, lastIndex: raft.lastIndex, logBytes: raft.logBytes,
+        firstIndex: raft.firstIndex, lastIndex: raft.lastIndex, logBytes: raft.logBytes, quiesced: raft.isQuiesced,
         progress: raft.role == .leader ? raft.status.progress : [:], membership: raft.membership)
     }
     lock.withLock { view = fresh }
+    viewQuiesced = fresh.quiesced
   }
+
+  /// Loop only: what the published view says of quiescence, read without the lock (the loop is
+  /// its only writer).
+  private(set) var viewQuiesced = false
 
   /// The core is dropped (its node's storage ran out of space): the published view keeps what
   /// was applied, but leads nothing and knows no leader, so that no one is sent here to a leader

@@ -92,6 +92,31 @@ final class ClusterTests: XCTestCase {
 
   /// A write retried through a follower keeps its Idempotency-Key on the way to the leader: it
   /// is applied once and the retry gets the original answer.
+  /// A group's status says whether its replica is quiesced: an idle group quiesces on every
+  /// replica (the followers too, whose quiescing step may leave nothing else to publish), and a
+  /// write wakes it.
+  func testAnIdleGroupShowsQuiescedInItsStatusAndAWriteWakesIt() throws {
+    let leaderIndex = try XCTUnwrap(leader(among: [0, 1, 2]))
+    func quiesced(_ node: Int) -> Bool? {
+      let status = try? HTTPClient(port: nodes[node].port).request("GET", "/v1/groups/DataRegion-0?forward=none")
+      return status?.json["quiesced"] as? Bool
+    }
+    func quiescences() -> Double {
+      let metrics = (try? HTTPClient(port: nodes[leaderIndex].port).request("GET", "/metrics").text) ?? ""
+      return metrics.split(separator: "\n").first { $0.hasPrefix("caucus_raft_quiescences_total ") }
+        .flatMap { Double($0.split(separator: " ")[1]) } ?? -1
+    }
+    waitUntil("DataRegion-0 to quiesce on every replica") { (0..<3).allSatisfy { quiesced($0) == true } }
+    let before = quiescences()
+    XCTAssertGreaterThanOrEqual(before, 1)
+    let written = try HTTPClient(port: nodes[leaderIndex].port).request("PUT", "/v1/groups/DataRegion-0/kv/wake", text: "up")
+    XCTAssertEqual(written.status, 200, written.text)
+    // The write woke the group: once idle again it quiesces again (one more quiescence).
+    waitUntil("DataRegion-0 to quiesce again once idle") {
+      quiescences() > before && (0..<3).allSatisfy { quiesced($0) == true }
+    }
+  }
+
   func testAWriteRetriedThroughAFollowerWithItsIdempotencyKeyIsAppliedOnce() throws {
     let leaderIndex = try XCTUnwrap(leader(among: [0, 1, 2]))
     let follower = try XCTUnwrap([0, 1, 2].first { $0 != leaderIndex })
