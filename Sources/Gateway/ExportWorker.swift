@@ -2,11 +2,12 @@ import Platform
 
 /// The thread backup exports run on (`GET /v1/groups/{group}/snapshot`), one at a time. An export
 /// copies a group's whole state (up to `GatewayConfiguration.snapshotExportBytesMax`) a few times over,
-/// between the state machine's snapshot, the read's result and the backup file: work that must
-/// block neither an event loop (a stale read is answered on the calling thread) nor the engine's
-/// loop (a linearizable read is rendered where the engine completes it). Here it blocks only this
-/// thread, and at most `queuedMax` exports wait or run, so their memory is bounded too; a full
-/// queue is the caller's `503 overloaded`.
+/// between the state machine's snapshot, the read's result and the backup file. The snapshot
+/// itself is taken where the engine answers the read (the consensus loop for a linearizable one,
+/// as Raft's own snapshots are; this thread for a stale one, which would otherwise be an event
+/// loop); decoding it and encoding the backup happen here, which would otherwise be the consensus
+/// loop. At most `queuedMax` exports wait or run, so their memory is bounded too; a full queue is
+/// the caller's `503 overloaded`.
 /// Sendable: every field but `queuedMax` is read and written under `lock`.
 final class ExportWorker: @unchecked Sendable {
   /// Exports waiting or running at most.
