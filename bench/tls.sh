@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 seconds="${1:-10}"
-scripts/install-deps.sh wrk
+scripts/install-deps.sh wrk openssl
 swift build -c release --product caucus >/dev/null
 
 work="$(mktemp -d)"

@@ -18,7 +18,7 @@ rpc_port="${RPC_PORT:-16671}"
 consensus_port="${CONSENSUS_PORT:-16681}"
 wait_seconds_max="${WAIT_SECONDS_MAX:-30}"
 
-scripts/install-deps.sh
+scripts/install-deps.sh --tests
 caucus="${CAUCUS_BIN:-}"
 if [ -z "$caucus" ]; then
   swift build --product caucus

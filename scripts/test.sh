@@ -4,7 +4,7 @@
 # (scripts/smoke.sh) and the OpenAPI validation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+scripts/install-deps.sh --tests
 # The OpenAPI check installs its validator (into a virtual environment when the system's Python
 # refuses pip installs) before the tests run it.
 scripts/validate-openapi.sh >/dev/null

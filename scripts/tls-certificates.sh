@@ -11,12 +11,12 @@
 #   client.pem, client.key    a client's certificate (curl --cert/--key) for --tls-client-auth
 #   other-ca.pem, other-ca.key               a second, unrelated CA
 #   other-client.pem, other-client.key       a client certificate that CA signed (refused by nodes)
-# Needs the openssl command (Debian's openssl package; scripts/install-deps.sh installs it).
+# Needs the openssl command (Debian's openssl package; scripts/install-deps.sh --tests installs it).
 set -euo pipefail
 directory="${1:?usage: scripts/tls-certificates.sh DIR [--days N]}"
 days=7
 if [ "${2:-}" = "--days" ]; then days="${3:?--days needs a number}"; fi
-command -v openssl >/dev/null || { echo "tls-certificates.sh: the openssl command is missing (apt-get install openssl, or scripts/install-deps.sh)" >&2; exit 1; }
+command -v openssl >/dev/null || { echo "tls-certificates.sh: the openssl command is missing (apt-get install openssl, or scripts/install-deps.sh --tests)" >&2; exit 1; }
 mkdir -p "$directory"
 cd "$directory"
 
