@@ -99,7 +99,7 @@ struct Serve: ParsableCommand {
   var clusterSecretFile: String?
   @Option(
     name: .long,
-    help: "TLS on the client and consensus ports and to peers: this node's certificate, then any intermediates (PEM; with --tls-key-file). The node's URLs become https://. (default: none, plain http)")
+    help: "TLS on the client and consensus ports and to peers: this node's certificate, then any intermediates (PEM; with --tls-key-file). The node's URLs become https://. SIGHUP reloads the certificate, key and CA files. (default: none, plain http)")
   var tlsCertFile: String?
   @Option(name: .long, help: "The private key of --tls-cert-file (PEM, unencrypted).")
   var tlsKeyFile: String?
