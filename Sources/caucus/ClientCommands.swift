@@ -476,7 +476,7 @@ struct PeerCommand: ParsableCommand {
 struct ClusterCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "cluster", abstract: "The cluster's nodes.", discussion: clientExitStatusHelp,
-    subcommands: [Status.self, Rebalance.self])
+    subcommands: [Status.self, Health.self, Rebalance.self])
 
   struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -503,6 +503,51 @@ struct ClusterCommand: ParsableCommand {
 }
 
 extension ClusterCommand {
+  struct Health: ParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract: "Ask every endpoint itself (no fail-over) whether it is ready (GET /readyz): exit 0 only when all are.",
+      discussion: "Table: endpoint, ready, and the node's reasons when it is not; --output json: one {endpoint, ready, status, reasons} per line.")
+
+    @OptionGroup var connection: ClientOptions
+
+    func run() throws {
+      let client = try ClientConnection(connection)
+      var rows: [[String]] = []
+      var allReady = true
+      for endpoint in client.endpoints {
+        let (ready, status, reasons): (Bool, Int, [String])
+        switch client.send(to: endpoint, "GET", "/readyz") {
+        case .success(let answer):
+          let body = try? JSONParser.parse(answer.body)
+          let listed = body?["reasons"]?.arrayValue?.compactMap(\.stringValue) ?? []
+          let message = listed.isEmpty && answer.status != 200 ? [body?["message"]?.stringValue ?? "HTTP \(answer.status)"] : listed
+          (ready, status, reasons) = (answer.status == 200, answer.status, message)
+        case .failure(let error):
+          (ready, status, reasons) = (false, 0, ["\(error)"])
+        }
+        allReady = allReady && ready
+        switch client.output {
+        case .json:
+          var writer = JSONWriter()
+          writer.beginObject()
+          writer.member("endpoint", endpoint)
+          writer.member("ready", ready)
+          writer.member("status", status)
+          writer.key("reasons")
+          writer.beginArray()
+          for reason in reasons { writer.string(reason) }
+          writer.endArray()
+          writer.endObject()
+          printStandardOutput(String(decoding: writer.bytes, as: UTF8.self))
+        case .table:
+          rows.append([endpoint, ready ? "true" : "false", reasons.isEmpty ? "-" : reasons.joined(separator: "; ")])
+        }
+      }
+      if client.output == .table { printStandardOutput(formatTable(["ENDPOINT", "READY", "REASONS"], rows)) }
+      if !allReady { throw ExitCode(ClientExitStatus.refused) }
+    }
+  }
+
   struct Rebalance: ParsableCommand {
     static let configuration = CommandConfiguration(
       abstract: "Spread group leadership evenly over the nodes (POST /v1/cluster/rebalance): bounded transfers, each reported.")

@@ -446,6 +446,15 @@ final class CLIClusterTests: XCTestCase {
         cluster.text)
     }
 
+    // Health asks every endpoint itself: all ready is 0; a dead one is a row of its own and 1.
+    let healthy = try caucus(["cluster", "health"] + endpoints([0, 1, 2]))
+    XCTAssertEqual(healthy.status, 0, healthy.text + healthy.standardError)
+    XCTAssertEqual(healthy.lines.filter { $0.contains(" true ") || $0.hasSuffix(" -") }.count, 3, healthy.text)
+    let deadEndpoint = "http://127.0.0.1:\(freePort())"
+    let unhealthy = try caucus(["cluster", "health", "--output", "json", "--endpoints", "\(deadEndpoint),http://127.0.0.1:\(nodes[0].port)"])
+    XCTAssertEqual(unhealthy.status, 1, unhealthy.text)
+    XCTAssertEqual(unhealthy.documents.map { $0["ready"] as? Bool }, [false, true], unhealthy.text)
+
     // A planned balance moves nothing and says what it would do; json is the node's report.
     let plan = try caucus(["cluster", "rebalance", "--dry-run", "--output", "json"] + endpoints([1]))
     XCTAssertEqual(plan.status, 0, plan.standardError)
