@@ -89,18 +89,10 @@ final class FakeEndpoint: @unchecked Sendable {
   private var thread: Thread?
 
   init(answering: Bool) throws {
-    port = freePort()
-    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard descriptor >= 0 else { throw HTTPClientError(description: "socket: \(errno)") }
+    let listener = try Socket.listen(on: SocketAddress(host: "127.0.0.1", port: 0), backlog: 64)
+    port = try listener.localAddress().port
+    let descriptor = listener.release()
     self.descriptor = descriptor
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
-    address.sin_port = port.bigEndian
-    let bound = withUnsafePointer(to: &address) {
-      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    }
-    guard bound == 0, listen(descriptor, 64) == 0 else { throw HTTPClientError(description: "bind/listen: \(errno)") }
     guard answering else { return }
     let stopped = self.stopped
     let thread = Thread {
