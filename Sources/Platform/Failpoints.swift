@@ -274,7 +274,8 @@ public enum Failpoints {
   }
 
   /// Reads the variable, parses it and arms what it names among `points` (a client command
-  /// passes `clientPoints`). Call once, at start, before the threads that pass the points run. Returns what it armed (empty when the variable is unset).
+  /// passes `clientPoints`). Call once, at start, before the threads that pass the points run.
+  /// Returns what it armed (empty when the variable is unset).
   public static func armFromEnvironment(points: [Failpoint] = all) throws(FailpointConfigurationError) -> [FailpointArming] {
     guard let value = getenv(environmentVariable) else { return [] }
     let armings = try parse(String(cString: value), points: points)
